@@ -1,0 +1,213 @@
+//! Configuration: TOML -> serde types (unknown keys refused) -> `validate()`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Errors loading or validating a configuration, naming the file and field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: field `{field}`: {message}")]
+    Invalid {
+        path: String,
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// The whole broker configuration (one TOML file).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listeners: Listeners,
+    pub mqtt: MqttConfig,
+    pub log: LogConfig,
+}
+
+/// Where the broker listens. `None` disables a listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listeners {
+    /// MQTT over TCP.
+    pub mqtt: Option<SocketAddr>,
+    /// MQTT over WebSocket.
+    pub ws: Option<SocketAddr>,
+    /// HTTP path of the WebSocket endpoint.
+    pub ws_path: String,
+}
+
+/// Protocol limits and policies.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Largest keep alive (seconds) a client may use; a 5.0 client asking for
+    /// more, or for 0, is told this value as Server Keep Alive. 0 = no limit.
+    pub max_keep_alive: u16,
+    /// Largest packet (bytes) the broker accepts; announced in CONNACK.
+    pub max_packet_size: u32,
+    /// How many unacknowledged QoS 1/2 publishes a client may send us (Receive Maximum).
+    pub receive_maximum: u16,
+    /// Upper bound on QoS 1/2 messages in flight to one client (further capped by its Receive Maximum).
+    pub max_inflight: u16,
+    /// Messages queued per session (online backlog or offline) before the queue-full policy applies.
+    pub max_queued_messages: usize,
+    /// Payload bytes queued per session before the queue-full policy applies. 0 = no byte limit.
+    pub max_queued_bytes: usize,
+    /// What to do when a session queue is full: "drop_new" or "drop_oldest".
+    pub queue_full_policy: QueueFullPolicy,
+    /// Topic Alias Maximum announced to clients (aliases they may send us). 0 disables.
+    pub topic_alias_maximum: u16,
+    /// Largest session expiry interval (seconds) granted.
+    pub max_session_expiry: u32,
+    /// Highest QoS the broker accepts and grants (0, 1 or 2).
+    pub max_qos: u8,
+    pub retain_available: bool,
+    pub wildcard_subscriptions: bool,
+    pub shared_subscriptions: bool,
+    pub subscription_identifiers: bool,
+    /// Longest client identifier accepted.
+    pub max_client_id_len: usize,
+    /// Seconds between resends of unacknowledged QoS 1/2 messages on a live
+    /// connection (0 = only on reconnect, as MQTT 5.0 requires).
+    pub retry_interval: u32,
+}
+
+/// Queue-full policy for per-session queues.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFullPolicy {
+    DropNew,
+    DropOldest,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter such as "info" or "midge=debug"; `RUST_LOG` wins when set.
+    pub level: String,
+    /// Log lines as JSON.
+    pub json: bool,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            mqtt: Some(SocketAddr::from(([0, 0, 0, 0], 1883))),
+            ws: Some(SocketAddr::from(([0, 0, 0, 0], 8083))),
+            ws_path: "/mqtt".into(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            max_keep_alive: 65535,
+            max_packet_size: 1024 * 1024,
+            receive_maximum: 1024,
+            max_inflight: 1024,
+            max_queued_messages: 10_000,
+            max_queued_bytes: 0,
+            queue_full_policy: QueueFullPolicy::DropNew,
+            topic_alias_maximum: 64,
+            max_session_expiry: u32::MAX,
+            max_qos: 2,
+            retain_available: true,
+            wildcard_subscriptions: true,
+            shared_subscriptions: true,
+            subscription_identifiers: true,
+            max_client_id_len: 65535,
+            retry_interval: 0,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            json: false,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: Listeners::default(),
+            mqtt: MqttConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Config::parse(&text, &shown)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                path: origin.to_string(),
+                field,
+                message: message.to_string(),
+            })
+        };
+        let m = &self.mqtt;
+        if m.max_packet_size < 64 {
+            return invalid("mqtt.max_packet_size", "must be at least 64 bytes");
+        }
+        if m.max_packet_size > 268_435_460 {
+            return invalid("mqtt.max_packet_size", "must be at most 268435460 (the MQTT limit)");
+        }
+        if m.receive_maximum == 0 {
+            return invalid("mqtt.receive_maximum", "must be at least 1");
+        }
+        if m.max_inflight == 0 {
+            return invalid("mqtt.max_inflight", "must be at least 1");
+        }
+        if m.max_queued_messages == 0 {
+            return invalid("mqtt.max_queued_messages", "must be at least 1");
+        }
+        if m.max_qos > 2 {
+            return invalid("mqtt.max_qos", "must be 0, 1 or 2");
+        }
+        if m.max_client_id_len < 23 {
+            return invalid("mqtt.max_client_id_len", "must be at least 23 (the MQTT minimum)");
+        }
+        if !self.listeners.ws_path.starts_with('/') {
+            return invalid("listeners.ws_path", "must start with '/'");
+        }
+        if self.listeners.mqtt.is_none() && self.listeners.ws.is_none() {
+            return invalid("listeners", "at least one of `mqtt` and `ws` must be set");
+        }
+        Ok(())
+    }
+}
