@@ -1,5 +1,16 @@
-//! Midge broker library. See ARCHITECTURE.md.
+//! Midge: an MQTT 3.1.1 / 5.0 broker. See ARCHITECTURE.md for the layers.
+//!
+//! Data flows bytes -> [`midge_protocol`] packets -> `server::connection`
+//! (one reader task and one writer task per client) -> [`session`] ->
+//! [`broker::Broker::publish`] -> [`router`] -> the matching sessions'
+//! queues -> their writers.
+
+pub mod broker;
 pub mod config;
+pub mod message;
+pub mod router;
 pub mod server;
+pub mod session;
+
 pub use config::Config;
 pub use server::{Server, ServerError};

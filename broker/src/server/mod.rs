@@ -1,8 +1,18 @@
 //! Listeners (TCP, WebSocket) and connection tasks.
 
+mod connection;
+mod writer;
+mod ws;
+
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::broker::Broker;
 use crate::Config;
 
 /// Errors starting or running the server.
@@ -19,28 +29,108 @@ pub enum ServerError {
 /// A bound, not yet running broker.
 #[derive(Debug)]
 pub struct Server {
-    _config: Config,
+    config: Config,
+    broker: Arc<Broker>,
+    mqtt: Option<TcpListener>,
+    ws: Option<TcpListener>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { what, addr, source })
 }
 
 impl Server {
     /// Binds the configured listeners (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        todo!("{config:?}")
+        let mqtt = match config.listeners.mqtt {
+            Some(a) => Some(bind("mqtt", a).await?),
+            None => None,
+        };
+        let ws = match config.listeners.ws {
+            Some(a) => Some(bind("websocket", a).await?),
+            None => None,
+        };
+        Ok(Server {
+            broker: Arc::new(Broker::new(config.mqtt.clone())),
+            config,
+            mqtt,
+            ws,
+        })
     }
 
     /// Bound address of the MQTT/TCP listener.
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
-        todo!()
+        self.mqtt.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Bound address of the MQTT/WebSocket listener.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
-        todo!()
+        self.ws.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Serves until `shutdown` completes, then disconnects clients and returns.
+    /// The broker state (for embedding and tests).
+    pub fn broker(&self) -> Arc<Broker> {
+        self.broker.clone()
+    }
+
+    /// Serves until `shutdown` completes, then disconnects clients (5.0
+    /// clients get DISCONNECT 0x8B) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(l) = self.mqtt {
+            info!(addr = ?l.local_addr().ok(), "MQTT listener up");
+            tasks.spawn(accept_tcp(l, self.broker.clone()));
+        }
+        if let Some(l) = self.ws {
+            info!(addr = ?l.local_addr().ok(), path = %self.config.listeners.ws_path, "WebSocket listener up");
+            tasks.spawn(accept_ws(l, self.broker.clone(), self.config.listeners.ws_path.clone()));
+        }
         shutdown.await;
-        todo!()
+        info!("shutting down");
+        tasks.abort_all();
+        let waits = self
+            .broker
+            .kick_all(midge_protocol::reason::SERVER_SHUTTING_DOWN);
+        let all = futures_util::future::join_all(waits.iter().map(|n| n.notified()));
+        let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
+        Ok(())
+    }
+}
+
+async fn accept_tcp(listener: TcpListener, broker: Arc<Broker>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(connection::serve(broker.clone(), stream, peer));
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn accept_ws(listener: TcpListener, broker: Arc<Broker>, path: String) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let broker = broker.clone();
+                let path = path.clone();
+                tokio::spawn(async move {
+                    if let Some(s) = ws::accept(stream, path).await {
+                        connection::serve(broker, s, peer).await;
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }

@@ -1,0 +1,247 @@
+//! Subscription index: a topic trie mapping filters to subscribers, with
+//! shared-subscription groups, plus the retained message store.
+//!
+//! The trie is read-mostly behind one `RwLock`: publishers take the read
+//! lock only long enough to collect their hits, then deliver without it.
+
+mod retained;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use midge_protocol::{QoS, SubOptions};
+use parking_lot::RwLock;
+use smallvec::SmallVec;
+
+pub use retained::RetainedStore;
+
+use crate::session::Session;
+
+/// Identifies a shared subscription group: `$share/{group}/{filter}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SharedKey {
+    pub group: Arc<str>,
+    pub filter: Arc<str>,
+}
+
+/// One subscription of one session.
+#[derive(Debug, Clone)]
+pub struct SubEntry {
+    pub session: Arc<Session>,
+    pub opts: SubOptions,
+    pub id: Option<u32>,
+}
+
+/// A subscriber matched by a publish.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub session: Arc<Session>,
+    pub qos: QoS,
+    pub retain_as_published: bool,
+    pub no_local: bool,
+    pub sub_ids: SmallVec<[u32; 2]>,
+    pub shared: Option<SharedKey>,
+}
+
+#[derive(Debug)]
+struct SharedGroup {
+    key: SharedKey,
+    members: Vec<SubEntry>,
+    next: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    subs: Vec<SubEntry>,
+    shared: Vec<SharedGroup>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.subs.is_empty() && self.shared.is_empty()
+    }
+
+    fn collect(&self, out: &mut Vec<Hit>) {
+        for e in &self.subs {
+            out.push(Hit {
+                session: e.session.clone(),
+                qos: e.opts.qos,
+                retain_as_published: e.opts.retain_as_published,
+                no_local: e.opts.no_local,
+                sub_ids: e.id.into_iter().collect(),
+                shared: None,
+            });
+        }
+        for g in &self.shared {
+            if let Some(e) = pick_member(g, None) {
+                out.push(Hit {
+                    session: e.session.clone(),
+                    qos: e.opts.qos,
+                    retain_as_published: e.opts.retain_as_published,
+                    no_local: false,
+                    sub_ids: e.id.into_iter().collect(),
+                    shared: Some(g.key.clone()),
+                });
+            }
+        }
+    }
+}
+
+/// Round robin over the group, preferring members that are online.
+fn pick_member<'a>(g: &'a SharedGroup, exclude: Option<&Arc<Session>>) -> Option<&'a SubEntry> {
+    let n = g.members.len();
+    if n == 0 {
+        return None;
+    }
+    let start = g.next.fetch_add(1, Ordering::Relaxed);
+    let candidates = (0..n)
+        .map(|i| &g.members[(start + i) % n])
+        .filter(|e| exclude.is_none_or(|x| !Arc::ptr_eq(x, &e.session)));
+    let mut fallback = None;
+    for e in candidates {
+        if e.session.is_online() {
+            return Some(e);
+        }
+        fallback.get_or_insert(e);
+    }
+    fallback
+}
+
+/// The subscription trie.
+#[derive(Debug, Default)]
+pub struct Router {
+    root: RwLock<Node>,
+}
+
+impl Router {
+    /// Adds or replaces the subscription of `entry.session` on `filter`
+    /// (in shared `group` if given). Returns true if it replaced one.
+    pub fn subscribe(&self, filter: &str, group: Option<&str>, entry: SubEntry) -> bool {
+        let mut root = self.root.write();
+        let mut node = &mut *root;
+        for level in filter.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        let same = |e: &SubEntry| Arc::ptr_eq(&e.session, &entry.session);
+        match group {
+            None => {
+                if let Some(e) = node.subs.iter_mut().find(|e| same(e)) {
+                    *e = entry;
+                    true
+                } else {
+                    node.subs.push(entry);
+                    false
+                }
+            }
+            Some(group) => {
+                let g = match node.shared.iter_mut().position(|g| &*g.key.group == group) {
+                    Some(i) => &mut node.shared[i],
+                    None => {
+                        node.shared.push(SharedGroup {
+                            key: SharedKey {
+                                group: group.into(),
+                                filter: filter.into(),
+                            },
+                            members: Vec::new(),
+                            next: AtomicUsize::new(0),
+                        });
+                        let last = node.shared.len() - 1;
+                        &mut node.shared[last]
+                    }
+                };
+                if let Some(e) = g.members.iter_mut().find(|e| same(e)) {
+                    *e = entry;
+                    true
+                } else {
+                    g.members.push(entry);
+                    false
+                }
+            }
+        }
+    }
+
+    /// Removes `session`'s subscription on `filter`. Returns true if it existed.
+    pub fn unsubscribe(&self, filter: &str, group: Option<&str>, session: &Arc<Session>) -> bool {
+        let mut root = self.root.write();
+        let levels: SmallVec<[&str; 8]> = filter.split('/').collect();
+        remove(&mut root, &levels, group, session)
+    }
+
+    /// Every subscription matching `topic`; one member per shared group.
+    pub fn matches(&self, topic: &str, out: &mut Vec<Hit>) {
+        let levels: SmallVec<[&str; 8]> = topic.split('/').collect();
+        let dollar = topic.starts_with('$');
+        let root = self.root.read();
+        walk(&root, &levels, 0, dollar, out);
+    }
+
+    /// Another member of a shared group than `exclude`, preferring online ones.
+    pub fn pick_shared(&self, key: &SharedKey, exclude: &Arc<Session>) -> Option<SubEntry> {
+        let root = self.root.read();
+        let mut node = &*root;
+        for level in key.filter.split('/') {
+            node = node.children.get(level)?;
+        }
+        let g = node.shared.iter().find(|g| g.key.group == key.group)?;
+        pick_member(g, Some(exclude)).cloned()
+    }
+}
+
+fn walk(node: &Node, levels: &[&str], idx: usize, dollar: bool, out: &mut Vec<Hit>) {
+    let wild_ok = !(idx == 0 && dollar);
+    if idx == levels.len() {
+        node.collect(out);
+        // "a/#" also matches "a".
+        if let Some(hash) = node.children.get("#") {
+            hash.collect(out);
+        }
+        return;
+    }
+    if let Some(child) = node.children.get(levels[idx]) {
+        walk(child, levels, idx + 1, dollar, out);
+    }
+    if wild_ok {
+        if let Some(child) = node.children.get("+") {
+            walk(child, levels, idx + 1, dollar, out);
+        }
+        if let Some(hash) = node.children.get("#") {
+            hash.collect(out);
+        }
+    }
+}
+
+fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, session: &Arc<Session>) -> bool {
+    let Some((first, rest)) = levels.split_first() else {
+        let same = |e: &SubEntry| Arc::ptr_eq(&e.session, session);
+        return match group {
+            None => {
+                let before = node.subs.len();
+                node.subs.retain(|e| !same(e));
+                node.subs.len() != before
+            }
+            Some(group) => {
+                let Some(i) = node.shared.iter().position(|g| &*g.key.group == group) else {
+                    return false;
+                };
+                let g = &mut node.shared[i];
+                let before = g.members.len();
+                g.members.retain(|e| !same(e));
+                let removed = g.members.len() != before;
+                if g.members.is_empty() {
+                    node.shared.swap_remove(i);
+                }
+                removed
+            }
+        };
+    };
+    let Some(child) = node.children.get_mut(*first) else {
+        return false;
+    };
+    let removed = remove(child, rest, group, session);
+    if child.is_empty() {
+        node.children.remove(*first);
+    }
+    removed
+}

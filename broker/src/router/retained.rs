@@ -1,0 +1,54 @@
+//! Retained messages: the last retained message per topic.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use midge_protocol::topic;
+use parking_lot::RwLock;
+
+use crate::message::Message;
+
+/// Topic -> last retained message. An empty payload deletes.
+#[derive(Debug, Default)]
+pub struct RetainedStore {
+    map: RwLock<HashMap<Box<str>, Arc<Message>>>,
+}
+
+impl RetainedStore {
+    /// Stores, replaces or (empty payload) deletes the retained message of `msg.topic`.
+    pub fn update(&self, msg: &Arc<Message>) {
+        let mut map = self.map.write();
+        if msg.payload.is_empty() {
+            map.remove(msg.topic.as_str());
+        } else {
+            map.insert(msg.topic.as_str().into(), msg.clone());
+        }
+    }
+
+    /// Retained messages whose topic matches `filter`, expired ones left out.
+    pub fn matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        let now = Instant::now();
+        let map = self.map.read();
+        if !filter.contains(['+', '#']) {
+            return map
+                .get(filter)
+                .filter(|m| !m.is_expired(now))
+                .cloned()
+                .into_iter()
+                .collect();
+        }
+        map.iter()
+            .filter(|(t, m)| topic::matches(filter, t) && !m.is_expired(now))
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

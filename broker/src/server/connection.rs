@@ -1,0 +1,679 @@
+//! One client connection: the CONNECT handshake, then the reader loop that
+//! decodes packets and drives the session, with a writer task beside it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use midge_protocol::{
+    decode, encode, reason, topic, Ack, ConnAck, Connect, DecodeError, Disconnect, Packet,
+    Properties, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tracing::{debug, info, info_span, Instrument};
+
+use super::writer::{self, ClientLimits};
+use crate::broker::{split_filter, Broker};
+use crate::message::Message;
+use crate::session::{Delivery, PendingWill, Session, Stage, SubscriptionRecord};
+
+/// How long a new socket may take to send its CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the writer may take to flush the last packets when closing.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+
+/// Serves one client on `stream` until it goes away.
+pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut buf = BytesMut::with_capacity(4096);
+    let max_in = broker.config.max_packet_size as usize;
+    let connect = match read_connect(&mut rd, &mut wr, &mut buf, max_in).await {
+        Some(c) => c,
+        None => return,
+    };
+    let span = info_span!("conn", client_id = tracing::field::Empty, %peer);
+    run(broker, connect, rd, wr, buf)
+        .instrument(span)
+        .await;
+}
+
+/// Reads the first packet, which must be CONNECT. Answers unsupported
+/// protocol levels and malformed CONNECTs itself.
+async fn read_connect<R, W>(rd: &mut R, wr: &mut W, buf: &mut BytesMut, max: usize) -> Option<Connect>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        match decode(buf, None, max) {
+            Ok(Some(Packet::Connect(c))) => return Some(*c),
+            Ok(Some(other)) => {
+                debug!(packet = packet_name(&other), "first packet is not CONNECT");
+                return None;
+            }
+            Ok(None) => {}
+            Err(DecodeError::UnsupportedProtocol { level }) => {
+                debug!(level, "unsupported protocol level");
+                let (v, code) = if level > 5 {
+                    (Version::V5, reason::UNSUPPORTED_PROTOCOL_VERSION)
+                } else {
+                    (Version::V311, reason::v311::UNACCEPTABLE_PROTOCOL_VERSION)
+                };
+                send_connack(wr, v, code, Properties::default()).await;
+                return None;
+            }
+            Err(e) => {
+                debug!(error = %e, "bad CONNECT");
+                if peek_connect_level(buf) == Some(5) {
+                    send_connack(wr, Version::V5, e.reason_code(), Properties::default()).await;
+                }
+                return None;
+            }
+        }
+        match tokio::time::timeout_at(deadline, rd.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
+
+fn packet_name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Connect(_) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingReq => "PINGREQ",
+        Packet::PingResp => "PINGRESP",
+        Packet::Disconnect(_) => "DISCONNECT",
+        Packet::Auth(_) => "AUTH",
+    }
+}
+
+/// Protocol level byte of a (possibly malformed) CONNECT at the front of `buf`.
+fn peek_connect_level(buf: &[u8]) -> Option<u8> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    let mut i = 1;
+    while buf.get(i)? & 0x80 != 0 {
+        i += 1;
+        if i > 4 {
+            return None;
+        }
+    }
+    // remaining length, then protocol name (2-byte length + "MQTT"), then level.
+    let name_len = usize::from(*buf.get(i + 1)?) << 8 | usize::from(*buf.get(i + 2)?);
+    buf.get(i + 3 + name_len).copied()
+}
+
+async fn send_connack<W: AsyncWrite + Unpin>(wr: &mut W, v: Version, code: u8, properties: Properties) {
+    let code = if v == Version::V311 && code >= 0x80 {
+        reason::connack_v311(code)
+    } else {
+        code
+    };
+    let mut out = BytesMut::new();
+    encode(
+        &Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+            properties,
+        }),
+        v,
+        &mut out,
+    );
+    let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+        let _ = wr.write_all(&out).await;
+        let _ = wr.flush().await;
+        let _ = wr.shutdown().await;
+    })
+    .await;
+}
+
+fn reason_props(v: Version, text: &str) -> Properties {
+    let mut p = Properties::default();
+    if v == Version::V5 {
+        p.reason_string = Some(text.into());
+    }
+    p
+}
+
+/// How a connection ended.
+enum End {
+    /// DISCONNECT from the client; `with_will` for reason 0x04.
+    Client { with_will: bool },
+    /// We close it, sending DISCONNECT with this reason to a 5.0 client.
+    Server { reason: u8, why: &'static str },
+    /// Socket closed or failed, or keep alive expired (3.1.1).
+    Lost(&'static str),
+}
+
+async fn run<R, W>(broker: Arc<Broker>, c: Connect, mut rd: R, mut wr: W, mut buf: BytesMut)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let v = c.version;
+    let cfg = &broker.config;
+    let fail = |code: u8, text: &'static str| (code, text);
+
+    // Validate what the client asks for.
+    let mut assigned = None;
+    let check: Result<(), (u8, &str)> = (|| {
+        if c.properties.authentication_method.is_some() {
+            return Err(fail(reason::BAD_AUTHENTICATION_METHOD, "no authentication method is configured"));
+        }
+        if c.client_id.is_empty() && v == Version::V311 && !c.clean_start {
+            return Err(fail(reason::CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs clean session"));
+        }
+        if c.client_id.len() > cfg.max_client_id_len {
+            return Err(fail(reason::CLIENT_IDENTIFIER_NOT_VALID, "client id too long"));
+        }
+        if let Some(w) = &c.will {
+            if w.qos as u8 > cfg.max_qos {
+                return Err(fail(reason::QOS_NOT_SUPPORTED, "will QoS above the maximum QoS"));
+            }
+            if w.retain && !cfg.retain_available {
+                return Err(fail(reason::RETAIN_NOT_SUPPORTED, "retain is not available"));
+            }
+            if !topic::valid_name(&w.topic) {
+                return Err(fail(reason::TOPIC_NAME_INVALID, "invalid will topic"));
+            }
+        }
+        if v == Version::V311 && cfg.max_keep_alive > 0 && c.keep_alive > cfg.max_keep_alive {
+            return Err(fail(reason::CLIENT_IDENTIFIER_NOT_VALID, "keep alive above the maximum"));
+        }
+        Ok(())
+    })();
+    if let Err((code, text)) = check {
+        info!(code, reason = text, "connection refused");
+        send_connack(&mut wr, v, code, reason_props(v, text)).await;
+        return;
+    }
+    let client_id: Arc<str> = if c.client_id.is_empty() {
+        let id = generate_client_id();
+        assigned = Some(id.clone());
+        id.into()
+    } else {
+        c.client_id.as_str().into()
+    };
+    tracing::Span::current().record("client_id", &*client_id);
+
+    // Keep alive (5.0: the server may impose its own).
+    let mut keep_alive = c.keep_alive;
+    let mut server_keep_alive = None;
+    if v == Version::V5 && cfg.max_keep_alive > 0 && (keep_alive == 0 || keep_alive > cfg.max_keep_alive) {
+        keep_alive = cfg.max_keep_alive;
+        server_keep_alive = Some(keep_alive);
+    }
+    let requested_expiry = match v {
+        Version::V5 => c.properties.session_expiry_interval.unwrap_or(0),
+        Version::V311 => {
+            if c.clean_start {
+                0
+            } else {
+                u32::MAX
+            }
+        }
+    };
+    let expiry = requested_expiry.min(cfg.max_session_expiry);
+    let client_receive_max = usize::from(c.properties.receive_maximum.unwrap_or(u16::MAX));
+    let window = client_receive_max.min(usize::from(cfg.max_inflight));
+    let limits = ClientLimits {
+        version: v,
+        max_packet_size: c
+            .properties
+            .maximum_packet_size
+            .map(|m| m as usize)
+            .unwrap_or(usize::MAX),
+        topic_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
+        window,
+        problem_info: c.properties.request_problem_information != Some(0),
+    };
+    let will = c.will.as_ref().map(|w| {
+        let mut properties = w.properties.clone();
+        let delay = properties.will_delay_interval.take().unwrap_or(0);
+        PendingWill {
+            msg: Arc::new(Message {
+                topic: w.topic.clone(),
+                payload: w.payload.clone(),
+                qos: w.qos,
+                retain: w.retain,
+                properties,
+                publisher: Some(client_id.clone()),
+                received_at: std::time::Instant::now(),
+            }),
+            delay,
+        }
+    });
+
+    let attached = broker
+        .attach(client_id.clone(), c.clean_start, expiry, v, window)
+        .await;
+    let session = attached.session.clone();
+    let conn_id = attached.conn_id;
+    let mut kicked = attached.kicked;
+
+    // CONNACK.
+    let mut props = Properties::default();
+    if v == Version::V5 {
+        props.assigned_client_identifier = assigned.map(Into::into);
+        props.server_keep_alive = server_keep_alive;
+        if requested_expiry != expiry {
+            props.session_expiry_interval = Some(expiry);
+        }
+        props.receive_maximum = Some(cfg.receive_maximum);
+        if cfg.max_qos < 2 {
+            props.maximum_qos = Some(cfg.max_qos);
+        }
+        props.retain_available = Some(u8::from(cfg.retain_available));
+        props.maximum_packet_size = Some(cfg.max_packet_size);
+        props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+        props.wildcard_subscription_available = Some(u8::from(cfg.wildcard_subscriptions));
+        props.subscription_identifier_available = Some(u8::from(cfg.subscription_identifiers));
+        props.shared_subscription_available = Some(u8::from(cfg.shared_subscriptions));
+    }
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: attached.session_present,
+        code: reason::SUCCESS,
+        properties: props,
+    });
+    let mut out = BytesMut::new();
+    encode(&connack, v, &mut out);
+    if wr.write_all(&out).await.is_err() {
+        broker.detach(&session, conn_id, will);
+        return;
+    }
+    info!(version = ?v, clean_start = c.clean_start, keep_alive, session_present = attached.session_present, "connected");
+
+    let (close_tx, close_rx) = oneshot::channel();
+    let mut writer = tokio::spawn(
+        writer::run(broker.clone(), session.clone(), wr, limits, close_rx).in_current_span(),
+    );
+
+    let mut reader = Reader {
+        broker: broker.clone(),
+        session: session.clone(),
+        version: v,
+        aliases: vec![None; usize::from(cfg.topic_alias_maximum)],
+        control: Vec::new(),
+    };
+    let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    let max_in = cfg.max_packet_size as usize;
+
+    let end = 'conn: loop {
+        loop {
+            match decode(&mut buf, Some(v), max_in) {
+                Ok(Some(p)) => {
+                    if let Some(end) = reader.handle(p) {
+                        break 'conn end;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(error = %e, "protocol violation");
+                    break 'conn End::Server {
+                        reason: e.reason_code(),
+                        why: "protocol violation",
+                    };
+                }
+            }
+        }
+        reader.flush_control();
+        let read = async {
+            match keep_alive {
+                Some(ka) => tokio::time::timeout(ka, rd.read_buf(&mut buf)).await.ok(),
+                None => Some(rd.read_buf(&mut buf).await),
+            }
+        };
+        tokio::select! {
+            r = read => match r {
+                None => break End::Server { reason: reason::KEEP_ALIVE_TIMEOUT, why: "keep alive timeout" },
+                Some(Ok(0)) => break End::Lost("closed by peer"),
+                Some(Ok(_)) => {}
+                Some(Err(_)) => break End::Lost("read error"),
+            },
+            k = &mut kicked => {
+                let reason = k.unwrap_or(reason::SESSION_TAKEN_OVER);
+                break End::Server { reason, why: if reason == reason::SESSION_TAKEN_OVER { "session taken over" } else { "closed by the server" } };
+            }
+            _ = &mut writer => break End::Lost("write failed"),
+        }
+    };
+
+    reader.flush_control();
+    let (last, will) = match end {
+        End::Client { with_will } => {
+            info!(with_will, "disconnected");
+            (None, if with_will { will } else { None })
+        }
+        End::Server { reason, why } => {
+            info!(reason, why, "closing connection");
+            let last = (v == Version::V5).then(|| {
+                Packet::Disconnect(Disconnect {
+                    reason,
+                    properties: Properties::default(),
+                })
+            });
+            (last, will)
+        }
+        End::Lost(why) => {
+            info!(why, "connection lost");
+            (None, will)
+        }
+    };
+    let _ = close_tx.send(last);
+    if tokio::time::timeout(CLOSE_FLUSH, &mut writer).await.is_err() {
+        writer.abort();
+    }
+    broker.detach(&session, conn_id, will);
+}
+
+fn generate_client_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("midge-{:x}-{n}", t & 0xffff_ffff_ffff)
+}
+
+/// Per-connection inbound state.
+struct Reader {
+    broker: Arc<Broker>,
+    session: Arc<Session>,
+    version: Version,
+    /// Inbound topic aliases (index = alias - 1).
+    aliases: Vec<Option<midge_protocol::ByteStr>>,
+    /// Acks produced while handling a batch of packets, handed to the writer at once.
+    control: Vec<Packet>,
+}
+
+impl Reader {
+    fn flush_control(&mut self) {
+        if self.control.is_empty() {
+            return;
+        }
+        let mut st = self.session.state.lock();
+        st.control.extend(self.control.drain(..));
+        drop(st);
+        self.session.notify.notify_one();
+    }
+
+    fn protocol_error(&self, why: &'static str) -> Option<End> {
+        Some(End::Server {
+            reason: reason::PROTOCOL_ERROR,
+            why,
+        })
+    }
+
+    /// Handles one packet; `Some(End)` closes the connection.
+    fn handle(&mut self, p: Packet) -> Option<End> {
+        match p {
+            Packet::Publish(p) => self.publish(p),
+            Packet::PubAck(a) => {
+                let mut st = self.session.state.lock();
+                if let Some(i) = st.find_inflight(a.packet_id) {
+                    if st.inflight[i].delivery.qos == QoS::AtLeastOnce {
+                        st.inflight.remove(i);
+                        drop(st);
+                        self.session.notify.notify_one();
+                    }
+                }
+                None
+            }
+            Packet::PubRec(a) => {
+                let mut st = self.session.state.lock();
+                match st.find_inflight(a.packet_id) {
+                    Some(i) if st.inflight[i].delivery.qos == QoS::ExactlyOnce => {
+                        if a.reason >= 0x80 {
+                            st.inflight.remove(i);
+                            drop(st);
+                            self.session.notify.notify_one();
+                        } else {
+                            st.inflight[i].stage = Stage::Released;
+                            drop(st);
+                            self.control.push(Packet::PubRel(Ack::new(a.packet_id, 0)));
+                        }
+                    }
+                    _ => {
+                        drop(st);
+                        self.control.push(Packet::PubRel(Ack::new(
+                            a.packet_id,
+                            reason::PACKET_IDENTIFIER_NOT_FOUND,
+                        )));
+                    }
+                }
+                None
+            }
+            Packet::PubComp(a) => {
+                let mut st = self.session.state.lock();
+                if let Some(i) = st.find_inflight(a.packet_id) {
+                    if st.inflight[i].stage == Stage::Released {
+                        st.inflight.remove(i);
+                        drop(st);
+                        self.session.notify.notify_one();
+                    }
+                }
+                None
+            }
+            Packet::PubRel(a) => {
+                let known = self.session.state.lock().incoming_qos2.remove(&a.packet_id);
+                let code = if known || self.version == Version::V311 {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.control.push(Packet::PubComp(Ack::new(a.packet_id, code)));
+                None
+            }
+            Packet::Subscribe(s) => self.subscribe(s),
+            Packet::Unsubscribe(u) => self.unsubscribe(u),
+            Packet::PingReq => {
+                self.control.push(Packet::PingResp);
+                None
+            }
+            Packet::Disconnect(d) => self.disconnect(d),
+            Packet::Connect(_) => self.protocol_error("second CONNECT"),
+            Packet::Auth(_) => self.protocol_error("AUTH without an authentication method"),
+            Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => self.protocol_error("server-only packet from a client"),
+        }
+    }
+
+    fn publish(&mut self, mut p: Publish) -> Option<End> {
+        let cfg = &self.broker.config;
+        if p.qos as u8 > cfg.max_qos {
+            return Some(End::Server {
+                reason: reason::QOS_NOT_SUPPORTED,
+                why: "QoS above the maximum QoS",
+            });
+        }
+        if p.retain && !cfg.retain_available {
+            return Some(End::Server {
+                reason: reason::RETAIN_NOT_SUPPORTED,
+                why: "retain is not available",
+            });
+        }
+        if let Some(alias) = p.properties.topic_alias {
+            let slot = usize::from(alias);
+            if slot == 0 || slot > self.aliases.len() {
+                return Some(End::Server {
+                    reason: reason::TOPIC_ALIAS_INVALID,
+                    why: "topic alias out of range",
+                });
+            }
+            if p.topic.is_empty() {
+                match &self.aliases[slot - 1] {
+                    Some(t) => p.topic = t.clone(),
+                    None => return self.protocol_error("unknown topic alias"),
+                }
+            } else {
+                self.aliases[slot - 1] = Some(p.topic.clone());
+            }
+        } else if p.topic.is_empty() {
+            return self.protocol_error("empty topic without a topic alias");
+        }
+        let packet_id = p.packet_id;
+        match p.qos {
+            QoS::AtMostOnce => {
+                let msg = Message::from_publish(p, Some(self.session.client_id.clone()));
+                self.broker.publish(Arc::new(msg));
+            }
+            QoS::AtLeastOnce => {
+                let msg = Message::from_publish(p, Some(self.session.client_id.clone()));
+                self.broker.publish(Arc::new(msg));
+                self.control.push(Packet::PubAck(Ack::new(packet_id, reason::SUCCESS)));
+            }
+            QoS::ExactlyOnce => {
+                let fresh = {
+                    let mut st = self.session.state.lock();
+                    if st.incoming_qos2.contains(&packet_id) {
+                        Some(false)
+                    } else if st.incoming_qos2.len() >= usize::from(cfg.receive_maximum) {
+                        None
+                    } else {
+                        st.incoming_qos2.insert(packet_id);
+                        Some(true)
+                    }
+                };
+                match fresh {
+                    None => {
+                        return Some(End::Server {
+                            reason: reason::RECEIVE_MAXIMUM_EXCEEDED,
+                            why: "receive maximum exceeded",
+                        })
+                    }
+                    Some(true) => {
+                        let msg = Message::from_publish(p, Some(self.session.client_id.clone()));
+                        self.broker.publish(Arc::new(msg));
+                    }
+                    Some(false) => {} // a resend before PUBREL: already routed once
+                }
+                self.control.push(Packet::PubRec(Ack::new(packet_id, reason::SUCCESS)));
+            }
+        }
+        None
+    }
+
+    fn subscribe(&mut self, s: Subscribe) -> Option<End> {
+        let cfg = &self.broker.config;
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        if sub_id.is_some() && !cfg.subscription_identifiers {
+            return Some(End::Server {
+                reason: reason::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+                why: "subscription identifiers are not supported",
+            });
+        }
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained: Vec<Delivery> = Vec::new();
+        for (filter, opts) in &s.filters {
+            let (group, f) = split_filter(filter);
+            if group.is_some() && opts.no_local {
+                return self.protocol_error("no local on a shared subscription");
+            }
+            let refuse = if group.is_some() && !cfg.shared_subscriptions {
+                Some(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
+            } else if !cfg.wildcard_subscriptions && f.contains(['+', '#']) {
+                Some(reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED)
+            } else {
+                None
+            };
+            if let Some(code) = refuse {
+                codes.push(match self.version {
+                    Version::V5 => code,
+                    Version::V311 => reason::v311::SUBACK_FAILURE,
+                });
+                continue;
+            }
+            let granted = QoS::from_u8((*opts as midge_protocol::SubOptions).qos as u8)
+                .unwrap_or(QoS::AtMostOnce)
+                .min(QoS::from_u8(cfg.max_qos).unwrap_or(QoS::ExactlyOnce));
+            let mut opts = *opts;
+            opts.qos = granted;
+            let existed = self.broker.subscribe(
+                &self.session,
+                filter,
+                SubscriptionRecord { opts, id: sub_id },
+            );
+            codes.push(granted as u8);
+            let send_retained = group.is_none()
+                && (opts.retain_handling == 0 || (opts.retain_handling == 1 && !existed));
+            if send_retained && cfg.retain_available {
+                for m in self.broker.retained.matching(f) {
+                    retained.push(Delivery {
+                        qos: granted.min(m.qos),
+                        msg: m,
+                        retain: true,
+                        sub_ids: sub_id.into_iter().collect(),
+                        shared: None,
+                    });
+                }
+            }
+        }
+        // SUBACK goes out before any retained message.
+        self.control.push(Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            properties: Properties::default(),
+            codes,
+        }));
+        self.flush_control();
+        let limits = self.broker.queue_limits();
+        for d in retained {
+            let _ = self.session.enqueue(d, limits);
+        }
+        None
+    }
+
+    fn unsubscribe(&mut self, u: Unsubscribe) -> Option<End> {
+        let codes = u
+            .filters
+            .iter()
+            .map(|f| {
+                if self.broker.unsubscribe(&self.session, f) {
+                    reason::SUCCESS
+                } else {
+                    reason::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        self.control.push(Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            properties: Properties::default(),
+            codes,
+        }));
+        None
+    }
+
+    fn disconnect(&mut self, d: Disconnect) -> Option<End> {
+        if let Some(new) = d.properties.session_expiry_interval {
+            let mut st = self.session.state.lock();
+            if st.expiry_interval == 0 && new != 0 {
+                drop(st);
+                return self.protocol_error("session expiry set in DISCONNECT after 0 in CONNECT");
+            }
+            st.expiry_interval = new.min(self.broker.config.max_session_expiry);
+        }
+        Some(End::Client {
+            with_will: d.reason == reason::DISCONNECT_WITH_WILL,
+        })
+    }
+}

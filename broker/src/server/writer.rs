@@ -1,0 +1,235 @@
+//! The writer half of a connection: drains the session's control packets,
+//! inflight resends and queued deliveries into one buffer and one write.
+//! Applies the client's limits: Receive Maximum (inflight window), Maximum
+//! Packet Size, Topic Alias Maximum (outgoing aliases), message expiry.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use midge_protocol::{encode, encoded_len, Ack, ByteStr, Packet, Publish, QoS, Version};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+use crate::broker::Broker;
+use crate::session::{Delivery, Inflight, Session, Stage};
+
+/// Most items taken from the session per write.
+const BATCH: usize = 512;
+
+/// What the client told us it can take.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    pub version: Version,
+    pub max_packet_size: usize,
+    pub topic_alias_max: u16,
+    pub window: usize,
+    pub problem_info: bool,
+}
+
+enum Out {
+    Control(Packet),
+    Publish {
+        packet_id: u16,
+        dup: bool,
+        delivery: Delivery,
+    },
+}
+
+/// Runs until `close` fires (then flushes control packets and the final
+/// packet it carries) or a write fails.
+pub async fn run<W: AsyncWrite + Unpin>(
+    broker: Arc<Broker>,
+    session: Arc<Session>,
+    mut wr: W,
+    limits: ClientLimits,
+    mut close: oneshot::Receiver<Option<Packet>>,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut aliases: HashMap<ByteStr, u16> = HashMap::new();
+    let mut items: Vec<Out> = Vec::with_capacity(BATCH);
+    loop {
+        collect(&session, limits.window, &mut items, false);
+        if items.is_empty() {
+            tokio::select! {
+                _ = session.notify.notified() => continue,
+                last = &mut close => {
+                    collect(&session, limits.window, &mut items, true);
+                    encode_items(&broker, &session, &limits, &mut aliases, &mut items, &mut buf);
+                    if let Ok(Some(p)) = last {
+                        encode(&p, limits.version, &mut buf);
+                    }
+                    wr.write_all(&buf).await?;
+                    wr.flush().await?;
+                    let _ = wr.shutdown().await;
+                    return Ok(());
+                }
+            }
+        }
+        encode_items(&broker, &session, &limits, &mut aliases, &mut items, &mut buf);
+        if !buf.is_empty() {
+            wr.write_all(&buf).await?;
+            buf.clear();
+            if buf.capacity() > 1024 * 1024 {
+                buf = BytesMut::with_capacity(16 * 1024);
+            }
+        }
+    }
+}
+
+/// Takes what can be sent now from the session, under its lock.
+fn collect(session: &Session, window: usize, items: &mut Vec<Out>, control_only: bool) {
+    let mut st = session.state.lock();
+    while items.len() < BATCH {
+        match st.control.pop_front() {
+            Some(p) => items.push(Out::Control(p)),
+            None => break,
+        }
+    }
+    if control_only {
+        return;
+    }
+    if st.resend {
+        st.resend = false;
+        for i in &st.inflight {
+            items.push(match i.stage {
+                Stage::Published => Out::Publish {
+                    packet_id: i.packet_id,
+                    dup: true,
+                    delivery: i.delivery.clone(),
+                },
+                Stage::Released => Out::Control(Packet::PubRel(Ack::new(i.packet_id, 0))),
+            });
+        }
+    }
+    while items.len() < BATCH {
+        let Some(front) = st.queue.front() else { break };
+        if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
+            break;
+        }
+        let Some(d) = st.queue.pop_front() else { break };
+        st.queued_bytes -= d.msg.payload.len();
+        if d.qos == QoS::AtMostOnce {
+            items.push(Out::Publish {
+                packet_id: 0,
+                dup: false,
+                delivery: d,
+            });
+        } else {
+            let packet_id = st.alloc_packet_id();
+            st.inflight.push_back(Inflight {
+                packet_id,
+                delivery: d.clone(),
+                stage: Stage::Published,
+            });
+            items.push(Out::Publish {
+                packet_id,
+                dup: false,
+                delivery: d,
+            });
+        }
+    }
+}
+
+/// Encodes `items` into `buf`, dropping expired or oversized publishes.
+fn encode_items(
+    broker: &Broker,
+    session: &Session,
+    limits: &ClientLimits,
+    aliases: &mut HashMap<ByteStr, u16>,
+    items: &mut Vec<Out>,
+    buf: &mut BytesMut,
+) {
+    let now = Instant::now();
+    let mut unsendable: Vec<u16> = Vec::new();
+    for item in items.drain(..) {
+        match item {
+            Out::Control(mut p) => {
+                if !limits.problem_info {
+                    strip_problem_info(&mut p);
+                }
+                if encoded_len(&p, limits.version) > limits.max_packet_size {
+                    strip_problem_info(&mut p);
+                }
+                encode(&p, limits.version, buf);
+            }
+            Out::Publish {
+                packet_id,
+                dup,
+                delivery,
+            } => {
+                let d = delivery;
+                let Ok(remaining) = d.msg.remaining_expiry(now) else {
+                    broker
+                        .stats
+                        .messages_dropped_expired
+                        .fetch_add(1, Ordering::Relaxed);
+                    if packet_id != 0 {
+                        unsendable.push(packet_id);
+                    }
+                    continue;
+                };
+                let mut publish = Publish {
+                    dup,
+                    qos: d.qos,
+                    retain: d.retain,
+                    topic: d.msg.topic.clone(),
+                    packet_id,
+                    properties: Default::default(),
+                    payload: d.msg.payload.clone(),
+                };
+                if limits.version == Version::V5 {
+                    publish.properties = d.msg.properties.clone();
+                    publish.properties.message_expiry_interval = remaining;
+                    publish.properties.subscription_identifiers = d.sub_ids.to_vec();
+                }
+                let mut new_alias = None;
+                if limits.version == Version::V5 && limits.topic_alias_max > 0 {
+                    if let Some(&a) = aliases.get(&publish.topic) {
+                        publish.properties.topic_alias = Some(a);
+                        publish.topic = ByteStr::default();
+                    } else if aliases.len() < usize::from(limits.topic_alias_max) {
+                        let a = aliases.len() as u16 + 1;
+                        aliases.insert(publish.topic.clone(), a);
+                        publish.properties.topic_alias = Some(a);
+                        new_alias = Some(d.msg.topic.clone());
+                    }
+                }
+                let packet = Packet::Publish(publish);
+                if encoded_len(&packet, limits.version) > limits.max_packet_size {
+                    if let Some(t) = new_alias {
+                        aliases.remove(&t);
+                    }
+                    broker
+                        .stats
+                        .messages_dropped_too_large
+                        .fetch_add(1, Ordering::Relaxed);
+                    if packet_id != 0 {
+                        unsendable.push(packet_id);
+                    }
+                    continue;
+                }
+                encode(&packet, limits.version, buf);
+            }
+        }
+    }
+    if !unsendable.is_empty() {
+        let mut st = session.state.lock();
+        st.inflight.retain(|i| !unsendable.contains(&i.packet_id));
+    }
+}
+
+fn strip_problem_info(p: &mut Packet) {
+    let props = match p {
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            &mut a.properties
+        }
+        Packet::SubAck(s) => &mut s.properties,
+        Packet::UnsubAck(u) => &mut u.properties,
+        _ => return,
+    };
+    props.reason_string = None;
+    props.user_properties.clear();
+}

@@ -1,0 +1,78 @@
+//! MQTT over WebSocket: the HTTP upgrade (path check, `mqtt` subprotocol)
+//! and a bridge that turns binary frames into a byte stream for the
+//! ordinary connection code.
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tracing::debug;
+
+/// Completes the WebSocket handshake on `path` and returns a byte stream
+/// carrying the MQTT bytes. A wrong path gets HTTP 404.
+pub async fn accept(tcp: TcpStream, path: String) -> Option<DuplexStream> {
+    let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() != path {
+            let mut err = ErrorResponse::new(Some(format!("no MQTT endpoint at {}", req.uri().path())));
+            *err.status_mut() = StatusCode::NOT_FOUND;
+            return Err(err);
+        }
+        let offered = req
+            .headers()
+            .get_all("Sec-WebSocket-Protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .find(|p| *p == "mqtt" || *p == "mqttv3.1");
+        if let Some(p) = offered {
+            if let Ok(v) = HeaderValue::from_str(p) {
+                resp.headers_mut().insert("Sec-WebSocket-Protocol", v);
+            }
+        }
+        Ok(resp)
+    };
+    let ws = match tokio_tungstenite::accept_hdr_async(tcp, callback).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            debug!(error = %e, "websocket handshake failed");
+            return None;
+        }
+    };
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (mut sink, mut stream) = ws.split();
+    let (mut rd, mut wr) = tokio::io::split(ours);
+    // frames -> bytes
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            let data = match msg {
+                WsMessage::Binary(b) => b,
+                WsMessage::Close(_) => break,
+                WsMessage::Text(_) => break, // MQTT over WebSocket is binary only
+                _ => continue,
+            };
+            if wr.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    // bytes -> frames
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sink.send(WsMessage::binary(buf[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = sink.close().await;
+    });
+    Some(theirs)
+}

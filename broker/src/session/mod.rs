@@ -1,0 +1,242 @@
+//! Per-client session state: subscriptions, the queue of messages waiting
+//! to be sent, QoS 1/2 inflight state in both directions, the link to the
+//! live connection (if any), the will and the expiry.
+//!
+//! One `Mutex<SessionState>` per session, never held across `.await`.
+//! Publishers push [`Delivery`]s into the queue and wake the connection's
+//! writer through `notify`; the writer moves them into the inflight window.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use midge_protocol::{Packet, QoS, SubOptions, Version};
+use parking_lot::Mutex;
+use smallvec::SmallVec;
+use tokio::sync::{oneshot, Notify};
+
+use crate::config::QueueFullPolicy;
+use crate::message::Message;
+use crate::router::SharedKey;
+
+/// A message on its way to one session.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub msg: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub sub_ids: SmallVec<[u32; 2]>,
+    pub shared: Option<SharedKey>,
+}
+
+/// Where an outgoing QoS 1/2 message is in its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// PUBLISH sent, PUBACK (QoS 1) or PUBREC (QoS 2) awaited.
+    Published,
+    /// PUBREL sent, PUBCOMP awaited.
+    Released,
+}
+
+/// An outgoing QoS 1/2 message not yet acknowledged.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub packet_id: u16,
+    pub delivery: Delivery,
+    pub stage: Stage,
+}
+
+/// A subscription as the session records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    pub opts: SubOptions,
+    pub id: Option<u32>,
+}
+
+/// A will waiting for its connection to end (or for its delay).
+#[derive(Debug, Clone)]
+pub struct PendingWill {
+    pub msg: Arc<Message>,
+    pub delay: u32,
+}
+
+/// The live connection attached to a session.
+#[derive(Debug)]
+pub struct ConnLink {
+    pub id: u64,
+    pub version: Version,
+    /// Most QoS 1/2 messages in flight to the client.
+    pub window: usize,
+    /// Tells the connection to close, with a DISCONNECT reason for 5.0.
+    pub kick: Option<oneshot::Sender<u8>>,
+    /// Fired when the connection has detached.
+    pub detached: Arc<Notify>,
+}
+
+/// Mutable session state.
+#[derive(Debug)]
+pub struct SessionState {
+    /// Full filter (including `$share/g/`) -> options.
+    pub subscriptions: HashMap<String, SubscriptionRecord>,
+    pub queue: VecDeque<Delivery>,
+    pub queued_bytes: usize,
+    pub inflight: VecDeque<Inflight>,
+    /// QoS 2 packet ids received and not yet released by PUBREL.
+    pub incoming_qos2: HashSet<u16>,
+    /// Packets the writer must send before any queued message (acks, SUBACK, ...).
+    pub control: VecDeque<Packet>,
+    pub next_packet_id: u16,
+    pub conn: Option<ConnLink>,
+    pub expiry_interval: u32,
+    pub will: Option<PendingWill>,
+    /// Bumped on every attach, detach and end; timers compare it before acting.
+    pub generation: u64,
+    /// Resend all inflight messages (with DUP) before anything else: set on resume.
+    pub resend: bool,
+    /// The session is over (expired or replaced); deliveries are refused.
+    pub ended: bool,
+    pub dropped: u64,
+}
+
+/// One client's session.
+#[derive(Debug)]
+pub struct Session {
+    pub client_id: Arc<str>,
+    pub state: Mutex<SessionState>,
+    /// Wakes the attached connection's writer.
+    pub notify: Notify,
+    online: AtomicBool,
+}
+
+/// Why a delivery was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnqueueOutcome {
+    Queued,
+    /// Queue full: the new message (or, with drop_oldest, an older one) was dropped.
+    DroppedFull,
+    /// QoS 0 for an offline session, or the session ended.
+    Skipped,
+}
+
+/// Queue limits applied by [`Session::enqueue`].
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub policy: QueueFullPolicy,
+}
+
+impl Session {
+    pub fn new(client_id: Arc<str>, expiry_interval: u32) -> Session {
+        Session {
+            client_id,
+            state: Mutex::new(SessionState {
+                subscriptions: HashMap::new(),
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                inflight: VecDeque::new(),
+                incoming_qos2: HashSet::new(),
+                control: VecDeque::new(),
+                next_packet_id: 1,
+                conn: None,
+                expiry_interval,
+                will: None,
+                generation: 0,
+                resend: false,
+                ended: false,
+                dropped: 0,
+            }),
+            notify: Notify::new(),
+            online: AtomicBool::new(false),
+        }
+    }
+
+    /// Is a connection attached? (cheap, lock-free; used by shared-group picking)
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    pub fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Relaxed);
+    }
+
+    /// Queues a delivery and wakes the writer. QoS 0 messages are not kept for offline sessions.
+    pub fn enqueue(&self, d: Delivery, limits: QueueLimits) -> EnqueueOutcome {
+        let mut st = self.state.lock();
+        if st.ended || (st.conn.is_none() && d.qos == QoS::AtMostOnce) {
+            return EnqueueOutcome::Skipped;
+        }
+        let size = d.msg.payload.len();
+        let full = st.queue.len() >= limits.max_messages
+            || (limits.max_bytes > 0 && st.queued_bytes + size > limits.max_bytes);
+        let mut outcome = EnqueueOutcome::Queued;
+        if full {
+            st.dropped += 1;
+            outcome = EnqueueOutcome::DroppedFull;
+            let evict = limits.policy == QueueFullPolicy::DropOldest && d.qos != QoS::AtMostOnce;
+            if !evict {
+                return outcome;
+            }
+            if let Some(old) = st.queue.pop_front() {
+                st.queued_bytes -= old.msg.payload.len();
+            }
+        }
+        st.queued_bytes += size;
+        st.queue.push_back(d);
+        let online = st.conn.is_some();
+        drop(st);
+        if online {
+            self.notify.notify_one();
+        }
+        outcome
+    }
+
+    /// Queues a control packet (ack, SUBACK, ...) for the writer.
+    pub fn send_control(&self, p: Packet) {
+        self.state.lock().control.push_back(p);
+        self.notify.notify_one();
+    }
+}
+
+impl SessionState {
+    /// A packet id not used by any inflight message.
+    pub fn alloc_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.iter().any(|i| i.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Index of the inflight entry with `packet_id` (acks usually come in order: front first).
+    pub fn find_inflight(&self, packet_id: u16) -> Option<usize> {
+        self.inflight.iter().position(|i| i.packet_id == packet_id)
+    }
+
+    /// Takes every queued or inflight delivery that came through a shared subscription.
+    pub fn take_shared(&mut self) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for d in self.queue.drain(..) {
+            if d.shared.is_some() {
+                self.queued_bytes -= d.msg.payload.len();
+                out.push(d);
+            } else {
+                kept.push_back(d);
+            }
+        }
+        self.queue = kept;
+        self.inflight.retain(|i| {
+            // QoS 2 stays: the client may already hold it, and exactly-once wins.
+            if i.delivery.shared.is_some() && i.delivery.qos == QoS::AtLeastOnce {
+                out.push(i.delivery.clone());
+                false
+            } else {
+                true
+            }
+        });
+        out
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian 12 machine with Rust: installs what
+# the tests need (mosquitto clients, paho-mqtt, cargo-nextest), then builds
+# and runs every test. `.ci/run` calls exactly this script.
+#
+#   ./scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# Independent MQTT clients the interop tests drive.
+command -v mosquitto_pub >/dev/null && command -v mosquitto_sub >/dev/null \
+  || apt_install mosquitto-clients
+python3 -c 'import paho.mqtt' 2>/dev/null \
+  || python3 -m pip install -q 'paho-mqtt>=2,<3'
+command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo nextest run --workspace --no-fail-fast
