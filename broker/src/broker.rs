@@ -14,6 +14,7 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::sync::{oneshot, Notify};
 use tracing::{debug, info};
 
+use crate::auth::{AuthHook, NoAuth};
 use crate::config::MqttConfig;
 use crate::message::Message;
 use crate::router::{Hit, RetainedStore, Router, SharedKey, SubEntry};
@@ -34,6 +35,8 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct Broker {
     pub config: MqttConfig,
+    /// Decides who may connect (CONNECT and AUTH).
+    pub auth: Arc<dyn AuthHook>,
     pub router: Router,
     pub retained: RetainedStore,
     pub stats: Stats,
@@ -65,6 +68,7 @@ impl Broker {
     pub fn new(config: MqttConfig) -> Broker {
         Broker {
             config,
+            auth: Arc::new(NoAuth),
             router: Router::default(),
             retained: RetainedStore::default(),
             stats: Stats::default(),
@@ -130,7 +134,9 @@ impl Broker {
     pub fn redistribute_shared(&self, from: &Arc<Session>, deliveries: Vec<Delivery>) {
         let limits = self.queue_limits();
         for mut d in deliveries {
-            let Some(key) = d.shared.clone() else { continue };
+            let Some(key) = d.shared.clone() else {
+                continue;
+            };
             match self.router.pick_shared(&key, from) {
                 Some(entry) => {
                     d.qos = entry.opts.qos.min(d.msg.qos);
@@ -246,7 +252,12 @@ impl Broker {
 
     /// Detaches connection `conn_id` from `session`. `will` is published
     /// (now or after its delay) unless the disconnect was normal.
-    pub fn detach(self: &Arc<Self>, session: &Arc<Session>, conn_id: u64, will: Option<PendingWill>) {
+    pub fn detach(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        conn_id: u64,
+        will: Option<PendingWill>,
+    ) {
         let mut st = session.state.lock();
         let Some(link) = st.conn.as_ref() else { return };
         if link.id != conn_id {
@@ -361,7 +372,12 @@ impl Broker {
 
     /// Adds a subscription to the session and the router. Returns whether
     /// one existed on that filter before.
-    pub fn subscribe(&self, session: &Arc<Session>, filter: &str, record: crate::session::SubscriptionRecord) -> bool {
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        record: crate::session::SubscriptionRecord,
+    ) -> bool {
         let (group, f) = split_filter(filter);
         let existed = session
             .state
@@ -433,7 +449,8 @@ fn merge_overlapping(hits: &mut Vec<Hit>) {
     let mut out: Vec<Hit> = Vec::with_capacity(hits.len());
     for h in hits.drain(..) {
         if let Some(last) = out.last_mut() {
-            if h.shared.is_none() && last.shared.is_none() && Arc::ptr_eq(&last.session, &h.session) {
+            if h.shared.is_none() && last.shared.is_none() && Arc::ptr_eq(&last.session, &h.session)
+            {
                 last.qos = last.qos.max(h.qos);
                 last.retain_as_published |= h.retain_as_published;
                 let ids: SmallVec<[u32; 2]> = h.sub_ids;

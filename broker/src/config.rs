@@ -24,7 +24,7 @@ pub enum ConfigError {
 }
 
 /// The whole broker configuration (one TOML file).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listeners: Listeners,
@@ -140,16 +140,6 @@ impl Default for LogConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listeners: Listeners::default(),
-            mqtt: MqttConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
-}
-
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -185,7 +175,10 @@ impl Config {
             return invalid("mqtt.max_packet_size", "must be at least 64 bytes");
         }
         if m.max_packet_size > 268_435_460 {
-            return invalid("mqtt.max_packet_size", "must be at most 268435460 (the MQTT limit)");
+            return invalid(
+                "mqtt.max_packet_size",
+                "must be at most 268435460 (the MQTT limit)",
+            );
         }
         if m.receive_maximum == 0 {
             return invalid("mqtt.receive_maximum", "must be at least 1");
@@ -200,7 +193,10 @@ impl Config {
             return invalid("mqtt.max_qos", "must be 0, 1 or 2");
         }
         if m.max_client_id_len < 23 {
-            return invalid("mqtt.max_client_id_len", "must be at least 23 (the MQTT minimum)");
+            return invalid(
+                "mqtt.max_client_id_len",
+                "must be at least 23 (the MQTT minimum)",
+            );
         }
         if !self.listeners.ws_path.starts_with('/') {
             return invalid("listeners.ws_path", "must start with '/'");

@@ -101,8 +101,8 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(cfg: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if cfg.log.json {
         builder.json().init();

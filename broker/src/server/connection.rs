@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, info_span, Instrument};
 
 use super::writer::{self, ClientLimits};
+use crate::auth::{AuthDecision, ConnectInfo};
 use crate::broker::{split_filter, Broker};
 use crate::message::Message;
 use crate::session::{Delivery, PendingWill, Session, Stage, SubscriptionRecord};
@@ -37,14 +38,19 @@ where
         None => return,
     };
     let span = info_span!("conn", client_id = tracing::field::Empty, %peer);
-    run(broker, connect, rd, wr, buf)
+    run(broker, connect, peer, rd, wr, buf)
         .instrument(span)
         .await;
 }
 
 /// Reads the first packet, which must be CONNECT. Answers unsupported
 /// protocol levels and malformed CONNECTs itself.
-async fn read_connect<R, W>(rd: &mut R, wr: &mut W, buf: &mut BytesMut, max: usize) -> Option<Connect>
+async fn read_connect<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Option<Connect>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -120,7 +126,12 @@ fn peek_connect_level(buf: &[u8]) -> Option<u8> {
     buf.get(i + 3 + name_len).copied()
 }
 
-async fn send_connack<W: AsyncWrite + Unpin>(wr: &mut W, v: Version, code: u8, properties: Properties) {
+async fn send_connack<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    v: Version,
+    code: u8,
+    properties: Properties,
+) {
     let code = if v == Version::V311 && code >= 0x80 {
         reason::connack_v311(code)
     } else {
@@ -162,8 +173,14 @@ enum End {
     Lost(&'static str),
 }
 
-async fn run<R, W>(broker: Arc<Broker>, c: Connect, mut rd: R, mut wr: W, mut buf: BytesMut)
-where
+async fn run<R, W>(
+    broker: Arc<Broker>,
+    c: Connect,
+    peer: SocketAddr,
+    mut rd: R,
+    mut wr: W,
+    mut buf: BytesMut,
+) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -174,28 +191,60 @@ where
     // Validate what the client asks for.
     let mut assigned = None;
     let check: Result<(), (u8, &str)> = (|| {
-        if c.properties.authentication_method.is_some() {
-            return Err(fail(reason::BAD_AUTHENTICATION_METHOD, "no authentication method is configured"));
+        let info = ConnectInfo {
+            client_id: &c.client_id,
+            username: c.username.as_deref(),
+            password: c.password.as_ref(),
+            peer,
+            version: v,
+            auth_method: c.properties.authentication_method.as_deref(),
+            auth_data: c.properties.authentication_data.as_ref(),
+        };
+        match broker.auth.authenticate(&info) {
+            AuthDecision::Allow { .. } => {}
+            AuthDecision::Deny { reason } => return Err(fail(reason, "not authorized")),
+            // Multi-step AUTH exchanges arrive with the plugin system.
+            AuthDecision::Continue { .. } => {
+                return Err(fail(
+                    reason::BAD_AUTHENTICATION_METHOD,
+                    "authentication method not supported",
+                ))
+            }
         }
         if c.client_id.is_empty() && v == Version::V311 && !c.clean_start {
-            return Err(fail(reason::CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs clean session"));
+            return Err(fail(
+                reason::CLIENT_IDENTIFIER_NOT_VALID,
+                "empty client id needs clean session",
+            ));
         }
         if c.client_id.len() > cfg.max_client_id_len {
-            return Err(fail(reason::CLIENT_IDENTIFIER_NOT_VALID, "client id too long"));
+            return Err(fail(
+                reason::CLIENT_IDENTIFIER_NOT_VALID,
+                "client id too long",
+            ));
         }
         if let Some(w) = &c.will {
             if w.qos as u8 > cfg.max_qos {
-                return Err(fail(reason::QOS_NOT_SUPPORTED, "will QoS above the maximum QoS"));
+                return Err(fail(
+                    reason::QOS_NOT_SUPPORTED,
+                    "will QoS above the maximum QoS",
+                ));
             }
             if w.retain && !cfg.retain_available {
-                return Err(fail(reason::RETAIN_NOT_SUPPORTED, "retain is not available"));
+                return Err(fail(
+                    reason::RETAIN_NOT_SUPPORTED,
+                    "retain is not available",
+                ));
             }
             if !topic::valid_name(&w.topic) {
                 return Err(fail(reason::TOPIC_NAME_INVALID, "invalid will topic"));
             }
         }
         if v == Version::V311 && cfg.max_keep_alive > 0 && c.keep_alive > cfg.max_keep_alive {
-            return Err(fail(reason::CLIENT_IDENTIFIER_NOT_VALID, "keep alive above the maximum"));
+            return Err(fail(
+                reason::CLIENT_IDENTIFIER_NOT_VALID,
+                "keep alive above the maximum",
+            ));
         }
         Ok(())
     })();
@@ -216,7 +265,10 @@ where
     // Keep alive (5.0: the server may impose its own).
     let mut keep_alive = c.keep_alive;
     let mut server_keep_alive = None;
-    if v == Version::V5 && cfg.max_keep_alive > 0 && (keep_alive == 0 || keep_alive > cfg.max_keep_alive) {
+    if v == Version::V5
+        && cfg.max_keep_alive > 0
+        && (keep_alive == 0 || keep_alive > cfg.max_keep_alive)
+    {
         keep_alive = cfg.max_keep_alive;
         server_keep_alive = Some(keep_alive);
     }
@@ -377,7 +429,10 @@ where
         }
     };
     let _ = close_tx.send(last);
-    if tokio::time::timeout(CLOSE_FLUSH, &mut writer).await.is_err() {
+    if tokio::time::timeout(CLOSE_FLUSH, &mut writer)
+        .await
+        .is_err()
+    {
         writer.abort();
     }
     broker.detach(&session, conn_id, will);
@@ -480,7 +535,8 @@ impl Reader {
                 } else {
                     reason::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                self.control.push(Packet::PubComp(Ack::new(a.packet_id, code)));
+                self.control
+                    .push(Packet::PubComp(Ack::new(a.packet_id, code)));
                 None
             }
             Packet::Subscribe(s) => self.subscribe(s),
@@ -492,10 +548,9 @@ impl Reader {
             Packet::Disconnect(d) => self.disconnect(d),
             Packet::Connect(_) => self.protocol_error("second CONNECT"),
             Packet::Auth(_) => self.protocol_error("AUTH without an authentication method"),
-            Packet::ConnAck(_)
-            | Packet::SubAck(_)
-            | Packet::UnsubAck(_)
-            | Packet::PingResp => self.protocol_error("server-only packet from a client"),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                self.protocol_error("server-only packet from a client")
+            }
         }
     }
 
@@ -541,7 +596,8 @@ impl Reader {
             QoS::AtLeastOnce => {
                 let msg = Message::from_publish(p, Some(self.session.client_id.clone()));
                 self.broker.publish(Arc::new(msg));
-                self.control.push(Packet::PubAck(Ack::new(packet_id, reason::SUCCESS)));
+                self.control
+                    .push(Packet::PubAck(Ack::new(packet_id, reason::SUCCESS)));
             }
             QoS::ExactlyOnce => {
                 let fresh = {
@@ -568,7 +624,8 @@ impl Reader {
                     }
                     Some(false) => {} // a resend before PUBREL: already routed once
                 }
-                self.control.push(Packet::PubRec(Ack::new(packet_id, reason::SUCCESS)));
+                self.control
+                    .push(Packet::PubRec(Ack::new(packet_id, reason::SUCCESS)));
             }
         }
         None

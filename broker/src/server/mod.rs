@@ -85,7 +85,11 @@ impl Server {
         }
         if let Some(l) = self.ws {
             info!(addr = ?l.local_addr().ok(), path = %self.config.listeners.ws_path, "WebSocket listener up");
-            tasks.spawn(accept_ws(l, self.broker.clone(), self.config.listeners.ws_path.clone()));
+            tasks.spawn(accept_ws(
+                l,
+                self.broker.clone(),
+                self.config.listeners.ws_path.clone(),
+            ));
         }
         shutdown.await;
         info!("shutting down");

@@ -29,6 +29,8 @@ pub struct ClientLimits {
     pub problem_info: bool,
 }
 
+// Short-lived batch items; boxing the packet would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 enum Out {
     Control(Packet),
     Publish {
@@ -68,7 +70,14 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 }
             }
         }
-        encode_items(&broker, &session, &limits, &mut aliases, &mut items, &mut buf);
+        encode_items(
+            &broker,
+            &session,
+            &limits,
+            &mut aliases,
+            &mut items,
+            &mut buf,
+        );
         if !buf.is_empty() {
             wr.write_all(&buf).await?;
             buf.clear();

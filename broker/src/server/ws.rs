@@ -12,10 +12,13 @@ use tracing::debug;
 
 /// Completes the WebSocket handshake on `path` and returns a byte stream
 /// carrying the MQTT bytes. A wrong path gets HTTP 404.
+// The callback's signature is tungstenite's.
+#[allow(clippy::result_large_err)]
 pub async fn accept(tcp: TcpStream, path: String) -> Option<DuplexStream> {
     let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != path {
-            let mut err = ErrorResponse::new(Some(format!("no MQTT endpoint at {}", req.uri().path())));
+            let mut err =
+                ErrorResponse::new(Some(format!("no MQTT endpoint at {}", req.uri().path())));
             *err.status_mut() = StatusCode::NOT_FOUND;
             return Err(err);
         }
@@ -66,7 +69,11 @@ pub async fn accept(tcp: TcpStream, path: String) -> Option<DuplexStream> {
             match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if sink.send(WsMessage::binary(buf[..n].to_vec())).await.is_err() {
+                    if sink
+                        .send(WsMessage::binary(buf[..n].to_vec()))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
