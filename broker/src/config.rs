@@ -207,3 +207,35 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_is_valid_and_equals_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/midge.toml");
+        let c = Config::load(Path::new(path)).expect("examples/midge.toml loads");
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("[mqtt]\nmax_keepalive = 5\n", "x.toml").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("x.toml"), "{text}");
+        assert!(text.contains("max_keepalive"), "{text}");
+        assert!(text.contains("line 2"), "{text}");
+    }
+
+    #[test]
+    fn invalid_value_names_the_field() {
+        let e = Config::parse("[mqtt]\nmax_qos = 3\n", "y.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "y.toml: field `mqtt.max_qos`: must be 0, 1 or 2"
+        );
+        let e = Config::parse("[mqtt]\nqueue_full_policy = \"random\"\n", "y.toml").unwrap_err();
+        assert!(e.to_string().contains("queue_full_policy"), "{e}");
+    }
+}

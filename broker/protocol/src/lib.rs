@@ -43,3 +43,6 @@ pub use error::DecodeError;
 pub use packet::{decode, encode, encoded_len, Packet};
 pub use properties::Properties;
 pub use types::*;
+
+#[cfg(test)]
+mod testutil;

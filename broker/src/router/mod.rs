@@ -245,3 +245,122 @@ fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, session: &Arc<S
     }
     removed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: &str) -> Arc<Session> {
+        Arc::new(Session::new(id.into(), 0))
+    }
+
+    fn entry(s: &Arc<Session>, qos: QoS, id: Option<u32>) -> SubEntry {
+        SubEntry {
+            session: s.clone(),
+            opts: SubOptions::qos(qos),
+            id,
+        }
+    }
+
+    fn hits(r: &Router, topic: &str) -> Vec<(String, QoS)> {
+        let mut out = Vec::new();
+        r.matches(topic, &mut out);
+        let mut v: Vec<_> = out
+            .into_iter()
+            .map(|h| (h.session.client_id.to_string(), h.qos))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn wildcards_match_per_spec() {
+        let r = Router::default();
+        let a = session("a");
+        r.subscribe("sport/#", None, entry(&a, QoS::AtMostOnce, None));
+        let b = session("b");
+        r.subscribe("sport/+/player1", None, entry(&b, QoS::AtLeastOnce, None));
+        let c = session("c");
+        r.subscribe("+", None, entry(&c, QoS::AtMostOnce, None));
+        assert_eq!(
+            hits(&r, "sport"),
+            vec![("a".into(), QoS::AtMostOnce), ("c".into(), QoS::AtMostOnce)]
+        );
+        assert_eq!(
+            hits(&r, "sport/tennis/player1"),
+            vec![
+                ("a".into(), QoS::AtMostOnce),
+                ("b".into(), QoS::AtLeastOnce)
+            ]
+        );
+        assert_eq!(
+            hits(&r, "sport/tennis/player2"),
+            vec![("a".into(), QoS::AtMostOnce)]
+        );
+        assert!(hits(&r, "other/x").is_empty());
+        // "+" matches one level only, and an empty level counts.
+        assert_eq!(hits(&r, "/"), vec![]);
+    }
+
+    #[test]
+    fn dollar_topics_skip_leading_wildcards() {
+        let r = Router::default();
+        let a = session("a");
+        r.subscribe("#", None, entry(&a, QoS::AtMostOnce, None));
+        let b = session("b");
+        r.subscribe("+/monitor/Clients", None, entry(&b, QoS::AtMostOnce, None));
+        let c = session("c");
+        r.subscribe("$SYS/#", None, entry(&c, QoS::AtMostOnce, None));
+        assert_eq!(
+            hits(&r, "$SYS/monitor/Clients"),
+            vec![("c".into(), QoS::AtMostOnce)]
+        );
+        assert_eq!(hits(&r, "x/monitor/Clients").len(), 2);
+    }
+
+    #[test]
+    fn resubscribe_replaces_and_unsubscribe_prunes() {
+        let r = Router::default();
+        let a = session("a");
+        assert!(!r.subscribe("t/1", None, entry(&a, QoS::AtMostOnce, None)));
+        assert!(r.subscribe("t/1", None, entry(&a, QoS::ExactlyOnce, None)));
+        assert_eq!(hits(&r, "t/1"), vec![("a".into(), QoS::ExactlyOnce)]);
+        assert!(r.unsubscribe("t/1", None, &a));
+        assert!(!r.unsubscribe("t/1", None, &a));
+        assert!(hits(&r, "t/1").is_empty());
+        assert!(r.root.read().is_empty(), "empty nodes are pruned");
+    }
+
+    #[test]
+    fn shared_group_delivers_to_one_member_round_robin() {
+        let r = Router::default();
+        let a = session("a");
+        let b = session("b");
+        a.set_online(true);
+        b.set_online(true);
+        r.subscribe("job/+", Some("g"), entry(&a, QoS::AtLeastOnce, None));
+        r.subscribe("job/+", Some("g"), entry(&b, QoS::AtLeastOnce, None));
+        let mut seen = HashMap::new();
+        for _ in 0..10 {
+            let h = hits(&r, "job/1");
+            assert_eq!(h.len(), 1);
+            *seen.entry(h[0].0.clone()).or_insert(0) += 1;
+        }
+        assert_eq!(seen.get("a"), Some(&5));
+        assert_eq!(seen.get("b"), Some(&5));
+        // An offline member is skipped while an online one exists.
+        b.set_online(false);
+        for _ in 0..4 {
+            assert_eq!(hits(&r, "job/1")[0].0, "a");
+        }
+        let key = SharedKey {
+            group: "g".into(),
+            filter: "job/+".into(),
+        };
+        assert_eq!(
+            r.pick_shared(&key, &a)
+                .map(|e| e.session.client_id.to_string()),
+            Some("b".into())
+        );
+    }
+}

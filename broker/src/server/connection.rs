@@ -22,16 +22,19 @@ use crate::session::{Delivery, PendingWill, Session, Stage, SubscriptionRecord};
 
 /// How long a new socket may take to send its CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes reserved for the next read when the buffer runs low.
+const READ_CHUNK: usize = 16 * 1024;
 /// How long the writer may take to flush the last packets when closing.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
-/// Serves one client on `stream` until it goes away.
-pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: SocketAddr)
+/// Serves one client, given the two halves of its stream, until it goes away.
+pub async fn serve<R, W>(broker: Arc<Broker>, mut rd: R, mut wr: W, peer: SocketAddr)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut buf = BytesMut::with_capacity(4096);
+    // Small at first: idle connections should cost little memory.
+    let mut buf = BytesMut::with_capacity(1024);
     let max_in = broker.config.max_packet_size as usize;
     let connect = match read_connect(&mut rd, &mut wr, &mut buf, max_in).await {
         Some(c) => c,
@@ -386,6 +389,9 @@ async fn run<R, W>(
             }
         }
         reader.flush_control();
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(READ_CHUNK);
+        }
         let read = async {
             match keep_alive {
                 Some(ka) => tokio::time::timeout(ka, rd.read_buf(&mut buf)).await.ok(),

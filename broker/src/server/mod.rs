@@ -108,7 +108,8 @@ async fn accept_tcp(listener: TcpListener, broker: Arc<Broker>) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(connection::serve(broker.clone(), stream, peer));
+                let (rd, wr) = stream.into_split();
+                tokio::spawn(connection::serve(broker.clone(), rd, wr, peer));
             }
             Err(e) => {
                 warn!(error = %e, "accept failed");
@@ -127,7 +128,8 @@ async fn accept_ws(listener: TcpListener, broker: Arc<Broker>, path: String) {
                 let path = path.clone();
                 tokio::spawn(async move {
                     if let Some(s) = ws::accept(stream, path).await {
-                        connection::serve(broker, s, peer).await;
+                        let (rd, wr) = tokio::io::split(s);
+                        connection::serve(broker, rd, wr, peer).await;
                     }
                 });
             }

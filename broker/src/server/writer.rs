@@ -49,7 +49,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
     limits: ClientLimits,
     mut close: oneshot::Receiver<Option<Packet>>,
 ) -> std::io::Result<()> {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    // Grows with the first write; idle connections keep it empty.
+    let mut buf = BytesMut::new();
     let mut aliases: HashMap<ByteStr, u16> = HashMap::new();
     let mut items: Vec<Out> = Vec::with_capacity(BATCH);
     loop {
@@ -82,7 +83,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
             wr.write_all(&buf).await?;
             buf.clear();
             if buf.capacity() > 1024 * 1024 {
-                buf = BytesMut::with_capacity(16 * 1024);
+                buf = BytesMut::new();
             }
         }
     }
