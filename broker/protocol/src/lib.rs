@@ -13,6 +13,22 @@
 //! before closing the connection (0x81 malformed, 0x82 protocol error,
 //! 0x95 packet too large, ...).
 //!
+//! Which error a rule breaks gives:
+//!
+//! - `Malformed`: reserved fixed-header / CONNECT / CONNACK / subscription
+//!   option bits, QoS 3, DUP on QoS 0, bad remaining length (over 4 bytes or
+//!   not minimal), invalid UTF-8 or U+0000, lengths past the end, leftover
+//!   bytes, unknown property ids, invalid topic filter syntax, AUTH in 3.1.1,
+//!   wrong protocol name.
+//! - `Protocol`: anything but CONNECT before the version is known, packet
+//!   id 0, duplicate or misplaced properties, forbidden property values (0 or
+//!   not 0/1), Authentication Data without Method, topic names with
+//!   wildcards or empty without a Topic Alias, SUBSCRIBE / UNSUBSCRIBE
+//!   without filters, No Local on a shared subscription, reason / return
+//!   codes the packet may not carry.
+//! - `TopicAliasInvalid`: Topic Alias 0. `TooLarge`: over `max_size`.
+//!   `UnsupportedProtocol`: "MQTT" with a level other than 4/5, or "MQIsdp".
+//!
 //! One file per packet kind; shared primitives in `codec.rs` and
 //! `properties.rs`; topic name / filter validation and matching in `topic.rs`.
 
