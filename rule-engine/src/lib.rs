@@ -1,0 +1,1 @@
+//! Midge rule engine (being built).
