@@ -188,3 +188,30 @@ async fn v311_client_can_use_shared_subscription() {
         (t.as_str(), &b"shared4"[..])
     );
 }
+
+/// A member that received QoS 1 messages but never acknowledged them goes
+/// away: the unacknowledged and still-queued messages are redelivered to
+/// the remaining member of the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_messages_of_departed_member_are_redelivered_to_another() {
+    let b = start_broker(|_| {}).await;
+    let t = topic("share-redeliver");
+    let f = format!("$share/g9/{t}");
+    // A receives at most 2 in flight and never acks, so some messages stay queued too.
+    let opts = ConnectOpts::v5(&unique("lazy")).prop(Prop::receive_maximum(2));
+    let (mut lazy, _) = RawClient::handshake(b.addr, opts).await;
+    assert_eq!(lazy.subscribe(1, &[], &[(&f, 1)]).await.codes, vec![1]);
+    let mut good = member(&b, &f).await;
+    publish_n(&b, &t, 10).await;
+    // Let the lazy member receive its share without acking it.
+    let first = lazy.recv_publish().await;
+    assert_eq!(first.qos, 1);
+    drop(lazy);
+    let got = collect_until(&mut [&mut good], 10).await;
+    let set: HashSet<&String> = got[0].iter().collect();
+    assert_eq!(
+        set.len(),
+        10,
+        "every message reached the remaining member: {got:?}"
+    );
+}
