@@ -1,1 +1,297 @@
-fn main() {}
+//! `midge-bench`: a closed-loop MQTT load generator that measures any broker.
+//!
+//! ```text
+//! cargo build --release -p midge-bench
+//! ulimit -n 20000
+//! target/release/midge-bench --host 127.0.0.1 --port 1883 --scenario fan-in \
+//!     --qos 1 --payload 64 --duration 5 [--broker-pid PID] [--label mosquitto]
+//! target/release/midge-bench --port 1883 --scenario idle --connections 10000 --broker-pid PID
+//! bench/run.sh          # every scenario x QoS x payload against Midge, Mosquitto
+//!                       # (and rumqttd if on PATH); writes docs/BENCHMARKS.md
+//! ```
+//!
+//! Scenarios:
+//! - `fan-in`: 8 publishers on `bench/<run>/in/<i>`, one subscriber on `bench/<run>/in/+`.
+//! - `fan-out`: 1 publisher, 100 subscribers on the same topic.
+//! - `pairs`: 50 publisher/subscriber pairs on distinct topics.
+//! - `idle`: `--connections` (10,000) connections that only CONNECT; reports
+//!   connects/s and, with `--broker-pid`, the broker's VmRSS growth per connection.
+//!
+//! Closed loop: every publisher has a window of `--window` messages that have
+//! been published but not yet received by *every* subscriber that should get
+//! them; it only publishes when a slot frees up, so a broker that acks faster
+//! than it delivers cannot look fast. (QoS 1 publishers are additionally
+//! limited to `--window` publishes without PUBACK.) Each payload starts with
+//! the publisher id (u32 LE), a sequence number (u64 LE) and the send time in
+//! ns since the run's start (u64 LE); subscribers derive end-to-end latency,
+//! loss, duplicates and per-publisher reordering from it.
+//!
+//! The run publishes for `--warmup` + `--duration` seconds; throughput and
+//! latency count only deliveries received during `--duration`. Afterwards it
+//! drains for at most `--drain` seconds, then every sequence number never
+//! received by a subscriber that should have received it counts as lost.
+//!
+//! Output: one JSON object per run on stdout and a human-readable line on stderr.
+
+mod client;
+mod idle;
+mod load;
+mod procfs;
+mod stats;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use midge_protocol::Version;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    FanIn,
+    FanOut,
+    Pairs,
+    Idle,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::FanIn => "fan-in",
+            Scenario::FanOut => "fan-out",
+            Scenario::Pairs => "pairs",
+            Scenario::Idle => "idle",
+        }
+    }
+}
+
+/// Closed-loop MQTT load generator.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Args {
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 1883)]
+    pub port: u16,
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+    /// QoS of publishes and subscriptions (0 or 1).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+    /// Payload size in bytes (at least 20: the id/sequence/timestamp header).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Most seconds to wait after the run for outstanding messages.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+    /// Messages per publisher published but not yet delivered everywhere.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// A message undelivered for this long frees its window slot anyway
+    /// (so lost QoS 0 messages do not stall a publisher); counted as `expired`.
+    #[arg(long, default_value_t = 2000)]
+    pub expire_ms: u64,
+    /// Broker process id, for RSS (idle) and CPU/RSS readings from /proc.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// Connections opened by the `idle` scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+    /// Connection attempts in flight at once in `idle`.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// Seconds to wait after the idle connections are up before reading RSS.
+    #[arg(long, default_value_t = 1.0)]
+    pub settle: f64,
+    /// MQTT protocol version: 3 (3.1.1) or 5.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(3..=5))]
+    pub mqtt: u8,
+    /// Broker name copied into the JSON output.
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// Runtime worker threads (default: CPUs this process may run on).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = real_main(&args) {
+        eprintln!("midge-bench: error: {e:#}");
+        println!(
+            "{{\"broker\":{},\"scenario\":\"{}\",\"qos\":{},\"payload\":{},\"error\":{}}}",
+            json_str(&args.label),
+            args.scenario.name(),
+            args.qos,
+            args.payload,
+            json_str(&format!("{e:#}"))
+        );
+        std::process::exit(1);
+    }
+}
+
+fn real_main(args: &Args) -> Result<()> {
+    if args.payload < load::HEADER {
+        bail!("--payload must be at least {} bytes", load::HEADER);
+    }
+    if args.window == 0 || args.window > 65_535 {
+        bail!("--window must be in 1..=65535");
+    }
+    if !(args.duration > 0.0 && args.warmup >= 0.0 && args.drain >= 0.0 && args.settle >= 0.0) {
+        bail!("--duration must be positive and --warmup/--drain/--settle non-negative");
+    }
+    let version = match args.mqtt {
+        3 => Version::V311,
+        5 => Version::V5,
+        v => bail!("--mqtt must be 3 or 5, not {v}"),
+    };
+    let addr: SocketAddr = (args.host.as_str(), args.port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {}", args.host))?
+        .next()
+        .with_context(|| format!("{} resolves to no address", args.host))?;
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .context("starting tokio runtime")?;
+
+    let common = format!(
+        "\"broker\":{},\"scenario\":\"{}\",\"mqtt\":{},\"host\":{},\"port\":{}",
+        json_str(&args.label),
+        args.scenario.name(),
+        args.mqtt,
+        json_str(&args.host),
+        args.port
+    );
+    let who = if args.label.is_empty() {
+        format!("{addr}")
+    } else {
+        args.label.clone()
+    };
+    if args.scenario == Scenario::Idle {
+        let r = rt.block_on(idle::run(args, addr, version))?;
+        println!(
+            "{{{common},\"connections\":{},\"connect_s\":{:.3},\"connects_per_s\":{:.0},\
+             \"rss_before_kib\":{},\"rss_after_kib\":{},\"kib_per_conn\":{},\"alive\":{}}}",
+            r.connections,
+            r.connect_secs,
+            r.connects_per_s,
+            json_opt(r.rss_before_kib),
+            json_opt(r.rss_after_kib),
+            json_opt(r.kib_per_conn.map(|v| format!("{v:.2}"))),
+            r.alive
+        );
+        eprintln!(
+            "{who} idle: {} connections in {:.2} s = {:.0} connects/s; broker RSS {} -> {} KiB = {} KiB/conn; {} alive",
+            r.connections,
+            r.connect_secs,
+            r.connects_per_s,
+            opt_str(r.rss_before_kib),
+            opt_str(r.rss_after_kib),
+            opt_str(r.kib_per_conn.map(|v| format!("{v:.2}"))),
+            r.alive
+        );
+        if r.alive != r.connections {
+            eprintln!(
+                "midge-bench: only {} of {} idle connections answered PINGREQ",
+                r.alive, r.connections
+            );
+            std::process::exit(2);
+        }
+        return Ok(());
+    }
+
+    let r = rt.block_on(load::run(args, addr, version))?;
+    println!(
+        "{{{common},\"qos\":{},\"payload\":{},\"duration_s\":{},\"window\":{},\
+         \"publishers\":{},\"subscribers\":{},\"sent\":{},\"acked\":{},\"delivered\":{},\
+         \"measured\":{},\"msgs_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\
+         \"p999_us\":{:.1},\"max_us\":{:.1},\"loss\":{},\"duplicates\":{},\"reordered\":{},\
+         \"unexpected\":{},\"expired\":{},\"drained\":{},\"broker_cpu_pct\":{},\
+         \"broker_rss_kib\":{}}}",
+        args.qos,
+        args.payload,
+        args.duration,
+        args.window,
+        r.publishers,
+        r.subscribers,
+        r.sent,
+        r.acked,
+        r.delivered,
+        r.measured,
+        r.msgs_per_s,
+        r.p50_us,
+        r.p99_us,
+        r.p999_us,
+        r.max_us,
+        r.loss,
+        r.duplicates,
+        r.reordered,
+        r.unexpected,
+        r.expired,
+        r.drained,
+        json_opt(r.broker_cpu_pct.map(|v| format!("{v:.1}"))),
+        json_opt(r.broker_rss_kib),
+    );
+    eprintln!(
+        "{who} {} qos{} {}B: {:.0} msg/s delivered, p50 {:.0} us, p99 {:.0} us, \
+         loss {}, dup {}, reordered {} (sent {}, delivered {}, broker CPU {}%)",
+        args.scenario.name(),
+        args.qos,
+        args.payload,
+        r.msgs_per_s,
+        r.p50_us,
+        r.p99_us,
+        r.loss,
+        r.duplicates,
+        r.reordered,
+        r.sent,
+        r.delivered,
+        opt_str(r.broker_cpu_pct.map(|v| format!("{v:.0}"))),
+    );
+    if args.qos == 1 && r.loss > 0 {
+        eprintln!("midge-bench: {} QoS 1 messages were lost", r.loss);
+        std::process::exit(2);
+    }
+    Ok(())
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "null".to_string(), |v| v.to_string())
+}
+
+fn opt_str<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "?".to_string(), |v| v.to_string())
+}

@@ -409,8 +409,9 @@ impl Broker {
         self.sessions.lock().len()
     }
 
-    /// Kicks every connection (server shutdown) with `reason`.
-    pub fn kick_all(&self, reason: u8) -> Vec<Arc<Notify>> {
+    /// Kicks every connection (server shutdown) with `reason`; the returned
+    /// futures complete as the connections detach.
+    pub fn kick_all(&self, reason: u8) -> Vec<OwnedNotified> {
         let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
         let mut waits = Vec::new();
         for s in sessions {
@@ -419,7 +420,7 @@ impl Broker {
                 if let Some(k) = link.kick.take() {
                     let _ = k.send(reason);
                 }
-                waits.push(link.detached.clone());
+                waits.push(link.detached.clone().notified_owned());
             }
         }
         waits

@@ -97,7 +97,7 @@ impl Server {
         let waits = self
             .broker
             .kick_all(midge_protocol::reason::SERVER_SHUTTING_DOWN);
-        let all = futures_util::future::join_all(waits.iter().map(|n| n.notified()));
+        let all = futures_util::future::join_all(waits);
         let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
         Ok(())
     }
