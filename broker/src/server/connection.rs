@@ -364,7 +364,8 @@ async fn run<R, W>(
         broker: broker.clone(),
         session: session.clone(),
         version: v,
-        aliases: vec![None; usize::from(cfg.topic_alias_maximum)],
+        aliases: Vec::new(),
+        alias_max: usize::from(cfg.topic_alias_maximum),
         control: Vec::new(),
     };
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
@@ -460,8 +461,9 @@ struct Reader {
     broker: Arc<Broker>,
     session: Arc<Session>,
     version: Version,
-    /// Inbound topic aliases (index = alias - 1).
+    /// Inbound topic aliases (index = alias - 1), grown on first use.
     aliases: Vec<Option<midge_protocol::ByteStr>>,
+    alias_max: usize,
     /// Acks produced while handling a batch of packets, handed to the writer at once.
     control: Vec<Packet>,
 }
@@ -576,11 +578,14 @@ impl Reader {
         }
         if let Some(alias) = p.properties.topic_alias {
             let slot = usize::from(alias);
-            if slot == 0 || slot > self.aliases.len() {
+            if slot == 0 || slot > self.alias_max {
                 return Some(End::Server {
                     reason: reason::TOPIC_ALIAS_INVALID,
                     why: "topic alias out of range",
                 });
+            }
+            if self.aliases.len() < slot {
+                self.aliases.resize(slot, None);
             }
             if p.topic.is_empty() {
                 match &self.aliases[slot - 1] {

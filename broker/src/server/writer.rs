@@ -52,7 +52,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
     // Grows with the first write; idle connections keep it empty.
     let mut buf = BytesMut::new();
     let mut aliases: HashMap<ByteStr, u16> = HashMap::new();
-    let mut items: Vec<Out> = Vec::with_capacity(BATCH);
+    // Grows to the batch size under load, starts empty for idle connections.
+    let mut items: Vec<Out> = Vec::new();
     loop {
         collect(&session, limits.window, &mut items, false);
         if items.is_empty() {
