@@ -110,8 +110,7 @@ impl Rule {
                     sources.push(Source::Event(kind));
                 }
             } else {
-                topic::validate_filter(&f.filter)
-                    .map_err(|m| to_err(ParseError::at(f.loc, m)))?;
+                topic::validate_filter(&f.filter).map_err(|m| to_err(ParseError::at(f.loc, m)))?;
                 if !sources.contains(&Source::Message) {
                     sources.push(Source::Message);
                 }
