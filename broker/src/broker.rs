@@ -18,7 +18,9 @@ use crate::auth::{AuthHook, NoAuth};
 use crate::config::MqttConfig;
 use crate::message::Message;
 use crate::router::{Hit, RetainedStore, Router, SharedKey, SubEntry};
+use crate::rules::{events, RuleEngine};
 use crate::session::{ConnLink, Delivery, PendingWill, QueueLimits, Session};
+use midge_rules::EventKind;
 
 /// Counters kept by the broker (the admin issue exports them).
 #[derive(Debug, Default)]
@@ -37,6 +39,8 @@ pub struct Broker {
     pub config: MqttConfig,
     /// Decides who may connect (CONNECT and AUTH).
     pub auth: Arc<dyn AuthHook>,
+    /// SQL rules over publishes and events.
+    pub rules: RuleEngine,
     pub router: Router,
     pub retained: RetainedStore,
     pub stats: Stats,
@@ -69,6 +73,7 @@ impl Broker {
         Broker {
             config,
             auth: Arc::new(NoAuth),
+            rules: RuleEngine::default(),
             router: Router::default(),
             retained: RetainedStore::default(),
             stats: Stats::default(),
@@ -88,15 +93,21 @@ impl Broker {
     /// The publish pipeline after authorization: retain, route, enqueue.
     pub fn publish(&self, msg: Arc<Message>) {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.rules.on_message(&msg);
         if msg.retain {
             self.retained.update(&msg);
         }
         let mut hits: Vec<Hit> = Vec::new();
         self.router.matches(&msg.topic, &mut hits);
         if hits.is_empty() {
+            if self.rules.wants(EventKind::MessageDropped) {
+                let mut f = events::message_fields(&msg);
+                f.set("reason", "no_subscribers");
+                self.rules.on_event(EventKind::MessageDropped, &f);
+            }
             return;
         }
-        if let Some(publisher) = msg.publisher.as_deref() {
+        if let Some(publisher) = msg.publisher() {
             hits.retain(|h| !(h.no_local && *h.session.client_id == *publisher));
         }
         merge_overlapping(&mut hits);
@@ -116,6 +127,10 @@ impl Broker {
 
     fn enqueue(&self, session: &Arc<Session>, d: Delivery, limits: QueueLimits) {
         use crate::session::EnqueueOutcome::*;
+        let watched = self
+            .rules
+            .wants(EventKind::DeliveryDropped)
+            .then(|| d.msg.clone());
         match session.enqueue(d, limits) {
             Queued => {
                 self.stats.messages_routed.fetch_add(1, Ordering::Relaxed);
@@ -125,6 +140,11 @@ impl Broker {
                     .messages_dropped_queue_full
                     .fetch_add(1, Ordering::Relaxed);
                 debug!(client_id = %session.client_id, "dropped: queue full");
+                if let Some(msg) = watched {
+                    let mut f = events::delivery_fields(&msg, &session.client_id);
+                    f.set("reason", "queue_full");
+                    self.rules.on_event(EventKind::DeliveryDropped, &f);
+                }
             }
             Skipped => {}
         }

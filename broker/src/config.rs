@@ -15,6 +15,8 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
+    #[error("{path}: {}", errors.join("; "))]
+    Rules { path: String, errors: Vec<String> },
     #[error("{path}: field `{field}`: {message}")]
     Invalid {
         path: String,
@@ -30,6 +32,8 @@ pub struct Config {
     pub listeners: Listeners,
     pub mqtt: MqttConfig,
     pub log: LogConfig,
+    /// `[[rules]]`: SQL rules and their actions.
+    pub rules: Vec<crate::rules::RuleConfig>,
 }
 
 /// Where the broker listens. `None` disables a listener.
@@ -203,6 +207,12 @@ impl Config {
         }
         if self.listeners.mqtt.is_none() && self.listeners.ws.is_none() {
             return invalid("listeners", "at least one of `mqtt` and `ws` must be set");
+        }
+        if let Err(errors) = crate::rules::RuleSet::build(&self.rules, None) {
+            return Err(ConfigError::Rules {
+                path: origin.to_string(),
+                errors,
+            });
         }
         Ok(())
     }

@@ -9,7 +9,9 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod message;
+pub mod reload;
 pub mod router;
+pub mod rules;
 pub mod server;
 pub mod session;
 

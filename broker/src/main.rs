@@ -38,6 +38,11 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
+    /// Rules: `midge rule test` runs a rule's SQL against a sample message or event.
+    Rule {
+        #[command(subcommand)]
+        command: RuleCommand,
+    },
     /// Validate a configuration file and exit (non-zero with the errors).
     Check {
         /// TOML configuration file.
@@ -46,9 +51,126 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum RuleCommand {
+    /// Print the rows a rule outputs for one sample message (or event), as
+    /// JSON, or "no match".
+    ///
+    /// Example: midge rule test --sql 'SELECT payload.t AS t FROM "s/#" WHERE t > 3' --topic s/1 --payload '{"t":5}'
+    Test {
+        /// The rule's SQL.
+        #[arg(long)]
+        sql: String,
+        /// Topic of the sample message.
+        #[arg(long, default_value = "t/1")]
+        topic: String,
+        /// Payload of the sample message.
+        #[arg(long, default_value = "")]
+        payload: String,
+        #[arg(long, default_value = "c_test")]
+        clientid: String,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        qos: u8,
+        #[arg(long)]
+        retain: bool,
+        #[arg(long, default_value = "127.0.0.1")]
+        peerhost: String,
+        /// Evaluate against this event instead of a message, e.g. client_connected.
+        #[arg(long, value_name = "NAME")]
+        event: Option<String>,
+        /// Extra input field as key=JSON (e.g. reason='"normal"'); repeatable.
+        #[arg(long = "field", value_name = "KEY=JSON")]
+        fields: Vec<String>,
+    },
+}
+
+fn rule_test(cmd: RuleCommand) -> ExitCode {
+    let RuleCommand::Test {
+        sql,
+        topic,
+        payload,
+        clientid,
+        username,
+        qos,
+        retain,
+        peerhost,
+        event,
+        fields,
+    } = cmd;
+    let rule = match midge_rules::Rule::compile("test", &sql) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut extra = serde_json::Map::new();
+    for f in &fields {
+        let Some((k, v)) = f.split_once('=') else {
+            eprintln!("error: --field `{f}`: expected KEY=JSON");
+            return ExitCode::FAILURE;
+        };
+        let value =
+            serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+        extra.insert(k.to_string(), value);
+    }
+    let base = match &event {
+        Some(name) => {
+            let name = name.trim_start_matches("$events/");
+            match midge_rules::EventKind::ALL
+                .iter()
+                .find(|k| k.event_name() == name || k.topic().ends_with(name))
+            {
+                Some(k) => midge_rules::Input::event(*k)
+                    .topic(&topic)
+                    .payload(payload.as_bytes()),
+                None => {
+                    eprintln!("error: --event `{name}`: unknown event");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => midge_rules::Input::message(&topic, payload.as_bytes()),
+    };
+    let now = midge::message::now_ms();
+    let input = base
+        .clientid(&clientid)
+        .username(username.as_deref())
+        .peerhost(&peerhost)
+        .qos(qos)
+        .flags(retain, false)
+        .timestamp(now)
+        .publish_received_at(now)
+        .node(midge::rules::NODE)
+        .id("0000000000000001")
+        .extra(&extra);
+    match rule.apply(&input) {
+        Ok(rows) if rows.is_empty() => {
+            println!("no match");
+            ExitCode::SUCCESS
+        }
+        Ok(rows) => {
+            let rows: Vec<serde_json::Value> =
+                rows.into_iter().map(serde_json::Value::Object).collect();
+            match serde_json::to_string_pretty(&rows) {
+                Ok(s) => println!("{s}"),
+                Err(e) => eprintln!("error: {e}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Rule { command } => rule_test(command),
         Command::Check { config } => match Config::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
@@ -66,8 +188,8 @@ fn main() -> ExitCode {
             no_ws,
             log_json,
         } => {
-            let mut cfg = match config {
-                Some(path) => match Config::load(&path) {
+            let mut cfg = match &config {
+                Some(path) => match Config::load(path) {
                     Ok(c) => c,
                     Err(e) => {
                         eprintln!("error: {e}");
@@ -89,7 +211,7 @@ fn main() -> ExitCode {
                 cfg.log.json = true;
             }
             init_logging(&cfg);
-            match serve(cfg) {
+            match serve(cfg, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -111,12 +233,15 @@ fn init_logging(cfg: &Config) {
     }
 }
 
-fn serve(cfg: Config) -> anyhow::Result<()> {
+fn serve(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let server = Server::bind(cfg).await?;
+        let server = Server::bind(cfg.clone()).await?;
+        if let Some(path) = path {
+            tokio::spawn(midge::reload::watch(server.broker(), path, cfg));
+        }
         // Printed for scripts that pass port 0.
         if let Some(a) = server.mqtt_addr() {
             println!("midge: mqtt listening on {a}");

@@ -1,8 +1,10 @@
 //! The message as it travels through the broker: one `Arc<Message>` is
 //! shared by every subscriber queue it is delivered to.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use midge_protocol::{ByteStr, Properties, Publish, QoS};
@@ -17,26 +19,74 @@ pub struct Message {
     /// Properties forwarded to subscribers (no topic alias, no subscription
     /// identifiers: those are per delivery).
     pub properties: Properties,
-    /// Client id of the publisher (for No Local); `None` for wills and the broker itself.
-    pub publisher: Option<Arc<str>>,
+    /// The publishing client (for No Local and rule fields); `None` for the
+    /// broker itself (rule republish).
+    pub origin: Option<Arc<ClientInfo>>,
     pub received_at: Instant,
+    /// Wall-clock receive time, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Unique per broker run (rule field `id`).
+    pub id: u64,
+    /// How many rule republishes led to this message (loop guard).
+    pub rule_depth: u8,
+}
+
+/// Who a connection belongs to; one `Arc` per connection, shared by its messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub client_id: Arc<str>,
+    pub username: Option<Arc<str>>,
+    pub peer: SocketAddr,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Message {
+    /// A message originating in the broker (or a rule), received now.
+    pub fn new(
+        topic: ByteStr,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: Properties,
+    ) -> Message {
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+            origin: None,
+            received_at: Instant::now(),
+            timestamp_ms: now_ms(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            rule_depth: 0,
+        }
+    }
+
+    /// Client id of the publisher, if a client published it.
+    pub fn publisher(&self) -> Option<&str> {
+        self.origin.as_deref().map(|o| &*o.client_id)
+    }
 }
 
 impl Message {
     /// Builds a message from a received PUBLISH whose topic alias is already resolved.
-    pub fn from_publish(p: Publish, publisher: Option<Arc<str>>) -> Message {
+    pub fn from_publish(p: Publish, origin: Option<Arc<ClientInfo>>) -> Message {
         let mut properties = p.properties;
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();
-        Message {
-            topic: p.topic,
-            payload: p.payload,
-            qos: p.qos,
-            retain: p.retain,
-            properties,
-            publisher,
-            received_at: Instant::now(),
-        }
+        let mut m = Message::new(p.topic, p.payload, p.qos, p.retain, properties);
+        m.origin = origin;
+        m
     }
 
     /// Seconds of message expiry left, `Some(0)` never returned: an expired

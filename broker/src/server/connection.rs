@@ -17,8 +17,10 @@ use tracing::{debug, info, info_span, Instrument};
 use super::writer::{self, ClientLimits};
 use crate::auth::{AuthDecision, ConnectInfo};
 use crate::broker::{split_filter, Broker};
-use crate::message::Message;
+use crate::message::{ClientInfo, Message};
+use crate::rules::events::{self, EventFields};
 use crate::session::{Delivery, PendingWill, Session, Stage, SubscriptionRecord};
+use midge_rules::EventKind;
 
 /// How long a new socket may take to send its CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -253,6 +255,12 @@ async fn run<R, W>(
     })();
     if let Err((code, text)) = check {
         info!(code, reason = text, "connection refused");
+        if broker.rules.wants(EventKind::ClientConnack) {
+            let mut f = events::client_fields(&c.client_id, c.username.as_deref(), peer);
+            f.set("reason_code", connack_reason_name(code));
+            conn_fields(&mut f, &c);
+            broker.rules.on_event(EventKind::ClientConnack, &f);
+        }
         send_connack(&mut wr, v, code, reason_props(v, text)).await;
         return;
     }
@@ -264,6 +272,11 @@ async fn run<R, W>(
         c.client_id.as_str().into()
     };
     tracing::Span::current().record("client_id", &*client_id);
+    let origin = Arc::new(ClientInfo {
+        client_id: client_id.clone(),
+        username: c.username.as_deref().map(Arc::from),
+        peer,
+    });
 
     // Keep alive (5.0: the server may impose its own).
     let mut keep_alive = c.keep_alive;
@@ -303,14 +316,16 @@ async fn run<R, W>(
         let mut properties = w.properties.clone();
         let delay = properties.will_delay_interval.take().unwrap_or(0);
         PendingWill {
-            msg: Arc::new(Message {
-                topic: w.topic.clone(),
-                payload: w.payload.clone(),
-                qos: w.qos,
-                retain: w.retain,
-                properties,
-                publisher: Some(client_id.clone()),
-                received_at: std::time::Instant::now(),
+            msg: Arc::new({
+                let mut m = Message::new(
+                    w.topic.clone(),
+                    w.payload.clone(),
+                    w.qos,
+                    w.retain,
+                    properties,
+                );
+                m.origin = Some(origin.clone());
+                m
             }),
             delay,
         }
@@ -354,6 +369,29 @@ async fn run<R, W>(
         return;
     }
     info!(version = ?v, clean_start = c.clean_start, keep_alive, session_present = attached.session_present, "connected");
+    let event = |kind: EventKind, extra: &dyn Fn(&mut EventFields)| {
+        if broker.rules.wants(kind) {
+            let mut f = events::client_fields(&client_id, c.username.as_deref(), peer);
+            conn_fields(&mut f, &c);
+            f.set("expiry_interval", expiry);
+            extra(&mut f);
+            broker.rules.on_event(kind, &f);
+        }
+    };
+    let connected_at = crate::message::now_ms();
+    event(EventKind::ClientCheckAuthnComplete, &|f| {
+        f.set("reason_code", "success");
+        f.set("is_superuser", false);
+        f.set("is_anonymous", c.username.is_none());
+    });
+    event(EventKind::ClientConnack, &|f| {
+        f.set("reason_code", "success");
+        f.set("connected_at", connected_at);
+    });
+    event(EventKind::ClientConnected, &|f| {
+        f.set("connected_at", connected_at);
+        f.set("is_bridge", false);
+    });
 
     let (close_tx, close_rx) = oneshot::channel();
     let mut writer = tokio::spawn(
@@ -364,6 +402,7 @@ async fn run<R, W>(
         broker: broker.clone(),
         session: session.clone(),
         version: v,
+        origin: origin.clone(),
         aliases: Vec::new(),
         alias_max: usize::from(cfg.topic_alias_maximum),
         control: Vec::new(),
@@ -415,6 +454,14 @@ async fn run<R, W>(
     };
 
     reader.flush_control();
+    let disconnect_reason = match &end {
+        End::Client { .. } => "normal",
+        End::Server { reason: r, .. } if *r == reason::SESSION_TAKEN_OVER => "takenover",
+        End::Server { reason: r, .. } if *r == reason::KEEP_ALIVE_TIMEOUT => "keepalive_timeout",
+        End::Server { reason: r, .. } if *r == reason::SERVER_SHUTTING_DOWN => "kicked",
+        End::Server { .. } => "protocol_error",
+        End::Lost(_) => "sock_closed",
+    };
     let (last, will) = match end {
         End::Client { with_will } => {
             info!(with_will, "disconnected");
@@ -443,6 +490,35 @@ async fn run<R, W>(
         writer.abort();
     }
     broker.detach(&session, conn_id, will);
+    event(EventKind::ClientDisconnected, &|f| {
+        f.set("reason", disconnect_reason);
+        f.set("disconnected_at", crate::message::now_ms());
+    });
+}
+
+/// CONNECT fields shared by connack / connected events.
+fn conn_fields(f: &mut EventFields, c: &Connect) {
+    f.set("proto_name", "MQTT");
+    f.set("proto_ver", if c.version == Version::V5 { 5 } else { 4 });
+    f.set("keepalive", c.keep_alive);
+    f.set("clean_start", c.clean_start);
+    f.set("mountpoint", serde_json::Value::Null);
+}
+
+/// EMQX's names for CONNACK reason codes.
+fn connack_reason_name(code: u8) -> &'static str {
+    match code {
+        reason::SUCCESS => "success",
+        reason::UNSUPPORTED_PROTOCOL_VERSION => "unsupported_protocol_version",
+        reason::CLIENT_IDENTIFIER_NOT_VALID => "client_identifier_not_valid",
+        reason::BAD_USER_NAME_OR_PASSWORD => "bad_username_or_password",
+        reason::NOT_AUTHORIZED => "not_authorized",
+        reason::BAD_AUTHENTICATION_METHOD => "bad_authentication_method",
+        reason::QOS_NOT_SUPPORTED => "qos_not_supported",
+        reason::RETAIN_NOT_SUPPORTED => "retain_not_supported",
+        reason::TOPIC_NAME_INVALID => "topic_name_invalid",
+        _ => "unspecified_error",
+    }
 }
 
 fn generate_client_id() -> String {
@@ -461,6 +537,7 @@ struct Reader {
     broker: Arc<Broker>,
     session: Arc<Session>,
     version: Version,
+    origin: Arc<ClientInfo>,
     /// Inbound topic aliases (index = alias - 1), grown on first use.
     aliases: Vec<Option<midge_protocol::ByteStr>>,
     alias_max: usize,
@@ -479,6 +556,16 @@ impl Reader {
         self.session.notify.notify_one();
     }
 
+    /// `$events/message_acked` for a message the client acknowledged.
+    fn acked(&self, msg: &Message) {
+        if self.broker.rules.wants(EventKind::MessageAcked) {
+            let mut f = events::delivery_fields(msg, &self.origin.client_id);
+            f.username = self.origin.username.as_deref().map(str::to_string);
+            f.set("puback_props", serde_json::json!({}));
+            self.broker.rules.on_event(EventKind::MessageAcked, &f);
+        }
+    }
+
     fn protocol_error(&self, why: &'static str) -> Option<End> {
         Some(End::Server {
             reason: reason::PROTOCOL_ERROR,
@@ -494,9 +581,12 @@ impl Reader {
                 let mut st = self.session.state.lock();
                 if let Some(i) = st.find_inflight(a.packet_id) {
                     if st.inflight[i].delivery.qos == QoS::AtLeastOnce {
-                        st.inflight.remove(i);
+                        let done = st.inflight.remove(i);
                         drop(st);
                         self.session.notify.notify_one();
+                        if let Some(done) = done {
+                            self.acked(&done.delivery.msg);
+                        }
                     }
                 }
                 None
@@ -529,9 +619,12 @@ impl Reader {
                 let mut st = self.session.state.lock();
                 if let Some(i) = st.find_inflight(a.packet_id) {
                     if st.inflight[i].stage == Stage::Released {
-                        st.inflight.remove(i);
+                        let done = st.inflight.remove(i);
                         drop(st);
                         self.session.notify.notify_one();
+                        if let Some(done) = done {
+                            self.acked(&done.delivery.msg);
+                        }
                     }
                 }
                 None
@@ -601,11 +694,11 @@ impl Reader {
         let packet_id = p.packet_id;
         match p.qos {
             QoS::AtMostOnce => {
-                let msg = Message::from_publish(p, Some(self.session.client_id.clone()));
+                let msg = Message::from_publish(p, Some(self.origin.clone()));
                 self.broker.publish(Arc::new(msg));
             }
             QoS::AtLeastOnce => {
-                let msg = Message::from_publish(p, Some(self.session.client_id.clone()));
+                let msg = Message::from_publish(p, Some(self.origin.clone()));
                 self.broker.publish(Arc::new(msg));
                 self.control
                     .push(Packet::PubAck(Ack::new(packet_id, reason::SUCCESS)));
@@ -630,7 +723,7 @@ impl Reader {
                         })
                     }
                     Some(true) => {
-                        let msg = Message::from_publish(p, Some(self.session.client_id.clone()));
+                        let msg = Message::from_publish(p, Some(self.origin.clone()));
                         self.broker.publish(Arc::new(msg));
                     }
                     Some(false) => {} // a resend before PUBREL: already routed once
@@ -683,6 +776,17 @@ impl Reader {
                 SubscriptionRecord { opts, id: sub_id },
             );
             codes.push(granted as u8);
+            if self.broker.rules.wants(EventKind::SessionSubscribed) {
+                let mut f = events::client_fields(
+                    &self.origin.client_id,
+                    self.origin.username.as_deref(),
+                    self.origin.peer,
+                );
+                f.topic = Some(filter.to_string());
+                f.qos = Some(granted as u8);
+                f.set("sub_props", serde_json::json!({}));
+                self.broker.rules.on_event(EventKind::SessionSubscribed, &f);
+            }
             let send_retained = group.is_none()
                 && (opts.retain_handling == 0 || (opts.retain_handling == 1 && !existed));
             if send_retained && cfg.retain_available {
@@ -716,6 +820,18 @@ impl Reader {
             .filters
             .iter()
             .map(|f| {
+                if self.broker.rules.wants(EventKind::SessionUnsubscribed) {
+                    let mut ev = events::client_fields(
+                        &self.origin.client_id,
+                        self.origin.username.as_deref(),
+                        self.origin.peer,
+                    );
+                    ev.topic = Some(f.to_string());
+                    ev.set("unsub_props", serde_json::json!({}));
+                    self.broker
+                        .rules
+                        .on_event(EventKind::SessionUnsubscribed, &ev);
+                }
                 if self.broker.unsubscribe(&self.session, f) {
                     reason::SUCCESS
                 } else {

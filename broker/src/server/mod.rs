@@ -24,6 +24,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("rules refused: {}", .0.join("; "))]
+    Rules(Vec<String>),
 }
 
 /// A bound, not yet running broker.
@@ -52,8 +54,13 @@ impl Server {
             Some(a) => Some(bind("websocket", a).await?),
             None => None,
         };
+        let broker = Arc::new(Broker::new(config.mqtt.clone()));
+        broker
+            .rules
+            .load(&config.rules)
+            .map_err(ServerError::Rules)?;
         Ok(Server {
-            broker: Arc::new(Broker::new(config.mqtt.clone())),
+            broker,
             config,
             mqtt,
             ws,
@@ -79,6 +86,9 @@ impl Server {
     /// clients get DISCONNECT 0x8B) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
         let mut tasks = tokio::task::JoinSet::new();
+        if let Some(rx) = self.broker.rules.take_receiver() {
+            tasks.spawn(crate::rules::run_actions(self.broker.clone(), rx));
+        }
         if let Some(l) = self.mqtt {
             info!(addr = ?l.local_addr().ok(), "MQTT listener up");
             tasks.spawn(accept_tcp(l, self.broker.clone()));

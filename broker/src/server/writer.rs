@@ -14,7 +14,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use crate::broker::Broker;
+use crate::rules::events;
 use crate::session::{Delivery, Inflight, Session, Stage};
+use midge_rules::EventKind;
 
 /// Most items taken from the session per write.
 const BATCH: usize = 512;
@@ -177,6 +179,7 @@ fn encode_items(
                         .stats
                         .messages_dropped_expired
                         .fetch_add(1, Ordering::Relaxed);
+                    delivery_dropped(broker, session, &d, "expired");
                     if packet_id != 0 {
                         unsendable.push(packet_id);
                     }
@@ -217,18 +220,31 @@ fn encode_items(
                         .stats
                         .messages_dropped_too_large
                         .fetch_add(1, Ordering::Relaxed);
+                    delivery_dropped(broker, session, &d, "too_large");
                     if packet_id != 0 {
                         unsendable.push(packet_id);
                     }
                     continue;
                 }
                 encode(&packet, limits.version, buf);
+                if broker.rules.wants(EventKind::MessageDelivered) {
+                    let f = events::delivery_fields(&d.msg, &session.client_id);
+                    broker.rules.on_event(EventKind::MessageDelivered, &f);
+                }
             }
         }
     }
     if !unsendable.is_empty() {
         let mut st = session.state.lock();
         st.inflight.retain(|i| !unsendable.contains(&i.packet_id));
+    }
+}
+
+fn delivery_dropped(broker: &Broker, session: &Session, d: &Delivery, reason: &str) {
+    if broker.rules.wants(EventKind::DeliveryDropped) {
+        let mut f = events::delivery_fields(&d.msg, &session.client_id);
+        f.set("reason", reason);
+        broker.rules.on_event(EventKind::DeliveryDropped, &f);
     }
 }
 

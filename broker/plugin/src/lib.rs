@@ -1,0 +1,2 @@
+//! Midge WebAssembly plugin host (work in progress).
+mod bindings;

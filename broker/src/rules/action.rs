@@ -1,0 +1,210 @@
+//! Rule actions: `republish` (templated topic, payload and 5.0 properties),
+//! `log`, and `plugin` (hand rows to a Wasm plugin — not available until the
+//! plugin system lands: validated, warned about at load, counted as failed).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use midge_protocol::{topic, ByteStr, Properties, QoS};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::template::Template;
+use super::Job;
+use crate::broker::Broker;
+use crate::message::Message;
+
+/// An action as written in the config (`actions = [{ type = "republish", ... }]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ActionConfig {
+    /// Publish the output as a new message. `${field}` placeholders are
+    /// filled from the output row; without `payload` the row is sent as JSON.
+    Republish {
+        topic: String,
+        #[serde(default)]
+        qos: u8,
+        #[serde(default)]
+        retain: bool,
+        #[serde(default)]
+        payload: Option<String>,
+        #[serde(default)]
+        user_properties: BTreeMap<String, String>,
+        #[serde(default)]
+        content_type: Option<String>,
+        #[serde(default)]
+        response_topic: Option<String>,
+        #[serde(default)]
+        correlation_data: Option<String>,
+        #[serde(default)]
+        message_expiry_interval: Option<u32>,
+        #[serde(default)]
+        payload_format_indicator: Option<u8>,
+    },
+    /// Log each output row (info level, target `midge::rules`).
+    Log {},
+    /// Hand the output to the named Wasm plugin's `on-rule-output`.
+    Plugin { plugin: String },
+}
+
+/// A compiled action.
+#[derive(Debug)]
+pub enum Action {
+    Republish(Box<Republish>),
+    Log,
+    Plugin { plugin: String },
+}
+
+/// A compiled republish action.
+#[derive(Debug)]
+pub struct Republish {
+    topic: Template,
+    qos: QoS,
+    retain: bool,
+    payload: Option<Template>,
+    user_properties: Vec<(Template, Template)>,
+    content_type: Option<Template>,
+    response_topic: Option<Template>,
+    correlation_data: Option<Template>,
+    message_expiry_interval: Option<u32>,
+    payload_format_indicator: Option<u8>,
+}
+
+fn tpl(field: &str, text: &str) -> Result<Template, String> {
+    Template::parse(text).map_err(|e| format!("`{field}`: {e}"))
+}
+
+fn opt_tpl(field: &str, text: &Option<String>) -> Result<Option<Template>, String> {
+    text.as_deref().map(|t| tpl(field, t)).transpose()
+}
+
+impl Action {
+    /// Validates an action config.
+    pub fn build(c: &ActionConfig) -> Result<Action, String> {
+        match c {
+            ActionConfig::Republish {
+                topic: t,
+                qos,
+                retain,
+                payload,
+                user_properties,
+                content_type,
+                response_topic,
+                correlation_data,
+                message_expiry_interval,
+                payload_format_indicator,
+            } => {
+                let qos = QoS::from_u8(*qos).ok_or("`qos` must be 0, 1 or 2")?;
+                let topic_t = tpl("topic", t)?;
+                if topic_t.is_literal() && !topic::valid_name(t) {
+                    return Err(format!("`topic`: `{t}` is not a valid topic name"));
+                }
+                if payload_format_indicator.is_some_and(|p| p > 1) {
+                    return Err("`payload_format_indicator` must be 0 or 1".into());
+                }
+                let user_properties = user_properties
+                    .iter()
+                    .map(|(k, v)| Ok((tpl("user_properties", k)?, tpl("user_properties", v)?)))
+                    .collect::<Result<_, String>>()?;
+                Ok(Action::Republish(Box::new(Republish {
+                    topic: topic_t,
+                    qos,
+                    retain: *retain,
+                    payload: opt_tpl("payload", payload)?,
+                    user_properties,
+                    content_type: opt_tpl("content_type", content_type)?,
+                    response_topic: opt_tpl("response_topic", response_topic)?,
+                    correlation_data: opt_tpl("correlation_data", correlation_data)?,
+                    message_expiry_interval: *message_expiry_interval,
+                    payload_format_indicator: *payload_format_indicator,
+                })))
+            }
+            ActionConfig::Log {} => Ok(Action::Log),
+            ActionConfig::Plugin { plugin } => {
+                if plugin.trim().is_empty() {
+                    return Err("`plugin` must name a plugin".into());
+                }
+                warn!(
+                    plugin,
+                    "rule action `plugin` is not available yet (no Wasm plugin host in this build): its outputs are counted as failed"
+                );
+                Ok(Action::Plugin {
+                    plugin: plugin.clone(),
+                })
+            }
+        }
+    }
+}
+
+/// Runs actions for rule outputs until the broker drops the sender.
+pub async fn run_actions(broker: Arc<Broker>, mut rx: mpsc::Receiver<Job>) {
+    while let Some(job) = rx.recv().await {
+        let r = &job.set.rules[job.rule];
+        for a in &r.actions {
+            let ok = match a {
+                Action::Republish(rp) => republish(&broker, rp, &job),
+                Action::Log => {
+                    info!(target: "midge::rules", rule = r.rule.id(), output = %serde_json::Value::Object(job.row.clone()), "rule output");
+                    Ok(())
+                }
+                Action::Plugin { plugin } => {
+                    Err(format!("plugin `{plugin}` unavailable: no plugin host"))
+                }
+            };
+            match ok {
+                Ok(()) => r.metrics.actions_success.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::debug!(rule = r.rule.id(), error = %e, "action failed");
+                    r.metrics.actions_failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        }
+    }
+}
+
+fn republish(broker: &Broker, rp: &Republish, job: &Job) -> Result<(), String> {
+    let row = &job.row;
+    let topic = rp.topic.render(row);
+    if !topic::valid_name(&topic) {
+        return Err(format!(
+            "rendered topic `{topic}` is not a valid topic name"
+        ));
+    }
+    let payload = match &rp.payload {
+        Some(t) => t.render(row),
+        None => serde_json::Value::Object(row.clone()).to_string(),
+    };
+    let mut props = Properties::default();
+    for (k, v) in &rp.user_properties {
+        props
+            .user_properties
+            .push((ByteStr::from(k.render(row)), ByteStr::from(v.render(row))));
+    }
+    props.content_type = rp
+        .content_type
+        .as_ref()
+        .map(|t| ByteStr::from(t.render(row)));
+    props.response_topic = rp
+        .response_topic
+        .as_ref()
+        .map(|t| ByteStr::from(t.render(row)));
+    props.correlation_data = rp
+        .correlation_data
+        .as_ref()
+        .map(|t| Bytes::from(t.render(row)));
+    props.message_expiry_interval = rp.message_expiry_interval;
+    props.payload_format_indicator = rp.payload_format_indicator;
+    let mut msg = Message::new(
+        ByteStr::from(topic),
+        Bytes::from(payload),
+        rp.qos,
+        rp.retain,
+        props,
+    );
+    msg.rule_depth = job.depth + 1;
+    broker.publish(Arc::new(msg));
+    Ok(())
+}

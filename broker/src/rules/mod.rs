@@ -1,0 +1,348 @@
+//! The rule engine inside the broker: rules from the config compiled with
+//! `midge-rules`, indexed by their FROM filters, evaluated on every publish
+//! and event that a rule asks for, with their actions run off the
+//! publisher's path on a bounded queue.
+//!
+//! A publish with no matching rule pays one atomic load (no rules) or one
+//! trie walk (rules on other filters). The payload is JSON-decoded at most
+//! once per message, shared by all matching rules (`midge_rules::Input`).
+
+mod action;
+pub mod events;
+mod index;
+mod template;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use midge_rules::{EventKind, Input, Row, Rule};
+use parking_lot::{Mutex, RwLock};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use smallvec::SmallVec;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+pub use action::{run_actions, Action, ActionConfig};
+pub use events::EventFields;
+use index::FilterIndex;
+
+use crate::message::Message;
+
+/// Most rule outputs waiting for their actions; beyond it, outputs are
+/// dropped and counted (`actions_dropped`), never blocking the publisher.
+const ACTION_QUEUE: usize = 10_000;
+/// Republished messages are not fed to rules again beyond this depth.
+const MAX_RULE_DEPTH: u8 = 8;
+/// Node name reported in the `node` field.
+pub const NODE: &str = "midge@127.0.0.1";
+
+/// One `[[rules]]` entry of the config.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub id: String,
+    pub sql: String,
+    #[serde(default)]
+    pub actions: Vec<ActionConfig>,
+    #[serde(default = "enabled_default")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub description: String,
+}
+
+fn enabled_default() -> bool {
+    true
+}
+
+/// Per-rule counters, kept across reloads of a rule with the same id.
+#[derive(Debug, Default)]
+pub struct RuleMetrics {
+    /// The rule's FROM matched the message or event.
+    pub matched: AtomicU64,
+    /// WHERE held: at least one output row.
+    pub passed: AtomicU64,
+    /// WHERE did not hold.
+    pub no_result: AtomicU64,
+    /// Evaluation failed (a runtime type error, ...).
+    pub failed: AtomicU64,
+    pub actions_success: AtomicU64,
+    pub actions_failed: AtomicU64,
+}
+
+/// A snapshot of one rule's metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleStats {
+    pub id: String,
+    pub enabled: bool,
+    pub matched: u64,
+    pub passed: u64,
+    pub no_result: u64,
+    pub failed: u64,
+    pub actions_success: u64,
+    pub actions_failed: u64,
+}
+
+#[derive(Debug)]
+struct CompiledRule {
+    rule: Rule,
+    enabled: bool,
+    actions: Vec<Action>,
+    metrics: Arc<RuleMetrics>,
+}
+
+/// A compiled, indexed rule set; swapped whole on reload.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<CompiledRule>,
+    index: FilterIndex,
+    events: HashMap<EventKind, Vec<usize>>,
+}
+
+impl RuleSet {
+    /// Compiles every rule; all errors are returned together, each naming its rule.
+    pub fn build(
+        configs: &[RuleConfig],
+        previous: Option<&RuleSet>,
+    ) -> Result<RuleSet, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut set = RuleSet::default();
+        let mut seen = HashMap::new();
+        for (n, c) in configs.iter().enumerate() {
+            if c.id.trim().is_empty() {
+                errors.push(format!("rules[{n}]: `id` must not be empty"));
+                continue;
+            }
+            if seen.insert(c.id.clone(), n).is_some() {
+                errors.push(format!("rule `{}`: duplicate id", c.id));
+                continue;
+            }
+            let rule = match Rule::compile(&c.id, &c.sql) {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(e.to_string());
+                    continue;
+                }
+            };
+            let mut actions = Vec::new();
+            for (i, a) in c.actions.iter().enumerate() {
+                match Action::build(a) {
+                    Ok(a) => actions.push(a),
+                    Err(e) => errors.push(format!("rule `{}`: actions[{i}]: {e}", c.id)),
+                }
+            }
+            let metrics = previous
+                .and_then(|p| p.rules.iter().find(|r| r.rule.id() == c.id))
+                .map(|r| r.metrics.clone())
+                .unwrap_or_default();
+            let idx = set.rules.len();
+            for f in rule.from_filters() {
+                if !f.starts_with("$events/") {
+                    set.index.insert(f, idx);
+                }
+            }
+            for k in rule.event_kinds() {
+                set.events.entry(*k).or_default().push(idx);
+            }
+            set.rules.push(CompiledRule {
+                rule,
+                enabled: c.enabled,
+                actions,
+                metrics,
+            });
+        }
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn has_message_rules(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.enabled && r.rule.handles_messages())
+    }
+
+    fn event_mask(&self) -> u32 {
+        self.events
+            .iter()
+            .filter(|(_, idx)| idx.iter().any(|&i| self.rules[i].enabled))
+            .fold(0, |m, (k, _)| m | event_bit(*k))
+    }
+}
+
+fn event_bit(k: EventKind) -> u32 {
+    1 << (EventKind::ALL.iter().position(|x| *x == k).unwrap_or(0) as u32)
+}
+
+/// A rule output waiting for its actions.
+#[derive(Debug)]
+pub struct Job {
+    set: Arc<RuleSet>,
+    rule: usize,
+    row: Row,
+    depth: u8,
+}
+
+/// The broker's rule engine: the current rule set and the action queue.
+#[derive(Debug)]
+pub struct RuleEngine {
+    set: RwLock<Arc<RuleSet>>,
+    message_rules: AtomicBool,
+    event_mask: AtomicU32,
+    tx: mpsc::Sender<Job>,
+    rx: Mutex<Option<mpsc::Receiver<Job>>>,
+    /// Outputs dropped because the action queue was full.
+    pub actions_dropped: AtomicU64,
+}
+
+impl Default for RuleEngine {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::channel(ACTION_QUEUE);
+        RuleEngine {
+            set: RwLock::new(Arc::new(RuleSet::default())),
+            message_rules: AtomicBool::new(false),
+            event_mask: AtomicU32::new(0),
+            tx,
+            rx: Mutex::new(Some(rx)),
+            actions_dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RuleEngine {
+    /// Compiles `configs` and swaps them in; on error the old set keeps running.
+    pub fn load(&self, configs: &[RuleConfig]) -> Result<usize, Vec<String>> {
+        let previous = self.set.read().clone();
+        let set = RuleSet::build(configs, Some(&previous))?;
+        let n = set.rules.len();
+        self.message_rules
+            .store(set.has_message_rules(), Ordering::Release);
+        self.event_mask.store(set.event_mask(), Ordering::Release);
+        *self.set.write() = Arc::new(set);
+        Ok(n)
+    }
+
+    /// The action queue's receiving end, taken once by the server.
+    pub fn take_receiver(&self) -> Option<mpsc::Receiver<Job>> {
+        self.rx.lock().take()
+    }
+
+    /// Metrics of every rule in the current set.
+    pub fn stats(&self) -> Vec<RuleStats> {
+        let set = self.set.read().clone();
+        set.rules
+            .iter()
+            .map(|r| {
+                let m = &r.metrics;
+                RuleStats {
+                    id: r.rule.id().to_string(),
+                    enabled: r.enabled,
+                    matched: m.matched.load(Ordering::Relaxed),
+                    passed: m.passed.load(Ordering::Relaxed),
+                    no_result: m.no_result.load(Ordering::Relaxed),
+                    failed: m.failed.load(Ordering::Relaxed),
+                    actions_success: m.actions_success.load(Ordering::Relaxed),
+                    actions_failed: m.actions_failed.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// Is any enabled rule listening to `kind`? (one atomic load)
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.event_mask.load(Ordering::Relaxed) & event_bit(kind) != 0
+    }
+
+    /// Runs the message rules whose FROM matches `msg.topic`.
+    pub fn on_message(&self, msg: &Message) {
+        if !self.message_rules.load(Ordering::Relaxed) || msg.rule_depth >= MAX_RULE_DEPTH {
+            return;
+        }
+        let set = self.set.read().clone();
+        let mut hits: SmallVec<[usize; 8]> = SmallVec::new();
+        set.index.matches(&msg.topic, &mut hits);
+        if hits.is_empty() {
+            return;
+        }
+        let id = format!("{:016X}", msg.id);
+        let peer = msg.origin.as_ref().map(|o| o.peer.to_string());
+        let mut extra = Map::new();
+        extra.insert("pub_props".into(), events::pub_props(&msg.properties));
+        extra.insert("headers".into(), Value::Object(Map::new()));
+        if let Some(p) = &peer {
+            extra.insert("peername".into(), Value::String(p.clone()));
+        }
+        let host = peer
+            .as_deref()
+            .and_then(|p| p.rsplit_once(':').map(|(h, _)| h));
+        let mut input = Input::message(&msg.topic, &msg.payload)
+            .id(&id)
+            .qos(msg.qos as u8)
+            .flags(msg.retain, false)
+            .timestamp(msg.timestamp_ms)
+            .publish_received_at(msg.timestamp_ms)
+            .node(NODE)
+            .extra(&extra);
+        if let Some(o) = &msg.origin {
+            input = input.clientid(&o.client_id).username(o.username.as_deref());
+        }
+        if let Some(h) = host {
+            input = input.peerhost(h);
+        }
+        self.evaluate(&set, &hits, &input, msg.rule_depth);
+    }
+
+    /// Runs the rules listening to an event (callers check [`RuleEngine::wants`] first).
+    pub fn on_event(&self, kind: EventKind, fields: &EventFields) {
+        let set = self.set.read().clone();
+        let Some(idx) = set.events.get(&kind) else {
+            return;
+        };
+        let idx = idx.clone();
+        let input = fields.input(kind);
+        self.evaluate(&set, &idx, &input, 0);
+    }
+
+    fn evaluate(&self, set: &Arc<RuleSet>, idx: &[usize], input: &Input<'_>, depth: u8) {
+        for &i in idx {
+            let r = &set.rules[i];
+            if !r.enabled {
+                continue;
+            }
+            r.metrics.matched.fetch_add(1, Ordering::Relaxed);
+            match r.rule.evaluate(input) {
+                Ok(rows) if rows.is_empty() => {
+                    r.metrics.no_result.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(rows) => {
+                    r.metrics.passed.fetch_add(1, Ordering::Relaxed);
+                    if r.actions.is_empty() {
+                        continue;
+                    }
+                    for row in rows {
+                        let job = Job {
+                            set: set.clone(),
+                            rule: i,
+                            row,
+                            depth,
+                        };
+                        if self.tx.try_send(job).is_err() {
+                            self.actions_dropped.fetch_add(1, Ordering::Relaxed);
+                            r.metrics
+                                .actions_failed
+                                .fetch_add(r.actions.len() as u64, Ordering::Relaxed);
+                            debug!(rule = r.rule.id(), "action queue full: output dropped");
+                        }
+                    }
+                }
+                Err(e) => {
+                    r.metrics.failed.fetch_add(1, Ordering::Relaxed);
+                    debug!(rule = r.rule.id(), error = %e, "rule evaluation failed");
+                }
+            }
+        }
+    }
+}
