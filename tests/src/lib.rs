@@ -34,6 +34,8 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     pub ws_addr: SocketAddr,
     pub config: midge::Config,
+    /// The running broker's state (rule metrics, counters).
+    pub broker: std::sync::Arc<midge::broker::Broker>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
 }
@@ -86,6 +88,7 @@ pub async fn start_broker(f: impl FnOnce(&mut midge::Config)) -> TestBroker {
         .expect("broker failed to bind");
     let addr = server.mqtt_addr().expect("no mqtt listener");
     let ws_addr = server.ws_addr().unwrap_or(addr);
+    let broker = server.broker();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         let shutdown = async move {
@@ -99,6 +102,7 @@ pub async fn start_broker(f: impl FnOnce(&mut midge::Config)) -> TestBroker {
         addr,
         ws_addr,
         config,
+        broker,
         shutdown: Some(tx),
         handle: Some(handle),
     }

@@ -134,7 +134,14 @@ pub struct Grants {
 
 impl Default for Grants {
     fn default() -> Self {
-        Grants { log: true, kv: None, publish: Vec::new(), sql: None, kafka: Vec::new(), dirs: Vec::new() }
+        Grants {
+            log: true,
+            kv: None,
+            publish: Vec::new(),
+            sql: None,
+            kafka: Vec::new(),
+            dirs: Vec::new(),
+        }
     }
 }
 

@@ -139,7 +139,10 @@ impl PluginError {
     pub fn is_fault(&self) -> bool {
         matches!(
             self,
-            PluginError::Trap { .. } | PluginError::Timeout { .. } | PluginError::OutOfMemory { .. } | PluginError::Load { .. }
+            PluginError::Trap { .. }
+                | PluginError::Timeout { .. }
+                | PluginError::OutOfMemory { .. }
+                | PluginError::Load { .. }
         )
     }
 }

@@ -1,0 +1,536 @@
+//! One configured plugin: its compiled component, warm instance pool,
+//! health (suspension) and metrics.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::bindings::{Plugin, PluginPre};
+use crate::caps::{Granted, Limiter, StoreState};
+use crate::config::PluginConfig;
+use crate::error::{Hook, PluginError};
+use crate::types::{
+    AuthDecision, AuthRequest, AuthzDecision, AuthzRequest, ClientInfo, Event, FunctionError,
+    HookError, Manifest, Message, PublishDecision,
+};
+
+/// A hook call with its arguments.
+pub(crate) enum Call<'a> {
+    Authenticate(&'a AuthRequest),
+    Authorize(&'a AuthzRequest),
+    OnPublish(&'a Message, Option<&'a ClientInfo>),
+    OnEvent(&'a Event, u64),
+    OnRuleOutput(&'a str, &'a str),
+    CallFunction(&'a str, &'a [String]),
+}
+
+impl Call<'_> {
+    fn hook(&self) -> Hook {
+        match self {
+            Call::Authenticate(_) => Hook::Authenticate,
+            Call::Authorize(_) => Hook::Authorize,
+            Call::OnPublish(..) => Hook::OnPublish,
+            Call::OnEvent(..) => Hook::OnEvent,
+            Call::OnRuleOutput(..) => Hook::OnRuleOutput,
+            Call::CallFunction(..) => Hook::CallFunction,
+        }
+    }
+}
+
+/// A hook's answer.
+pub(crate) enum Reply {
+    Auth(AuthDecision),
+    Authz(AuthzDecision),
+    Publish(PublishDecision),
+    Unit,
+    RuleOutput(Result<(), HookError>),
+    Function(Result<String, FunctionError>),
+}
+
+/// A warm instance.
+struct Warm {
+    store: Store<StoreState>,
+    plugin: Plugin,
+}
+
+/// One loaded version of a plugin's component.
+pub(crate) struct Loaded {
+    pre: PluginPre<StoreState>,
+    pub manifest: Manifest,
+    fingerprint: u64,
+    idle: Mutex<Vec<Warm>>,
+    permits: Arc<Semaphore>,
+}
+
+impl Loaded {
+    /// Does `topic` match one of the manifest's on-publish filters?
+    pub fn wants_topic(&self, topic: &str) -> bool {
+        self.manifest
+            .publish_filters
+            .iter()
+            .any(|f| midge_protocol::topic::matches(f, topic))
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Metrics {
+    pub calls: AtomicU64,
+    pub failures: AtomicU64,
+    pub traps: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub out_of_memory: AtomicU64,
+    pub busy: AtomicU64,
+    pub suspended_calls: AtomicU64,
+    pub suspensions: AtomicU64,
+    pub instances_created: AtomicU64,
+    pub call_nanos: AtomicU64,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+}
+
+#[derive(Default)]
+struct Health {
+    consecutive_faults: u32,
+    suspended_until: Option<Instant>,
+}
+
+/// A configured plugin.
+pub(crate) struct Slot {
+    pub name: Arc<str>,
+    pub config: PluginConfig,
+    granted: Arc<Granted>,
+    config_json: String,
+    pub current: ArcSwap<Loaded>,
+    pub metrics: Metrics,
+    health: Mutex<Health>,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// Engine-wide things a slot needs to (re)load and instantiate.
+pub(crate) struct Runtime {
+    pub engine: Engine,
+    pub linker: Linker<StoreState>,
+}
+
+fn wasm_error(e: &wasmtime::Error) -> String {
+    let mut s = format!("{e:?}");
+    if s.len() > 4000 {
+        let mut cut = 4000;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str(" ...");
+    }
+    s
+}
+
+fn fingerprint(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+impl Slot {
+    /// Load the plugin for the first time.
+    pub async fn load(
+        rt: &Runtime,
+        config: PluginConfig,
+        granted: Arc<Granted>,
+    ) -> Result<Arc<Slot>, PluginError> {
+        let config_json = config.config.to_string();
+        let name: Arc<str> = Arc::from(config.name.as_str());
+        let bytes = read(&name, &config.path).await?;
+        let loaded = Self::build(rt, &name, &config, &granted, &config_json, bytes, None).await?;
+        Ok(Arc::new(Slot {
+            name,
+            config,
+            granted,
+            config_json,
+            current: ArcSwap::from_pointee(loaded),
+            metrics: Metrics::default(),
+            health: Mutex::new(Health::default()),
+            reload_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Compile `bytes`, start one instance, run `init`, check the manifest.
+    async fn build(
+        rt: &Runtime,
+        name: &Arc<str>,
+        config: &PluginConfig,
+        granted: &Arc<Granted>,
+        config_json: &str,
+        bytes: Vec<u8>,
+        metrics: Option<&Metrics>,
+    ) -> Result<Loaded, PluginError> {
+        let load_err = |message: String| PluginError::Load {
+            plugin: name.to_string(),
+            message,
+        };
+        let fingerprint = fingerprint(&bytes);
+        let engine = rt.engine.clone();
+        let component =
+            tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
+                .await
+                .map_err(|e| load_err(format!("compile task: {e}")))?
+                .map_err(|e| load_err(format!("compile: {}", wasm_error(&e))))?;
+        let pre = rt
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| load_err(format!("link: {}", wasm_error(&e))))?;
+        let pre =
+            PluginPre::new(pre).map_err(|e| load_err(format!("exports: {}", wasm_error(&e))))?;
+        let (warm, manifest) = new_instance(rt, name, config, granted, config_json, &pre).await?;
+        if let Some(m) = metrics {
+            m.instances_created.fetch_add(1, Ordering::Relaxed);
+        }
+        for f in &manifest.publish_filters {
+            if !midge_protocol::topic::valid_filter(f) {
+                return Err(load_err(format!("manifest: invalid topic filter {f:?}")));
+            }
+        }
+        Ok(Loaded {
+            pre,
+            manifest,
+            fingerprint,
+            idle: Mutex::new(vec![warm]),
+            permits: Arc::new(Semaphore::new(config.limits.max_instances.max(1))),
+        })
+    }
+
+    /// Reload from the configured path. With `only_if_changed`, a file with
+    /// the same content is left alone (returns `Ok(false)`). A failed load
+    /// keeps the current version.
+    pub async fn reload(&self, rt: &Runtime, only_if_changed: bool) -> Result<bool, PluginError> {
+        let _guard = self.reload_lock.lock().await;
+        let result = async {
+            let bytes = read(&self.name, &self.config.path).await?;
+            if only_if_changed && fingerprint(&bytes) == self.current.load().fingerprint {
+                return Ok(false);
+            }
+            let loaded = Self::build(
+                rt,
+                &self.name,
+                &self.config,
+                &self.granted,
+                &self.config_json,
+                bytes,
+                Some(&self.metrics),
+            )
+            .await?;
+            self.current.store(Arc::new(loaded));
+            *self.health.lock() = Health::default();
+            self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(plugin = &*self.name, "plugin reloaded");
+            Ok(true)
+        }
+        .await;
+        if let Err(e) = &result {
+            self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(plugin = &*self.name, error = %e, "plugin reload failed, keeping the loaded version");
+        }
+        result
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        let mut h = self.health.lock();
+        match h.suspended_until {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                h.suspended_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn record_success(&self) {
+        let mut h = self.health.lock();
+        if h.consecutive_faults != 0 {
+            h.consecutive_faults = 0;
+        }
+    }
+
+    fn record_failure(&self, e: &PluginError) {
+        let m = &self.metrics;
+        m.failures.fetch_add(1, Ordering::Relaxed);
+        match e {
+            PluginError::Trap { .. } => m.traps.fetch_add(1, Ordering::Relaxed),
+            PluginError::Timeout { .. } => m.timeouts.fetch_add(1, Ordering::Relaxed),
+            PluginError::OutOfMemory { .. } => m.out_of_memory.fetch_add(1, Ordering::Relaxed),
+            PluginError::Busy { .. } => m.busy.fetch_add(1, Ordering::Relaxed),
+            PluginError::Suspended { .. } => m.suspended_calls.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        if !matches!(e, PluginError::Suspended { .. } | PluginError::Busy { .. }) {
+            tracing::warn!(plugin = &*self.name, error = %e, "plugin call failed");
+        }
+        if !e.is_fault() {
+            return;
+        }
+        let limit = self.config.limits.suspend_after;
+        if limit == 0 {
+            return;
+        }
+        let mut h = self.health.lock();
+        h.consecutive_faults += 1;
+        if h.consecutive_faults >= limit {
+            h.consecutive_faults = limit - 1;
+            h.suspended_until =
+                Some(Instant::now() + Duration::from_secs(self.config.limits.suspend_secs));
+            m.suspensions.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                plugin = &*self.name,
+                failures = limit,
+                secs = self.config.limits.suspend_secs,
+                "plugin suspended after repeated failures"
+            );
+        }
+    }
+
+    /// Call one hook: take (or start) an instance, run under the deadline,
+    /// return the instance to the pool on success, discard it on failure.
+    pub async fn call(&self, rt: &Runtime, call: Call<'_>) -> Result<Reply, PluginError> {
+        let hook = call.hook();
+        if self.is_suspended() {
+            let e = PluginError::Suspended {
+                plugin: self.name.to_string(),
+                hook,
+            };
+            self.record_failure(&e);
+            return Err(e);
+        }
+        let limits = &self.config.limits;
+        let loaded = self.current.load_full();
+        let queue_timeout = Duration::from_millis(limits.queue_timeout_ms);
+        let _permit =
+            match tokio::time::timeout(queue_timeout, loaded.permits.clone().acquire_owned()).await
+            {
+                Ok(Ok(p)) => p,
+                _ => {
+                    let e = PluginError::Busy {
+                        plugin: self.name.to_string(),
+                        hook,
+                        max_instances: limits.max_instances,
+                    };
+                    self.record_failure(&e);
+                    return Err(e);
+                }
+            };
+        self.metrics.calls.fetch_add(1, Ordering::Relaxed);
+        let warm = loaded.idle.lock().pop();
+        let mut warm = match warm {
+            Some(w) => w,
+            None => {
+                match new_instance(
+                    rt,
+                    &self.name,
+                    &self.config,
+                    &self.granted,
+                    &self.config_json,
+                    &loaded.pre,
+                )
+                .await
+                {
+                    Ok((w, _)) => {
+                        self.metrics
+                            .instances_created
+                            .fetch_add(1, Ordering::Relaxed);
+                        w
+                    }
+                    Err(e) => {
+                        self.record_failure(&e);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let deadline = Duration::from_millis(limits.deadline_ms);
+        arm(&mut warm.store, deadline);
+        let started = Instant::now();
+        // The epoch callback interrupts wasm code; this outer timeout also
+        // bounds time spent in host calls.
+        let outer = deadline * 2 + Duration::from_millis(20);
+        let result = tokio::time::timeout(outer, invoke(&mut warm, call)).await;
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.metrics.call_nanos.fetch_add(nanos, Ordering::Relaxed);
+        match result {
+            Ok(Ok(reply)) => {
+                loaded.idle.lock().push(warm);
+                self.record_success();
+                Ok(reply)
+            }
+            Ok(Err(err)) => {
+                let e = classify(&self.name, hook, &warm.store, &err, limits.memory_mib);
+                self.record_failure(&e);
+                Err(e)
+            }
+            Err(_) => {
+                let e = PluginError::Timeout {
+                    plugin: self.name.to_string(),
+                    hook,
+                    deadline,
+                };
+                self.record_failure(&e);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn idle_instances(&self) -> usize {
+        self.current.load().idle.lock().len()
+    }
+}
+
+async fn read(name: &str, path: &std::path::Path) -> Result<Vec<u8>, PluginError> {
+    let owned = path.to_path_buf();
+    let result = tokio::task::spawn_blocking(move || std::fs::read(owned))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    result.map_err(|e| PluginError::Load {
+        plugin: name.to_string(),
+        message: format!("read {}: {e}", path.display()),
+    })
+}
+
+fn arm(store: &mut Store<StoreState>, deadline: Duration) {
+    let data = store.data_mut();
+    data.call_started = Instant::now();
+    data.deadline = deadline;
+    data.timed_out = false;
+    data.limiter.hit = false;
+    store.set_epoch_deadline(1);
+}
+
+fn classify(
+    plugin: &str,
+    hook: Hook,
+    store: &Store<StoreState>,
+    err: &wasmtime::Error,
+    memory_mib: u64,
+) -> PluginError {
+    let data = store.data();
+    if data.timed_out {
+        PluginError::Timeout {
+            plugin: plugin.to_string(),
+            hook,
+            deadline: data.deadline,
+        }
+    } else if data.limiter.hit {
+        PluginError::OutOfMemory {
+            plugin: plugin.to_string(),
+            hook,
+            limit_bytes: memory_mib << 20,
+        }
+    } else {
+        PluginError::Trap {
+            plugin: plugin.to_string(),
+            hook,
+            message: wasm_error(err),
+        }
+    }
+}
+
+/// Start a fresh instance: WASI without files (except granted read-only
+/// directories), network or environment; memory cap; epoch deadline; `init`.
+async fn new_instance(
+    rt: &Runtime,
+    name: &Arc<str>,
+    config: &PluginConfig,
+    granted: &Arc<Granted>,
+    config_json: &str,
+    pre: &PluginPre<StoreState>,
+) -> Result<(Warm, Manifest), PluginError> {
+    let load_err = |message: String| PluginError::Load {
+        plugin: name.to_string(),
+        message,
+    };
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    for dir in &config.grants.dirs {
+        wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadOnly)
+            .map_err(|e| {
+                load_err(format!(
+                    "grant dir {}: {}",
+                    dir.host.display(),
+                    wasm_error(&e)
+                ))
+            })?;
+    }
+    let state = StoreState {
+        wasi: wasi.build(),
+        table: ResourceTable::new(),
+        limiter: Limiter {
+            max_memory: usize::try_from(config.limits.memory_mib << 20).unwrap_or(usize::MAX),
+            hit: false,
+        },
+        granted: granted.clone(),
+        call_started: Instant::now(),
+        deadline: Duration::from_millis(config.limits.init_deadline_ms),
+        timed_out: false,
+    };
+    let mut store = Store::new(&rt.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.epoch_deadline_callback(|mut ctx| {
+        let data = ctx.data_mut();
+        if data.call_started.elapsed() >= data.deadline {
+            data.timed_out = true;
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    arm(
+        &mut store,
+        Duration::from_millis(config.limits.init_deadline_ms),
+    );
+    let started = async {
+        let plugin = pre.instantiate_async(&mut store).await?;
+        let manifest = plugin
+            .midge_plugin_hooks()
+            .call_init(&mut store, config_json)
+            .await?;
+        Ok::<_, wasmtime::Error>((plugin, manifest))
+    }
+    .await;
+    match started {
+        Ok((plugin, Ok(manifest))) => Ok((Warm { store, plugin }, manifest)),
+        Ok((_, Err(init))) => Err(load_err(format!("init refused: {init:?}"))),
+        Err(e) => {
+            let e = classify(name, Hook::Init, &store, &e, config.limits.memory_mib);
+            Err(load_err(e.to_string()))
+        }
+    }
+}
+
+async fn invoke(warm: &mut Warm, call: Call<'_>) -> wasmtime::Result<Reply> {
+    let hooks = warm.plugin.midge_plugin_hooks();
+    let store = &mut warm.store;
+    Ok(match call {
+        Call::Authenticate(r) => Reply::Auth(hooks.call_authenticate(store, r).await?),
+        Call::Authorize(r) => Reply::Authz(hooks.call_authorize(store, r).await?),
+        Call::OnPublish(m, p) => Reply::Publish(hooks.call_on_publish(store, m, p).await?),
+        Call::OnEvent(e, t) => {
+            hooks.call_on_event(store, e, t).await?;
+            Reply::Unit
+        }
+        Call::OnRuleOutput(rule, rows) => {
+            Reply::RuleOutput(hooks.call_on_rule_output(store, rule, rows).await?)
+        }
+        Call::CallFunction(name, args) => {
+            Reply::Function(hooks.call_call_function(store, name, args).await?)
+        }
+    })
+}
