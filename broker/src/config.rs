@@ -225,7 +225,10 @@ mod tests {
     #[test]
     fn example_config_is_valid_and_equals_defaults() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/midge.toml");
-        let c = Config::load(Path::new(path)).expect("examples/midge.toml loads");
+        let mut c = Config::load(Path::new(path)).expect("examples/midge.toml loads");
+        assert_eq!(c.rules.len(), 1, "the example rule");
+        assert!(!c.rules[0].enabled);
+        c.rules.clear();
         assert_eq!(c, Config::default());
     }
 
