@@ -1,0 +1,447 @@
+#!/usr/bin/env bash
+# Runs every midge-bench scenario x QoS x payload against Midge, Mosquitto and
+# (if on PATH) rumqttd, one broker at a time, and writes docs/BENCHMARKS.md.
+#
+#   bench/run.sh
+#
+# Environment (all optional):
+#   DURATION=5        measured seconds per cell      WARMUP=1   warm-up seconds per cell
+#   DRAIN=5           max seconds to drain per cell  WINDOW=64  closed-loop window per publisher
+#   BROKERS="midge mosquitto rumqttd"   SCENARIOS="fan-in fan-out pairs"
+#   QOS_LEVELS="0 1"  PAYLOADS="64 1024"  IDLE_CONNECTIONS=10000 (0 skips idle)
+#   BROKER_CPU=0  BENCH_CPU=1   cores for taskset
+#   NICE=-10          niceness of broker and generator when run as root (less
+#                     interference from background jobs); NICE=0 disables
+#   OUT=docs/BENCHMARKS.md   SKIP_BUILD=1 (reuse target/release binaries)
+#   MOSQUITTO=/usr/sbin/mosquitto   RUMQTTD=rumqttd
+#   QUIET_WAIT=0      before each cell wait up to this many seconds for other
+#                     processes to use < 15 % CPU (shared machines); the share
+#                     seen is kept as "background_cpu_pct" in the raw results
+#
+# Brokers that fail to build or start get 'n/a' with the reason; the run goes on.
+# Every broker this script starts is stopped by its PID.
+
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+# The exact command, with the environment overrides that were given.
+COMMAND="bench/run.sh"
+for v in OUT QUIET_WAIT NICE BENCH_CPU BROKER_CPU IDLE_CONNECTIONS PAYLOADS QOS_LEVELS SCENARIOS BROKERS WINDOW DRAIN WARMUP DURATION; do
+    if printenv "$v" >/dev/null; then
+        COMMAND="$v=\"$(printenv "$v")\" $COMMAND"
+    fi
+done
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-1}
+DRAIN=${DRAIN:-5}
+WINDOW=${WINDOW:-64}
+BROKERS=${BROKERS:-midge mosquitto rumqttd}
+SCENARIOS=${SCENARIOS:-fan-in fan-out pairs}
+QOS_LEVELS=${QOS_LEVELS:-0 1}
+PAYLOADS=${PAYLOADS:-64 1024}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+BROKER_CPU=${BROKER_CPU:-0}
+BENCH_CPU=${BENCH_CPU:-1}
+NICE=${NICE:--10}
+QUIET_WAIT=${QUIET_WAIT:-0}
+OUT=${OUT:-docs/BENCHMARKS.md}
+MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
+RUMQTTD=${RUMQTTD:-rumqttd}
+BENCH=$ROOT/target/release/midge-bench
+MIDGE=$ROOT/target/release/midge
+
+
+log() { echo "[run.sh] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+command -v jq >/dev/null || die "jq is required (apt-get install -y jq)"
+command -v taskset >/dev/null || die "taskset is required (util-linux)"
+
+TMP=$(mktemp -d /tmp/midge-bench.XXXXXX)
+RESULTS=$TMP/results.jsonl
+NOTES=$TMP/notes.md
+: >"$RESULTS"
+: >"$NOTES"
+BROKER_PID=""
+
+stop_broker() {
+    local pid=$1
+    [[ -z $pid ]] && return
+    if kill -0 "$pid" 2>/dev/null; then
+        kill "$pid" 2>/dev/null
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null
+}
+cleanup() { stop_broker "$BROKER_PID"; BROKER_PID=""; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# 10,000 idle connections need that many descriptors in the broker and in
+# the generator (both inherit this shell's limit).
+HARD=$(ulimit -Hn)
+WANT=$((IDLE_CONNECTIONS + 1024))
+if [[ $HARD == unlimited || $HARD -ge 65536 ]]; then
+    ulimit -n 65536
+elif [[ $HARD -ge $WANT ]]; then
+    ulimit -n "$HARD"
+else
+    ulimit -n "$HARD"
+    log "warning: hard fd limit $HARD < $WANT; idle runs may fail (raise it with ulimit -Hn as root)"
+fi
+log "fd limit: $(ulimit -n)"
+
+# PIN_BROKER / PIN_BENCH: command prefixes (taskset, and nice when allowed).
+PIN_BROKER=(taskset -c "$BROKER_CPU")
+PIN_BENCH=(taskset -c "$BENCH_CPU")
+if [[ $NICE != 0 ]]; then
+    if [[ $NICE -ge 0 || $(id -u) == 0 ]]; then
+        PIN_BROKER=(nice -n "$NICE" "${PIN_BROKER[@]}")
+        PIN_BENCH=(nice -n "$NICE" "${PIN_BENCH[@]}")
+    else
+        log "not root: running at normal priority (NICE=$NICE needs root)"
+        NICE=0
+    fi
+fi
+
+# ---------------------------------------------------------------- build
+MIDGE_BUILD_ERR=""
+if [[ -z ${SKIP_BUILD:-} ]]; then
+    log "cargo build --release -p midge -p midge-bench"
+    if ! cargo build --release -p midge -p midge-bench 2>"$TMP/build.log"; then
+        MIDGE_BUILD_ERR="build failed: $(grep -m1 '^error' "$TMP/build.log" || tail -n1 "$TMP/build.log")"
+        log "$MIDGE_BUILD_ERR; building midge-bench alone"
+        cargo build --release -p midge-bench || die "midge-bench does not build"
+    fi
+fi
+[[ -x $BENCH ]] || die "$BENCH missing (unset SKIP_BUILD)"
+
+# ---------------------------------------------------------------- brokers
+free_port() {
+    local p
+    for p in $(seq "$1" $(($1 + 100))); do
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return
+        fi
+    done
+    echo "$1"
+}
+
+# wait_ready PID PORT LOG -> 0 when PORT accepts, else prints the reason.
+wait_ready() {
+    local pid=$1 port=$2 logf=$3
+    for _ in $(seq 100); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            local out
+            out=$(tail -n 3 "$logf" | tr '\n' ' ' | cut -c1-200)
+            echo "exited at startup: ${out:-(no output)}"
+            return 1
+        fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "not listening on $port after 10 s"
+    return 1
+}
+
+# start_broker NAME PORT -> sets BROKER_PID, or sets START_ERR and fails.
+# Must not run in a subshell: the broker has to be this shell's child.
+START_ERR=""
+start_broker() {
+    local name=$1 port=$2 logf=$TMP/$1.log
+    case $name in
+    midge)
+        [[ -n $MIDGE_BUILD_ERR ]] && { START_ERR="$MIDGE_BUILD_ERR"; return 1; }
+        [[ -x $MIDGE ]] || { START_ERR="$MIDGE not built"; return 1; }
+        local ws
+        ws=$(free_port $((port + 1)))
+        "${PIN_BROKER[@]}" "$MIDGE" serve --listen "127.0.0.1:$port" \
+            --ws-listen "127.0.0.1:$ws" >"$logf" 2>&1 &
+        ;;
+    mosquitto)
+        [[ -x $MOSQUITTO ]] || { START_ERR="$MOSQUITTO not installed"; return 1; }
+        cat >"$TMP/mosquitto.conf" <<EOF
+listener $port 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+max_queued_messages 100000
+max_inflight_messages 0
+max_connections -1
+persistence false
+log_dest stderr
+log_type error
+log_type warning
+EOF
+        "${PIN_BROKER[@]}" "$MOSQUITTO" -c "$TMP/mosquitto.conf" >"$logf" 2>&1 &
+        ;;
+    rumqttd)
+        command -v "$RUMQTTD" >/dev/null || { START_ERR="rumqttd not on PATH (skipped)"; return 1; }
+        # Untested here: rumqttd was not installed on the machine that wrote this.
+        cat >"$TMP/rumqttd.toml" <<EOF
+id = 0
+[router]
+id = 0
+max_connections = 20010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$port"
+next_connection_delay_ms = 0
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 1048576
+max_inflight_count = 65535
+dynamic_filters = true
+[console]
+listen = "127.0.0.1:$(free_port $((port + 1)))"
+EOF
+        "${PIN_BROKER[@]}" "$RUMQTTD" --config "$TMP/rumqttd.toml" >"$logf" 2>&1 &
+        ;;
+    *)
+        START_ERR="unknown broker $name"
+        return 1
+        ;;
+    esac
+    BROKER_PID=$!
+    local why
+    if ! why=$(wait_ready "$BROKER_PID" "$port" "$logf"); then
+        stop_broker "$BROKER_PID"
+        BROKER_PID=""
+        START_ERR=$why
+        return 1
+    fi
+}
+
+version_of() {
+    case $1 in
+    midge)
+        local v
+        v=$("$MIDGE" --version 2>/dev/null | head -n1)
+        echo "${v:-midge (workspace build)} (git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null))"
+        ;;
+    mosquitto) "$MOSQUITTO" -h 2>/dev/null | head -n1 ;;
+    rumqttd) "$RUMQTTD" --version 2>/dev/null | head -n1 ;;
+    esac
+}
+
+# run_cell BROKER PORT ARGS... -> one JSON line appended to $RESULTS
+run_cell() {
+    local broker=$1 port=$2
+    shift 2
+    local line rc bg=""
+    if [[ $QUIET_WAIT -gt 0 ]]; then
+        # The broker is idle between cells, so this is other processes' load.
+        local until=$((SECONDS + QUIET_WAIT))
+        bg=$(cpu_busy)
+        while [[ $bg -ge 15 && $SECONDS -lt $until ]]; do
+            log "background CPU ${bg}%: waiting for a quiet machine"
+            sleep 5
+            bg=$(cpu_busy)
+        done
+    fi
+    line=$(timeout "$CELL_TIMEOUT" "${PIN_BENCH[@]}" "$BENCH" \
+        --host 127.0.0.1 --port "$port" --broker-pid "$BROKER_PID" --label "$broker" \
+        --duration "$DURATION" --warmup "$WARMUP" --drain "$DRAIN" --window "$WINDOW" \
+        "$@" 2>>"$TMP/human.log" | grep '^{' | tail -n1)
+    rc=$?
+    if [[ -z $line ]]; then
+        line=$(jq -cn --arg b "$broker" --arg a "$*" \
+            '{broker:$b, args:$a, error:"midge-bench produced no result (timeout or crash)"}')
+    fi
+    if [[ -n $bg ]]; then
+        line=$(jq -c --argjson bg "$bg" '. + {background_cpu_pct: $bg}' <<<"$line")
+    fi
+    echo "$line" >>"$RESULTS"
+    [[ -f $TMP/human.log ]] && tail -n1 "$TMP/human.log" >&2
+    return $rc
+}
+
+# Percentage of all CPUs busy over 2 s (before the brokers start: background load).
+cpu_busy() {
+    local a b
+    a=$(head -n1 /proc/stat)
+    sleep 2
+    b=$(head -n1 /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " "); t = 0
+        for (i = 2; i <= n; i++) t += y[i] - x[i]
+        idle = (y[5] - x[5]) + (y[6] - x[6])
+        printf "%.0f", (t > 0 ? 100 * (t - idle) / t : 0) }'
+}
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+BUSY_BEFORE=$(cpu_busy)
+log "background CPU use before the run: ${BUSY_BEFORE}%"
+START_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+# Generous bound per cell (connection setup + warm-up + run + drain).
+CELL_TIMEOUT=$(awk -v d="$DURATION" -v w="$WARMUP" -v r="$DRAIN" 'BEGIN { print int(d + w + r + 120) }')
+PORT_BASE=21883
+for broker in $BROKERS; do
+    port=$(free_port $PORT_BASE)
+    PORT_BASE=$((port + 10))
+    log "starting $broker on 127.0.0.1:$port (cpu $BROKER_CPU)"
+    if ! start_broker "$broker" "$port"; then
+        why=$START_ERR
+        log "$broker: n/a: $why"
+        jq -cn --arg b "$broker" --arg r "$why" '{broker:$b, na:$r}' >>"$RESULTS"
+        continue
+    fi
+    echo "  - $broker: $(version_of "$broker"), pid $BROKER_PID, port $port" >>"$NOTES"
+    # Idle first, on a fresh broker, so RSS per connection is not hidden by
+    # memory the allocator kept from the load runs.
+    if [[ $IDLE_CONNECTIONS -gt 0 ]]; then
+        run_cell "$broker" "$port" --scenario idle --connections "$IDLE_CONNECTIONS"
+    fi
+    for s in $SCENARIOS; do
+        for q in $QOS_LEVELS; do
+            for p in $PAYLOADS; do
+                if ! kill -0 "$BROKER_PID" 2>/dev/null; then
+                    jq -cn --arg b "$broker" --arg s "$s" --argjson q "$q" --argjson p "$p" \
+                        '{broker:$b, scenario:$s, qos:$q, payload:$p, error:"broker died"}' >>"$RESULTS"
+                    continue
+                fi
+                run_cell "$broker" "$port" --scenario "$s" --qos "$q" --payload "$p"
+            done
+        done
+    done
+    log "stopping $broker (pid $BROKER_PID)"
+    stop_broker "$BROKER_PID"
+    BROKER_PID=""
+done
+
+# ---------------------------------------------------------------- report
+cell() { # broker scenario qos payload -> "msgs/s | p50 | p99 | loss | cpu"
+    local na
+    na=$(jq -r --arg b "$1" 'select(.broker == $b and .na != null) | .na' "$RESULTS" | head -n1)
+    if [[ -n $na ]]; then
+        echo "n/a | n/a | n/a | n/a | n/a"
+        return
+    fi
+    jq -r --arg b "$1" --arg s "$2" --argjson q "$3" --argjson p "$4" '
+        select(.broker == $b and .scenario == $s and .qos == $q and .payload == $p)
+        | if .error then "error | | | | "
+          else "\(.msgs_per_s) | \(.p50_us | round) | \(.p99_us | round) | \(.loss)"
+            + (if .duplicates > 0 then " (+\(.duplicates) dup)" else "" end)
+            + " | \(.broker_cpu_pct // "?" | if type == "number" then round else . end)"
+          end' "$RESULTS" | tail -n1 | grep . || echo "- | - | - | - | -"
+}
+
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+BUSY_AFTER=$(cpu_busy)
+CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+[[ -z $CPU_MODEL ]] && CPU_MODEL=$(grep -m1 -i 'Hardware\|CPU part' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+{
+    echo "# Benchmarks"
+    echo
+    echo "Generated by:"
+    echo
+    echo '```'
+    echo "$COMMAND"
+    echo '```'
+    echo
+    echo "- Date: $START_DATE"
+    echo "- Machine: $(nproc) CPUs, ${CPU_MODEL:-unknown CPU}, $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
+    echo "- Per cell: ${WARMUP} s warm-up + ${DURATION} s measured, window ${WINDOW} per publisher, drain up to ${DRAIN} s; MQTT 3.1.1"
+    echo "- Background load: ${BUSY_BEFORE}% of all CPUs busy just before the run, ${BUSY_AFTER}% just after;"
+    echo "  load average (1/5/15 min) before $LOAD_BEFORE, after $LOAD_AFTER"
+    if [[ $BUSY_BEFORE -gt 10 || $BUSY_AFTER -gt 10 ]]; then
+        echo "- **Warning:** the machine was not idle (other processes compete with the pinned broker"
+        echo "  and generator for their cores), so some figures are low and noisy; the broker CPU column"
+        echo "  shows which cells did not get a full core. Re-run on a quiet machine before comparing."
+    fi
+    echo "- Brokers:"
+    cat "$NOTES"
+    echo
+    echo "## Method"
+    echo
+    echo "\`midge-bench\` (crate \`bench/\`) is a closed-loop generator: each publisher may have at most"
+    echo "${WINDOW} messages published but not yet received by *every* subscriber that should get them"
+    echo "(for fan-out: all 100), so a broker that acknowledges faster than it delivers cannot look fast."
+    echo "QoS 1 publishers are additionally limited to ${WINDOW} publishes without PUBACK. Payloads carry"
+    echo "publisher id, sequence number and send time; latency is end to end (publish call to subscriber"
+    echo "decode, same clock), loss is every sequence number a subscriber never received after the drain,"
+    echo "duplicates and reordering are counted per publisher. msgs/s counts deliveries (a fan-out"
+    echo "publish delivered to 100 subscribers counts 100) received during the measured seconds."
+    echo "The windows stay full, so latency is queueing under saturation (by Little's law about"
+    echo "outstanding messages / throughput), not the latency of an unloaded broker."
+    echo "The broker is pinned with \`taskset -c ${BROKER_CPU}\` and the generator with \`taskset -c ${BENCH_CPU}\`,"
+    echo "so each broker gets one core; brokers run one after another, never concurrently. Both run"
+    echo "at niceness ${NICE} (0 = default) to keep unrelated background jobs from taking their cores."
+    echo "Scenarios: fan-in = 8 publishers -> 1 subscriber on a \`+\` wildcard; fan-out = 1 publisher ->"
+    echo "100 subscribers of one topic; pairs = 50 publisher/subscriber pairs on distinct topics;"
+    echo "idle = ${IDLE_CONNECTIONS} connections that only CONNECT (keep-alive 0), connects/s and the broker's"
+    echo "VmRSS growth per connection (measured before and 1 s after; then every connection is pinged)."
+    echo "Idle runs first on a freshly started broker so memory kept from load runs does not hide it."
+    echo "Latencies are in µs (log-linear histogram, <1.6 % bucket error). CPU % is the broker's CPU"
+    echo "use during the measured seconds from /proc/PID/stat (about 100 = the broker was the"
+    echo "bottleneck; well below 100 = it was starved or waiting). One cell by hand:"
+    echo
+    echo '```'
+    echo "taskset -c ${BENCH_CPU} target/release/midge-bench --port PORT --scenario fan-in --qos 1 --payload 64 \\"
+    echo "    --duration ${DURATION} --broker-pid PID --label NAME"
+    echo '```'
+    echo
+    echo "## Throughput and latency"
+    echo
+    header="| scenario | QoS | payload |"
+    sep="|---|---|---|"
+    for b in $BROKERS; do
+        header+=" $b msgs/s | p50 µs | p99 µs | loss | CPU % |"
+        sep+="---:|---:|---:|---:|---:|"
+    done
+    echo "$header"
+    echo "$sep"
+    for s in $SCENARIOS; do
+        for q in $QOS_LEVELS; do
+            for p in $PAYLOADS; do
+                row="| $s | $q | $p B |"
+                for b in $BROKERS; do
+                    row+=" $(cell "$b" "$s" "$q" "$p") |"
+                done
+                echo "$row"
+            done
+        done
+    done
+    echo
+    if [[ $IDLE_CONNECTIONS -gt 0 ]]; then
+        echo "## Idle connections"
+        echo
+        echo "| broker | connections | connects/s | RSS before KiB | RSS after KiB | KiB/connection | alive |"
+        echo "|---|---:|---:|---:|---:|---:|---:|"
+        for b in $BROKERS; do
+            jq -r --arg b "$b" '
+                select(.broker == $b and (.scenario == "idle" or .na != null))
+                | if .na then "| \($b) | n/a | n/a | n/a | n/a | n/a | n/a |"
+                  elif .error then "| \($b) | error | | | | | |"
+                  else "| \($b) | \(.connections) | \(.connects_per_s) | \(.rss_before_kib) | \(.rss_after_kib) | \(.kib_per_conn) | \(.alive) |"
+                  end' "$RESULTS"
+        done
+        echo
+    fi
+    if jq -e 'select(.na != null or .error != null)' "$RESULTS" >/dev/null 2>&1; then
+        echo "## Not measured"
+        echo
+        jq -r 'select(.na != null) | "- \(.broker): n/a: \(.na)"' "$RESULTS"
+        jq -r 'select(.error != null) | "- \(.broker) \(.scenario // .args) qos \(.qos // "-") \(.payload // "-") B: \(.error)"' "$RESULTS"
+        echo
+    fi
+    echo "## Raw results"
+    echo
+    echo "<details><summary>one JSON object per run (midge-bench output)</summary>"
+    echo
+    echo '```json'
+    cat "$RESULTS"
+    echo '```'
+    echo
+    echo "</details>"
+} >"$OUT"
+log "wrote $OUT (raw files in $TMP)"

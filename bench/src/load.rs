@@ -1,0 +1,576 @@
+//! The closed-loop publish/subscribe scenarios (`fan-in`, `fan-out`, `pairs`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytes::{BufMut, Bytes, BytesMut};
+use midge_protocol::{ByteStr, Packet, QoS, Version};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+
+use crate::client::{self, Reader, Writer};
+use crate::stats::{Histogram, SeqSet};
+use crate::{procfs, Args, Scenario};
+
+/// Bytes at the front of every payload: publisher id (u32 LE), sequence
+/// number (u64 LE), send time in ns since the run's start (u64 LE).
+pub const HEADER: usize = 20;
+/// Most publishes coalesced into one socket write.
+const BATCH: usize = 64;
+const KEEP_ALIVE: u16 = 60;
+
+/// Who publishes where and who listens.
+#[derive(Debug)]
+struct Topology {
+    /// Topic of each publisher.
+    publishers: Vec<String>,
+    /// Filter of each subscriber and the publishers whose messages it gets.
+    subscribers: Vec<(String, Vec<usize>)>,
+}
+
+fn topology(scenario: Scenario, run: &str) -> Topology {
+    match scenario {
+        Scenario::FanIn => Topology {
+            publishers: (0..8).map(|i| format!("bench/{run}/in/{i}")).collect(),
+            subscribers: vec![(format!("bench/{run}/in/+"), (0..8).collect())],
+        },
+        Scenario::FanOut => Topology {
+            publishers: vec![format!("bench/{run}/out")],
+            subscribers: (0..100)
+                .map(|_| (format!("bench/{run}/out"), vec![0]))
+                .collect(),
+        },
+        Scenario::Pairs => Topology {
+            publishers: (0..50).map(|i| format!("bench/{run}/pair/{i}")).collect(),
+            subscribers: (0..50)
+                .map(|i| (format!("bench/{run}/pair/{i}"), vec![i]))
+                .collect(),
+        },
+        Scenario::Idle => unreachable!("idle has no topology"),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Closed-loop window of one publisher: a permit per message that is not yet
+/// delivered to every subscriber that should receive it.
+#[derive(Debug)]
+struct PubTrack {
+    window: Semaphore,
+    /// seq -> (receivers still missing, send time ns)
+    pending: Mutex<HashMap<u64, (u32, u64)>>,
+    receivers: u32,
+    sent: AtomicU64,
+    acked: AtomicU64,
+    expired: AtomicU64,
+}
+
+impl PubTrack {
+    fn delivered(&self, seq: u64) {
+        let mut pending = lock(&self.pending);
+        if let Some(entry) = pending.get_mut(&seq) {
+            entry.0 -= 1;
+            if entry.0 == 0 {
+                pending.remove(&seq);
+                drop(pending);
+                self.window.add_permits(1);
+            }
+        }
+    }
+
+    /// Gives back the permits of messages outstanding for longer than
+    /// `max_age_ns` (lost QoS 0 messages would otherwise shrink the window
+    /// for good).
+    fn expire(&self, now_ns: u64, max_age_ns: u64) {
+        let mut pending = lock(&self.pending);
+        let before = pending.len();
+        pending.retain(|_, (_, sent)| now_ns.saturating_sub(*sent) < max_age_ns);
+        let n = before - pending.len();
+        drop(pending);
+        if n > 0 {
+            self.expired.fetch_add(n as u64, Ordering::Relaxed);
+            self.window.add_permits(n);
+        }
+    }
+
+    fn outstanding(&self) -> usize {
+        lock(&self.pending).len()
+    }
+}
+
+/// Everything a run shares between tasks.
+#[derive(Debug)]
+struct Shared {
+    t0: Instant,
+    qos: QoS,
+    tracks: Vec<PubTrack>,
+    /// Receive-time window in which deliveries count for throughput/latency.
+    measure_from_ns: u64,
+    measure_to_ns: u64,
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        self.t0.elapsed().as_nanos() as u64
+    }
+}
+
+#[derive(Debug, Default)]
+struct SubStats {
+    hist: Histogram,
+    /// Per publisher id.
+    seqs: HashMap<usize, SeqSet>,
+    /// Distinct deliveries received inside the measurement window.
+    measured: u64,
+    duplicates: u64,
+    reordered: u64,
+    unexpected: u64,
+}
+
+/// Result of one load run.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub sent: u64,
+    pub acked: u64,
+    pub delivered: u64,
+    pub measured: u64,
+    pub msgs_per_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    pub loss: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub unexpected: u64,
+    pub expired: u64,
+    pub drained: bool,
+    pub broker_cpu_pct: Option<f64>,
+    pub broker_rss_kib: Option<u64>,
+}
+
+pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<LoadReport> {
+    let qos = if args.qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    let run_id = format!("{}-{}", std::process::id(), args.scenario.name());
+    let topo = topology(args.scenario, &run_id);
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let duration = Duration::from_secs_f64(args.duration);
+    let mut receivers = vec![0u32; topo.publishers.len()];
+    for (_, pubs) in &topo.subscribers {
+        for &p in pubs {
+            receivers[p] += 1;
+        }
+    }
+
+    // Connect and subscribe every subscriber before any publisher exists.
+    let mut subs = Vec::with_capacity(topo.subscribers.len());
+    {
+        let mut set = JoinSet::new();
+        for (i, (filter, _)) in topo.subscribers.iter().enumerate() {
+            let filter = filter.clone();
+            let id = format!("mb-{run_id}-s{i}");
+            set.spawn(async move {
+                let (mut r, mut w) = client::connect(addr, &id, version, KEEP_ALIVE).await?;
+                client::subscribe(&mut r, &mut w, &filter, qos).await?;
+                anyhow::Ok((i, r, w))
+            });
+        }
+        while let Some(res) = set.join_next().await {
+            subs.push(res.context("subscriber setup task")??);
+        }
+        subs.sort_by_key(|(i, _, _)| *i);
+    }
+    let mut pubs = Vec::with_capacity(topo.publishers.len());
+    for i in 0..topo.publishers.len() {
+        let id = format!("mb-{run_id}-p{i}");
+        pubs.push(client::connect(addr, &id, version, KEEP_ALIVE).await?);
+    }
+
+    let t0 = Instant::now();
+    let measure_from = t0 + warmup;
+    let deadline = measure_from + duration;
+    let shared = Arc::new(Shared {
+        t0,
+        qos,
+        tracks: receivers
+            .iter()
+            .map(|&r| PubTrack {
+                window: Semaphore::new(args.window),
+                pending: Mutex::new(HashMap::new()),
+                receivers: r,
+                sent: AtomicU64::new(0),
+                acked: AtomicU64::new(0),
+                expired: AtomicU64::new(0),
+            })
+            .collect(),
+        measure_from_ns: warmup.as_nanos() as u64,
+        measure_to_ns: (warmup + duration).as_nanos() as u64,
+    });
+
+    let cpu_probe = args.broker_pid.map(|pid| {
+        tokio::spawn(async move {
+            sleep_until(measure_from).await;
+            let a = procfs::cpu_ticks(pid);
+            sleep_until(deadline).await;
+            let b = procfs::cpu_ticks(pid);
+            let rss = procfs::rss_kib(pid);
+            let cpu = match (a, b) {
+                (Ok(a), Ok(b)) => {
+                    Some((b - a) as f64 / procfs::CLK_TCK / duration.as_secs_f64() * 100.0)
+                }
+                _ => None,
+            };
+            (cpu, rss.ok())
+        })
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut sub_tasks = JoinSet::new();
+    for (i, r, w) in subs {
+        let shared = shared.clone();
+        let stop = stop_rx.clone();
+        sub_tasks.spawn(async move {
+            subscriber(r, w, shared, stop)
+                .await
+                .with_context(|| format!("subscriber {i}"))
+        });
+    }
+    let mut pub_tasks = JoinSet::new();
+    let payload_len = args.payload;
+    let expire_ns = args.expire_ms * 1_000_000;
+    for (i, (r, w)) in pubs.into_iter().enumerate() {
+        let shared = shared.clone();
+        let stop = stop_rx.clone();
+        let topic = ByteStr::from(topo.publishers[i].as_str());
+        let window = args.window;
+        pub_tasks.spawn(async move {
+            publisher(
+                PubCfg {
+                    id: i,
+                    topic,
+                    payload_len,
+                    window,
+                    expire_ns,
+                    deadline,
+                },
+                r,
+                w,
+                shared,
+                stop,
+            )
+            .await
+            .with_context(|| format!("publisher {i}"))
+        });
+    }
+
+    // Publishers stop on their own at the deadline (their PUBACK readers
+    // keep going until `stop`).
+    let mut writers = Vec::new();
+    let mut ack_readers = Vec::new();
+    while let Some(res) = pub_tasks.join_next().await {
+        let (w, reader_task) = res.context("publisher task")??;
+        writers.push(w);
+        ack_readers.push(reader_task);
+    }
+
+    // Drain: wait (bounded) until every message reached all its receivers
+    // and, for QoS 1, every PUBACK came back.
+    let drain_until = Instant::now() + Duration::from_secs_f64(args.drain);
+    let drained = loop {
+        let done = shared.tracks.iter().all(|t| {
+            t.outstanding() == 0
+                && (qos == QoS::AtMostOnce
+                    || t.acked.load(Ordering::Relaxed) >= t.sent.load(Ordering::Relaxed))
+        });
+        if done {
+            break true;
+        }
+        if Instant::now() >= drain_until {
+            break false;
+        }
+        sleep(Duration::from_millis(5)).await;
+    };
+    let _ = stop_tx.send(true);
+
+    let mut stats = Vec::new();
+    while let Some(res) = sub_tasks.join_next().await {
+        stats.push(res.context("subscriber task")??);
+    }
+    for t in ack_readers {
+        t.await.context("PUBACK reader task")??;
+    }
+    for w in writers {
+        w.disconnect().await;
+    }
+    let (broker_cpu_pct, broker_rss_kib) = match cpu_probe {
+        Some(t) => t.await.unwrap_or((None, None)),
+        None => (None, None),
+    };
+
+    let mut hist = Histogram::default();
+    let mut report = LoadReport {
+        publishers: topo.publishers.len(),
+        subscribers: topo.subscribers.len(),
+        sent: shared
+            .tracks
+            .iter()
+            .map(|t| t.sent.load(Ordering::Relaxed))
+            .sum(),
+        acked: shared
+            .tracks
+            .iter()
+            .map(|t| t.acked.load(Ordering::Relaxed))
+            .sum(),
+        delivered: 0,
+        measured: 0,
+        msgs_per_s: 0.0,
+        p50_us: 0.0,
+        p99_us: 0.0,
+        p999_us: 0.0,
+        max_us: 0.0,
+        loss: 0,
+        duplicates: 0,
+        reordered: 0,
+        unexpected: 0,
+        expired: shared
+            .tracks
+            .iter()
+            .map(|t| t.expired.load(Ordering::Relaxed))
+            .sum(),
+        drained,
+        broker_cpu_pct,
+        broker_rss_kib,
+    };
+    // Loss = receipts the topology expects minus distinct receipts seen.
+    let mut expected_receipts: u64 = 0;
+    for (p, t) in shared.tracks.iter().enumerate() {
+        expected_receipts += t.sent.load(Ordering::Relaxed) * u64::from(receivers[p]);
+    }
+    let mut distinct_total = 0;
+    for s in &stats {
+        hist.merge(&s.hist);
+        report.measured += s.measured;
+        report.duplicates += s.duplicates;
+        report.reordered += s.reordered;
+        report.unexpected += s.unexpected;
+        for (&p, set) in &s.seqs {
+            let sent = shared.tracks[p].sent.load(Ordering::Relaxed);
+            // Anything at or above `sent` would be unexpected; count only
+            // the valid range as delivered.
+            distinct_total += sent - set.missing(sent);
+        }
+    }
+    report.delivered = distinct_total;
+    report.loss = expected_receipts - distinct_total;
+    report.msgs_per_s = report.measured as f64 / duration.as_secs_f64();
+    report.p50_us = hist.quantile(0.50) as f64 / 1000.0;
+    report.p99_us = hist.quantile(0.99) as f64 / 1000.0;
+    report.p999_us = hist.quantile(0.999) as f64 / 1000.0;
+    report.max_us = hist.max() as f64 / 1000.0;
+    if hist.count() != report.measured {
+        bail!("internal error: histogram count mismatch");
+    }
+    Ok(report)
+}
+
+async fn subscriber(
+    mut r: Reader,
+    mut w: Writer,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<SubStats> {
+    let mut st = SubStats::default();
+    let mut ping = tokio::time::interval(Duration::from_secs(u64::from(KEEP_ALIVE / 2)));
+    ping.tick().await;
+    loop {
+        while let Some(packet) = r.try_next()? {
+            match packet {
+                Packet::Publish(p) => {
+                    if p.qos == QoS::AtLeastOnce {
+                        w.push(&client::puback(p.packet_id));
+                    }
+                    on_message(&mut st, &shared, &p.payload);
+                }
+                Packet::PingResp | Packet::SubAck(_) => {}
+                other => bail!("unexpected packet from broker: {other:?}"),
+            }
+        }
+        w.flush().await?;
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            res = r.fill() => res?,
+            _ = ping.tick() => w.send(&Packet::PingReq).await?,
+        }
+    }
+    w.disconnect().await;
+    Ok(st)
+}
+
+fn on_message(st: &mut SubStats, shared: &Shared, payload: &[u8]) {
+    let now = shared.now_ns();
+    if payload.len() < HEADER {
+        st.unexpected += 1;
+        return;
+    }
+    let field = |a: usize, b: usize| {
+        let mut x = [0u8; 8];
+        x[..b - a].copy_from_slice(&payload[a..b]);
+        u64::from_le_bytes(x)
+    };
+    let pid = field(0, 4) as usize;
+    let seq = field(4, 12);
+    let sent_ns = field(12, 20);
+    let Some(track) = shared.tracks.get(pid) else {
+        st.unexpected += 1;
+        return;
+    };
+    if seq >= track.sent.load(Ordering::Relaxed) + BATCH as u64 * 2 {
+        // Far beyond anything published: not ours.
+        st.unexpected += 1;
+        return;
+    }
+    let set = st.seqs.entry(pid).or_default();
+    if !set.insert(seq) {
+        st.duplicates += 1;
+        return;
+    }
+    match set.max_seen {
+        Some(m) if seq < m => st.reordered += 1,
+        _ => set.max_seen = Some(seq),
+    }
+    if now >= shared.measure_from_ns && now <= shared.measure_to_ns {
+        st.measured += 1;
+        st.hist.record(now.saturating_sub(sent_ns));
+    }
+    track.delivered(seq);
+}
+
+#[derive(Debug)]
+struct PubCfg {
+    id: usize,
+    topic: ByteStr,
+    payload_len: usize,
+    window: usize,
+    expire_ns: u64,
+    deadline: Instant,
+}
+
+type AckReader = tokio::task::JoinHandle<Result<()>>;
+
+async fn publisher(
+    cfg: PubCfg,
+    mut r: Reader,
+    mut w: Writer,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(Writer, AckReader)> {
+    let track_idx = cfg.id;
+    // At most `window` QoS 1 publishes without PUBACK, like a client's
+    // Receive Maximum; keeps packet ids from ever colliding.
+    let acks = Arc::new(Semaphore::new(cfg.window));
+    let reader = {
+        let shared = shared.clone();
+        let acks = acks.clone();
+        tokio::spawn(async move {
+            loop {
+                let packet = tokio::select! {
+                    biased;
+                    _ = stop.changed() => return Ok(()),
+                    p = r.next() => p?,
+                };
+                match packet {
+                    Packet::PubAck(_) => {
+                        shared.tracks[track_idx]
+                            .acked
+                            .fetch_add(1, Ordering::Relaxed);
+                        acks.add_permits(1);
+                    }
+                    Packet::PingResp => {}
+                    other => bail!("unexpected packet from broker: {other:?}"),
+                }
+            }
+        })
+    };
+    let track = &shared.tracks[track_idx];
+    let zeros = vec![0u8; cfg.payload_len];
+    let mut seq: u64 = 0;
+    let mut packet_id: u16 = 0;
+    let mut last_send = Instant::now();
+    let tick = Duration::from_millis(100);
+    'run: while Instant::now() < cfg.deadline {
+        let permit = tokio::select! {
+            _ = sleep_until(cfg.deadline) => break 'run,
+            p = timeout(tick, track.window.acquire()) => p,
+        };
+        let mut n = match permit {
+            Ok(p) => {
+                p.context("window closed")?.forget();
+                1
+            }
+            Err(_) => {
+                track.expire(shared.now_ns(), cfg.expire_ns);
+                if last_send.elapsed() > Duration::from_secs(u64::from(KEEP_ALIVE / 2)) {
+                    w.send(&Packet::PingReq).await?;
+                    last_send = Instant::now();
+                }
+                continue;
+            }
+        };
+        while n < BATCH {
+            match track.window.try_acquire() {
+                Ok(p) => {
+                    p.forget();
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if shared.qos == QoS::AtLeastOnce {
+            let got = tokio::select! {
+                _ = sleep_until(cfg.deadline) => break 'run,
+                p = acks.acquire_many(n as u32) => p,
+            };
+            got.context("ack window closed")?.forget();
+        }
+        for _ in 0..n {
+            let now = shared.now_ns();
+            lock(&track.pending).insert(seq, (track.receivers, now));
+            let mut payload = BytesMut::with_capacity(cfg.payload_len);
+            payload.put_u32_le(cfg.id as u32);
+            payload.put_u64_le(seq);
+            payload.put_u64_le(now);
+            payload.put_slice(&zeros[HEADER..]);
+            let id = if shared.qos == QoS::AtLeastOnce {
+                packet_id = packet_id.checked_add(1).unwrap_or(1);
+                packet_id
+            } else {
+                0
+            };
+            w.push(&client::publish(
+                &cfg.topic,
+                shared.qos,
+                id,
+                Bytes::from(payload),
+            ));
+            seq += 1;
+            track.sent.store(seq, Ordering::Relaxed);
+        }
+        w.flush().await?;
+        last_send = Instant::now();
+    }
+    Ok((w, reader))
+}
