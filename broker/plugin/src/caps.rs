@@ -337,7 +337,7 @@ impl kafka::Host for StoreState {
         if granted.kafka.is_empty() {
             return Err(KafkaError::NotGranted);
         }
-        if !granted.kafka.iter().any(|t| *t == topic) {
+        if !granted.kafka.contains(&topic) {
             return Err(KafkaError::TopicNotGranted(topic));
         }
         let Some(backend) = &granted.services.kafka else {

@@ -24,6 +24,7 @@ use crate::types::{
 };
 
 /// A hook call with its arguments.
+#[allow(clippy::enum_variant_names)]
 pub(crate) enum Call<'a> {
     Authenticate(&'a AuthRequest),
     Authorize(&'a AuthzRequest),
@@ -151,13 +152,15 @@ impl Slot {
         let name: Arc<str> = Arc::from(config.name.as_str());
         let bytes = read(&name, &config.path).await?;
         let loaded = Self::build(rt, &name, &config, &granted, &config_json, bytes, None).await?;
+        let metrics = Metrics::default();
+        metrics.instances_created.store(1, Ordering::Relaxed);
         Ok(Arc::new(Slot {
             name,
             config,
             granted,
             config_json,
             current: ArcSwap::from_pointee(loaded),
-            metrics: Metrics::default(),
+            metrics,
             health: Mutex::new(Health::default()),
             reload_lock: tokio::sync::Mutex::new(()),
         }))

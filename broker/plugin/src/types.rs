@@ -28,6 +28,7 @@ impl Event {
     }
 }
 
+#[allow(clippy::derivable_impls)] // the type is generated
 impl Default for MessageProperties {
     fn default() -> Self {
         MessageProperties {

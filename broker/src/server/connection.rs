@@ -24,8 +24,8 @@ use midge_rules::EventKind;
 
 /// How long a new socket may take to send its CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bytes reserved for the next read when the buffer runs low.
-const READ_CHUNK: usize = 16 * 1024;
+/// Largest read buffer reservation for a busy connection.
+const READ_CHUNK: usize = 64 * 1024;
 /// How long the writer may take to flush the last packets when closing.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
@@ -36,9 +36,11 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     // Small at first: idle connections should cost little memory.
-    let mut buf = BytesMut::with_capacity(1024);
+    let mut buf = BytesMut::with_capacity(256);
     let max_in = broker.config.max_packet_size as usize;
-    let connect = match read_connect(&mut rd, &mut wr, &mut buf, max_in).await {
+    // Boxed: the handshake's state is freed once it is done, keeping the
+    // long-lived connection future small (idle connections cost memory).
+    let connect = match Box::pin(read_connect(&mut rd, &mut wr, &mut buf, max_in)).await {
         Some(c) => c,
         None => return,
     };
@@ -55,7 +57,7 @@ async fn read_connect<R, W>(
     wr: &mut W,
     buf: &mut BytesMut,
     max: usize,
-) -> Option<Connect>
+) -> Option<Box<Connect>>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -63,7 +65,7 @@ where
     let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     loop {
         match decode(buf, None, max) {
-            Ok(Some(Packet::Connect(c))) => return Some(*c),
+            Ok(Some(Packet::Connect(c))) => return Some(c),
             Ok(Some(other)) => {
                 debug!(packet = packet_name(&other), "first packet is not CONNECT");
                 return None;
@@ -180,7 +182,7 @@ enum End {
 
 async fn run<R, W>(
     broker: Arc<Broker>,
-    c: Connect,
+    c: Box<Connect>,
     peer: SocketAddr,
     mut rd: R,
     mut wr: W,
@@ -258,10 +260,17 @@ async fn run<R, W>(
         if broker.rules.wants(EventKind::ClientConnack) {
             let mut f = events::client_fields(&c.client_id, c.username.as_deref(), peer);
             f.set("reason_code", connack_reason_name(code));
-            conn_fields(&mut f, &c);
+            conn_fields(
+                &mut f,
+                &ConnMeta {
+                    version: c.version,
+                    keep_alive: c.keep_alive,
+                    clean_start: c.clean_start,
+                },
+            );
             broker.rules.on_event(EventKind::ClientConnack, &f);
         }
-        send_connack(&mut wr, v, code, reason_props(v, text)).await;
+        Box::pin(send_connack(&mut wr, v, code, reason_props(v, text))).await;
         return;
     }
     let client_id: Arc<str> = if c.client_id.is_empty() {
@@ -331,48 +340,60 @@ async fn run<R, W>(
         }
     });
 
-    let attached = broker
-        .attach(client_id.clone(), c.clean_start, expiry, v, window)
-        .await;
+    let attached =
+        Box::pin(broker.attach(client_id.clone(), c.clean_start, expiry, v, window)).await;
     let session = attached.session.clone();
     let conn_id = attached.conn_id;
     let mut kicked = attached.kicked;
 
     // CONNACK.
-    let mut props = Properties::default();
-    if v == Version::V5 {
-        props.assigned_client_identifier = assigned.map(Into::into);
-        props.server_keep_alive = server_keep_alive;
-        if requested_expiry != expiry {
-            props.session_expiry_interval = Some(expiry);
+    let out = {
+        let mut props = Properties::default();
+        if v == Version::V5 {
+            props.assigned_client_identifier = assigned.map(Into::into);
+            props.server_keep_alive = server_keep_alive;
+            if requested_expiry != expiry {
+                props.session_expiry_interval = Some(expiry);
+            }
+            props.receive_maximum = Some(cfg.receive_maximum);
+            if cfg.max_qos < 2 {
+                props.maximum_qos = Some(cfg.max_qos);
+            }
+            props.retain_available = Some(u8::from(cfg.retain_available));
+            props.maximum_packet_size = Some(cfg.max_packet_size);
+            props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+            props.wildcard_subscription_available = Some(u8::from(cfg.wildcard_subscriptions));
+            props.subscription_identifier_available = Some(u8::from(cfg.subscription_identifiers));
+            props.shared_subscription_available = Some(u8::from(cfg.shared_subscriptions));
         }
-        props.receive_maximum = Some(cfg.receive_maximum);
-        if cfg.max_qos < 2 {
-            props.maximum_qos = Some(cfg.max_qos);
-        }
-        props.retain_available = Some(u8::from(cfg.retain_available));
-        props.maximum_packet_size = Some(cfg.max_packet_size);
-        props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
-        props.wildcard_subscription_available = Some(u8::from(cfg.wildcard_subscriptions));
-        props.subscription_identifier_available = Some(u8::from(cfg.subscription_identifiers));
-        props.shared_subscription_available = Some(u8::from(cfg.shared_subscriptions));
-    }
-    let connack = Packet::ConnAck(ConnAck {
-        session_present: attached.session_present,
-        code: reason::SUCCESS,
-        properties: props,
-    });
-    let mut out = BytesMut::new();
-    encode(&connack, v, &mut out);
+        let connack = Packet::ConnAck(ConnAck {
+            session_present: attached.session_present,
+            code: reason::SUCCESS,
+            properties: props,
+        });
+        let mut out = BytesMut::new();
+        encode(&connack, v, &mut out);
+        out
+    };
     if wr.write_all(&out).await.is_err() {
         broker.detach(&session, conn_id, will);
         return;
     }
+    drop(out);
     info!(version = ?v, clean_start = c.clean_start, keep_alive, session_present = attached.session_present, "connected");
+    // Keep only what the events need; the CONNECT itself is dropped here.
+    let meta = ConnMeta {
+        version: c.version,
+        keep_alive: c.keep_alive,
+        clean_start: c.clean_start,
+    };
+    let username = origin.username.clone();
+    let anonymous = c.username.is_none();
+    drop(c);
     let event = |kind: EventKind, extra: &dyn Fn(&mut EventFields)| {
         if broker.rules.wants(kind) {
-            let mut f = events::client_fields(&client_id, c.username.as_deref(), peer);
-            conn_fields(&mut f, &c);
+            let mut f = events::client_fields(&client_id, username.as_deref(), peer);
+            conn_fields(&mut f, &meta);
             f.set("expiry_interval", expiry);
             extra(&mut f);
             broker.rules.on_event(kind, &f);
@@ -382,7 +403,7 @@ async fn run<R, W>(
     event(EventKind::ClientCheckAuthnComplete, &|f| {
         f.set("reason_code", "success");
         f.set("is_superuser", false);
-        f.set("is_anonymous", c.username.is_none());
+        f.set("is_anonymous", anonymous);
     });
     event(EventKind::ClientConnack, &|f| {
         f.set("reason_code", "success");
@@ -410,6 +431,7 @@ async fn run<R, W>(
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let max_in = cfg.max_packet_size as usize;
 
+    let mut chunk = 256;
     let end = 'conn: loop {
         loop {
             match decode(&mut buf, Some(v), max_in) {
@@ -429,9 +451,12 @@ async fn run<R, W>(
             }
         }
         reader.flush_control();
-        if buf.capacity() - buf.len() < 512 {
-            buf.reserve(READ_CHUNK);
+        // Idle connections keep a small buffer; busy ones grow it (up to
+        // READ_CHUNK) each time a read fills it.
+        if buf.capacity() - buf.len() < chunk / 2 {
+            buf.reserve(chunk);
         }
+        let spare = buf.capacity() - buf.len();
         let read = async {
             match keep_alive {
                 Some(ka) => tokio::time::timeout(ka, rd.read_buf(&mut buf)).await.ok(),
@@ -442,7 +467,11 @@ async fn run<R, W>(
             r = read => match r {
                 None => break End::Server { reason: reason::KEEP_ALIVE_TIMEOUT, why: "keep alive timeout" },
                 Some(Ok(0)) => break End::Lost("closed by peer"),
-                Some(Ok(_)) => {}
+                Some(Ok(n)) => {
+                    if n == spare {
+                        chunk = (chunk * 2).min(READ_CHUNK);
+                    }
+                }
                 Some(Err(_)) => break End::Lost("read error"),
             },
             k = &mut kicked => {
@@ -496,8 +525,15 @@ async fn run<R, W>(
     });
 }
 
+/// What the connection keeps of its CONNECT for events.
+struct ConnMeta {
+    version: Version,
+    keep_alive: u16,
+    clean_start: bool,
+}
+
 /// CONNECT fields shared by connack / connected events.
-fn conn_fields(f: &mut EventFields, c: &Connect) {
+fn conn_fields(f: &mut EventFields, c: &ConnMeta) {
     f.set("proto_name", "MQTT");
     f.set("proto_ver", if c.version == Version::V5 { 5 } else { 4 });
     f.set("keepalive", c.keep_alive);

@@ -62,11 +62,13 @@ pub async fn run<W: AsyncWrite + Unpin>(
             tokio::select! {
                 _ = session.notify.notified() => continue,
                 last = &mut close => {
+                    let last: Option<Packet> = last.ok().flatten();
                     collect(&session, limits.window, &mut items, true);
                     encode_items(&broker, &session, &limits, &mut aliases, &mut items, &mut buf);
-                    if let Ok(Some(p)) = last {
+                    if let Some(p) = last {
                         encode(&p, limits.version, &mut buf);
                     }
+                    // (`last` is consumed above: no packet is kept across the writes.)
                     wr.write_all(&buf).await?;
                     wr.flush().await?;
                     let _ = wr.shutdown().await;

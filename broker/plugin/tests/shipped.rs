@@ -1,0 +1,352 @@
+//! The shipped plugins (auth-password, auth-jwt, transform), loaded as real
+//! components into the host.
+
+mod common;
+
+use common::{auth, client, host, msg, plugin};
+use midge_plugin::types::{Action, AuthDecision, AuthzDecision, AuthzRequest, ClientInfo, Qos};
+use midge_plugin::{DirGrant, PluginHost, PublishVerdict};
+use serde_json::{json, Value};
+
+// PBKDF2-SHA256 of "wonderland", 1000 iterations (see auth-password's docs).
+const ALICE_HASH: &str =
+    "$pbkdf2-sha256$1000$bWlkZ2UtdGVzdC1zYWx0IQ==$jbQpDnEXV2muKnAjBpQeiGWaqiAiNGasWC2sTVuOLYw=";
+// Mosquitto `$7$` (PBKDF2-SHA512) of "builder", 101 iterations.
+const BOB_HASH: &str = "$7$101$bWlkZ2UtdGVzdC1zYWx0IQ==$W85m9lfk/OC1uSTXRTePE9vDBtpRn57nv4zf2+PWH2tBiv++mOHm95cAAZWf1hBtNJtTTrYChF/iOIDD1OEwJA==";
+
+fn authz(client: &ClientInfo, action: Action, topic: &str) -> AuthzRequest {
+    AuthzRequest {
+        client: client.clone(),
+        action,
+        topic: topic.into(),
+        qos: Qos::AtMostOnce,
+        retain: false,
+    }
+}
+
+async fn decide(
+    host: &PluginHost,
+    client: &ClientInfo,
+    action: Action,
+    topic: &str,
+) -> AuthzDecision {
+    host.authorize(&authz(client, action, topic)).await.decision
+}
+
+#[tokio::test]
+async fn auth_password_users_from_granted_file_and_acl() {
+    let dir = wasm_or_skip!();
+    let etc = tempfile::tempdir().unwrap();
+    std::fs::write(
+        etc.path().join("passwd"),
+        format!("# users\nalice:{ALICE_HASH}\n\nbob:{BOB_HASH}\n"),
+    )
+    .unwrap();
+    let mut p = plugin(&dir, "pw", "auth_password");
+    p.grants.dirs = vec![DirGrant {
+        host: etc.path().to_path_buf(),
+        guest: "/config".into(),
+    }];
+    p.config = json!({
+        "password_file": "/config/passwd",
+        "superusers": ["bob"],
+        "acl": [
+            { "access": "readwrite", "filter": "users/%u/#", "permission": "allow" },
+            { "client_id": "sensor-1", "access": "write", "filter": "sensors/%c/+", "permission": "allow" },
+            { "user": "alice", "access": "read", "filter": "public/secret", "permission": "deny" },
+            { "access": "read", "filter": "public/#", "permission": "allow" }
+        ]
+    });
+    let host = host(vec![p]).await;
+
+    match host
+        .authenticate(&auth("c", Some("alice"), Some(b"wonderland")))
+        .await
+        .decision
+    {
+        AuthDecision::Allow(a) => assert!(!a.superuser),
+        other => panic!("{other:?}"),
+    }
+    match host
+        .authenticate(&auth("c", Some("bob"), Some(b"builder")))
+        .await
+        .decision
+    {
+        AuthDecision::Allow(a) => assert!(a.superuser),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        host.authenticate(&auth("c", Some("alice"), Some(b"wrong")))
+            .await
+            .decision,
+        AuthDecision::Deny(0x86)
+    ));
+    assert!(matches!(
+        host.authenticate(&auth("c", Some("eve"), Some(b"x")))
+            .await
+            .decision,
+        AuthDecision::Deny(0x86)
+    ));
+    assert!(matches!(
+        host.authenticate(&auth("c", None, None)).await.decision,
+        AuthDecision::Ignore
+    ));
+
+    let alice = client("phone", Some("alice"));
+    assert_eq!(
+        decide(&host, &alice, Action::Publish, "users/alice/inbox").await,
+        AuthzDecision::Allow
+    );
+    assert_eq!(
+        decide(&host, &alice, Action::Subscribe, "users/alice/#").await,
+        AuthzDecision::Allow
+    );
+    assert_eq!(
+        decide(&host, &alice, Action::Publish, "users/bob/inbox").await,
+        AuthzDecision::Deny
+    );
+    assert_eq!(
+        decide(&host, &alice, Action::Subscribe, "users/+/inbox").await,
+        AuthzDecision::Deny
+    );
+    assert_eq!(
+        decide(&host, &alice, Action::Subscribe, "public/news").await,
+        AuthzDecision::Allow
+    );
+    assert_eq!(
+        decide(&host, &alice, Action::Subscribe, "public/secret").await,
+        AuthzDecision::Deny
+    );
+    assert_eq!(
+        decide(&host, &alice, Action::Publish, "public/news").await,
+        AuthzDecision::Deny
+    );
+    let sensor = client("sensor-1", Some("carol"));
+    assert_eq!(
+        decide(&host, &sensor, Action::Publish, "sensors/sensor-1/temp").await,
+        AuthzDecision::Allow
+    );
+    assert_eq!(
+        decide(&host, &sensor, Action::Publish, "sensors/sensor-2/temp").await,
+        AuthzDecision::Deny
+    );
+    assert_eq!(
+        decide(&host, &sensor, Action::Subscribe, "sensors/sensor-1/temp").await,
+        AuthzDecision::Deny
+    );
+    // a wildcard in the user name must not widen %u
+    let sneaky = client("x", Some("#"));
+    assert_eq!(
+        decide(&host, &sneaky, Action::Publish, "users/alice/inbox").await,
+        AuthzDecision::Deny
+    );
+}
+
+#[tokio::test]
+async fn auth_password_without_the_dir_grant_cannot_read_the_file() {
+    let dir = wasm_or_skip!();
+    let etc = tempfile::tempdir().unwrap();
+    std::fs::write(etc.path().join("passwd"), format!("alice:{ALICE_HASH}\n")).unwrap();
+    let mut p = plugin(&dir, "pw", "auth_password");
+    p.config = json!({ "password_file": etc.path().join("passwd") });
+    let config = midge_plugin::PluginsConfig {
+        plugins: vec![p],
+        ..Default::default()
+    };
+    let err = PluginHost::load(&config, midge_plugin::Services::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("password_file"), "{err}");
+}
+
+const HS_TOKEN: &str = "eyJhbGciOiAiSFMyNTYiLCAidHlwIjogIkpXVCJ9.eyJzdWIiOiAiZGV2MSIsICJleHAiOiA0MTAyNDQ0ODAwLCAibXF0dF9wdWIiOiBbImRldmljZXMvJWMvIyJdLCAibXF0dF9zdWIiOiBbImNvbW1hbmRzLyV1LysiXX0.cUoTLyjV-GqCnVi6o5IB3uifvbUzJE-NVlxj77QxoWI";
+const HS_EXPIRED: &str = "eyJhbGciOiAiSFMyNTYiLCAidHlwIjogIkpXVCJ9.eyJzdWIiOiAiZGV2MSIsICJleHAiOiAxMDAwMDAwMDAwfQ.sa8xy2lDvdpDwz9XO5cBlY16w0nsK_mYJ3pzTNepdQQ";
+const HS_SUPER: &str = "eyJhbGciOiAiSFMyNTYiLCAidHlwIjogIkpXVCJ9.eyJzdWIiOiAib3BzIiwgInN1cGVydXNlciI6IHRydWV9.CCUQ1hbhKFgB3zbosh6sDAgHXMXozIpchWHMJgAcoGI";
+const RSA_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAyayzkkwVyTSYDQPEp0gu\nvh/6ziIpQJP1apLGpAYo174SfSx0pWpppZGG+y2dKgWcXaXMjMoA5H3jlbfhAlon\nM7pTkbeXYi26IKs1T1WdBYd9itfiPwhAVgbG05nplglLN93e+NvrkiE76tymEyMA\nkR7sXLls8N7syIPnUMruxqffSMXCgUC32aApS2kpQ8qr4gtie1+2qyl00v+hFNqz\nonzdIxoUFPt3REnp4iL7U4ElWaun4M/wVng3TdeJV5HfJl52XakJl2A5fS/Ac1Xe\nK5nxbWU9tE360t8sh7iYKaNdhkCy4IM+zuCHTWeoMfmLOqwTMHa03X0KGUlO7x6f\n3QIDAQAB\n-----END PUBLIC KEY-----\n";
+const RS_TOKEN: &str = "eyJhbGciOiAiUlMyNTYiLCAidHlwIjogIkpXVCJ9.eyJzdWIiOiAiZGV2MiIsICJjbGllbnRfaWQiOiAiZGV2Mi1jIiwgIm1xdHRfcHViIjogWyJ0ZWxlbWV0cnkvIyJdLCAiaXNzIjogIm1pZGdlLXRlc3QifQ.rBB7vj38rQg9Lo9sjXAxdfwhnghdxWC19fFkYDkchRfHmkUwhVRmITq_-mcqYKpctskklUdrmw0Qkp3n8RrB_tIBoPc3ZL-F8Ee1bpLE1TB70jRniyZ84fHNzVwtYa3iCGUG3EaTDh28LCo87x4hHHUxUAkBkGH5tkZZz_KEUNvNfxmr4_RNWYnNW7IIa7mRjKsiBiqwYaU6IGb1g4o00FcQKJXWk7l2U3jEGNsb4uGendMqLt0afAbodEH7qCm5chrsZvlXVHRmQPHGwI_QgLtLFzdty_pKbf_qxp4KYUS8zRALxq8vCbAG5NnmHNFcGnovVuuuxXWCFAe4t-XWew";
+const RS_FORGED: &str = "eyJhbGciOiAiUlMyNTYiLCAidHlwIjogIkpXVCJ9.eyJzdWIiOiAiZGV2MiIsICJjbGllbnRfaWQiOiAiZGV2Mi1jIiwgImlzcyI6ICJtaWRnZS10ZXN0In0.rkj4eboDhi9oZaiZGKh1mH_0_-EUkx9IXQGOx7gRWJdQecMr2cmt6F7AgdBPSpzsIpe2vyN3PDLtFpz_gxrkl5dlmty8HFovjIdhBZVl5HNJBqHz4k7o29OqJAJ2m_C-dQdLmJszd_ZCgUCSqBCiTL5DnDIcMeqxJkGOocVJq1vNYIZl8ycMsjQM-symDlnnpNB1TnhByhrGh-h_1U4jy1mon3Bk5odTphShdMz5RWelRHdrhe2LhOQFRM2sGKQkt_pDW1sd83DN6gxaBcSEkMNZx6GbwLg-NGtx3AWkwRHp9BbxSRpYz6lJAtl3eoePzuR8VmDq6ZHP2LduVPC9sQ";
+
+fn allowed(d: AuthDecision) -> midge_plugin::types::AuthAllow {
+    match d {
+        AuthDecision::Allow(a) => a,
+        other => panic!("expected allow, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn auth_jwt_hmac_and_rsa_tokens_and_claim_acl() {
+    let dir = wasm_or_skip!();
+    let mut p = plugin(&dir, "jwt", "auth_jwt");
+    p.config = json!({ "hmac_secret": "jwt-test-secret", "rsa_public_key_pem": RSA_PEM });
+    let host = host(vec![p]).await;
+
+    // HS256 with ACL claims
+    let a = allowed(
+        host.authenticate(&auth("dev1-c", Some("dev1"), Some(HS_TOKEN.as_bytes())))
+            .await
+            .decision,
+    );
+    assert!(!a.superuser);
+    let mut dev1 = client("dev1-c", Some("dev1"));
+    dev1.attributes = a.attributes;
+    assert_eq!(
+        decide(&host, &dev1, Action::Publish, "devices/dev1-c/temp").await,
+        AuthzDecision::Allow
+    );
+    assert_eq!(
+        decide(&host, &dev1, Action::Publish, "devices/other/temp").await,
+        AuthzDecision::Deny
+    );
+    assert_eq!(
+        decide(&host, &dev1, Action::Subscribe, "commands/dev1/reboot").await,
+        AuthzDecision::Allow
+    );
+    assert_eq!(
+        decide(&host, &dev1, Action::Subscribe, "commands/dev1/#").await,
+        AuthzDecision::Deny
+    );
+    // a client not authenticated by this plugin is left to others
+    assert_eq!(
+        decide(&host, &client("x", None), Action::Publish, "a").await,
+        AuthzDecision::Ignore
+    );
+
+    // user name must match the subject
+    assert!(matches!(
+        host.authenticate(&auth("dev1-c", Some("mallory"), Some(HS_TOKEN.as_bytes())))
+            .await
+            .decision,
+        AuthDecision::Deny(0x86)
+    ));
+    // expired, tampered, garbage
+    assert!(matches!(
+        host.authenticate(&auth("c", None, Some(HS_EXPIRED.as_bytes())))
+            .await
+            .decision,
+        AuthDecision::Deny(0x86)
+    ));
+    let tampered = HS_TOKEN.replacen("eyJzdWIiOiAiZGV2MSIs", "eyJzdWIiOiAiZGV2MiIs", 1);
+    assert!(matches!(
+        host.authenticate(&auth("c", None, Some(tampered.as_bytes())))
+            .await
+            .decision,
+        AuthDecision::Deny(0x86)
+    ));
+    assert!(matches!(
+        host.authenticate(&auth("c", None, Some(b"not a jwt")))
+            .await
+            .decision,
+        AuthDecision::Deny(0x86)
+    ));
+    assert!(matches!(
+        host.authenticate(&auth("c", Some("u"), None))
+            .await
+            .decision,
+        AuthDecision::Ignore
+    ));
+    assert!(
+        allowed(
+            host.authenticate(&auth("c", None, Some(HS_SUPER.as_bytes())))
+                .await
+                .decision
+        )
+        .superuser
+    );
+
+    // RS256, client id claim
+    let a = allowed(
+        host.authenticate(&auth("dev2-c", None, Some(RS_TOKEN.as_bytes())))
+            .await
+            .decision,
+    );
+    let mut dev2 = client("dev2-c", None);
+    dev2.attributes = a.attributes;
+    assert_eq!(
+        decide(&host, &dev2, Action::Publish, "telemetry/a/b").await,
+        AuthzDecision::Allow
+    );
+    assert_eq!(
+        decide(&host, &dev2, Action::Subscribe, "telemetry/#").await,
+        AuthzDecision::Deny
+    );
+    assert!(matches!(
+        host.authenticate(&auth("other", None, Some(RS_TOKEN.as_bytes())))
+            .await
+            .decision,
+        AuthDecision::Deny(0x85)
+    ));
+    assert!(matches!(
+        host.authenticate(&auth("dev2-c", None, Some(RS_FORGED.as_bytes())))
+            .await
+            .decision,
+        AuthDecision::Deny(0x86)
+    ));
+}
+
+#[tokio::test]
+async fn transform_reshapes_payload_and_topic() {
+    let dir = wasm_or_skip!();
+    let mut p = plugin(&dir, "tx", "transform");
+    p.config = json!({ "rules": [
+        {
+            "filter": "sensors/+/raw", "format": "csv", "csv_columns": ["temp", "hum", "debug"],
+            "rename": { "temp": "temperature" }, "drop": ["debug"],
+            "add_timestamp": "ts", "add_client_id": "client", "topic": "sensors/{2}/json"
+        },
+        { "filter": "json/#", "rename": { "a": "b" }, "on_error": "deny" }
+    ]});
+    let host = host(vec![p]).await;
+    assert!(host.wants_publish("sensors/k1/raw"));
+    assert!(!host.wants_publish("other"));
+
+    let out = host
+        .on_publish(
+            &msg("sensors/k1/raw", b"21.5,40,x"),
+            Some(&client("dev-9", None)),
+        )
+        .await;
+    let PublishVerdict::Modified(m) = out.decision else {
+        panic!("{:?}", out.decision)
+    };
+    assert_eq!(m.topic, "sensors/k1/json");
+    assert_eq!(
+        m.properties.content_type.as_deref(),
+        Some("application/json")
+    );
+    let v: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["temperature"], json!(21.5));
+    assert_eq!(v["hum"], json!(40));
+    assert_eq!(v["client"], json!("dev-9"));
+    assert!(v.get("debug").is_none() && v.get("temp").is_none());
+    assert!(
+        v["ts"]
+            .as_u64()
+            .unwrap()
+            .abs_diff(midge_plugin::now_millis())
+            < 60_000
+    );
+
+    let out = host
+        .on_publish(&msg("json/x", br#"{"a":1,"c":2}"#), None)
+        .await;
+    let PublishVerdict::Modified(m) = out.decision else {
+        panic!("{:?}", out.decision)
+    };
+    assert_eq!(
+        serde_json::from_slice::<Value>(&m.payload).unwrap(),
+        json!({"b": 1, "c": 2})
+    );
+    assert!(matches!(
+        host.on_publish(&msg("json/x", b"{oops"), None)
+            .await
+            .decision,
+        PublishVerdict::Deny(0x99)
+    ));
+    // no matching filter: the plugin is not called at all
+    let calls = host.plugin_metrics("tx").unwrap().calls;
+    assert!(matches!(
+        host.on_publish(&msg("other", b"x"), None).await.decision,
+        PublishVerdict::Pass
+    ));
+    assert_eq!(host.plugin_metrics("tx").unwrap().calls, calls);
+}
