@@ -20,7 +20,11 @@ command -v mosquitto_pub >/dev/null && command -v mosquitto_sub >/dev/null \
 python3 -c 'import paho.mqtt' 2>/dev/null \
   || python3 -m pip install -q 'paho-mqtt>=2,<3'
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+# The plugin tests build the shipped plugins for this target.
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The plugins workspace (wasm32-wasip2): SDK, shipped plugins, test plugins.
+(cd plugins && cargo fmt --all -- --check && cargo clippy --workspace --target wasm32-wasip2 -- -D warnings)
 cargo nextest run --workspace --no-fail-fast

@@ -1,0 +1,204 @@
+//! Test plugin for `midge-plugin`'s tests. Behaviour is chosen by the input:
+//!
+//! - on-publish topic `trap` panics (a trap), `loop` never returns, `oom`
+//!   allocates until the memory cap stops it, `kv` exercises the kv
+//!   capability and answers with the result as payload, `publish` publishes
+//!   `echo/<payload>`, `clock` answers with the clock, `fs` tries files,
+//!   directories, environment and network, `get/<key>` answers a kv value, `deny` denies with
+//!   0x99, `drop` drops; anything else is passed on with the payload reversed.
+//! - authenticate: user `trap` / `loop` misbehave, `alice` with password
+//!   `secret` is allowed (superuser when the client id is `root`), `carol`
+//!   continues enhanced auth, anyone else is ignored; no user name is denied.
+//! - authorize: topics under `allowed/` are allowed, `denied/` denied, else ignored.
+//! - on-event counts events per kind in kv (`events/<kind>`).
+//! - on-rule-output stores the rows under `rule/<name>` in kv.
+//! - function `double(x)` returns 2x.
+
+use midge_sdk::*;
+
+struct Misbehave {
+    config: String,
+}
+
+impl Plugin for Misbehave {
+    fn init(config: &str) -> Result<(Self, Manifest), InitError> {
+        if config.contains("fail-init") {
+            return Err(InitError::BadConfig("asked to fail".into()));
+        }
+        let manifest = Manifest::new("test-misbehave", "0.1.0")
+            .authenticate()
+            .authorize()
+            .on_publish(["#"])
+            .on_event(EventSet::all())
+            .on_rule_output()
+            .function("double", 1, Some(1), "twice the argument");
+        Ok((
+            Misbehave {
+                config: config.to_string(),
+            },
+            manifest,
+        ))
+    }
+
+    fn authenticate(&mut self, req: AuthRequest) -> AuthDecision {
+        match req.username.as_deref() {
+            Some("trap") => panic!("asked to trap"),
+            Some("loop") => spin(),
+            Some("alice") if req.password.as_deref() == Some(b"secret") => {
+                let allow = if req.client_id == "root" {
+                    AuthAllow::superuser()
+                } else {
+                    AuthAllow::user()
+                };
+                AuthDecision::Allow(allow.with_attribute("config", &self.config))
+            }
+            Some("alice") => AuthDecision::Deny(reason::BAD_USERNAME_OR_PASSWORD),
+            Some("carol") => match req.auth_data {
+                Some(d) if d == b"response" => AuthDecision::Allow(AuthAllow::user()),
+                _ => AuthDecision::ContinueAuth(b"challenge".to_vec()),
+            },
+            Some(_) => AuthDecision::Ignore,
+            None => AuthDecision::Deny(reason::NOT_AUTHORIZED),
+        }
+    }
+
+    fn authorize(&mut self, req: AuthzRequest) -> AuthzDecision {
+        if req.topic.starts_with("allowed/") {
+            AuthzDecision::Allow
+        } else if req.topic.starts_with("denied/") {
+            AuthzDecision::Deny
+        } else {
+            AuthzDecision::Ignore
+        }
+    }
+
+    fn on_publish(&mut self, mut m: Message, publisher: Option<Client>) -> PublishDecision {
+        match m.topic.as_str() {
+            "trap" => panic!("asked to trap"),
+            "loop" => spin(),
+            "oom" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    if hoard.len() == usize::MAX {
+                        break PublishDecision::Pass;
+                    }
+                }
+            }
+            "deny" => PublishDecision::Deny(reason::PAYLOAD_FORMAT_INVALID),
+            "drop" => PublishDecision::Drop,
+            "kv" => {
+                let out = match kv::set("k", &m.payload).and_then(|()| kv::get("k")) {
+                    Ok(Some(v)) => v,
+                    Ok(None) => b"missing".to_vec(),
+                    Err(e) => format!("{e:?}").into_bytes(),
+                };
+                m.payload = out;
+                PublishDecision::Modify(m)
+            }
+            "publish" => {
+                let topic = format!("echo/{}", String::from_utf8_lossy(&m.payload));
+                m.payload = match publish::publish(&Message::new(&topic, b"hi".to_vec())) {
+                    Ok(()) => b"ok".to_vec(),
+                    Err(e) => format!("{e:?}").into_bytes(),
+                };
+                PublishDecision::Modify(m)
+            }
+            "sql" => {
+                m.payload = match sql::execute("SELECT 1", &[]) {
+                    Ok(n) => n.to_string().into_bytes(),
+                    Err(e) => format!("{e:?}").into_bytes(),
+                };
+                PublishDecision::Modify(m)
+            }
+            "kafka" => {
+                m.payload = match kafka::produce("t", None, b"x", &[]) {
+                    Ok(()) => b"ok".to_vec(),
+                    Err(e) => format!("{e:?}").into_bytes(),
+                };
+                PublishDecision::Modify(m)
+            }
+            "clock" => {
+                log::info("clock asked");
+                m.payload = clock::now_millis().to_string().into_bytes();
+                PublishDecision::Modify(m)
+            }
+            "fs" => {
+                let file = std::fs::read_to_string("/etc/hostname")
+                    .map(|_| "read".to_string())
+                    .unwrap_or_else(|e| e.to_string());
+                let dir = std::fs::read_dir("/")
+                    .map(|_| "listed".to_string())
+                    .unwrap_or_else(|e| e.to_string());
+                let env = std::env::vars().count();
+                let net = std::net::TcpStream::connect("127.0.0.1:1")
+                    .map(|_| "connected".to_string())
+                    .unwrap_or_else(|e| e.to_string());
+                m.payload = format!("file={file};dir={dir};env={env};net={net}").into_bytes();
+                PublishDecision::Modify(m)
+            }
+            t if t.starts_with("get/") => {
+                m.payload = match kv::get(&t[4..]) {
+                    Ok(Some(v)) => v,
+                    Ok(None) => b"none".to_vec(),
+                    Err(e) => format!("{e:?}").into_bytes(),
+                };
+                PublishDecision::Modify(m)
+            }
+            "who" => {
+                m.payload = publisher
+                    .map(|c| c.client_id)
+                    .unwrap_or_default()
+                    .into_bytes();
+                PublishDecision::Modify(m)
+            }
+            _ => {
+                m.payload.reverse();
+                PublishDecision::Modify(m)
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event, _timestamp_millis: u64) {
+        let kind = match event {
+            Event::Connected(_) => "connected",
+            Event::Disconnected(_) => "disconnected",
+            Event::Subscribed(_) => "subscribed",
+            Event::Unsubscribed(_) => "unsubscribed",
+            Event::Delivered(_) => "delivered",
+            Event::Acked(_) => "acked",
+            Event::Dropped(_) => "dropped",
+        };
+        let _ = kv::increment(&format!("events/{kind}"), 1);
+    }
+
+    fn on_rule_output(&mut self, rule: String, rows_json: String) -> Result<(), HookError> {
+        if !rows_json.starts_with('[') {
+            return Err(HookError::BadInput("expected a JSON array".into()));
+        }
+        kv::set(&format!("rule/{rule}"), rows_json.as_bytes())
+            .map_err(|e| HookError::Failed(format!("{e:?}")))
+    }
+
+    fn call_function(&mut self, name: String, args: Vec<String>) -> Result<String, FunctionError> {
+        match name.as_str() {
+            "double" => {
+                let x: f64 = args.first().and_then(|a| a.parse().ok()).ok_or_else(|| {
+                    FunctionError::BadArguments("double(x): x must be a number".into())
+                })?;
+                Ok((2.0 * x).to_string())
+            }
+            _ => Err(FunctionError::UnknownFunction(name)),
+        }
+    }
+}
+
+#[allow(clippy::empty_loop)]
+fn spin() -> ! {
+    let mut x: u64 = 0;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+midge_sdk::export_plugin!(Misbehave);
