@@ -17,6 +17,15 @@
 #   QUIET_WAIT=0      before each cell wait up to this many seconds for other
 #                     processes to use < 15 % CPU (shared machines); the share
 #                     seen is kept as "background_cpu_pct" in the raw results
+#   RULES=1           when midge is in BROKERS: fan-in with JSON payloads against
+#                     Midge with no rules and with RULES_COUNT (10) rules that read
+#                     the payload and republish ("Rules" section); RULES=0 skips
+#   RULES_QOS="0 1"  RULES_PAYLOAD=64   QoS levels / payload size of those cells
+#   RULES_VERIFY=1    two more cells per QoS with a connection subscribed to the
+#                     rules' output topics, counting the republishes: at full load
+#                     and at window 1 (light load: every message must come out)
+#   RULES_CRITERION=1 also run `cargo bench -p midge --bench rules` and
+#                     `cargo bench -p midge-rules --bench rules` (--quick); 0 skips
 #
 # Brokers that fail to build or start get 'n/a' with the reason; the run goes on.
 # Every broker this script starts is stopped by its PID.
@@ -27,7 +36,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 # The exact command, with the environment overrides that were given.
 COMMAND="bench/run.sh"
-for v in OUT QUIET_WAIT NICE BENCH_CPU BROKER_CPU IDLE_CONNECTIONS PAYLOADS QOS_LEVELS SCENARIOS BROKERS WINDOW DRAIN WARMUP DURATION; do
+for v in RULES_CRITERION RULES_VERIFY RULES_PAYLOAD RULES_QOS RULES_COUNT RULES OUT QUIET_WAIT NICE BENCH_CPU BROKER_CPU IDLE_CONNECTIONS PAYLOADS QOS_LEVELS SCENARIOS BROKERS WINDOW DRAIN WARMUP DURATION; do
     if printenv "$v" >/dev/null; then
         COMMAND="$v=\"$(printenv "$v")\" $COMMAND"
     fi
@@ -48,6 +57,12 @@ QUIET_WAIT=${QUIET_WAIT:-0}
 OUT=${OUT:-docs/BENCHMARKS.md}
 MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
 RUMQTTD=${RUMQTTD:-rumqttd}
+RULES=${RULES:-1}
+RULES_COUNT=${RULES_COUNT:-10}
+RULES_QOS=${RULES_QOS:-0 1}
+RULES_PAYLOAD=${RULES_PAYLOAD:-64}
+RULES_VERIFY=${RULES_VERIFY:-1}
+RULES_CRITERION=${RULES_CRITERION:-1}
 BENCH=$ROOT/target/release/midge-bench
 MIDGE=$ROOT/target/release/midge
 
@@ -161,9 +176,11 @@ start_broker() {
     midge)
         [[ -n $MIDGE_BUILD_ERR ]] && { START_ERR="$MIDGE_BUILD_ERR"; return 1; }
         [[ -x $MIDGE ]] || { START_ERR="$MIDGE not built"; return 1; }
-        local ws
+        local ws cfg=()
         ws=$(free_port $((port + 1)))
-        "${PIN_BROKER[@]}" "$MIDGE" serve --listen "127.0.0.1:$port" \
+        # MIDGE_CONFIG: a config file (the rules cells), else the defaults.
+        [[ -n ${MIDGE_CONFIG:-} ]] && cfg=(--config "$MIDGE_CONFIG")
+        "${PIN_BROKER[@]}" "$MIDGE" serve "${cfg[@]}" --listen "127.0.0.1:$port" \
             --ws-listen "127.0.0.1:$ws" >"$logf" 2>&1 &
         ;;
     mosquitto)
@@ -318,6 +335,98 @@ for broker in $BROKERS; do
     BROKER_PID=""
 done
 
+# ---------------------------------------------------------------- rules
+# Fan-in with JSON payloads against Midge without rules and with RULES_COUNT
+# rules on the fan-in filter that read the payload and republish (to topics
+# nobody subscribes to, so the cost is rule evaluation + actions + routing).
+# Broker variants alternate per QoS so background drift hits both alike.
+RULES_RAN=""
+RULES_DIR=$TMP/rules
+if [[ $RULES != 0 && " $BROKERS " == *" midge "* ]]; then
+    RULES_RAN=1
+    mkdir -p "$RULES_DIR"
+    echo "# midge-bench rules cells: no rules" >"$RULES_DIR/none.toml"
+    {
+        echo "# midge-bench rules cells: $RULES_COUNT rules on the fan-in filter"
+        for n in $(seq "$RULES_COUNT"); do
+            echo
+            echo "[[rules]]"
+            echo "id = \"bench-$n\""
+            echo "sql = 'SELECT payload.seq AS s, clientid FROM \"bench/+/in/+\" WHERE s >= 0'"
+            echo "actions = [{ type = \"republish\", topic = \"rules-out/$n\", payload = \"\${s}\" }]"
+        done
+    } >"$RULES_DIR/rules.toml"
+    if ! "$MIDGE" check --config "$RULES_DIR/rules.toml" >"$TMP/rules-check.log" 2>&1; then
+        log "rules config rejected: $(head -c 300 "$TMP/rules-check.log")"
+    fi
+    port=$(free_port $PORT_BASE)
+    PORT_BASE=$((port + 10))
+    for q in $RULES_QOS; do
+        variants=(none rules)
+        [[ $RULES_VERIFY != 0 ]] && variants+=(verify verify-light)
+        for v in "${variants[@]}"; do
+            label=midge-rules-$v
+            cfgf=$RULES_DIR/rules.toml
+            [[ $v == none ]] && cfgf=$RULES_DIR/none.toml
+            watch=()
+            [[ $v == verify* ]] && watch=(--watch 'rules-out/#')
+            window=$WINDOW
+            [[ $v == verify-light ]] && window=1
+            log "rules: $label qos $q on 127.0.0.1:$port"
+            if ! MIDGE_CONFIG=$cfgf start_broker midge "$port"; then
+                log "$label: n/a: $START_ERR"
+                jq -cn --arg b "$label" --arg r "$START_ERR" --argjson q "$q" \
+                    '{broker:$b, qos:$q, rules_na:$r}' >>"$RESULTS"
+                continue
+            fi
+            WINDOW=$window run_cell "$label" "$port" --scenario fan-in --qos "$q" --payload "$RULES_PAYLOAD" \
+                --json "${watch[@]}"
+            stop_broker "$BROKER_PID"
+            BROKER_PID=""
+        done
+    done
+fi
+
+# criterion: RuleEngine::on_message (broker/benches/rules.rs) and, cheaply,
+# the midge-rules crate's own benches. Pinned to the broker's core.
+CRIT_BROKER=$TMP/criterion-midge.txt
+CRIT_CRATE=$TMP/criterion-midge-rules.txt
+if [[ $RULES_CRITERION != 0 ]]; then
+    for spec in "midge --bench rules:$CRIT_BROKER" "midge-rules --bench rules:$CRIT_CRATE"; do
+        args=${spec%%:*}
+        outf=${spec#*:}
+        # shellcheck disable=SC2086
+        log "cargo bench -p $args -- --quick"
+        # shellcheck disable=SC2086
+        if cargo bench -p $args --no-run >"$outf.build" 2>&1; then
+            # shellcheck disable=SC2086
+            "${PIN_BROKER[@]}" cargo bench -p $args -- --quick >"$outf" 2>"$outf.err" ||
+                log "cargo bench -p $args failed (see $outf.err)"
+        else
+            log "cargo bench -p $args does not build (see $outf.build)"
+        fi
+    done
+fi
+
+# crit_rows FILE -> "name<TAB>time" rows from criterion's output: the
+# middle (point) estimate of each "time: [low est high]".
+crit_rows() {
+    [[ -s $1 ]] || return
+    awk '
+        { sub(/.*\r/, "") }
+        /^[^ \t]/ && $1 != "Benchmarking" && $1 != "Found" { name = $1 }
+        /time:/ {
+            sub(/.*time: *\[/, ""); sub(/\].*/, "")
+            split($0, f, " ")
+            print name "\t" f[3] " " f[4]
+        }' "$1"
+}
+crit_time() { # FILE NAME -> "1.23 µs" or "-"
+    local t
+    t=$(crit_rows "$1" | awk -F'\t' -v n="$2" '$1 == n { print $2 }' | tail -n1)
+    echo "${t:--}"
+}
+
 # ---------------------------------------------------------------- report
 cell() { # broker scenario qos payload -> "msgs/s | p50 | p99 | loss | cpu"
     local na
@@ -426,6 +535,89 @@ CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
                   end' "$RESULTS"
         done
         echo
+    fi
+    if [[ -n $RULES_RAN || $RULES_CRITERION != 0 ]]; then
+        echo "## Rules"
+        echo
+    fi
+    if [[ -n $RULES_RAN ]]; then
+        echo "Midge only: fan-in (8 publishers -> 1 subscriber on \`bench/<run>/in/+\`) with"
+        echo "\`midge-bench --json\` payloads (\`{\"p\":ID,\"seq\":N,\"ts\":NS,\"pad\":\"xx..\"}\` padded to"
+        echo "${RULES_PAYLOAD} B), against Midge started with no rules and with ${RULES_COUNT} rules, each"
+        echo
+        echo '```toml'
+        sed -n '/^\[\[rules\]\]/,/^$/p' "$RULES_DIR/rules.toml" | head -n4
+        echo '```'
+        echo
+        echo "(\`rules-out/1\` ... \`rules-out/${RULES_COUNT}\`). Every message passes all ${RULES_COUNT} rules, so each"
+        echo "publish costs ${RULES_COUNT} evaluations (one shared JSON decode) and ${RULES_COUNT} republishes;"
+        echo "nobody subscribes to \`rules-out/#\` in the measured cells, so republishes are routed"
+        echo "but not delivered. Same core pinning, window and durations as above."
+        if [[ $RULES_VERIFY != 0 ]]; then
+            echo "The check columns run the ${RULES_COUNT}-rule cell again with one more connection subscribed"
+            echo "(QoS 0) to \`rules-out/#\` (\`--watch\`), which also pays for delivering the republishes:"
+            echo "republished = messages it received / (${RULES_COUNT} x messages published). Below 100 %,"
+            echo "rule outputs were lost: the broker's bounded action queue (10,000 outputs; overflow is"
+            echo "dropped and counted in \`actions_dropped\`, never blocking publishers) or QoS 0 delivery to"
+            echo "the watching connection could not keep up. The light check repeats it with \`--window 1\`"
+            echo "(little load): there every message should come out ${RULES_COUNT} times (100 %)."
+        fi
+        echo "Target: ${RULES_COUNT} rules deliver at least 70 % of the no-rule msgs/s."
+        echo
+        echo "| QoS | payload | no rules msgs/s | p50 µs | p99 µs | CPU % | ${RULES_COUNT} rules msgs/s | p50 µs | p99 µs | CPU % | ${RULES_COUNT} rules / none |$([[ $RULES_VERIFY != 0 ]] && echo " check: msgs/s | republished | light check: msgs/s | republished |")"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|$([[ $RULES_VERIFY != 0 ]] && echo "---:|---:|---:|---:|")"
+        for q in $RULES_QOS; do
+            rcell() { # label -> "msgs/s | p50 | p99 | cpu" ; prints msgs/s to fd 3 too
+                jq -r --arg b "$1" --argjson q "$q" '
+                    select(.broker == $b and .qos == $q)
+                    | if .rules_na then "n/a | | |"
+                      elif .error then "error | | |"
+                      else "\(.msgs_per_s) | \(.p50_us | round) | \(.p99_us | round) | \(.broker_cpu_pct // "?" | if type == "number" then round else . end)"
+                        + (if .loss > 0 then " (loss \(.loss))" else "" end)
+                      end' "$RESULTS" | tail -n1 | grep . || echo "- | - | - | -"
+            }
+            rate() { jq -r --arg b "$1" --argjson q "$q" 'select(.broker == $b and .qos == $q) | .msgs_per_s // empty' "$RESULTS" | tail -n1; }
+            a=$(rate midge-rules-none)
+            b=$(rate midge-rules-rules)
+            pct=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0 && b != "") printf "%.0f %%", 100 * b / a; else print "-" }')
+            row="| $q | $RULES_PAYLOAD B | $(rcell midge-rules-none) | $(rcell midge-rules-rules) | $pct |"
+            if [[ $RULES_VERIFY != 0 ]]; then
+                for c in midge-rules-verify midge-rules-verify-light; do
+                    chk=$(jq -r --arg b "$c" --argjson q "$q" --argjson n "$RULES_COUNT" '
+                        select(.broker == $b and .qos == $q)
+                        | if .rules_na or .error then "error | -"
+                          else "\(.msgs_per_s) | \(.watched // 0) / \(.sent * $n) = \(if .sent > 0 then ((.watched // 0) * 1000 / (.sent * $n) | round) / 10 else 0 end) %"
+                          end' "$RESULTS" | tail -n1)
+                    row+=" ${chk:-- | -} |"
+                done
+            fi
+            echo "$row"
+        done
+        echo
+    fi
+    if [[ $RULES_CRITERION != 0 ]]; then
+        echo "Per-message cost of \`RuleEngine::on_message\` (criterion, \`broker/benches/rules.rs\`,"
+        echo "\`cargo bench -p midge --bench rules -- --quick\`, pinned to core ${BROKER_CPU}): one publish on"
+        echo "\`sensor/1/temp\` that matches exactly one rule; 1,000 rules are on distinct filters"
+        echo "\`sensor/{i}/#\`, indexed in a trie. Rules have no actions (evaluation only)."
+        echo "\`select_topic\`: \`SELECT topic, qos FROM \"sensor/{i}/#\"\`; \`json_where\`:"
+        echo "\`SELECT payload.temp AS t FROM \"sensor/{i}/#\" WHERE t > 30\` (decodes the JSON payload)."
+        echo "Times are criterion's point estimate of the mean (quick mode: short, noisier)."
+        echo
+        echo "| rule | no rules | 1 rule | 1,000 rules |"
+        echo "|---|---:|---:|---:|"
+        for g in select_topic json_where; do
+            echo "| $g | $(crit_time "$CRIT_BROKER" "on_message/$g/none") | $(crit_time "$CRIT_BROKER" "on_message/$g/1_rule") | $(crit_time "$CRIT_BROKER" "on_message/$g/1000_rules") |"
+        done
+        echo
+        if [[ -s $CRIT_CRATE ]]; then
+            echo "The midge-rules crate alone (\`cargo bench -p midge-rules --bench rules -- --quick\`, \`rule-engine/benches/rules.rs\`):"
+            echo
+            echo "| bench | time |"
+            echo "|---|---:|"
+            crit_rows "$CRIT_CRATE" | awk -F'\t' '{ print "| " $1 " | " $2 " |" }'
+            echo
+        fi
     fi
     if jq -e 'select(.na != null or .error != null)' "$RESULTS" >/dev/null 2>&1; then
         echo "## Not measured"

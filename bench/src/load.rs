@@ -1,6 +1,7 @@
 //! The closed-loop publish/subscribe scenarios (`fan-in`, `fan-out`, `pairs`).
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -114,6 +115,8 @@ struct Shared {
     /// Receive-time window in which deliveries count for throughput/latency.
     measure_from_ns: u64,
     measure_to_ns: u64,
+    /// JSON payloads (`--json`) instead of the binary header.
+    json: bool,
 }
 
 impl Shared {
@@ -156,6 +159,8 @@ pub struct LoadReport {
     pub drained: bool,
     pub broker_cpu_pct: Option<f64>,
     pub broker_rss_kib: Option<u64>,
+    /// Messages the `--watch` connection received.
+    pub watched: Option<u64>,
 }
 
 pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<LoadReport> {
@@ -193,6 +198,15 @@ pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<Load
         }
         subs.sort_by_key(|(i, _, _)| *i);
     }
+    let watcher = match &args.watch {
+        Some(filter) => {
+            let id = format!("mb-{run_id}-w");
+            let (mut r, mut w) = client::connect(addr, &id, version, KEEP_ALIVE).await?;
+            client::subscribe(&mut r, &mut w, filter, QoS::AtMostOnce).await?;
+            Some((r, w))
+        }
+        None => None,
+    };
     let mut pubs = Vec::with_capacity(topo.publishers.len());
     for i in 0..topo.publishers.len() {
         let id = format!("mb-{run_id}-p{i}");
@@ -218,6 +232,7 @@ pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<Load
             .collect(),
         measure_from_ns: warmup.as_nanos() as u64,
         measure_to_ns: (warmup + duration).as_nanos() as u64,
+        json: args.json,
     });
 
     let cpu_probe = args.broker_pid.map(|pid| {
@@ -248,6 +263,10 @@ pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<Load
                 .with_context(|| format!("subscriber {i}"))
         });
     }
+    let watch_task = watcher.map(|(r, w)| {
+        let stop = stop_rx.clone();
+        tokio::spawn(async move { watch_loop(r, w, stop).await.context("watch connection") })
+    });
     let mut pub_tasks = JoinSet::new();
     let payload_len = args.payload;
     let expire_ns = args.expire_ms * 1_000_000;
@@ -315,6 +334,10 @@ pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<Load
     for w in writers {
         w.disconnect().await;
     }
+    let watched = match watch_task {
+        Some(t) => Some(t.await.context("watch task")??),
+        None => None,
+    };
     let (broker_cpu_pct, broker_rss_kib) = match cpu_probe {
         Some(t) => t.await.unwrap_or((None, None)),
         None => (None, None),
@@ -353,6 +376,7 @@ pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<Load
         drained,
         broker_cpu_pct,
         broker_rss_kib,
+        watched,
     };
     // Loss = receipts the topology expects minus distinct receipts seen.
     let mut expected_receipts: u64 = 0;
@@ -420,20 +444,98 @@ async fn subscriber(
     Ok(st)
 }
 
-fn on_message(st: &mut SubStats, shared: &Shared, payload: &[u8]) {
-    let now = shared.now_ns();
+/// Counts every PUBLISH on the `--watch` filter until `stop`, then until
+/// nothing arrived for 300 ms (rule republishes trail the deliveries).
+async fn watch_loop(mut r: Reader, mut w: Writer, mut stop: watch::Receiver<bool>) -> Result<u64> {
+    let mut n: u64 = 0;
+    let mut ping = tokio::time::interval(Duration::from_secs(u64::from(KEEP_ALIVE / 2)));
+    ping.tick().await;
+    let mut stopping = false;
+    loop {
+        while let Some(packet) = r.try_next()? {
+            match packet {
+                Packet::Publish(p) => {
+                    n += 1;
+                    if p.qos == QoS::AtLeastOnce {
+                        w.push(&client::puback(p.packet_id));
+                    }
+                }
+                Packet::PingResp | Packet::SubAck(_) => {}
+                other => bail!("unexpected packet from broker: {other:?}"),
+            }
+        }
+        w.flush().await?;
+        if stopping {
+            match timeout(Duration::from_millis(300), r.fill()).await {
+                Ok(res) => res?,
+                Err(_) => break,
+            }
+            continue;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => stopping = true,
+            res = r.fill() => res?,
+            _ = ping.tick() => w.send(&Packet::PingReq).await?,
+        }
+    }
+    w.disconnect().await;
+    Ok(n)
+}
+
+/// Publisher id, sequence number and send time from a payload.
+fn decode(payload: &[u8], json: bool) -> Option<(usize, u64, u64)> {
+    if json {
+        return Some((
+            json_u64(payload, b"\"p\":")? as usize,
+            json_u64(payload, b"\"seq\":")?,
+            json_u64(payload, b"\"ts\":")?,
+        ));
+    }
     if payload.len() < HEADER {
-        st.unexpected += 1;
-        return;
+        return None;
     }
     let field = |a: usize, b: usize| {
         let mut x = [0u8; 8];
         x[..b - a].copy_from_slice(&payload[a..b]);
         u64::from_le_bytes(x)
     };
-    let pid = field(0, 4) as usize;
-    let seq = field(4, 12);
-    let sent_ns = field(12, 20);
+    Some((field(0, 4) as usize, field(4, 12), field(12, 20)))
+}
+
+/// The unsigned integer after `key` (`"name":`) in a flat JSON object as
+/// written by [`json_payload`]; `None` if absent or not a number.
+fn json_u64(payload: &[u8], key: &[u8]) -> Option<u64> {
+    let at = payload.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = payload[at..]
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take_while(|b| b.is_ascii_digit());
+    let mut v: u64 = 0;
+    let mut any = false;
+    for &d in digits {
+        v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        any = true;
+    }
+    any.then_some(v)
+}
+
+/// `{"p":ID,"seq":SEQ,"ts":NS,"pad":"xx.."}` padded to `len` bytes (longer
+/// when the fields alone do not fit).
+fn json_payload(buf: &mut Vec<u8>, id: usize, seq: u64, ts: u64, len: usize) {
+    buf.clear();
+    let _ = write!(buf, r#"{{"p":{id},"seq":{seq},"ts":{ts},"pad":""#);
+    let pad = len.saturating_sub(buf.len() + 2);
+    buf.extend(std::iter::repeat_n(b'x', pad));
+    buf.extend_from_slice(b"\"}");
+}
+
+fn on_message(st: &mut SubStats, shared: &Shared, payload: &[u8]) {
+    let now = shared.now_ns();
+    let Some((pid, seq, sent_ns)) = decode(payload, shared.json) else {
+        st.unexpected += 1;
+        return;
+    };
     let Some(track) = shared.tracks.get(pid) else {
         st.unexpected += 1;
         return;
@@ -507,6 +609,7 @@ async fn publisher(
     };
     let track = &shared.tracks[track_idx];
     let zeros = vec![0u8; cfg.payload_len];
+    let mut json_buf = Vec::with_capacity(cfg.payload_len + 64);
     let mut seq: u64 = 0;
     let mut packet_id: u16 = 0;
     let mut last_send = Instant::now();
@@ -549,23 +652,24 @@ async fn publisher(
         for _ in 0..n {
             let now = shared.now_ns();
             lock(&track.pending).insert(seq, (track.receivers, now));
-            let mut payload = BytesMut::with_capacity(cfg.payload_len);
-            payload.put_u32_le(cfg.id as u32);
-            payload.put_u64_le(seq);
-            payload.put_u64_le(now);
-            payload.put_slice(&zeros[HEADER..]);
+            let payload = if shared.json {
+                json_payload(&mut json_buf, cfg.id, seq, now, cfg.payload_len);
+                Bytes::copy_from_slice(&json_buf)
+            } else {
+                let mut payload = BytesMut::with_capacity(cfg.payload_len);
+                payload.put_u32_le(cfg.id as u32);
+                payload.put_u64_le(seq);
+                payload.put_u64_le(now);
+                payload.put_slice(&zeros[HEADER..]);
+                payload.freeze()
+            };
             let id = if shared.qos == QoS::AtLeastOnce {
                 packet_id = packet_id.checked_add(1).unwrap_or(1);
                 packet_id
             } else {
                 0
             };
-            w.push(&client::publish(
-                &cfg.topic,
-                shared.qos,
-                id,
-                Bytes::from(payload),
-            ));
+            w.push(&client::publish(&cfg.topic, shared.qos, id, payload));
             seq += 1;
             track.sent.store(seq, Ordering::Relaxed);
         }
@@ -573,4 +677,24 @@ async fn publisher(
         last_send = Instant::now();
     }
     Ok((w, reader))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_payload_round_trips_at_the_requested_size() {
+        let mut buf = Vec::new();
+        json_payload(&mut buf, 7, 123_456, 9_876_543_210, 64);
+        assert_eq!(buf.len(), 64);
+        assert!(buf.starts_with(br#"{"p":7,"seq":123456,"ts":9876543210,"pad":"x"#));
+        assert!(buf.ends_with(br#"x"}"#));
+        assert_eq!(decode(&buf, true), Some((7, 123_456, 9_876_543_210)));
+        // Fields longer than the requested size: no padding, still valid.
+        json_payload(&mut buf, 1, u64::MAX, u64::MAX, 20);
+        assert!(buf.ends_with(br#""pad":""}"#));
+        assert_eq!(decode(&buf, true), Some((1, u64::MAX, u64::MAX)));
+        assert_eq!(decode(b"{\"p\":1}", true), None);
+    }
 }

@@ -24,7 +24,11 @@
 //! limited to `--window` publishes without PUBACK.) Each payload starts with
 //! the publisher id (u32 LE), a sequence number (u64 LE) and the send time in
 //! ns since the run's start (u64 LE); subscribers derive end-to-end latency,
-//! loss, duplicates and per-publisher reordering from it.
+//! loss, duplicates and per-publisher reordering from it. With `--json` the
+//! payload is a JSON object instead, `{"p":1,"seq":42,"ts":123456,"pad":"xx.."}`
+//! padded to `--payload` bytes, parsed back by the subscribers (for broker
+//! rules that read the payload); `--watch FILTER` adds a connection that only
+//! counts what it receives on FILTER (e.g. rule republishes).
 //!
 //! The run publishes for `--warmup` + `--duration` seconds; throughput and
 //! latency count only deliveries received during `--duration`. Afterwards it
@@ -117,6 +121,16 @@ pub struct Args {
     /// Runtime worker threads (default: CPUs this process may run on).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// JSON payloads instead of the binary header: `{"p":ID,"seq":N,"ts":NS,"pad":"xx.."}`
+    /// padded to `--payload` bytes (longer if the fields alone do not fit);
+    /// subscribers parse them back. For broker rules that read the payload.
+    #[arg(long)]
+    pub json: bool,
+    /// Also subscribe one extra connection (QoS 0) to this filter and count
+    /// what it receives (`watched` in the output), e.g. rule republishes.
+    /// Not part of throughput, latency or loss.
+    #[arg(long, value_name = "FILTER")]
+    pub watch: Option<String>,
 }
 
 fn main() {
@@ -225,7 +239,7 @@ fn real_main(args: &Args) -> Result<()> {
          \"measured\":{},\"msgs_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\
          \"p999_us\":{:.1},\"max_us\":{:.1},\"loss\":{},\"duplicates\":{},\"reordered\":{},\
          \"unexpected\":{},\"expired\":{},\"drained\":{},\"broker_cpu_pct\":{},\
-         \"broker_rss_kib\":{}}}",
+         \"broker_rss_kib\":{},\"json\":{},\"watched\":{}}}",
         args.qos,
         args.payload,
         args.duration,
@@ -249,13 +263,16 @@ fn real_main(args: &Args) -> Result<()> {
         r.drained,
         json_opt(r.broker_cpu_pct.map(|v| format!("{v:.1}"))),
         json_opt(r.broker_rss_kib),
+        args.json,
+        json_opt(r.watched),
     );
     eprintln!(
-        "{who} {} qos{} {}B: {:.0} msg/s delivered, p50 {:.0} us, p99 {:.0} us, \
-         loss {}, dup {}, reordered {} (sent {}, delivered {}, broker CPU {}%)",
+        "{who} {} qos{} {}B{}: {:.0} msg/s delivered, p50 {:.0} us, p99 {:.0} us, \
+         loss {}, dup {}, reordered {} (sent {}, delivered {}, broker CPU {}%){}",
         args.scenario.name(),
         args.qos,
         args.payload,
+        if args.json { " json" } else { "" },
         r.msgs_per_s,
         r.p50_us,
         r.p99_us,
@@ -265,6 +282,9 @@ fn real_main(args: &Args) -> Result<()> {
         r.sent,
         r.delivered,
         opt_str(r.broker_cpu_pct.map(|v| format!("{v:.0}"))),
+        r.watched
+            .map(|n| format!(", watched {n}"))
+            .unwrap_or_default(),
     );
     if args.qos == 1 && r.loss > 0 {
         eprintln!("midge-bench: {} QoS 1 messages were lost", r.loss);

@@ -41,6 +41,8 @@ pub struct Broker {
     pub auth: Arc<dyn AuthHook>,
     /// SQL rules over publishes and events.
     pub rules: RuleEngine,
+    /// The Wasm plugins, when `[plugins]` configures any.
+    pub plugins: std::sync::OnceLock<midge_plugin::PluginHost>,
     pub router: Router,
     pub retained: RetainedStore,
     pub stats: Stats,
@@ -74,6 +76,7 @@ impl Broker {
             config,
             auth: Arc::new(NoAuth),
             rules: RuleEngine::default(),
+            plugins: std::sync::OnceLock::new(),
             router: Router::default(),
             retained: RetainedStore::default(),
             stats: Stats::default(),

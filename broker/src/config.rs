@@ -34,6 +34,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[[rules]]`: SQL rules and their actions.
     pub rules: Vec<crate::rules::RuleConfig>,
+    /// `[plugins]`: Wasm plugins, their grants and limits.
+    pub plugins: midge_plugin::PluginsConfig,
 }
 
 /// Where the broker listens. `None` disables a listener.
@@ -207,6 +209,28 @@ impl Config {
         }
         if self.listeners.mqtt.is_none() && self.listeners.ws.is_none() {
             return invalid("listeners", "at least one of `mqtt` and `ws` must be set");
+        }
+        let plugin_names: Vec<&str> = self
+            .plugins
+            .plugins
+            .iter()
+            .filter(|p| p.enabled)
+            .map(|p| p.name.as_str())
+            .collect();
+        for r in &self.rules {
+            for (i, a) in r.actions.iter().enumerate() {
+                if let crate::rules::ActionConfig::Plugin { plugin } = a {
+                    if !plugin_names.contains(&plugin.as_str()) {
+                        return Err(ConfigError::Rules {
+                            path: origin.to_string(),
+                            errors: vec![format!(
+                                "rule `{}`: actions[{i}]: plugin `{plugin}` is not an enabled plugin in [plugins]",
+                                r.id
+                            )],
+                        });
+                    }
+                }
+            }
         }
         if let Err(errors) = crate::rules::RuleSet::build(&self.rules, None) {
             return Err(ConfigError::Rules {

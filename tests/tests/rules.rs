@@ -208,24 +208,6 @@ actions = [{{ type = "republish", topic = "{t}/report", payload = "${{topic}} ${
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plugin_action_is_reported_unavailable_not_ignored() {
-    let t = topic("plug");
-    let cfg = format!(
-        r#"
-[[rules]]
-id = "to-plugin"
-sql = 'SELECT * FROM "{t}"'
-actions = [{{ type = "plugin", plugin = "archive" }}]
-"#
-    );
-    let b = start_broker(|c| c.rules = rules(&cfg)).await;
-    let mut p = V4::new(&b, "p").await;
-    p.publish(&t, rumqttc::QoS::AtLeastOnce, false, "x").await;
-    let s = wait_stats(&b, "to-plugin", |s| s.actions_failed == 1).await;
-    assert_eq!((s.passed, s.actions_success), (1, 0));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_rule_does_not_run() {
     let t = topic("off");
     let cfg = format!(

@@ -38,7 +38,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// The `[plugins]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
     /// sled directory backing every `kv` grant (opened only if one exists).
@@ -65,7 +65,7 @@ impl Default for PluginsConfig {
 }
 
 /// One `[[plugins.plugin]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// Unique name (logs, metrics, reload).
@@ -115,7 +115,7 @@ impl PluginConfig {
 
 /// Capabilities granted to one plugin. Nothing but `log` (and the clock) is
 /// granted by default.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Grants {
     /// Plugin log records reach the broker's log.
@@ -146,7 +146,7 @@ impl Default for Grants {
 }
 
 /// A host directory mounted read-only at `guest` inside the plugin.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirGrant {
     /// Directory on the broker's machine.
@@ -156,7 +156,7 @@ pub struct DirGrant {
 }
 
 /// Resource limits of one plugin.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Linear memory cap per instance, in MiB.
@@ -204,7 +204,7 @@ pub enum FailurePolicy {
 
 /// Failure policy per hook. Events and rule outputs have no answer: their
 /// failures are only logged and counted.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailurePolicies {
     /// Default `closed`.

@@ -40,6 +40,8 @@ pub mod config;
 mod error;
 mod host;
 mod slot;
+#[doc(hidden)]
+pub mod testing;
 pub mod types;
 
 pub use caps::{

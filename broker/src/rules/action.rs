@@ -10,7 +10,7 @@ use bytes::Bytes;
 use midge_protocol::{topic, ByteStr, Properties, QoS};
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::template::Template;
 use super::Job;
@@ -46,7 +46,8 @@ pub enum ActionConfig {
     },
     /// Log each output row (info level, target `midge::rules`).
     Log {},
-    /// Hand the output to the named Wasm plugin's `on-rule-output`.
+    /// Hand the output (a one-row JSON array) to the named Wasm plugin's
+    /// `on-rule-output`; the plugin must be enabled in `[plugins]`.
     Plugin { plugin: String },
 }
 
@@ -127,10 +128,6 @@ impl Action {
                 if plugin.trim().is_empty() {
                     return Err("`plugin` must name a plugin".into());
                 }
-                warn!(
-                    plugin,
-                    "rule action `plugin` is not available yet (no Wasm plugin host in this build): its outputs are counted as failed"
-                );
                 Ok(Action::Plugin {
                     plugin: plugin.clone(),
                 })
@@ -150,9 +147,18 @@ pub async fn run_actions(broker: Arc<Broker>, mut rx: mpsc::Receiver<Job>) {
                     info!(target: "midge::rules", rule = r.rule.id(), output = %serde_json::Value::Object(job.row.clone()), "rule output");
                     Ok(())
                 }
-                Action::Plugin { plugin } => {
-                    Err(format!("plugin `{plugin}` unavailable: no plugin host"))
-                }
+                Action::Plugin { plugin } => match broker.plugins.get() {
+                    Some(host) => {
+                        let rows = serde_json::Value::Array(vec![serde_json::Value::Object(
+                            job.row.clone(),
+                        )])
+                        .to_string();
+                        host.on_rule_output(plugin, r.rule.id(), &rows)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    None => Err(format!("plugin `{plugin}` unavailable: no plugins loaded")),
+                },
             };
             match ok {
                 Ok(()) => r.metrics.actions_success.fetch_add(1, Ordering::Relaxed),

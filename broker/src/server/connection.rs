@@ -18,8 +18,11 @@ use super::writer::{self, ClientLimits};
 use crate::auth::{AuthDecision, ConnectInfo};
 use crate::broker::{split_filter, Broker};
 use crate::message::{ClientInfo, Message};
+use crate::plugins;
 use crate::rules::events::{self, EventFields};
 use crate::session::{Delivery, PendingWill, Session, Stage, SubscriptionRecord};
+use midge_plugin::types::{self as pt, HookSet};
+use midge_plugin::PublishVerdict;
 use midge_rules::EventKind;
 
 /// How long a new socket may take to send its CONNECT.
@@ -195,6 +198,35 @@ async fn run<R, W>(
     let cfg = &broker.config;
     let fail = |code: u8, text: &'static str| (code, text);
 
+    // Plugins decide first (in chain order); `Ignore` falls back to the broker's own hook.
+    let plugin_auth = match broker.plugins.get() {
+        Some(host) if host.has_hook(HookSet::AUTHENTICATE) => {
+            let req = pt::AuthRequest {
+                client_id: c.client_id.to_string(),
+                username: c.username.as_ref().map(|u| u.to_string()),
+                password: c.password.as_ref().map(|p| p.to_vec()),
+                peer_address: peer.to_string(),
+                protocol_version: plugins::version_to(v),
+                auth_method: c
+                    .properties
+                    .authentication_method
+                    .as_ref()
+                    .map(|m| m.to_string()),
+                auth_data: c
+                    .properties
+                    .authentication_data
+                    .as_ref()
+                    .map(|d| d.to_vec()),
+            };
+            Some(Box::pin(host.authenticate(&req)).await.decision)
+        }
+        _ => None,
+    };
+    let (superuser, attributes) = match &plugin_auth {
+        Some(pt::AuthDecision::Allow(a)) => (a.superuser, a.attributes.clone()),
+        _ => (false, Vec::new()),
+    };
+
     // Validate what the client asks for.
     let mut assigned = None;
     let check: Result<(), (u8, &str)> = (|| {
@@ -207,16 +239,28 @@ async fn run<R, W>(
             auth_method: c.properties.authentication_method.as_deref(),
             auth_data: c.properties.authentication_data.as_ref(),
         };
-        match broker.auth.authenticate(&info) {
-            AuthDecision::Allow { .. } => {}
-            AuthDecision::Deny { reason } => return Err(fail(reason, "not authorized")),
-            // Multi-step AUTH exchanges arrive with the plugin system.
-            AuthDecision::Continue { .. } => {
+        match plugin_auth {
+            Some(pt::AuthDecision::Allow(_)) => {}
+            Some(pt::AuthDecision::Deny(code)) => {
+                return Err(fail(code, "refused by an authentication plugin"))
+            }
+            Some(pt::AuthDecision::ContinueAuth(_)) => {
                 return Err(fail(
                     reason::BAD_AUTHENTICATION_METHOD,
-                    "authentication method not supported",
+                    "multi-step enhanced authentication is not supported yet",
                 ))
             }
+            Some(pt::AuthDecision::Ignore) | None => match broker.auth.authenticate(&info) {
+                AuthDecision::Allow { .. } => {}
+                AuthDecision::Deny { reason } => return Err(fail(reason, "not authorized")),
+                // Multi-step AUTH exchanges arrive with the plugin system.
+                AuthDecision::Continue { .. } => {
+                    return Err(fail(
+                        reason::BAD_AUTHENTICATION_METHOD,
+                        "authentication method not supported",
+                    ))
+                }
+            },
         }
         if c.client_id.is_empty() && v == Version::V311 && !c.clean_start {
             return Err(fail(
@@ -424,6 +468,10 @@ async fn run<R, W>(
         session: session.clone(),
         version: v,
         origin: origin.clone(),
+        plugin_client: broker
+            .plugins
+            .get()
+            .map(|_| plugins::client_info(&origin, v, superuser, &attributes)),
         aliases: Vec::new(),
         alias_max: usize::from(cfg.topic_alias_maximum),
         control: Vec::new(),
@@ -436,7 +484,7 @@ async fn run<R, W>(
         loop {
             match decode(&mut buf, Some(v), max_in) {
                 Ok(Some(p)) => {
-                    if let Some(end) = reader.handle(p) {
+                    if let Some(end) = reader.handle(p).await {
                         break 'conn end;
                     }
                 }
@@ -574,6 +622,8 @@ struct Reader {
     session: Arc<Session>,
     version: Version,
     origin: Arc<ClientInfo>,
+    /// The client as plugins see it (only when plugins are loaded).
+    plugin_client: Option<pt::ClientInfo>,
     /// Inbound topic aliases (index = alias - 1), grown on first use.
     aliases: Vec<Option<midge_protocol::ByteStr>>,
     alias_max: usize,
@@ -610,9 +660,9 @@ impl Reader {
     }
 
     /// Handles one packet; `Some(End)` closes the connection.
-    fn handle(&mut self, p: Packet) -> Option<End> {
+    async fn handle(&mut self, p: Packet) -> Option<End> {
         match p {
-            Packet::Publish(p) => self.publish(p),
+            Packet::Publish(p) => self.publish(p).await,
             Packet::PubAck(a) => {
                 let mut st = self.session.state.lock();
                 if let Some(i) = st.find_inflight(a.packet_id) {
@@ -676,7 +726,7 @@ impl Reader {
                     .push(Packet::PubComp(Ack::new(a.packet_id, code)));
                 None
             }
-            Packet::Subscribe(s) => self.subscribe(s),
+            Packet::Subscribe(s) => self.subscribe(s).await,
             Packet::Unsubscribe(u) => self.unsubscribe(u),
             Packet::PingReq => {
                 self.control.push(Packet::PingResp);
@@ -691,7 +741,47 @@ impl Reader {
         }
     }
 
-    fn publish(&mut self, mut p: Publish) -> Option<End> {
+    /// Asks the authorize plugins (unless the client is a superuser).
+    async fn authorized(&self, action: pt::Action, topic: &str, qos: QoS, retain: bool) -> bool {
+        let (Some(host), Some(client)) = (self.broker.plugins.get(), &self.plugin_client) else {
+            return true;
+        };
+        if client.superuser || !host.has_hook(HookSet::AUTHORIZE) {
+            return true;
+        }
+        let req = pt::AuthzRequest {
+            client: client.clone(),
+            action,
+            topic: topic.to_string(),
+            qos: plugins::qos_to(qos),
+            retain,
+        };
+        !matches!(
+            Box::pin(host.authorize(&req)).await.decision,
+            pt::AuthzDecision::Deny
+        )
+    }
+
+    /// Runs the on-publish plugins: `Ok(Some(msg))` to route, `Ok(None)` to
+    /// drop silently, `Err(code)` to refuse.
+    async fn transform(&self, msg: Message) -> Result<Option<Message>, u8> {
+        let Some(host) = self.broker.plugins.get() else {
+            return Ok(Some(msg));
+        };
+        if !host.wants_publish(&msg.topic) {
+            return Ok(Some(msg));
+        }
+        let out =
+            Box::pin(host.on_publish(&plugins::to_plugin(&msg), self.plugin_client.as_ref())).await;
+        match out.decision {
+            PublishVerdict::Pass => Ok(Some(msg)),
+            PublishVerdict::Modified(m) => Ok(Some(plugins::from_plugin(m, msg.origin.clone()))),
+            PublishVerdict::Drop => Ok(None),
+            PublishVerdict::Deny(code) => Err(code),
+        }
+    }
+
+    async fn publish(&mut self, mut p: Publish) -> Option<End> {
         let cfg = &self.broker.config;
         if p.qos as u8 > cfg.max_qos {
             return Some(End::Server {
@@ -728,16 +818,50 @@ impl Reader {
             return self.protocol_error("empty topic without a topic alias");
         }
         let packet_id = p.packet_id;
-        match p.qos {
-            QoS::AtMostOnce => {
-                let msg = Message::from_publish(p, Some(self.origin.clone()));
-                self.broker.publish(Arc::new(msg));
+        // Plugins (authorize, then on-publish) decide first; a refused message
+        // is acknowledged with the reason (5.0) or silently dropped (3.1.1).
+        let mut code = reason::SUCCESS;
+        let mut routed = None;
+        if self.broker.plugins.get().is_some() {
+            if !self
+                .authorized(pt::Action::Publish, &p.topic, p.qos, p.retain)
+                .await
+            {
+                code = reason::NOT_AUTHORIZED;
+            } else {
+                match self
+                    .transform(Message::from_publish(p.clone(), Some(self.origin.clone())))
+                    .await
+                {
+                    Ok(m) => routed = Some(m),
+                    Err(c) => code = c,
+                }
             }
+        }
+        let ack_code = if self.version == Version::V311 {
+            reason::SUCCESS
+        } else {
+            code
+        };
+        let route = |broker: &Broker,
+                     p: Publish,
+                     origin: &Arc<ClientInfo>,
+                     routed: Option<Option<Message>>| {
+            if code != reason::SUCCESS {
+                return;
+            }
+            match routed {
+                Some(Some(m)) => broker.publish(Arc::new(m)),
+                Some(None) => {}
+                None => broker.publish(Arc::new(Message::from_publish(p, Some(origin.clone())))),
+            }
+        };
+        match p.qos {
+            QoS::AtMostOnce => route(&self.broker, p, &self.origin, routed),
             QoS::AtLeastOnce => {
-                let msg = Message::from_publish(p, Some(self.origin.clone()));
-                self.broker.publish(Arc::new(msg));
+                route(&self.broker, p, &self.origin, routed);
                 self.control
-                    .push(Packet::PubAck(Ack::new(packet_id, reason::SUCCESS)));
+                    .push(Packet::PubAck(Ack::new(packet_id, ack_code)));
             }
             QoS::ExactlyOnce => {
                 let fresh = {
@@ -758,20 +882,21 @@ impl Reader {
                             why: "receive maximum exceeded",
                         })
                     }
-                    Some(true) => {
-                        let msg = Message::from_publish(p, Some(self.origin.clone()));
-                        self.broker.publish(Arc::new(msg));
+                    Some(true) if code != reason::SUCCESS => {
+                        // Refused: forget the id again, nothing awaits a PUBREL.
+                        self.session.state.lock().incoming_qos2.remove(&packet_id);
                     }
+                    Some(true) => route(&self.broker, p, &self.origin, routed),
                     Some(false) => {} // a resend before PUBREL: already routed once
                 }
                 self.control
-                    .push(Packet::PubRec(Ack::new(packet_id, reason::SUCCESS)));
+                    .push(Packet::PubRec(Ack::new(packet_id, ack_code)));
             }
         }
         None
     }
 
-    fn subscribe(&mut self, s: Subscribe) -> Option<End> {
+    async fn subscribe(&mut self, s: Subscribe) -> Option<End> {
         let cfg = &self.broker.config;
         let sub_id = s.properties.subscription_identifiers.first().copied();
         if sub_id.is_some() && !cfg.subscription_identifiers {
@@ -787,7 +912,12 @@ impl Reader {
             if group.is_some() && opts.no_local {
                 return self.protocol_error("no local on a shared subscription");
             }
-            let refuse = if group.is_some() && !cfg.shared_subscriptions {
+            let refuse = if !self
+                .authorized(pt::Action::Subscribe, filter, opts.qos, false)
+                .await
+            {
+                Some(reason::NOT_AUTHORIZED)
+            } else if group.is_some() && !cfg.shared_subscriptions {
                 Some(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
             } else if !cfg.wildcard_subscriptions && f.contains(['+', '#']) {
                 Some(reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED)

@@ -26,6 +26,8 @@ pub enum ServerError {
     },
     #[error("rules refused: {}", .0.join("; "))]
     Rules(Vec<String>),
+    #[error("plugins: {0}")]
+    Plugins(#[from] midge_plugin::PluginError),
 }
 
 /// A bound, not yet running broker.
@@ -59,6 +61,11 @@ impl Server {
             .rules
             .load(&config.rules)
             .map_err(ServerError::Rules)?;
+        if !config.plugins.plugins.is_empty() {
+            let host = crate::plugins::load(&config.plugins, &broker).await?;
+            info!(plugins = ?host.plugins(), "plugins loaded");
+            let _ = broker.plugins.set(host);
+        }
         Ok(Server {
             broker,
             config,

@@ -1,0 +1,235 @@
+//! Wasm plugins inside the running broker, with the real shipped components
+//! (built from plugins/ for wasm32-wasip2): authentication and ACL by
+//! auth-password, payload/topic rewriting by transform, and the rules'
+//! `plugin` action feeding a plugin's on-rule-output.
+
+use std::time::Duration;
+
+use midge_e2e::raw::*;
+use midge_e2e::*;
+
+// PBKDF2-SHA256 of "wonderland", 1000 iterations (format documented by auth-password).
+const ALICE_HASH: &str =
+    "$pbkdf2-sha256$1000$bWlkZ2UtdGVzdC1zYWx0IQ==$jbQpDnEXV2muKnAjBpQeiGWaqiAiNGasWC2sTVuOLYw=";
+
+/// A broker with auth-password (alice may use users/alice/#) and transform
+/// (users/+/raw CSV -> users/{2}/json JSON).
+async fn broker_with_plugins() -> Option<TestBroker> {
+    broker_from(PLUGINS).await
+}
+
+const PLUGINS: &str = r#"
+[[plugins.plugin]]
+name = "pw"
+path = "{wasm}/auth_password.wasm"
+[plugins.plugin.config]
+users = { alice = "ALICE_HASH" }
+acl_default = "deny"
+[[plugins.plugin.config.acl]]
+access = "readwrite"
+filter = "users/%u/#"
+permission = "allow"
+
+[[plugins.plugin]]
+name = "tx"
+path = "{wasm}/transform.wasm"
+config = { rules = [ { filter = "users/+/raw", format = "csv", csv_columns = ["temp", "hum"], rename = { temp = "temperature" }, add_client_id = "client", topic = "users/{2}/json" } ] }
+"#;
+
+/// test-misbehave as the receiving end of a rule's `plugin` action (it
+/// stores the rows in its kv namespace).
+const SINK: &str = r#"
+[[plugins.plugin]]
+name = "sink"
+path = "{wasm}/test_misbehave.wasm"
+[plugins.plugin.grants]
+kv = "sink"
+
+[[rules]]
+id = "to-sink"
+sql = 'SELECT topic, payload FROM "sink/#"'
+actions = [{ type = "plugin", plugin = "sink" }]
+"#;
+
+/// Starts a broker with `plugins` (TOML; `{wasm}` is replaced by the built
+/// components' directory). `None`: the wasm target is missing outside CI.
+async fn broker_from(plugins: &str) -> Option<TestBroker> {
+    let wasm = midge_plugin::testing::wasm_dir()?;
+    let kv = std::env::temp_dir().join(unique("midge-plugin-kv"));
+    let toml_text = format!("[plugins]\nkv_path = \"{}\"\n", kv.display())
+        + &plugins
+            .replace("{wasm}", &wasm.display().to_string())
+            .replace("ALICE_HASH", ALICE_HASH);
+    let cfg = midge::Config::parse(&toml_text, "plugins-test.toml").expect("config parses");
+    Some(
+        start_broker(|c| {
+            c.plugins = cfg.plugins.clone();
+            c.rules = cfg.rules.clone();
+        })
+        .await,
+    )
+}
+
+fn login(id: &str, user: &str, password: &[u8]) -> ConnectOpts {
+    let mut o = ConnectOpts::v5(id);
+    o.username = Some(user.into());
+    o.password = Some(password.to_vec());
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_password_accepts_right_password_and_refuses_wrong_one() {
+    let Some(b) = broker_with_plugins().await else {
+        return;
+    };
+    assert!(b.broker.plugins.get().is_some(), "plugins loaded");
+    let (_c, ack) = RawClient::handshake(b.addr, login(&unique("a"), "alice", b"wonderland")).await;
+    assert_eq!(ack.code, 0x00);
+    let mut c = RawClient::connect(b.addr).await;
+    let ack = c.send_connect(&login(&unique("a"), "alice", b"nope")).await;
+    assert_eq!(ack.code, 0x86, "bad user name or password");
+    c.expect_closed().await;
+    // 3.1.1 gets the mapped return code 4.
+    let mut o = login(&unique("a"), "alice", b"nope");
+    o.level = 4;
+    let mut c = RawClient::connect(b.addr).await;
+    assert_eq!(c.send_connect(&o).await.code, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_denies_publish_and_subscribe_outside_the_users_tree() {
+    let Some(b) = broker_with_plugins().await else {
+        return;
+    };
+    let (mut c, _) =
+        RawClient::handshake(b.addr, login(&unique("a"), "alice", b"wonderland")).await;
+    let sub = c
+        .subscribe(1, &[], &[("users/alice/#", 1), ("users/bob/#", 1)])
+        .await;
+    assert_eq!(sub.codes, vec![1, 0x87]);
+    // Allowed publish: delivered back to the allowed subscription.
+    c.send(&publish(
+        true,
+        "users/alice/inbox",
+        1,
+        false,
+        false,
+        7,
+        &[],
+        b"hi",
+    ))
+    .await;
+    let mut got_ack = None;
+    let mut got_msg = None;
+    for _ in 0..2 {
+        let p = c.recv().await;
+        if p.kind == PUBACK {
+            got_ack = Some(p.ack());
+        } else if p.kind == PUBLISH {
+            got_msg = Some(p.publish(true));
+        }
+    }
+    assert_eq!(got_ack.expect("PUBACK").reason, 0);
+    assert_eq!(got_msg.expect("delivery").payload, b"hi");
+    // Denied publish: PUBACK 0x87 and nothing routed.
+    let (mut spy, _) =
+        RawClient::handshake(b.addr, login(&unique("spy"), "alice", b"wonderland")).await;
+    let _ = spy.subscribe(1, &[], &[("users/alice/#", 0)]).await;
+    c.send(&publish(
+        true,
+        "users/bob/inbox",
+        1,
+        false,
+        false,
+        8,
+        &[],
+        b"x",
+    ))
+    .await;
+    let ack = c.recv_kind(PUBACK).await.ack();
+    assert_eq!((ack.pid, ack.reason), (8, 0x87));
+    assert!(spy.ping().await.is_empty(), "nothing delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transform_plugin_rewrites_payload_and_topic_before_routing() {
+    let Some(b) = broker_with_plugins().await else {
+        return;
+    };
+    let (mut sub, _) =
+        RawClient::handshake(b.addr, login(&unique("s"), "alice", b"wonderland")).await;
+    let _ = sub.subscribe(1, &[], &[("users/alice/#", 0)]).await;
+    let id = unique("dev");
+    let (mut p, _) = RawClient::handshake(b.addr, login(&id, "alice", b"wonderland")).await;
+    p.send(&publish(
+        true,
+        "users/alice/raw",
+        0,
+        false,
+        false,
+        0,
+        &[],
+        b"21.5,40",
+    ))
+    .await;
+    let m = sub.recv_publish().await;
+    assert_eq!(m.topic, "users/alice/json");
+    let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["temperature"], serde_json::json!(21.5));
+    assert_eq!(v["hum"], serde_json::json!(40));
+    assert_eq!(v["client"], serde_json::json!(id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_plugin_action_hands_rows_to_the_plugin() {
+    let Some(b) = broker_from(SINK).await else {
+        return;
+    };
+    let (mut p, _) = RawClient::handshake(b.addr, login(&unique("p"), "alice", b"secret")).await;
+    p.send(&publish(
+        true,
+        "sink/1",
+        1,
+        false,
+        false,
+        3,
+        &[],
+        br#"{"a":1}"#,
+    ))
+    .await;
+    assert_eq!(p.recv_kind(PUBACK).await.ack().reason, 0);
+    let stats = within("plugin action", async {
+        loop {
+            let s = b
+                .broker
+                .rules
+                .stats()
+                .into_iter()
+                .find(|s| s.id == "to-sink")
+                .unwrap();
+            if s.actions_success + s.actions_failed > 0 {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        (stats.passed, stats.actions_success, stats.actions_failed),
+        (1, 1, 0)
+    );
+}
+
+#[test]
+fn plugin_action_naming_an_unconfigured_plugin_is_refused_at_load() {
+    let e = midge::Config::parse(
+        "[[rules]]\nid = \"r\"\nsql = 'SELECT * FROM \"t\"'\nactions = [{ type = \"plugin\", plugin = \"archive\" }]\n",
+        "c.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("rule `r`: actions[0]: plugin `archive` is not an enabled plugin in [plugins]"),
+        "{e}"
+    );
+}
