@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use midge_protocol::{
     decode, encode, reason, topic, Ack, ConnAck, Connect, DecodeError, Disconnect, Packet,
     Properties, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
@@ -484,7 +485,18 @@ async fn run<R, W>(
         loop {
             match decode(&mut buf, Some(v), max_in) {
                 Ok(Some(p)) => {
-                    if let Some(end) = reader.handle(p).await {
+                    // Without plugins nothing in `handle` awaits: poll it once in
+                    // place so its state never enlarges the connection's future
+                    // (idle connections stay small). With plugins, box it.
+                    let end = if broker.plugins.get().is_some() {
+                        Box::pin(reader.handle(p)).await
+                    } else {
+                        reader.handle(p).now_or_never().unwrap_or(Some(End::Server {
+                            reason: reason::IMPLEMENTATION_SPECIFIC_ERROR,
+                            why: "packet handling unexpectedly suspended",
+                        }))
+                    };
+                    if let Some(end) = end {
                         break 'conn end;
                     }
                 }
