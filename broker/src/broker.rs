@@ -12,14 +12,15 @@ use parking_lot::Mutex;
 use smallvec::SmallVec;
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::{oneshot, Notify};
-use tracing::{debug, info};
+use tracing::{info, warn};
 
 use crate::auth::{AuthHook, NoAuth};
 use crate::config::MqttConfig;
 use crate::message::Message;
 use crate::router::{Hit, RetainedStore, Router, SharedKey, SubEntry};
 use crate::rules::{events, RuleEngine};
-use crate::session::{ConnLink, Delivery, PendingWill, QueueLimits, Session};
+use crate::session::{ConnLink, Delivery, PendingWill, QueueLimits, Session, SessionState};
+use crate::store::{Op, Snapshot, Store};
 use midge_rules::EventKind;
 
 /// Counters kept by the broker (the admin issue exports them).
@@ -46,6 +47,8 @@ pub struct Broker {
     pub router: Router,
     pub retained: RetainedStore,
     pub stats: Stats,
+    /// The durable store, when persistence is on.
+    pub store: Option<Store>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     next_conn_id: AtomicU64,
 }
@@ -58,6 +61,7 @@ struct NewConn {
     expiry_interval: u32,
     version: Version,
     window: usize,
+    will: Option<(Arc<Message>, u32)>,
 }
 
 /// What `attach` found.
@@ -68,11 +72,19 @@ pub struct Attached {
     pub conn_id: u64,
     pub kicked: oneshot::Receiver<u8>,
     pub detached: Arc<Notify>,
+    /// Store ticket of the session's record (wait for it before CONNACK).
+    pub ticket: u64,
 }
 
 impl Broker {
     pub fn new(config: MqttConfig) -> Broker {
+        Broker::with_store(config, None)
+    }
+
+    /// A broker whose persistent sessions and retained messages go to `store`.
+    pub fn with_store(config: MqttConfig, store: Option<Store>) -> Broker {
         Broker {
+            store,
             config,
             auth: Arc::new(NoAuth),
             rules: RuleEngine::default(),
@@ -94,11 +106,14 @@ impl Broker {
     }
 
     /// The publish pipeline after authorization: retain, route, enqueue.
-    pub fn publish(&self, msg: Arc<Message>) {
+    /// Returns the store ticket covering every durable write it made (0:
+    /// none), which the publisher's acknowledgement waits for.
+    pub fn publish(&self, msg: Arc<Message>) -> u64 {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         self.rules.on_message(&msg);
+        let mut ticket = 0;
         if msg.retain {
-            self.retained.update(&msg);
+            ticket = self.retained.update(&msg, self.store.as_ref());
         }
         let mut hits: Vec<Hit> = Vec::new();
         self.router.matches(&msg.topic, &mut hits);
@@ -108,7 +123,7 @@ impl Broker {
                 f.set("reason", "no_subscribers");
                 self.rules.on_event(EventKind::MessageDropped, &f);
             }
-            return;
+            return ticket;
         }
         if let Some(publisher) = msg.publisher() {
             hits.retain(|h| !(h.no_local && *h.session.client_id == *publisher));
@@ -123,18 +138,21 @@ impl Broker {
                 retain: msg.retain && hit.retain_as_published,
                 sub_ids: hit.sub_ids,
                 shared: hit.shared,
+                seq: 0,
             };
-            self.enqueue(&hit.session, d, limits);
+            ticket = ticket.max(self.enqueue(&hit.session, d, limits));
         }
+        ticket
     }
 
-    fn enqueue(&self, session: &Arc<Session>, d: Delivery, limits: QueueLimits) {
+    fn enqueue(&self, session: &Arc<Session>, d: Delivery, limits: QueueLimits) -> u64 {
         use crate::session::EnqueueOutcome::*;
         let watched = self
             .rules
             .wants(EventKind::DeliveryDropped)
             .then(|| d.msg.clone());
-        match session.enqueue(d, limits) {
+        let (outcome, ticket) = session.enqueue(d, limits);
+        match outcome {
             Queued => {
                 self.stats.messages_routed.fetch_add(1, Ordering::Relaxed);
             }
@@ -142,7 +160,11 @@ impl Broker {
                 self.stats
                     .messages_dropped_queue_full
                     .fetch_add(1, Ordering::Relaxed);
-                debug!(client_id = %session.client_id, "dropped: queue full");
+                let dropped = session.state.lock().dropped;
+                // Logged on the first drop and then every 1000th, per session.
+                if dropped % 1000 == 1 {
+                    warn!(client_id = %session.client_id, dropped, "session queue full: message dropped (mqtt.max_queued_messages / max_queued_bytes)");
+                }
                 if let Some(msg) = watched {
                     let mut f = events::delivery_fields(&msg, &session.client_id);
                     f.set("reason", "queue_full");
@@ -151,6 +173,7 @@ impl Broker {
             }
             Skipped => {}
         }
+        ticket
     }
 
     /// Hands deliveries of a shared subscription to another member of its group.
@@ -164,7 +187,7 @@ impl Broker {
                 Some(entry) => {
                     d.qos = entry.opts.qos.min(d.msg.qos);
                     d.sub_ids = entry.id.into_iter().collect();
-                    self.enqueue(&entry.session, d, limits);
+                    let _ = self.enqueue(&entry.session, d, limits);
                 }
                 None => {
                     // No other member: keep it for this one.
@@ -184,6 +207,7 @@ impl Broker {
         expiry_interval: u32,
         version: Version,
         window: usize,
+        will: Option<(Arc<Message>, u32)>,
     ) -> Attached {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
@@ -193,6 +217,7 @@ impl Broker {
             expiry_interval,
             version,
             window,
+            will,
         };
         // Bounded: each round attaches or waits for the live connection to go.
         for _ in 0..50 {
@@ -234,10 +259,23 @@ impl Broker {
                 return Err(link.detached.clone().notified_owned());
             }
         }
+        let mut ticket = 0;
         let (session, present, old) = match existing {
             Some(s) if !new.clean_start && !s.state.lock().ended => (s, true, None),
             other => {
-                let s = Arc::new(Session::new(client_id.clone(), new.expiry_interval));
+                if let Some(old) = &other {
+                    // The old session's records go before the new one's are written.
+                    let mut ost = old.state.lock();
+                    if ost.persist {
+                        ost.persist = false;
+                        ticket = old.store_op(Op::DropSession(client_id.clone()));
+                    }
+                }
+                let s = Arc::new(Session::new(
+                    client_id.clone(),
+                    new.expiry_interval,
+                    self.store.clone(),
+                ));
                 sessions.insert(client_id.clone(), s.clone());
                 (s, false, other)
             }
@@ -258,6 +296,17 @@ impl Broker {
                 kick: Some(kick_tx),
                 detached: detached.clone(),
             });
+            st.conn_will = new.will.clone();
+            let persist = self.store.is_some() && new.expiry_interval > 0;
+            if persist && !st.persist {
+                st.persist = true;
+                ticket = persist_all(&session, &mut st);
+            } else if persist {
+                ticket = session.store_op(Op::PutSession(client_id.clone(), st.record()));
+            } else if st.persist {
+                st.persist = false;
+                ticket = session.store_op(Op::DropSession(client_id.clone()));
+            }
         }
         session.set_online(true);
         drop(sessions);
@@ -270,6 +319,7 @@ impl Broker {
             conn_id: new.conn_id,
             kicked: kick_rx,
             detached,
+            ticket,
         })
     }
 
@@ -296,7 +346,7 @@ impl Broker {
         st.queue.retain(|d| d.qos != QoS::AtMostOnce);
         st.queued_bytes = st.queue.iter().map(|d| d.msg.payload.len()).sum();
         st.control.clear();
-        let shared = st.take_shared();
+        let shared = st.take_shared(session);
         let mut publish_now = None;
         if let Some(w) = will {
             if w.delay == 0 || expiry == 0 {
@@ -306,6 +356,11 @@ impl Broker {
             }
         }
         let pending_delay = st.will.as_ref().map(|w| w.delay);
+        st.conn_will = None;
+        st.offline_since_ms = Some(crate::message::now_ms());
+        if st.persist && expiry > 0 {
+            session.store_op(Op::PutSession(session.client_id.clone(), st.record()));
+        }
         drop(st);
         detached.notify_waiters();
         if !shared.is_empty() {
@@ -318,18 +373,35 @@ impl Broker {
             self.remove_session(session);
             return;
         }
-        if let Some(delay) = pending_delay {
+        let will_in = pending_delay.map(|d| Duration::from_secs(u64::from(d.min(expiry))));
+        let expire_in = (expiry != u32::MAX).then(|| Duration::from_secs(u64::from(expiry)));
+        self.schedule_offline(session, generation, will_in, expire_in);
+    }
+
+    /// Timers of an offline session: its pending will, then its expiry.
+    /// Both stand down if the session's generation moved on (a reconnect).
+    fn schedule_offline(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        generation: u64,
+        will_in: Option<Duration>,
+        expire_in: Option<Duration>,
+    ) {
+        if let Some(wait) = will_in {
             let broker = self.clone();
             let s = session.clone();
-            let wait = delay.min(expiry);
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(wait))).await;
+                tokio::time::sleep(wait).await;
                 let will = {
                     let mut st = s.state.lock();
                     if st.generation != generation {
                         None
                     } else {
-                        st.will.take()
+                        let w = st.will.take();
+                        if w.is_some() && st.persist {
+                            s.store_op(Op::PutSession(s.client_id.clone(), st.record()));
+                        }
+                        w
                     }
                 };
                 if let Some(w) = will {
@@ -337,11 +409,11 @@ impl Broker {
                 }
             });
         }
-        if expiry != u32::MAX {
+        if let Some(wait) = expire_in {
             let broker = self.clone();
             let s = session.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+                tokio::time::sleep(wait).await;
                 if s.state.lock().generation == generation {
                     info!(client_id = %s.client_id, "session expired");
                     broker.remove_session(&s);
@@ -374,8 +446,12 @@ impl Broker {
             }
             st.ended = true;
             st.generation += 1;
+            let shared = st.take_shared(session);
+            if st.persist {
+                st.persist = false;
+                session.store_op(Op::DropSession(session.client_id.clone()));
+            }
             let subs: Vec<String> = st.subscriptions.drain().map(|(f, _)| f).collect();
-            let shared = st.take_shared();
             st.queue.clear();
             st.queued_bytes = 0;
             st.inflight.clear();
@@ -394,20 +470,31 @@ impl Broker {
     }
 
     /// Adds a subscription to the session and the router. Returns whether
-    /// one existed on that filter before.
+    /// one existed on that filter before, and the store ticket.
     pub fn subscribe(
         &self,
         session: &Arc<Session>,
         filter: &str,
         record: crate::session::SubscriptionRecord,
-    ) -> bool {
+    ) -> (bool, u64) {
         let (group, f) = split_filter(filter);
-        let existed = session
-            .state
-            .lock()
-            .subscriptions
-            .insert(filter.to_string(), record.clone())
-            .is_some();
+        let (existed, ticket) = {
+            let mut st = session.state.lock();
+            let existed = st
+                .subscriptions
+                .insert(filter.to_string(), record.clone())
+                .is_some();
+            let ticket = if st.persist {
+                session.store_op(Op::PutSub(
+                    session.client_id.clone(),
+                    filter.to_string(),
+                    record.clone(),
+                ))
+            } else {
+                0
+            };
+            (existed, ticket)
+        };
         self.router.subscribe(
             f,
             group,
@@ -417,14 +504,145 @@ impl Broker {
                 id: record.id,
             },
         );
-        existed
+        (existed, ticket)
     }
 
-    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
+    /// Removes a subscription; returns whether it existed, and the store ticket.
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> (bool, u64) {
         let (group, f) = split_filter(filter);
-        let existed = session.state.lock().subscriptions.remove(filter).is_some();
+        let (existed, ticket) = {
+            let mut st = session.state.lock();
+            let existed = st.subscriptions.remove(filter).is_some();
+            let ticket = if existed && st.persist {
+                session.store_op(Op::DelSub(session.client_id.clone(), filter.to_string()))
+            } else {
+                0
+            };
+            (existed, ticket)
+        };
         self.router.unsubscribe(f, group, session);
-        existed
+        (existed, ticket)
+    }
+
+    /// Rebuilds the persistent sessions and retained messages a store held
+    /// (before any listener accepts): sessions come back offline with their
+    /// subscriptions in the router, their queues and inflight state, and the
+    /// timers of their wills and expiry, counted from when they went offline
+    /// (a session that was connected when the broker stopped counts from now).
+    /// Expired sessions and messages are purged; wills of expired sessions
+    /// are published once everything is restored.
+    pub fn restore(self: &Arc<Self>, snap: Snapshot) -> RestoreStats {
+        let Some(store) = self.store.clone() else {
+            return RestoreStats::default();
+        };
+        let now_ms = crate::message::now_ms();
+        let mut stats = RestoreStats::default();
+        for c in snap.orphans {
+            store.submit(Op::DropSession(c));
+        }
+        for m in snap.retained {
+            let mut m = m;
+            if rebase_expiry(&mut m, now_ms) {
+                store.submit(Op::DelRetained(m.topic.to_string()));
+                stats.expired_messages += 1;
+                continue;
+            }
+            self.retained.restore(Arc::new(m));
+            stats.retained += 1;
+        }
+        let mut wills = Vec::new();
+        let mut registry = HashMap::with_capacity(snap.sessions.len());
+        for r in snap.sessions {
+            let rec = r.record;
+            let offline_since = rec.disconnected_at_ms.unwrap_or(now_ms);
+            let offline_for = u64::try_from(now_ms - offline_since).unwrap_or(0);
+            let expiry_ms = u64::from(rec.expiry) * 1000;
+            if rec.expiry != u32::MAX && offline_for >= expiry_ms {
+                store.submit(Op::DropSession(r.client_id.clone()));
+                if let Some((w, _)) = rec.will {
+                    wills.push(w);
+                }
+                stats.expired_sessions += 1;
+                continue;
+            }
+            let session = Arc::new(Session::new(
+                r.client_id.clone(),
+                rec.expiry,
+                Some(store.clone()),
+            ));
+            let (will_in, expire_in) = {
+                let mut st = session.state.lock();
+                st.persist = true;
+                st.offline_since_ms = Some(offline_since);
+                let mut max_seq = 0;
+                let mut max_id = 0;
+                for (d, inflight) in r.queue {
+                    max_seq = max_seq.max(d.seq);
+                    let mut d = d;
+                    let msg = Arc::get_mut(&mut d.msg).map(|m| rebase_expiry(m, now_ms));
+                    if msg == Some(true) {
+                        store.submit(Op::Dequeue(r.client_id.clone(), d.seq));
+                        stats.expired_messages += 1;
+                        continue;
+                    }
+                    stats.messages += 1;
+                    match inflight {
+                        Some((packet_id, stage)) => {
+                            max_id = max_id.max(packet_id);
+                            st.inflight.push_back(crate::session::Inflight {
+                                packet_id,
+                                delivery: d,
+                                stage,
+                            });
+                        }
+                        None => {
+                            st.queued_bytes += d.msg.payload.len();
+                            st.queue.push_back(d);
+                        }
+                    }
+                }
+                st.next_seq = max_seq + 1;
+                st.next_packet_id = max_id.checked_add(1).unwrap_or(1);
+                st.incoming_qos2 = r.incoming_qos2.into_iter().collect();
+                for (filter, sub) in r.subscriptions {
+                    let (group, f) = split_filter(&filter);
+                    self.router.subscribe(
+                        f,
+                        group,
+                        SubEntry {
+                            session: session.clone(),
+                            opts: sub.opts,
+                            id: sub.id,
+                        },
+                    );
+                    st.subscriptions.insert(filter, sub);
+                    stats.subscriptions += 1;
+                }
+                let mut will_in = None;
+                if let Some((w, delay)) = rec.will {
+                    let due = offline_since + i64::from(delay) * 1000;
+                    let left = u64::try_from(due - now_ms).unwrap_or(0);
+                    if left == 0 {
+                        wills.push(w);
+                        store.submit(Op::PutSession(r.client_id.clone(), st.record()));
+                    } else {
+                        st.will = Some(PendingWill { msg: w, delay });
+                        will_in = Some(Duration::from_millis(left));
+                    }
+                }
+                let expire_in = (rec.expiry != u32::MAX)
+                    .then(|| Duration::from_millis(expiry_ms - offline_for));
+                (will_in, expire_in)
+            };
+            self.schedule_offline(&session, 0, will_in, expire_in);
+            registry.insert(r.client_id, session);
+            stats.sessions += 1;
+        }
+        self.sessions.lock().extend(registry);
+        for w in wills {
+            let _ = self.publish(w);
+        }
+        stats
     }
 
     /// Number of sessions (connected or not).
@@ -485,4 +703,68 @@ fn merge_overlapping(hits: &mut Vec<Hit>) {
         out.push(h);
     }
     *hits = out;
+}
+
+/// Writes a session that just became persistent, whole: its record,
+/// subscriptions and queued / inflight deliveries. Returns the last ticket.
+fn persist_all(session: &Session, st: &mut SessionState) -> u64 {
+    let c = &session.client_id;
+    let mut t = session.store_op(Op::PutSession(c.clone(), st.record()));
+    for (f, r) in &st.subscriptions {
+        t = session.store_op(Op::PutSub(c.clone(), f.clone(), r.clone()));
+    }
+    let mut next = st.next_seq;
+    for i in st.inflight.iter_mut() {
+        if i.delivery.qos != QoS::AtMostOnce {
+            i.delivery.seq = next;
+            next += 1;
+            session.store_op(Op::Queue(c.clone(), i.delivery.seq, i.delivery.clone()));
+            t = session.store_op(Op::Inflight(
+                c.clone(),
+                i.delivery.seq,
+                i.packet_id,
+                i.stage,
+            ));
+        }
+    }
+    for d in st.queue.iter_mut() {
+        if d.qos != QoS::AtMostOnce {
+            d.seq = next;
+            next += 1;
+            t = session.store_op(Op::Queue(c.clone(), d.seq, d.clone()));
+        }
+    }
+    for id in &st.incoming_qos2 {
+        t = session.store_op(Op::PutQos2(c.clone(), *id));
+    }
+    st.next_seq = next;
+    t
+}
+
+/// What [`Broker::restore`] brought back.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreStats {
+    pub sessions: usize,
+    pub subscriptions: usize,
+    pub messages: usize,
+    pub retained: usize,
+    pub expired_sessions: usize,
+    pub expired_messages: usize,
+}
+
+/// Turns a restored message's expiry into what is left of it now; true when
+/// nothing is left (expired while the broker was down).
+fn rebase_expiry(m: &mut Message, now_ms: i64) -> bool {
+    let Some(total) = m.properties.message_expiry_interval else {
+        return false;
+    };
+    let age_ms = u64::try_from(now_ms - m.timestamp_ms).unwrap_or(0);
+    let total_ms = u64::from(total) * 1000;
+    if age_ms >= total_ms {
+        return true;
+    }
+    // Rounded up: a message with 0.4 s left still has "1 s" to live.
+    m.properties.message_expiry_interval = Some((total_ms - age_ms).div_ceil(1000) as u32);
+    m.received_at = std::time::Instant::now();
+    false
 }

@@ -36,6 +36,8 @@ pub struct Config {
     pub rules: Vec<crate::rules::RuleConfig>,
     /// `[plugins]`: Wasm plugins, their grants and limits.
     pub plugins: midge_plugin::PluginsConfig,
+    /// `[persistence]`: durable sessions and retained messages.
+    pub persistence: crate::store::PersistenceConfig,
 }
 
 /// Where the broker listens. `None` disables a listener.
@@ -209,6 +211,21 @@ impl Config {
         }
         if self.listeners.mqtt.is_none() && self.listeners.ws.is_none() {
             return invalid("listeners", "at least one of `mqtt` and `ws` must be set");
+        }
+        let p = &self.persistence;
+        if p.enabled {
+            if p.backend == crate::store::BackendKind::Postgres && p.postgres_url.is_none() {
+                return invalid(
+                    "persistence.postgres_url",
+                    "must be set when persistence.backend = \"postgres\"",
+                );
+            }
+            if p.backend == crate::store::BackendKind::Sled && p.data_dir.as_os_str().is_empty() {
+                return invalid("persistence.data_dir", "must not be empty");
+            }
+        }
+        if p.sync == crate::store::SyncPolicy::Interval && p.sync_interval_ms == 0 {
+            return invalid("persistence.sync_interval_ms", "must be at least 1");
         }
         let plugin_names: Vec<&str> = self
             .plugins

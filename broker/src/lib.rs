@@ -15,6 +15,7 @@ pub mod router;
 pub mod rules;
 pub mod server;
 pub mod session;
+pub mod store;
 
 pub use config::Config;
 pub use server::{Server, ServerError};

@@ -37,6 +37,13 @@ enum Command {
         /// Log as JSON lines instead of human-readable text.
         #[arg(long)]
         log_json: bool,
+        /// Turn persistence on (durable sessions and retained messages), as
+        /// `[persistence] enabled = true` does.
+        #[arg(long)]
+        persist: bool,
+        /// Directory of the embedded (sled) store, overriding `persistence.data_dir` (default ./data).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Rules: `midge rule test` runs a rule's SQL against a sample message or event.
     Rule {
@@ -187,6 +194,8 @@ fn main() -> ExitCode {
             ws_listen,
             no_ws,
             log_json,
+            persist,
+            data_dir,
         } => {
             let mut cfg = match &config {
                 Some(path) => match Config::load(path) {
@@ -209,6 +218,12 @@ fn main() -> ExitCode {
             }
             if log_json {
                 cfg.log.json = true;
+            }
+            if persist {
+                cfg.persistence.enabled = true;
+            }
+            if let Some(d) = data_dir {
+                cfg.persistence.data_dir = d;
             }
             init_logging(&cfg);
             match serve(cfg, config) {

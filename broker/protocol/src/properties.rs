@@ -167,6 +167,20 @@ impl Properties {
         *self == Properties::default()
     }
 
+    /// Writes the properties a PUBLISH may carry (length prefix included), for
+    /// callers that store messages outside a packet (the broker's durable store).
+    pub fn encode_message(&self, out: &mut BytesMut) {
+        self.encode(out);
+    }
+
+    /// Reads properties written by [`Properties::encode_message`], with the
+    /// same checks as in a PUBLISH; returns them and the bytes that follow.
+    pub fn decode_message(buf: Bytes) -> Result<(Properties, Bytes), DecodeError> {
+        let mut r = Reader::new(buf);
+        let p = Properties::decode(&mut r, PropCtx::Publish)?;
+        Ok((p, r.rest()))
+    }
+
     /// Reads a property length and the properties it covers, checking each
     /// against the packet kind `ctx`.
     pub(crate) fn decode(r: &mut Reader, ctx: PropCtx) -> Result<Properties, DecodeError> {

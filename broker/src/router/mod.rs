@@ -251,7 +251,7 @@ mod tests {
     use super::*;
 
     fn session(id: &str) -> Arc<Session> {
-        Arc::new(Session::new(id.into(), 0))
+        Arc::new(Session::new(id.into(), 0, None))
     }
 
     fn entry(s: &Arc<Session>, qos: QoS, id: Option<u32>) -> SubEntry {

@@ -8,6 +8,7 @@ use midge_protocol::topic;
 use parking_lot::RwLock;
 
 use crate::message::Message;
+use crate::store::{Op, Store};
 
 /// Topic -> last retained message. An empty payload deletes.
 #[derive(Debug, Default)]
@@ -16,14 +17,26 @@ pub struct RetainedStore {
 }
 
 impl RetainedStore {
-    /// Stores, replaces or (empty payload) deletes the retained message of `msg.topic`.
-    pub fn update(&self, msg: &Arc<Message>) {
+    /// Stores, replaces or (empty payload) deletes the retained message of
+    /// `msg.topic`, and tells `store` (under the lock, so the store sees the
+    /// same order). Returns the store ticket (0 without a store).
+    pub fn update(&self, msg: &Arc<Message>, store: Option<&Store>) -> u64 {
         let mut map = self.map.write();
         if msg.payload.is_empty() {
-            map.remove(msg.topic.as_str());
+            let had = map.remove(msg.topic.as_str()).is_some();
+            match store {
+                Some(s) if had => s.submit(Op::DelRetained(msg.topic.to_string())),
+                _ => 0,
+            }
         } else {
             map.insert(msg.topic.as_str().into(), msg.clone());
+            store.map_or(0, |s| s.submit(Op::PutRetained(msg.clone())))
         }
+    }
+
+    /// Puts back a message read from the store.
+    pub fn restore(&self, msg: Arc<Message>) {
+        self.map.write().insert(msg.topic.as_str().into(), msg);
     }
 
     /// Retained messages whose topic matches `filter`, expired ones left out.

@@ -22,6 +22,7 @@ use crate::message::{ClientInfo, Message};
 use crate::plugins;
 use crate::rules::events::{self, EventFields};
 use crate::session::{Delivery, PendingWill, Session, Stage, SubscriptionRecord};
+use crate::store::Op;
 use midge_plugin::types::{self as pt, HookSet};
 use midge_plugin::PublishVerdict;
 use midge_rules::EventKind;
@@ -385,8 +386,19 @@ async fn run<R, W>(
         }
     });
 
-    let attached =
-        Box::pin(broker.attach(client_id.clone(), c.clean_start, expiry, v, window)).await;
+    let attached = Box::pin(broker.attach(
+        client_id.clone(),
+        c.clean_start,
+        expiry,
+        v,
+        window,
+        will.as_ref().map(|w| (w.msg.clone(), w.delay)),
+    ))
+    .await;
+    if let Some(store) = &broker.store {
+        // A persistent session exists durably before the client is told so.
+        Box::pin(store.durable(attached.ticket)).await;
+    }
     let session = attached.session.clone();
     let conn_id = attached.conn_id;
     let mut kicked = attached.kicked;
@@ -476,6 +488,8 @@ async fn run<R, W>(
         aliases: Vec::new(),
         alias_max: usize::from(cfg.topic_alias_maximum),
         control: Vec::new(),
+        ticket: 0,
+        retained: Vec::new(),
     };
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let max_in = cfg.max_packet_size as usize;
@@ -510,7 +524,9 @@ async fn run<R, W>(
                 }
             }
         }
-        reader.flush_control();
+        if reader.ticket != 0 || !reader.control.is_empty() || !reader.retained.is_empty() {
+            Box::pin(reader.flush_control()).await;
+        }
         // Idle connections keep a small buffer; busy ones grow it (up to
         // READ_CHUNK) each time a read fills it.
         if buf.capacity() - buf.len() < chunk / 2 {
@@ -542,7 +558,7 @@ async fn run<R, W>(
         }
     };
 
-    reader.flush_control();
+    Box::pin(reader.flush_control()).await;
     let disconnect_reason = match &end {
         End::Client { .. } => "normal",
         End::Server { reason: r, .. } if *r == reason::SESSION_TAKEN_OVER => "takenover",
@@ -641,17 +657,38 @@ struct Reader {
     alias_max: usize,
     /// Acks produced while handling a batch of packets, handed to the writer at once.
     control: Vec<Packet>,
+    /// Highest store ticket the acks in `control` wait for (0: none).
+    ticket: u64,
+    /// Retained messages for new subscriptions, queued after their SUBACK.
+    retained: Vec<Delivery>,
 }
 
 impl Reader {
-    fn flush_control(&mut self) {
-        if self.control.is_empty() {
-            return;
+    /// Hands the batch's acks to the writer, once the store has what they
+    /// acknowledge; then queues retained messages of new subscriptions.
+    async fn flush_control(&mut self) {
+        if self.ticket != 0 {
+            if let Some(store) = &self.broker.store {
+                store.durable(self.ticket).await;
+            }
+            self.ticket = 0;
         }
-        let mut st = self.session.state.lock();
-        st.control.extend(self.control.drain(..));
-        drop(st);
-        self.session.notify.notify_one();
+        if !self.control.is_empty() {
+            let mut st = self.session.state.lock();
+            st.control.extend(self.control.drain(..));
+            drop(st);
+            self.session.notify.notify_one();
+        }
+        if !self.retained.is_empty() {
+            let limits = self.broker.queue_limits();
+            for d in self.retained.drain(..) {
+                let _ = self.session.enqueue(d, limits);
+            }
+        }
+    }
+
+    fn wait_for(&mut self, ticket: u64) {
+        self.ticket = self.ticket.max(ticket);
     }
 
     /// `$events/message_acked` for a message the client acknowledged.
@@ -680,6 +717,15 @@ impl Reader {
                 if let Some(i) = st.find_inflight(a.packet_id) {
                     if st.inflight[i].delivery.qos == QoS::AtLeastOnce {
                         let done = st.inflight.remove(i);
+                        if let Some(d) = &done {
+                            if d.delivery.seq != 0 {
+                                // A lost delete only means a duplicate QoS 1 resend: no wait.
+                                self.session.store_op(Op::Dequeue(
+                                    self.session.client_id.clone(),
+                                    d.delivery.seq,
+                                ));
+                            }
+                        }
                         drop(st);
                         self.session.notify.notify_one();
                         if let Some(done) = done {
@@ -693,13 +739,31 @@ impl Reader {
                 let mut st = self.session.state.lock();
                 match st.find_inflight(a.packet_id) {
                     Some(i) if st.inflight[i].delivery.qos == QoS::ExactlyOnce => {
+                        let seq = st.inflight[i].delivery.seq;
+                        let c = self.session.client_id.clone();
                         if a.reason >= 0x80 {
                             st.inflight.remove(i);
+                            if seq != 0 {
+                                self.session.store_op(Op::Dequeue(c, seq));
+                            }
                             drop(st);
                             self.session.notify.notify_one();
                         } else {
                             st.inflight[i].stage = Stage::Released;
+                            // PUBREL only once "released" is durable: after a
+                            // restart we resend PUBREL, never the PUBLISH again.
+                            let t = if seq != 0 {
+                                self.session.store_op(Op::Inflight(
+                                    c,
+                                    seq,
+                                    a.packet_id,
+                                    Stage::Released,
+                                ))
+                            } else {
+                                0
+                            };
                             drop(st);
+                            self.wait_for(t);
                             self.control.push(Packet::PubRel(Ack::new(a.packet_id, 0)));
                         }
                     }
@@ -718,6 +782,14 @@ impl Reader {
                 if let Some(i) = st.find_inflight(a.packet_id) {
                     if st.inflight[i].stage == Stage::Released {
                         let done = st.inflight.remove(i);
+                        if let Some(d) = &done {
+                            if d.delivery.seq != 0 {
+                                self.session.store_op(Op::Dequeue(
+                                    self.session.client_id.clone(),
+                                    d.delivery.seq,
+                                ));
+                            }
+                        }
                         drop(st);
                         self.session.notify.notify_one();
                         if let Some(done) = done {
@@ -728,7 +800,19 @@ impl Reader {
                 None
             }
             Packet::PubRel(a) => {
-                let known = self.session.state.lock().incoming_qos2.remove(&a.packet_id);
+                let known = {
+                    let mut st = self.session.state.lock();
+                    let known = st.incoming_qos2.remove(&a.packet_id);
+                    if known && st.persist {
+                        // PUBCOMP frees the id for reuse: the release must be durable first.
+                        let t = self
+                            .session
+                            .store_op(Op::DelQos2(self.session.client_id.clone(), a.packet_id));
+                        drop(st);
+                        self.wait_for(t);
+                    }
+                    known
+                };
                 let code = if known || self.version == Version::V311 {
                     reason::SUCCESS
                 } else {
@@ -860,18 +944,21 @@ impl Reader {
                      origin: &Arc<ClientInfo>,
                      routed: Option<Option<Message>>| {
             if code != reason::SUCCESS {
-                return;
+                return 0;
             }
             match routed {
                 Some(Some(m)) => broker.publish(Arc::new(m)),
-                Some(None) => {}
+                Some(None) => 0,
                 None => broker.publish(Arc::new(Message::from_publish(p, Some(origin.clone())))),
             }
         };
         match p.qos {
-            QoS::AtMostOnce => route(&self.broker, p, &self.origin, routed),
+            QoS::AtMostOnce => {
+                let _ = route(&self.broker, p, &self.origin, routed);
+            }
             QoS::AtLeastOnce => {
-                route(&self.broker, p, &self.origin, routed);
+                let t = route(&self.broker, p, &self.origin, routed);
+                self.wait_for(t);
                 self.control
                     .push(Packet::PubAck(Ack::new(packet_id, ack_code)));
             }
@@ -884,6 +971,12 @@ impl Reader {
                         None
                     } else {
                         st.incoming_qos2.insert(packet_id);
+                        if st.persist && code == reason::SUCCESS {
+                            let t = self
+                                .session
+                                .store_op(Op::PutQos2(self.session.client_id.clone(), packet_id));
+                            self.ticket = self.ticket.max(t);
+                        }
                         Some(true)
                     }
                 };
@@ -898,7 +991,10 @@ impl Reader {
                         // Refused: forget the id again, nothing awaits a PUBREL.
                         self.session.state.lock().incoming_qos2.remove(&packet_id);
                     }
-                    Some(true) => route(&self.broker, p, &self.origin, routed),
+                    Some(true) => {
+                        let t = route(&self.broker, p, &self.origin, routed);
+                        self.wait_for(t);
+                    }
                     Some(false) => {} // a resend before PUBREL: already routed once
                 }
                 self.control
@@ -948,11 +1044,12 @@ impl Reader {
                 .min(QoS::from_u8(cfg.max_qos).unwrap_or(QoS::ExactlyOnce));
             let mut opts = *opts;
             opts.qos = granted;
-            let existed = self.broker.subscribe(
+            let (existed, t) = self.broker.subscribe(
                 &self.session,
                 filter,
                 SubscriptionRecord { opts, id: sub_id },
             );
+            self.ticket = self.ticket.max(t);
             codes.push(granted as u8);
             if self.broker.rules.wants(EventKind::SessionSubscribed) {
                 let mut f = events::client_fields(
@@ -975,21 +1072,19 @@ impl Reader {
                         retain: true,
                         sub_ids: sub_id.into_iter().collect(),
                         shared: None,
+                        seq: 0,
                     });
                 }
             }
         }
-        // SUBACK goes out before any retained message.
+        // SUBACK goes out before any retained message: they are queued
+        // after the batch's acks are handed over (see `flush_control`).
         self.control.push(Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             properties: Properties::default(),
             codes,
         }));
-        self.flush_control();
-        let limits = self.broker.queue_limits();
-        for d in retained {
-            let _ = self.session.enqueue(d, limits);
-        }
+        self.retained.extend(retained);
         None
     }
 
@@ -1010,7 +1105,9 @@ impl Reader {
                         .rules
                         .on_event(EventKind::SessionUnsubscribed, &ev);
                 }
-                if self.broker.unsubscribe(&self.session, f) {
+                let (existed, t) = self.broker.unsubscribe(&self.session, f);
+                self.ticket = self.ticket.max(t);
+                if existed {
                     reason::SUCCESS
                 } else {
                     reason::NO_SUBSCRIPTION_EXISTED

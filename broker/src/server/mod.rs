@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::broker::Broker;
+use crate::store::Store;
 use crate::Config;
 
 /// Errors starting or running the server.
@@ -28,6 +29,8 @@ pub enum ServerError {
     Rules(Vec<String>),
     #[error("plugins: {0}")]
     Plugins(#[from] midge_plugin::PluginError),
+    #[error("persistence: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// A bound, not yet running broker.
@@ -56,7 +59,37 @@ impl Server {
             Some(a) => Some(bind("websocket", a).await?),
             None => None,
         };
-        let broker = Arc::new(Broker::new(config.mqtt.clone()));
+        // The store is read and every session restored before any listener
+        // accepts: no publish is routed against a half-restored table.
+        let (store, snapshot) = if config.persistence.enabled {
+            let p = config.persistence.clone();
+            let (store, snap) = tokio::task::spawn_blocking(move || Store::open(&p))
+                .await
+                .map_err(|e| {
+                    ServerError::Store(crate::store::StoreError::Open {
+                        store: "store".into(),
+                        message: e.to_string(),
+                    })
+                })??;
+            (Some(store), Some(snap))
+        } else {
+            (None, None)
+        };
+        let broker = Arc::new(Broker::with_store(config.mqtt.clone(), store));
+        if let Some(snap) = snapshot {
+            let started = std::time::Instant::now();
+            let r = broker.restore(snap);
+            info!(
+                sessions = r.sessions,
+                subscriptions = r.subscriptions,
+                messages = r.messages,
+                retained = r.retained,
+                expired_sessions = r.expired_sessions,
+                expired_messages = r.expired_messages,
+                ms = started.elapsed().as_millis() as u64,
+                "persistent state restored"
+            );
+        }
         broker
             .rules
             .load(&config.rules)
@@ -116,6 +149,11 @@ impl Server {
             .kick_all(midge_protocol::reason::SERVER_SHUTTING_DOWN);
         let all = futures_util::future::join_all(waits);
         let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
+        if let Some(store) = self.broker.store.clone() {
+            // Everything the sessions wrote on the way out, then stop.
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+            info!("store closed");
+        }
         Ok(())
     }
 }

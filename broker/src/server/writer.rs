@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use crate::broker::Broker;
 use crate::rules::events;
 use crate::session::{Delivery, Inflight, Session, Stage};
+use crate::store::Op;
 use midge_rules::EventKind;
 
 /// Most items taken from the session per write.
@@ -57,7 +58,15 @@ pub async fn run<W: AsyncWrite + Unpin>(
     // Grows to the batch size under load, starts empty for idle connections.
     let mut items: Vec<Out> = Vec::new();
     loop {
-        collect(&session, limits.window, &mut items, false);
+        let ticket = collect(&session, limits.window, &mut items, false);
+        if ticket != 0 {
+            // A QoS 2 packet id must be durable before the PUBLISH leaves:
+            // after a restart the message goes out again under the same id
+            // (with DUP), which the client recognises.
+            if let Some(store) = &session.store {
+                store.durable(ticket).await;
+            }
+        }
         if items.is_empty() {
             tokio::select! {
                 _ = session.notify.notified() => continue,
@@ -94,9 +103,11 @@ pub async fn run<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Takes what can be sent now from the session, under its lock.
-fn collect(session: &Session, window: usize, items: &mut Vec<Out>, control_only: bool) {
+/// Takes what can be sent now from the session, under its lock. Returns
+/// the store ticket the batch must wait for before it is written (0: none).
+fn collect(session: &Session, window: usize, items: &mut Vec<Out>, control_only: bool) -> u64 {
     let mut st = session.state.lock();
+    let mut ticket = 0;
     while items.len() < BATCH {
         match st.control.pop_front() {
             Some(p) => items.push(Out::Control(p)),
@@ -104,7 +115,7 @@ fn collect(session: &Session, window: usize, items: &mut Vec<Out>, control_only:
         }
     }
     if control_only {
-        return;
+        return 0;
     }
     if st.resend {
         st.resend = false;
@@ -134,6 +145,17 @@ fn collect(session: &Session, window: usize, items: &mut Vec<Out>, control_only:
             });
         } else {
             let packet_id = st.alloc_packet_id();
+            if d.seq != 0 {
+                let t = session.store_op(Op::Inflight(
+                    session.client_id.clone(),
+                    d.seq,
+                    packet_id,
+                    Stage::Published,
+                ));
+                if d.qos == QoS::ExactlyOnce {
+                    ticket = t;
+                }
+            }
             st.inflight.push_back(Inflight {
                 packet_id,
                 delivery: d.clone(),
@@ -146,6 +168,7 @@ fn collect(session: &Session, window: usize, items: &mut Vec<Out>, control_only:
             });
         }
     }
+    ticket
 }
 
 /// Encodes `items` into `buf`, dropping expired or oversized publishes.
@@ -238,7 +261,15 @@ fn encode_items(
     }
     if !unsendable.is_empty() {
         let mut st = session.state.lock();
-        st.inflight.retain(|i| !unsendable.contains(&i.packet_id));
+        st.inflight.retain(|i| {
+            if !unsendable.contains(&i.packet_id) {
+                return true;
+            }
+            if i.delivery.seq != 0 {
+                session.store_op(Op::Dequeue(session.client_id.clone(), i.delivery.seq));
+            }
+            false
+        });
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::config::QueueFullPolicy;
 use crate::message::Message;
 use crate::router::SharedKey;
+use crate::store::{Op, SessionRecord, Store};
 
 /// A message on its way to one session.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub struct Delivery {
     pub retain: bool,
     pub sub_ids: SmallVec<[u32; 2]>,
     pub shared: Option<SharedKey>,
+    /// Sequence number in the durable store (0: not stored).
+    pub seq: u64,
 }
 
 /// Where an outgoing QoS 1/2 message is in its handshake.
@@ -96,12 +99,22 @@ pub struct SessionState {
     /// The session is over (expired or replaced); deliveries are refused.
     pub ended: bool,
     pub dropped: u64,
+    /// The live connection's will (message, delay), kept for the store record.
+    pub conn_will: Option<(Arc<Message>, u32)>,
+    /// When the last connection ended (ms since the epoch), for the store record.
+    pub offline_since_ms: Option<i64>,
+    /// Changes are written to the durable store (persistence on, expiry > 0).
+    pub persist: bool,
+    /// Next sequence number for a stored delivery.
+    pub next_seq: u64,
 }
 
 /// One client's session.
 #[derive(Debug)]
 pub struct Session {
     pub client_id: Arc<str>,
+    /// The durable store, when persistence is on (`state.persist` says whether this session uses it).
+    pub store: Option<Store>,
     pub state: Mutex<SessionState>,
     /// Wakes the attached connection's writer.
     pub notify: Notify,
@@ -127,9 +140,10 @@ pub struct QueueLimits {
 }
 
 impl Session {
-    pub fn new(client_id: Arc<str>, expiry_interval: u32) -> Session {
+    pub fn new(client_id: Arc<str>, expiry_interval: u32, store: Option<Store>) -> Session {
         Session {
             client_id,
+            store,
             state: Mutex::new(SessionState {
                 subscriptions: HashMap::new(),
                 queue: VecDeque::new(),
@@ -145,6 +159,10 @@ impl Session {
                 resend: false,
                 ended: false,
                 dropped: 0,
+                conn_will: None,
+                offline_since_ms: None,
+                persist: false,
+                next_seq: 1,
             }),
             notify: Notify::new(),
             online: AtomicBool::new(false),
@@ -160,26 +178,37 @@ impl Session {
         self.online.store(online, Ordering::Relaxed);
     }
 
-    /// Queues a delivery and wakes the writer. QoS 0 messages are not kept for offline sessions.
-    pub fn enqueue(&self, d: Delivery, limits: QueueLimits) -> EnqueueOutcome {
+    /// Queues a delivery and wakes the writer. QoS 0 messages are not kept
+    /// for offline sessions. Returns the outcome and the store ticket of the
+    /// write (0 when nothing was stored).
+    pub fn enqueue(&self, mut d: Delivery, limits: QueueLimits) -> (EnqueueOutcome, u64) {
         let mut st = self.state.lock();
         if st.ended || (st.conn.is_none() && d.qos == QoS::AtMostOnce) {
-            return EnqueueOutcome::Skipped;
+            return (EnqueueOutcome::Skipped, 0);
         }
         let size = d.msg.payload.len();
         let full = st.queue.len() >= limits.max_messages
             || (limits.max_bytes > 0 && st.queued_bytes + size > limits.max_bytes);
         let mut outcome = EnqueueOutcome::Queued;
+        let mut ticket = 0;
         if full {
             st.dropped += 1;
             outcome = EnqueueOutcome::DroppedFull;
             let evict = limits.policy == QueueFullPolicy::DropOldest && d.qos != QoS::AtMostOnce;
             if !evict {
-                return outcome;
+                return (outcome, 0);
             }
             if let Some(old) = st.queue.pop_front() {
                 st.queued_bytes -= old.msg.payload.len();
+                if old.seq != 0 {
+                    ticket = self.store_op(Op::Dequeue(self.client_id.clone(), old.seq));
+                }
             }
+        }
+        if st.persist && d.qos != QoS::AtMostOnce {
+            d.seq = st.next_seq;
+            st.next_seq += 1;
+            ticket = self.store_op(Op::Queue(self.client_id.clone(), d.seq, d.clone()));
         }
         st.queued_bytes += size;
         st.queue.push_back(d);
@@ -188,7 +217,16 @@ impl Session {
         if online {
             self.notify.notify_one();
         }
-        outcome
+        (outcome, ticket)
+    }
+
+    /// Submits `op` to the store (call with the state lock held, so the
+    /// store sees changes in the order they happened). 0 without a store.
+    pub fn store_op(&self, op: Op) -> u64 {
+        match &self.store {
+            Some(s) => s.submit(op),
+            None => 0,
+        }
     }
 
     /// Queues a control packet (ack, SUBACK, ...) for the writer.
@@ -199,6 +237,24 @@ impl Session {
 }
 
 impl SessionState {
+    /// The session's own record for the store.
+    pub fn record(&self) -> SessionRecord {
+        let will = match (&self.conn, &self.will) {
+            (Some(_), _) => self.conn_will.clone(),
+            (None, Some(w)) => Some((w.msg.clone(), w.delay)),
+            (None, None) => None,
+        };
+        SessionRecord {
+            expiry: self.expiry_interval,
+            disconnected_at_ms: if self.conn.is_some() {
+                None
+            } else {
+                self.offline_since_ms
+            },
+            will,
+        }
+    }
+
     /// A packet id not used by any inflight message.
     pub fn alloc_packet_id(&mut self) -> u16 {
         loop {
@@ -216,12 +272,19 @@ impl SessionState {
     }
 
     /// Takes every queued or inflight delivery that came through a shared subscription.
-    pub fn take_shared(&mut self) -> Vec<Delivery> {
+    /// Stored ones are removed from the store (via `session`'s store; call
+    /// with the lock held).
+    pub fn take_shared(&mut self, session: &Session) -> Vec<Delivery> {
         let mut out = Vec::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());
         for d in self.queue.drain(..) {
             if d.shared.is_some() {
                 self.queued_bytes -= d.msg.payload.len();
+                if d.seq != 0 {
+                    session.store_op(Op::Dequeue(session.client_id.clone(), d.seq));
+                }
+                let mut d = d;
+                d.seq = 0;
                 out.push(d);
             } else {
                 kept.push_back(d);
@@ -231,7 +294,12 @@ impl SessionState {
         self.inflight.retain(|i| {
             // QoS 2 stays: the client may already hold it, and exactly-once wins.
             if i.delivery.shared.is_some() && i.delivery.qos == QoS::AtLeastOnce {
-                out.push(i.delivery.clone());
+                if i.delivery.seq != 0 {
+                    session.store_op(Op::Dequeue(session.client_id.clone(), i.delivery.seq));
+                }
+                let mut d = i.delivery.clone();
+                d.seq = 0;
+                out.push(d);
                 false
             } else {
                 true

@@ -1,0 +1,200 @@
+//! Store unit tests: folding, and the sled backend end to end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use midge_protocol::{QoS, SubOptions};
+use smallvec::SmallVec;
+
+use super::*;
+use crate::session::Delivery;
+
+fn delivery(payload: &'static [u8]) -> Delivery {
+    Delivery {
+        msg: Arc::new(Message::new(
+            "t/1".into(),
+            Bytes::from_static(payload),
+            QoS::AtLeastOnce,
+            false,
+            Default::default(),
+        )),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        sub_ids: SmallVec::new(),
+        shared: None,
+        seq: 0,
+    }
+}
+
+fn c(s: &str) -> Arc<str> {
+    Arc::from(s)
+}
+
+#[test]
+fn fold_keeps_the_last_write_and_skips_short_lived_deliveries() {
+    let rec = SessionRecord {
+        expiry: 60,
+        disconnected_at_ms: None,
+        will: None,
+    };
+    let b = fold(vec![
+        Op::PutSession(c("a"), rec.clone()),
+        Op::Queue(c("a"), 1, delivery(b"one")),
+        Op::Queue(c("a"), 2, delivery(b"two")),
+        Op::Inflight(c("a"), 1, 7, Stage::Published),
+        Op::Dequeue(c("a"), 1),
+        Op::PutSub(
+            c("a"),
+            "x/#".into(),
+            SubscriptionRecord {
+                opts: SubOptions::qos(QoS::AtLeastOnce),
+                id: None,
+            },
+        ),
+        Op::DelSub(c("a"), "x/#".into()),
+        Op::Dequeue(c("a"), 0xdead),
+    ]);
+    assert!(b.cleared.is_empty());
+    let keys: Vec<String> = b
+        .writes
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.is_some()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "session \"a\"=true",
+            "queued message 2 of \"a\"=true",
+            "subscription \"x/#\" of \"a\"=false",
+            "queued message 57005 of \"a\"=false",
+            "inflight state of message 57005 of \"a\"=false",
+        ]
+    );
+}
+
+#[test]
+fn fold_drop_session_clears_earlier_writes_but_keeps_later_ones() {
+    let rec = SessionRecord {
+        expiry: 60,
+        disconnected_at_ms: None,
+        will: None,
+    };
+    let b = fold(vec![
+        Op::PutSession(c("a"), rec.clone()),
+        Op::Queue(c("a"), 1, delivery(b"one")),
+        Op::PutSession(c("b"), rec.clone()),
+        Op::DropSession(c("a")),
+        Op::PutSession(c("a"), rec),
+    ]);
+    assert_eq!(b.cleared, vec![c("a")]);
+    let keys: Vec<String> = b.writes.iter().map(|(k, _)| k.to_string()).collect();
+    assert_eq!(keys, ["session \"a\"", "session \"b\""]);
+}
+
+#[test]
+fn sled_store_round_trips_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PersistenceConfig {
+        enabled: true,
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    let (store, snap) = Store::open(&cfg).unwrap();
+    assert!(snap.sessions.is_empty());
+    let rec = SessionRecord {
+        expiry: 3600,
+        disconnected_at_ms: Some(5),
+        will: None,
+    };
+    store.submit(Op::PutSession(c("dev-1"), rec.clone()));
+    store.submit(Op::PutSub(
+        c("dev-1"),
+        "$share/g/a/+".into(),
+        SubscriptionRecord {
+            opts: SubOptions::qos(QoS::ExactlyOnce),
+            id: Some(4),
+        },
+    ));
+    for seq in 1..=3 {
+        store.submit(Op::Queue(c("dev-1"), seq, delivery(b"m")));
+    }
+    store.submit(Op::Inflight(c("dev-1"), 2, 99, Stage::Released));
+    store.submit(Op::Dequeue(c("dev-1"), 1));
+    store.submit(Op::PutQos2(c("dev-1"), 12));
+    store.submit(Op::PutSession(c("gone"), rec));
+    store.submit(Op::Queue(c("gone"), 1, delivery(b"x")));
+    let t = store.submit(Op::DropSession(c("gone")));
+    let mut m = Message::new(
+        "r/1".into(),
+        Bytes::from_static(b"kept"),
+        QoS::AtMostOnce,
+        true,
+        Default::default(),
+    );
+    m.timestamp_ms = 77;
+    store.submit(Op::PutRetained(Arc::new(m)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), store.durable(t))
+            .await
+            .unwrap();
+    });
+    store.close();
+    drop(store);
+
+    let (store, snap) = Store::open(&cfg).unwrap();
+    assert_eq!(snap.sessions.len(), 1);
+    let s = &snap.sessions[0];
+    assert_eq!(&*s.client_id, "dev-1");
+    assert_eq!(s.record.expiry, 3600);
+    assert_eq!(s.record.disconnected_at_ms, Some(5));
+    assert_eq!(s.subscriptions.len(), 1);
+    assert_eq!(s.subscriptions[0].0, "$share/g/a/+");
+    assert_eq!(s.subscriptions[0].1.id, Some(4));
+    let seqs: Vec<(u64, Option<(u16, Stage)>)> = s.queue.iter().map(|(d, i)| (d.seq, *i)).collect();
+    assert_eq!(seqs, vec![(2, Some((99, Stage::Released))), (3, None)]);
+    assert_eq!(s.incoming_qos2, vec![12]);
+    assert_eq!(snap.retained.len(), 1);
+    assert_eq!(snap.retained[0].payload, Bytes::from_static(b"kept"));
+    assert_eq!(snap.retained[0].timestamp_ms, 77);
+    store.close();
+}
+
+#[test]
+fn a_corrupt_record_stops_the_load_and_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    {
+        let db = ::sled::open(&path).unwrap();
+        db.insert(b"sdev-9", &[1u8, 0, 0][..]).unwrap();
+        db.flush().unwrap();
+    }
+    let cfg = PersistenceConfig {
+        enabled: true,
+        data_dir: path.clone(),
+        ..Default::default()
+    };
+    let e = Store::open(&cfg).unwrap_err().to_string();
+    assert!(e.contains(&path.display().to_string()), "{e}");
+    assert!(e.contains("session \"dev-9\""), "{e}");
+    assert!(e.contains("corrupt"), "{e}");
+}
+
+#[test]
+fn an_unopenable_store_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let cfg = PersistenceConfig {
+        enabled: true,
+        data_dir: file.clone(),
+        ..Default::default()
+    };
+    let e = Store::open(&cfg).unwrap_err().to_string();
+    assert!(e.contains("cannot open"), "{e}");
+    assert!(e.contains(&file.display().to_string()), "{e}");
+}
