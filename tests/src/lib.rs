@@ -10,6 +10,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod process;
 pub mod raw;
 
 use std::future::Future;
@@ -201,6 +202,13 @@ impl V4 {
     /// Starts with 3.1.1 defaults for `broker` and waits for CONNACK.
     pub async fn new(broker: &TestBroker, id_prefix: &str) -> V4 {
         V4::connect(v4_options(broker, id_prefix)).await.0
+    }
+
+    /// Connects a fresh clean-session client to 127.0.0.1:`port`.
+    pub async fn new_at(port: u16) -> V4 {
+        let mut o = rumqttc::MqttOptions::new(unique("v4"), "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        V4::connect(o).await.0
     }
 
     /// Waits for the first event for which `f` returns `Some`.
