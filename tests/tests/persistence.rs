@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use midge_e2e::process::{pg_database, BrokerProcess};
+use midge_e2e::process::{self, pg_database, BrokerProcess};
 use midge_e2e::*;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Outgoing, QoS};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -340,4 +340,199 @@ async fn postgres_kill9_during_qos1_load_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_kill9_during_qos2_load_delivers_exactly_once() {
     crash_during_load(Backend::Postgres, QoS::ExactlyOnce).await;
+}
+
+/// Graceful restart: what MQTT 5.0 sessions hold comes back exactly —
+/// subscription options and identifiers, queued messages with their
+/// remaining expiry (expired ones purged), a will waiting for its delay,
+/// retained messages — and sessions that expired while the broker was down
+/// are gone.
+async fn graceful_restart(backend: Backend) {
+    use midge_e2e::raw::*;
+    let dir = tempfile_dir();
+    let Some(cfg) = write_config(dir.path(), backend, "") else {
+        return;
+    };
+    let b1 = BrokerProcess::start(&cfg, 0);
+    let port = b1.port();
+    let t = topic("graceful");
+    let will_t = format!("{t}-will");
+    let keep_id = unique("keep");
+    let short_id = unique("short");
+
+    // A durable subscriber: QoS 2 with identifier 7 and no-local.
+    let (mut keep, ack) = RawClient::handshake(
+        b1.addr,
+        ConnectOpts::v5(&keep_id)
+            .clean(false)
+            .prop(Prop::session_expiry(3600)),
+    )
+    .await;
+    assert!(!ack.session_present);
+    let s = keep
+        .subscribe(1, &[Prop::subscription_id(7)], &[(&format!("{t}/+"), 2)])
+        .await;
+    assert_eq!(s.codes, vec![2]);
+    keep.send(&disconnect(true, 0, &[])).await;
+    // A session that will have expired by the time the broker is back.
+    let (mut short, _) = RawClient::handshake(
+        b1.addr,
+        ConnectOpts::v5(&short_id)
+            .clean(false)
+            .prop(Prop::session_expiry(1)),
+    )
+    .await;
+    short.subscribe(1, &[], &[(&format!("{t}/+"), 1)]).await;
+    short.send(&disconnect(true, 0, &[])).await;
+
+    let (mut p, _) = RawClient::handshake(b1.addr, ConnectOpts::v5(&unique("p"))).await;
+    let expiry = |s: u32| Prop::U32(prop::MESSAGE_EXPIRY_INTERVAL, s);
+    p.publish(&format!("{t}/a"), 2, false, 1, &[expiry(3600)], b"first")
+        .await;
+    p.publish(&format!("{t}/a"), 1, false, 2, &[expiry(1)], b"expires")
+        .await;
+    p.publish(
+        &format!("{t}/b"),
+        1,
+        false,
+        3,
+        &[Prop::user("k", "v")],
+        b"second",
+    )
+    .await;
+    p.publish(&format!("{t}/r"), 1, true, 4, &[], b"retained")
+        .await;
+    // A client with a 5 s will delay, still connected at shutdown.
+    let (_w, _) = RawClient::handshake(
+        b1.addr,
+        ConnectOpts::v5(&unique("w"))
+            .prop(Prop::session_expiry(60))
+            .will(RawWill {
+                topic: will_t.clone(),
+                payload: b"late will".to_vec(),
+                qos: 1,
+                retain: false,
+                props: vec![Prop::U32(prop::WILL_DELAY_INTERVAL, 5)],
+            }),
+    )
+    .await;
+    let stopped = Instant::now();
+    let status = b1.terminate();
+    assert!(status.success(), "graceful exit: {status:?}");
+    // Let the 1 s message and the 1 s session expire while the broker is down.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let b2 = BrokerProcess::start(&cfg, port);
+    let (mut watch, _) = RawClient::handshake(b2.addr, ConnectOpts::v5(&unique("watch"))).await;
+    watch.subscribe(1, &[], &[(&will_t, 1)]).await;
+
+    let (mut keep, ack) = RawClient::handshake(
+        b2.addr,
+        ConnectOpts::v5(&keep_id)
+            .clean(false)
+            .prop(Prop::session_expiry(3600)),
+    )
+    .await;
+    assert!(ack.session_present, "the durable session is back");
+    let m1 = keep.recv_publish().await;
+    assert_eq!((m1.payload.as_slice(), m1.qos), (&b"first"[..], 2));
+    assert_eq!(m1.props.subscription_ids(), vec![7]);
+    let left = m1.props.num(prop::MESSAGE_EXPIRY_INTERVAL).unwrap();
+    assert!(
+        (3590..3600).contains(&left),
+        "remaining expiry forwarded: {left}"
+    );
+    let m2 = keep.recv_publish().await;
+    assert_eq!(m2.payload, b"second", "the 1 s message was purged");
+    assert_eq!(m2.props.user_properties(), vec![("k".into(), "v".into())]);
+    assert_eq!(m2.props.subscription_ids(), vec![7]);
+    keep.send(&puback(m2.pid)).await;
+    keep.send(&pubrec(m1.pid)).await;
+    keep.recv_kind(PUBREL).await;
+    keep.send(&pubcomp(m1.pid)).await;
+    // The subscription itself is back: a new message is routed to it.
+    p = RawClient::handshake(b2.addr, ConnectOpts::v5(&unique("p")))
+        .await
+        .0;
+    p.publish(&format!("{t}/c"), 1, false, 1, &[], b"after")
+        .await;
+    let m3 = keep.recv_publish().await;
+    assert_eq!((m3.payload.as_slice(), m3.qos), (&b"after"[..], 1));
+    keep.send(&puback(m3.pid)).await;
+
+    let (_, ack) = RawClient::handshake(
+        b2.addr,
+        ConnectOpts::v5(&short_id)
+            .clean(false)
+            .prop(Prop::session_expiry(1)),
+    )
+    .await;
+    assert!(
+        !ack.session_present,
+        "a session expired while down is purged"
+    );
+
+    // The will fires 5 s after its client went away, across the restart.
+    let w = watch.recv_within(Duration::from_secs(10)).await;
+    let Recv::Packet(w) = w else {
+        panic!("no will: {w:?}")
+    };
+    assert_eq!(w.publish(true).payload, b"late will");
+    let waited = stopped.elapsed();
+    assert!(
+        waited >= Duration::from_millis(4500),
+        "will after {waited:?}"
+    );
+
+    let (mut r, _) = RawClient::handshake(b2.addr, ConnectOpts::v5(&unique("r"))).await;
+    r.subscribe(1, &[], &[(&format!("{t}/r"), 1)]).await;
+    let m = r.recv_publish().await;
+    assert_eq!((m.payload.as_slice(), m.retain), (&b"retained"[..], true));
+    let status = b2.terminate();
+    assert!(status.success(), "graceful exit: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_graceful_restart_restores_sessions_queues_wills_and_retained() {
+    graceful_restart(Backend::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_graceful_restart_restores_sessions_queues_wills_and_retained() {
+    graceful_restart(Backend::Postgres).await;
+}
+
+/// The broker refuses to start over a store it cannot read, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_store_refuses_to_start_with_a_clear_error() {
+    let dir = tempfile_dir();
+    let Some(cfg) = write_config(dir.path(), Backend::Sled, "") else {
+        return;
+    };
+    {
+        let b = BrokerProcess::start(&cfg, 0);
+        let (mut c, _) = midge_e2e::raw::RawClient::handshake(
+            b.addr,
+            midge_e2e::raw::ConnectOpts::v4("victim").clean(false),
+        )
+        .await;
+        c.subscribe(1, &[], &[("x/#", 1)]).await;
+        assert!(b.terminate().success());
+    }
+    // Damage the store behind the broker's back: a session record that does not decode.
+    let data = dir.path().join("data");
+    {
+        let db = sled::open(&data).unwrap();
+        db.insert(b"svictim", &[1u8, 2, 3][..]).unwrap();
+        db.flush().unwrap();
+    }
+    let out = std::process::Command::new(process::midge_bin())
+        .args(["serve", "--no-ws", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&data.display().to_string()), "{err}");
+    assert!(err.contains("session \"victim\" is corrupt"), "{err}");
 }
