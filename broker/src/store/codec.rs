@@ -424,17 +424,18 @@ mod tests {
 
     #[test]
     fn session_sub_inflight_retained_round_trip() {
+        let m = Arc::new(msg());
         let s = SessionRecord {
             expiry: 600,
             disconnected_at_ms: Some(1_700_000_000_000),
-            will: Some((Arc::new(msg()), 5)),
+            will: Some((m.clone(), 5)),
         };
         let back = decode_session(&encode_session(&s)).unwrap();
         assert_eq!(back.expiry, 600);
         assert_eq!(back.disconnected_at_ms, s.disconnected_at_ms);
         let (w, delay) = back.will.unwrap();
         assert_eq!(delay, 5);
-        same(&w, &msg());
+        same(&w, &m);
 
         let sub = SubscriptionRecord {
             opts: SubOptions {
@@ -450,7 +451,7 @@ mod tests {
             decode_inflight(&encode_inflight(7, Stage::Released)).unwrap(),
             (7, Stage::Released)
         );
-        same(&decode_retained(&encode_retained(&msg())).unwrap(), &msg());
+        same(&decode_retained(&encode_retained(&m)).unwrap(), &m);
     }
 
     #[test]

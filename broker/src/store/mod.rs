@@ -455,7 +455,6 @@ fn fold(ops: Vec<Op>) -> Batch {
             Op::DelRetained(t) => set(&mut slots, Key::Retained(t), None),
         }
     }
-    drop(set);
     let mut writes = Vec::with_capacity(slots.len());
     for (k, v) in slots.into_iter().flatten() {
         // A delivery both queued and finished in this run never reaches the store.
