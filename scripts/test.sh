@@ -38,3 +38,6 @@ pg_start
 
 cargo fmt --all -- --check && cargo clippy --workspace --target wasm32-wasip2 -- -D warnings)
 cargo nextest run --workspace --no-fail-fast
+# The end-to-end suite again with persistence on (sled): durable sessions must
+# not change what any client sees.
+MIDGE_E2E_PERSIST=sled cargo nextest run -p midge-e2e --no-fail-fast

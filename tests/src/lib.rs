@@ -39,6 +39,26 @@ pub struct TestBroker {
     pub broker: std::sync::Arc<midge::broker::Broker>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
+    /// The store directory when `MIDGE_E2E_PERSIST=sled` (removed on drop).
+    _data: Option<TempDir>,
+}
+
+/// A temporary directory removed on drop (no extra dependency).
+#[derive(Debug)]
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let p = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl TestBroker {
@@ -83,6 +103,15 @@ pub async fn start_broker(f: impl FnOnce(&mut midge::Config)) -> TestBroker {
     config.listeners.mqtt = Some("127.0.0.1:0".parse().unwrap());
     config.listeners.ws = Some("127.0.0.1:0".parse().unwrap());
     config.log.level = "warn".into();
+    // MIDGE_E2E_PERSIST=sled runs every end-to-end test with persistence on:
+    // durable sessions must not change what clients see.
+    let mut data = None;
+    if std::env::var("MIDGE_E2E_PERSIST").as_deref() == Ok("sled") {
+        let d = TempDir::new("midge-e2e-data");
+        config.persistence.enabled = true;
+        config.persistence.data_dir = d.0.clone();
+        data = Some(d);
+    }
     f(&mut config);
     let server = midge::Server::bind(config.clone())
         .await
@@ -106,6 +135,7 @@ pub async fn start_broker(f: impl FnOnce(&mut midge::Config)) -> TestBroker {
         broker,
         shutdown: Some(tx),
         handle: Some(handle),
+        _data: data,
     }
 }
 
