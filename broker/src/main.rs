@@ -50,12 +50,33 @@ enum Command {
         #[command(subcommand)]
         command: RuleCommand,
     },
+    /// Inspect the durable store without running the broker: `check` decodes
+    /// every record (exit 1 if any is corrupt), `export` prints every record
+    /// as a JSON line, `repair` deletes records that do not decode (the broker
+    /// refuses to start over them). Stop the broker first.
+    Store {
+        #[arg(value_enum)]
+        action: StoreAction,
+        /// Configuration file whose [persistence] section names the store.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// sled store directory (overrides the config's persistence.data_dir).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Validate a configuration file and exit (non-zero with the errors).
     Check {
         /// TOML configuration file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum StoreAction {
+    Check,
+    Export,
+    Repair,
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +199,41 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Rule { command } => rule_test(command),
+        Command::Store {
+            action,
+            config,
+            data_dir,
+        } => {
+            let mut p = match &config {
+                Some(path) => match Config::load(path) {
+                    Ok(c) => c.persistence,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                None => midge::store::PersistenceConfig::default(),
+            };
+            if let Some(d) = data_dir {
+                p.data_dir = d;
+            }
+            use midge::store::tools::{self, Action};
+            let action = match action {
+                StoreAction::Check => Action::Check,
+                StoreAction::Export => Action::Export,
+                StoreAction::Repair => Action::Repair,
+            };
+            let out = &mut std::io::stdout().lock();
+            match tools::run(&p, action, out, &mut std::io::stderr()) {
+                Ok(0) => ExitCode::SUCCESS,
+                Ok(_) if action == Action::Repair => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { config } => match Config::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());

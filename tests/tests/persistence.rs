@@ -504,7 +504,7 @@ async fn postgres_graceful_restart_restores_sessions_queues_wills_and_retained()
 
 /// The broker refuses to start over a store it cannot read, naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_store_refuses_to_start_with_a_clear_error() {
+async fn corrupt_store_refuses_to_start_and_midge_store_repairs_it() {
     let dir = tempfile_dir();
     let Some(cfg) = write_config(dir.path(), Backend::Sled, "") else {
         return;
@@ -535,4 +535,42 @@ async fn corrupt_store_refuses_to_start_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&data.display().to_string()), "{err}");
     assert!(err.contains("session \"victim\" is corrupt"), "{err}");
+
+    // The operator's way out: check names the record, export shows the rest,
+    // repair deletes what does not decode, and the broker starts again.
+    let store = |action: &str| {
+        std::process::Command::new(process::midge_bin())
+            .args(["store", action, "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let check = store("check");
+    assert!(!check.status.success());
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(err.contains("session \"victim\" is corrupt"), "{err}");
+    assert!(err.contains("1 corrupt"), "{err}");
+    let export = store("export");
+    let lines = String::from_utf8_lossy(&export.stdout);
+    let sub: serde_json::Value = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["kind"] == "subscription")
+        .unwrap_or_else(|| panic!("no subscription in the export: {lines}"));
+    assert_eq!(sub["client_id"], "victim");
+    assert_eq!(sub["filter"], "x/#");
+    assert_eq!(sub["qos"], 1);
+    assert!(store("repair").status.success());
+    assert!(store("check").status.success());
+    let b = BrokerProcess::start(&cfg, 0);
+    let (_, ack) = midge_e2e::raw::RawClient::handshake(
+        b.addr,
+        midge_e2e::raw::ConnectOpts::v4("victim").clean(false),
+    )
+    .await;
+    assert!(
+        !ack.session_present,
+        "the damaged session was dropped, not half-restored"
+    );
+    assert!(b.terminate().success());
 }

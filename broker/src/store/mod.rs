@@ -19,6 +19,7 @@
 mod codec;
 pub mod postgres;
 pub mod sled;
+pub mod tools;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
