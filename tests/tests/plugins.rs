@@ -22,6 +22,9 @@ const PLUGINS: &str = r#"
 [[plugins.plugin]]
 name = "pw"
 path = "{wasm}/auth_password.wasm"
+# Password hashing is deliberately slow; a loaded 2-core CI machine must not
+# turn it into a deadline failure (deadlines have their own tests).
+limits = { deadline_ms = 3000 }
 [plugins.plugin.config]
 users = { alice = "ALICE_HASH" }
 acl_default = "deny"

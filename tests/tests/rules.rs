@@ -288,3 +288,32 @@ async fn reload_swaps_rules_and_a_bad_set_keeps_the_old_one() {
     assert_eq!(sub.next_publish().await.topic, format!("{t}/b"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authz_complete_event_fires_for_publish_and_subscribe() {
+    let t = topic("authz");
+    let id = unique("az");
+    let cfg = format!(
+        r#"
+[[rules]]
+id = "authz"
+sql = '''SELECT clientid, topic, action, result, authz_source FROM "$events/client_check_authz_complete" WHERE clientid = '{id}' '''
+actions = [{{ type = "republish", topic = "{t}/authz", payload = "${{action}} ${{topic}} ${{result}} ${{authz_source}}" }}]
+"#
+    );
+    let b = start_broker(|c| c.rules = rules(&cfg)).await;
+    let mut watch = V4::new(&b, "watch").await;
+    watch
+        .subscribe(&format!("{t}/authz"), rumqttc::QoS::AtMostOnce)
+        .await;
+    let mut o = v4_options(&b, "unused");
+    o.set_client_id(id.clone());
+    let (mut c, _) = V4::connect(o).await;
+    c.subscribe("az/filter/+", rumqttc::QoS::AtLeastOnce).await;
+    let m = watch.next_publish().await;
+    assert_eq!(&m.payload[..], b"subscribe az/filter/+ allow default");
+    c.publish("az/x", rumqttc::QoS::AtLeastOnce, false, b"1".to_vec())
+        .await;
+    let m = watch.next_publish().await;
+    assert_eq!(&m.payload[..], b"publish az/x allow default");
+}

@@ -837,25 +837,51 @@ impl Reader {
         }
     }
 
-    /// Asks the authorize plugins (unless the client is a superuser).
+    /// Asks the authorize plugins (unless the client is a superuser); without
+    /// plugins everything is allowed. Emits `client_check_authz_complete`
+    /// when a rule listens for it.
     async fn authorized(&self, action: pt::Action, topic: &str, qos: QoS, retain: bool) -> bool {
-        let (Some(host), Some(client)) = (self.broker.plugins.get(), &self.plugin_client) else {
-            return true;
+        let (allow, source) = match (self.broker.plugins.get(), &self.plugin_client) {
+            (Some(host), Some(client))
+                if !client.superuser && host.has_hook(HookSet::AUTHORIZE) =>
+            {
+                let req = pt::AuthzRequest {
+                    client: client.clone(),
+                    action,
+                    topic: topic.to_string(),
+                    qos: plugins::qos_to(qos),
+                    retain,
+                };
+                match Box::pin(host.authorize(&req)).await.decision {
+                    pt::AuthzDecision::Deny => (false, "plugin"),
+                    pt::AuthzDecision::Allow => (true, "plugin"),
+                    pt::AuthzDecision::Ignore => (true, "default"),
+                }
+            }
+            (Some(_), Some(client)) if client.superuser => (true, "superuser"),
+            _ => (true, "default"),
         };
-        if client.superuser || !host.has_hook(HookSet::AUTHORIZE) {
-            return true;
+        if self.broker.rules.wants(EventKind::ClientCheckAuthzComplete) {
+            let mut f = events::client_fields(
+                &self.origin.client_id,
+                self.origin.username.as_deref(),
+                self.origin.peer,
+            );
+            f.topic = Some(topic.to_string());
+            f.set(
+                "action",
+                match action {
+                    pt::Action::Publish => "publish",
+                    pt::Action::Subscribe => "subscribe",
+                },
+            );
+            f.set("authz_source", source);
+            f.set("result", if allow { "allow" } else { "deny" });
+            self.broker
+                .rules
+                .on_event(EventKind::ClientCheckAuthzComplete, &f);
         }
-        let req = pt::AuthzRequest {
-            client: client.clone(),
-            action,
-            topic: topic.to_string(),
-            qos: plugins::qos_to(qos),
-            retain,
-        };
-        !matches!(
-            Box::pin(host.authorize(&req)).await.decision,
-            pt::AuthzDecision::Deny
-        )
+        allow
     }
 
     /// Runs the on-publish plugins: `Ok(Some(msg))` to route, `Ok(None)` to
@@ -918,13 +944,14 @@ impl Reader {
         // is acknowledged with the reason (5.0) or silently dropped (3.1.1).
         let mut code = reason::SUCCESS;
         let mut routed = None;
-        if self.broker.plugins.get().is_some() {
+        let plugins = self.broker.plugins.get().is_some();
+        if plugins || self.broker.rules.wants(EventKind::ClientCheckAuthzComplete) {
             if !self
                 .authorized(pt::Action::Publish, &p.topic, p.qos, p.retain)
                 .await
             {
                 code = reason::NOT_AUTHORIZED;
-            } else {
+            } else if plugins {
                 match self
                     .transform(Message::from_publish(p.clone(), Some(self.origin.clone())))
                     .await
