@@ -1,6 +1,10 @@
-//! Live reload of the config file's rules: on SIGHUP and when the file
-//! changes (polled). A bad new rule set is refused whole, with the errors,
-//! and the running set stays. Connections are untouched.
+//! Live reload: on SIGHUP, when the config file changes, or when a plugin's
+//! `.wasm` file changes (all polled). The rules are reloaded from the file (a
+//! bad new set is refused whole, with the errors, and the running set
+//! stays); plugins whose `.wasm` changed are recompiled and swapped in (one
+//! that fails to load is refused by name and its previous version keeps
+//! running). Connections are untouched. Other changes are reported as
+//! needing a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,15 +32,50 @@ pub fn reload(broker: &Broker, path: &Path, running: &Config) -> Result<usize, S
     if config.listeners != running.listeners
         || config.mqtt != running.mqtt
         || config.log != running.log
+        || config.persistence != running.persistence
+        || config.plugins != running.plugins
     {
-        warn!(file = %path.display(), "listener, mqtt and log settings changed: they take effect after a restart");
+        warn!(file = %path.display(), "listener, mqtt, log, persistence or [plugins] settings changed: they take effect after a restart (a plugin's .wasm file reloads live)");
     }
     Ok(n)
+}
+
+/// Recompiles and swaps in every plugin whose `.wasm` content changed.
+/// Returns the names reloaded, or every refusal (plugin name and error);
+/// a refused plugin keeps running its previous version.
+pub async fn reload_plugins(broker: &Broker) -> Result<Vec<String>, String> {
+    let Some(host) = broker.plugins.get() else {
+        return Ok(Vec::new());
+    };
+    let mut reloaded = Vec::new();
+    let mut errors = Vec::new();
+    for (name, r) in host.reload_changed().await {
+        match r {
+            Ok(true) => reloaded.push(name),
+            Ok(false) => {}
+            Err(e) => errors.push(format!("plugin `{name}`: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(reloaded)
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+fn plugin_mtimes(running: &Config) -> Vec<Option<SystemTime>> {
+    running
+        .plugins
+        .plugins
+        .iter()
+        .map(|p| mtime(Path::new(&p.path)))
+        .collect()
 }
 
 /// Watches `path` (SIGHUP or a changed file) until the task is dropped.
 pub async fn watch(broker: Arc<Broker>, path: PathBuf, running: Config) {
     let mut last = mtime(&path);
+    let mut last_wasm = plugin_mtimes(&running);
     let mut tick = tokio::time::interval(POLL);
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -52,14 +91,27 @@ pub async fn watch(broker: Arc<Broker>, path: PathBuf, running: Config) {
             "file change"
         };
         let now = mtime(&path);
-        if why == "file change" && now == last {
+        let wasm = plugin_mtimes(&running);
+        let config_changed = now != last;
+        let wasm_changed = wasm != last_wasm;
+        if why == "file change" && !config_changed && !wasm_changed {
             continue;
         }
         last = now;
-        match reload(&broker, &path, &running) {
-            Ok(n) => info!(trigger = why, rules = n, file = %path.display(), "rules reloaded"),
+        last_wasm = wasm;
+        if why == "SIGHUP" || config_changed {
+            match reload(&broker, &path, &running) {
+                Ok(n) => info!(trigger = why, rules = n, file = %path.display(), "rules reloaded"),
+                Err(e) => {
+                    error!(trigger = why, error = %e, "reload refused; the previous rules keep running")
+                }
+            }
+        }
+        match reload_plugins(&broker).await {
+            Ok(names) if names.is_empty() => {}
+            Ok(names) => info!(trigger = why, plugins = ?names, "plugins reloaded"),
             Err(e) => {
-                error!(trigger = why, error = %e, "reload refused; the previous rules keep running")
+                error!(trigger = why, error = %e, "plugin reload refused; the previous version keeps running")
             }
         }
     }

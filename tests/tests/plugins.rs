@@ -236,3 +236,62 @@ fn plugin_action_naming_an_unconfigured_plugin_is_refused_at_load() {
         "{e}"
     );
 }
+
+/// A changed `.wasm` is recompiled and swapped in while clients stay
+/// connected; a broken one is refused by name and the running version stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_wasm_reloads_live_and_a_broken_one_is_refused() {
+    let Some(wasm) = midge_plugin::testing::wasm_dir() else {
+        return;
+    };
+    let dir = TempDir::new("midge-reload");
+    let live = dir.0.join("live.wasm");
+    std::fs::copy(wasm.join("transform.wasm"), &live).unwrap();
+    let toml_text = format!(
+        r#"
+[[plugins.plugin]]
+name = "tx"
+path = "{}"
+config = {{ rules = [ {{ filter = "users/+/raw", format = "csv", csv_columns = ["temp"], topic = "users/{{2}}/json" }} ] }}
+"#,
+        live.display()
+    );
+    let Some(b) = broker_from(&toml_text).await else {
+        return;
+    };
+    let (mut c, _) = RawClient::handshake(b.addr, ConnectOpts::v5(&unique("c"))).await;
+    c.subscribe(1, &[], &[("users/bob/#", 0)]).await;
+    let send =
+        |payload: &'static [u8]| publish(true, "users/bob/raw", 0, false, false, 0, &[], payload);
+    c.send(&send(b"21")).await;
+    let m = c.recv_publish().await;
+    assert_eq!(m.topic, "users/bob/json", "the transform runs");
+
+    // Swap in another component: on-publish now reverses payloads.
+    std::fs::copy(wasm.join("test_misbehave.wasm"), &live).unwrap();
+    let names = midge::reload::reload_plugins(&b.broker).await.unwrap();
+    assert_eq!(names, vec!["tx".to_string()]);
+    c.send(&send(b"abc")).await;
+    let m = c.recv_publish().await;
+    assert_eq!(
+        (m.topic.as_str(), m.payload.as_slice()),
+        ("users/bob/raw", &b"cba"[..])
+    );
+
+    // A file that is not a component: refused, named, previous version stays.
+    std::fs::write(&live, b"not wasm").unwrap();
+    let e = midge::reload::reload_plugins(&b.broker).await.unwrap_err();
+    assert!(e.contains("plugin `tx`"), "{e}");
+    c.send(&send(b"xyz")).await;
+    assert_eq!(
+        c.recv_publish().await.payload,
+        b"zyx",
+        "same connection, old version"
+    );
+    // Unchanged file content: nothing to reload.
+    std::fs::copy(wasm.join("test_misbehave.wasm"), &live).unwrap();
+    assert!(midge::reload::reload_plugins(&b.broker)
+        .await
+        .unwrap()
+        .is_empty());
+}
