@@ -31,12 +31,7 @@ pg_start
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The plugins workspace (wasm32-wasip2): SDK, shipped plugins, test plugins.
-(cd plugins && # PostgreSQL for the persistence tests (private cluster, stopped on exit).
-. scripts/pg.sh
-trap pg_stop EXIT
-pg_start
-
-cargo fmt --all -- --check && cargo clippy --workspace --target wasm32-wasip2 -- -D warnings)
+(cd plugins && cargo fmt --all -- --check && cargo clippy --workspace --target wasm32-wasip2 -- -D warnings)
 cargo nextest run --workspace --no-fail-fast
 # The end-to-end suite again with persistence on (sled): durable sessions must
 # not change what any client sees.
