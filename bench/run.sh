@@ -26,6 +26,11 @@
 #                     and at window 1 (light load: every message must come out)
 #   RULES_CRITERION=1 also run `cargo bench -p midge --bench rules` and
 #                     `cargo bench -p midge-rules --bench rules` (--quick); 0 skips
+#   PERSIST=0         1: afterwards run bench/persist.sh (Midge sled / PostgreSQL vs
+#                     Mosquitto with persistence; long: see that script), with
+#                     BROKERS=$PERSIST_BROKERS when set (its other settings from the
+#                     environment, except DURATION and WINDOW). Without it the persistence
+#                     section already in OUT is kept as it is.
 #
 # Brokers that fail to build or start get 'n/a' with the reason; the run goes on.
 # Every broker this script starts is stopped by its PID.
@@ -36,7 +41,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 # The exact command, with the environment overrides that were given.
 COMMAND="bench/run.sh"
-for v in RULES_CRITERION RULES_VERIFY RULES_PAYLOAD RULES_QOS RULES_COUNT RULES OUT QUIET_WAIT NICE BENCH_CPU BROKER_CPU IDLE_CONNECTIONS PAYLOADS QOS_LEVELS SCENARIOS BROKERS WINDOW DRAIN WARMUP DURATION; do
+for v in PERSIST_BROKERS PERSIST RULES_CRITERION RULES_VERIFY RULES_PAYLOAD RULES_QOS RULES_COUNT RULES OUT QUIET_WAIT NICE BENCH_CPU BROKER_CPU IDLE_CONNECTIONS PAYLOADS QOS_LEVELS SCENARIOS BROKERS WINDOW DRAIN WARMUP DURATION; do
     if printenv "$v" >/dev/null; then
         COMMAND="$v=\"$(printenv "$v")\" $COMMAND"
     fi
@@ -444,6 +449,11 @@ cell() { # broker scenario qos payload -> "msgs/s | p50 | p99 | loss | cpu"
           end' "$RESULTS" | tail -n1 | grep . || echo "- | - | - | - | -"
 }
 
+# The persistence section (bench/persist.sh) of the file being replaced is kept.
+PERSIST_BLOCK=$TMP/persist-section.md
+if [[ -f $OUT ]]; then
+    sed -n '/^<!-- persistence:begin/,/^<!-- persistence:end -->/p' "$OUT" >"$PERSIST_BLOCK"
+fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 BUSY_AFTER=$(cpu_busy)
 CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
@@ -626,6 +636,10 @@ CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
         jq -r 'select(.error != null) | "- \(.broker) \(.scenario // .args) qos \(.qos // "-") \(.payload // "-") B: \(.error)"' "$RESULTS"
         echo
     fi
+    if [[ -s $PERSIST_BLOCK ]]; then
+        cat "$PERSIST_BLOCK"
+        echo
+    fi
     echo "## Raw results"
     echo
     echo "<details><summary>one JSON object per run (midge-bench output)</summary>"
@@ -637,3 +651,13 @@ CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
     echo "</details>"
 } >"$OUT"
 log "wrote $OUT (raw files in $TMP)"
+if [[ ${PERSIST:-0} != 0 ]]; then
+    stop_broker "$BROKER_PID"
+    BROKER_PID=""
+    log "bench/persist.sh"
+    # run.sh's DURATION / WINDOW / BROKERS mean other things there.
+    env -u DURATION -u WINDOW SKIP_BUILD=1 OUT="$OUT" BROKER_CPU="$BROKER_CPU" BENCH_CPU="$BENCH_CPU" \
+        NICE="$NICE" BROKERS="${PERSIST_BROKERS:-midge-sled midge-postgres mosquitto}" \
+        "$ROOT/bench/persist.sh" ||
+        log "bench/persist.sh failed"
+fi

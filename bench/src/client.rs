@@ -1,6 +1,7 @@
 //! A deliberately small MQTT client on top of `midge-protocol`: just enough
 //! for the load generator (CONNECT/CONNACK, SUBSCRIBE/SUBACK, PUBLISH,
-//! PUBACK, PINGREQ/PINGRESP, DISCONNECT). No reconnects, no session state.
+//! PUBACK, PINGREQ/PINGRESP, DISCONNECT). No reconnects and no session state
+//! of its own (persistent sessions live in the broker: [`connect_persistent`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -111,14 +112,61 @@ impl Writer {
     }
 }
 
-/// Opens a TCP connection and completes the MQTT handshake.
+/// Opens a TCP connection and completes the MQTT handshake (clean start).
 pub async fn connect(
     addr: SocketAddr,
     client_id: &str,
     version: Version,
     keep_alive: u16,
 ) -> Result<(Reader, Writer)> {
-    let stream = timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+    let stream = tcp_connect(addr, HANDSHAKE_TIMEOUT).await?;
+    let opts = ConnectOpts {
+        client_id,
+        version,
+        keep_alive,
+        clean_start: true,
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+    };
+    let (r, w, _) = handshake(stream, &opts).await?;
+    Ok((r, w))
+}
+
+/// Connects with a persistent session (3.1.1 clean session 0; 5.0 clean
+/// start 0 and a session expiry that never ends); returns CONNACK's
+/// session present flag too.
+pub async fn connect_persistent(
+    addr: SocketAddr,
+    client_id: &str,
+    version: Version,
+    keep_alive: u16,
+) -> Result<(Reader, Writer, bool)> {
+    let stream = tcp_connect(addr, HANDSHAKE_TIMEOUT).await?;
+    let opts = ConnectOpts {
+        client_id,
+        version,
+        keep_alive,
+        clean_start: false,
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+    };
+    handshake(stream, &opts).await
+}
+
+/// What CONNECT asks for.
+#[derive(Debug, Clone)]
+pub struct ConnectOpts<'a> {
+    pub client_id: &'a str,
+    pub version: Version,
+    pub keep_alive: u16,
+    /// false: keep (or resume) a persistent session; with 5.0 the session
+    /// expiry interval is then 0xFFFFFFFF (never expires).
+    pub clean_start: bool,
+    /// Bound on the wait for CONNACK.
+    pub handshake_timeout: Duration,
+}
+
+/// A TCP connection with TCP_NODELAY, bounded by `limit`.
+pub async fn tcp_connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream> {
+    let stream = timeout(limit, TcpStream::connect(addr))
         .await
         .map_err(|_| anyhow::anyhow!("TCP connect to {addr} timed out"))?
         .map_err(|e| {
@@ -130,6 +178,17 @@ pub async fn connect(
             anyhow::anyhow!("TCP connect to {addr} failed: {e}{hint}")
         })?;
     stream.set_nodelay(true).context("setting TCP_NODELAY")?;
+    Ok(stream)
+}
+
+/// Sends CONNECT on `stream` and waits for a successful CONNACK; returns
+/// the connection's halves and the session present flag.
+pub async fn handshake(
+    stream: TcpStream,
+    opts: &ConnectOpts<'_>,
+) -> Result<(Reader, Writer, bool)> {
+    let version = opts.version;
+    let client_id = opts.client_id;
     let (rd, wr) = stream.into_split();
     let mut reader = Reader {
         rd,
@@ -141,23 +200,29 @@ pub async fn connect(
         buf: BytesMut::with_capacity(256),
         version,
     };
+    let mut properties = Properties::default();
+    if !opts.clean_start && version == Version::V5 {
+        properties.session_expiry_interval = Some(u32::MAX);
+    }
     writer
         .send(&Packet::Connect(Box::new(Connect {
             version,
-            clean_start: true,
-            keep_alive,
-            properties: Properties::default(),
+            clean_start: opts.clean_start,
+            keep_alive: opts.keep_alive,
+            properties,
             client_id: ByteStr::from(client_id),
             will: None,
             username: None,
             password: None,
         })))
         .await?;
-    match reader
-        .next_handshake(&format!("CONNACK for {client_id}"))
-        .await?
-    {
-        Packet::ConnAck(ack) if ack.code == 0 => Ok((reader, writer)),
+    let what = format!("CONNACK for {client_id}");
+    let packet = timeout(opts.handshake_timeout, reader.next())
+        .await
+        .map_err(|_| anyhow::anyhow!("no {what} within {:?}", opts.handshake_timeout))?
+        .with_context(|| format!("waiting for {what}"))?;
+    match packet {
+        Packet::ConnAck(ack) if ack.code == 0 => Ok((reader, writer, ack.session_present)),
         Packet::ConnAck(ack) => bail!("broker refused {client_id}: CONNACK code {}", ack.code),
         other => bail!("expected CONNACK for {client_id}, got {other:?}"),
     }
@@ -203,4 +268,20 @@ pub fn publish(topic: &ByteStr, qos: QoS, packet_id: u16, payload: Bytes) -> Pac
 
 pub fn puback(packet_id: u16) -> Packet {
     Packet::PubAck(Ack::new(packet_id, 0))
+}
+
+/// DISCONNECT, then wait (at most `limit`) until the broker closes the
+/// connection, so the broker has finished with it (the session is offline)
+/// when this returns. Packets still arriving are discarded.
+pub async fn disconnect_and_wait(mut reader: Reader, writer: Writer, limit: Duration) {
+    writer.disconnect().await;
+    let _ = timeout(limit, async {
+        loop {
+            reader.buf.clear();
+            if reader.fill().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
 }

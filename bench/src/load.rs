@@ -52,7 +52,9 @@ fn topology(scenario: Scenario, run: &str) -> Topology {
                 .map(|i| (format!("bench/{run}/pair/{i}"), vec![i]))
                 .collect(),
         },
-        Scenario::Idle => unreachable!("idle has no topology"),
+        Scenario::Idle | Scenario::OfflineQueue | Scenario::RestartSessions => {
+            unreachable!("{} has no topology", scenario.name())
+        }
     }
 }
 
@@ -481,6 +483,11 @@ async fn watch_loop(mut r: Reader, mut w: Writer, mut stop: watch::Receiver<bool
     }
     w.disconnect().await;
     Ok(n)
+}
+
+/// Publisher id, sequence number and send time from a binary payload header.
+pub(crate) fn decode_header(payload: &[u8]) -> Option<(usize, u64, u64)> {
+    decode(payload, false)
 }
 
 /// Publisher id, sequence number and send time from a payload.

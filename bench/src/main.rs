@@ -16,6 +16,12 @@
 //! - `pairs`: 50 publisher/subscriber pairs on distinct topics.
 //! - `idle`: `--connections` (10,000) connections that only CONNECT; reports
 //!   connects/s and, with `--broker-pid`, the broker's VmRSS growth per connection.
+//! - `offline-queue`: QoS 1 publishes (`--publishers`, 4) queued for an offline
+//!   persistent subscriber until `--messages` or `--duration`, then the drain
+//!   when it reconnects (see `persist.rs`; `bench/persist.sh` runs it).
+//! - `restart-sessions`: `--phase setup` creates `--sessions` persistent
+//!   sessions; after the broker restarted, `--phase probe --t0-ns NS` times
+//!   until they are back (see `persist.rs`; `bench/persist.sh` runs it).
 //!
 //! Closed loop: every publisher has a window of `--window` messages that have
 //! been published but not yet received by *every* subscriber that should get
@@ -40,6 +46,7 @@
 mod client;
 mod idle;
 mod load;
+mod persist;
 mod procfs;
 mod stats;
 
@@ -55,6 +62,17 @@ pub enum Scenario {
     FanOut,
     Pairs,
     Idle,
+    OfflineQueue,
+    RestartSessions,
+}
+
+/// The two halves of `restart-sessions`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Phase {
+    /// Create the persistent sessions.
+    Setup,
+    /// Poll a (re)started broker until they are back.
+    Probe,
 }
 
 impl Scenario {
@@ -64,6 +82,8 @@ impl Scenario {
             Scenario::FanOut => "fan-out",
             Scenario::Pairs => "pairs",
             Scenario::Idle => "idle",
+            Scenario::OfflineQueue => "offline-queue",
+            Scenario::RestartSessions => "restart-sessions",
         }
     }
 }
@@ -131,6 +151,34 @@ pub struct Args {
     /// Not part of throughput, latency or loss.
     #[arg(long, value_name = "FILTER")]
     pub watch: Option<String>,
+    /// Client id and topic prefix of the persistence scenarios (the same in
+    /// the setup and probe runs of `restart-sessions`).
+    #[arg(long, default_value = "mb")]
+    pub prefix: String,
+    /// `offline-queue`: publishers.
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    /// `offline-queue`: stop publishing after this many messages in total
+    /// (0: only `--duration` ends the publishing).
+    #[arg(long, default_value_t = 0)]
+    pub messages: u64,
+    /// `restart-sessions`: persistent sessions to create / expect.
+    #[arg(long, default_value_t = 100_000)]
+    pub sessions: usize,
+    /// `restart-sessions`: create the sessions, or probe a restarted broker.
+    #[arg(long, value_enum, default_value = "setup")]
+    pub phase: Phase,
+    /// `restart-sessions --phase probe`: when the broker process was started
+    /// (wall clock, ns since the epoch: `date +%s%N`); default: now.
+    #[arg(long)]
+    pub t0_ns: Option<u64>,
+    /// `restart-sessions --phase probe`: other sessions checked for session present.
+    #[arg(long, default_value_t = 1000)]
+    pub sample: usize,
+    /// Persistence scenarios: bound in seconds on each phase (publishing,
+    /// drain, setup, probe).
+    #[arg(long, default_value_t = 600.0)]
+    pub timeout: f64,
 }
 
 fn main() {
@@ -158,6 +206,9 @@ fn real_main(args: &Args) -> Result<()> {
     }
     if !(args.duration > 0.0 && args.warmup >= 0.0 && args.drain >= 0.0 && args.settle >= 0.0) {
         bail!("--duration must be positive and --warmup/--drain/--settle non-negative");
+    }
+    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
+        bail!("--timeout must be positive");
     }
     let version = match args.mqtt {
         3 => Version::V311,
@@ -232,6 +283,63 @@ fn real_main(args: &Args) -> Result<()> {
         return Ok(());
     }
 
+    match args.scenario {
+        Scenario::OfflineQueue => {
+            let r = rt.block_on(persist::offline_queue(args, addr, version))?;
+            return report_offline(args, &common, &who, &r);
+        }
+        Scenario::RestartSessions => {
+            return match args.phase {
+                Phase::Setup => {
+                    let r = rt.block_on(persist::setup_sessions(args, addr, version))?;
+                    println!(
+                        "{{{common},\"phase\":\"setup\",\"sessions\":{},\"setup_s\":{:.3},\
+                         \"sessions_per_s\":{:.0},\"already_present\":{}}}",
+                        r.sessions, r.setup_s, r.sessions_per_s, r.already_present
+                    );
+                    eprintln!(
+                        "{who} restart-sessions setup: {} persistent sessions in {:.2} s = {:.0}/s",
+                        r.sessions, r.setup_s, r.sessions_per_s
+                    );
+                    Ok(())
+                }
+                Phase::Probe => {
+                    let r = rt.block_on(persist::probe_sessions(args, addr, version))?;
+                    println!(
+                        "{{{common},\"phase\":\"probe\",\"sessions\":{},\"listen_s\":{:.3},\
+                         \"ready_s\":{:.3},\"attempts\":{},\"subscription_ok\":{},\"sample\":{},\
+                         \"sample_present\":{},\"broker_rss_kib\":{}}}",
+                        r.sessions,
+                        r.listen_s,
+                        r.ready_s,
+                        r.attempts,
+                        r.subscription_ok,
+                        r.sample,
+                        r.sample_present,
+                        json_opt(r.rss_kib)
+                    );
+                    eprintln!(
+                        "{who} restart-sessions probe: accepting after {:.3} s, session back after {:.3} s \
+                         ({} attempts); subscription {}; {}/{} sampled sessions present; broker RSS {} KiB",
+                        r.listen_s,
+                        r.ready_s,
+                        r.attempts,
+                        if r.subscription_ok { "ok" } else { "LOST" },
+                        r.sample_present,
+                        r.sample,
+                        opt_str(r.rss_kib)
+                    );
+                    if !r.subscription_ok || r.sample_present != r.sample as u64 {
+                        eprintln!("midge-bench: persistent sessions were lost in the restart");
+                        std::process::exit(2);
+                    }
+                    Ok(())
+                }
+            };
+        }
+        _ => {}
+    }
+
     let r = rt.block_on(load::run(args, addr, version))?;
     println!(
         "{{{common},\"qos\":{},\"payload\":{},\"duration_s\":{},\"window\":{},\
@@ -288,6 +396,74 @@ fn real_main(args: &Args) -> Result<()> {
     );
     if args.qos == 1 && r.loss > 0 {
         eprintln!("midge-bench: {} QoS 1 messages were lost", r.loss);
+        std::process::exit(2);
+    }
+    Ok(())
+}
+
+fn report_offline(args: &Args, common: &str, who: &str, r: &persist::OfflineReport) -> Result<()> {
+    println!(
+        "{{{common},\"qos\":1,\"payload\":{},\"window\":{},\"publishers\":{},\
+         \"messages\":{},\"duration_s\":{},\"sent\":{},\"acked\":{},\"publish_s\":{:.3},\
+         \"pub_msgs_per_s\":{:.0},\"ack_p50_us\":{:.1},\"ack_p99_us\":{:.1},\"ack_max_us\":{:.1},\
+         \"pub_broker_cpu_pct\":{},\"rss_queued_kib\":{},\"session_present\":{},\
+         \"drain_first_ms\":{},\"drain_s\":{:.3},\"drain_msgs_per_s\":{:.0},\"delivered\":{},\
+         \"duplicates\":{},\"reordered\":{},\"unexpected\":{},\"loss\":{},\"drained\":{},\
+         \"drain_broker_cpu_pct\":{},\"rss_drained_kib\":{}}}",
+        args.payload,
+        args.window,
+        r.publishers,
+        r.target,
+        args.duration,
+        r.sent,
+        r.acked,
+        r.publish_s,
+        r.pub_msgs_per_s,
+        r.ack_p50_us,
+        r.ack_p99_us,
+        r.ack_max_us,
+        json_opt(r.pub_cpu_pct.map(|v| format!("{v:.1}"))),
+        json_opt(r.rss_queued_kib),
+        r.session_present,
+        json_opt(r.first_ms.map(|v| format!("{v:.1}"))),
+        r.drain_s,
+        r.drain_msgs_per_s,
+        r.delivered,
+        r.duplicates,
+        r.reordered,
+        r.unexpected,
+        r.loss,
+        r.drained,
+        json_opt(r.drain_cpu_pct.map(|v| format!("{v:.1}"))),
+        json_opt(r.rss_drained_kib),
+    );
+    eprintln!(
+        "{who} offline-queue {}B: {} acked in {:.2} s = {:.0} msg/s (ack p50 {:.0} us, p99 {:.0} us, \
+         broker CPU {}%, RSS {} KiB); drain {} of {} in {:.2} s = {:.0} msg/s (first after {} ms, \
+         session present {}), loss {}, dup {}, reordered {}",
+        args.payload,
+        r.acked,
+        r.publish_s,
+        r.pub_msgs_per_s,
+        r.ack_p50_us,
+        r.ack_p99_us,
+        opt_str(r.pub_cpu_pct.map(|v| format!("{v:.0}"))),
+        opt_str(r.rss_queued_kib),
+        r.delivered,
+        r.acked,
+        r.drain_s,
+        r.drain_msgs_per_s,
+        opt_str(r.first_ms.map(|v| format!("{v:.0}"))),
+        r.session_present,
+        r.loss,
+        r.duplicates,
+        r.reordered,
+    );
+    if r.loss > 0 || !r.session_present {
+        eprintln!(
+            "midge-bench: {} acknowledged QoS 1 messages were lost (session present {})",
+            r.loss, r.session_present
+        );
         std::process::exit(2);
     }
     Ok(())
