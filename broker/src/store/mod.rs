@@ -195,6 +195,10 @@ pub struct StoreStats {
     pub errors: AtomicU64,
 }
 
+/// With `sync = "interval"`, how many ops the store may fall behind the
+/// acknowledgements before publishers wait.
+pub const INTERVAL_MAX_LAG: u64 = 100_000;
+
 #[derive(Debug, Default)]
 struct Pending {
     ops: Vec<Op>,
@@ -318,17 +322,21 @@ impl Store {
         t
     }
 
-    /// Completes once every op up to `ticket` is durable (at once with
-    /// `sync = "interval"`, or for ticket 0).
+    /// Completes once every op up to `ticket` is durable (for ticket 0: at
+    /// once). With `sync = "interval"` it does not wait for `ticket` itself,
+    /// only for the store to be less than [`INTERVAL_MAX_LAG`] ops behind it:
+    /// publishers are slowed down rather than memory growing without bound
+    /// when the disk cannot keep up.
     pub async fn durable(&self, ticket: u64) {
-        if ticket == 0 || self.inner.sync == SyncPolicy::Interval {
-            return;
-        }
-        if *self.inner.committed.borrow() >= ticket {
+        let need = match self.inner.sync {
+            SyncPolicy::Ack => ticket,
+            SyncPolicy::Interval => ticket.saturating_sub(INTERVAL_MAX_LAG),
+        };
+        if need == 0 || *self.inner.committed.borrow() >= need {
             return;
         }
         let mut rx = self.inner.committed.subscribe();
-        let _ = rx.wait_for(|c| *c >= ticket).await;
+        let _ = rx.wait_for(|c| *c >= need).await;
     }
 
     /// Writes what is pending and stops the commit thread (blocking).
