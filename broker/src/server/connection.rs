@@ -718,13 +718,8 @@ impl Reader {
                     if st.inflight[i].delivery.qos == QoS::AtLeastOnce {
                         let done = st.inflight.remove(i);
                         if let Some(d) = &done {
-                            if d.delivery.seq != 0 {
-                                // A lost delete only means a duplicate QoS 1 resend: no wait.
-                                self.session.store_op(Op::Dequeue(
-                                    self.session.client_id.clone(),
-                                    d.delivery.seq,
-                                ));
-                            }
+                            // A lost delete only means a duplicate QoS 1 resend: no wait.
+                            self.session.forget(d.delivery.seq);
                         }
                         drop(st);
                         self.session.notify.notify_one();
@@ -743,9 +738,7 @@ impl Reader {
                         let c = self.session.client_id.clone();
                         if a.reason >= 0x80 {
                             st.inflight.remove(i);
-                            if seq != 0 {
-                                self.session.store_op(Op::Dequeue(c, seq));
-                            }
+                            self.session.forget(seq);
                             drop(st);
                             self.session.notify.notify_one();
                         } else {
@@ -783,12 +776,7 @@ impl Reader {
                     if st.inflight[i].stage == Stage::Released {
                         let done = st.inflight.remove(i);
                         if let Some(d) = &done {
-                            if d.delivery.seq != 0 {
-                                self.session.store_op(Op::Dequeue(
-                                    self.session.client_id.clone(),
-                                    d.delivery.seq,
-                                ));
-                            }
+                            self.session.forget(d.delivery.seq);
                         }
                         drop(st);
                         self.session.notify.notify_one();

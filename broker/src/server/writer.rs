@@ -265,9 +265,7 @@ fn encode_items(
             if !unsendable.contains(&i.packet_id) {
                 return true;
             }
-            if i.delivery.seq != 0 {
-                session.store_op(Op::Dequeue(session.client_id.clone(), i.delivery.seq));
-            }
+            session.forget(i.delivery.seq);
             false
         });
     }

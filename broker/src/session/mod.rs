@@ -200,9 +200,7 @@ impl Session {
             }
             if let Some(old) = st.queue.pop_front() {
                 st.queued_bytes -= old.msg.payload.len();
-                if old.seq != 0 {
-                    ticket = self.store_op(Op::Dequeue(self.client_id.clone(), old.seq));
-                }
+                ticket = self.forget(old.seq);
             }
         }
         if st.persist && d.qos != QoS::AtMostOnce {
@@ -218,6 +216,15 @@ impl Session {
             self.notify.notify_one();
         }
         (outcome, ticket)
+    }
+
+    /// Removes stored delivery `seq` from the store (nothing for 0: not
+    /// stored). Call with the state lock held. Returns the store ticket.
+    pub fn forget(&self, seq: u64) -> u64 {
+        if seq == 0 {
+            return 0;
+        }
+        self.store_op(Op::Dequeue(self.client_id.clone(), seq))
     }
 
     /// Submits `op` to the store (call with the state lock held, so the
@@ -280,9 +287,7 @@ impl SessionState {
         for d in self.queue.drain(..) {
             if d.shared.is_some() {
                 self.queued_bytes -= d.msg.payload.len();
-                if d.seq != 0 {
-                    session.store_op(Op::Dequeue(session.client_id.clone(), d.seq));
-                }
+                session.forget(d.seq);
                 let mut d = d;
                 d.seq = 0;
                 out.push(d);
@@ -294,9 +299,7 @@ impl SessionState {
         self.inflight.retain(|i| {
             // QoS 2 stays: the client may already hold it, and exactly-once wins.
             if i.delivery.shared.is_some() && i.delivery.qos == QoS::AtLeastOnce {
-                if i.delivery.seq != 0 {
-                    session.store_op(Op::Dequeue(session.client_id.clone(), i.delivery.seq));
-                }
+                session.forget(i.delivery.seq);
                 let mut d = i.delivery.clone();
                 d.seq = 0;
                 out.push(d);

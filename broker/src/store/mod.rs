@@ -247,19 +247,7 @@ pub struct RestoredSession {
 impl Store {
     /// Opens the configured backend and reads everything in it.
     pub fn open(cfg: &PersistenceConfig) -> Result<(Store, Snapshot), StoreError> {
-        let backend: Box<dyn Backend> = match cfg.backend {
-            BackendKind::Sled => Box::new(sled::SledBackend::open(&cfg.data_dir)?),
-            BackendKind::Postgres => {
-                let url = cfg
-                    .postgres_url
-                    .as_deref()
-                    .ok_or_else(|| StoreError::Open {
-                        store: "postgres store".into(),
-                        message: "persistence.postgres_url is not set".into(),
-                    })?;
-                Box::new(postgres::PgBackend::open(url)?)
-            }
-        };
+        let backend = tools::open_backend(cfg)?;
         Store::with_backend(
             backend,
             cfg.sync,
