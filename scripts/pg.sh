@@ -8,7 +8,8 @@
 
 pg_start() {
   local bin
-  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  # (`|| true`: no PostgreSQL yet is not an error under `set -e -o pipefail`.)
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
   if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
     apt_install postgresql
     bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
