@@ -1,7 +1,8 @@
 //! Configuration: TOML -> serde types (unknown keys refused) -> `validate()`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -38,6 +39,12 @@ pub struct Config {
     pub plugins: midge_plugin::PluginsConfig,
     /// `[persistence]`: durable sessions and retained messages.
     pub persistence: crate::store::PersistenceConfig,
+    /// `[limits]`: connection and per-client limits.
+    pub limits: LimitsConfig,
+    /// `[admin]`: the admin HTTP API and Prometheus metrics.
+    pub admin: AdminConfig,
+    /// `[sys]`: `$SYS/brokers/...` topics.
+    pub sys: SysConfig,
 }
 
 /// Where the broker listens. `None` disables a listener.
@@ -50,6 +57,121 @@ pub struct Listeners {
     pub ws: Option<SocketAddr>,
     /// HTTP path of the WebSocket endpoint.
     pub ws_path: String,
+    /// MQTT over TLS (needs `[listeners.tls]`).
+    pub mqtts: Option<SocketAddr>,
+    /// MQTT over secure WebSocket, same path as `ws_path` (needs `[listeners.tls]`).
+    pub wss: Option<SocketAddr>,
+    /// Certificates for `mqtts` and `wss`.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[listeners.tls]`: server certificate and optional client verification.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the server certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM file of CA certificates that client certificates are verified
+    /// against; set it to turn on mTLS.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: refuse clients without a certificate (true), or
+    /// verify only those that present one (false).
+    #[serde(default = "yes")]
+    pub require_client_cert: bool,
+    /// Use the client certificate's subject common name as the username
+    /// (replacing any username in CONNECT).
+    #[serde(default)]
+    pub cn_as_username: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[limits]`: limits on connections and on each client. 0 = no limit.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Connections open at once, all listeners together.
+    pub max_connections: usize,
+    /// Connections open at once per listener, by listener name
+    /// (`mqtt`, `ws`, `mqtts`, `wss`), e.g. `{ mqtt = 10000, ws = 500 }`.
+    pub max_listener_connections: BTreeMap<String, usize>,
+    /// New connections accepted per second, all listeners together (a burst
+    /// of one second's worth is allowed).
+    pub max_connection_rate: u32,
+    /// Seconds a new connection has to send CONNECT before it is closed.
+    pub connect_timeout: u32,
+    /// PUBLISH packets per second one client may send (5.0: DISCONNECT 0x96 beyond it).
+    pub max_publish_rate: u32,
+    /// Payload bytes per second one client may publish (5.0: DISCONNECT 0x97 beyond it).
+    pub max_publish_bytes_rate: u64,
+    /// Subscriptions one client may hold (5.0: SUBACK 0x97 for the excess).
+    pub max_subscriptions: usize,
+    /// Clients that connect without a username (and that no auth plugin
+    /// accepts) are allowed (true) or refused (false: CONNACK 0x87 / 3.1.1 code 5).
+    pub allow_anonymous: bool,
+}
+
+/// `[admin]`: HTTP API (JSON) and Prometheus `/metrics`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listen address; remove the key (or `--no-admin`) to turn the API off.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token required on every request except `/metrics` when
+    /// `metrics_public`. Unset: `MIDGE_ADMIN_TOKEN` from the environment,
+    /// or a random token printed at start-up.
+    pub token: Option<String>,
+    /// Serve `/metrics` without the token (for Prometheus scrapers).
+    pub metrics_public: bool,
+}
+
+/// `[sys]`: broker status under `$SYS/brokers/<node>/...`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysConfig {
+    /// Seconds between updates; 0 turns `$SYS` off.
+    pub interval: u32,
+    /// Publish `$SYS/brokers/<node>/clients/<id>/connected|disconnected` notices.
+    pub client_notices: bool,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 0,
+            max_listener_connections: BTreeMap::new(),
+            max_connection_rate: 0,
+            connect_timeout: 10,
+            max_publish_rate: 0,
+            max_publish_bytes_rate: 0,
+            max_subscriptions: 0,
+            allow_anonymous: true,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 18083))),
+            token: None,
+            metrics_public: false,
+        }
+    }
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        SysConfig {
+            interval: 10,
+            client_notices: true,
+        }
+    }
 }
 
 /// Protocol limits and policies.
@@ -112,6 +234,9 @@ impl Default for Listeners {
             mqtt: Some(SocketAddr::from(([0, 0, 0, 0], 1883))),
             ws: Some(SocketAddr::from(([0, 0, 0, 0], 8083))),
             ws_path: "/mqtt".into(),
+            mqtts: None,
+            wss: None,
+            tls: None,
         }
     }
 }
@@ -209,8 +334,34 @@ impl Config {
         if !self.listeners.ws_path.starts_with('/') {
             return invalid("listeners.ws_path", "must start with '/'");
         }
-        if self.listeners.mqtt.is_none() && self.listeners.ws.is_none() {
-            return invalid("listeners", "at least one of `mqtt` and `ws` must be set");
+        let l = &self.listeners;
+        if l.mqtt.is_none() && l.ws.is_none() && l.mqtts.is_none() && l.wss.is_none() {
+            return invalid(
+                "listeners",
+                "at least one of `mqtt`, `ws`, `mqtts` and `wss` must be set",
+            );
+        }
+        if (l.mqtts.is_some() || l.wss.is_some()) && l.tls.is_none() {
+            return invalid(
+                "listeners.tls",
+                "must be set (cert and key) when `mqtts` or `wss` is",
+            );
+        }
+        for name in self.limits.max_listener_connections.keys() {
+            if !["mqtt", "ws", "mqtts", "wss"].contains(&name.as_str()) {
+                return invalid(
+                    "limits.max_listener_connections",
+                    &format!("unknown listener `{name}` (expected mqtt, ws, mqtts or wss)"),
+                );
+            }
+        }
+        if self.limits.connect_timeout == 0 {
+            return invalid("limits.connect_timeout", "must be at least 1 second");
+        }
+        if let Some(t) = &self.admin.token {
+            if t.len() < 8 {
+                return invalid("admin.token", "must be at least 8 characters");
+            }
         }
         let p = &self.persistence;
         if p.enabled {
