@@ -32,12 +32,29 @@ pub struct Stats {
     pub messages_dropped_expired: AtomicU64,
     pub messages_dropped_too_large: AtomicU64,
     pub connections_total: AtomicU64,
+    /// PUBLISH packets sent to clients.
+    pub messages_sent: AtomicU64,
+    /// Bytes read from and written to client connections (MQTT packets).
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// CONNECTs refused because `allow_anonymous` is off.
+    pub connections_refused_anonymous: AtomicU64,
+    /// Clients disconnected for exceeding `max_publish_rate` (0x96).
+    pub limit_publish_rate: AtomicU64,
+    /// Clients disconnected for exceeding `max_publish_bytes_rate` (0x97).
+    pub limit_publish_bytes_rate: AtomicU64,
+    /// Subscriptions refused by `max_subscriptions`.
+    pub limit_subscriptions: AtomicU64,
 }
 
 /// Shared broker state.
 #[derive(Debug)]
 pub struct Broker {
     pub config: MqttConfig,
+    /// `[limits]` that apply per client (the listeners apply the others).
+    pub limits: crate::config::LimitsConfig,
+    /// `[sys]`: `$SYS` interval and client notices.
+    pub sys: crate::config::SysConfig,
     /// Decides who may connect (CONNECT and AUTH).
     pub auth: Arc<dyn AuthHook>,
     /// SQL rules over publishes and events.
@@ -86,6 +103,8 @@ impl Broker {
         Broker {
             store,
             config,
+            limits: Default::default(),
+            sys: Default::default(),
             auth: Arc::new(NoAuth),
             rules: RuleEngine::default(),
             plugins: std::sync::OnceLock::new(),
@@ -110,6 +129,13 @@ impl Broker {
     /// none), which the publisher's acknowledgement waits for.
     pub fn publish(&self, msg: Arc<Message>) -> u64 {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.route(msg)
+    }
+
+    /// [`Broker::publish`] without counting the message as received (the
+    /// broker's own `$SYS` messages). Retained `$SYS` messages are kept in
+    /// memory only.
+    pub fn route(&self, msg: Arc<Message>) -> u64 {
         self.rules.on_message(&msg);
         let mut ticket = 0;
         if msg.retain {
@@ -643,6 +669,17 @@ impl Broker {
             let _ = self.publish(w);
         }
         stats
+    }
+
+    /// (connected clients, sessions, subscriptions): `$SYS` and the admin API.
+    pub fn client_counts(&self) -> (usize, usize, usize) {
+        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
+        let connected = sessions.iter().filter(|s| s.is_online()).count();
+        let subscriptions = sessions
+            .iter()
+            .map(|s| s.state.lock().subscriptions.len())
+            .sum();
+        (connected, sessions.len(), subscriptions)
     }
 
     /// Number of sessions (connected or not).

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod limits;
 pub mod message;
 pub mod plugins;
 pub mod reload;
@@ -16,6 +17,7 @@ pub mod rules;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod sys;
 
 pub use config::Config;
 pub use server::{Server, ServerError};

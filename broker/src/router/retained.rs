@@ -30,6 +30,9 @@ impl RetainedStore {
             }
         } else {
             map.insert(msg.topic.as_str().into(), msg.clone());
+            if msg.topic.starts_with("$SYS/") {
+                return 0; // rebuilt by the broker after a restart
+            }
             store.map_or(0, |s| s.submit(Op::PutRetained(msg.clone())))
         }
     }

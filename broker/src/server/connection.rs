@@ -13,11 +13,12 @@ use midge_protocol::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::writer::{self, ClientLimits};
 use crate::auth::{AuthDecision, ConnectInfo};
 use crate::broker::{split_filter, Broker};
+use crate::limits::{Exceeded, PublishLimiter};
 use crate::message::{ClientInfo, Message};
 use crate::plugins;
 use crate::rules::events::{self, EventFields};
@@ -252,6 +253,18 @@ async fn run<R, W>(
                     "multi-step enhanced authentication is not supported yet",
                 ))
             }
+            Some(pt::AuthDecision::Ignore) | None
+                if c.username.is_none() && !broker.limits.allow_anonymous =>
+            {
+                broker
+                    .stats
+                    .connections_refused_anonymous
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(fail(
+                    reason::NOT_AUTHORIZED,
+                    "anonymous access is off (limits.allow_anonymous = false)",
+                ));
+            }
             Some(pt::AuthDecision::Ignore) | None => match broker.auth.authenticate(&info) {
                 AuthDecision::Allow { .. } => {}
                 AuthDecision::Deny { reason } => return Err(fail(reason, "not authorized")),
@@ -470,6 +483,21 @@ async fn run<R, W>(
         f.set("connected_at", connected_at);
         f.set("is_bridge", false);
     });
+    crate::sys::client_notice(
+        &broker,
+        &client_id,
+        "connected",
+        serde_json::json!({
+            "clientid": &*client_id,
+            "username": username.as_deref(),
+            "ipaddress": peer.ip().to_string(),
+            "proto_ver": if meta.version == Version::V5 { 5 } else { 4 },
+            "keepalive": meta.keep_alive,
+            "clean_start": meta.clean_start,
+            "expiry_interval": expiry,
+            "connected_at": connected_at,
+        }),
+    );
 
     let (close_tx, close_rx) = oneshot::channel();
     let mut writer = tokio::spawn(
@@ -490,6 +518,7 @@ async fn run<R, W>(
         control: Vec::new(),
         ticket: 0,
         retained: Vec::new(),
+        limiter: PublishLimiter::from_config(&broker.limits),
     };
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let max_in = cfg.max_packet_size as usize;
@@ -544,6 +573,7 @@ async fn run<R, W>(
                 None => break End::Server { reason: reason::KEEP_ALIVE_TIMEOUT, why: "keep alive timeout" },
                 Some(Ok(0)) => break End::Lost("closed by peer"),
                 Some(Ok(n)) => {
+                    broker.stats.bytes_received.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     if n == spare {
                         chunk = (chunk * 2).min(READ_CHUNK);
                     }
@@ -595,10 +625,22 @@ async fn run<R, W>(
         writer.abort();
     }
     broker.detach(&session, conn_id, will);
+    let disconnected_at = crate::message::now_ms();
     event(EventKind::ClientDisconnected, &|f| {
         f.set("reason", disconnect_reason);
-        f.set("disconnected_at", crate::message::now_ms());
+        f.set("disconnected_at", disconnected_at);
     });
+    crate::sys::client_notice(
+        &broker,
+        &client_id,
+        "disconnected",
+        serde_json::json!({
+            "clientid": &*client_id,
+            "username": username.as_deref(),
+            "reason": disconnect_reason,
+            "disconnected_at": disconnected_at,
+        }),
+    );
 }
 
 /// What the connection keeps of its CONNECT for events.
@@ -661,6 +703,8 @@ struct Reader {
     ticket: u64,
     /// Retained messages for new subscriptions, queued after their SUBACK.
     retained: Vec<Delivery>,
+    /// `max_publish_rate` / `max_publish_bytes_rate`, when configured.
+    limiter: Option<PublishLimiter>,
 }
 
 impl Reader {
@@ -892,6 +936,26 @@ impl Reader {
     }
 
     async fn publish(&mut self, mut p: Publish) -> Option<End> {
+        if let Some(l) = &mut self.limiter {
+            if let Err(e) = l.check(p.payload.len()) {
+                let stats = &self.broker.stats;
+                let (counter, why) = match e {
+                    Exceeded::Messages => {
+                        (&stats.limit_publish_rate, "publish rate limit exceeded")
+                    }
+                    Exceeded::Bytes => (
+                        &stats.limit_publish_bytes_rate,
+                        "publish byte-rate limit exceeded",
+                    ),
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(client_id = %self.origin.client_id, why, "disconnecting");
+                return Some(End::Server {
+                    reason: e.reason(),
+                    why,
+                });
+            }
+        }
         let cfg = &self.broker.config;
         if p.qos as u8 > cfg.max_qos {
             return Some(End::Server {
@@ -1040,6 +1104,12 @@ impl Reader {
                 .await
             {
                 Some(reason::NOT_AUTHORIZED)
+            } else if self.over_subscription_limit(filter) {
+                self.broker
+                    .stats
+                    .limit_subscriptions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(reason::QUOTA_EXCEEDED)
             } else if group.is_some() && !cfg.shared_subscriptions {
                 Some(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
             } else if !cfg.wildcard_subscriptions && f.contains(['+', '#']) {
@@ -1101,6 +1171,17 @@ impl Reader {
         }));
         self.retained.extend(retained);
         None
+    }
+
+    /// `max_subscriptions`: would subscribing to `filter` (not a
+    /// replacement of an existing subscription) go over it?
+    fn over_subscription_limit(&self, filter: &str) -> bool {
+        let max = self.broker.limits.max_subscriptions;
+        if max == 0 {
+            return false;
+        }
+        let st = self.session.state.lock();
+        st.subscriptions.len() >= max && !st.subscriptions.contains_key(filter)
     }
 
     fn unsubscribe(&mut self, u: Unsubscribe) -> Option<End> {

@@ -87,7 +87,10 @@ impl Server {
         } else {
             (None, None)
         };
-        let broker = Arc::new(Broker::with_store(config.mqtt.clone(), store));
+        let mut broker = Broker::with_store(config.mqtt.clone(), store);
+        broker.limits = config.limits.clone();
+        broker.sys = config.sys.clone();
+        let broker = Arc::new(broker);
         if let Some(snap) = snapshot {
             let started = std::time::Instant::now();
             let r = broker.restore(snap);
@@ -152,6 +155,10 @@ impl Server {
                 self.broker.clone(),
                 self.config.listeners.ws_path.clone(),
             ));
+        }
+        if self.config.sys.interval > 0 {
+            let every = Duration::from_secs(self.config.sys.interval.into());
+            tasks.spawn(crate::sys::run(self.broker.clone(), every));
         }
         shutdown.await;
         info!("shutting down");

@@ -94,6 +94,10 @@ pub async fn run<W: AsyncWrite + Unpin>(
             &mut buf,
         );
         if !buf.is_empty() {
+            broker
+                .stats
+                .bytes_sent
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
             wr.write_all(&buf).await?;
             buf.clear();
             if buf.capacity() > 1024 * 1024 {
@@ -252,6 +256,7 @@ fn encode_items(
                     continue;
                 }
                 encode(&packet, limits.version, buf);
+                broker.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
                 if broker.rules.wants(EventKind::MessageDelivered) {
                     let f = events::delivery_fields(&d.msg, &session.client_id);
                     broker.rules.on_event(EventKind::MessageDelivered, &f);

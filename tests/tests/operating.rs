@@ -1,0 +1,336 @@
+//! Operating Midge: per-client limits (publish rate and byte rate,
+//! subscriptions), anonymous access off, `$SYS` topics and client notices,
+//! and graceful shutdown with connected clients.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use midge_e2e::raw::*;
+use midge_e2e::*;
+
+/// Publishes QoS 0 messages until the broker closes the connection; returns
+/// the packets received before the close.
+async fn flood_until_closed(c: &mut RawClient, t: &str, payload: &[u8]) -> Vec<RawPacket> {
+    let v5 = c.v5;
+    // 200 publishes back to back: far over a limit of 5 per second (or 1000
+    // bytes per second) however slowly this client runs.
+    for _ in 0..200 {
+        c.send(&publish(v5, t, 0, false, false, 0, &[], payload))
+            .await;
+    }
+    c.expect_closed().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_rate_limit_disconnects_v5_with_0x96_and_closes_v311() {
+    let b = start_broker(|c| c.limits.max_publish_rate = 5).await;
+    let t = topic("rate");
+    let (mut c5, _) = RawClient::handshake(b.addr, ConnectOpts::v5(&unique("fast5"))).await;
+    let got = flood_until_closed(&mut c5, &t, b"x").await;
+    let d = got
+        .iter()
+        .find(|p| p.kind == DISCONNECT)
+        .unwrap_or_else(|| panic!("no DISCONNECT: {got:?}"));
+    assert_eq!(d.disconnect().reason, 0x96);
+
+    let (mut c4, _) = RawClient::handshake(b.addr, ConnectOpts::v4(&unique("fast4"))).await;
+    let got = flood_until_closed(&mut c4, &t, b"x").await;
+    assert!(got.iter().all(|p| p.kind != DISCONNECT), "{got:?}");
+    assert_eq!(b.broker.stats.limit_publish_rate.load(Ordering::Relaxed), 2);
+
+    // A client within the rate is untouched.
+    let mut slow = V5::new(&b, "slow").await;
+    slow.subscribe(&t, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await;
+    slow.publish(&t, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, "ok")
+        .await;
+    assert_eq!(text(&slow.next_publish().await.payload), "ok");
+    assert_alive(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_byte_rate_limit_disconnects_v5_with_0x97() {
+    let b = start_broker(|c| c.limits.max_publish_bytes_rate = 1000).await;
+    let t = topic("bytes");
+    let (mut c5, _) = RawClient::handshake(b.addr, ConnectOpts::v5(&unique("big"))).await;
+    let got = flood_until_closed(&mut c5, &t, &[7u8; 100]).await;
+    let d = got
+        .iter()
+        .find(|p| p.kind == DISCONNECT)
+        .unwrap_or_else(|| panic!("no DISCONNECT: {got:?}"));
+    assert_eq!(d.disconnect().reason, 0x97);
+    assert_eq!(
+        b.broker
+            .stats
+            .limit_publish_bytes_rate
+            .load(Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_subscriptions_refuses_the_excess_with_0x97_or_0x80() {
+    let b = start_broker(|c| c.limits.max_subscriptions = 2).await;
+    let (mut c5, _) = RawClient::handshake(b.addr, ConnectOpts::v5(&unique("subs5"))).await;
+    let s = c5
+        .subscribe(1, &[], &[("a/1", 1), ("a/2", 1), ("a/3", 1)])
+        .await;
+    assert_eq!(s.codes, vec![1, 1, 0x97]);
+    // Re-subscribing to a held filter replaces it: not over the limit.
+    let s = c5.subscribe(2, &[], &[("a/1", 0)]).await;
+    assert_eq!(s.codes, vec![0]);
+    // After an unsubscribe there is room again.
+    c5.send(&unsubscribe(true, 3, &["a/2"])).await;
+    c5.recv_kind(UNSUBACK).await;
+    let s = c5.subscribe(4, &[], &[("a/3", 1)]).await;
+    assert_eq!(s.codes, vec![1]);
+
+    let (mut c4, _) = RawClient::handshake(b.addr, ConnectOpts::v4(&unique("subs4"))).await;
+    let s = c4
+        .subscribe(1, &[], &[("b/1", 1), ("b/2", 2), ("b/3", 1)])
+        .await;
+    assert_eq!(s.codes, vec![1, 2, 0x80]);
+    assert_eq!(
+        b.broker.stats.limit_subscriptions.load(Ordering::Relaxed),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_off_refuses_clients_without_a_username() {
+    let b = start_broker(|c| c.limits.allow_anonymous = false).await;
+    let mut c = RawClient::connect(b.addr).await;
+    let ack = c.send_connect(&ConnectOpts::v5(&unique("anon5"))).await;
+    assert_eq!(ack.code, 0x87, "5.0: not authorized");
+    c.expect_closed().await;
+    let mut c = RawClient::connect(b.addr).await;
+    let ack = c.send_connect(&ConnectOpts::v4(&unique("anon4"))).await;
+    assert_eq!(ack.code, 5, "3.1.1: not authorized");
+    c.expect_closed().await;
+    // rumqttc with credentials is let in.
+    let mut o = v5_options(&b, "named");
+    o.set_credentials("alice", "secret");
+    let (_named, ack) = V5::connect(o).await;
+    assert_eq!(
+        ack.code,
+        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success
+    );
+    assert_eq!(
+        b.broker
+            .stats
+            .connections_refused_anonymous
+            .load(Ordering::Relaxed),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_topics_reach_a_subscriber_and_wildcards_do_not_see_them() {
+    let b = start_broker(|c| c.sys.interval = 1).await;
+    let node = midge::rules::NODE;
+    let t = topic("sys-traffic");
+    // Some traffic the counters must show.
+    let mut p = V4::new(&b, "sys-pub").await;
+    for i in 0..5 {
+        p.publish(&t, rumqttc::QoS::AtLeastOnce, false, format!("m{i}"))
+            .await;
+    }
+    let mut all = V4::new(&b, "hash").await;
+    all.subscribe("#", rumqttc::QoS::AtMostOnce).await;
+
+    let mut s = V5::new(&b, "sys-sub").await;
+    s.subscribe("$SYS/brokers/+/#", rumqttc::v5::mqttbytes::QoS::AtMostOnce)
+        .await;
+    let prefix = format!("$SYS/brokers/{node}");
+    let mut seen = std::collections::HashMap::new();
+    let wanted = [
+        "version",
+        "uptime",
+        "clients/connected",
+        "clients/total",
+        "messages/received",
+        "messages/sent",
+        "bytes/received",
+        "bytes/sent",
+        "load/messages/received/1min",
+        "load/bytes/sent/15min",
+        "subscriptions/count",
+    ];
+    // Retained values arrive at once (from before the traffic); updated
+    // ones follow every interval until they show it.
+    let n = |seen: &std::collections::HashMap<String, String>, k: &str| -> u64 {
+        seen.get(k).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    within("the $SYS topics to show the traffic", async {
+        while !(wanted.iter().all(|k| seen.contains_key(*k))
+            && n(&seen, "clients/connected") >= 3
+            && n(&seen, "messages/received") >= 5
+            && n(&seen, "bytes/received") > 0
+            && n(&seen, "messages/sent") > 0
+            && n(&seen, "subscriptions/count") >= 2)
+        {
+            let m = s.next_publish().await;
+            let topic = String::from_utf8_lossy(&m.topic).to_string();
+            if let Some(k) = topic.strip_prefix(&format!("{prefix}/")) {
+                seen.insert(k.to_string(), text(&m.payload));
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        seen["version"],
+        format!("midge {}", env!("CARGO_PKG_VERSION"))
+    );
+    let load: f64 = seen["load/messages/received/1min"].parse().unwrap();
+    assert!(load >= 0.0);
+    // `#` does not match topics starting with `$` (MQTT 4.7.2).
+    all.expect_no_publish(Duration::from_millis(1500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_client_notices_on_connect_and_disconnect() {
+    let b = start_broker(|c| c.sys.interval = 60).await;
+    let mut s = V4::new(&b, "notice-sub").await;
+    s.subscribe("$SYS/brokers/+/clients/+/+", rumqttc::QoS::AtMostOnce)
+        .await;
+    let id = unique("noticed");
+    let mut o = rumqttc::MqttOptions::new(&id, "127.0.0.1", b.port());
+    o.set_credentials("bob", "pw");
+    let (c, _) = V4::connect(o).await;
+    let m = s.next_publish().await;
+    assert_eq!(
+        m.topic,
+        format!("$SYS/brokers/{}/clients/{id}/connected", midge::rules::NODE)
+    );
+    let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(body["clientid"], id.as_str());
+    assert_eq!(body["username"], "bob");
+    assert_eq!(body["proto_ver"], 4);
+    c.disconnect().await;
+    let m = s.next_publish().await;
+    assert!(
+        m.topic.ends_with(&format!("/clients/{id}/disconnected")),
+        "{:?}",
+        m.topic
+    );
+    let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(body["reason"], "normal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_version_read_by_mosquitto_sub() {
+    if Command::new("mosquitto_sub")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        missing_tool("mosquitto_sub");
+        return;
+    }
+    let b = start_broker(|c| c.sys.interval = 1).await;
+    let mut cmd = Command::new("mosquitto_sub");
+    cmd.args(["-h", "127.0.0.1", "-p", &b.port().to_string(), "-V", "5"])
+        .args(["-t", "$SYS/brokers/+/version", "-C", "1", "-W", "10"]);
+    let out = run_command(cmd, Duration::from_secs(20)).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("midge {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_v5_clients_0x8b_and_closes_v311_clients() {
+    let b = start_broker(|_| {}).await;
+    let (mut c5, _) = RawClient::handshake(b.addr, ConnectOpts::v5(&unique("down5"))).await;
+    let (mut c4, _) = RawClient::handshake(b.addr, ConnectOpts::v4(&unique("down4"))).await;
+    // An independent client too: mosquitto_sub -d prints the DISCONNECT.
+    let msub = if Command::new("mosquitto_sub").arg("--help").output().is_ok() {
+        let mut cmd = Command::new("mosquitto_sub");
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &b.port().to_string(),
+            "-V",
+            "5",
+            "-d",
+        ])
+        .args(["-t", "down/x", "-W", "15"]);
+        let task = tokio::spawn(run_command(cmd, Duration::from_secs(20)));
+        // Connected once the broker counts its session.
+        within("mosquitto_sub to connect", async {
+            while b.broker.client_counts().0 < 3 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        Some(task)
+    } else {
+        missing_tool("mosquitto_sub");
+        None
+    };
+    let addr = b.addr;
+    within("shutdown", b.shutdown()).await;
+    c5.expect_disconnect(0x8B).await;
+    c4.expect_disconnect(0).await;
+    if let Some(msub) = msub {
+        let out = msub.await.unwrap();
+        let log = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            log.contains("Received DISCONNECT (139)"),
+            "mosquitto_sub: {log}"
+        );
+    }
+    // The listener is gone.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_disconnects_clients_flushes_and_exits_0() {
+    let dir = TempDir::new("midge-sigterm");
+    let config = dir.0.join("midge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[persistence]\nenabled = true\ndata_dir = \"{}\"\n",
+            dir.0.join("data").display()
+        ),
+    )
+    .unwrap();
+    let broker = midge_e2e::process::BrokerProcess::start(&config, 0);
+    let port = broker.port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // A persistent subscriber goes offline with a subscription; a message
+    // is queued for it; a v5 client stays connected through the SIGTERM.
+    let t = topic("sigterm");
+    let sub_id = unique("sig-sub");
+    let opts = ConnectOpts::v5(&sub_id)
+        .clean(false)
+        .prop(Prop::session_expiry(3600));
+    let (mut s, _) = RawClient::handshake(addr, opts.clone()).await;
+    s.subscribe(1, &[], &[(&t, 1)]).await;
+    s.send(&disconnect(true, 0, &[])).await;
+    s.expect_closed().await;
+    let (mut p, _) = RawClient::handshake(addr, ConnectOpts::v5(&unique("sig-pub"))).await;
+    p.publish(&t, 1, false, 1, &[], b"queued before SIGTERM")
+        .await;
+    let (mut live, _) = RawClient::handshake(addr, ConnectOpts::v5(&unique("sig-live"))).await;
+
+    let status = tokio::task::spawn_blocking(move || broker.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    live.expect_disconnect(0x8B).await;
+
+    // Restarted on the same store, the queued message is still there.
+    let broker = midge_e2e::process::BrokerProcess::start(&config, port);
+    let (mut s, ack) = RawClient::handshake(addr, opts).await;
+    assert!(ack.session_present);
+    let m = s.recv_publish().await;
+    assert_eq!(m.payload, b"queued before SIGTERM");
+    drop(broker);
+}
