@@ -24,6 +24,9 @@ pub enum ConfigError {
         field: &'static str,
         message: String,
     },
+    /// Several of the above, one per line.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Multiple(Vec<ConfigError>),
 }
 
 /// The whole broker configuration (one TOML file).
@@ -286,18 +289,45 @@ impl Config {
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_string(),
-            message: e.to_string(),
-        })?;
+        let config = Config::parse_unvalidated(text, origin)?;
         config.validate(origin)?;
         Ok(config)
     }
 
+    /// Reads and parses a TOML file without `validate` (`midge check`
+    /// collects every problem itself).
+    pub fn load_unvalidated(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Config::parse_unvalidated(&text, &shown)
+    }
+
+    fn parse_unvalidated(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })
+    }
+
     /// Checks values serde cannot.
+    /// Every error is reported (`midge check` lists them all).
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let mut errs = self.problems(origin);
+        match errs.len() {
+            0 => Ok(()),
+            1 => Err(errs.remove(0)),
+            _ => Err(ConfigError::Multiple(errs)),
+        }
+    }
+
+    /// Every problem `validate` finds, in file order.
+    pub fn problems(&self, origin: &str) -> Vec<ConfigError> {
+        let errs = std::cell::RefCell::new(Vec::new());
         let invalid = |field, message: &str| {
-            Err(ConfigError::Invalid {
+            errs.borrow_mut().push(ConfigError::Invalid {
                 path: origin.to_string(),
                 field,
                 message: message.to_string(),
@@ -305,78 +335,78 @@ impl Config {
         };
         let m = &self.mqtt;
         if m.max_packet_size < 64 {
-            return invalid("mqtt.max_packet_size", "must be at least 64 bytes");
+            invalid("mqtt.max_packet_size", "must be at least 64 bytes");
         }
         if m.max_packet_size > 268_435_460 {
-            return invalid(
+            invalid(
                 "mqtt.max_packet_size",
                 "must be at most 268435460 (the MQTT limit)",
             );
         }
         if m.receive_maximum == 0 {
-            return invalid("mqtt.receive_maximum", "must be at least 1");
+            invalid("mqtt.receive_maximum", "must be at least 1");
         }
         if m.max_inflight == 0 {
-            return invalid("mqtt.max_inflight", "must be at least 1");
+            invalid("mqtt.max_inflight", "must be at least 1");
         }
         if m.max_queued_messages == 0 {
-            return invalid("mqtt.max_queued_messages", "must be at least 1");
+            invalid("mqtt.max_queued_messages", "must be at least 1");
         }
         if m.max_qos > 2 {
-            return invalid("mqtt.max_qos", "must be 0, 1 or 2");
+            invalid("mqtt.max_qos", "must be 0, 1 or 2");
         }
         if m.max_client_id_len < 23 {
-            return invalid(
+            invalid(
                 "mqtt.max_client_id_len",
                 "must be at least 23 (the MQTT minimum)",
             );
         }
         if !self.listeners.ws_path.starts_with('/') {
-            return invalid("listeners.ws_path", "must start with '/'");
+            invalid("listeners.ws_path", "must start with '/'");
         }
         let l = &self.listeners;
         if l.mqtt.is_none() && l.ws.is_none() && l.mqtts.is_none() && l.wss.is_none() {
-            return invalid(
+            invalid(
                 "listeners",
                 "at least one of `mqtt`, `ws`, `mqtts` and `wss` must be set",
             );
         }
         if (l.mqtts.is_some() || l.wss.is_some()) && l.tls.is_none() {
-            return invalid(
+            invalid(
                 "listeners.tls",
                 "must be set (cert and key) when `mqtts` or `wss` is",
             );
         }
         for name in self.limits.max_listener_connections.keys() {
             if !["mqtt", "ws", "mqtts", "wss"].contains(&name.as_str()) {
-                return invalid(
+                invalid(
                     "limits.max_listener_connections",
                     &format!("unknown listener `{name}` (expected mqtt, ws, mqtts or wss)"),
                 );
             }
         }
         if self.limits.connect_timeout == 0 {
-            return invalid("limits.connect_timeout", "must be at least 1 second");
+            invalid("limits.connect_timeout", "must be at least 1 second");
         }
         if let Some(t) = &self.admin.token {
             if t.len() < 8 {
-                return invalid("admin.token", "must be at least 8 characters");
+                invalid("admin.token", "must be at least 8 characters");
             }
         }
         let p = &self.persistence;
         if p.enabled {
             if p.backend == crate::store::BackendKind::Postgres && p.postgres_url.is_none() {
-                return invalid(
+                invalid(
                     "persistence.postgres_url",
                     "must be set when persistence.backend = \"postgres\"",
                 );
             }
             if p.backend == crate::store::BackendKind::Sled && p.data_dir.as_os_str().is_empty() {
-                return invalid("persistence.data_dir", "must not be empty");
+                invalid("persistence.data_dir", "must not be empty");
             }
         }
         if p.sync == crate::store::SyncPolicy::Interval && p.sync_interval_ms == 0 {
-            return invalid("persistence.sync_interval_ms", "must be at least 1");
+            invalid("persistence.sync_interval_ms", "must be at least 1");
         }
         let plugin_names: Vec<&str> = self
             .plugins
@@ -389,7 +419,7 @@ impl Config {
             for (i, a) in r.actions.iter().enumerate() {
                 if let crate::rules::ActionConfig::Plugin { plugin } = a {
                     if !plugin_names.contains(&plugin.as_str()) {
-                        return Err(ConfigError::Rules {
+                        errs.borrow_mut().push(ConfigError::Rules {
                             path: origin.to_string(),
                             errors: vec![format!(
                                 "rule `{}`: actions[{i}]: plugin `{plugin}` is not an enabled plugin in [plugins]",
@@ -401,12 +431,12 @@ impl Config {
             }
         }
         if let Err(errors) = crate::rules::RuleSet::build(&self.rules, None) {
-            return Err(ConfigError::Rules {
+            errs.borrow_mut().push(ConfigError::Rules {
                 path: origin.to_string(),
                 errors,
             });
         }
-        Ok(())
+        errs.into_inner()
     }
 }
 
@@ -431,6 +461,23 @@ mod tests {
         assert!(text.contains("x.toml"), "{text}");
         assert!(text.contains("max_keepalive"), "{text}");
         assert!(text.contains("line 2"), "{text}");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = "[mqtt]\nmax_qos = 3\nreceive_maximum = 0\n[limits]\nconnect_timeout = 0\n\
+                    [[rules]]\nid = \"r1\"\nsql = \"SELECT FROM\"\n";
+        let e = Config::parse(text, "z.toml").unwrap_err();
+        let text = e.to_string();
+        for want in [
+            "mqtt.max_qos",
+            "mqtt.receive_maximum",
+            "limits.connect_timeout",
+            "rule r1",
+        ] {
+            assert!(text.contains(want), "{want} missing from: {text}");
+        }
+        assert_eq!(text.lines().count(), 4, "{text}");
     }
 
     #[test]

@@ -234,16 +234,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Check { config } => check(&config),
         Command::Serve {
             config,
             listen,
@@ -291,6 +282,39 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `midge check`: every problem in the file, its rules and its plugins
+/// (each plugin's file compiled and linked, not run).
+fn check(path: &std::path::Path) -> ExitCode {
+    let cfg = match Config::load_unvalidated(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shown = path.display().to_string();
+    let mut errors: Vec<String> = cfg.problems(&shown).iter().map(|e| e.to_string()).collect();
+    if !cfg.plugins.plugins.is_empty() {
+        let plugin_errors = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| rt.block_on(midge_plugin::PluginHost::check(&cfg.plugins)));
+        match plugin_errors {
+            Ok(list) => errors.extend(list.iter().map(|e| format!("{shown}: [plugins] {e}"))),
+            Err(e) => errors.push(format!("runtime: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        println!("{shown}: ok");
+        return ExitCode::SUCCESS;
+    }
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    eprintln!("{shown}: {} error(s)", errors.len());
+    ExitCode::FAILURE
 }
 
 fn init_logging(cfg: &Config) {

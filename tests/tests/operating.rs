@@ -334,3 +334,38 @@ async fn sigterm_disconnects_clients_flushes_and_exits_0() {
     assert_eq!(m.payload, b"queued before SIGTERM");
     drop(broker);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn midge_check_lists_every_error_and_exits_non_zero() {
+    let dir = TempDir::new("midge-check");
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[mqtt]\nmax_qos = 3\n[limits]\nmax_listener_connections = { tcp = 5 }\n\
+         [[rules]]\nid = \"r1\"\nsql = \"SELECT FROM\"\n\
+         [plugins]\n[[plugins.plugin]]\nname = \"gone\"\npath = \"/nonexistent/gone.wasm\"\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(midge_e2e::process::midge_bin());
+    cmd.args(["check", "--config"]).arg(&bad);
+    let out = run_command(cmd, Duration::from_secs(60)).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "field `mqtt.max_qos`",
+        "limits.max_listener_connections",
+        "unknown listener `tcp`",
+        "rule r1: line 1, column 8",
+        "plugin gone",
+        "/nonexistent/gone.wasm",
+        "4 error(s)",
+    ] {
+        assert!(err.contains(want), "`{want}` missing from:\n{err}");
+    }
+    // The example config (every key, defaults) passes.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/midge.toml");
+    let mut cmd = Command::new(midge_e2e::process::midge_bin());
+    cmd.args(["check", "--config", example]);
+    let out = run_command(cmd, Duration::from_secs(60)).await;
+    assert!(out.status.success(), "{out:?}");
+}

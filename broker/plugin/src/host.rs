@@ -96,45 +96,10 @@ impl PluginHost {
         config: &PluginsConfig,
         services: Services,
     ) -> Result<PluginHost, PluginError> {
-        let mut names = HashSet::new();
-        for p in config.plugins.iter().filter(|p| p.enabled) {
-            if !names.insert(p.name.as_str()) {
-                return Err(PluginError::Config(format!(
-                    "duplicate plugin name {:?}",
-                    p.name
-                )));
-            }
-            if let Some(bad) = p
-                .grants
-                .publish
-                .iter()
-                .find(|f| !midge_protocol::topic::valid_filter(f))
-            {
-                return Err(PluginError::Config(format!(
-                    "plugin {}: invalid publish grant filter {bad:?}",
-                    p.name
-                )));
-            }
-            if p.limits.max_instances == 0 || p.limits.deadline_ms == 0 || p.limits.memory_mib == 0
-            {
-                return Err(PluginError::Config(format!(
-                    "plugin {}: max_instances, deadline_ms and memory_mib must be positive",
-                    p.name
-                )));
-            }
+        if let Some(e) = validate(config).into_iter().next() {
+            return Err(e);
         }
-
-        let mut wcfg = Config::new();
-        wcfg.epoch_interruption(true);
-        wcfg.wasm_component_model(true);
-        let engine =
-            Engine::new(&wcfg).map_err(|e| PluginError::Config(format!("wasm engine: {e}")))?;
-        let mut linker: Linker<StoreState> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| PluginError::Config(format!("linking WASI: {e}")))?;
-        Plugin::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)
-            .map_err(|e| PluginError::Config(format!("linking capabilities: {e}")))?;
-        let rt = Runtime { engine, linker };
+        let rt = runtime()?;
 
         let kv_db = if config
             .plugins
@@ -203,6 +168,28 @@ impl PluginHost {
                 ticker_stop,
             }),
         })
+    }
+
+    /// Checks a `[plugins]` configuration without running any plugin:
+    /// names, grants and limits, and that each enabled plugin's file is a
+    /// component that links against the host's world (`midge check`). Every
+    /// problem is returned. `init` is not called and the kv store is not
+    /// opened (a running broker holds it).
+    pub async fn check(config: &PluginsConfig) -> Vec<PluginError> {
+        let mut errors = validate(config);
+        let rt = match runtime() {
+            Ok(rt) => rt,
+            Err(e) => {
+                errors.push(e);
+                return errors;
+            }
+        };
+        for p in config.plugins.iter().filter(|p| p.enabled) {
+            if let Err(e) = Slot::check(&rt, p).await {
+                errors.push(e);
+            }
+        }
+        errors
     }
 
     /// Names of the loaded plugins, in chain order.
@@ -552,4 +539,55 @@ impl Drop for StopOnDrop {
 fn unreachable_reply() -> ! {
     // `Slot::call` answers each `Call` variant with its matching `Reply`.
     unreachable!("plugin host: reply does not match the call")
+}
+
+/// Names, grants and limits of the enabled plugins: every problem found.
+fn validate(config: &PluginsConfig) -> Vec<PluginError> {
+    let mut errors = Vec::new();
+    let mut names = HashSet::new();
+    for p in config.plugins.iter().filter(|p| p.enabled) {
+        if !names.insert(p.name.as_str()) {
+            errors.push(PluginError::Config(format!(
+                "duplicate plugin name {:?}",
+                p.name
+            )));
+            continue;
+        }
+        if let Some(bad) = p
+            .grants
+            .publish
+            .iter()
+            .find(|f| !midge_protocol::topic::valid_filter(f))
+        {
+            errors.push(PluginError::Config(format!(
+                "plugin {}: invalid publish grant filter {bad:?}",
+                p.name
+            )));
+            continue;
+        }
+        if p.limits.max_instances == 0 || p.limits.deadline_ms == 0 || p.limits.memory_mib == 0 {
+            errors.push(PluginError::Config(format!(
+                "plugin {}: max_instances, deadline_ms and memory_mib must be positive",
+                p.name
+            )));
+        }
+    }
+
+    errors
+}
+
+/// The engine (epoch interruption, component model) and the linker with
+/// WASI and the host's capabilities.
+fn runtime() -> Result<Runtime, PluginError> {
+    let mut wcfg = Config::new();
+    wcfg.epoch_interruption(true);
+    wcfg.wasm_component_model(true);
+    let engine =
+        Engine::new(&wcfg).map_err(|e| PluginError::Config(format!("wasm engine: {e}")))?;
+    let mut linker: Linker<StoreState> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(|e| PluginError::Config(format!("linking WASI: {e}")))?;
+    Plugin::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)
+        .map_err(|e| PluginError::Config(format!("linking capabilities: {e}")))?;
+    Ok(Runtime { engine, linker })
 }

@@ -166,6 +166,28 @@ impl Slot {
         }))
     }
 
+    /// Reads and compiles the plugin's file and links it, without
+    /// instantiating it (`PluginHost::check`).
+    pub async fn check(rt: &Runtime, config: &PluginConfig) -> Result<(), PluginError> {
+        let bytes = read(&config.name, &config.path).await?;
+        let load_err = |message: String| PluginError::Load {
+            plugin: config.name.clone(),
+            message,
+        };
+        let engine = rt.engine.clone();
+        let component =
+            tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
+                .await
+                .map_err(|e| load_err(format!("compile task: {e}")))?
+                .map_err(|e| load_err(format!("compile: {}", wasm_error(&e))))?;
+        let pre = rt
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| load_err(format!("link: {}", wasm_error(&e))))?;
+        PluginPre::new(pre).map_err(|e| load_err(format!("exports: {}", wasm_error(&e))))?;
+        Ok(())
+    }
+
     /// Compile `bytes`, start one instance, run `init`, check the manifest.
     async fn build(
         rt: &Runtime,
