@@ -229,6 +229,9 @@ pub struct LogConfig {
     pub level: String,
     /// Log lines as JSON.
     pub json: bool,
+    /// Client ids whose packets are logged (debug level, in and out) while
+    /// the rest of the broker logs at `level`.
+    pub trace_clients: Vec<String>,
 }
 
 impl Default for Listeners {
@@ -267,11 +270,41 @@ impl Default for MqttConfig {
     }
 }
 
+impl LogConfig {
+    /// The `tracing` filter: `level` (or `RUST_LOG` when `from_env`),
+    /// plus debug for the connection spans of `trace_clients`.
+    pub fn filter(&self) -> Result<tracing_subscriber::EnvFilter, String> {
+        self.filter_with(None)
+    }
+
+    /// As [`LogConfig::filter`], starting from `base` (e.g. `RUST_LOG`) instead of `level`.
+    pub fn filter_with(&self, base: Option<&str>) -> Result<tracing_subscriber::EnvFilter, String> {
+        let base = base.unwrap_or(&self.level);
+        let mut filter = tracing_subscriber::EnvFilter::try_new(base)
+            .map_err(|e| format!("field `log.level`: `{base}`: {e}"))?;
+        for id in &self.trace_clients {
+            if id.is_empty() || id.contains(['{', '}', '[', ']', ',', '=', '"', ' ']) {
+                return Err(format!(
+                    "field `log.trace_clients`: `{id}`: client ids with spaces, quotes or any of {{}}[],= cannot be traced"
+                ));
+            }
+            let directive = format!("[conn{{client_id={id}}}]=debug");
+            filter = filter.add_directive(
+                directive
+                    .parse()
+                    .map_err(|e| format!("field `log.trace_clients`: `{id}`: {e}"))?,
+            );
+        }
+        Ok(filter)
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
             json: false,
+            trace_clients: Vec::new(),
         }
     }
 }
@@ -387,6 +420,9 @@ impl Config {
         }
         if self.limits.connect_timeout == 0 {
             invalid("limits.connect_timeout", "must be at least 1 second");
+        }
+        if let Err(e) = self.log.filter() {
+            invalid("log", &e);
         }
         if let Some(t) = &self.admin.token {
             if t.len() < 8 {

@@ -318,9 +318,15 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn init_logging(cfg: &Config) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let filter = cfg
+        .log
+        .filter_with(env.as_deref())
+        .unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    // Logs go to stderr; stdout carries only the "listening on" lines scripts read.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cfg.log.json {
         builder.json().init();
     } else {

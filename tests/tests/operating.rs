@@ -369,3 +369,88 @@ async fn midge_check_lists_every_error_and_exits_non_zero() {
     let out = run_command(cmd, Duration::from_secs(60)).await;
     assert!(out.status.success(), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_clients_logs_one_clients_packets_without_raising_the_level() {
+    let dir = TempDir::new("midge-trace");
+    let config = dir.0.join("midge.toml");
+    let traced = unique("traced");
+    std::fs::write(
+        &config,
+        format!("[log]\nlevel = \"warn\"\ntrace_clients = [\"{traced}\"]\n"),
+    )
+    .unwrap();
+    let broker = midge_e2e::process::BrokerProcess::start(&config, 0);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", broker.port()).parse().unwrap();
+    let other = unique("untraced");
+    for id in [&traced, &other] {
+        let (mut c, _) = RawClient::handshake(addr, ConnectOpts::v5(id)).await;
+        c.publish("trace/t", 1, false, 1, &[], b"payload-of-note")
+            .await;
+        c.send(&disconnect(true, 0, &[])).await;
+        c.expect_closed().await;
+    }
+    // The log is read by a thread: give it a bounded moment.
+    let mut log = broker.log();
+    for _ in 0..100 {
+        if log.contains("PubAck") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        log = broker.log();
+    }
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("DEBUG")).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&traced) && l.contains("received") && l.contains("Publish")),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&traced) && l.contains("sent")),
+        "{log}"
+    );
+    assert!(!lines.iter().any(|l| l.contains(&other)), "{log}");
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_connection_span() {
+    let dir = TempDir::new("midge-json");
+    let config = dir.0.join("midge.toml");
+    std::fs::write(&config, "[log]\njson = true\n").unwrap();
+    let broker = midge_e2e::process::BrokerProcess::start(&config, 0);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", broker.port()).parse().unwrap();
+    let id = unique("json");
+    let (mut c, _) = RawClient::handshake(addr, ConnectOpts::v5(&id)).await;
+    c.send(&disconnect(true, 0, &[])).await;
+    c.expect_closed().await;
+    let mut found = None;
+    for _ in 0..100 {
+        let log = broker.log();
+        found = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["span"]["client_id"] == id.as_str());
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let line = found.unwrap_or_else(|| panic!("no JSON line for {id}:\n{}", broker.log()));
+    assert_eq!(line["span"]["name"], "conn");
+    assert!(line["span"]["peer"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert!(line["level"].is_string() && line["timestamp"].is_string());
+    // Every line is JSON.
+    for l in broker.log().lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(l).is_ok(),
+            "not JSON: {l}"
+        );
+    }
+}

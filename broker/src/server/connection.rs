@@ -528,6 +528,8 @@ async fn run<R, W>(
         loop {
             match decode(&mut buf, Some(v), max_in) {
                 Ok(Some(p)) => {
+                    // Per-client packet trace: `[log] trace_clients`.
+                    debug!(packet = ?p, "received");
                     // Without plugins nothing in `handle` awaits: poll it once in
                     // place so its state never enlarges the connection's future
                     // (idle connections stay small). With plugins, box it.

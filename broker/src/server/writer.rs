@@ -195,6 +195,7 @@ fn encode_items(
                 if encoded_len(&p, limits.version) > limits.max_packet_size {
                     strip_problem_info(&mut p);
                 }
+                tracing::debug!(packet = ?p, "sent");
                 encode(&p, limits.version, buf);
             }
             Out::Publish {
@@ -255,6 +256,7 @@ fn encode_items(
                     }
                     continue;
                 }
+                tracing::debug!(packet = ?packet, "sent");
                 encode(&packet, limits.version, buf);
                 broker.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
                 if broker.rules.wants(EventKind::MessageDelivered) {
