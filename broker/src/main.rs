@@ -320,6 +320,12 @@ fn serve(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         if let Some(a) = server.ws_addr() {
             println!("midge: websocket listening on {a}");
         }
+        if let Some(a) = server.mqtts_addr() {
+            println!("midge: mqtts listening on {a}");
+        }
+        if let Some(a) = server.wss_addr() {
+            println!("midge: wss listening on {a}");
+        }
         server.run(shutdown_signal()).await?;
         Ok(())
     })
