@@ -466,11 +466,17 @@ mod tests {
         assert!(e.to_string().contains("listeners.tls"), "{e}");
         let text = "[listeners]\nmqtts = \"127.0.0.1:0\"\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\ncn_as_username = true\n";
         let e = Config::parse(text, "t.toml").unwrap_err();
-        assert!(e.to_string().contains("listeners.tls.cn_as_username"), "{e}");
+        assert!(
+            e.to_string().contains("listeners.tls.cn_as_username"),
+            "{e}"
+        );
         let ok = text.replace("cn_as_username", "client_ca = \"ca.pem\"\ncn_as_username");
         Config::parse(&ok, "t.toml").expect("with client_ca");
-        let e = Config::parse("[limits]\nmax_listener_connections = { tcp = 1 }\n", "t.toml")
-            .unwrap_err();
+        let e = Config::parse(
+            "[limits]\nmax_listener_connections = { tcp = 1 }\n",
+            "t.toml",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("unknown listener `tcp`"), "{e}");
     }
 }

@@ -78,7 +78,13 @@ where
         // debug: a connection storm must not flood the log; the refusals are counted.
         debug!(%peer, listener = info.listener.name(), reason = r.text(), "connection refused");
         connack_event(&broker, &connect, peer, r.reason_code());
-        Box::pin(send_connack(&mut wr, v, r.reason_code(), reason_props(v, r.text()))).await;
+        Box::pin(send_connack(
+            &mut wr,
+            v,
+            r.reason_code(),
+            reason_props(v, r.text()),
+        ))
+        .await;
         return;
     }
     if let Some(name) = info.cert_username {

@@ -227,7 +227,10 @@ mod tests {
         let g = gate(|l| l.max_connections = 2);
         let a = g.admit(Listener::Mqtt).expect("first");
         let _b = g.admit(Listener::Ws).expect("second");
-        assert_eq!(g.admit(Listener::Mqtt).unwrap_err(), Refusal::MaxConnections);
+        assert_eq!(
+            g.admit(Listener::Mqtt).unwrap_err(),
+            Refusal::MaxConnections
+        );
         let stats = &g.broker.stats;
         assert_eq!(stats.connections_current.load(Ordering::Relaxed), 2);
         assert_eq!(
@@ -247,7 +250,10 @@ mod tests {
             l.max_listener_connections.insert("mqtts".into(), 1);
         });
         let _a = g.admit(Listener::Mqtts).expect("first");
-        assert_eq!(g.admit(Listener::Mqtts).unwrap_err(), Refusal::ListenerLimit);
+        assert_eq!(
+            g.admit(Listener::Mqtts).unwrap_err(),
+            Refusal::ListenerLimit
+        );
         let _b = g.admit(Listener::Mqtt).expect("other listener");
         assert_eq!(
             g.broker.stats.connections_current.load(Ordering::Relaxed),

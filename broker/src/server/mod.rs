@@ -209,30 +209,42 @@ impl Server {
         if let Some(l) = self.mqtt {
             info!(addr = ?l.local_addr().ok(), "MQTT listener up");
             let b = self.broker.clone();
-            tasks.spawn(accept_loop(l, Listener::Mqtt, self.gate.clone(), move |s, i| {
-                plain(b.clone(), s, i)
-            }));
+            tasks.spawn(accept_loop(
+                l,
+                Listener::Mqtt,
+                self.gate.clone(),
+                move |s, i| plain(b.clone(), s, i),
+            ));
         }
         if let Some(l) = self.ws {
             info!(addr = ?l.local_addr().ok(), path = %path, "WebSocket listener up");
             let (b, p) = (self.broker.clone(), path.clone());
-            tasks.spawn(accept_loop(l, Listener::Ws, self.gate.clone(), move |s, i| {
-                websocket(b.clone(), s, p.clone(), i)
-            }));
+            tasks.spawn(accept_loop(
+                l,
+                Listener::Ws,
+                self.gate.clone(),
+                move |s, i| websocket(b.clone(), s, p.clone(), i),
+            ));
         }
         if let (Some(l), Some(t)) = (self.mqtts, self.tls.clone()) {
             info!(addr = ?l.local_addr().ok(), "MQTT/TLS listener up");
             let b = self.broker.clone();
-            tasks.spawn(accept_loop(l, Listener::Mqtts, self.gate.clone(), move |s, i| {
-                mqtts(b.clone(), t.clone(), s, i)
-            }));
+            tasks.spawn(accept_loop(
+                l,
+                Listener::Mqtts,
+                self.gate.clone(),
+                move |s, i| mqtts(b.clone(), t.clone(), s, i),
+            ));
         }
         if let (Some(l), Some(t)) = (self.wss, self.tls) {
             info!(addr = ?l.local_addr().ok(), path = %path, "secure WebSocket listener up");
             let b = self.broker.clone();
-            tasks.spawn(accept_loop(l, Listener::Wss, self.gate.clone(), move |s, i| {
-                wss(b.clone(), t.clone(), s, path.clone(), i)
-            }));
+            tasks.spawn(accept_loop(
+                l,
+                Listener::Wss,
+                self.gate.clone(),
+                move |s, i| wss(b.clone(), t.clone(), s, path.clone(), i),
+            ));
         }
         shutdown.await;
         info!("shutting down");

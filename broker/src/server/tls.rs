@@ -54,8 +54,7 @@ fn error(field: &'static str, path: &Path, message: impl Into<String>) -> Server
 
 /// Reads a PEM file that must not be empty.
 fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, ServerError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| error(field, path, format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| error(field, path, format!("cannot read: {e}")))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(error(field, path, "file is empty"));
     }
@@ -195,7 +194,9 @@ fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         }
         let (bytes, rest) = b.split_at_checked(n)?;
         b = rest;
-        bytes.iter().fold(0usize, |acc, &x| acc << 8 | usize::from(x))
+        bytes
+            .iter()
+            .fold(0usize, |acc, &x| acc << 8 | usize::from(x))
     };
     let (value, rest) = b.split_at_checked(len)?;
     Some((tag, value, rest))
@@ -254,7 +255,9 @@ fn directory_string(tag: u8, s: &[u8]) -> Option<String> {
                 return None;
             }
             let units = s.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]]));
-            char::decode_utf16(units).collect::<Result<String, _>>().ok()
+            char::decode_utf16(units)
+                .collect::<Result<String, _>>()
+                .ok()
         }
         // UniversalString: UTF-32BE
         0x1c => {
@@ -301,7 +304,10 @@ mod tests {
         tbs.extend(el(0x02, &[0x01, 0x02, 0x03]));
         tbs.extend(el(SEQUENCE, &el(OID, &[0x2a, 0x86, 0x48])));
         tbs.extend(el(SEQUENCE, &atv(OID_CN, 0x0c, b"Some CA")));
-        tbs.extend(el(SEQUENCE, &[el(0x17, b"250101000000Z"), el(0x17, b"350101000000Z")].concat()));
+        tbs.extend(el(
+            SEQUENCE,
+            &[el(0x17, b"250101000000Z"), el(0x17, b"350101000000Z")].concat(),
+        ));
         tbs.extend(el(SEQUENCE, subject));
         tbs.extend(el(SEQUENCE, &[0u8; 200])); // stands in for the public key (long-form length)
         el(
@@ -322,7 +328,10 @@ mod tests {
 
     #[test]
     fn bmp_string_and_missing_cn() {
-        let bmp: Vec<u8> = "h\u{e9}".encode_utf16().flat_map(u16::to_be_bytes).collect();
+        let bmp: Vec<u8> = "h\u{e9}"
+            .encode_utf16()
+            .flat_map(u16::to_be_bytes)
+            .collect();
         let c = cert(true, &atv(OID_CN, 0x1e, &bmp));
         assert_eq!(subject_cn(&c).as_deref(), Some("h\u{e9}"));
         let c = cert(true, &atv(&[0x55, 0x04, 0x0a], 0x0c, b"no cn"));
