@@ -251,7 +251,7 @@ fn directory_string(tag: u8, s: &[u8]) -> Option<String> {
         0x0c | 0x13 | 0x14 | 0x16 => String::from_utf8(s.to_vec()).ok(),
         // BMPString: UTF-16BE
         0x1e => {
-            if s.len() % 2 != 0 {
+            if !s.len().is_multiple_of(2) {
                 return None;
             }
             let units = s.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]]));
@@ -261,7 +261,7 @@ fn directory_string(tag: u8, s: &[u8]) -> Option<String> {
         }
         // UniversalString: UTF-32BE
         0x1c => {
-            if s.len() % 4 != 0 {
+            if !s.len().is_multiple_of(4) {
                 return None;
             }
             s.chunks_exact(4)
