@@ -435,6 +435,37 @@ actions = [{{ type = "republish", topic = "{t}-who", payload = "user=${{username
     );
 }
 
+/// With `cn_as_username` and optional client certificates, a client without
+/// a certificate cannot claim a username through CONNECT: it has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cn_as_username_without_a_certificate_means_no_username() {
+    let pki = Pki::new();
+    let mut tls = pki.tls(true);
+    tls.require_client_cert = false;
+    tls.cn_as_username = true;
+    let t = topic("nocn");
+    let rules = format!(
+        r#"
+[[rules]]
+id = "who"
+sql = 'SELECT username FROM "{t}/#"'
+actions = [{{ type = "republish", topic = "{t}-who", payload = "user=${{username}}" }}]
+"#
+    );
+    let rules = midge::Config::parse(&rules, "rules.toml").unwrap().rules;
+    let b = tls_broker(tls, |c| c.rules = rules).await;
+    let mut watcher = V4::new(&b, "watcher").await;
+    watcher
+        .subscribe(&format!("{t}-who"), rumqttc::QoS::AtLeastOnce)
+        .await;
+    let mut o = mqtts_v4(&b, client_config(&pki.ca.pem(), None));
+    o.set_credentials("admin", "guess");
+    let (mut c, _) = V4::connect(o).await;
+    c.publish(&format!("{t}/1"), rumqttc::QoS::AtLeastOnce, false, "x")
+        .await;
+    assert_eq!(watcher.next_publish().await.payload.as_ref(), b"user=null");
+}
+
 // ---------------------------------------------------------------------------
 // Robustness
 // ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 //! timeout, and then `connection::serve` takes the byte stream.
 
 mod connection;
-pub mod limits;
+mod limits;
 mod tls;
 mod writer;
 mod ws;
