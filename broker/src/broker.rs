@@ -45,6 +45,19 @@ pub struct Stats {
     pub limit_publish_bytes_rate: AtomicU64,
     /// Subscriptions refused by `max_subscriptions`.
     pub limit_subscriptions: AtomicU64,
+    /// Connections open now (a gauge): counted from accept, for every
+    /// connection a listener admitted, until its task ends. Connections a
+    /// limit refuses are not in it.
+    pub connections_current: AtomicU64,
+    /// Connections refused by `limits.max_connections` (CONNACK 0x97 / code 3).
+    pub connections_refused_max_connections: AtomicU64,
+    /// Connections refused by `limits.max_listener_connections` (CONNACK 0x97 / code 3).
+    pub connections_refused_listener_limit: AtomicU64,
+    /// Connections refused by `limits.max_connection_rate` (CONNACK 0x9F / code 3).
+    pub connections_refused_rate: AtomicU64,
+    /// Connections closed because no CONNECT (or no TLS / WebSocket
+    /// handshake) completed within `limits.connect_timeout`.
+    pub connections_refused_connect_timeout: AtomicU64,
 }
 
 /// Shared broker state.

@@ -85,7 +85,9 @@ pub struct TlsConfig {
     #[serde(default = "yes")]
     pub require_client_cert: bool,
     /// Use the client certificate's subject common name as the username
-    /// (replacing any username in CONNECT).
+    /// (replacing any username in CONNECT) on `mqtts` and `wss`. A client
+    /// without a certificate (`require_client_cert = false`), or whose
+    /// certificate has no CN, connects with no username. Needs `client_ca`.
     #[serde(default)]
     pub cn_as_username: bool,
 }
@@ -106,7 +108,8 @@ pub struct LimitsConfig {
     /// New connections accepted per second, all listeners together (a burst
     /// of one second's worth is allowed).
     pub max_connection_rate: u32,
-    /// Seconds a new connection has to send CONNECT before it is closed.
+    /// Seconds a new connection has to send CONNECT before it is closed
+    /// (TLS and WebSocket handshakes included).
     pub connect_timeout: u32,
     /// PUBLISH packets per second one client may send (5.0: DISCONNECT 0x96 beyond it).
     pub max_publish_rate: u32,
@@ -410,6 +413,14 @@ impl Config {
                 "must be set (cert and key) when `mqtts` or `wss` is",
             );
         }
+        if let Some(t) = &l.tls {
+            if t.cn_as_username && t.client_ca.is_none() {
+                invalid(
+                    "listeners.tls.cn_as_username",
+                    "needs `client_ca` (the CN is taken from a verified client certificate)",
+                );
+            }
+        }
         for name in self.limits.max_listener_connections.keys() {
             if !["mqtt", "ws", "mqtts", "wss"].contains(&name.as_str()) {
                 invalid(
@@ -525,5 +536,30 @@ mod tests {
         );
         let e = Config::parse("[mqtt]\nqueue_full_policy = \"random\"\n", "y.toml").unwrap_err();
         assert!(e.to_string().contains("queue_full_policy"), "{e}");
+    }
+
+    #[test]
+    fn tls_listeners_need_tls_and_cn_needs_a_ca() {
+        let e = Config::parse("[listeners]\nmqtts = \"127.0.0.1:0\"\n", "t.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml: field `listeners.tls`: must be set (cert and key) when `mqtts` or `wss` is"
+        );
+        let e = Config::parse("[listeners]\nwss = \"127.0.0.1:0\"\n", "t.toml").unwrap_err();
+        assert!(e.to_string().contains("listeners.tls"), "{e}");
+        let text = "[listeners]\nmqtts = \"127.0.0.1:0\"\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\ncn_as_username = true\n";
+        let e = Config::parse(text, "t.toml").unwrap_err();
+        assert!(
+            e.to_string().contains("listeners.tls.cn_as_username"),
+            "{e}"
+        );
+        let ok = text.replace("cn_as_username", "client_ca = \"ca.pem\"\ncn_as_username");
+        Config::parse(&ok, "t.toml").expect("with client_ca");
+        let e = Config::parse(
+            "[limits]\nmax_listener_connections = { tcp = 1 }\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown listener `tcp`"), "{e}");
     }
 }

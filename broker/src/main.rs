@@ -296,6 +296,9 @@ fn check(path: &std::path::Path) -> ExitCode {
     };
     let shown = path.display().to_string();
     let mut errors: Vec<String> = cfg.problems(&shown).iter().map(|e| e.to_string()).collect();
+    if let Some(e) = midge::server::check_tls(&cfg) {
+        errors.push(format!("{shown}: {e}"));
+    }
     if !cfg.plugins.plugins.is_empty() {
         let plugin_errors = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -349,6 +352,12 @@ fn serve(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         }
         if let Some(a) = server.ws_addr() {
             println!("midge: websocket listening on {a}");
+        }
+        if let Some(a) = server.mqtts_addr() {
+            println!("midge: mqtts listening on {a}");
+        }
+        if let Some(a) = server.wss_addr() {
+            println!("midge: wss listening on {a}");
         }
         server.run(shutdown_signal()).await?;
         Ok(())

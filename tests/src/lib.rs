@@ -1,7 +1,8 @@
 //! Test harness for the Midge end-to-end tests.
 //!
-//! - [`start_broker`] binds a real broker on 127.0.0.1:0 (TCP + WebSocket),
-//!   runs it on the current tokio runtime and shuts it down on drop.
+//! - [`start_broker`] binds a real broker on 127.0.0.1:0 (TCP + WebSocket,
+//!   and TLS listeners when the test configures them), runs it on the
+//!   current tokio runtime and shuts it down on drop.
 //! - [`V4`] / [`V5`] wrap a rumqttc client whose event loop is polled by a
 //!   background task; events arrive on a channel and every wait is bounded.
 //! - [`raw`] is an independent, hand-written MQTT encoder/decoder plus a raw
@@ -34,9 +35,14 @@ pub const QUIET: Duration = Duration::from_millis(500);
 pub struct TestBroker {
     pub addr: SocketAddr,
     pub ws_addr: SocketAddr,
+    /// The `mqtts` / `wss` listeners, when the config sets them.
+    pub mqtts_addr: Option<SocketAddr>,
+    pub wss_addr: Option<SocketAddr>,
     pub config: midge::Config,
     /// The running broker's state (rule metrics, counters).
     pub broker: std::sync::Arc<midge::broker::Broker>,
+    /// Listener admission state (per-listener connection counts).
+    pub gate: std::sync::Arc<midge::server::Gate>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
     /// The store directory when `MIDGE_E2E_PERSIST=sled` (removed on drop).
@@ -73,6 +79,18 @@ impl TestBroker {
         format!(
             "ws://127.0.0.1:{}{}",
             self.ws_addr.port(),
+            self.config.listeners.ws_path
+        )
+    }
+    /// Port of the `mqtts` listener (panics when it is not configured).
+    pub fn mqtts_port(&self) -> u16 {
+        self.mqtts_addr.expect("no mqtts listener").port()
+    }
+    /// `wss://127.0.0.1:PORT/mqtt` (panics when `wss` is not configured).
+    pub fn wss_url(&self) -> String {
+        format!(
+            "wss://127.0.0.1:{}{}",
+            self.wss_addr.expect("no wss listener").port(),
             self.config.listeners.ws_path
         )
     }
@@ -118,7 +136,9 @@ pub async fn start_broker(f: impl FnOnce(&mut midge::Config)) -> TestBroker {
         .expect("broker failed to bind");
     let addr = server.mqtt_addr().expect("no mqtt listener");
     let ws_addr = server.ws_addr().unwrap_or(addr);
+    let (mqtts_addr, wss_addr) = (server.mqtts_addr(), server.wss_addr());
     let broker = server.broker();
+    let gate = server.gate();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         let shutdown = async move {
@@ -131,8 +151,11 @@ pub async fn start_broker(f: impl FnOnce(&mut midge::Config)) -> TestBroker {
     TestBroker {
         addr,
         ws_addr,
+        mqtts_addr,
+        wss_addr,
         config,
         broker,
+        gate,
         shutdown: Some(tx),
         handle: Some(handle),
         _data: data,

@@ -2,6 +2,7 @@
 //! decodes packets and drives the session, with a writer task beside it.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +14,10 @@ use midge_protocol::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::limits::{Listener, Refusal};
 use super::writer::{self, ClientLimits};
 use crate::auth::{AuthDecision, ConnectInfo};
 use crate::broker::{split_filter, Broker};
@@ -28,15 +31,30 @@ use midge_plugin::types::{self as pt, HookSet};
 use midge_plugin::PublishVerdict;
 use midge_rules::EventKind;
 
-/// How long a new socket may take to send its CONNECT.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest read buffer reservation for a busy connection.
 const READ_CHUNK: usize = 64 * 1024;
 /// How long the writer may take to flush the last packets when closing.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
+/// What the listener knows about a connection before its CONNECT.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub listener: Listener,
+    /// When the CONNECT must have arrived (accept + `limits.connect_timeout`;
+    /// a TLS or WebSocket handshake spends from the same budget).
+    pub deadline: Instant,
+    /// A limit refused the connection at accept: its CONNECT is read and
+    /// answered with this refusal, then the connection is closed.
+    pub refusal: Option<Refusal>,
+    /// `cn_as_username` on a TLS listener: the username is the subject CN of
+    /// the verified client certificate (`None`: no certificate, or no CN),
+    /// whatever CONNECT says.
+    pub cert_username: Option<Option<String>>,
+}
+
 /// Serves one client, given the two halves of its stream, until it goes away.
-pub async fn serve<R, W>(broker: Arc<Broker>, mut rd: R, mut wr: W, peer: SocketAddr)
+pub async fn serve<R, W>(broker: Arc<Broker>, mut rd: R, mut wr: W, info: ConnInfo)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -44,37 +62,85 @@ where
     // Small at first: idle connections should cost little memory.
     let mut buf = BytesMut::with_capacity(256);
     let max_in = broker.config.max_packet_size as usize;
+    let peer = info.peer;
     // Boxed: the handshake's state is freed once it is done, keeping the
     // long-lived connection future small (idle connections cost memory).
-    let connect = match Box::pin(read_connect(&mut rd, &mut wr, &mut buf, max_in)).await {
-        Some(c) => c,
-        None => return,
+    let read = read_connect(&mut rd, &mut wr, &mut buf, max_in, info.deadline);
+    let mut connect = match Box::pin(read).await {
+        Ok(c) => c,
+        Err(NoConnect::TimedOut) => {
+            connect_timed_out(&broker, peer, info.listener);
+            return;
+        }
+        Err(NoConnect::Failed) => return,
     };
-    let span = info_span!("conn", client_id = tracing::field::Empty, %peer);
+    if let Some(r) = info.refusal {
+        let v = connect.version;
+        // debug: a connection storm must not flood the log; the refusals are counted.
+        debug!(%peer, listener = info.listener.name(), reason = r.text(), "connection refused");
+        connack_event(&broker, &connect, peer, r.reason_code());
+        Box::pin(send_connack(
+            &mut wr,
+            v,
+            r.reason_code(),
+            reason_props(v, r.text()),
+        ))
+        .await;
+        return;
+    }
+    if let Some(name) = info.cert_username {
+        // Before authentication: plugins and the auth hook see the CN.
+        connect.username = name.map(Into::into);
+    }
+    // The client id is a span field from the start when the client gave one
+    // (span filters such as `[log] trace_clients` match from the first
+    // packet); an assigned one is recorded once chosen.
+    let span = info_span!("conn", client_id = tracing::field::Empty, %peer, listener = info.listener.name());
+    if !connect.client_id.is_empty() {
+        span.record("client_id", &*connect.client_id);
+    }
     run(broker, connect, peer, rd, wr, buf)
         .instrument(span)
         .await;
 }
 
-/// Reads the first packet, which must be CONNECT. Answers unsupported
-/// protocol levels and malformed CONNECTs itself.
+/// Counts and logs a connection closed for not completing its handshake or
+/// CONNECT within `limits.connect_timeout`.
+pub fn connect_timed_out(broker: &Broker, peer: SocketAddr, listener: Listener) {
+    broker
+        .stats
+        .connections_refused_connect_timeout
+        .fetch_add(1, Ordering::Relaxed);
+    debug!(%peer, listener = listener.name(), "no CONNECT within the connect timeout");
+}
+
+/// Why no CONNECT was read.
+enum NoConnect {
+    /// The deadline passed.
+    TimedOut,
+    /// Closed, another packet first, or a bad CONNECT (answered already).
+    Failed,
+}
+
+/// Reads the first packet, which must be CONNECT, by `deadline`. Answers
+/// unsupported protocol levels and malformed CONNECTs itself.
 async fn read_connect<R, W>(
     rd: &mut R,
     wr: &mut W,
     buf: &mut BytesMut,
     max: usize,
-) -> Option<Box<Connect>>
+    deadline: Instant,
+) -> Result<Box<Connect>, NoConnect>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     loop {
         match decode(buf, None, max) {
-            Ok(Some(Packet::Connect(c))) => return Some(c),
+            Ok(Some(Packet::Connect(c))) => return Ok(c),
             Ok(Some(other)) => {
                 debug!(packet = packet_name(&other), "first packet is not CONNECT");
-                return None;
+                return Err(NoConnect::Failed);
             }
             Ok(None) => {}
             Err(DecodeError::UnsupportedProtocol { level }) => {
@@ -85,19 +151,20 @@ where
                     (Version::V311, reason::v311::UNACCEPTABLE_PROTOCOL_VERSION)
                 };
                 send_connack(wr, v, code, Properties::default()).await;
-                return None;
+                return Err(NoConnect::Failed);
             }
             Err(e) => {
                 debug!(error = %e, "bad CONNECT");
                 if peek_connect_level(buf) == Some(5) {
                     send_connack(wr, Version::V5, e.reason_code(), Properties::default()).await;
                 }
-                return None;
+                return Err(NoConnect::Failed);
             }
         }
         match tokio::time::timeout_at(deadline, rd.read_buf(buf)).await {
             Ok(Ok(n)) if n > 0 => {}
-            _ => return None,
+            Ok(_) => return Err(NoConnect::Failed),
+            Err(_) => return Err(NoConnect::TimedOut),
         }
     }
 }
@@ -316,19 +383,7 @@ async fn run<R, W>(
     })();
     if let Err((code, text)) = check {
         info!(code, reason = text, "connection refused");
-        if broker.rules.wants(EventKind::ClientConnack) {
-            let mut f = events::client_fields(&c.client_id, c.username.as_deref(), peer);
-            f.set("reason_code", connack_reason_name(code));
-            conn_fields(
-                &mut f,
-                &ConnMeta {
-                    version: c.version,
-                    keep_alive: c.keep_alive,
-                    clean_start: c.clean_start,
-                },
-            );
-            broker.rules.on_event(EventKind::ClientConnack, &f);
-        }
+        connack_event(&broker, &c, peer, code);
         Box::pin(send_connack(&mut wr, v, code, reason_props(v, text))).await;
         return;
     }
@@ -645,6 +700,23 @@ async fn run<R, W>(
     );
 }
 
+/// The `client_connack` event of a refused CONNECT.
+fn connack_event(broker: &Broker, c: &Connect, peer: SocketAddr, code: u8) {
+    if broker.rules.wants(EventKind::ClientConnack) {
+        let mut f = events::client_fields(&c.client_id, c.username.as_deref(), peer);
+        f.set("reason_code", connack_reason_name(code));
+        conn_fields(
+            &mut f,
+            &ConnMeta {
+                version: c.version,
+                keep_alive: c.keep_alive,
+                clean_start: c.clean_start,
+            },
+        );
+        broker.rules.on_event(EventKind::ClientConnack, &f);
+    }
+}
+
 /// What the connection keeps of its CONNECT for events.
 struct ConnMeta {
     version: Version,
@@ -673,6 +745,8 @@ fn connack_reason_name(code: u8) -> &'static str {
         reason::QOS_NOT_SUPPORTED => "qos_not_supported",
         reason::RETAIN_NOT_SUPPORTED => "retain_not_supported",
         reason::TOPIC_NAME_INVALID => "topic_name_invalid",
+        reason::QUOTA_EXCEEDED => "quota_exceeded",
+        reason::CONNECTION_RATE_EXCEEDED => "connection_rate_exceeded",
         _ => "unspecified_error",
     }
 }

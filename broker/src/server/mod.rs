@@ -1,16 +1,27 @@
-//! Listeners (TCP, WebSocket) and connection tasks.
+//! Listeners (TCP, WebSocket, and both over TLS) and connection tasks.
+//!
+//! Each listener has an accept loop that only accepts, asks the [`Gate`]
+//! whether the connection is within `[limits]`, and spawns the connection's
+//! task; TLS and WebSocket handshakes run in that task, within the connect
+//! timeout, and then `connection::serve` takes the byte stream.
 
 mod connection;
+mod limits;
+mod tls;
 mod writer;
 mod ws;
+
+pub use connection::ConnInfo;
+pub use limits::{Gate, Listener, Refusal};
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::store::Store;
@@ -31,6 +42,25 @@ pub enum ServerError {
     Plugins(#[from] midge_plugin::PluginError),
     #[error("persistence: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// A TLS certificate or key file that cannot be used.
+    #[error("{field}: {path}: {message}")]
+    Tls {
+        field: &'static str,
+        path: String,
+        message: String,
+    },
+}
+
+/// Loads `[listeners.tls]` (certificate, key, client CA) as `serve` would,
+/// for `midge check`: `None` when it loads or is not used.
+pub fn check_tls(config: &Config) -> Option<String> {
+    let l = &config.listeners;
+    match &l.tls {
+        Some(t) if l.mqtts.is_some() || l.wss.is_some() => {
+            tls::Tls::load(t).err().map(|e| e.to_string())
+        }
+        _ => None,
+    }
 }
 
 /// A bound, not yet running broker.
@@ -40,6 +70,11 @@ pub struct Server {
     broker: Arc<Broker>,
     mqtt: Option<TcpListener>,
     ws: Option<TcpListener>,
+    mqtts: Option<TcpListener>,
+    wss: Option<TcpListener>,
+    /// Loaded when `mqtts` or `wss` is set.
+    tls: Option<tls::Tls>,
+    gate: Arc<Gate>,
 }
 
 /// Pending connections the kernel queues per listener before `accept`
@@ -63,12 +98,33 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 impl Server {
     /// Binds the configured listeners (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        // Certificates first: a bad file is reported before any port is taken.
+        let l = &config.listeners;
+        let tls = match (&l.tls, l.mqtts.is_some() || l.wss.is_some()) {
+            (Some(t), true) => Some(tls::Tls::load(t)?),
+            (None, true) => {
+                return Err(ServerError::Tls {
+                    field: "listeners.tls",
+                    path: "(not set)".into(),
+                    message: "must be set (cert and key) when `mqtts` or `wss` is".into(),
+                })
+            }
+            (_, false) => None,
+        };
         let mqtt = match config.listeners.mqtt {
             Some(a) => Some(bind("mqtt", a).await?),
             None => None,
         };
         let ws = match config.listeners.ws {
             Some(a) => Some(bind("websocket", a).await?),
+            None => None,
+        };
+        let mqtts = match config.listeners.mqtts {
+            Some(a) => Some(bind("mqtts", a).await?),
+            None => None,
+        };
+        let wss = match config.listeners.wss {
+            Some(a) => Some(bind("wss", a).await?),
             None => None,
         };
         // The store is read and every session restored before any listener
@@ -114,11 +170,16 @@ impl Server {
             info!(plugins = ?host.plugins(), "plugins loaded");
             let _ = broker.plugins.set(host);
         }
+        let gate = Arc::new(Gate::new(broker.clone(), &config.limits));
         Ok(Server {
             broker,
             config,
             mqtt,
             ws,
+            mqtts,
+            wss,
+            tls,
+            gate,
         })
     }
 
@@ -130,6 +191,21 @@ impl Server {
     /// Bound address of the MQTT/WebSocket listener.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.ws.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Bound address of the MQTT/TLS listener.
+    pub fn mqtts_addr(&self) -> Option<SocketAddr> {
+        self.mqtts.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Bound address of the MQTT/secure WebSocket listener.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.wss.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Admission state: per-listener connection counts.
+    pub fn gate(&self) -> Arc<Gate> {
+        self.gate.clone()
     }
 
     /// The broker state (for embedding and tests).
@@ -144,16 +220,45 @@ impl Server {
         if let Some(rx) = self.broker.rules.take_receiver() {
             tasks.spawn(crate::rules::run_actions(self.broker.clone(), rx));
         }
+        let path: Arc<str> = self.config.listeners.ws_path.as_str().into();
         if let Some(l) = self.mqtt {
             info!(addr = ?l.local_addr().ok(), "MQTT listener up");
-            tasks.spawn(accept_tcp(l, self.broker.clone()));
+            let b = self.broker.clone();
+            tasks.spawn(accept_loop(
+                l,
+                Listener::Mqtt,
+                self.gate.clone(),
+                move |s, i| plain(b.clone(), s, i),
+            ));
         }
         if let Some(l) = self.ws {
-            info!(addr = ?l.local_addr().ok(), path = %self.config.listeners.ws_path, "WebSocket listener up");
-            tasks.spawn(accept_ws(
+            info!(addr = ?l.local_addr().ok(), path = %path, "WebSocket listener up");
+            let (b, p) = (self.broker.clone(), path.clone());
+            tasks.spawn(accept_loop(
                 l,
-                self.broker.clone(),
-                self.config.listeners.ws_path.clone(),
+                Listener::Ws,
+                self.gate.clone(),
+                move |s, i| websocket(b.clone(), s, p.clone(), i),
+            ));
+        }
+        if let (Some(l), Some(t)) = (self.mqtts, self.tls.clone()) {
+            info!(addr = ?l.local_addr().ok(), "MQTT/TLS listener up");
+            let b = self.broker.clone();
+            tasks.spawn(accept_loop(
+                l,
+                Listener::Mqtts,
+                self.gate.clone(),
+                move |s, i| mqtts(b.clone(), t.clone(), s, i),
+            ));
+        }
+        if let (Some(l), Some(t)) = (self.wss, self.tls) {
+            info!(addr = ?l.local_addr().ok(), path = %path, "secure WebSocket listener up");
+            let b = self.broker.clone();
+            tasks.spawn(accept_loop(
+                l,
+                Listener::Wss,
+                self.gate.clone(),
+                move |s, i| wss(b.clone(), t.clone(), s, path.clone(), i),
             ));
         }
         if self.config.sys.interval > 0 {
@@ -177,40 +282,107 @@ impl Server {
     }
 }
 
-async fn accept_tcp(listener: TcpListener, broker: Arc<Broker>) {
+/// Accepts on `listener` until aborted. Per socket: admission by `gate`
+/// (cheap, no I/O), then `handle` runs in the connection's own task, which
+/// holds the admitted slot until it ends.
+async fn accept_loop<F, Fut>(listener: TcpListener, kind: Listener, gate: Arc<Gate>, handle: F)
+where
+    F: Fn(TcpStream, ConnInfo) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let (rd, wr) = stream.into_split();
-                tokio::spawn(connection::serve(broker.clone(), rd, wr, peer));
+                let admitted = gate.admit(kind);
+                let info = ConnInfo {
+                    peer,
+                    listener: kind,
+                    deadline: Instant::now() + gate.connect_timeout,
+                    refusal: admitted.as_ref().err().copied(),
+                    cert_username: None,
+                };
+                let conn = handle(stream, info);
+                tokio::spawn(async move {
+                    let _slot = admitted.ok();
+                    conn.await;
+                });
             }
             Err(e) => {
-                warn!(error = %e, "accept failed");
+                warn!(error = %e, listener = kind.name(), "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
 }
 
-async fn accept_ws(listener: TcpListener, broker: Arc<Broker>, path: String) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let broker = broker.clone();
-                let path = path.clone();
-                tokio::spawn(async move {
-                    if let Some(s) = ws::accept(stream, path).await {
-                        let (rd, wr) = tokio::io::split(s);
-                        connection::serve(broker, rd, wr, peer).await;
-                    }
-                });
+/// `mqtt`: the socket as it is.
+async fn plain(broker: Arc<Broker>, stream: TcpStream, info: ConnInfo) {
+    let (rd, wr) = stream.into_split();
+    connection::serve(broker, rd, wr, info).await;
+}
+
+/// `ws` (and `wss` after TLS): the WebSocket upgrade, then the bridged byte stream.
+async fn websocket<S>(broker: Arc<Broker>, stream: S, path: Arc<str>, info: ConnInfo)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let upgrade = ws::accept(stream, path.to_string());
+    match tokio::time::timeout_at(info.deadline, upgrade).await {
+        Ok(Some(s)) => {
+            let (rd, wr) = tokio::io::split(s);
+            connection::serve(broker, rd, wr, info).await;
+        }
+        Ok(None) => {}
+        Err(_) => connection::connect_timed_out(&broker, info.peer, info.listener),
+    }
+}
+
+/// The TLS handshake of `mqtts` and `wss`, within the connect timeout.
+async fn handshake(
+    broker: &Broker,
+    tls: &tls::Tls,
+    stream: TcpStream,
+    info: &mut ConnInfo,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout_at(info.deadline, tls.accept(stream)).await {
+        Ok(Ok(a)) => {
+            if tls.cn_as_username() {
+                info.cert_username = Some(a.cn);
             }
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            Some(a.stream)
+        }
+        Ok(Err(e)) => {
+            debug!(peer = %info.peer, listener = info.listener.name(), error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            connection::connect_timed_out(broker, info.peer, info.listener);
+            None
         }
     }
+}
+
+/// `mqtts`: TLS, then MQTT.
+async fn mqtts(broker: Arc<Broker>, tls: tls::Tls, stream: TcpStream, mut info: ConnInfo) {
+    if let Some(s) = Box::pin(handshake(&broker, &tls, stream, &mut info)).await {
+        drop(tls);
+        let (rd, wr) = tokio::io::split(s);
+        connection::serve(broker, rd, wr, info).await;
+    }
+}
+
+/// `wss`: TLS, then the WebSocket upgrade, then MQTT.
+async fn wss(
+    broker: Arc<Broker>,
+    tls: tls::Tls,
+    stream: TcpStream,
+    path: Arc<str>,
+    mut info: ConnInfo,
+) {
+    let Some(s) = Box::pin(handshake(&broker, &tls, stream, &mut info)).await else {
+        return;
+    };
+    drop(tls);
+    websocket(broker, s, path, info).await;
 }

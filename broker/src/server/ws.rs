@@ -3,18 +3,21 @@
 //! ordinary connection code.
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::debug;
 
 /// Completes the WebSocket handshake on `path` and returns a byte stream
-/// carrying the MQTT bytes. A wrong path gets HTTP 404.
+/// carrying the MQTT bytes. A wrong path gets HTTP 404. `stream` is the TCP
+/// socket (`ws`) or the TLS stream over it (`wss`).
 // The callback's signature is tungstenite's.
 #[allow(clippy::result_large_err)]
-pub async fn accept(tcp: TcpStream, path: String) -> Option<DuplexStream> {
+pub async fn accept<S>(stream: S, path: String) -> Option<DuplexStream>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != path {
             let mut err =
@@ -37,7 +40,7 @@ pub async fn accept(tcp: TcpStream, path: String) -> Option<DuplexStream> {
         }
         Ok(resp)
     };
-    let ws = match tokio_tungstenite::accept_hdr_async(tcp, callback).await {
+    let ws = match tokio_tungstenite::accept_hdr_async(stream, callback).await {
         Ok(ws) => ws,
         Err(e) => {
             debug!(error = %e, "websocket handshake failed");
