@@ -9,6 +9,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod limits;
+pub mod logging;
 pub mod message;
 pub mod plugins;
 pub mod reload;

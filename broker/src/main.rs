@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use midge::{Config, Server};
-use tracing_subscriber::EnvFilter;
 
 /// Midge: an MQTT 3.1.1 / 5.0 broker.
 #[derive(Debug, Parser)]
@@ -321,20 +320,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn init_logging(cfg: &Config) {
-    let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
-    let filter = cfg
-        .log
-        .filter_with(env.as_deref())
-        .unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
-    // Logs go to stderr; stdout carries only the "listening on" lines scripts read.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cfg.log.json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    midge::logging::init(&cfg.log);
 }
 
 fn serve(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {

@@ -29,13 +29,32 @@ pub fn reload(broker: &Broker, path: &Path, running: &Config) -> Result<usize, S
         .rules
         .load(&config.rules)
         .map_err(|errors| format!("{}: {}", path.display(), errors.join("; ")))?;
-    if config.listeners != running.listeners
-        || config.mqtt != running.mqtt
-        || config.log != running.log
-        || config.persistence != running.persistence
-        || config.plugins != running.plugins
+    if config.log.level != running.log.level
+        || config.log.trace_clients != running.log.trace_clients
     {
-        warn!(file = %path.display(), "listener, mqtt, log, persistence or [plugins] settings changed: they take effect after a restart (a plugin's .wasm file reloads live)");
+        match crate::logging::reload(&config.log) {
+            Ok(true) => {
+                info!(level = %config.log.level, trace_clients = ?config.log.trace_clients, "log filter reloaded")
+            }
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "log filter not reloaded"),
+        }
+    }
+    let restart: Vec<&str> = [
+        ("[listeners]", config.listeners != running.listeners),
+        ("[mqtt]", config.mqtt != running.mqtt),
+        ("log.json", config.log.json != running.log.json),
+        ("[persistence]", config.persistence != running.persistence),
+        ("[plugins]", config.plugins != running.plugins),
+        ("[limits]", config.limits != running.limits),
+        ("[admin]", config.admin != running.admin),
+        ("[sys]", config.sys != running.sys),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect();
+    if !restart.is_empty() {
+        warn!(file = %path.display(), sections = ?restart, "these settings changed and take effect after a restart (rules, log level and trace_clients reload live; a plugin's .wasm file reloads live)");
     }
     Ok(n)
 }

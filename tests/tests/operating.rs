@@ -454,3 +454,51 @@ async fn json_logs_carry_the_connection_span() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_clients_reloads_without_a_restart() {
+    let dir = TempDir::new("midge-trace-reload");
+    let config = dir.0.join("midge.toml");
+    std::fs::write(&config, "[log]\nlevel = \"warn\"\n").unwrap();
+    let broker = midge_e2e::process::BrokerProcess::start(&config, 0);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", broker.port()).parse().unwrap();
+    let id = unique("later-traced");
+    let session = |n: u16| {
+        let id = id.clone();
+        async move {
+            let (mut c, _) = RawClient::handshake(addr, ConnectOpts::v5(&id)).await;
+            c.publish("trace/r", 1, false, n, &[], b"x").await;
+            c.send(&disconnect(true, 0, &[])).await;
+            c.expect_closed().await;
+        }
+    };
+    session(1).await;
+    // Rewrite the file: the broker polls it and applies the new filter.
+    std::fs::write(
+        &config,
+        format!("[log]\nlevel = \"warn\"\ntrace_clients = [\"{id}\"]\n"),
+    )
+    .unwrap();
+    // The broker polls the file (every 2 s): new sessions are traced once
+    // it has applied the new filter.
+    let mut log = String::new();
+    for n in 7..40u16 {
+        session(n).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        log = broker.log();
+        if log.lines().any(|l| l.contains("DEBUG") && l.contains(&id)) {
+            break;
+        }
+    }
+    let debug: Vec<&str> = log.lines().filter(|l| l.contains("DEBUG")).collect();
+    assert!(
+        debug
+            .iter()
+            .any(|l| l.contains(&id) && l.contains("received")),
+        "never traced after the reload:\n{log}"
+    );
+    assert!(
+        !debug.iter().any(|l| l.contains("packet_id: 1,")),
+        "traced before the reload:\n{log}"
+    );
+}

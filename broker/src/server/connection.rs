@@ -394,7 +394,9 @@ async fn run<R, W>(
     } else {
         c.client_id.as_str().into()
     };
-    tracing::Span::current().record("client_id", &*client_id);
+    if assigned.is_some() {
+        tracing::Span::current().record("client_id", &*client_id);
+    }
     let origin = Arc::new(ClientInfo {
         client_id: client_id.clone(),
         username: c.username.as_deref().map(Arc::from),
