@@ -2,6 +2,7 @@
 //! decodes packets and drives the session, with a writer task beside it.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +46,8 @@ where
     let max_in = broker.config.max_packet_size as usize;
     // Boxed: the handshake's state is freed once it is done, keeping the
     // long-lived connection future small (idle connections cost memory).
-    let connect = match Box::pin(read_connect(&mut rd, &mut wr, &mut buf, max_in)).await {
+    let stats = &broker.stats;
+    let connect = match Box::pin(read_connect(&mut rd, &mut wr, &mut buf, max_in, stats)).await {
         Some(c) => c,
         None => return,
     };
@@ -62,6 +64,7 @@ async fn read_connect<R, W>(
     wr: &mut W,
     buf: &mut BytesMut,
     max: usize,
+    stats: &crate::broker::Stats,
 ) -> Option<Box<Connect>>
 where
     R: AsyncRead + Unpin,
@@ -95,7 +98,9 @@ where
             }
         }
         match tokio::time::timeout_at(deadline, rd.read_buf(buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
+            Ok(Ok(n)) if n > 0 => {
+                stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+            }
             _ => return None,
         }
     }
@@ -303,6 +308,7 @@ async fn run<R, W>(
     })();
     if let Err((code, text)) = check {
         info!(code, reason = text, "connection refused");
+        broker.stats.connacks_refused.add(code);
         if broker.rules.wants(EventKind::ClientConnack) {
             let mut f = events::client_fields(&c.client_id, c.username.as_deref(), peer);
             f.set("reason_code", connack_reason_name(code));
@@ -386,6 +392,13 @@ async fn run<R, W>(
         }
     });
 
+    let info = Arc::new(crate::session::ConnInfo {
+        username: origin.username.clone(),
+        peer,
+        keep_alive,
+        clean_start: c.clean_start,
+        connected_at_ms: crate::message::now_ms(),
+    });
     let attached = Box::pin(broker.attach(
         client_id.clone(),
         c.clean_start,
@@ -393,6 +406,7 @@ async fn run<R, W>(
         v,
         window,
         will.as_ref().map(|w| (w.msg.clone(), w.delay)),
+        info,
     ))
     .await;
     if let Some(store) = &broker.store {
@@ -544,6 +558,7 @@ async fn run<R, W>(
                 None => break End::Server { reason: reason::KEEP_ALIVE_TIMEOUT, why: "keep alive timeout" },
                 Some(Ok(0)) => break End::Lost("closed by peer"),
                 Some(Ok(n)) => {
+                    broker.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                     if n == spare {
                         chunk = (chunk * 2).min(READ_CHUNK);
                     }
@@ -563,7 +578,11 @@ async fn run<R, W>(
         End::Client { .. } => "normal",
         End::Server { reason: r, .. } if *r == reason::SESSION_TAKEN_OVER => "takenover",
         End::Server { reason: r, .. } if *r == reason::KEEP_ALIVE_TIMEOUT => "keepalive_timeout",
-        End::Server { reason: r, .. } if *r == reason::SERVER_SHUTTING_DOWN => "kicked",
+        End::Server { reason: r, .. }
+            if *r == reason::SERVER_SHUTTING_DOWN || *r == reason::ADMINISTRATIVE_ACTION =>
+        {
+            "kicked"
+        }
         End::Server { .. } => "protocol_error",
         End::Lost(_) => "sock_closed",
     };
@@ -892,6 +911,7 @@ impl Reader {
     }
 
     async fn publish(&mut self, mut p: Publish) -> Option<End> {
+        self.broker.stats.publish_received[p.qos as usize].fetch_add(1, Ordering::Relaxed);
         let cfg = &self.broker.config;
         if p.qos as u8 > cfg.max_qos {
             return Some(End::Server {
