@@ -310,14 +310,15 @@ fn serve(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         if let Some(a) = server.ws_addr() {
             println!("midge: websocket listening on {a}");
         }
-        if let Some(a) = server.admin_addr() {
-            println!("midge: admin listening on {a}");
-        }
         if server.admin_token_generated() {
             if let Some(t) = server.admin_token() {
                 // Neither [admin] token nor MIDGE_ADMIN_TOKEN: the only way to learn it.
                 println!("midge: admin token {t}");
             }
+        }
+        // Last: a script that reads up to this line has seen the token.
+        if let Some(a) = server.admin_addr() {
+            println!("midge: admin listening on {a}");
         }
         server.run(shutdown_signal()).await?;
         Ok(())
