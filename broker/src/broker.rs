@@ -250,11 +250,10 @@ impl Broker {
 
     /// Attaches a new connection to the session of `client_id`, taking over
     /// any live connection (which is told 0x8E) and discarding the old
-    /// session when `clean_start`.
+    /// session when `info.clean_start`.
     pub async fn attach(
         &self,
         client_id: Arc<str>,
-        clean_start: bool,
         expiry_interval: u32,
         version: Version,
         window: usize,
@@ -265,7 +264,7 @@ impl Broker {
         self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
         let new = NewConn {
             conn_id,
-            clean_start,
+            clean_start: info.clean_start,
             expiry_interval,
             version,
             window,

@@ -401,7 +401,6 @@ async fn run<R, W>(
     });
     let attached = Box::pin(broker.attach(
         client_id.clone(),
-        c.clean_start,
         expiry,
         v,
         window,
