@@ -570,7 +570,7 @@ launch() {
     case $name in
     midge-*)
         "${PIN_BROKER[@]}" "$MIDGE" serve --config "$CELL_DIR/midge.toml" --listen "127.0.0.1:$port" \
-            --no-ws >>"$CELL_DIR/broker.log" 2>&1 &
+            --no-ws --no-admin >>"$CELL_DIR/broker.log" 2>&1 &
         ;;
     mosquitto)
         "${PIN_BROKER[@]}" "$MOSQUITTO" -c "$CELL_DIR/mosquitto.conf" >>"$CELL_DIR/broker.log" 2>&1 &

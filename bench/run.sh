@@ -186,7 +186,7 @@ start_broker() {
         # MIDGE_CONFIG: a config file (the rules cells), else the defaults.
         [[ -n ${MIDGE_CONFIG:-} ]] && cfg=(--config "$MIDGE_CONFIG")
         "${PIN_BROKER[@]}" "$MIDGE" serve "${cfg[@]}" --listen "127.0.0.1:$port" \
-            --ws-listen "127.0.0.1:$ws" >"$logf" 2>&1 &
+            --ws-listen "127.0.0.1:$ws" --no-admin >"$logf" 2>&1 &
         ;;
     mosquitto)
         [[ -x $MOSQUITTO ]] || { START_ERR="$MOSQUITTO not installed"; return 1; }

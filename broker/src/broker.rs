@@ -19,24 +19,25 @@ use crate::config::MqttConfig;
 use crate::message::Message;
 use crate::router::{Hit, RetainedStore, Router, SharedKey, SubEntry};
 use crate::rules::{events, RuleEngine};
-use crate::session::{ConnLink, Delivery, PendingWill, QueueLimits, Session, SessionState};
+use crate::session::{
+    ConnInfo, ConnLink, Delivery, PendingWill, QueueLimits, Session, SessionState,
+};
 use crate::store::{Op, Snapshot, Store};
 use midge_rules::EventKind;
 
-/// Counters kept by the broker (the admin issue exports them).
+/// Counters kept by the broker, exported by the admin API's `/metrics`
+/// (`admin/metrics.rs`). All are `Relaxed` atomics.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Messages entering `Broker::publish` (clients, wills, plugins, the admin API).
     pub messages_received: AtomicU64,
     pub messages_routed: AtomicU64,
     pub messages_dropped_queue_full: AtomicU64,
     pub messages_dropped_expired: AtomicU64,
     pub messages_dropped_too_large: AtomicU64,
+    /// Publishes that matched no subscription.
+    pub messages_dropped_no_subscribers: AtomicU64,
     pub connections_total: AtomicU64,
-    /// PUBLISH packets sent to clients.
-    pub messages_sent: AtomicU64,
-    /// Bytes read from and written to client connections (MQTT packets).
-    pub bytes_received: AtomicU64,
-    pub bytes_sent: AtomicU64,
     /// CONNECTs refused because `allow_anonymous` is off.
     pub connections_refused_anonymous: AtomicU64,
     /// Clients disconnected for exceeding `max_publish_rate` (0x96).
@@ -58,6 +59,47 @@ pub struct Stats {
     /// Connections closed because no CONNECT (or no TLS / WebSocket
     /// handshake) completed within `limits.connect_timeout`.
     pub connections_refused_connect_timeout: AtomicU64,
+    /// PUBLISH packets read from clients, by QoS (server/connection.rs).
+    pub publish_received: [AtomicU64; 3],
+    /// PUBLISH packets written to clients, by QoS (server/writer.rs).
+    pub publish_sent: [AtomicU64; 3],
+    /// Bytes read from / written to client sockets (MQTT layer, after TLS or WebSocket framing).
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// CONNECTs refused, by CONNACK reason code (5.0 codes; a 3.1.1 refusal
+    /// counts under the 5.0 code it was mapped from).
+    pub connacks_refused: ReasonCounters,
+}
+
+/// One counter per reason code (0..=255): refusals are rare, a fixed table
+/// keeps counting lock-free and rendering generic.
+#[derive(Debug)]
+pub struct ReasonCounters(Box<[AtomicU64]>);
+
+impl Default for ReasonCounters {
+    fn default() -> Self {
+        ReasonCounters((0..256).map(|_| AtomicU64::new(0)).collect())
+    }
+}
+
+impl ReasonCounters {
+    pub fn add(&self, code: u8) {
+        if let Some(c) = self.0.get(usize::from(code)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (code, count) of every code counted at least once.
+    pub fn nonzero(&self) -> Vec<(u8, u64)> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let n = c.load(Ordering::Relaxed);
+                (n > 0).then_some((i as u8, n))
+            })
+            .collect()
+    }
 }
 
 /// Shared broker state.
@@ -92,6 +134,7 @@ struct NewConn {
     version: Version,
     window: usize,
     will: Option<(Arc<Message>, u32)>,
+    info: Arc<ConnInfo>,
 }
 
 /// What `attach` found.
@@ -157,6 +200,9 @@ impl Broker {
         let mut hits: Vec<Hit> = Vec::new();
         self.router.matches(&msg.topic, &mut hits);
         if hits.is_empty() {
+            self.stats
+                .messages_dropped_no_subscribers
+                .fetch_add(1, Ordering::Relaxed);
             if self.rules.wants(EventKind::MessageDropped) {
                 let mut f = events::message_fields(&msg);
                 f.set("reason", "no_subscribers");
@@ -238,25 +284,26 @@ impl Broker {
 
     /// Attaches a new connection to the session of `client_id`, taking over
     /// any live connection (which is told 0x8E) and discarding the old
-    /// session when `clean_start`.
+    /// session when `info.clean_start`.
     pub async fn attach(
         &self,
         client_id: Arc<str>,
-        clean_start: bool,
         expiry_interval: u32,
         version: Version,
         window: usize,
         will: Option<(Arc<Message>, u32)>,
+        info: Arc<ConnInfo>,
     ) -> Attached {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
         let new = NewConn {
             conn_id,
-            clean_start,
+            clean_start: info.clean_start,
             expiry_interval,
             version,
             window,
             will,
+            info,
         };
         // Bounded: each round attaches or waits for the live connection to go.
         for _ in 0..50 {
@@ -334,6 +381,7 @@ impl Broker {
                 window: new.window,
                 kick: Some(kick_tx),
                 detached: detached.clone(),
+                info: new.info.clone(),
             });
             st.conn_will = new.will.clone();
             let persist = self.store.is_some() && new.expiry_interval > 0;
@@ -698,6 +746,49 @@ impl Broker {
     /// Number of sessions (connected or not).
     pub fn session_count(&self) -> usize {
         self.sessions.lock().len()
+    }
+
+    /// Every session (connected or not), sorted by client id (stable pages
+    /// for the admin API).
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        let mut v: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        v
+    }
+
+    /// The session of `client_id`, if any.
+    pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.sessions.lock().get(client_id).cloned()
+    }
+
+    /// Closes the live connection of `session` (5.0: DISCONNECT `reason`);
+    /// the returned future completes when it has detached. `None`: offline.
+    pub fn kick(&self, session: &Session, reason: u8) -> Option<OwnedNotified> {
+        let mut st = session.state.lock();
+        let link = st.conn.as_mut()?;
+        if let Some(k) = link.kick.take() {
+            let _ = k.send(reason);
+        }
+        Some(link.detached.clone().notified_owned())
+    }
+
+    /// Ends `session` now (subscriptions, queue and stored records go; a
+    /// pending will is published) if it is still the registered one and no
+    /// connection is attached. Returns whether it was discarded.
+    pub fn discard(&self, session: &Arc<Session>) -> bool {
+        {
+            let mut sessions = self.sessions.lock();
+            let registered = sessions
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session));
+            // Registry lock, then session lock: the order `try_attach` uses.
+            if !registered || session.state.lock().conn.is_some() {
+                return false;
+            }
+            sessions.remove(&session.client_id);
+        }
+        self.end_session(session);
+        true
     }
 
     /// Kicks every connection (server shutdown) with `reason`; the returned

@@ -126,7 +126,9 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Listen address; remove the key (or `--no-admin`) to turn the API off.
+    /// Serve the API (`--no-admin` turns it off too).
+    pub enabled: bool,
+    /// Listen address.
     pub listen: Option<SocketAddr>,
     /// Bearer token required on every request except `/metrics` when
     /// `metrics_public`. Unset: `MIDGE_ADMIN_TOKEN` from the environment,
@@ -164,6 +166,7 @@ impl Default for LimitsConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
+            enabled: true,
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 18083))),
             token: None,
             metrics_public: false,

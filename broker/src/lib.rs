@@ -5,6 +5,7 @@
 //! [`broker::Broker::publish`] -> [`router`] -> the matching sessions'
 //! queues -> their writers.
 
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod config;

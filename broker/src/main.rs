@@ -33,6 +33,13 @@ enum Command {
         /// Disable the WebSocket listener.
         #[arg(long, conflicts_with = "ws_listen")]
         no_ws: bool,
+        /// Admin HTTP API (and /metrics) listen address, overriding `[admin] listen`
+        /// (default 127.0.0.1:18083; port 0 picks one).
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<SocketAddr>,
+        /// Disable the admin HTTP API.
+        #[arg(long, conflicts_with = "admin_listen")]
+        no_admin: bool,
         /// Log as JSON lines instead of human-readable text.
         #[arg(long)]
         log_json: bool,
@@ -126,13 +133,6 @@ fn rule_test(cmd: RuleCommand) -> ExitCode {
         event,
         fields,
     } = cmd;
-    let rule = match midge_rules::Rule::compile("test", &sql) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let mut extra = serde_json::Map::new();
     for f in &fields {
         let Some((k, v)) = f.split_once('=') else {
@@ -143,37 +143,18 @@ fn rule_test(cmd: RuleCommand) -> ExitCode {
             serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
         extra.insert(k.to_string(), value);
     }
-    let base = match &event {
-        Some(name) => {
-            let name = name.trim_start_matches("$events/");
-            match midge_rules::EventKind::ALL
-                .iter()
-                .find(|k| k.event_name() == name || k.topic().ends_with(name))
-            {
-                Some(k) => midge_rules::Input::event(*k)
-                    .topic(&topic)
-                    .payload(payload.as_bytes()),
-                None => {
-                    eprintln!("error: --event `{name}`: unknown event");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-        None => midge_rules::Input::message(&topic, payload.as_bytes()),
+    let sample = midge::rules::sample::Sample {
+        topic,
+        payload,
+        clientid,
+        username,
+        qos,
+        retain,
+        peerhost,
+        event,
+        fields: extra,
     };
-    let now = midge::message::now_ms();
-    let input = base
-        .clientid(&clientid)
-        .username(username.as_deref())
-        .peerhost(&peerhost)
-        .qos(qos)
-        .flags(retain, false)
-        .timestamp(now)
-        .publish_received_at(now)
-        .node(midge::rules::NODE)
-        .id("0000000000000001")
-        .extra(&extra);
-    match rule.apply(&input) {
+    match midge::rules::sample::run(&sql, &sample) {
         Ok(rows) if rows.is_empty() => {
             println!("no match");
             ExitCode::SUCCESS
@@ -239,6 +220,8 @@ fn main() -> ExitCode {
             listen,
             ws_listen,
             no_ws,
+            admin_listen,
+            no_admin,
             log_json,
             persist,
             data_dir,
@@ -261,6 +244,13 @@ fn main() -> ExitCode {
             }
             if no_ws {
                 cfg.listeners.ws = None;
+            }
+            if let Some(a) = admin_listen {
+                cfg.admin.enabled = true;
+                cfg.admin.listen = Some(a);
+            }
+            if no_admin {
+                cfg.admin.enabled = false;
             }
             if log_json {
                 cfg.log.json = true;
@@ -328,8 +318,9 @@ fn serve(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let server = Server::bind(cfg.clone()).await?;
+        let mut server = Server::bind(cfg.clone()).await?;
         if let Some(path) = path {
+            server = server.with_config_path(path.clone());
             tokio::spawn(midge::reload::watch(server.broker(), path, cfg));
         }
         // Printed for scripts that pass port 0.
@@ -344,6 +335,16 @@ fn serve(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         }
         if let Some(a) = server.wss_addr() {
             println!("midge: wss listening on {a}");
+        }
+        if server.admin_token_generated() {
+            if let Some(t) = server.admin_token() {
+                // Neither [admin] token nor MIDGE_ADMIN_TOKEN: the only way to learn it.
+                println!("midge: admin token {t}");
+            }
+        }
+        // Last: a script that reads up to this line has seen the token.
+        if let Some(a) = server.admin_addr() {
+            println!("midge: admin listening on {a}");
         }
         server.run(shutdown_signal()).await?;
         Ok(())

@@ -40,23 +40,67 @@ pub fn reload(broker: &Broker, path: &Path, running: &Config) -> Result<usize, S
             Err(e) => warn!(error = %e, "log filter not reloaded"),
         }
     }
-    let restart: Vec<&str> = [
-        ("[listeners]", config.listeners != running.listeners),
-        ("[mqtt]", config.mqtt != running.mqtt),
-        ("log.json", config.log.json != running.log.json),
-        ("[persistence]", config.persistence != running.persistence),
-        ("[plugins]", config.plugins != running.plugins),
-        ("[limits]", config.limits != running.limits),
-        ("[admin]", config.admin != running.admin),
-        ("[sys]", config.sys != running.sys),
-    ]
-    .into_iter()
-    .filter_map(|(name, changed)| changed.then_some(name))
-    .collect();
-    if !restart.is_empty() {
-        warn!(file = %path.display(), sections = ?restart, "these settings changed and take effect after a restart (rules, log level and trace_clients reload live; a plugin's .wasm file reloads live)");
+    let later = restart_needed(&config, running);
+    if !later.is_empty() {
+        warn!(file = %path.display(), sections = ?later, "these settings changed and take effect after a restart (rules, log level and trace_clients, and a plugin's .wasm file reload live)");
     }
     Ok(n)
+}
+
+/// Sections of `new` that differ from the `running` config and only take
+/// effect after a restart.
+pub fn restart_needed(new: &Config, running: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |changed: bool, name| {
+        if changed {
+            out.push(name);
+        }
+    };
+    check(new.listeners != running.listeners, "listeners");
+    check(new.mqtt != running.mqtt, "mqtt");
+    check(new.log.json != running.log.json, "log.json");
+    check(new.persistence != running.persistence, "persistence");
+    check(new.plugins != running.plugins, "plugins");
+    check(new.limits != running.limits, "limits");
+    check(new.admin != running.admin, "admin");
+    check(new.sys != running.sys, "sys");
+    out
+}
+
+/// What [`reload_all`] did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ReloadReport {
+    /// Rules now running (all of the file's).
+    pub rules: usize,
+    /// Plugins whose `.wasm` changed and were swapped in.
+    pub plugins_reloaded: Vec<String>,
+    /// Plugins whose new `.wasm` was refused (the previous version runs).
+    pub plugin_errors: Vec<String>,
+    /// Changed sections that need a restart.
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// What SIGHUP does, for one caller (the admin API): the rules from `path`
+/// (refused whole on error: `Err`, the running set stays), then every
+/// plugin whose `.wasm` changed.
+pub async fn reload_all(
+    broker: &Broker,
+    path: &Path,
+    running: &Config,
+) -> Result<ReloadReport, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let rules = reload(broker, path, running)?;
+    let (plugins_reloaded, plugin_errors) = match reload_plugins(broker).await {
+        Ok(names) => (names, Vec::new()),
+        Err(e) => (Vec::new(), vec![e]),
+    };
+    info!(rules, plugins = ?plugins_reloaded, file = %path.display(), "reloaded through the admin API");
+    Ok(ReloadReport {
+        rules,
+        plugins_reloaded,
+        plugin_errors,
+        restart_needed: restart_needed(&config, running),
+    })
 }
 
 /// Recompiles and swaps in every plugin whose `.wasm` content changed.

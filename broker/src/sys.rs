@@ -66,7 +66,10 @@ fn load_counters(b: &Broker) -> [u64; 5] {
     let s = &b.stats;
     [
         s.messages_received.load(Ordering::Relaxed),
-        s.messages_sent.load(Ordering::Relaxed),
+        s.publish_sent
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum(),
         s.bytes_received.load(Ordering::Relaxed),
         s.bytes_sent.load(Ordering::Relaxed),
         s.connections_total.load(Ordering::Relaxed),
@@ -118,10 +121,12 @@ pub async fn run(broker: Arc<Broker>, interval: Duration) {
             "messages/received",
             s.messages_received.load(Ordering::Relaxed).to_string(),
         );
-        put(
-            "messages/sent",
-            s.messages_sent.load(Ordering::Relaxed).to_string(),
-        );
+        let sent: u64 = s
+            .publish_sent
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        put("messages/sent", sent.to_string());
         put("messages/dropped", dropped.to_string());
         put("messages/retained", broker.retained.len().to_string());
         put(

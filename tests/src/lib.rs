@@ -11,6 +11,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod http;
 pub mod process;
 pub mod raw;
 
@@ -43,6 +44,10 @@ pub struct TestBroker {
     pub broker: std::sync::Arc<midge::broker::Broker>,
     /// Listener admission state (per-listener connection counts).
     pub gate: std::sync::Arc<midge::server::Gate>,
+    /// The admin HTTP API (127.0.0.1, port picked at start; `None` when a
+    /// test turns it off) and the token it requires.
+    pub admin_addr: Option<SocketAddr>,
+    pub admin_token: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
     /// The store directory when `MIDGE_E2E_PERSIST=sled` (removed on drop).
@@ -117,9 +122,29 @@ impl Drop for TestBroker {
 
 /// Starts a broker on 127.0.0.1:0 (TCP and WebSocket), letting `f` tweak the config.
 pub async fn start_broker(f: impl FnOnce(&mut midge::Config)) -> TestBroker {
-    let mut config = midge::Config::default();
+    start(midge::Config::default(), None, f).await
+}
+
+/// Like [`start_broker`], from a config file the broker knows as its own
+/// (the admin API's config reload reads it). The harness's listener
+/// addresses replace the file's.
+pub async fn start_broker_from_file(
+    path: &std::path::Path,
+    f: impl FnOnce(&mut midge::Config),
+) -> TestBroker {
+    let config = midge::Config::load(path).expect("config file loads");
+    start(config, Some(path.to_path_buf()), f).await
+}
+
+async fn start(
+    mut config: midge::Config,
+    path: Option<std::path::PathBuf>,
+    f: impl FnOnce(&mut midge::Config),
+) -> TestBroker {
     config.listeners.mqtt = Some("127.0.0.1:0".parse().unwrap());
     config.listeners.ws = Some("127.0.0.1:0".parse().unwrap());
+    // Port 0: brokers of tests running in parallel never share the admin port.
+    config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
     config.log.level = "warn".into();
     // MIDGE_E2E_PERSIST=sled runs every end-to-end test with persistence on:
     // durable sessions must not change what clients see.
@@ -131,14 +156,19 @@ pub async fn start_broker(f: impl FnOnce(&mut midge::Config)) -> TestBroker {
         data = Some(d);
     }
     f(&mut config);
-    let server = midge::Server::bind(config.clone())
+    let mut server = midge::Server::bind(config.clone())
         .await
         .expect("broker failed to bind");
+    if let Some(p) = path {
+        server = server.with_config_path(p);
+    }
     let addr = server.mqtt_addr().expect("no mqtt listener");
     let ws_addr = server.ws_addr().unwrap_or(addr);
     let (mqtts_addr, wss_addr) = (server.mqtts_addr(), server.wss_addr());
     let broker = server.broker();
     let gate = server.gate();
+    let admin_addr = server.admin_addr();
+    let admin_token = server.admin_token().map(str::to_string);
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         let shutdown = async move {
@@ -156,6 +186,8 @@ pub async fn start_broker(f: impl FnOnce(&mut midge::Config)) -> TestBroker {
         config,
         broker,
         gate,
+        admin_addr,
+        admin_token,
         shutdown: Some(tx),
         handle: Some(handle),
         _data: data,

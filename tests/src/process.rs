@@ -36,19 +36,26 @@ pub fn midge_bin() -> PathBuf {
 pub struct BrokerProcess {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The admin API (always on port 0 here) and the token the broker
+    /// printed (`None` when the config or `MIDGE_ADMIN_TOKEN` set one).
+    pub admin_addr: SocketAddr,
+    pub admin_token: Option<String>,
     /// Everything the broker wrote to stderr (its log), collected by a thread.
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl BrokerProcess {
-    /// Starts `midge serve --config config --listen 127.0.0.1:port --no-ws`
-    /// (port 0 picks one) and waits (bounded) for its listening line.
+    /// Starts `midge serve --config config --listen 127.0.0.1:port --no-ws
+    /// --admin-listen 127.0.0.1:0` (port 0 picks one) and waits (bounded)
+    /// for its listening lines.
     pub fn start(config: &Path, port: u16) -> BrokerProcess {
         let mut child = Command::new(midge_bin())
             .args(["serve", "--no-ws", "--config"])
             .arg(config)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            // Never the default admin port: brokers of parallel tests would collide.
+            .args(["--admin-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn,midge::server=info,midge::store=info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -68,23 +75,40 @@ impl BrokerProcess {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            // The binary prints the token (if generated) before the admin
+            // listening line, and that one last.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(a) = line.strip_prefix("midge: mqtt listening on ") {
-                    let _ = tx.send(a.trim().to_string());
+                for (key, prefix) in [
+                    ("mqtt", "midge: mqtt listening on "),
+                    ("token", "midge: admin token "),
+                    ("admin", "midge: admin listening on "),
+                ] {
+                    if let Some(v) = line.strip_prefix(prefix) {
+                        let _ = tx.send((key, v.trim().to_string()));
+                    }
                 }
             }
         });
+        let unset = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut p = BrokerProcess {
             child: Some(child),
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addr: unset,
+            admin_addr: unset,
+            admin_token: None,
             log,
         };
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => p.addr = a.parse().expect("listening address"),
-            Err(_) => {
-                let status = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-                let log = p.log();
-                panic!("broker did not start (exit: {status:?}); log:\n{log}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while p.addr == unset || p.admin_addr == unset {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(("mqtt", a)) => p.addr = a.parse().expect("listening address"),
+                Ok(("admin", a)) => p.admin_addr = a.parse().expect("admin address"),
+                Ok((_, token)) => p.admin_token = Some(token),
+                Err(_) => {
+                    let status = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                    let log = p.log();
+                    panic!("broker did not start (exit: {status:?}); log:\n{log}");
+                }
             }
         }
         p

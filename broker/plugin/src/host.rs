@@ -76,6 +76,8 @@ pub struct PluginMetrics {
     pub suspensions: u64,
     /// Whether it is suspended now.
     pub suspended: bool,
+    /// Whether it is enabled (see [`PluginHost::set_enabled`]).
+    pub enabled: bool,
     /// Instances started (including the one per load).
     pub instances_created: u64,
     /// Warm instances waiting in the pool now.
@@ -217,10 +219,25 @@ impl PluginHost {
     }
 
     fn with_hook(&self, hook: HookSet) -> impl Iterator<Item = &Arc<Slot>> {
-        self.inner
-            .slots
-            .iter()
-            .filter(move |s| s.current.load().manifest.hooks.contains(hook))
+        self.inner.slots.iter().filter(move |s| {
+            s.enabled.load(Ordering::Relaxed) && s.current.load().manifest.hooks.contains(hook)
+        })
+    }
+
+    /// Turns a loaded plugin on or off at run time: a disabled plugin is
+    /// skipped by every hook (as if its manifest named none) until enabled
+    /// again. Its instances stay warm.
+    pub fn set_enabled(&self, plugin: &str, enabled: bool) -> Result<(), PluginError> {
+        self.slot(plugin)?.enabled.store(enabled, Ordering::Relaxed);
+        tracing::info!(plugin, enabled, "plugin switched");
+        Ok(())
+    }
+
+    /// Is the plugin enabled (see [`PluginHost::set_enabled`])? `None`: not loaded.
+    pub fn is_enabled(&self, plugin: &str) -> Option<bool> {
+        self.slot(plugin)
+            .ok()
+            .map(|s| s.enabled.load(Ordering::Relaxed))
     }
 
     /// Does any plugin implement `hook`? (Cheap; lets the broker skip work.)
@@ -389,6 +406,13 @@ impl PluginHost {
         rows_json: &str,
     ) -> Result<(), PluginError> {
         let slot = self.slot(plugin)?;
+        if !slot.enabled.load(Ordering::Relaxed) {
+            return Err(PluginError::Reported {
+                plugin: plugin.to_string(),
+                hook: Hook::OnRuleOutput,
+                message: "the plugin is disabled".into(),
+            });
+        }
         if !slot
             .current
             .load()
@@ -511,6 +535,7 @@ impl PluginHost {
                     suspended_calls: l(&m.suspended_calls),
                     suspensions: l(&m.suspensions),
                     suspended: s.is_suspended(),
+                    enabled: s.enabled.load(Ordering::Relaxed),
                     instances_created: l(&m.instances_created),
                     idle_instances: s.idle_instances() as u64,
                     call_nanos: l(&m.call_nanos),

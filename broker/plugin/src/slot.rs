@@ -112,6 +112,8 @@ pub(crate) struct Slot {
     config_json: String,
     pub current: ArcSwap<Loaded>,
     pub metrics: Metrics,
+    /// Runtime switch (admin API): a disabled plugin is skipped by every hook.
+    pub enabled: std::sync::atomic::AtomicBool,
     health: Mutex<Health>,
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -161,6 +163,7 @@ impl Slot {
             config_json,
             current: ArcSwap::from_pointee(loaded),
             metrics,
+            enabled: std::sync::atomic::AtomicBool::new(true),
             health: Mutex::new(Health::default()),
             reload_lock: tokio::sync::Mutex::new(()),
         }))

@@ -60,6 +60,39 @@ impl RetainedStore {
             .collect()
     }
 
+    /// Every retained message, sorted by topic (expired ones left out).
+    pub fn list(&self) -> Vec<Arc<Message>> {
+        let now = Instant::now();
+        let mut v: Vec<Arc<Message>> = self
+            .map
+            .read()
+            .values()
+            .filter(|m| !m.is_expired(now))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
+        v
+    }
+
+    /// The retained message of exactly `topic` (not expired).
+    pub fn get(&self, topic: &str) -> Option<Arc<Message>> {
+        let now = Instant::now();
+        self.map
+            .read()
+            .get(topic)
+            .filter(|m| !m.is_expired(now))
+            .cloned()
+    }
+
+    /// Deletes the retained message of `topic` (and its stored record, under
+    /// the lock like `update`). `None` when there was none; else the store
+    /// ticket (0 without a store).
+    pub fn remove(&self, topic: &str, store: Option<&Store>) -> Option<u64> {
+        let mut map = self.map.write();
+        map.remove(topic)?;
+        Some(store.map_or(0, |s| s.submit(Op::DelRetained(topic.to_string()))))
+    }
+
     pub fn len(&self) -> usize {
         self.map.read().len()
     }

@@ -18,7 +18,7 @@ use crate::broker::Broker;
 use crate::message::Message;
 
 /// An action as written in the config (`actions = [{ type = "republish", ... }]`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ActionConfig {
     /// Publish the output as a new message. `${field}` placeholders are

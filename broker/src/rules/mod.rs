@@ -10,6 +10,7 @@
 mod action;
 pub mod events;
 mod index;
+pub mod sample;
 mod template;
 
 use std::collections::HashMap;
@@ -38,8 +39,8 @@ const MAX_RULE_DEPTH: u8 = 8;
 /// Node name reported in the `node` field.
 pub const NODE: &str = "midge@127.0.0.1";
 
-/// One `[[rules]]` entry of the config.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// One `[[rules]]` entry of the config (also the admin API's rule body).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     pub id: String,
@@ -190,6 +191,9 @@ pub struct Job {
 #[derive(Debug)]
 pub struct RuleEngine {
     set: RwLock<Arc<RuleSet>>,
+    /// The configs the current set was built from (the admin API edits a
+    /// copy and loads it whole).
+    configs: RwLock<Arc<Vec<RuleConfig>>>,
     message_rules: AtomicBool,
     event_mask: AtomicU32,
     tx: mpsc::Sender<Job>,
@@ -203,6 +207,7 @@ impl Default for RuleEngine {
         let (tx, rx) = mpsc::channel(ACTION_QUEUE);
         RuleEngine {
             set: RwLock::new(Arc::new(RuleSet::default())),
+            configs: RwLock::new(Arc::new(Vec::new())),
             message_rules: AtomicBool::new(false),
             event_mask: AtomicU32::new(0),
             tx,
@@ -221,8 +226,16 @@ impl RuleEngine {
         self.message_rules
             .store(set.has_message_rules(), Ordering::Release);
         self.event_mask.store(set.event_mask(), Ordering::Release);
-        *self.set.write() = Arc::new(set);
+        let mut current = self.set.write();
+        *current = Arc::new(set);
+        *self.configs.write() = Arc::new(configs.to_vec());
+        drop(current);
         Ok(n)
+    }
+
+    /// The configs of the running rule set, in order.
+    pub fn configs(&self) -> Arc<Vec<RuleConfig>> {
+        self.configs.read().clone()
     }
 
     /// The action queue's receiving end, taken once by the server.

@@ -65,7 +65,14 @@ where
     let peer = info.peer;
     // Boxed: the handshake's state is freed once it is done, keeping the
     // long-lived connection future small (idle connections cost memory).
-    let read = read_connect(&mut rd, &mut wr, &mut buf, max_in, info.deadline);
+    let read = read_connect(
+        &mut rd,
+        &mut wr,
+        &mut buf,
+        max_in,
+        info.deadline,
+        &broker.stats,
+    );
     let mut connect = match Box::pin(read).await {
         Ok(c) => c,
         Err(NoConnect::TimedOut) => {
@@ -130,6 +137,7 @@ async fn read_connect<R, W>(
     buf: &mut BytesMut,
     max: usize,
     deadline: Instant,
+    stats: &crate::broker::Stats,
 ) -> Result<Box<Connect>, NoConnect>
 where
     R: AsyncRead + Unpin,
@@ -162,7 +170,9 @@ where
             }
         }
         match tokio::time::timeout_at(deadline, rd.read_buf(buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
+            Ok(Ok(n)) if n > 0 => {
+                stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+            }
             Ok(_) => return Err(NoConnect::Failed),
             Err(_) => return Err(NoConnect::TimedOut),
         }
@@ -456,13 +466,20 @@ async fn run<R, W>(
         }
     });
 
+    let info = Arc::new(crate::session::ConnInfo {
+        username: origin.username.clone(),
+        peer,
+        keep_alive,
+        clean_start: c.clean_start,
+        connected_at_ms: crate::message::now_ms(),
+    });
     let attached = Box::pin(broker.attach(
         client_id.clone(),
-        c.clean_start,
         expiry,
         v,
         window,
         will.as_ref().map(|w| (w.msg.clone(), w.delay)),
+        info,
     ))
     .await;
     if let Some(store) = &broker.store {
@@ -632,7 +649,7 @@ async fn run<R, W>(
                 None => break End::Server { reason: reason::KEEP_ALIVE_TIMEOUT, why: "keep alive timeout" },
                 Some(Ok(0)) => break End::Lost("closed by peer"),
                 Some(Ok(n)) => {
-                    broker.stats.bytes_received.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    broker.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                     if n == spare {
                         chunk = (chunk * 2).min(READ_CHUNK);
                     }
@@ -652,7 +669,11 @@ async fn run<R, W>(
         End::Client { .. } => "normal",
         End::Server { reason: r, .. } if *r == reason::SESSION_TAKEN_OVER => "takenover",
         End::Server { reason: r, .. } if *r == reason::KEEP_ALIVE_TIMEOUT => "keepalive_timeout",
-        End::Server { reason: r, .. } if *r == reason::SERVER_SHUTTING_DOWN => "kicked",
+        End::Server { reason: r, .. }
+            if *r == reason::SERVER_SHUTTING_DOWN || *r == reason::ADMINISTRATIVE_ACTION =>
+        {
+            "kicked"
+        }
         End::Server { .. } => "protocol_error",
         End::Lost(_) => "sock_closed",
     };
@@ -703,7 +724,9 @@ async fn run<R, W>(
 }
 
 /// The `client_connack` event of a refused CONNECT.
+/// Counts a refused CONNECT by reason code and raises `client_connack`.
 fn connack_event(broker: &Broker, c: &Connect, peer: SocketAddr, code: u8) {
+    broker.stats.connacks_refused.add(code);
     if broker.rules.wants(EventKind::ClientConnack) {
         let mut f = events::client_fields(&c.client_id, c.username.as_deref(), peer);
         f.set("reason_code", connack_reason_name(code));
@@ -1014,6 +1037,7 @@ impl Reader {
     }
 
     async fn publish(&mut self, mut p: Publish) -> Option<End> {
+        self.broker.stats.publish_received[p.qos as usize].fetch_add(1, Ordering::Relaxed);
         if let Some(l) = &mut self.limiter {
             if let Err(e) = l.check(p.payload.len()) {
                 let stats = &self.broker.stats;

@@ -75,6 +75,12 @@ pub struct Server {
     /// Loaded when `mqtts` or `wss` is set.
     tls: Option<tls::Tls>,
     gate: Arc<Gate>,
+    /// The admin HTTP API listener and the token it requires.
+    admin: Option<(TcpListener, String)>,
+    /// The admin token was generated at start-up (no config, no env).
+    admin_token_generated: bool,
+    /// The config file, for the admin API's config reload.
+    config_path: Option<std::path::PathBuf>,
 }
 
 /// Pending connections the kernel queues per listener before `accept`
@@ -126,6 +132,15 @@ impl Server {
         let wss = match config.listeners.wss {
             Some(a) => Some(bind("wss", a).await?),
             None => None,
+        };
+        let admin_listen = config.admin.listen.filter(|_| config.admin.enabled);
+        let (admin, admin_token_generated) = match admin_listen {
+            Some(a) => {
+                let listener = bind("admin.listen", a).await?;
+                let (token, generated) = crate::admin::resolve_token(config.admin.token.as_deref());
+                (Some((listener, token)), generated)
+            }
+            None => (None, false),
         };
         // The store is read and every session restored before any listener
         // accepts: no publish is routed against a half-restored table.
@@ -180,7 +195,33 @@ impl Server {
             wss,
             tls,
             gate,
+            admin,
+            admin_token_generated,
+            config_path: None,
         })
+    }
+
+    /// The config file the broker was started from: the admin API's
+    /// `POST /api/v1/config/reload` reads it.
+    pub fn with_config_path(mut self, path: std::path::PathBuf) -> Server {
+        self.config_path = Some(path);
+        self
+    }
+
+    /// Bound address of the admin HTTP API listener.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The bearer token the admin API requires (when it listens).
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin.as_ref().map(|(_, t)| t.as_str())
+    }
+
+    /// Whether [`Server::admin_token`] was generated at start-up (neither
+    /// `[admin] token` nor `MIDGE_ADMIN_TOKEN` set): the binary prints it.
+    pub fn admin_token_generated(&self) -> bool {
+        self.admin.is_some() && self.admin_token_generated
     }
 
     /// Bound address of the MQTT/TCP listener.
@@ -230,6 +271,15 @@ impl Server {
                 self.gate.clone(),
                 move |s, i| plain(b.clone(), s, i),
             ));
+        }
+        if let Some((l, token)) = self.admin {
+            let state = crate::admin::AdminState::new(
+                self.broker.clone(),
+                token,
+                self.config.clone(),
+                self.config_path.clone(),
+            );
+            tasks.spawn(crate::admin::serve(l, Arc::new(state)));
         }
         if let Some(l) = self.ws {
             info!(addr = ?l.local_addr().ok(), path = %path, "WebSocket listener up");

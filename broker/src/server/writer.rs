@@ -79,6 +79,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     }
                     // (`last` is consumed above: no packet is kept across the writes.)
                     wr.write_all(&buf).await?;
+                    broker.stats.bytes_sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
                     wr.flush().await?;
                     let _ = wr.shutdown().await;
                     return Ok(());
@@ -94,11 +95,11 @@ pub async fn run<W: AsyncWrite + Unpin>(
             &mut buf,
         );
         if !buf.is_empty() {
+            wr.write_all(&buf).await?;
             broker
                 .stats
                 .bytes_sent
                 .fetch_add(buf.len() as u64, Ordering::Relaxed);
-            wr.write_all(&buf).await?;
             buf.clear();
             if buf.capacity() > 1024 * 1024 {
                 buf = BytesMut::new();
@@ -186,6 +187,8 @@ fn encode_items(
 ) {
     let now = Instant::now();
     let mut unsendable: Vec<u16> = Vec::new();
+    // Counted per batch, added once: one atomic add per QoS per write.
+    let mut sent = [0u64; 3];
     for item in items.drain(..) {
         match item {
             Out::Control(mut p) => {
@@ -258,12 +261,17 @@ fn encode_items(
                 }
                 tracing::debug!(packet = ?packet, "sent");
                 encode(&packet, limits.version, buf);
-                broker.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+                sent[d.qos as usize] += 1;
                 if broker.rules.wants(EventKind::MessageDelivered) {
                     let f = events::delivery_fields(&d.msg, &session.client_id);
                     broker.rules.on_event(EventKind::MessageDelivered, &f);
                 }
             }
+        }
+    }
+    for (q, n) in sent.into_iter().enumerate() {
+        if n > 0 {
+            broker.stats.publish_sent[q].fetch_add(n, Ordering::Relaxed);
         }
     }
     if !unsendable.is_empty() {

@@ -7,6 +7,7 @@
 //! writer through `notify`; the writer moves them into the inflight window.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -74,6 +75,20 @@ pub struct ConnLink {
     pub kick: Option<oneshot::Sender<u8>>,
     /// Fired when the connection has detached.
     pub detached: Arc<Notify>,
+    /// What the admin API shows of the connection.
+    pub info: Arc<ConnInfo>,
+}
+
+/// Facts about a live connection, fixed at CONNECT (for the admin API).
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub username: Option<Arc<str>>,
+    pub peer: SocketAddr,
+    /// Keep alive in force (seconds; the server's when it imposed one).
+    pub keep_alive: u16,
+    pub clean_start: bool,
+    /// When CONNECT was accepted (ms since the epoch).
+    pub connected_at_ms: i64,
 }
 
 /// Mutable session state.

@@ -192,8 +192,17 @@ pub struct StoreStats {
     pub records_written: AtomicU64,
     pub commit_micros_total: AtomicU64,
     pub commit_micros_max: AtomicU64,
+    /// Commits by duration: `commit_buckets[i]` counts those above
+    /// `COMMIT_BUCKETS_MICROS[i - 1]` and at most `COMMIT_BUCKETS_MICROS[i]`
+    /// (longer ones only in `commits`). For the `/metrics` histogram.
+    pub commit_buckets: [AtomicU64; COMMIT_BUCKETS_MICROS.len()],
     pub errors: AtomicU64,
 }
+
+/// Upper bounds (microseconds) of the commit-duration histogram buckets.
+pub const COMMIT_BUCKETS_MICROS: [u64; 11] = [
+    100, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
 
 /// With `sync = "interval"`, how many ops the store may fall behind the
 /// acknowledgements before publishers wait.
@@ -367,6 +376,9 @@ fn commit_loop(inner: Arc<Inner>, mut backend: Box<dyn Backend>) {
                             .fetch_add(batch.writes.len() as u64, Ordering::Relaxed);
                         s.commit_micros_total.fetch_add(us, Ordering::Relaxed);
                         s.commit_micros_max.fetch_max(us, Ordering::Relaxed);
+                        if let Some(i) = COMMIT_BUCKETS_MICROS.iter().position(|&le| us <= le) {
+                            s.commit_buckets[i].fetch_add(1, Ordering::Relaxed);
+                        }
                         break;
                     }
                     Err(e) => {

@@ -1,0 +1,424 @@
+//! Rules, plugins and config reload.
+//!
+//! Rule edits take the running configs (`RuleEngine::configs`), change a
+//! copy and load it whole (`RuleEngine::load`), one edit at a time; a set
+//! that does not compile is refused and the running one stays. A reload
+//! from the config file (SIGHUP, file change, `POST /config/reload`)
+//! replaces API edits with the file's rules.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use midge_plugin::{PluginError, PluginMetrics};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, ApiResult, Shared};
+use crate::rules::sample::{self, Sample, SampleError};
+use crate::rules::{ActionConfig, RuleConfig, RuleStats};
+
+fn rule_json(c: &RuleConfig, stats: Option<&RuleStats>) -> Value {
+    let mut v = json!({
+        "id": c.id,
+        "sql": c.sql,
+        "actions": c.actions,
+        "enabled": c.enabled,
+        "description": c.description,
+    });
+    if let (Some(m), Some(o)) = (stats, v.as_object_mut()) {
+        o.insert("metrics".into(), metrics_json(m));
+    }
+    v
+}
+
+fn metrics_json(m: &RuleStats) -> Value {
+    json!({
+        "matched": m.matched,
+        "passed": m.passed,
+        "no_result": m.no_result,
+        "failed": m.failed,
+        "actions_success": m.actions_success,
+        "actions_failed": m.actions_failed,
+    })
+}
+
+fn no_rule(id: &str) -> ApiError {
+    ApiError::not_found(format!("no rule `{id}`"))
+}
+
+pub async fn list_rules(State(s): State<Shared>) -> Json<Value> {
+    let configs = s.broker.rules.configs();
+    let stats = s.broker.rules.stats();
+    let data: Vec<Value> = configs
+        .iter()
+        .map(|c| rule_json(c, stats.iter().find(|m| m.id == c.id)))
+        .collect();
+    let count = data.len();
+    Json(json!({ "data": data, "meta": { "count": count } }))
+}
+
+pub async fn get_rule(
+    State(s): State<Shared>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(id) = id?;
+    let configs = s.broker.rules.configs();
+    let c = configs
+        .iter()
+        .find(|c| c.id == id)
+        .ok_or_else(|| no_rule(&id))?;
+    let stats = s.broker.rules.stats();
+    Ok(Json(rule_json(c, stats.iter().find(|m| m.id == id))))
+}
+
+pub async fn rule_metrics(
+    State(s): State<Shared>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(id) = id?;
+    let stats = s.broker.rules.stats();
+    let m = stats
+        .iter()
+        .find(|m| m.id == id)
+        .ok_or_else(|| no_rule(&id))?;
+    let mut v = metrics_json(m);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("id".into(), id.into());
+        o.insert("enabled".into(), m.enabled.into());
+    }
+    Ok(Json(v))
+}
+
+/// Checks one rule on its own, so a bad one is answered with its position.
+fn check_rule(s: &Shared, c: &RuleConfig) -> Result<(), ApiError> {
+    if c.id.trim().is_empty() || c.id != c.id.trim() {
+        return Err(ApiError::bad_request(
+            "rule id must not be empty nor start or end with spaces",
+        ));
+    }
+    if c.id == "test" {
+        return Err(ApiError::bad_request(
+            "rule id `test` is reserved: POST /api/v1/rules/test runs a sample",
+        ));
+    }
+    if let Err(e) = midge_rules::Rule::compile(&c.id, &c.sql) {
+        return Err(ApiError::bad_request(e.to_string()).with(json!({
+            "rule_id": e.rule_id,
+            "line": e.line,
+            "column": e.column,
+        })));
+    }
+    for (i, a) in c.actions.iter().enumerate() {
+        if let ActionConfig::Plugin { plugin } = a {
+            let loaded = s
+                .broker
+                .plugins
+                .get()
+                .and_then(|h| h.is_enabled(plugin))
+                .is_some();
+            if !loaded {
+                return Err(ApiError::bad_request(format!(
+                    "rule `{}`: actions[{i}]: plugin `{plugin}` is not a loaded plugin",
+                    c.id
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `change` on a copy of the running rule configs and loads the result.
+async fn edit<T>(
+    s: &Shared,
+    change: impl FnOnce(&mut Vec<RuleConfig>) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let _one_at_a_time = s.rule_edits.lock().await;
+    let mut configs = (*s.broker.rules.configs()).clone();
+    let out = change(&mut configs)?;
+    s.broker.rules.load(&configs).map_err(|errors| {
+        ApiError::bad_request(errors.join("; ")).with(json!({ "errors": errors }))
+    })?;
+    Ok(out)
+}
+
+pub async fn create_rule(
+    State(s): State<Shared>,
+    body: Result<Json<RuleConfig>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(c) = body?;
+    check_rule(&s, &c)?;
+    let id = c.id.clone();
+    edit(&s, |configs| {
+        if configs.iter().any(|x| x.id == c.id) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("rule `{}` already exists", c.id),
+            ));
+        }
+        configs.push(c.clone());
+        Ok(())
+    })
+    .await?;
+    tracing::info!(rule = %id, "rule created through the admin API");
+    Ok((StatusCode::CREATED, Json(rule_json(&c, None))))
+}
+
+/// `PUT /rules/{id}` body: a rule; `id`, when given, must be the path's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleUpdate {
+    id: Option<String>,
+    sql: String,
+    #[serde(default)]
+    actions: Vec<ActionConfig>,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    description: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub async fn update_rule(
+    State(s): State<Shared>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<RuleUpdate>, JsonRejection>,
+) -> ApiResult {
+    let Path(id) = id?;
+    let Json(u) = body?;
+    if u.id.as_deref().is_some_and(|b| b != id) {
+        return Err(ApiError::bad_request(
+            "the body's `id` differs from the path's (a rule cannot be renamed)",
+        ));
+    }
+    let c = RuleConfig {
+        id: id.clone(),
+        sql: u.sql,
+        actions: u.actions,
+        enabled: u.enabled,
+        description: u.description,
+    };
+    check_rule(&s, &c)?;
+    edit(&s, |configs| {
+        let slot = configs
+            .iter_mut()
+            .find(|x| x.id == id)
+            .ok_or_else(|| no_rule(&id))?;
+        *slot = c.clone();
+        Ok(())
+    })
+    .await?;
+    Ok(Json(rule_json(&c, None)))
+}
+
+pub async fn delete_rule(
+    State(s): State<Shared>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(id) = id?;
+    edit(&s, |configs| {
+        let before = configs.len();
+        configs.retain(|x| x.id != id);
+        if configs.len() == before {
+            return Err(no_rule(&id));
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn switch_rule(s: &Shared, id: &str, enabled: bool) -> ApiResult {
+    let c = edit(s, |configs| {
+        let c = configs
+            .iter_mut()
+            .find(|x| x.id == id)
+            .ok_or_else(|| no_rule(id))?;
+        c.enabled = enabled;
+        Ok(c.clone())
+    })
+    .await?;
+    Ok(Json(rule_json(&c, None)))
+}
+
+pub async fn enable_rule(
+    State(s): State<Shared>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(id) = id?;
+    switch_rule(&s, &id, true).await
+}
+
+pub async fn disable_rule(
+    State(s): State<Shared>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(id) = id?;
+    switch_rule(&s, &id, false).await
+}
+
+/// `POST /rules/test` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestReq {
+    sql: String,
+    #[serde(default)]
+    sample: Sample,
+}
+
+pub async fn test_rule(body: Result<Json<TestReq>, JsonRejection>) -> ApiResult {
+    let Json(t) = body?;
+    match sample::run(&t.sql, &t.sample) {
+        Ok(rows) => Ok(Json(json!({ "matched": !rows.is_empty(), "rows": rows }))),
+        Err(SampleError::Compile(e)) => Err(ApiError::bad_request(e.to_string()).with(json!({
+            "rule_id": e.rule_id,
+            "line": e.line,
+            "column": e.column,
+        }))),
+        Err(e @ SampleError::Eval(_)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            e.to_string(),
+        )),
+        Err(e) => Err(ApiError::bad_request(e.to_string())),
+    }
+}
+
+fn plugin_json(m: &PluginMetrics, manifest: Option<(String, String)>) -> Value {
+    let state = if !m.enabled {
+        "disabled"
+    } else if m.suspended {
+        "suspended"
+    } else {
+        "running"
+    };
+    json!({
+        "name": m.name,
+        "state": state,
+        "loaded": true,
+        "manifest": manifest.map(|(name, version)| json!({ "name": name, "version": version })),
+        "metrics": {
+            "calls": m.calls,
+            "failures": m.failures,
+            "traps": m.traps,
+            "timeouts": m.timeouts,
+            "out_of_memory": m.out_of_memory,
+            "busy": m.busy,
+            "suspended_calls": m.suspended_calls,
+            "suspensions": m.suspensions,
+            "instances_created": m.instances_created,
+            "idle_instances": m.idle_instances,
+            "call_seconds_total": m.call_nanos as f64 / 1e9,
+            "reloads": m.reloads,
+            "reload_failures": m.reload_failures,
+        },
+    })
+}
+
+/// Loaded plugins in chain order, then those the config disables (not loaded).
+pub async fn list_plugins(State(s): State<Shared>) -> Json<Value> {
+    let mut data = Vec::new();
+    if let Some(h) = s.broker.plugins.get() {
+        for m in h.metrics() {
+            let manifest = h.manifest(&m.name).map(|x| (x.name, x.version));
+            data.push(plugin_json(&m, manifest));
+        }
+    }
+    for p in s.running.plugins.plugins.iter().filter(|p| !p.enabled) {
+        data.push(json!({ "name": p.name, "state": "disabled", "loaded": false }));
+    }
+    let count = data.len();
+    Json(json!({ "data": data, "meta": { "count": count } }))
+}
+
+fn plugin_error(s: &Shared, name: &str, e: PluginError) -> ApiError {
+    match e {
+        PluginError::UnknownPlugin(_)
+            if s.running.plugins.plugins.iter().any(|p| p.name == name) =>
+        {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!("plugin `{name}` is disabled in the config and not loaded: enable it there and restart"),
+            )
+        }
+        PluginError::UnknownPlugin(_) => ApiError::not_found(format!("no plugin `{name}`")),
+        e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            .with(json!({ "kept": "the previous version keeps running" })),
+    }
+}
+
+fn host(s: &Shared, name: &str) -> Result<midge_plugin::PluginHost, ApiError> {
+    match s.broker.plugins.get() {
+        Some(h) => Ok(h.clone()),
+        None => Err(plugin_error(
+            s,
+            name,
+            PluginError::UnknownPlugin(name.to_string()),
+        )),
+    }
+}
+
+fn one_plugin(h: &midge_plugin::PluginHost, name: &str) -> Value {
+    match h.plugin_metrics(name) {
+        Some(m) => {
+            let manifest = h.manifest(name).map(|x| (x.name, x.version));
+            plugin_json(&m, manifest)
+        }
+        None => json!({ "name": name }),
+    }
+}
+
+/// Reloads the plugin from its file (even if unchanged); a failed load
+/// keeps the running version.
+pub async fn reload_plugin(
+    State(s): State<Shared>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(name) = name?;
+    let h = host(&s, &name)?;
+    h.reload(&name)
+        .await
+        .map_err(|e| plugin_error(&s, &name, e))?;
+    Ok(Json(one_plugin(&h, &name)))
+}
+
+async fn switch_plugin(s: &Shared, name: &str, enabled: bool) -> ApiResult {
+    let h = host(s, name)?;
+    h.set_enabled(name, enabled)
+        .map_err(|e| plugin_error(s, name, e))?;
+    Ok(Json(one_plugin(&h, name)))
+}
+
+pub async fn enable_plugin(
+    State(s): State<Shared>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(name) = name?;
+    switch_plugin(&s, &name, true).await
+}
+
+pub async fn disable_plugin(
+    State(s): State<Shared>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(name) = name?;
+    switch_plugin(&s, &name, false).await
+}
+
+/// What SIGHUP does: rules from the file, then changed plugin files.
+pub async fn reload_config(State(s): State<Shared>) -> ApiResult {
+    let Some(path) = s.config_path.clone() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the broker was started without a config file (--config): nothing to reload",
+        ));
+    };
+    let report = crate::reload::reload_all(&s.broker, &path, &s.running)
+        .await
+        .map_err(|e| {
+            ApiError::bad_request(format!("reload refused, the running rules stay: {e}"))
+        })?;
+    Ok(Json(json!(report)))
+}

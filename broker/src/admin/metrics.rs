@@ -1,0 +1,462 @@
+//! `GET /metrics`: the broker's counters in the Prometheus text exposition
+//! format 0.0.4, rendered by hand from `Broker::stats`, the session
+//! registry (gauges, one session lock at a time), the rule engine, the
+//! plugin host and the store.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use super::Shared;
+use crate::broker::Broker;
+
+/// The text of one scrape.
+#[derive(Debug, Default)]
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    /// A family with one unlabelled sample.
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+const QOS: [&str; 3] = ["0", "1", "2"];
+
+pub async fn scrape(State(s): State<Shared>) -> impl IntoResponse {
+    let text = render(&s.broker, s.started.elapsed().as_secs_f64());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+/// Renders every metric.
+pub fn render(b: &Broker, uptime_seconds: f64) -> String {
+    let mut o = Out::default();
+    let st = &b.stats;
+    o.family("midge_info", "gauge", "Broker version.");
+    o.sample("midge_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+    o.one(
+        "midge_uptime_seconds",
+        "gauge",
+        "Seconds since the admin listener started.",
+        uptime_seconds,
+    );
+
+    // Sessions and connections: one pass over the registry.
+    let (mut connected, mut sessions, mut persistent, mut subs) = (0u64, 0u64, 0u64, 0u64);
+    let (mut queued, mut queued_max, mut queued_bytes) = (0u64, 0u64, 0u64);
+    let (mut inflight, mut inflight_max) = (0u64, 0u64);
+    for session in b.sessions() {
+        let x = session.state.lock();
+        sessions += 1;
+        connected += u64::from(x.conn.is_some());
+        persistent += u64::from(x.persist);
+        subs += x.subscriptions.len() as u64;
+        queued += x.queue.len() as u64;
+        queued_max = queued_max.max(x.queue.len() as u64);
+        queued_bytes += x.queued_bytes as u64;
+        inflight += x.inflight.len() as u64;
+        inflight_max = inflight_max.max(x.inflight.len() as u64);
+    }
+    o.one(
+        "midge_connections_current",
+        "gauge",
+        "Client connections attached to a session now.",
+        connected,
+    );
+    o.one(
+        "midge_connections_total",
+        "counter",
+        "Connections accepted (CONNACK success).",
+        get(&st.connections_total),
+    );
+    o.family(
+        "midge_connections_refused_total",
+        "counter",
+        "CONNECTs refused, by CONNACK reason code (MQTT 5.0 codes).",
+    );
+    for (code, n) in st.connacks_refused.nonzero() {
+        let code = format!("0x{code:02X}");
+        o.sample("midge_connections_refused_total", &[("code", &code)], n);
+    }
+    o.one(
+        "midge_sessions",
+        "gauge",
+        "Sessions, connected or not.",
+        sessions,
+    );
+    o.one(
+        "midge_sessions_persistent",
+        "gauge",
+        "Sessions kept in the durable store.",
+        persistent,
+    );
+    o.one(
+        "midge_subscriptions",
+        "gauge",
+        "Subscriptions of all sessions.",
+        subs,
+    );
+    o.one(
+        "midge_retained_messages",
+        "gauge",
+        "Retained messages.",
+        b.retained.len(),
+    );
+    o.one(
+        "midge_session_queue_messages",
+        "gauge",
+        "Messages queued in all sessions.",
+        queued,
+    );
+    o.one(
+        "midge_session_queue_messages_max",
+        "gauge",
+        "Longest session queue.",
+        queued_max,
+    );
+    o.one(
+        "midge_session_queue_bytes",
+        "gauge",
+        "Payload bytes queued in all sessions.",
+        queued_bytes,
+    );
+    o.one(
+        "midge_inflight_messages",
+        "gauge",
+        "QoS 1/2 messages sent and not yet acknowledged, all sessions.",
+        inflight,
+    );
+    o.one(
+        "midge_inflight_messages_max",
+        "gauge",
+        "Most unacknowledged messages of one session.",
+        inflight_max,
+    );
+
+    // Messages and bytes.
+    o.one(
+        "midge_messages_received_total",
+        "counter",
+        "Messages entering the publish pipeline (clients, wills, plugins, rules, the admin API).",
+        get(&st.messages_received),
+    );
+    o.one(
+        "midge_messages_routed_total",
+        "counter",
+        "Deliveries queued to sessions.",
+        get(&st.messages_routed),
+    );
+    o.family(
+        "midge_messages_dropped_total",
+        "counter",
+        "Messages or deliveries dropped, by reason.",
+    );
+    for (reason, n) in [
+        ("no_subscribers", &st.messages_dropped_no_subscribers),
+        ("queue_full", &st.messages_dropped_queue_full),
+        ("expired", &st.messages_dropped_expired),
+        ("too_large", &st.messages_dropped_too_large),
+    ] {
+        o.sample(
+            "midge_messages_dropped_total",
+            &[("reason", reason)],
+            get(n),
+        );
+    }
+    o.family(
+        "midge_publish_received_total",
+        "counter",
+        "PUBLISH packets received from clients, by QoS.",
+    );
+    for (q, n) in QOS.iter().zip(&st.publish_received) {
+        o.sample("midge_publish_received_total", &[("qos", q)], get(n));
+    }
+    o.family(
+        "midge_publish_sent_total",
+        "counter",
+        "PUBLISH packets sent to clients, by QoS (resends included).",
+    );
+    for (q, n) in QOS.iter().zip(&st.publish_sent) {
+        o.sample("midge_publish_sent_total", &[("qos", q)], get(n));
+    }
+    o.one(
+        "midge_bytes_received_total",
+        "counter",
+        "Bytes read from MQTT connections.",
+        get(&st.bytes_received),
+    );
+    o.one(
+        "midge_bytes_sent_total",
+        "counter",
+        "Bytes written to MQTT connections.",
+        get(&st.bytes_sent),
+    );
+
+    rules(&mut o, b);
+    plugins(&mut o, b);
+    store(&mut o, b);
+    o.0
+}
+
+fn rules(o: &mut Out, b: &Broker) {
+    let stats = b.rules.stats();
+    type Pick = fn(&crate::rules::RuleStats) -> u64;
+    let families: [(&str, &str, Pick); 6] = [
+        (
+            "midge_rule_matched_total",
+            "Messages or events whose FROM matched the rule.",
+            |m| m.matched,
+        ),
+        (
+            "midge_rule_passed_total",
+            "Evaluations with at least one output row.",
+            |m| m.passed,
+        ),
+        (
+            "midge_rule_no_result_total",
+            "Evaluations where WHERE did not hold.",
+            |m| m.no_result,
+        ),
+        ("midge_rule_failed_total", "Evaluations that failed.", |m| {
+            m.failed
+        }),
+        (
+            "midge_rule_actions_success_total",
+            "Actions that succeeded.",
+            |m| m.actions_success,
+        ),
+        (
+            "midge_rule_actions_failed_total",
+            "Actions that failed or were dropped.",
+            |m| m.actions_failed,
+        ),
+    ];
+    for (name, help, pick) in families {
+        o.family(name, "counter", help);
+        for m in &stats {
+            o.sample(name, &[("rule", &m.id)], pick(m));
+        }
+    }
+    o.family("midge_rule_enabled", "gauge", "1 when the rule is enabled.");
+    for m in &stats {
+        o.sample(
+            "midge_rule_enabled",
+            &[("rule", &m.id)],
+            u8::from(m.enabled),
+        );
+    }
+    o.one(
+        "midge_rule_outputs_dropped_total",
+        "counter",
+        "Rule outputs dropped because the action queue was full.",
+        get(&b.rules.actions_dropped),
+    );
+}
+
+fn plugins(o: &mut Out, b: &Broker) {
+    let Some(host) = b.plugins.get() else {
+        return;
+    };
+    let metrics = host.metrics();
+    type Pick = fn(&midge_plugin::PluginMetrics) -> u64;
+    let counters: [(&str, &str, Pick); 9] = [
+        (
+            "midge_plugin_failures_total",
+            "Failed calls of any kind.",
+            |m| m.failures,
+        ),
+        ("midge_plugin_traps_total", "Calls that trapped.", |m| {
+            m.traps
+        }),
+        (
+            "midge_plugin_timeouts_total",
+            "Calls past their deadline.",
+            |m| m.timeouts,
+        ),
+        (
+            "midge_plugin_out_of_memory_total",
+            "Calls that hit the memory cap.",
+            |m| m.out_of_memory,
+        ),
+        (
+            "midge_plugin_busy_total",
+            "Calls that found every instance busy.",
+            |m| m.busy,
+        ),
+        (
+            "midge_plugin_suspended_calls_total",
+            "Calls skipped while suspended.",
+            |m| m.suspended_calls,
+        ),
+        (
+            "midge_plugin_suspensions_total",
+            "Times the plugin was suspended.",
+            |m| m.suspensions,
+        ),
+        ("midge_plugin_reloads_total", "Successful reloads.", |m| {
+            m.reloads
+        }),
+        (
+            "midge_plugin_reload_failures_total",
+            "Failed reloads.",
+            |m| m.reload_failures,
+        ),
+    ];
+    for (name, help, pick) in counters {
+        o.family(name, "counter", help);
+        for m in &metrics {
+            o.sample(name, &[("plugin", &m.name)], pick(m));
+        }
+    }
+    o.family(
+        "midge_plugin_call_seconds",
+        "summary",
+        "Time spent in plugin calls.",
+    );
+    for m in &metrics {
+        let l = [("plugin", m.name.as_str())];
+        o.sample(
+            "midge_plugin_call_seconds_sum",
+            &l,
+            m.call_nanos as f64 / 1e9,
+        );
+        o.sample("midge_plugin_call_seconds_count", &l, m.calls);
+    }
+    o.family(
+        "midge_plugin_state",
+        "gauge",
+        "1 for the plugin's current state (running, suspended, disabled).",
+    );
+    for m in &metrics {
+        let state = if !m.enabled {
+            "disabled"
+        } else if m.suspended {
+            "suspended"
+        } else {
+            "running"
+        };
+        o.sample(
+            "midge_plugin_state",
+            &[("plugin", &m.name), ("state", state)],
+            1,
+        );
+    }
+}
+
+fn store(o: &mut Out, b: &Broker) {
+    let Some(store) = &b.store else {
+        return;
+    };
+    let s = store.stats();
+    o.one(
+        "midge_store_ops_total",
+        "counter",
+        "Changes submitted to the durable store.",
+        get(&s.ops),
+    );
+    o.one(
+        "midge_store_records_written_total",
+        "counter",
+        "Records written (after folding).",
+        get(&s.records_written),
+    );
+    o.one(
+        "midge_store_errors_total",
+        "counter",
+        "Failed commits.",
+        get(&s.errors),
+    );
+    o.family(
+        "midge_store_commit_seconds",
+        "histogram",
+        "Duration of one synced commit (a batch) by the store's commit thread.",
+    );
+    let mut cumulative = 0;
+    for (i, le) in crate::store::COMMIT_BUCKETS_MICROS.iter().enumerate() {
+        cumulative += get(&s.commit_buckets[i]);
+        let le = format!("{}", *le as f64 / 1e6);
+        o.sample(
+            "midge_store_commit_seconds_bucket",
+            &[("le", &le)],
+            cumulative,
+        );
+    }
+    o.sample(
+        "midge_store_commit_seconds_bucket",
+        &[("le", "+Inf")],
+        get(&s.commits),
+    );
+    o.sample(
+        "midge_store_commit_seconds_sum",
+        &[],
+        get(&s.commit_micros_total) as f64 / 1e6,
+    );
+    o.sample("midge_store_commit_seconds_count", &[], get(&s.commits));
+    o.one(
+        "midge_store_commit_seconds_max",
+        "gauge",
+        "Longest commit so far.",
+        get(&s.commit_micros_max) as f64 / 1e6,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_parseable_text() {
+        let b = Broker::new(crate::config::MqttConfig::default());
+        b.stats.connacks_refused.add(0x87);
+        b.stats.publish_received[1].fetch_add(3, Ordering::Relaxed);
+        let text = render(&b, 1.5);
+        assert!(text.contains("midge_connections_refused_total{code=\"0x87\"} 1\n"));
+        assert!(text.contains("midge_publish_received_total{qos=\"1\"} 3\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap_or(("", ""));
+            assert!(value.parse::<f64>().is_ok(), "bad sample line: {line}");
+        }
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
