@@ -8,8 +8,20 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use midge_e2e::http::{samples, Admin};
 use midge_e2e::raw::*;
 use midge_e2e::*;
+
+/// `/metrics` scraped over HTTP: the value of one sample (name with labels).
+async fn metric(b: &TestBroker, sample: &str) -> f64 {
+    let r = Admin::of(b).call("GET", "/metrics", None).await;
+    assert_eq!(r.status, 200);
+    samples(&r.text())
+        .into_iter()
+        .find(|(k, _)| k == sample)
+        .unwrap_or_else(|| panic!("no {sample} in /metrics:\n{}", r.text()))
+        .1
+}
 
 /// Publishes QoS 0 messages until the broker closes the connection; returns
 /// the packets received before the close.
@@ -40,6 +52,14 @@ async fn publish_rate_limit_disconnects_v5_with_0x96_and_closes_v311() {
     let got = flood_until_closed(&mut c4, &t, b"x").await;
     assert!(got.iter().all(|p| p.kind != DISCONNECT), "{got:?}");
     assert_eq!(b.broker.stats.limit_publish_rate.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        metric(
+            &b,
+            r#"midge_limit_triggered_total{limit="max_publish_rate"}"#
+        )
+        .await,
+        2.0
+    );
 
     // A client within the rate is untouched.
     let mut slow = V5::new(&b, "slow").await;
@@ -124,6 +144,18 @@ async fn anonymous_off_refuses_clients_without_a_username() {
             .connections_refused_anonymous
             .load(Ordering::Relaxed),
         2
+    );
+    assert_eq!(
+        metric(
+            &b,
+            r#"midge_limit_triggered_total{limit="allow_anonymous"}"#
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        metric(&b, r#"midge_connections_refused_total{code="0x87"}"#).await,
+        2.0
     );
 }
 

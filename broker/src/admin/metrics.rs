@@ -120,6 +120,36 @@ pub fn render(b: &Broker, uptime_seconds: f64) -> String {
         o.sample("midge_connections_refused_total", &[("code", &code)], n);
     }
     o.one(
+        "midge_sockets_open",
+        "gauge",
+        "Connections admitted by the listeners and open now (before and after CONNECT).",
+        get(&st.connections_current),
+    );
+    o.family(
+        "midge_limit_triggered_total",
+        "counter",
+        "Times a [limits] limit triggered, by limit.",
+    );
+    for (limit, counter) in [
+        ("max_connections", &st.connections_refused_max_connections),
+        (
+            "max_listener_connections",
+            &st.connections_refused_listener_limit,
+        ),
+        ("max_connection_rate", &st.connections_refused_rate),
+        ("connect_timeout", &st.connections_refused_connect_timeout),
+        ("max_publish_rate", &st.limit_publish_rate),
+        ("max_publish_bytes_rate", &st.limit_publish_bytes_rate),
+        ("max_subscriptions", &st.limit_subscriptions),
+        ("allow_anonymous", &st.connections_refused_anonymous),
+    ] {
+        o.sample(
+            "midge_limit_triggered_total",
+            &[("limit", limit)],
+            get(counter),
+        );
+    }
+    o.one(
         "midge_sessions",
         "gauge",
         "Sessions, connected or not.",
