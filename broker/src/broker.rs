@@ -46,6 +46,10 @@ pub struct Stats {
     pub limit_publish_bytes_rate: AtomicU64,
     /// Subscriptions refused by `max_subscriptions`.
     pub limit_subscriptions: AtomicU64,
+    /// Packets from clients over `mqtt.max_packet_size` (DISCONNECT 0x95).
+    pub limit_packet_too_large: AtomicU64,
+    /// Clients over `mqtt.receive_maximum` QoS 2 publishes in flight (DISCONNECT 0x93).
+    pub limit_receive_maximum: AtomicU64,
     /// Connections open now (a gauge): counted from accept, for every
     /// connection a listener admitted, until its task ends. Connections a
     /// limit refuses are not in it.

@@ -276,6 +276,57 @@ impl Default for MqttConfig {
     }
 }
 
+/// `midge serve` flags that win over the file, applied again to every
+/// reloaded file (so a flag is not mistaken for a changed setting).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub ws_listen: Option<SocketAddr>,
+    pub no_ws: bool,
+    pub admin_listen: Option<SocketAddr>,
+    pub no_admin: bool,
+    pub log_json: bool,
+    pub persist: bool,
+    pub data_dir: Option<PathBuf>,
+}
+
+static OVERRIDES: std::sync::OnceLock<Overrides> = std::sync::OnceLock::new();
+
+impl Overrides {
+    pub fn apply(&self, cfg: &mut Config) {
+        if let Some(a) = self.listen {
+            cfg.listeners.mqtt = Some(a);
+        }
+        if let Some(a) = self.ws_listen {
+            cfg.listeners.ws = Some(a);
+        }
+        if self.no_ws {
+            cfg.listeners.ws = None;
+        }
+        if let Some(a) = self.admin_listen {
+            cfg.admin.enabled = true;
+            cfg.admin.listen = Some(a);
+        }
+        if self.no_admin {
+            cfg.admin.enabled = false;
+        }
+        if self.log_json {
+            cfg.log.json = true;
+        }
+        if self.persist {
+            cfg.persistence.enabled = true;
+        }
+        if let Some(d) = &self.data_dir {
+            cfg.persistence.data_dir = d.clone();
+        }
+    }
+
+    /// Makes these the process's overrides, for [`Config::load_effective`].
+    pub fn install(self) {
+        let _ = OVERRIDES.set(self);
+    }
+}
+
 impl LogConfig {
     /// The `tracing` filter: `level` (or `RUST_LOG` when `from_env`),
     /// plus debug for the connection spans of `trace_clients`.
@@ -331,6 +382,16 @@ impl Config {
         let config = Config::parse_unvalidated(text, origin)?;
         config.validate(origin)?;
         Ok(config)
+    }
+
+    /// [`Config::load`] with the process's command-line overrides applied
+    /// (what a reload compares with the running configuration).
+    pub fn load_effective(path: &Path) -> Result<Config, ConfigError> {
+        let mut c = Config::load(path)?;
+        if let Some(o) = OVERRIDES.get() {
+            o.apply(&mut c);
+        }
+        Ok(c)
     }
 
     /// Reads and parses a TOML file without `validate` (`midge check`

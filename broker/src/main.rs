@@ -236,31 +236,20 @@ fn main() -> ExitCode {
                 },
                 None => Config::default(),
             };
-            if let Some(a) = listen {
-                cfg.listeners.mqtt = Some(a);
-            }
-            if let Some(a) = ws_listen {
-                cfg.listeners.ws = Some(a);
-            }
-            if no_ws {
-                cfg.listeners.ws = None;
-            }
-            if let Some(a) = admin_listen {
-                cfg.admin.enabled = true;
-                cfg.admin.listen = Some(a);
-            }
-            if no_admin {
-                cfg.admin.enabled = false;
-            }
-            if log_json {
-                cfg.log.json = true;
-            }
-            if persist {
-                cfg.persistence.enabled = true;
-            }
-            if let Some(d) = data_dir {
-                cfg.persistence.data_dir = d;
-            }
+            let overrides = midge::config::Overrides {
+                listen,
+                ws_listen,
+                no_ws,
+                admin_listen,
+                no_admin,
+                log_json,
+                persist,
+                data_dir,
+            };
+            overrides.apply(&mut cfg);
+            // Reloads of the file apply them again, so a flag is not
+            // reported as a changed setting.
+            overrides.install();
             init_logging(&cfg);
             match serve(cfg, config) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -24,21 +24,19 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 
 /// Reloads the rules from `path` now. Returns the number of rules loaded.
 pub fn reload(broker: &Broker, path: &Path, running: &Config) -> Result<usize, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let config = Config::load_effective(path).map_err(|e| e.to_string())?;
     let n = broker
         .rules
         .load(&config.rules)
         .map_err(|errors| format!("{}: {}", path.display(), errors.join("; ")))?;
-    if config.log.level != running.log.level
-        || config.log.trace_clients != running.log.trace_clients
-    {
-        match crate::logging::reload(&config.log) {
-            Ok(true) => {
-                info!(level = %config.log.level, trace_clients = ?config.log.trace_clients, "log filter reloaded")
-            }
-            Ok(false) => {}
-            Err(e) => warn!(error = %e, "log filter not reloaded"),
+    // Applied every time: the file may have gone back to what the broker
+    // started with after an earlier reload changed it.
+    match crate::logging::reload(&config.log) {
+        Ok(true) => {
+            info!(level = %config.log.level, trace_clients = ?config.log.trace_clients, "log filter applied")
         }
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "log filter not reloaded"),
     }
     let later = restart_needed(&config, running);
     if !later.is_empty() {
@@ -88,7 +86,7 @@ pub async fn reload_all(
     path: &Path,
     running: &Config,
 ) -> Result<ReloadReport, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let config = Config::load_effective(path).map_err(|e| e.to_string())?;
     let rules = reload(broker, path, running)?;
     let (plugins_reloaded, plugin_errors) = match reload_plugins(broker).await {
         Ok(names) => (names, Vec::new()),

@@ -533,4 +533,34 @@ async fn trace_clients_reloads_without_a_restart() {
         !debug.iter().any(|l| l.contains("packet_id: 1,")),
         "traced before the reload:\n{log}"
     );
+    // Only [log] changed: the command-line flags (--listen, --no-ws,
+    // --admin-listen) are not mistaken for changed settings.
+    assert!(!log.contains("after a restart"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_packet_is_refused_with_0x95_and_counted() {
+    let b = start_broker(|c| c.mqtt.max_packet_size = 1024).await;
+    let (mut c, _) = RawClient::handshake(b.addr, ConnectOpts::v5(&unique("big"))).await;
+    c.send(&publish(
+        true,
+        "big/t",
+        0,
+        false,
+        false,
+        0,
+        &[],
+        &[0u8; 2000],
+    ))
+    .await;
+    c.expect_disconnect(0x95).await;
+    assert_eq!(
+        metric(
+            &b,
+            r#"midge_limit_triggered_total{limit="max_packet_size"}"#
+        )
+        .await,
+        1.0
+    );
+    assert_alive(&b).await;
 }

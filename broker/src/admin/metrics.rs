@@ -142,6 +142,9 @@ pub fn render(b: &Broker, uptime_seconds: f64) -> String {
         ("max_publish_bytes_rate", &st.limit_publish_bytes_rate),
         ("max_subscriptions", &st.limit_subscriptions),
         ("allow_anonymous", &st.connections_refused_anonymous),
+        ("max_packet_size", &st.limit_packet_too_large),
+        ("receive_maximum", &st.limit_receive_maximum),
+        ("max_queued_messages", &st.messages_dropped_queue_full),
     ] {
         o.sample(
             "midge_limit_triggered_total",

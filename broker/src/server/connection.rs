@@ -622,6 +622,12 @@ async fn run<R, W>(
                 Ok(None) => break,
                 Err(e) => {
                     debug!(error = %e, "protocol violation");
+                    if e.reason_code() == reason::PACKET_TOO_LARGE {
+                        broker
+                            .stats
+                            .limit_packet_too_large
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     break 'conn End::Server {
                         reason: e.reason_code(),
                         why: "protocol violation",
@@ -1163,10 +1169,14 @@ impl Reader {
                 };
                 match fresh {
                     None => {
+                        self.broker
+                            .stats
+                            .limit_receive_maximum
+                            .fetch_add(1, Ordering::Relaxed);
                         return Some(End::Server {
                             reason: reason::RECEIVE_MAXIMUM_EXCEEDED,
                             why: "receive maximum exceeded",
-                        })
+                        });
                     }
                     Some(true) if code != reason::SUCCESS => {
                         // Refused: forget the id again, nothing awaits a PUBREL.
