@@ -127,6 +127,15 @@ impl BrokerProcess {
         self.child.as_ref().map(Child::id).expect("running")
     }
 
+    /// Sends a signal by name (e.g. "HUP") to the broker process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     /// `kill -9`: no shutdown code runs.
     pub fn kill9(mut self) {
         let _ = Command::new("kill")

@@ -564,3 +564,65 @@ async fn oversized_packet_is_refused_with_0x95_and_counted() {
     );
     assert_alive(&b).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_rules_keeps_connections_and_names_restart_only_changes() {
+    let dir = TempDir::new("midge-hup");
+    let config = dir.0.join("midge.toml");
+    std::fs::write(&config, "[log]\nlevel = \"warn\"\n").unwrap();
+    let broker = midge_e2e::process::BrokerProcess::start(&config, 0);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", broker.port()).parse().unwrap();
+    let (mut sub, _) = RawClient::handshake(addr, ConnectOpts::v5(&unique("hup-sub"))).await;
+    sub.subscribe(1, &[], &[("hup/out/#", 1)]).await;
+    let (mut publ, _) = RawClient::handshake(addr, ConnectOpts::v5(&unique("hup-pub"))).await;
+
+    // New rule plus a [limits] change; the file keeps its old modification
+    // time, so only the SIGHUP can make the broker read it.
+    let before = std::fs::metadata(&config).unwrap().modified().unwrap();
+    std::fs::write(
+        &config,
+        "[log]\nlevel = \"warn\"\n[limits]\nmax_subscriptions = 5\n\
+         [[rules]]\nid = \"hup\"\nsql = 'SELECT payload, topic FROM \"hup/in/#\"'\n\
+         actions = [{ type = \"republish\", topic = \"hup/out/${topic}\", payload = \"${payload}\" }]\n",
+    )
+    .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&config)
+        .unwrap()
+        .set_modified(before)
+        .unwrap();
+    broker.signal("HUP");
+
+    // Publish until the rule answers (bounded); the same connections serve.
+    let mut got = None;
+    for n in 1..=50u16 {
+        publ.publish("hup/in/x", 1, false, n, &[], format!("m{n}").as_bytes())
+            .await;
+        if let Recv::Packet(p) = sub.recv_within(Duration::from_millis(200)).await {
+            if p.kind == PUBLISH {
+                got = Some(p.publish(true));
+                break;
+            }
+        }
+    }
+    let p = got.unwrap_or_else(|| panic!("rule never ran after SIGHUP:\n{}", broker.log()));
+    assert_eq!(p.topic, "hup/out/hup/in/x");
+    assert!(String::from_utf8_lossy(&p.payload).starts_with('m'));
+    let mut log = broker.log();
+    for _ in 0..100 {
+        if log.contains("after a restart") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        log = broker.log();
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("after a restart") && l.contains("limits")),
+        "{log}"
+    );
+    // Both clients are still on their first connection.
+    sub.ping().await;
+    publ.ping().await;
+}
