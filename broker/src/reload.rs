@@ -25,6 +25,12 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 /// Reloads the rules from `path` now. Returns the number of rules loaded.
 pub fn reload(broker: &Broker, path: &Path, running: &Config) -> Result<usize, String> {
     let config = Config::load_effective(path).map_err(|e| e.to_string())?;
+    apply(broker, &config, path, running)
+}
+
+/// Applies what reloads live from an already loaded `config`: the rules
+/// (all or none) and the log filter; warns about the rest.
+fn apply(broker: &Broker, config: &Config, path: &Path, running: &Config) -> Result<usize, String> {
     let n = broker
         .rules
         .load(&config.rules)
@@ -38,7 +44,7 @@ pub fn reload(broker: &Broker, path: &Path, running: &Config) -> Result<usize, S
         Ok(false) => {}
         Err(e) => warn!(error = %e, "log filter not reloaded"),
     }
-    let later = restart_needed(&config, running);
+    let later = restart_needed(config, running);
     if !later.is_empty() {
         warn!(file = %path.display(), sections = ?later, "these settings changed and take effect after a restart (rules, log level and trace_clients, and a plugin's .wasm file reload live)");
     }
@@ -87,7 +93,7 @@ pub async fn reload_all(
     running: &Config,
 ) -> Result<ReloadReport, String> {
     let config = Config::load_effective(path).map_err(|e| e.to_string())?;
-    let rules = reload(broker, path, running)?;
+    let rules = apply(broker, &config, path, running)?;
     let (plugins_reloaded, plugin_errors) = match reload_plugins(broker).await {
         Ok(names) => (names, Vec::new()),
         Err(e) => (Vec::new(), vec![e]),

@@ -179,7 +179,13 @@ fn publish(broker: &Broker, topic: String, payload: Bytes, retain: bool) {
 
 /// `clients/<clientid>/connected|disconnected`, when `[sys] client_notices`.
 /// Client ids that cannot be part of a topic name (`+`, `#`) get no notice.
-pub fn client_notice(broker: &Broker, client_id: &str, what: &str, body: serde_json::Value) {
+/// `body` is only built when notices are on (connections pay nothing otherwise).
+pub fn client_notice(
+    broker: &Broker,
+    client_id: &str,
+    what: &str,
+    body: impl FnOnce() -> serde_json::Value,
+) {
     if !broker.sys.client_notices || broker.sys.interval == 0 {
         return;
     }
@@ -187,7 +193,7 @@ pub fn client_notice(broker: &Broker, client_id: &str, what: &str, body: serde_j
         return;
     }
     let topic = format!("{}/clients/{client_id}/{what}", prefix());
-    publish(broker, topic, Bytes::from(body.to_string()), false);
+    publish(broker, topic, Bytes::from(body().to_string()), false);
 }
 
 #[cfg(test)]

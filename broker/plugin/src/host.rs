@@ -90,6 +90,19 @@ pub struct PluginMetrics {
     pub reload_failures: u64,
 }
 
+impl PluginMetrics {
+    /// "disabled", "suspended" or "running" (the admin API and `/metrics`).
+    pub fn state(&self) -> &'static str {
+        if !self.enabled {
+            "disabled"
+        } else if self.suspended {
+            "suspended"
+        } else {
+            "running"
+        }
+    }
+}
+
 impl PluginHost {
     /// Load every enabled plugin of `config` (compile, start one instance,
     /// run `init`), in chain order. Fails on the first plugin that cannot be

@@ -173,22 +173,7 @@ impl Slot {
     /// instantiating it (`PluginHost::check`).
     pub async fn check(rt: &Runtime, config: &PluginConfig) -> Result<(), PluginError> {
         let bytes = read(&config.name, &config.path).await?;
-        let load_err = |message: String| PluginError::Load {
-            plugin: config.name.clone(),
-            message,
-        };
-        let engine = rt.engine.clone();
-        let component =
-            tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
-                .await
-                .map_err(|e| load_err(format!("compile task: {e}")))?
-                .map_err(|e| load_err(format!("compile: {}", wasm_error(&e))))?;
-        let pre = rt
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| load_err(format!("link: {}", wasm_error(&e))))?;
-        PluginPre::new(pre).map_err(|e| load_err(format!("exports: {}", wasm_error(&e))))?;
-        Ok(())
+        compile(rt, &config.name, bytes).await.map(|_| ())
     }
 
     /// Compile `bytes`, start one instance, run `init`, check the manifest.
@@ -206,18 +191,7 @@ impl Slot {
             message,
         };
         let fingerprint = fingerprint(&bytes);
-        let engine = rt.engine.clone();
-        let component =
-            tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
-                .await
-                .map_err(|e| load_err(format!("compile task: {e}")))?
-                .map_err(|e| load_err(format!("compile: {}", wasm_error(&e))))?;
-        let pre = rt
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| load_err(format!("link: {}", wasm_error(&e))))?;
-        let pre =
-            PluginPre::new(pre).map_err(|e| load_err(format!("exports: {}", wasm_error(&e))))?;
+        let pre = compile(rt, name, bytes).await?;
         let (warm, manifest) = new_instance(rt, name, config, granted, config_json, &pre).await?;
         if let Some(m) = metrics {
             m.instances_created.fetch_add(1, Ordering::Relaxed);
@@ -418,6 +392,29 @@ impl Slot {
     pub fn idle_instances(&self) -> usize {
         self.current.load().idle.lock().len()
     }
+}
+
+/// Compiles a component (off the async threads) and links it against the
+/// host's world: what loading and `midge check` share.
+async fn compile(
+    rt: &Runtime,
+    name: &str,
+    bytes: Vec<u8>,
+) -> Result<PluginPre<StoreState>, PluginError> {
+    let load_err = |message: String| PluginError::Load {
+        plugin: name.to_string(),
+        message,
+    };
+    let engine = rt.engine.clone();
+    let component = tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
+        .await
+        .map_err(|e| load_err(format!("compile task: {e}")))?
+        .map_err(|e| load_err(format!("compile: {}", wasm_error(&e))))?;
+    let pre = rt
+        .linker
+        .instantiate_pre(&component)
+        .map_err(|e| load_err(format!("link: {}", wasm_error(&e))))?;
+    PluginPre::new(pre).map_err(|e| load_err(format!("exports: {}", wasm_error(&e))))
 }
 
 async fn read(name: &str, path: &std::path::Path) -> Result<Vec<u8>, PluginError> {

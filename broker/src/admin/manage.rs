@@ -287,13 +287,7 @@ pub async fn test_rule(body: Result<Json<TestReq>, JsonRejection>) -> ApiResult 
 }
 
 fn plugin_json(m: &PluginMetrics, manifest: Option<(String, String)>) -> Value {
-    let state = if !m.enabled {
-        "disabled"
-    } else if m.suspended {
-        "suspended"
-    } else {
-        "running"
-    };
+    let state = m.state();
     json!({
         "name": m.name,
         "state": state,

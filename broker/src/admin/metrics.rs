@@ -402,13 +402,7 @@ fn plugins(o: &mut Out, b: &Broker) {
         "1 for the plugin's current state (running, suspended, disabled).",
     );
     for m in &metrics {
-        let state = if !m.enabled {
-            "disabled"
-        } else if m.suspended {
-            "suspended"
-        } else {
-            "running"
-        };
+        let state = m.state();
         o.sample(
             "midge_plugin_state",
             &[("plugin", &m.name), ("state", state)],

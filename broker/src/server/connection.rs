@@ -557,10 +557,7 @@ async fn run<R, W>(
         f.set("connected_at", connected_at);
         f.set("is_bridge", false);
     });
-    crate::sys::client_notice(
-        &broker,
-        &client_id,
-        "connected",
+    crate::sys::client_notice(&broker, &client_id, "connected", || {
         serde_json::json!({
             "clientid": &*client_id,
             "username": username.as_deref(),
@@ -570,8 +567,8 @@ async fn run<R, W>(
             "clean_start": meta.clean_start,
             "expiry_interval": expiry,
             "connected_at": connected_at,
-        }),
-    );
+        })
+    });
 
     let (close_tx, close_rx) = oneshot::channel();
     let mut writer = tokio::spawn(
@@ -716,20 +713,16 @@ async fn run<R, W>(
         f.set("reason", disconnect_reason);
         f.set("disconnected_at", disconnected_at);
     });
-    crate::sys::client_notice(
-        &broker,
-        &client_id,
-        "disconnected",
+    crate::sys::client_notice(&broker, &client_id, "disconnected", || {
         serde_json::json!({
             "clientid": &*client_id,
             "username": username.as_deref(),
             "reason": disconnect_reason,
             "disconnected_at": disconnected_at,
-        }),
-    );
+        })
+    });
 }
 
-/// The `client_connack` event of a refused CONNECT.
 /// Counts a refused CONNECT by reason code and raises `client_connack`.
 fn connack_event(broker: &Broker, c: &Connect, peer: SocketAddr, code: u8) {
     broker.stats.connacks_refused.add(code);
