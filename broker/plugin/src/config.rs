@@ -5,6 +5,20 @@
 //! kv_path = "data/plugin-kv"      # sled directory behind every kv grant
 //! epoch_tick_ms = 2               # deadline granularity
 //!
+//! [plugins.databases.main]       # a database for `grants.sql = "main"`
+//! url = "host=127.0.0.1 port=5432 user=midge dbname=archive"   # libpq-style or postgres:// URL
+//! connections = 2                 # connections kept open (queries, batches)
+//! batch_max_rows = 1000           # rows per multi-row INSERT built from `enqueue`
+//! batch_linger_ms = 5             # wait this long for more rows before a batch goes
+//! queue_capacity = 100000         # queued statements; beyond it `enqueue` answers queue-full
+//! timeout_ms = 5000               # per statement (execute, query, a batch)
+//!
+//! [plugins.kafka]                 # the producer behind `grants.kafka` topics
+//! brokers = "127.0.0.1:9092"      # bootstrap.servers
+//! linger_ms = 5                   # linger.ms: producer batching
+//! queue_capacity = 100000         # queue.buffering.max.messages; beyond it queue-full
+//! properties = { "compression.type" = "lz4" }   # any other librdkafka producer property
+//!
 //! [[plugins.plugin]]
 //! name = "auth"                   # unique; used in logs, metrics, reloads
 //! path = "plugins/auth_password.wasm"
@@ -33,6 +47,7 @@
 //! on_publish = "open"
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -51,6 +66,67 @@ pub struct PluginsConfig {
     /// The plugins, in chain order.
     #[serde(rename = "plugin")]
     pub plugins: Vec<PluginConfig>,
+    /// PostgreSQL databases behind `sql` grants, by name.
+    pub databases: BTreeMap<String, DatabaseConfig>,
+    /// The Kafka producer behind `kafka` grants.
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// One `[plugins.databases.NAME]` entry: a PostgreSQL database plugins
+/// granted `sql = "NAME"` use.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Connection string, libpq key=value form or a `postgres://` URL.
+    pub url: String,
+    /// Connections kept open.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// Most rows in one multi-row statement built from `enqueue`.
+    #[serde(default = "default_batch_max_rows")]
+    pub batch_max_rows: usize,
+    /// How long a batch waits for more rows before it is sent.
+    #[serde(default = "default_linger_ms")]
+    pub batch_linger_ms: u64,
+    /// Statements `enqueue` may queue; beyond it the plugin gets `queue-full`.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Per statement (execute, query, a batch).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// `[plugins.kafka]`: the one producer behind every `kafka` grant.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// `linger.ms`: how long the producer waits to fill a batch.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// `queue.buffering.max.messages`; beyond it the plugin gets `queue-full`.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Any other librdkafka producer property, passed through.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_connections() -> usize {
+    2
+}
+fn default_batch_max_rows() -> usize {
+    1000
+}
+fn default_linger_ms() -> u64 {
+    5
+}
+fn default_queue_capacity() -> usize {
+    100_000
+}
+fn default_timeout_ms() -> u64 {
+    5000
 }
 
 impl Default for PluginsConfig {
@@ -60,6 +136,8 @@ impl Default for PluginsConfig {
             kv_max_value_bytes: 1 << 20,
             epoch_tick_ms: 2,
             plugins: Vec::new(),
+            databases: BTreeMap::new(),
+            kafka: None,
         }
     }
 }

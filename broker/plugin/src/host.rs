@@ -583,6 +583,24 @@ fn unreachable_reply() -> ! {
 fn validate(config: &PluginsConfig) -> Vec<PluginError> {
     let mut errors = Vec::new();
     let mut names = HashSet::new();
+    for (name, db) in &config.databases {
+        if db.connections == 0
+            || db.batch_max_rows == 0
+            || db.queue_capacity == 0
+            || db.timeout_ms == 0
+        {
+            errors.push(PluginError::Config(format!(
+                "plugins.databases.{name}: connections, batch_max_rows, queue_capacity and timeout_ms must be positive"
+            )));
+        }
+    }
+    if let Some(k) = &config.kafka {
+        if k.brokers.trim().is_empty() || k.queue_capacity == 0 {
+            errors.push(PluginError::Config(
+                "plugins.kafka: brokers must be set and queue_capacity positive".into(),
+            ));
+        }
+    }
     for p in config.plugins.iter().filter(|p| p.enabled) {
         if !names.insert(p.name.as_str()) {
             errors.push(PluginError::Config(format!(
@@ -602,6 +620,20 @@ fn validate(config: &PluginsConfig) -> Vec<PluginError> {
                 p.name
             )));
             continue;
+        }
+        if let Some(db) = &p.grants.sql {
+            if !config.databases.contains_key(db) {
+                errors.push(PluginError::Config(format!(
+                    "plugin {}: grants.sql names database {db:?}, which no [plugins.databases.{db}] defines",
+                    p.name
+                )));
+            }
+        }
+        if !p.grants.kafka.is_empty() && config.kafka.is_none() {
+            errors.push(PluginError::Config(format!(
+                "plugin {}: grants.kafka needs a [plugins.kafka] producer (brokers = ...)",
+                p.name
+            )));
         }
         if p.limits.max_instances == 0 || p.limits.deadline_ms == 0 || p.limits.memory_mib == 0 {
             errors.push(PluginError::Config(format!(

@@ -49,7 +49,8 @@ pub use caps::{
     SqlRejection, SqlRows, SqlValue,
 };
 pub use config::{
-    DirGrant, FailurePolicies, FailurePolicy, Grants, Limits, PluginConfig, PluginsConfig,
+    DatabaseConfig, DirGrant, FailurePolicies, FailurePolicy, Grants, KafkaConfig, Limits,
+    PluginConfig, PluginsConfig,
 };
 pub use error::{Hook, PluginError};
 pub use host::{PluginHost, PluginMetrics, FAIL_CLOSED_AUTH_REASON, FAIL_CLOSED_PUBLISH_REASON};

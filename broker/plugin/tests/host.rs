@@ -7,14 +7,14 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{auth, client, host, host_with, msg, plugin};
+use common::{auth, client, host, host_with_config, msg, plugin};
 use midge_plugin::types::{
     Action, AuthDecision, AuthzDecision, AuthzRequest, Event, EventSet, HookSet, Message, Qos,
     SubscribedEvent,
 };
 use midge_plugin::{
-    BrokerHandle, FailurePolicy, Hook, PluginError, PluginsConfig, PublishVerdict, Services,
-    FAIL_CLOSED_AUTH_REASON, FAIL_CLOSED_PUBLISH_REASON,
+    BrokerHandle, DatabaseConfig, FailurePolicy, Hook, KafkaConfig, PluginError, PluginsConfig,
+    PublishVerdict, Services, FAIL_CLOSED_AUTH_REASON, FAIL_CLOSED_PUBLISH_REASON,
 };
 use parking_lot::Mutex;
 
@@ -427,8 +427,19 @@ async fn granted_capabilities_work() {
     p.grants.publish = vec!["echo/+".into()];
     p.grants.sql = Some("main".into());
     p.grants.kafka = vec!["t".into()];
-    let host = host_with(
-        vec![p],
+    let config = PluginsConfig {
+        plugins: vec![p],
+        // configured, but this host is given no backends (the broker wires them)
+        databases: [(
+            "main".to_string(),
+            toml_value::<DatabaseConfig>("url = 'host=127.0.0.1'"),
+        )]
+        .into(),
+        kafka: Some(toml_value::<KafkaConfig>("brokers = '127.0.0.1:1'")),
+        ..PluginsConfig::default()
+    };
+    let host = host_with_config(
+        config,
         Services {
             broker: Some(broker.clone()),
             ..Services::default()
@@ -590,6 +601,57 @@ async fn config_parses_from_toml() {
     let bad: Result<PluginsConfig, _> =
         toml::from_str("[[plugin]]\nname = \"x\"\npath = \"y\"\nbogus = 1\n");
     assert!(bad.is_err());
+}
+
+async fn errors_of(config: &PluginsConfig) -> String {
+    let errors = midge_plugin::PluginHost::check(config).await;
+    assert!(midge_plugin::PluginHost::load(config, Services::default())
+        .await
+        .is_err());
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn toml_value<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    toml::from_str(text).unwrap()
+}
+
+#[tokio::test]
+async fn sql_and_kafka_grants_must_name_configured_backends() {
+    let dir = wasm_or_skip!();
+    let mut p = plugin(&dir, "archiver", "test_misbehave");
+    p.grants.sql = Some("archive".into());
+    p.grants.kafka = vec!["t".into()];
+    let config = PluginsConfig {
+        plugins: vec![p],
+        ..PluginsConfig::default()
+    };
+    let err = errors_of(&config).await;
+    assert!(
+        err.contains("plugin archiver: grants.sql names database \"archive\""),
+        "{err}"
+    );
+    assert!(err.contains("[plugins.databases.archive]"), "{err}");
+    assert!(
+        err.contains("plugin archiver: grants.kafka needs a [plugins.kafka]"),
+        "{err}"
+    );
+    let config: PluginsConfig = toml::from_str(
+        "[databases.main]\nurl = 'host=127.0.0.1'\nconnections = 0\n[kafka]\nbrokers = ''\n",
+    )
+    .unwrap();
+    let err = errors_of(&config).await;
+    assert!(err.contains("plugins.databases.main: connections"), "{err}");
+    assert!(err.contains("plugins.kafka: brokers must be set"), "{err}");
+    let config: PluginsConfig = toml::from_str(
+        "[databases.main]\nurl = 'x'\n[kafka]\nbrokers = 'h:1'\nproperties = { 'acks' = 'all' }\n",
+    )
+    .unwrap();
+    assert_eq!(config.databases["main"].batch_max_rows, 1000);
+    assert_eq!(config.kafka.unwrap().properties["acks"], "all");
 }
 
 /// Per-call cost of a warm on-publish call (printed; loosely bounded).

@@ -28,15 +28,19 @@ pub async fn host(plugins: Vec<PluginConfig>) -> PluginHost {
 }
 
 pub async fn host_with(plugins: Vec<PluginConfig>, services: Services) -> PluginHost {
-    // sled directories for kv grants live in target/tmp (cargo's scratch space for tests)
-    let kv = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
-        .keep();
     let config = PluginsConfig {
         plugins,
-        kv_path: kv,
         ..PluginsConfig::default()
     };
+    host_with_config(config, services).await
+}
+
+/// Loads `config` with its kv store in a fresh directory.
+pub async fn host_with_config(mut config: PluginsConfig, services: Services) -> PluginHost {
+    // sled directories for kv grants live in target/tmp (cargo's scratch space for tests)
+    config.kv_path = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+        .keep();
     PluginHost::load(&config, services).await.unwrap()
 }
 

@@ -1,0 +1,25 @@
+//! The end-to-end suite as one test binary: each module is one area of the
+//! broker, driven by real clients over real sockets. One binary links once
+//! (each is ~0.5 GB in a debug build) instead of once per area.
+
+mod admin;
+mod connect;
+mod flow_control;
+mod interop_mosquitto;
+mod interop_paho;
+mod keepalive;
+mod limits_listener;
+mod operating;
+mod persistence;
+mod plugins;
+mod qos;
+mod retain;
+mod rules;
+mod session;
+mod shared;
+mod subscriptions;
+mod tls;
+mod v5_features;
+mod violations;
+mod websocket;
+mod will;
