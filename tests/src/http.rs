@@ -147,6 +147,20 @@ impl Admin {
         }
     }
 
+    /// The admin API of a broker process (its printed token, or the one in
+    /// `MIDGE_ADMIN_TOKEN`).
+    pub fn of_process(p: &crate::process::BrokerProcess) -> Admin {
+        let token = p
+            .admin_token
+            .clone()
+            .or_else(|| std::env::var("MIDGE_ADMIN_TOKEN").ok())
+            .expect("an admin token: printed by the broker or in MIDGE_ADMIN_TOKEN");
+        Admin {
+            addr: p.admin_addr,
+            token,
+        }
+    }
+
     pub async fn call(&self, method: &str, path: &str, body: Option<&str>) -> Response {
         request(self.addr, method, path, Some(&self.token), body).await
     }

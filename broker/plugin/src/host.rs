@@ -44,6 +44,8 @@ struct Inner {
     rt: Runtime,
     slots: Vec<Arc<Slot>>,
     ticker_stop: Arc<AtomicBool>,
+    /// The sled store behind kv grants (when any plugin has one).
+    kv_db: Option<sled::Db>,
 }
 
 impl Drop for Inner {
@@ -181,8 +183,22 @@ impl PluginHost {
                 rt,
                 slots,
                 ticker_stop,
+                kv_db,
             }),
         })
+    }
+
+    /// Makes every kv write so far durable (graceful shutdown calls it;
+    /// otherwise sled syncs every few hundred milliseconds).
+    pub async fn flush(&self) -> Result<(), PluginError> {
+        let Some(db) = self.inner.kv_db.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| PluginError::Config(format!("kv store flush: {e}")))?
+            .map(|_| ())
+            .map_err(|e| PluginError::Config(format!("kv store flush: {e}")))
     }
 
     /// Checks a `[plugins]` configuration without running any plugin:
