@@ -562,6 +562,15 @@ mod tests {
         assert_eq!(c.rules.len(), 1, "the example rule");
         assert!(!c.rules[0].enabled);
         c.rules.clear();
+        assert_eq!(c.plugins.plugins.len(), 1, "the example plugin");
+        let p = c.plugins.plugins.remove(0);
+        assert!(!p.enabled);
+        // Every key written out is the default.
+        let mut d = midge_plugin::PluginConfig::new(&p.name, &p.path);
+        d.enabled = false;
+        d.config = p.config.clone();
+        d.grants.kv = Some("archive".into());
+        assert_eq!(p, d);
         assert_eq!(c, Config::default());
     }
 
