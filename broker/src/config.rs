@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -541,7 +542,18 @@ impl Config {
                 }
             }
         }
-        if let Err(errors) = crate::rules::RuleSet::build(&self.rules, None) {
+        // Plugins offer rule functions only once loaded (their init says
+        // which): with plugins configured, names the catalogue lacks are
+        // accepted here and resolved when the broker loads the rules.
+        let plugin_functions: Option<Arc<dyn midge_rules::ExternalFunctions>> = self
+            .plugins
+            .plugins
+            .iter()
+            .any(|p| p.enabled)
+            .then(|| Arc::new(crate::plugins::AnyFunction) as _);
+        if let Err(errors) =
+            crate::rules::RuleSet::build(&self.rules, None, plugin_functions.as_ref())
+        {
             errs.borrow_mut().push(ConfigError::Rules {
                 path: origin.to_string(),
                 errors,

@@ -23,6 +23,63 @@ pub async fn load(config: &PluginsConfig, broker: &Arc<Broker>) -> Result<Plugin
     PluginHost::load(config, services).await
 }
 
+/// The plugins' rule functions, for the rule engine. Arity comes from the
+/// loaded manifests; a call runs the plugin on the calling thread's runtime
+/// (the publish path waits for it, as for `on-publish`, bounded by the
+/// plugin's deadline).
+pub struct PluginFunctions(pub PluginHost);
+
+impl std::fmt::Debug for PluginFunctions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PluginFunctions")
+            .field(&self.0.plugins())
+            .finish()
+    }
+}
+
+impl midge_rules::ExternalFunctions for PluginFunctions {
+    fn arity(&self, name: &str) -> Option<(usize, Option<usize>)> {
+        self.0
+            .functions()
+            .into_iter()
+            .find(|(_, f)| f.name == name)
+            .map(|(_, f)| (f.min_args as usize, f.max_args.map(|m| m as usize)))
+    }
+
+    fn call(&self, name: &str, args: &[serde_json::Value]) -> Result<serde_json::Value, String> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let handle = Handle::try_current()
+            .ok()
+            .filter(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
+            .ok_or_else(|| {
+                format!(
+                    "plugin function `{name}` can only run on the broker's multi-threaded runtime"
+                )
+            })?;
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let text =
+            tokio::task::block_in_place(|| handle.block_on(self.0.call_function(name, &args)))
+                .map_err(|e| e.to_string())?;
+        serde_json::from_str(&text)
+            .map_err(|e| format!("plugin function `{name}` returned invalid JSON {text:?}: {e}"))
+    }
+}
+
+/// Any name, any arity: config validation's stand-in for the plugins'
+/// functions before they are loaded. Never called.
+#[derive(Debug)]
+pub struct AnyFunction;
+
+impl midge_rules::ExternalFunctions for AnyFunction {
+    fn arity(&self, _: &str) -> Option<(usize, Option<usize>)> {
+        Some((0, None))
+    }
+
+    fn call(&self, name: &str, _: &[serde_json::Value]) -> Result<serde_json::Value, String> {
+        Err(format!("plugin function `{name}` is not loaded"))
+    }
+}
+
 /// The broker as the target of plugins' `publish` capability.
 #[derive(Debug)]
 struct Publisher(Weak<Broker>);

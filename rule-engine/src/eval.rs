@@ -311,6 +311,13 @@ pub(crate) fn eval(e: &Expr, env: &Env<'_, '_>) -> Result<Value, String> {
             };
             (func.f)(&vals, &cx)
         }
+        Expr::External { name, args, ext } => {
+            let vals: Vec<Value> = args
+                .iter()
+                .map(|x| eval(x, env))
+                .collect::<Result<_, _>>()?;
+            ext.call(name, &vals)
+        }
     }
 }
 

@@ -60,6 +60,17 @@ use crate::eval::{cond, eval, put_row, select, Env};
 use crate::parse::ParseError;
 use crate::plan::{Plan, PlanKind};
 
+/// Functions from outside the catalogue, e.g. the broker's Wasm plugins.
+/// Consulted at compile time for names the catalogue does not have (the
+/// catalogue always wins), and called at evaluation time.
+pub trait ExternalFunctions: Send + Sync + std::fmt::Debug {
+    /// `(min, max)` arguments of `name` (lower case) if it is offered;
+    /// `max` is `None` for variadic functions.
+    fn arity(&self, name: &str) -> Option<(usize, Option<usize>)>;
+    /// Calls `name`; an error fails the rule for this input only.
+    fn call(&self, name: &str, args: &[Value]) -> Result<Value, String>;
+}
+
 /// One output row (column name -> value).
 pub type Row = Map<String, Value>;
 
@@ -79,6 +90,15 @@ impl Rule {
     /// what was expected; unknown fields, unknown functions, wrong arity,
     /// invalid topic filters and invalid literal regexes are rejected here.
     pub fn compile(id: &str, sql: &str) -> Result<Rule, RuleError> {
+        Rule::compile_with(id, sql, None)
+    }
+
+    /// [`Rule::compile`], resolving functions the catalogue lacks in `ext`.
+    pub fn compile_with(
+        id: &str,
+        sql: &str,
+        ext: Option<&std::sync::Arc<dyn ExternalFunctions>>,
+    ) -> Result<Rule, RuleError> {
         let to_err = |e: ParseError| RuleError {
             rule_id: id.to_owned(),
             line: e.line,
@@ -117,7 +137,7 @@ impl Rule {
             }
             filters.push(f.filter.clone());
         }
-        let plan = plan::plan(stmt, &sources).map_err(to_err)?;
+        let plan = plan::plan(stmt, &sources, ext).map_err(to_err)?;
         Ok(Rule {
             id: id.to_owned(),
             sql: sql.to_owned(),

@@ -6,6 +6,7 @@
 //! rule author can get wrong is reported here, at load, with a position.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use regex::Regex;
 use serde_json::Value;
@@ -20,6 +21,7 @@ use crate::funcs::{self, FuncDef};
 use crate::input::Source;
 use crate::parse::{Body, ParseError, Statement};
 use crate::value::{num_value, parse_num, CmpOp, Num};
+use crate::ExternalFunctions;
 
 /// Arithmetic operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +81,12 @@ pub(crate) enum Expr {
         args: Vec<Expr>,
         regex: Option<Box<Regex>>,
     },
+    /// A function from outside the catalogue (a plugin's).
+    External {
+        name: String,
+        args: Vec<Expr>,
+        ext: Arc<dyn ExternalFunctions>,
+    },
 }
 
 /// A SELECT / DO column.
@@ -117,6 +125,7 @@ const MAX_DEPTH: usize = 200;
 
 struct Planner<'s> {
     sources: &'s [Source],
+    ext: Option<&'s Arc<dyn ExternalFunctions>>,
     from_text: String,
     aliases: HashSet<String>,
     reads_payload_json: bool,
@@ -139,7 +148,11 @@ fn alias_root(item: &SelectItem) -> Option<String> {
 }
 
 /// Compiles a parsed statement for the given FROM sources.
-pub(crate) fn plan(stmt: Statement, sources: &[Source]) -> Result<Plan, ParseError> {
+pub(crate) fn plan(
+    stmt: Statement,
+    sources: &[Source],
+    ext: Option<&Arc<dyn ExternalFunctions>>,
+) -> Result<Plan, ParseError> {
     let from_text = stmt
         .from
         .iter()
@@ -160,6 +173,7 @@ pub(crate) fn plan(stmt: Statement, sources: &[Source]) -> Result<Plan, ParseErr
     }
     let mut p = Planner {
         sources,
+        ext,
         from_text,
         aliases,
         reads_payload_json: false,
@@ -225,6 +239,7 @@ fn default_key(e: &Expr, pos: usize) -> Vec<String> {
         Expr::Const(Value::String(s)) => vec![s.clone()],
         Expr::Const(v) => vec![format!("_v_const_{v}_{pos}")],
         Expr::Call { func, .. } => vec![format!("_v_fun_{}_{pos}", func.name)],
+        Expr::External { name, .. } => vec![format!("_v_fun_{name}_{pos}")],
         Expr::Case { .. } => vec![format!("_v_case_{pos}")],
         Expr::List(l) => vec![format!("_v_list_{}_{pos}", l.len())],
         Expr::Arith(op, ..) => vec![format!(
@@ -531,8 +546,20 @@ impl Planner<'_> {
         if f.over.is_some() || f.filter.is_some() || !f.within_group.is_empty() {
             return Err(err(loc, format!("unsupported syntax in call to `{name}`")));
         }
-        let func =
-            funcs::lookup(&name).ok_or_else(|| err(loc, format!("unknown function `{name}`")))?;
+        let builtin = funcs::lookup(&name);
+        let external = match (builtin, self.ext) {
+            (None, Some(ext)) => {
+                let lower = name.to_ascii_lowercase();
+                ext.arity(&lower)
+                    .map(|(min, max)| (lower, min, max.unwrap_or(usize::MAX), ext.clone()))
+            }
+            _ => None,
+        };
+        let (fname, min, max) = match (builtin, &external) {
+            (Some(f), _) => (f.name.to_string(), f.min, f.max),
+            (None, Some((n, min, max, _))) => (n.clone(), *min, *max),
+            (None, None) => return Err(err(loc, format!("unknown function `{name}`"))),
+        };
         let sql_args: Vec<&SqlExpr> = match &f.args {
             FunctionArguments::None => Vec::new(),
             FunctionArguments::List(list) => {
@@ -562,31 +589,31 @@ impl Planner<'_> {
             }
         };
         let n = sql_args.len();
-        if n < func.min || n > func.max {
-            let expected = if func.min == func.max {
-                format!(
-                    "{} argument{}",
-                    func.min,
-                    if func.min == 1 { "" } else { "s" }
-                )
-            } else if func.max == usize::MAX {
+        if n < min || n > max {
+            let expected = if min == max {
+                format!("{} argument{}", min, if min == 1 { "" } else { "s" })
+            } else if max == usize::MAX {
                 format!(
                     "at least {} argument{}",
-                    func.min,
-                    if func.min == 1 { "" } else { "s" }
+                    min,
+                    if min == 1 { "" } else { "s" }
                 )
             } else {
-                format!("{} to {} arguments", func.min, func.max)
+                format!("{} to {} arguments", min, max)
             };
             return Err(err(
                 loc,
-                format!("function `{}` expects {expected}, got {n}", func.name),
+                format!("function `{}` expects {expected}, got {n}", fname),
             ));
         }
         let args: Vec<Expr> = sql_args
             .iter()
             .map(|x| self.expr(x, locals, d))
             .collect::<Result<_, _>>()?;
+        let Some(func) = builtin else {
+            let (name, _, _, ext) = external.ok_or_else(|| err(loc, "unresolved function"))?;
+            return Ok(Expr::External { name, args, ext });
+        };
         if func.name == "payload" && n == 1 {
             self.reads_payload_json = true;
         }

@@ -145,3 +145,61 @@ fn huge_flat_expression_does_not_overflow() {
         assert_eq!(handle.join().expect("no stack overflow"), rejected);
     }
 }
+
+/// Functions offered from outside the catalogue (as the broker's plugins
+/// do): `twice(x)` and variadic `total(...)`.
+#[derive(Debug)]
+struct Ext;
+
+impl midge_rules::ExternalFunctions for Ext {
+    fn arity(&self, name: &str) -> Option<(usize, Option<usize>)> {
+        match name {
+            "twice" => Some((1, Some(1))),
+            "total" => Some((0, None)),
+            "upper" => Some((5, Some(5))), // never consulted: the catalogue wins
+            _ => None,
+        }
+    }
+    fn call(&self, name: &str, args: &[serde_json::Value]) -> Result<serde_json::Value, String> {
+        let nums = || args.iter().map(|a| a.as_f64().ok_or("not a number"));
+        match name {
+            "twice" => Ok((nums().next().ok_or("no argument")?? * 2.0).into()),
+            "total" => Ok(nums().sum::<Result<f64, _>>()?.into()),
+            _ => Err(format!("no {name}")),
+        }
+    }
+}
+
+#[test]
+fn external_functions_resolve_check_arity_and_fail_per_message() {
+    let ext: std::sync::Arc<dyn midge_rules::ExternalFunctions> = std::sync::Arc::new(Ext);
+    let r = Rule::compile_with(
+        "x",
+        r#"SELECT TWICE(payload.a) AS d, total(1, 2, payload.a) AS s, upper('a') AS u FROM "t/#" WHERE twice(payload.a) > 3"#,
+        Some(&ext),
+    )
+    .unwrap();
+    let rows = r.apply(&Input::message("t/1", br#"{"a": 2}"#)).unwrap();
+    assert_eq!(rows[0]["d"], 4.0);
+    assert_eq!(rows[0]["s"], 5.0);
+    assert_eq!(rows[0]["u"], "A");
+    assert!(r
+        .apply(&Input::message("t/1", br#"{"a": 1}"#))
+        .unwrap()
+        .is_empty());
+    let e = r
+        .apply(&Input::message("t/1", br#"{"a": "x"}"#))
+        .unwrap_err();
+    assert!(e.to_string().contains("not a number"), "{e}");
+
+    let e = Rule::compile_with("x", r#"SELECT twice(1, 2) FROM "t""#, Some(&ext)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("function `twice` expects 1 argument, got 2"),
+        "{e}"
+    );
+    let e = Rule::compile("x", r#"SELECT twice(1) FROM "t""#).unwrap_err();
+    assert!(e.to_string().contains("unknown function `twice`"), "{e}");
+    let e = Rule::compile_with("x", r#"SELECT thrice(1) FROM "t""#, Some(&ext)).unwrap_err();
+    assert!(e.to_string().contains("unknown function `thrice`"), "{e}");
+}

@@ -102,7 +102,7 @@ fn check_rule(s: &Shared, c: &RuleConfig) -> Result<(), ApiError> {
             "rule id `test` is reserved: POST /api/v1/rules/test runs a sample",
         ));
     }
-    if let Err(e) = midge_rules::Rule::compile(&c.id, &c.sql) {
+    if let Err(e) = s.broker.rules.compile(&c.id, &c.sql) {
         return Err(ApiError::bad_request(e.to_string()).with(json!({
             "rule_id": e.rule_id,
             "line": e.line,

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use midge_rules::{EventKind, Input, Row, Rule};
+use midge_rules::{EventKind, ExternalFunctions, Input, Row, Rule};
 use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -103,9 +103,11 @@ pub struct RuleSet {
 
 impl RuleSet {
     /// Compiles every rule; all errors are returned together, each naming its rule.
+    /// `functions`: functions beyond the catalogue (the plugins').
     pub fn build(
         configs: &[RuleConfig],
         previous: Option<&RuleSet>,
+        functions: Option<&Arc<dyn ExternalFunctions>>,
     ) -> Result<RuleSet, Vec<String>> {
         let mut errors = Vec::new();
         let mut set = RuleSet::default();
@@ -119,7 +121,7 @@ impl RuleSet {
                 errors.push(format!("rule `{}`: duplicate id", c.id));
                 continue;
             }
-            let rule = match Rule::compile(&c.id, &c.sql) {
+            let rule = match Rule::compile_with(&c.id, &c.sql, functions) {
                 Ok(r) => r,
                 Err(e) => {
                     errors.push(e.to_string());
@@ -200,6 +202,8 @@ pub struct RuleEngine {
     rx: Mutex<Option<mpsc::Receiver<Job>>>,
     /// Outputs dropped because the action queue was full.
     pub actions_dropped: AtomicU64,
+    /// Functions rules may call beyond the catalogue (the plugins').
+    functions: RwLock<Option<Arc<dyn ExternalFunctions>>>,
 }
 
 impl Default for RuleEngine {
@@ -213,6 +217,7 @@ impl Default for RuleEngine {
             tx,
             rx: Mutex::new(Some(rx)),
             actions_dropped: AtomicU64::new(0),
+            functions: RwLock::new(None),
         }
     }
 }
@@ -221,7 +226,8 @@ impl RuleEngine {
     /// Compiles `configs` and swaps them in; on error the old set keeps running.
     pub fn load(&self, configs: &[RuleConfig]) -> Result<usize, Vec<String>> {
         let previous = self.set.read().clone();
-        let set = RuleSet::build(configs, Some(&previous))?;
+        let functions = self.functions.read().clone();
+        let set = RuleSet::build(configs, Some(&previous), functions.as_ref())?;
         let n = set.rules.len();
         self.message_rules
             .store(set.has_message_rules(), Ordering::Release);
@@ -231,6 +237,16 @@ impl RuleEngine {
         *self.configs.write() = Arc::new(configs.to_vec());
         drop(current);
         Ok(n)
+    }
+
+    /// Functions beyond the catalogue that rules loaded from now on may call.
+    pub fn set_functions(&self, functions: Arc<dyn ExternalFunctions>) {
+        *self.functions.write() = Some(functions);
+    }
+
+    /// Compiles one rule as [`RuleEngine::load`] would, without loading it.
+    pub fn compile(&self, id: &str, sql: &str) -> Result<Rule, midge_rules::RuleError> {
+        Rule::compile_with(id, sql, self.functions.read().as_ref())
     }
 
     /// The configs of the running rule set, in order.

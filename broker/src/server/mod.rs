@@ -176,15 +176,19 @@ impl Server {
                 "persistent state restored"
             );
         }
+        // Plugins first: rules may call the functions they offer.
+        if !config.plugins.plugins.is_empty() {
+            let host = crate::plugins::load(&config.plugins, &broker).await?;
+            info!(plugins = ?host.plugins(), "plugins loaded");
+            broker
+                .rules
+                .set_functions(Arc::new(crate::plugins::PluginFunctions(host.clone())));
+            let _ = broker.plugins.set(host);
+        }
         broker
             .rules
             .load(&config.rules)
             .map_err(ServerError::Rules)?;
-        if !config.plugins.plugins.is_empty() {
-            let host = crate::plugins::load(&config.plugins, &broker).await?;
-            info!(plugins = ?host.plugins(), "plugins loaded");
-            let _ = broker.plugins.set(host);
-        }
         let gate = Arc::new(Gate::new(broker.clone(), &config.limits));
         Ok(Server {
             broker,

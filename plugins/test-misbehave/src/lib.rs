@@ -13,6 +13,7 @@
 //! - on-event counts events per kind in kv (`events/<kind>`).
 //! - on-rule-output stores the rows under `rule/<name>` in kv.
 //! - function `double(x)` returns 2x.
+//! - config `{ "mode": "functions-only" }`: only the function, no hooks.
 
 use midge_sdk::*;
 
@@ -24,6 +25,20 @@ impl Plugin for Misbehave {
     fn init(config: &str) -> Result<(Self, Manifest), InitError> {
         if config.contains("fail-init") {
             return Err(InitError::BadConfig("asked to fail".into()));
+        }
+        if config.contains("functions-only") {
+            let manifest = Manifest::new("test-misbehave", "0.1.0").function(
+                "double",
+                1,
+                Some(1),
+                "twice the argument",
+            );
+            return Ok((
+                Misbehave {
+                    config: config.to_string(),
+                },
+                manifest,
+            ));
         }
         let manifest = Manifest::new("test-misbehave", "0.1.0")
             .authenticate()

@@ -295,3 +295,117 @@ config = {{ rules = [ {{ filter = "users/+/raw", format = "csv", csv_columns = [
         .unwrap()
         .is_empty());
 }
+
+/// A plugin's rule function in a rule's SQL: resolved when the rules load,
+/// called per message; a failing call fails that rule for that message only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_call_functions_offered_by_plugins() {
+    let Some(b) = broker_from(
+        r#"
+[[plugins.plugin]]
+name = "fn"
+path = "{wasm}/test_misbehave.wasm"
+config = { mode = "functions-only" }
+
+[[rules]]
+id = "doubler"
+sql = 'SELECT double(payload.x) AS d, upper(topic) AS t FROM "fn/#"'
+actions = [{ type = "republish", topic = "fn-out/x", qos = 0, payload = '${d} ${t}' }]
+"#,
+    )
+    .await
+    else {
+        return;
+    };
+    let (mut c, _) = RawClient::handshake(b.addr, ConnectOpts::v5(&unique("c"))).await;
+    c.subscribe(1, &[], &[("fn-out/#", 0)]).await;
+    c.send(&publish(
+        true,
+        "fn/a",
+        0,
+        false,
+        false,
+        0,
+        &[],
+        br#"{"x": 21}"#,
+    ))
+    .await;
+    let m = c.recv_publish().await;
+    assert_eq!(
+        (m.topic.as_str(), text(&m.payload).as_str()),
+        ("fn-out/x", "42 FN/A")
+    );
+    // Not a number: the plugin answers bad-arguments; counted as failed.
+    c.send(&publish(
+        true,
+        "fn/a",
+        0,
+        false,
+        false,
+        0,
+        &[],
+        br#"{"x": "many"}"#,
+    ))
+    .await;
+    let stats = within("the failed evaluation is counted", async {
+        loop {
+            let s = b
+                .broker
+                .rules
+                .stats()
+                .into_iter()
+                .find(|s| s.id == "doubler")
+                .unwrap();
+            if s.failed > 0 {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!((stats.passed, stats.failed), (1, 1));
+    // The next message is the next output: the failed one produced none.
+    c.send(&publish(
+        true,
+        "fn/b",
+        0,
+        false,
+        false,
+        0,
+        &[],
+        br#"{"x": 1}"#,
+    ))
+    .await;
+    assert_eq!(text(&c.recv_publish().await.payload), "2 FN/B");
+    assert_alive(&b).await;
+}
+
+/// A function no plugin offers: the broker refuses to start, naming the
+/// rule; without any plugin configured, config validation already does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_calling_a_function_no_plugin_offers_is_refused() {
+    let Some(wasm) = midge_plugin::testing::wasm_dir() else {
+        return;
+    };
+    let text_cfg = format!(
+        "[[plugins.plugin]]\nname = \"fn\"\npath = \"{}/test_misbehave.wasm\"\n\
+         [[rules]]\nid = \"r\"\nsql = 'SELECT triple(1) AS x FROM \"t\"'\n",
+        wasm.display()
+    );
+    // Accepted by validation (plugins decide their functions at init) ...
+    let cfg = midge::Config::parse(&text_cfg, "fn.toml").unwrap();
+    // ... refused at start, when the plugins are loaded.
+    let err = match midge::server::Server::bind(cfg).await {
+        Ok(_) => panic!("a rule calling an unknown function was loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("rule `r`") || err.contains("rule r"), "{err}");
+    assert!(err.contains("unknown function `triple`"), "{err}");
+    let e = midge::Config::parse(
+        "[[rules]]\nid = \"r\"\nsql = 'SELECT double(1) AS x FROM \"t\"'\n",
+        "nofn.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("unknown function `double`"), "{e}");
+}
