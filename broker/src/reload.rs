@@ -84,20 +84,21 @@ pub struct ReloadReport {
     pub restart_needed: Vec<&'static str>,
 }
 
-/// What SIGHUP does, for one caller (the admin API): the rules from `path`
-/// (refused whole on error: `Err`, the running set stays), then every
-/// plugin whose `.wasm` changed.
+/// What SIGHUP does, for one caller (the admin API): every plugin whose
+/// `.wasm` changed, then the rules from `path` (refused whole on error:
+/// `Err`, the running set stays).
 pub async fn reload_all(
     broker: &Broker,
     path: &Path,
     running: &Config,
 ) -> Result<ReloadReport, String> {
     let config = Config::load_effective(path).map_err(|e| e.to_string())?;
-    let rules = apply(broker, &config, path, running)?;
+    // Plugins first: the rules may call functions a new version offers.
     let (plugins_reloaded, plugin_errors) = match reload_plugins(broker).await {
         Ok(names) => (names, Vec::new()),
         Err(e) => (Vec::new(), vec![e]),
     };
+    let rules = apply(broker, &config, path, running)?;
     info!(rules, plugins = ?plugins_reloaded, file = %path.display(), "reloaded through the admin API");
     Ok(ReloadReport {
         rules,
@@ -166,19 +167,20 @@ pub async fn watch(broker: Arc<Broker>, path: PathBuf, running: Config) {
         }
         last = now;
         last_wasm = wasm;
+        // Plugins first: the rules may call functions a new version offers.
+        match reload_plugins(&broker).await {
+            Ok(names) if names.is_empty() => {}
+            Ok(names) => info!(trigger = why, plugins = ?names, "plugins reloaded"),
+            Err(e) => {
+                error!(trigger = why, error = %e, "plugin reload refused; the previous version keeps running")
+            }
+        }
         if why == "SIGHUP" || config_changed {
             match reload(&broker, &path, &running) {
                 Ok(n) => info!(trigger = why, rules = n, file = %path.display(), "rules reloaded"),
                 Err(e) => {
                     error!(trigger = why, error = %e, "reload refused; the previous rules keep running")
                 }
-            }
-        }
-        match reload_plugins(&broker).await {
-            Ok(names) if names.is_empty() => {}
-            Ok(names) => info!(trigger = why, plugins = ?names, "plugins reloaded"),
-            Err(e) => {
-                error!(trigger = why, error = %e, "plugin reload refused; the previous version keeps running")
             }
         }
     }
