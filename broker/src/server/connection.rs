@@ -27,7 +27,7 @@ use crate::plugins;
 use crate::rules::events::{self, EventFields};
 use crate::session::{Delivery, PendingWill, Session, Stage, SubscriptionRecord};
 use crate::store::Op;
-use midge_plugin::types::{self as pt, HookSet};
+use midge_plugin::types::{self as pt, EventSet, HookSet};
 use midge_plugin::PublishVerdict;
 use midge_rules::EventKind;
 
@@ -255,8 +255,8 @@ fn reason_props(v: Version, text: &str) -> Properties {
 
 /// How a connection ended.
 enum End {
-    /// DISCONNECT from the client; `with_will` for reason 0x04.
-    Client { with_will: bool },
+    /// DISCONNECT from the client with this reason (0x04: with will).
+    Client { reason: u8 },
     /// We close it, sending DISCONNECT with this reason to a 5.0 client.
     Server { reason: u8, why: &'static str },
     /// Socket closed or failed, or keep alive expired (3.1.1).
@@ -557,6 +557,9 @@ async fn run<R, W>(
         f.set("connected_at", connected_at);
         f.set("is_bridge", false);
     });
+    broker.plugin_event(EventSet::CONNECTED, || {
+        pt::Event::Connected(plugins::client_info(&origin, v, superuser, &attributes))
+    });
     crate::sys::client_notice(&broker, &client_id, "connected", || {
         serde_json::json!({
             "clientid": &*client_id,
@@ -680,8 +683,14 @@ async fn run<R, W>(
         End::Server { .. } => "protocol_error",
         End::Lost(_) => "sock_closed",
     };
+    let (plugin_reason, description) = match &end {
+        End::Client { reason } => (Some(*reason), "disconnected by the client"),
+        End::Server { reason, why } => (Some(*reason), *why),
+        End::Lost(why) => (None, *why),
+    };
     let (last, will) = match end {
-        End::Client { with_will } => {
+        End::Client { reason } => {
+            let with_will = reason == reason::DISCONNECT_WITH_WILL;
             info!(with_will, "disconnected");
             (None, if with_will { will } else { None })
         }
@@ -712,6 +721,14 @@ async fn run<R, W>(
     event(EventKind::ClientDisconnected, &|f| {
         f.set("reason", disconnect_reason);
         f.set("disconnected_at", disconnected_at);
+    });
+    broker.plugin_event(EventSet::DISCONNECTED, || {
+        pt::Event::Disconnected(pt::DisconnectedEvent {
+            client_id: client_id.to_string(),
+            username: username.as_deref().map(str::to_string),
+            reason: plugin_reason,
+            description: description.to_string(),
+        })
     });
     crate::sys::client_notice(&broker, &client_id, "disconnected", || {
         serde_json::json!({
@@ -835,8 +852,17 @@ impl Reader {
         self.ticket = self.ticket.max(ticket);
     }
 
-    /// `$events/message_acked` for a message the client acknowledged.
-    fn acked(&self, msg: &Message) {
+    /// `$events/message_acked` (and the plugins' `acked`) for a message the
+    /// client acknowledged.
+    fn acked(&self, msg: &Message, qos: QoS, packet_id: u16) {
+        self.broker.plugin_event(EventSet::ACKED, || {
+            pt::Event::Acked(plugins::delivery_event(
+                &self.origin.client_id,
+                msg,
+                qos,
+                packet_id,
+            ))
+        });
         if self.broker.rules.wants(EventKind::MessageAcked) {
             let mut f = events::delivery_fields(msg, &self.origin.client_id);
             f.username = self.origin.username.as_deref().map(str::to_string);
@@ -868,7 +894,7 @@ impl Reader {
                         drop(st);
                         self.session.notify.notify_one();
                         if let Some(done) = done {
-                            self.acked(&done.delivery.msg);
+                            self.acked(&done.delivery.msg, done.delivery.qos, a.packet_id);
                         }
                     }
                 }
@@ -925,7 +951,7 @@ impl Reader {
                         drop(st);
                         self.session.notify.notify_one();
                         if let Some(done) = done {
-                            self.acked(&done.delivery.msg);
+                            self.acked(&done.delivery.msg, done.delivery.qos, a.packet_id);
                         }
                     }
                 }
@@ -1252,6 +1278,13 @@ impl Reader {
                 f.set("sub_props", serde_json::json!({}));
                 self.broker.rules.on_event(EventKind::SessionSubscribed, &f);
             }
+            self.broker.plugin_event(EventSet::SUBSCRIBED, || {
+                pt::Event::Subscribed(pt::SubscribedEvent {
+                    client_id: self.origin.client_id.to_string(),
+                    filter: filter.to_string(),
+                    qos: plugins::qos_to(granted),
+                })
+            });
             let send_retained = group.is_none()
                 && (opts.retain_handling == 0 || (opts.retain_handling == 1 && !existed));
             if send_retained && cfg.retain_available {
@@ -1306,6 +1339,12 @@ impl Reader {
                         .rules
                         .on_event(EventKind::SessionUnsubscribed, &ev);
                 }
+                self.broker.plugin_event(EventSet::UNSUBSCRIBED, || {
+                    pt::Event::Unsubscribed(pt::UnsubscribedEvent {
+                        client_id: self.origin.client_id.to_string(),
+                        filter: f.to_string(),
+                    })
+                });
                 let (existed, t) = self.broker.unsubscribe(&self.session, f);
                 self.ticket = self.ticket.max(t);
                 if existed {
@@ -1332,8 +1371,6 @@ impl Reader {
             }
             st.expiry_interval = new.min(self.broker.config.max_session_expiry);
         }
-        Some(End::Client {
-            with_will: d.reason == reason::DISCONNECT_WITH_WILL,
-        })
+        Some(End::Client { reason: d.reason })
     }
 }
