@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::enhanced_auth::{self, ConnectAuth};
 use super::limits::{Listener, Refusal};
 use super::writer::{self, ClientLimits};
 use crate::auth::{AuthDecision, ConnectInfo};
@@ -106,7 +107,7 @@ where
     if !connect.client_id.is_empty() {
         span.record("client_id", &*connect.client_id);
     }
-    run(broker, connect, peer, rd, wr, buf)
+    run(broker, connect, peer, rd, wr, buf, info.deadline)
         .instrument(span)
         .await;
 }
@@ -270,6 +271,7 @@ async fn run<R, W>(
     mut rd: R,
     mut wr: W,
     mut buf: BytesMut,
+    deadline: Instant,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -278,33 +280,38 @@ async fn run<R, W>(
     let cfg = &broker.config;
     let fail = |code: u8, text: &'static str| (code, text);
 
-    // Plugins decide first (in chain order); `Ignore` falls back to the broker's own hook.
+    // Plugins decide first (in chain order), running any enhanced
+    // authentication exchange; `Ignore` falls back to the broker's own hook.
     let plugin_auth = match broker.plugins.get() {
         Some(host) if host.has_hook(HookSet::AUTHENTICATE) => {
-            let req = pt::AuthRequest {
-                client_id: c.client_id.to_string(),
-                username: c.username.as_ref().map(|u| u.to_string()),
-                password: c.password.as_ref().map(|p| p.to_vec()),
-                peer_address: peer.to_string(),
-                protocol_version: plugins::version_to(v),
-                auth_method: c
-                    .properties
-                    .authentication_method
-                    .as_ref()
-                    .map(|m| m.to_string()),
-                auth_data: c
-                    .properties
-                    .authentication_data
-                    .as_ref()
-                    .map(|d| d.to_vec()),
-            };
-            Some(Box::pin(host.authenticate(&req)).await.decision)
+            let max_in = cfg.max_packet_size as usize;
+            let exchange = enhanced_auth::connect_exchange(
+                host, &c, peer, &mut rd, &mut wr, &mut buf, max_in, deadline,
+            );
+            match Box::pin(exchange).await {
+                ConnectAuth::Decided(d) => Some(Ok(d)),
+                ConnectAuth::Refuse(code, why) => Some(Err((code, why))),
+                ConnectAuth::Closed => {
+                    debug!("closed during authentication");
+                    return;
+                }
+                ConnectAuth::TimedOut => {
+                    broker
+                        .stats
+                        .connections_refused_connect_timeout
+                        .fetch_add(1, Ordering::Relaxed);
+                    info!("authentication not finished within the connect timeout");
+                    return;
+                }
+            }
         }
         _ => None,
     };
-    let (superuser, attributes) = match &plugin_auth {
-        Some(pt::AuthDecision::Allow(a)) => (a.superuser, a.attributes.clone()),
-        _ => (false, Vec::new()),
+    let (superuser, attributes, final_auth_data) = match &plugin_auth {
+        Some(Ok(pt::AuthDecision::Allow(a))) => {
+            (a.superuser, a.attributes.clone(), a.auth_data.clone())
+        }
+        _ => (false, Vec::new(), None),
     };
 
     // Validate what the client asks for.
@@ -320,17 +327,19 @@ async fn run<R, W>(
             auth_data: c.properties.authentication_data.as_ref(),
         };
         match plugin_auth {
-            Some(pt::AuthDecision::Allow(_)) => {}
-            Some(pt::AuthDecision::Deny(code)) => {
+            Some(Err((code, why))) => return Err(fail(code, why)),
+            Some(Ok(pt::AuthDecision::Allow(_))) => {}
+            Some(Ok(pt::AuthDecision::Deny(code))) => {
                 return Err(fail(code, "refused by an authentication plugin"))
             }
-            Some(pt::AuthDecision::ContinueAuth(_)) => {
+            Some(Ok(pt::AuthDecision::ContinueAuth(_))) => {
+                // `connect_exchange` runs every continue-auth to its end.
                 return Err(fail(
                     reason::BAD_AUTHENTICATION_METHOD,
-                    "multi-step enhanced authentication is not supported yet",
-                ))
+                    "enhanced authentication did not finish",
+                ));
             }
-            Some(pt::AuthDecision::Ignore) | None
+            Some(Ok(pt::AuthDecision::Ignore)) | None
                 if c.username.is_none() && !broker.limits.allow_anonymous =>
             {
                 broker
@@ -342,7 +351,7 @@ async fn run<R, W>(
                     "anonymous access is off (limits.allow_anonymous = false)",
                 ));
             }
-            Some(pt::AuthDecision::Ignore) | None => match broker.auth.authenticate(&info) {
+            Some(Ok(pt::AuthDecision::Ignore)) | None => match broker.auth.authenticate(&info) {
                 AuthDecision::Allow { .. } => {}
                 AuthDecision::Deny { reason } => return Err(fail(reason, "not authorized")),
                 // Multi-step AUTH exchanges arrive with the plugin system.
@@ -509,6 +518,11 @@ async fn run<R, W>(
             props.wildcard_subscription_available = Some(u8::from(cfg.wildcard_subscriptions));
             props.subscription_identifier_available = Some(u8::from(cfg.subscription_identifiers));
             props.shared_subscription_available = Some(u8::from(cfg.shared_subscriptions));
+            // Enhanced authentication: the method, and any final data.
+            props.authentication_method = c.properties.authentication_method.clone();
+            if props.authentication_method.is_some() {
+                props.authentication_data = final_auth_data.map(Into::into);
+            }
         }
         let connack = Packet::ConnAck(ConnAck {
             session_present: attached.session_present,
@@ -533,6 +547,7 @@ async fn run<R, W>(
     };
     let username = origin.username.clone();
     let anonymous = c.username.is_none();
+    let auth_method = c.properties.authentication_method.clone();
     drop(c);
     let event = |kind: EventKind, extra: &dyn Fn(&mut EventFields)| {
         if broker.rules.wants(kind) {
@@ -593,6 +608,8 @@ async fn run<R, W>(
         ticket: 0,
         retained: Vec::new(),
         limiter: PublishLimiter::from_config(&broker.limits),
+        auth_method,
+        reauth: None,
     };
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let max_in = cfg.max_packet_size as usize;
@@ -822,6 +839,12 @@ struct Reader {
     retained: Vec<Delivery>,
     /// `max_publish_rate` / `max_publish_bytes_rate`, when configured.
     limiter: Option<PublishLimiter>,
+    /// The Authentication Method of CONNECT (5.0 enhanced authentication);
+    /// re-authentication uses the same one.
+    auth_method: Option<midge_protocol::ByteStr>,
+    /// A re-authentication in progress: the plugin that answered
+    /// continue-auth and the state it asked to keep.
+    reauth: Option<(String, Vec<u8>)>,
 }
 
 impl Reader {
@@ -988,9 +1011,132 @@ impl Reader {
             }
             Packet::Disconnect(d) => self.disconnect(d),
             Packet::Connect(_) => self.protocol_error("second CONNECT"),
-            Packet::Auth(_) => self.protocol_error("AUTH without an authentication method"),
+            Packet::Auth(a) => self.auth(a).await,
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 self.protocol_error("server-only packet from a client")
+            }
+        }
+    }
+
+    /// AUTH after CONNACK: re-authentication (MQTT 5.0 section 4.12.1). 0x19
+    /// starts an exchange with the whole authenticate chain, 0x18 continues
+    /// it with the plugin that asked; the session keeps working meanwhile.
+    /// Success answers AUTH 0x00; a refusal closes with DISCONNECT and the
+    /// plugin's reason code.
+    async fn auth(&mut self, a: midge_protocol::Auth) -> Option<End> {
+        let Some(method) = self.auth_method.clone() else {
+            return self
+                .protocol_error("AUTH from a client that did not use enhanced authentication");
+        };
+        if a.properties.authentication_method.as_ref() != Some(&method) {
+            return Some(End::Server {
+                reason: reason::BAD_AUTHENTICATION_METHOD,
+                why: "AUTH with another authentication method",
+            });
+        }
+        let step = match (a.reason, self.reauth.take()) {
+            (reason::RE_AUTHENTICATE, None) => None,
+            (reason::CONTINUE_AUTHENTICATION, Some(step)) => Some(step),
+            _ => return self.protocol_error("AUTH out of sequence"),
+        };
+        let req = pt::AuthRequest {
+            client_id: self.origin.client_id.to_string(),
+            username: self.origin.username.as_deref().map(str::to_string),
+            password: None,
+            peer_address: self.origin.peer.to_string(),
+            protocol_version: plugins::version_to(self.version),
+            auth_method: Some(method.to_string()),
+            auth_data: a
+                .properties
+                .authentication_data
+                .as_ref()
+                .map(|d| d.to_vec()),
+            auth_state: step.as_ref().map(|(_, state)| state.clone()),
+        };
+        let host = self.broker.plugins.get();
+        let (decision, by) = match (host, step) {
+            (Some(host), Some((plugin, _))) => {
+                let d = Box::pin(host.authenticate_continue(&plugin, &req))
+                    .await
+                    .decision;
+                let d = match d {
+                    pt::AuthDecision::Ignore => pt::AuthDecision::Deny(reason::NOT_AUTHORIZED),
+                    d => d,
+                };
+                (d, Some(plugin))
+            }
+            (Some(host), None) if host.has_hook(HookSet::AUTHENTICATE) => {
+                let (out, by) = Box::pin(host.authenticate_named(&req)).await;
+                (out.decision, by)
+            }
+            _ => (pt::AuthDecision::Ignore, None),
+        };
+        match decision {
+            pt::AuthDecision::Allow(allow) => {
+                if let Some(client) = &mut self.plugin_client {
+                    client.superuser = allow.superuser;
+                    client.attributes = allow.attributes;
+                }
+                info!(plugin = by.as_deref(), "re-authenticated");
+                self.control.push(enhanced_auth::auth_packet(
+                    reason::SUCCESS,
+                    &method,
+                    allow.auth_data,
+                ));
+                None
+            }
+            pt::AuthDecision::Deny(code) => {
+                let code = enhanced_auth::refusal_code(by.as_deref(), code);
+                info!(plugin = by.as_deref(), code, "re-authentication refused");
+                Some(End::Server {
+                    reason: code,
+                    why: "re-authentication refused",
+                })
+            }
+            pt::AuthDecision::ContinueAuth(cont) => match by {
+                Some(plugin) => {
+                    self.control.push(enhanced_auth::auth_packet(
+                        reason::CONTINUE_AUTHENTICATION,
+                        &method,
+                        Some(cont.data),
+                    ));
+                    self.reauth = Some((plugin, cont.state));
+                    None
+                }
+                None => Some(End::Server {
+                    reason: reason::BAD_AUTHENTICATION_METHOD,
+                    why: "re-authentication continued by no plugin",
+                }),
+            },
+            pt::AuthDecision::Ignore => {
+                let data = a.properties.authentication_data.as_ref();
+                let info = ConnectInfo {
+                    client_id: &self.origin.client_id,
+                    username: self.origin.username.as_deref(),
+                    password: None,
+                    peer: self.origin.peer,
+                    version: self.version,
+                    auth_method: Some(&method),
+                    auth_data: data,
+                };
+                match self.broker.auth.authenticate(&info) {
+                    AuthDecision::Allow { .. } => {
+                        self.control.push(enhanced_auth::auth_packet(
+                            reason::SUCCESS,
+                            &method,
+                            None,
+                        ));
+                        None
+                    }
+                    AuthDecision::Deny { reason } => Some(End::Server {
+                        reason,
+                        why: "re-authentication refused",
+                    }),
+                    AuthDecision::Continue { .. } => Some(End::Server {
+                        reason: reason::BAD_AUTHENTICATION_METHOD,
+                        why: "authentication method not supported",
+                    }),
+                }
             }
         }
     }

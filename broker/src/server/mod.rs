@@ -6,6 +6,7 @@
 //! timeout, and then `connection::serve` takes the byte stream.
 
 mod connection;
+mod enhanced_auth;
 mod limits;
 mod tls;
 mod writer;
