@@ -1,7 +1,9 @@
 //! The bridge between the broker and the Wasm plugin host (`midge-plugin`):
 //! type conversions, and the broker side of the `publish` capability.
-//! The hooks are called from server/connection.rs (authenticate, authorize,
-//! on-publish) and rules/action.rs (on-rule-output).
+//! The hooks are called from server/connection.rs (authorize, on-publish),
+//! server/enhanced_auth.rs and the reader (authenticate, including AUTH
+//! exchanges), rules/action.rs (on-rule-output), and the event task here
+//! (on-event, fed by [`Broker::plugin_event`] through [`EventQueue`]).
 
 use std::sync::{Arc, Weak};
 
@@ -166,7 +168,7 @@ impl EventQueue {
                 .dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // Logged on the first drop and then every 1000th.
-            if n % 1000 == 0 {
+            if n.is_multiple_of(1000) {
                 tracing::warn!(dropped = n + 1, "plugin event queue full: event dropped");
             }
         }

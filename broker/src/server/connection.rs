@@ -286,7 +286,15 @@ async fn run<R, W>(
         Some(host) if host.has_hook(HookSet::AUTHENTICATE) => {
             let max_in = cfg.max_packet_size as usize;
             let exchange = enhanced_auth::connect_exchange(
-                host, &c, peer, &mut rd, &mut wr, &mut buf, max_in, deadline,
+                host,
+                &c,
+                peer,
+                &mut rd,
+                &mut wr,
+                &mut buf,
+                max_in,
+                deadline,
+                &broker.stats,
             );
             match Box::pin(exchange).await {
                 ConnectAuth::Decided(d) => Some(Ok(d)),

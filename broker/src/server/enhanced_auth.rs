@@ -92,6 +92,7 @@ pub async fn connect_exchange<R, W>(
     buf: &mut BytesMut,
     max_in: usize,
     deadline: Instant,
+    stats: &crate::broker::Stats,
 ) -> ConnectAuth
 where
     R: AsyncRead + Unpin,
@@ -136,15 +137,18 @@ where
             Ok(Err(_)) => return ConnectAuth::Closed,
             Err(_) => return ConnectAuth::TimedOut,
         }
-        let a = match next_packet(rd, buf, max_in, deadline).await {
-            Next::Packet(Packet::Auth(a)) => a,
-            Next::Packet(Packet::Disconnect(_)) | Next::Closed => return ConnectAuth::Closed,
-            Next::Packet(_) => {
-                return ConnectAuth::Refuse(
-                    reason::PROTOCOL_ERROR,
-                    "a packet other than AUTH during authentication",
-                )
-            }
+        let a = match next_packet(rd, buf, max_in, deadline, stats).await {
+            Next::Packet(p) => match *p {
+                Packet::Auth(a) => a,
+                Packet::Disconnect(_) => return ConnectAuth::Closed,
+                _ => {
+                    return ConnectAuth::Refuse(
+                        reason::PROTOCOL_ERROR,
+                        "a packet other than AUTH during authentication",
+                    )
+                }
+            },
+            Next::Closed => return ConnectAuth::Closed,
             Next::Malformed(code) => return ConnectAuth::Refuse(code, "malformed packet"),
             Next::TimedOut => return ConnectAuth::TimedOut,
         };
@@ -174,7 +178,7 @@ where
 }
 
 enum Next {
-    Packet(Packet),
+    Packet(Box<Packet>),
     Malformed(u8),
     Closed,
     TimedOut,
@@ -186,15 +190,20 @@ async fn next_packet<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     max: usize,
     deadline: Instant,
+    stats: &crate::broker::Stats,
 ) -> Next {
     loop {
         match decode(buf, Some(Version::V5), max) {
-            Ok(Some(p)) => return Next::Packet(p),
+            Ok(Some(p)) => return Next::Packet(Box::new(p)),
             Ok(None) => {}
             Err(e) => return Next::Malformed(e.reason_code()),
         }
         match tokio::time::timeout_at(deadline, rd.read_buf(buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
+            Ok(Ok(n)) if n > 0 => {
+                stats
+                    .bytes_received
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             Ok(_) => return Next::Closed,
             Err(_) => return Next::TimedOut,
         }
