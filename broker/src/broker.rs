@@ -23,6 +23,7 @@ use crate::session::{
     ConnInfo, ConnLink, Delivery, PendingWill, QueueLimits, Session, SessionState,
 };
 use crate::store::{Op, Snapshot, Store};
+use midge_plugin::types::EventSet;
 use midge_rules::EventKind;
 
 /// Counters kept by the broker, exported by the admin API's `/metrics`
@@ -120,6 +121,8 @@ pub struct Broker {
     pub rules: RuleEngine,
     /// The Wasm plugins, when `[plugins]` configures any.
     pub plugins: std::sync::OnceLock<midge_plugin::PluginHost>,
+    /// Events for plugins' `on-event`, drained by one task (`plugins::run_events`).
+    pub plugin_events: crate::plugins::EventQueue,
     pub router: Router,
     pub retained: RetainedStore,
     pub stats: Stats,
@@ -168,6 +171,7 @@ impl Broker {
             auth: Arc::new(NoAuth),
             rules: RuleEngine::default(),
             plugins: std::sync::OnceLock::new(),
+            plugin_events: Default::default(),
             router: Router::default(),
             retained: RetainedStore::default(),
             stats: Stats::default(),
@@ -212,6 +216,9 @@ impl Broker {
                 f.set("reason", "no_subscribers");
                 self.rules.on_event(EventKind::MessageDropped, &f);
             }
+            self.plugin_event(EventSet::DROPPED, || {
+                crate::plugins::dropped_event("", &msg, msg.qos, "no subscribers")
+            });
             return ticket;
         }
         if let Some(publisher) = msg.publisher() {
@@ -240,6 +247,11 @@ impl Broker {
             .rules
             .wants(EventKind::DeliveryDropped)
             .then(|| d.msg.clone());
+        let plugin_watched = self
+            .plugins
+            .get()
+            .is_some_and(|h| h.wants_event(EventSet::DROPPED))
+            .then(|| (d.msg.clone(), d.qos));
         let (outcome, ticket) = session.enqueue(d, limits);
         match outcome {
             Queued => {
@@ -258,6 +270,11 @@ impl Broker {
                     let mut f = events::delivery_fields(&msg, &session.client_id);
                     f.set("reason", "queue_full");
                     self.rules.on_event(EventKind::DeliveryDropped, &f);
+                }
+                if let Some((msg, qos)) = plugin_watched {
+                    self.plugin_event(EventSet::DROPPED, || {
+                        crate::plugins::dropped_event(&session.client_id, &msg, qos, "queue full")
+                    });
                 }
             }
             Skipped => {}

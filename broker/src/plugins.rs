@@ -1,7 +1,9 @@
 //! The bridge between the broker and the Wasm plugin host (`midge-plugin`):
 //! type conversions, and the broker side of the `publish` capability.
-//! The hooks are called from server/connection.rs (authenticate, authorize,
-//! on-publish) and rules/action.rs (on-rule-output).
+//! The hooks are called from server/connection.rs (authorize, on-publish),
+//! server/enhanced_auth.rs and the reader (authenticate, including AUTH
+//! exchanges), rules/action.rs (on-rule-output), and the event task here
+//! (on-event, fed by [`Broker::plugin_event`] through [`EventQueue`]).
 
 use std::sync::{Arc, Weak};
 
@@ -186,4 +188,93 @@ pub fn client_info(
         superuser,
         attributes: attributes.to_vec(),
     }
+}
+
+/// How many plugin events may wait for the event task before new ones are
+/// dropped (and counted).
+pub const EVENT_QUEUE: usize = 4096;
+
+/// The queue between the places events happen (connection, writer, router)
+/// and the one task that hands them to plugins' `on-event`, in order. Pushing
+/// never waits: a full queue drops the event and counts it.
+#[derive(Debug)]
+pub struct EventQueue {
+    tx: tokio::sync::mpsc::Sender<(pt::Event, u64)>,
+    rx: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<(pt::Event, u64)>>>,
+    /// Events dropped because the queue was full.
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+impl Default for EventQueue {
+    fn default() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+        EventQueue {
+            tx,
+            rx: parking_lot::Mutex::new(Some(rx)),
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl EventQueue {
+    /// Queues `event` (timestamped now) for the event task.
+    pub fn push(&self, event: pt::Event) {
+        let at = midge_plugin::now_millis();
+        if self.tx.try_send((event, at)).is_err() {
+            let n = self
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Logged on the first drop and then every 1000th.
+            if n.is_multiple_of(1000) {
+                tracing::warn!(dropped = n + 1, "plugin event queue full: event dropped");
+            }
+        }
+    }
+
+    /// The receiving end, taken once by the server.
+    pub fn take_receiver(&self) -> Option<tokio::sync::mpsc::Receiver<(pt::Event, u64)>> {
+        self.rx.lock().take()
+    }
+}
+
+impl Broker {
+    /// Raises a plugin event of `kind`: `build` runs and the event is queued
+    /// only when some enabled plugin's manifest asked for that kind (without
+    /// plugins this is one `OnceLock` check).
+    pub fn plugin_event(&self, kind: pt::EventSet, build: impl FnOnce() -> pt::Event) {
+        if let Some(host) = self.plugins.get() {
+            if host.wants_event(kind) {
+                self.plugin_events.push(build());
+            }
+        }
+    }
+}
+
+/// The event task: hands queued events to the plugins in order, one at a
+/// time. Ends when the broker (the queue's sender) is gone.
+pub async fn run_events(host: PluginHost, mut rx: tokio::sync::mpsc::Receiver<(pt::Event, u64)>) {
+    while let Some((event, at)) = rx.recv().await {
+        // Failures are logged and counted by the host, per plugin.
+        let _ = Box::pin(host.on_event(&event, at)).await;
+    }
+}
+
+/// A delivery event (`delivered` / `acked`) as plugins see it.
+pub fn delivery_event(client_id: &str, m: &Message, qos: QoS, packet_id: u16) -> pt::DeliveryEvent {
+    pt::DeliveryEvent {
+        client_id: client_id.to_string(),
+        topic: m.topic.to_string(),
+        qos: qos_to(qos),
+        packet_id,
+    }
+}
+
+/// A `dropped` event: `client_id` empty when no subscriber was involved.
+pub fn dropped_event(client_id: &str, m: &Message, qos: QoS, reason: &str) -> pt::Event {
+    pt::Event::Dropped(pt::DroppedEvent {
+        client_id: client_id.to_string(),
+        topic: m.topic.to_string(),
+        qos: qos_to(qos),
+        reason: reason.to_string(),
+    })
 }

@@ -56,6 +56,22 @@
 //! }
 //! ```
 //!
+//! **authenticate**, MQTT 5.0 enhanced authentication: answer
+//! [`AuthDecision::challenge`] to send data to the client and be called
+//! again (this plugin only) with its answer; what the next step needs comes
+//! back in `auth_state` (instances are pooled, `self` may differ).
+//! ```ignore
+//! fn authenticate(&mut self, req: AuthRequest) -> AuthDecision {
+//!     match (req.auth_method.as_deref(), req.auth_state) {
+//!         (Some("my-method"), None) => AuthDecision::challenge(nonce.clone(), nonce),
+//!         (Some("my-method"), Some(nonce)) if verify(&nonce, &req.auth_data) =>
+//!             AuthDecision::Allow(AuthAllow::user()),
+//!         (Some("my-method"), Some(_)) => AuthDecision::Deny(reason::NOT_AUTHORIZED),
+//!         _ => AuthDecision::Ignore,
+//!     }
+//! }
+//! ```
+//!
 //! **authorize**: decide on each publish / subscribe (superusers skip it).
 //! ```ignore
 //! fn authorize(&mut self, req: AuthzRequest) -> AuthzDecision {
@@ -140,9 +156,10 @@ use bindings::exports::midge::plugin::hooks as h;
 use bindings::midge::plugin as imp;
 
 pub use h::{
-    Action, AuthAllow, AuthDecision, AuthRequest, AuthzDecision, AuthzRequest, DeliveryEvent,
-    DisconnectedEvent, DroppedEvent, Event, EventSet, FunctionError, HookError, HookSet, InitError,
-    Manifest, PublishDecision, RuleFunction, SubscribedEvent, UnsubscribedEvent,
+    Action, AuthAllow, AuthContinue, AuthDecision, AuthRequest, AuthzDecision, AuthzRequest,
+    DeliveryEvent, DisconnectedEvent, DroppedEvent, Event, EventSet, FunctionError, HookError,
+    HookSet, InitError, Manifest, PublishDecision, RuleFunction, SubscribedEvent,
+    UnsubscribedEvent,
 };
 pub use imp::types::{ClientInfo, Message, MessageProperties, ProtocolVersion, Qos, ReasonCode};
 
@@ -320,6 +337,7 @@ impl AuthAllow {
         AuthAllow {
             superuser: false,
             attributes: Vec::new(),
+            auth_data: None,
         }
     }
 
@@ -328,6 +346,7 @@ impl AuthAllow {
         AuthAllow {
             superuser: true,
             attributes: Vec::new(),
+            auth_data: None,
         }
     }
 
@@ -335,6 +354,22 @@ impl AuthAllow {
     pub fn with_attribute(mut self, name: &str, value: &str) -> Self {
         self.attributes.push((name.to_string(), value.to_string()));
         self
+    }
+
+    /// Enhanced authentication: data for the client in the accepting
+    /// CONNACK (or AUTH 0x00 after re-authentication).
+    pub fn with_auth_data(mut self, data: Vec<u8>) -> Self {
+        self.auth_data = Some(data);
+        self
+    }
+}
+
+impl AuthDecision {
+    /// Enhanced authentication: send `data` to the client (AUTH 0x18) and
+    /// call this plugin again with its answer and `state` (in
+    /// [`AuthRequest::auth_state`]); the state never reaches the client.
+    pub fn challenge(data: Vec<u8>, state: Vec<u8>) -> Self {
+        AuthDecision::ContinueAuth(AuthContinue { data, state })
     }
 }
 

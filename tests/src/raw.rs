@@ -84,6 +84,12 @@ impl Prop {
     pub fn subscription_id(v: u32) -> Prop {
         Prop::VarInt(prop::SUBSCRIPTION_IDENTIFIER, v)
     }
+    pub fn auth_method(m: &str) -> Prop {
+        Prop::Str(prop::AUTHENTICATION_METHOD, m.into())
+    }
+    pub fn auth_data(d: &[u8]) -> Prop {
+        Prop::Bin(prop::AUTHENTICATION_DATA, d.to_vec())
+    }
     pub fn user(k: &str, v: &str) -> Prop {
         Prop::Pair(prop::USER_PROPERTY, k.into(), v.into())
     }
@@ -381,6 +387,13 @@ pub fn disconnect(v5: bool, reason: u8, props: &[Prop]) -> Vec<u8> {
     frame(0xE0, &b)
 }
 
+/// AUTH (5.0 only) with a reason code and properties.
+pub fn auth(reason: u8, props: &[Prop]) -> Vec<u8> {
+    let mut b = vec![reason];
+    b.extend_from_slice(&encode_props(props));
+    frame(0xF0, &b)
+}
+
 // ---------------------------------------------------------------------------
 // Decoding
 // ---------------------------------------------------------------------------
@@ -575,6 +588,18 @@ impl RawPacket {
             props,
             codes: r.0.to_vec(),
         }
+    }
+    /// AUTH: reason code (0 when omitted) and properties.
+    pub fn auth(&self) -> DisconnectP {
+        assert_eq!(self.kind, AUTH, "expected AUTH, got {self:?}");
+        let mut r = Reader(&self.body);
+        let reason = if r.0.is_empty() { 0 } else { r.u8() };
+        let props = if r.0.is_empty() {
+            Props::default()
+        } else {
+            r.props()
+        };
+        DisconnectP { reason, props }
     }
     pub fn disconnect(&self) -> DisconnectP {
         assert_eq!(self.kind, DISCONNECT, "expected DISCONNECT, got {self:?}");

@@ -290,21 +290,64 @@ impl PluginHost {
     /// decides; `Ignore` when nobody decided (the broker applies its own
     /// rules). A failed fail-closed plugin answers `Deny(0x88)`.
     pub async fn authenticate(&self, request: &AuthRequest) -> Outcome<AuthDecision> {
+        self.authenticate_named(request).await.0
+    }
+
+    /// [`PluginHost::authenticate`], also naming the plugin whose answer
+    /// decided (none when every plugin ignored): the one to ask for the
+    /// next step after `ContinueAuth` ([`PluginHost::authenticate_continue`]).
+    pub async fn authenticate_named(
+        &self,
+        request: &AuthRequest,
+    ) -> (Outcome<AuthDecision>, Option<String>) {
         let mut failures = Vec::new();
         for slot in self.with_hook(HookSet::AUTHENTICATE) {
+            let name = Some(slot.name.to_string());
             match slot.call(&self.inner.rt, Call::Authenticate(request)).await {
                 Ok(Reply::Auth(AuthDecision::Ignore)) => {}
-                Ok(Reply::Auth(d)) => return Outcome::new(d, failures),
+                Ok(Reply::Auth(d)) => return (Outcome::new(d, failures), name),
                 Ok(_) => unreachable_reply(),
                 Err(e) => {
                     failures.push(e);
                     if slot.config.failure.authenticate == FailurePolicy::Closed {
-                        return Outcome::new(AuthDecision::Deny(FAIL_CLOSED_AUTH_REASON), failures);
+                        let d = AuthDecision::Deny(FAIL_CLOSED_AUTH_REASON);
+                        return (Outcome::new(d, failures), name);
                     }
                 }
             }
         }
-        Outcome::new(AuthDecision::Ignore, failures)
+        (Outcome::new(AuthDecision::Ignore, failures), None)
+    }
+
+    /// A later step of an enhanced-authentication exchange: only `plugin`
+    /// (the one that answered `ContinueAuth`) is asked, not the chain. A
+    /// failure of that plugin, or the plugin being gone, disabled or no
+    /// longer implementing `authenticate`, answers `Deny(0x88)` whatever its
+    /// failure policy: an exchange cannot fall open half-way.
+    pub async fn authenticate_continue(
+        &self,
+        plugin: &str,
+        request: &AuthRequest,
+    ) -> Outcome<AuthDecision> {
+        let deny = AuthDecision::Deny(FAIL_CLOSED_AUTH_REASON);
+        let Some(slot) = self
+            .with_hook(HookSet::AUTHENTICATE)
+            .find(|s| &*s.name == plugin)
+        else {
+            let e = PluginError::Reported {
+                plugin: plugin.to_string(),
+                hook: Hook::Authenticate,
+                message: "the plugin is no longer available to continue an authentication exchange"
+                    .into(),
+            };
+            tracing::warn!(error = %e, "enhanced authentication refused");
+            return Outcome::new(deny, vec![e]);
+        };
+        match slot.call(&self.inner.rt, Call::Authenticate(request)).await {
+            Ok(Reply::Auth(d)) => Outcome::new(d, Vec::new()),
+            Ok(_) => unreachable_reply(),
+            Err(e) => Outcome::new(deny, vec![e]),
+        }
     }
 
     /// Ask the `authorize` chain: first answer other than `Ignore` decides.

@@ -2,9 +2,10 @@
 //! (`wit/midge-plugin.wit`); see that file for every field's meaning.
 
 pub use crate::bindings::exports::midge::plugin::hooks::{
-    Action, AuthAllow, AuthDecision, AuthRequest, AuthzDecision, AuthzRequest, DeliveryEvent,
-    DisconnectedEvent, DroppedEvent, Event, EventSet, FunctionError, HookError, HookSet, InitError,
-    Manifest, PublishDecision, RuleFunction, SubscribedEvent, UnsubscribedEvent,
+    Action, AuthAllow, AuthContinue, AuthDecision, AuthRequest, AuthzDecision, AuthzRequest,
+    DeliveryEvent, DisconnectedEvent, DroppedEvent, Event, EventSet, FunctionError, HookError,
+    HookSet, InitError, Manifest, PublishDecision, RuleFunction, SubscribedEvent,
+    UnsubscribedEvent,
 };
 pub use crate::bindings::midge::plugin::types::{
     ClientInfo, Message, MessageProperties, ProtocolVersion, Qos,

@@ -69,7 +69,7 @@ async fn every_hook_is_called_and_answers() {
     ));
     assert!(matches!(
         host.authenticate(&auth("c1", Some("carol"), None)).await.decision,
-        AuthDecision::ContinueAuth(ref d) if d == b"challenge"
+        AuthDecision::ContinueAuth(ref c) if c.data == b"challenge"
     ));
     let mut step2 = auth("c1", Some("carol"), None);
     step2.auth_method = Some("test".into());

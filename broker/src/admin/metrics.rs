@@ -331,6 +331,12 @@ fn plugins(o: &mut Out, b: &Broker) {
     let Some(host) = b.plugins.get() else {
         return;
     };
+    o.one(
+        "midge_plugin_events_dropped_total",
+        "counter",
+        "Plugin events (on-event) dropped because the event queue was full.",
+        get(&b.plugin_events.dropped),
+    );
     let metrics = host.metrics();
     type Pick = fn(&midge_plugin::PluginMetrics) -> u64;
     let counters: [(&str, &str, Pick); 9] = [

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::enhanced_auth::{self, ConnectAuth};
 use super::limits::{Listener, Refusal};
 use super::writer::{self, ClientLimits};
 use crate::auth::{AuthDecision, ConnectInfo};
@@ -27,7 +28,7 @@ use crate::plugins;
 use crate::rules::events::{self, EventFields};
 use crate::session::{Delivery, PendingWill, Session, Stage, SubscriptionRecord};
 use crate::store::Op;
-use midge_plugin::types::{self as pt, HookSet};
+use midge_plugin::types::{self as pt, EventSet, HookSet};
 use midge_plugin::PublishVerdict;
 use midge_rules::EventKind;
 
@@ -106,7 +107,7 @@ where
     if !connect.client_id.is_empty() {
         span.record("client_id", &*connect.client_id);
     }
-    run(broker, connect, peer, rd, wr, buf)
+    run(broker, connect, peer, rd, wr, buf, info.deadline)
         .instrument(span)
         .await;
 }
@@ -255,8 +256,8 @@ fn reason_props(v: Version, text: &str) -> Properties {
 
 /// How a connection ended.
 enum End {
-    /// DISCONNECT from the client; `with_will` for reason 0x04.
-    Client { with_will: bool },
+    /// DISCONNECT from the client with this reason (0x04: with will).
+    Client { reason: u8 },
     /// We close it, sending DISCONNECT with this reason to a 5.0 client.
     Server { reason: u8, why: &'static str },
     /// Socket closed or failed, or keep alive expired (3.1.1).
@@ -270,6 +271,7 @@ async fn run<R, W>(
     mut rd: R,
     mut wr: W,
     mut buf: BytesMut,
+    deadline: Instant,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -278,33 +280,46 @@ async fn run<R, W>(
     let cfg = &broker.config;
     let fail = |code: u8, text: &'static str| (code, text);
 
-    // Plugins decide first (in chain order); `Ignore` falls back to the broker's own hook.
+    // Plugins decide first (in chain order), running any enhanced
+    // authentication exchange; `Ignore` falls back to the broker's own hook.
     let plugin_auth = match broker.plugins.get() {
         Some(host) if host.has_hook(HookSet::AUTHENTICATE) => {
-            let req = pt::AuthRequest {
-                client_id: c.client_id.to_string(),
-                username: c.username.as_ref().map(|u| u.to_string()),
-                password: c.password.as_ref().map(|p| p.to_vec()),
-                peer_address: peer.to_string(),
-                protocol_version: plugins::version_to(v),
-                auth_method: c
-                    .properties
-                    .authentication_method
-                    .as_ref()
-                    .map(|m| m.to_string()),
-                auth_data: c
-                    .properties
-                    .authentication_data
-                    .as_ref()
-                    .map(|d| d.to_vec()),
-            };
-            Some(Box::pin(host.authenticate(&req)).await.decision)
+            let max_in = cfg.max_packet_size as usize;
+            let exchange = enhanced_auth::connect_exchange(
+                host,
+                &c,
+                peer,
+                &mut rd,
+                &mut wr,
+                &mut buf,
+                max_in,
+                deadline,
+                &broker.stats,
+            );
+            match Box::pin(exchange).await {
+                ConnectAuth::Decided(d) => Some(Ok(d)),
+                ConnectAuth::Refuse(code, why) => Some(Err((code, why))),
+                ConnectAuth::Closed => {
+                    debug!("closed during authentication");
+                    return;
+                }
+                ConnectAuth::TimedOut => {
+                    broker
+                        .stats
+                        .connections_refused_connect_timeout
+                        .fetch_add(1, Ordering::Relaxed);
+                    info!("authentication not finished within the connect timeout");
+                    return;
+                }
+            }
         }
         _ => None,
     };
-    let (superuser, attributes) = match &plugin_auth {
-        Some(pt::AuthDecision::Allow(a)) => (a.superuser, a.attributes.clone()),
-        _ => (false, Vec::new()),
+    let (superuser, attributes, final_auth_data) = match &plugin_auth {
+        Some(Ok(pt::AuthDecision::Allow(a))) => {
+            (a.superuser, a.attributes.clone(), a.auth_data.clone())
+        }
+        _ => (false, Vec::new(), None),
     };
 
     // Validate what the client asks for.
@@ -320,17 +335,19 @@ async fn run<R, W>(
             auth_data: c.properties.authentication_data.as_ref(),
         };
         match plugin_auth {
-            Some(pt::AuthDecision::Allow(_)) => {}
-            Some(pt::AuthDecision::Deny(code)) => {
+            Some(Err((code, why))) => return Err(fail(code, why)),
+            Some(Ok(pt::AuthDecision::Allow(_))) => {}
+            Some(Ok(pt::AuthDecision::Deny(code))) => {
                 return Err(fail(code, "refused by an authentication plugin"))
             }
-            Some(pt::AuthDecision::ContinueAuth(_)) => {
+            Some(Ok(pt::AuthDecision::ContinueAuth(_))) => {
+                // `connect_exchange` runs every continue-auth to its end.
                 return Err(fail(
                     reason::BAD_AUTHENTICATION_METHOD,
-                    "multi-step enhanced authentication is not supported yet",
-                ))
+                    "enhanced authentication did not finish",
+                ));
             }
-            Some(pt::AuthDecision::Ignore) | None
+            Some(Ok(pt::AuthDecision::Ignore)) | None
                 if c.username.is_none() && !broker.limits.allow_anonymous =>
             {
                 broker
@@ -342,7 +359,7 @@ async fn run<R, W>(
                     "anonymous access is off (limits.allow_anonymous = false)",
                 ));
             }
-            Some(pt::AuthDecision::Ignore) | None => match broker.auth.authenticate(&info) {
+            Some(Ok(pt::AuthDecision::Ignore)) | None => match broker.auth.authenticate(&info) {
                 AuthDecision::Allow { .. } => {}
                 AuthDecision::Deny { reason } => return Err(fail(reason, "not authorized")),
                 // Multi-step AUTH exchanges arrive with the plugin system.
@@ -509,6 +526,11 @@ async fn run<R, W>(
             props.wildcard_subscription_available = Some(u8::from(cfg.wildcard_subscriptions));
             props.subscription_identifier_available = Some(u8::from(cfg.subscription_identifiers));
             props.shared_subscription_available = Some(u8::from(cfg.shared_subscriptions));
+            // Enhanced authentication: the method, and any final data.
+            props.authentication_method = c.properties.authentication_method.clone();
+            if props.authentication_method.is_some() {
+                props.authentication_data = final_auth_data.map(Into::into);
+            }
         }
         let connack = Packet::ConnAck(ConnAck {
             session_present: attached.session_present,
@@ -533,6 +555,7 @@ async fn run<R, W>(
     };
     let username = origin.username.clone();
     let anonymous = c.username.is_none();
+    let auth_method = c.properties.authentication_method.clone();
     drop(c);
     let event = |kind: EventKind, extra: &dyn Fn(&mut EventFields)| {
         if broker.rules.wants(kind) {
@@ -556,6 +579,9 @@ async fn run<R, W>(
     event(EventKind::ClientConnected, &|f| {
         f.set("connected_at", connected_at);
         f.set("is_bridge", false);
+    });
+    broker.plugin_event(EventSet::CONNECTED, || {
+        pt::Event::Connected(plugins::client_info(&origin, v, superuser, &attributes))
     });
     crate::sys::client_notice(&broker, &client_id, "connected", || {
         serde_json::json!({
@@ -590,6 +616,8 @@ async fn run<R, W>(
         ticket: 0,
         retained: Vec::new(),
         limiter: PublishLimiter::from_config(&broker.limits),
+        auth_method,
+        reauth: None,
     };
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let max_in = cfg.max_packet_size as usize;
@@ -680,8 +708,14 @@ async fn run<R, W>(
         End::Server { .. } => "protocol_error",
         End::Lost(_) => "sock_closed",
     };
+    let (plugin_reason, description) = match &end {
+        End::Client { reason } => (Some(*reason), "disconnected by the client"),
+        End::Server { reason, why } => (Some(*reason), *why),
+        End::Lost(why) => (None, *why),
+    };
     let (last, will) = match end {
-        End::Client { with_will } => {
+        End::Client { reason } => {
+            let with_will = reason == reason::DISCONNECT_WITH_WILL;
             info!(with_will, "disconnected");
             (None, if with_will { will } else { None })
         }
@@ -712,6 +746,14 @@ async fn run<R, W>(
     event(EventKind::ClientDisconnected, &|f| {
         f.set("reason", disconnect_reason);
         f.set("disconnected_at", disconnected_at);
+    });
+    broker.plugin_event(EventSet::DISCONNECTED, || {
+        pt::Event::Disconnected(pt::DisconnectedEvent {
+            client_id: client_id.to_string(),
+            username: username.as_deref().map(str::to_string),
+            reason: plugin_reason,
+            description: description.to_string(),
+        })
     });
     crate::sys::client_notice(&broker, &client_id, "disconnected", || {
         serde_json::json!({
@@ -805,6 +847,12 @@ struct Reader {
     retained: Vec<Delivery>,
     /// `max_publish_rate` / `max_publish_bytes_rate`, when configured.
     limiter: Option<PublishLimiter>,
+    /// The Authentication Method of CONNECT (5.0 enhanced authentication);
+    /// re-authentication uses the same one.
+    auth_method: Option<midge_protocol::ByteStr>,
+    /// A re-authentication in progress: the plugin that answered
+    /// continue-auth and the state it asked to keep.
+    reauth: Option<(String, Vec<u8>)>,
 }
 
 impl Reader {
@@ -835,8 +883,17 @@ impl Reader {
         self.ticket = self.ticket.max(ticket);
     }
 
-    /// `$events/message_acked` for a message the client acknowledged.
-    fn acked(&self, msg: &Message) {
+    /// `$events/message_acked` (and the plugins' `acked`) for a message the
+    /// client acknowledged.
+    fn acked(&self, msg: &Message, qos: QoS, packet_id: u16) {
+        self.broker.plugin_event(EventSet::ACKED, || {
+            pt::Event::Acked(plugins::delivery_event(
+                &self.origin.client_id,
+                msg,
+                qos,
+                packet_id,
+            ))
+        });
         if self.broker.rules.wants(EventKind::MessageAcked) {
             let mut f = events::delivery_fields(msg, &self.origin.client_id);
             f.username = self.origin.username.as_deref().map(str::to_string);
@@ -868,7 +925,7 @@ impl Reader {
                         drop(st);
                         self.session.notify.notify_one();
                         if let Some(done) = done {
-                            self.acked(&done.delivery.msg);
+                            self.acked(&done.delivery.msg, done.delivery.qos, a.packet_id);
                         }
                     }
                 }
@@ -925,7 +982,7 @@ impl Reader {
                         drop(st);
                         self.session.notify.notify_one();
                         if let Some(done) = done {
-                            self.acked(&done.delivery.msg);
+                            self.acked(&done.delivery.msg, done.delivery.qos, a.packet_id);
                         }
                     }
                 }
@@ -962,9 +1019,132 @@ impl Reader {
             }
             Packet::Disconnect(d) => self.disconnect(d),
             Packet::Connect(_) => self.protocol_error("second CONNECT"),
-            Packet::Auth(_) => self.protocol_error("AUTH without an authentication method"),
+            Packet::Auth(a) => self.auth(a).await,
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 self.protocol_error("server-only packet from a client")
+            }
+        }
+    }
+
+    /// AUTH after CONNACK: re-authentication (MQTT 5.0 section 4.12.1). 0x19
+    /// starts an exchange with the whole authenticate chain, 0x18 continues
+    /// it with the plugin that asked; the session keeps working meanwhile.
+    /// Success answers AUTH 0x00; a refusal closes with DISCONNECT and the
+    /// plugin's reason code.
+    async fn auth(&mut self, a: midge_protocol::Auth) -> Option<End> {
+        let Some(method) = self.auth_method.clone() else {
+            return self
+                .protocol_error("AUTH from a client that did not use enhanced authentication");
+        };
+        if a.properties.authentication_method.as_ref() != Some(&method) {
+            return Some(End::Server {
+                reason: reason::BAD_AUTHENTICATION_METHOD,
+                why: "AUTH with another authentication method",
+            });
+        }
+        let step = match (a.reason, self.reauth.take()) {
+            (reason::RE_AUTHENTICATE, None) => None,
+            (reason::CONTINUE_AUTHENTICATION, Some(step)) => Some(step),
+            _ => return self.protocol_error("AUTH out of sequence"),
+        };
+        let req = pt::AuthRequest {
+            client_id: self.origin.client_id.to_string(),
+            username: self.origin.username.as_deref().map(str::to_string),
+            password: None,
+            peer_address: self.origin.peer.to_string(),
+            protocol_version: plugins::version_to(self.version),
+            auth_method: Some(method.to_string()),
+            auth_data: a
+                .properties
+                .authentication_data
+                .as_ref()
+                .map(|d| d.to_vec()),
+            auth_state: step.as_ref().map(|(_, state)| state.clone()),
+        };
+        let host = self.broker.plugins.get();
+        let (decision, by) = match (host, step) {
+            (Some(host), Some((plugin, _))) => {
+                let d = Box::pin(host.authenticate_continue(&plugin, &req))
+                    .await
+                    .decision;
+                let d = match d {
+                    pt::AuthDecision::Ignore => pt::AuthDecision::Deny(reason::NOT_AUTHORIZED),
+                    d => d,
+                };
+                (d, Some(plugin))
+            }
+            (Some(host), None) if host.has_hook(HookSet::AUTHENTICATE) => {
+                let (out, by) = Box::pin(host.authenticate_named(&req)).await;
+                (out.decision, by)
+            }
+            _ => (pt::AuthDecision::Ignore, None),
+        };
+        match decision {
+            pt::AuthDecision::Allow(allow) => {
+                if let Some(client) = &mut self.plugin_client {
+                    client.superuser = allow.superuser;
+                    client.attributes = allow.attributes;
+                }
+                info!(plugin = by.as_deref(), "re-authenticated");
+                self.control.push(enhanced_auth::auth_packet(
+                    reason::SUCCESS,
+                    &method,
+                    allow.auth_data,
+                ));
+                None
+            }
+            pt::AuthDecision::Deny(code) => {
+                let code = enhanced_auth::refusal_code(by.as_deref(), code);
+                info!(plugin = by.as_deref(), code, "re-authentication refused");
+                Some(End::Server {
+                    reason: code,
+                    why: "re-authentication refused",
+                })
+            }
+            pt::AuthDecision::ContinueAuth(cont) => match by {
+                Some(plugin) => {
+                    self.control.push(enhanced_auth::auth_packet(
+                        reason::CONTINUE_AUTHENTICATION,
+                        &method,
+                        Some(cont.data),
+                    ));
+                    self.reauth = Some((plugin, cont.state));
+                    None
+                }
+                None => Some(End::Server {
+                    reason: reason::BAD_AUTHENTICATION_METHOD,
+                    why: "re-authentication continued by no plugin",
+                }),
+            },
+            pt::AuthDecision::Ignore => {
+                let data = a.properties.authentication_data.as_ref();
+                let info = ConnectInfo {
+                    client_id: &self.origin.client_id,
+                    username: self.origin.username.as_deref(),
+                    password: None,
+                    peer: self.origin.peer,
+                    version: self.version,
+                    auth_method: Some(&method),
+                    auth_data: data,
+                };
+                match self.broker.auth.authenticate(&info) {
+                    AuthDecision::Allow { .. } => {
+                        self.control.push(enhanced_auth::auth_packet(
+                            reason::SUCCESS,
+                            &method,
+                            None,
+                        ));
+                        None
+                    }
+                    AuthDecision::Deny { reason } => Some(End::Server {
+                        reason,
+                        why: "re-authentication refused",
+                    }),
+                    AuthDecision::Continue { .. } => Some(End::Server {
+                        reason: reason::BAD_AUTHENTICATION_METHOD,
+                        why: "authentication method not supported",
+                    }),
+                }
             }
         }
     }
@@ -1252,6 +1432,13 @@ impl Reader {
                 f.set("sub_props", serde_json::json!({}));
                 self.broker.rules.on_event(EventKind::SessionSubscribed, &f);
             }
+            self.broker.plugin_event(EventSet::SUBSCRIBED, || {
+                pt::Event::Subscribed(pt::SubscribedEvent {
+                    client_id: self.origin.client_id.to_string(),
+                    filter: filter.to_string(),
+                    qos: plugins::qos_to(granted),
+                })
+            });
             let send_retained = group.is_none()
                 && (opts.retain_handling == 0 || (opts.retain_handling == 1 && !existed));
             if send_retained && cfg.retain_available {
@@ -1306,6 +1493,12 @@ impl Reader {
                         .rules
                         .on_event(EventKind::SessionUnsubscribed, &ev);
                 }
+                self.broker.plugin_event(EventSet::UNSUBSCRIBED, || {
+                    pt::Event::Unsubscribed(pt::UnsubscribedEvent {
+                        client_id: self.origin.client_id.to_string(),
+                        filter: f.to_string(),
+                    })
+                });
                 let (existed, t) = self.broker.unsubscribe(&self.session, f);
                 self.ticket = self.ticket.max(t);
                 if existed {
@@ -1332,8 +1525,6 @@ impl Reader {
             }
             st.expiry_interval = new.min(self.broker.config.max_session_expiry);
         }
-        Some(End::Client {
-            with_will: d.reason == reason::DISCONNECT_WITH_WILL,
-        })
+        Some(End::Client { reason: d.reason })
     }
 }

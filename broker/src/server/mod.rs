@@ -6,6 +6,7 @@
 //! timeout, and then `connection::serve` takes the byte stream.
 
 mod connection;
+mod enhanced_auth;
 mod limits;
 mod tls;
 mod writer;
@@ -264,6 +265,15 @@ impl Server {
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(rx) = self.broker.rules.take_receiver() {
             tasks.spawn(crate::rules::run_actions(self.broker.clone(), rx));
+        }
+        if let Some(host) = self.broker.plugins.get() {
+            if let Some(rx) = self.broker.plugin_events.take_receiver() {
+                let span = tracing::info_span!("plugin_events");
+                tasks.spawn(tracing::Instrument::instrument(
+                    crate::plugins::run_events(host.clone(), rx),
+                    span,
+                ));
+            }
         }
         let path: Arc<str> = self.config.listeners.ws_path.as_str().into();
         if let Some(l) = self.mqtt {

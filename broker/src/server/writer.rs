@@ -14,9 +14,11 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use crate::broker::Broker;
+use crate::plugins;
 use crate::rules::events;
 use crate::session::{Delivery, Inflight, Session, Stage};
 use crate::store::Op;
+use midge_plugin::types::{Event, EventSet};
 use midge_rules::EventKind;
 
 /// Most items taken from the session per write.
@@ -266,6 +268,14 @@ fn encode_items(
                     let f = events::delivery_fields(&d.msg, &session.client_id);
                     broker.rules.on_event(EventKind::MessageDelivered, &f);
                 }
+                broker.plugin_event(EventSet::DELIVERED, || {
+                    Event::Delivered(plugins::delivery_event(
+                        &session.client_id,
+                        &d.msg,
+                        d.qos,
+                        packet_id,
+                    ))
+                });
             }
         }
     }
@@ -292,6 +302,10 @@ fn delivery_dropped(broker: &Broker, session: &Session, d: &Delivery, reason: &s
         f.set("reason", reason);
         broker.rules.on_event(EventKind::DeliveryDropped, &f);
     }
+    broker.plugin_event(EventSet::DROPPED, || {
+        // The rule engine's names use underscores; plugins get words.
+        plugins::dropped_event(&session.client_id, &d.msg, d.qos, &reason.replace('_', " "))
+    });
 }
 
 fn strip_problem_info(p: &mut Packet) {

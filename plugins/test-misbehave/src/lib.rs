@@ -70,7 +70,7 @@ impl Plugin for Misbehave {
             Some("alice") => AuthDecision::Deny(reason::BAD_USERNAME_OR_PASSWORD),
             Some("carol") => match req.auth_data {
                 Some(d) if d == b"response" => AuthDecision::Allow(AuthAllow::user()),
-                _ => AuthDecision::ContinueAuth(b"challenge".to_vec()),
+                _ => AuthDecision::challenge(b"challenge".to_vec(), Vec::new()),
             },
             Some(_) => AuthDecision::Ignore,
             None => AuthDecision::Deny(reason::NOT_AUTHORIZED),

@@ -4,6 +4,7 @@
 
 mod admin;
 mod connect;
+mod enhanced_auth;
 mod flow_control;
 mod interop_mosquitto;
 mod interop_paho;

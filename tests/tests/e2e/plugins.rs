@@ -409,3 +409,75 @@ async fn a_rule_calling_a_function_no_plugin_offers_is_refused() {
     .to_string();
     assert!(e.contains("unknown function `double`"), "{e}");
 }
+
+/// test-events republishes the events of clients named `evt-*` to `ev/<client id>`.
+const EVENTS: &str = r#"
+[[plugins.plugin]]
+name = "events"
+path = "{wasm}/test_events.wasm"
+config = { topic = "ev", clients = "evt-" }
+[plugins.plugin.grants]
+publish = ["ev/#"]
+"#;
+
+/// A plugin's on-event sees a real client's life in order: connected,
+/// subscribed, delivered, acked, unsubscribed, disconnected (with the fields
+/// the WIT `event` variant defines).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_event_sees_a_clients_life_in_order() {
+    let Some(broker) = broker_from(EVENTS).await else {
+        return;
+    };
+    let mut watcher = V4::new(&broker, "watcher").await;
+    watcher.subscribe("ev/#", rumqttc::QoS::AtMostOnce).await;
+
+    let opts = v4_options(&broker, "evt");
+    let id = opts.client_id();
+    let (mut client, _) = V4::connect(opts).await;
+    let t = topic("events");
+    client.subscribe(&t, rumqttc::QoS::AtLeastOnce).await;
+    let mut publisher = V4::new(&broker, "pub").await;
+    publisher
+        .publish(&t, rumqttc::QoS::AtLeastOnce, false, "hello")
+        .await;
+    let p = client.next_publish().await;
+    assert_eq!(p.payload.as_ref(), b"hello");
+    let pid = p.pkid;
+    client.client.unsubscribe(&t).await.unwrap();
+    client
+        .wait("UNSUBACK", |e| {
+            matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::UnsubAck(_))).then_some(())
+        })
+        .await;
+    client.disconnect().await;
+
+    // Collect this client's events until its disconnection is reported.
+    let mut seen = Vec::new();
+    within("the disconnected event", async {
+        loop {
+            let m = watcher.next_publish().await;
+            if m.topic != format!("ev/{id}") {
+                continue;
+            }
+            let line = text(&m.payload);
+            let done = line.starts_with("disconnected");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        seen,
+        vec![
+            "connected".to_string(),
+            format!("subscribed {t} 1"),
+            format!("delivered {t} 1 {pid}"),
+            format!("acked {t} 1 {pid}"),
+            format!("unsubscribed {t}"),
+            "disconnected 0x00 disconnected by the client".to_string(),
+        ]
+    );
+    broker.shutdown().await;
+}

@@ -64,6 +64,7 @@ pub fn auth(client_id: &str, user: Option<&str>, password: Option<&[u8]>) -> Aut
         protocol_version: ProtocolVersion::V311,
         auth_method: None,
         auth_data: None,
+        auth_state: None,
     }
 }
 
