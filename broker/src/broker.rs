@@ -120,6 +120,8 @@ pub struct Broker {
     pub rules: RuleEngine,
     /// The Wasm plugins, when `[plugins]` configures any.
     pub plugins: std::sync::OnceLock<midge_plugin::PluginHost>,
+    /// The `sql` capability's databases, when `[plugins.databases]` has any.
+    pub sql: std::sync::OnceLock<Arc<crate::services::postgres::PgSql>>,
     pub router: Router,
     pub retained: RetainedStore,
     pub stats: Stats,
@@ -168,6 +170,7 @@ impl Broker {
             auth: Arc::new(NoAuth),
             rules: RuleEngine::default(),
             plugins: std::sync::OnceLock::new(),
+            sql: std::sync::OnceLock::new(),
             router: Router::default(),
             retained: RetainedStore::default(),
             stats: Stats::default(),
