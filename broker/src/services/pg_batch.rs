@@ -203,7 +203,7 @@ async fn exec<C: tokio_postgres::GenericClient>(
 ) -> Result<(), SqlError> {
     let (text, queued): (std::borrow::Cow<'_, str>, &[&Queued]) = match step {
         Step::One(q) => (q.statement.as_str().into(), std::slice::from_ref(q)),
-        Step::Rows(t, rows) if rows.len() == 1 => (rows[0].statement.as_str().into(), &rows[..]),
+        Step::Rows(_, rows) if rows.len() == 1 => (rows[0].statement.as_str().into(), &rows[..]),
         Step::Rows(t, rows) => (t.render(rows.len()).into(), &rows[..]),
     };
     let bound: Vec<Param<'_>> = queued
