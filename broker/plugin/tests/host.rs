@@ -616,7 +616,7 @@ async fn errors_of(config: &PluginsConfig) -> String {
 }
 
 fn toml_value<T: serde::de::DeserializeOwned>(text: &str) -> T {
-    toml::from_str(text).unwrap()
+    toml::from_str(text).expect("test TOML parses")
 }
 
 #[tokio::test]

@@ -169,7 +169,9 @@ impl Plugin for PersistPostgres {
         }
         for f in &config.filters {
             if f.is_empty() {
-                return Err(InitError::BadConfig("filters: an empty topic filter".into()));
+                return Err(InitError::BadConfig(
+                    "filters: an empty topic filter".into(),
+                ));
             }
         }
         if config.create_table {
@@ -193,7 +195,8 @@ impl Plugin for PersistPostgres {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             config.table
         );
-        let mut manifest = Manifest::new("persist-postgres", env!("CARGO_PKG_VERSION")).on_rule_output();
+        let mut manifest =
+            Manifest::new("persist-postgres", env!("CARGO_PKG_VERSION")).on_rule_output();
         if !config.filters.is_empty() {
             manifest = manifest.on_publish(config.filters);
         }
@@ -280,17 +283,3 @@ fn describe(e: &SqlError) -> String {
 
 export_plugin!(PersistPostgres);
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_names() {
-        for ok in ["mqtt_messages", "archive.msgs", "_t1", "T"] {
-            assert!(valid_table(ok), "{ok}");
-        }
-        for bad in ["", "1t", "a b", "t;drop", "\"t\"", "a.b.c", "a.", &"x".repeat(64)] {
-            assert!(!valid_table(bad), "{bad}");
-        }
-    }
-}

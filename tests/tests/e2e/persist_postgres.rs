@@ -388,6 +388,39 @@ async fn shutdown_flushes_what_is_still_queued() {
     assert_eq!(count(&url, "mqtt_messages").await, 3);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_name_that_is_not_an_identifier_is_refused_at_load() {
+    let Some(wasm) = midge_plugin::testing::wasm_dir() else {
+        return;
+    };
+    // Checked before any database access: no server needed.
+    let text = format!(
+        r#"
+[plugins.databases.archive]
+url = "host=127.0.0.1 port=1 user=postgres"
+[[plugins.plugin]]
+name = "pg"
+path = "{}/persist_postgres.wasm"
+grants = {{ sql = "archive" }}
+config = {{ table = "t; DROP TABLE users" }}
+"#,
+        wasm.display()
+    );
+    let mut config = midge::Config::parse(&text, "bad-table.toml").expect("config parses");
+    config.listeners.mqtt = Some("127.0.0.1:0".parse().unwrap());
+    config.listeners.ws = None;
+    config.admin.listen = None;
+    let err = midge::Server::bind(config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("pg") && err.contains("table") && err.contains("t; DROP TABLE users"),
+        "{err}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // The backend itself
 // ---------------------------------------------------------------------------
