@@ -453,6 +453,8 @@ cell() { # broker scenario qos payload -> "msgs/s | p50 | p99 | loss | cpu"
 PERSIST_BLOCK=$TMP/persist-section.md
 if [[ -f $OUT ]]; then
     sed -n '/^<!-- persistence:begin/,/^<!-- persistence:end -->/p' "$OUT" >"$PERSIST_BLOCK"
+    # And the archive section (bench/archive.sh).
+    sed -n '/^<!-- archive:begin/,/^<!-- archive:end -->/p' "$OUT" >"$TMP/archive-section.md"
 fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 BUSY_AFTER=$(cpu_busy)
@@ -638,6 +640,10 @@ CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
     fi
     if [[ -s $PERSIST_BLOCK ]]; then
         cat "$PERSIST_BLOCK"
+        echo
+    fi
+    if [[ -s $TMP/archive-section.md ]]; then
+        cat "$TMP/archive-section.md"
         echo
     fi
     echo "## Raw results"

@@ -52,7 +52,7 @@ fn topology(scenario: Scenario, run: &str) -> Topology {
                 .map(|i| (format!("bench/{run}/pair/{i}"), vec![i]))
                 .collect(),
         },
-        Scenario::Idle | Scenario::OfflineQueue | Scenario::RestartSessions => {
+        Scenario::Idle | Scenario::OfflineQueue | Scenario::RestartSessions | Scenario::Publish => {
             unreachable!("{} has no topology", scenario.name())
         }
     }

@@ -64,6 +64,8 @@ pub enum Scenario {
     Idle,
     OfflineQueue,
     RestartSessions,
+    /// QoS 1 publishers and no subscriber (e.g. for an archiving plugin).
+    Publish,
 }
 
 /// The two halves of `restart-sessions`.
@@ -84,6 +86,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::OfflineQueue => "offline-queue",
             Scenario::RestartSessions => "restart-sessions",
+            Scenario::Publish => "publish",
         }
     }
 }
@@ -284,6 +287,29 @@ fn real_main(args: &Args) -> Result<()> {
     }
 
     match args.scenario {
+        Scenario::Publish => {
+            let r = rt.block_on(persist::publish_only(args, addr, version))?;
+            println!(
+                "{{{common},\"qos\":1,\"payload\":{},\"window\":{},\"publishers\":{},\
+                 \"messages\":{},\"sent\":{},\"acked\":{},\"publish_s\":{:.3},\
+                 \"pub_msgs_per_s\":{:.0},\"ack_p50_us\":{:.1},\"ack_p99_us\":{:.1}}}",
+                args.payload,
+                args.window,
+                r.publishers,
+                args.messages,
+                r.sent,
+                r.acked,
+                r.publish_s,
+                r.pub_msgs_per_s,
+                r.ack_p50_us,
+                r.ack_p99_us,
+            );
+            eprintln!(
+                "{who} publish {}B: {} acked in {:.2} s = {:.0} msg/s (ack p50 {:.0} us, p99 {:.0} us)",
+                args.payload, r.acked, r.publish_s, r.pub_msgs_per_s, r.ack_p50_us, r.ack_p99_us
+            );
+            return Ok(());
+        }
         Scenario::OfflineQueue => {
             let r = rt.block_on(persist::offline_queue(args, addr, version))?;
             return report_offline(args, &common, &who, &r);

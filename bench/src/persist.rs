@@ -19,6 +19,9 @@
 //!   is a failure, not retried); then checks that this session's subscription
 //!   survived (a QoS 1 publish to its topic reaches it) and that `--sample`
 //!   other sessions are present.
+//! - `publish`: `--publishers` QoS 1 publishers on `bench/<prefix>/pub/<i>`
+//!   and no subscriber, until `--messages` in total (or `--duration`): what
+//!   the broker accepts when the messages go to a plugin (bench/archive.sh).
 //!
 //! Everything is bounded by `--timeout` (each phase) and shorter waits.
 
@@ -230,6 +233,72 @@ pub async fn offline_queue(
         drained: d.delivered >= acked,
         drain_cpu_pct,
         rss_drained_kib,
+    })
+}
+
+/// What `publish` measured.
+#[derive(Debug)]
+pub struct PublishReport {
+    pub publishers: usize,
+    pub sent: u64,
+    pub acked: u64,
+    pub publish_s: f64,
+    pub pub_msgs_per_s: f64,
+    pub ack_p50_us: f64,
+    pub ack_p99_us: f64,
+}
+
+pub async fn publish_only(
+    args: &Args,
+    addr: SocketAddr,
+    version: Version,
+) -> Result<PublishReport> {
+    let prefix = args.prefix.as_str();
+    let limit = Duration::from_secs_f64(args.timeout);
+    let n = args.publishers.max(1);
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("{prefix}-pub-p{i}");
+        conns.push(client::connect(addr, &id, version, KEEP_ALIVE).await?);
+    }
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs_f64(args.duration).min(limit);
+    let claim = Arc::new(AtomicU64::new(0));
+    let mut set = JoinSet::new();
+    for (i, (r, w)) in conns.into_iter().enumerate() {
+        let cfg = QueuePub {
+            id: i,
+            topic: ByteStr::from(format!("bench/{prefix}/pub/{i}").as_str()),
+            window: args.window,
+            payload_len: args.payload,
+            target: args.messages,
+            deadline,
+            t0,
+        };
+        let claim = claim.clone();
+        set.spawn(async move {
+            queue_publisher(cfg, r, w, claim)
+                .await
+                .with_context(|| format!("publisher {i}"))
+        });
+    }
+    let mut hist = Histogram::default();
+    let (mut sent, mut acked) = (0, 0);
+    while let Some(res) = set.join_next().await {
+        let o = res.context("publisher task")??;
+        sent += o.sent;
+        acked += o.acked;
+        hist.merge(&o.hist);
+    }
+    let publish_s = secs(t0.elapsed());
+    Ok(PublishReport {
+        publishers: n,
+        sent,
+        acked,
+        publish_s,
+        pub_msgs_per_s: acked as f64 / publish_s,
+        ack_p50_us: hist.quantile(0.50) as f64 / 1000.0,
+        ack_p99_us: hist.quantile(0.99) as f64 / 1000.0,
     })
 }
 

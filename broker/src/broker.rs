@@ -123,6 +123,8 @@ pub struct Broker {
     pub plugins: std::sync::OnceLock<midge_plugin::PluginHost>,
     /// Events for plugins' `on-event`, drained by one task (`plugins::run_events`).
     pub plugin_events: crate::plugins::EventQueue,
+    /// The `sql` capability's databases, when `[plugins.databases]` has any.
+    pub sql: std::sync::OnceLock<Arc<crate::services::postgres::PgSql>>,
     pub router: Router,
     pub retained: RetainedStore,
     pub stats: Stats,
@@ -172,6 +174,7 @@ impl Broker {
             rules: RuleEngine::default(),
             plugins: std::sync::OnceLock::new(),
             plugin_events: Default::default(),
+            sql: std::sync::OnceLock::new(),
             router: Router::default(),
             retained: RetainedStore::default(),
             stats: Stats::default(),

@@ -14,12 +14,30 @@ use midge_protocol::{topic, ByteStr, Properties, QoS, Version};
 
 use crate::broker::Broker;
 use crate::message::{ClientInfo, Message};
+use crate::services::postgres::PgSql;
 
-/// Loads the configured plugins; their `publish` capability publishes into `broker`.
+/// Loads the configured plugins; their `publish` capability publishes into
+/// `broker`, their `sql` capability reaches `[plugins.databases]` (the
+/// backend is kept in `broker.sql` for metrics and the shutdown flush).
 pub async fn load(config: &PluginsConfig, broker: &Arc<Broker>) -> Result<PluginHost, PluginError> {
+    let sql = if config.databases.is_empty() {
+        None
+    } else {
+        let sql = match broker.sql.get() {
+            Some(s) => s.clone(),
+            None => {
+                let s = Arc::new(
+                    PgSql::new(&config.databases)
+                        .map_err(|e| PluginError::Config(e.to_string()))?,
+                );
+                broker.sql.get_or_init(|| s).clone()
+            }
+        };
+        Some(sql as Arc<dyn midge_plugin::SqlBackend>)
+    };
     let services = Services {
         broker: Some(Arc::new(Publisher(Arc::downgrade(broker)))),
-        sql: None,
+        sql,
         kafka: None,
     };
     PluginHost::load(config, services).await

@@ -30,13 +30,15 @@ pub trait BrokerHandle: Send + Sync + 'static {
 pub use crate::bindings::midge::plugin::kafka::KafkaError;
 pub use crate::bindings::midge::plugin::sql::{Rows as SqlRows, SqlError, SqlRejection, SqlValue};
 
-/// A SQL backend (PostgreSQL) behind the `sql` capability. `database` is
-/// the plugin's grant. None is built in yet: without one, granted plugins
-/// get `sql-error.unavailable`.
+/// A SQL backend (PostgreSQL) behind the `sql` capability. `plugin` is the
+/// caller (for logs), `database` its grant. The broker provides one
+/// (`midge::services::postgres`); a host without one answers granted
+/// plugins `sql-error.unavailable`.
 pub trait SqlBackend: Send + Sync + 'static {
     /// Run one statement; rows affected.
     fn execute<'a>(
         &'a self,
+        plugin: &'a str,
         database: &'a str,
         statement: String,
         params: Vec<SqlValue>,
@@ -44,6 +46,7 @@ pub trait SqlBackend: Send + Sync + 'static {
     /// Run one query; its rows.
     fn query<'a>(
         &'a self,
+        plugin: &'a str,
         database: &'a str,
         statement: String,
         params: Vec<SqlValue>,
@@ -51,6 +54,7 @@ pub trait SqlBackend: Send + Sync + 'static {
     /// Queue a statement for batched execution; must not wait for it.
     fn enqueue(
         &self,
+        plugin: &str,
         database: &str,
         statement: String,
         params: Vec<SqlValue>,
@@ -297,7 +301,9 @@ impl publish::Host for StoreState {
 impl sql::Host for StoreState {
     async fn execute(&mut self, statement: String, params: Vec<SqlValue>) -> Result<u64, SqlError> {
         let (db, backend) = self.sql_backend()?;
-        backend.execute(&db, statement, params).await
+        backend
+            .execute(&self.granted.plugin, &db, statement, params)
+            .await
     }
 
     async fn query(
@@ -306,12 +312,14 @@ impl sql::Host for StoreState {
         params: Vec<SqlValue>,
     ) -> Result<SqlRows, SqlError> {
         let (db, backend) = self.sql_backend()?;
-        backend.query(&db, statement, params).await
+        backend
+            .query(&self.granted.plugin, &db, statement, params)
+            .await
     }
 
     async fn enqueue(&mut self, statement: String, params: Vec<SqlValue>) -> Result<(), SqlError> {
         let (db, backend) = self.sql_backend()?;
-        backend.enqueue(&db, statement, params)
+        backend.enqueue(&self.granted.plugin, &db, statement, params)
     }
 }
 

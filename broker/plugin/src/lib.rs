@@ -19,8 +19,8 @@
 //!   directories), network or environment, plus the capabilities granted in
 //!   the configuration: `log`, `clock`, `kv` (sled), `publish` (through
 //!   [`BrokerHandle`]), `sql` and `kafka` (through [`SqlBackend`] /
-//!   [`KafkaBackend`]; none built in yet, so granted plugins get
-//!   `unavailable`);
+//!   [`KafkaBackend`], which the broker provides; without one, granted
+//!   plugins get `unavailable`);
 //! - reloads a changed component by loading the new one and swapping it in
 //!   atomically; a failed load keeps the old one.
 //!

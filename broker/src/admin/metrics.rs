@@ -268,6 +268,7 @@ pub fn render(b: &Broker, uptime_seconds: f64) -> String {
 
     rules(&mut o, b);
     plugins(&mut o, b);
+    sql(&mut o, b);
     store(&mut o, b);
     o.0
 }
@@ -413,6 +414,55 @@ fn plugins(o: &mut Out, b: &Broker) {
             "midge_plugin_state",
             &[("plugin", &m.name), ("state", state)],
             1,
+        );
+    }
+}
+
+/// The `sql` capability's databases: what `enqueue` batched.
+fn sql(o: &mut Out, b: &Broker) {
+    let Some(sql) = b.sql.get() else {
+        return;
+    };
+    let dbs: Vec<_> = sql.databases().collect();
+    type Pick = fn(&crate::services::postgres::DbStats) -> u64;
+    let counters: [(&str, &str, Pick); 4] = [
+        (
+            "midge_plugin_sql_rows_total",
+            "Enqueued statements written.",
+            |s| get(&s.rows),
+        ),
+        (
+            "midge_plugin_sql_batches_total",
+            "Batches of enqueued statements written.",
+            |s| get(&s.batches),
+        ),
+        (
+            "midge_plugin_sql_failures_total",
+            "Enqueued statements that failed (rejected, or the database unreachable) and were dropped.",
+            |s| get(&s.failures),
+        ),
+        (
+            "midge_plugin_sql_queue_full_total",
+            "Enqueue calls refused because the queue was full.",
+            |s| get(&s.queue_full),
+        ),
+    ];
+    for (name, help, pick) in counters {
+        o.family(name, "counter", help);
+        for d in &dbs {
+            o.sample(name, &[("database", d.name)], pick(d.stats));
+        }
+    }
+    o.family(
+        "midge_plugin_sql_queue_depth",
+        "gauge",
+        "Enqueued statements waiting for the batcher.",
+    );
+    for d in &dbs {
+        o.sample(
+            "midge_plugin_sql_queue_depth",
+            &[("database", d.name)],
+            d.queued,
         );
     }
 }

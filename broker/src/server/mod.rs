@@ -342,6 +342,11 @@ impl Server {
                 tracing::error!("plugins: {e}");
             }
         }
+        if let Some(sql) = self.broker.sql.get() {
+            // What plugins enqueued (e.g. messages being archived), bounded.
+            let flushed = sql.flush(Duration::from_secs(10)).await;
+            info!(complete = flushed, "sql capability queues flushed");
+        }
         if let Some(store) = self.broker.store.clone() {
             // Everything the sessions wrote on the way out, then stop.
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
