@@ -120,6 +120,9 @@ pub struct Broker {
     pub rules: RuleEngine,
     /// The Wasm plugins, when `[plugins]` configures any.
     pub plugins: std::sync::OnceLock<midge_plugin::PluginHost>,
+    /// The producer behind plugins' `kafka` capability, when
+    /// `[plugins.kafka]` is set (metrics, flush at shutdown).
+    pub kafka: std::sync::OnceLock<Arc<crate::services::kafka::KafkaProducer>>,
     pub router: Router,
     pub retained: RetainedStore,
     pub stats: Stats,
@@ -168,6 +171,7 @@ impl Broker {
             auth: Arc::new(NoAuth),
             rules: RuleEngine::default(),
             plugins: std::sync::OnceLock::new(),
+            kafka: std::sync::OnceLock::new(),
             router: Router::default(),
             retained: RetainedStore::default(),
             stats: Stats::default(),

@@ -17,6 +17,7 @@ pub mod reload;
 pub mod router;
 pub mod rules;
 pub mod server;
+pub mod services;
 pub mod session;
 pub mod store;
 pub mod sys;

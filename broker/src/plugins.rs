@@ -7,20 +7,32 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use midge_plugin::types as pt;
-use midge_plugin::{BrokerHandle, PluginError, PluginHost, PluginsConfig, Services};
+use midge_plugin::{BrokerHandle, KafkaBackend, PluginHost, PluginsConfig, Services};
 use midge_protocol::{topic, ByteStr, Properties, QoS, Version};
 
 use crate::broker::Broker;
 use crate::message::{ClientInfo, Message};
+use crate::services::kafka::KafkaProducer;
+use crate::ServerError;
 
-/// Loads the configured plugins; their `publish` capability publishes into `broker`.
-pub async fn load(config: &PluginsConfig, broker: &Arc<Broker>) -> Result<PluginHost, PluginError> {
+/// Loads the configured plugins; their `publish` capability publishes into
+/// `broker`, their `kafka` capability produces through the `[plugins.kafka]`
+/// producer (built here, kept in `broker.kafka`).
+pub async fn load(config: &PluginsConfig, broker: &Arc<Broker>) -> Result<PluginHost, ServerError> {
+    let kafka: Option<Arc<dyn KafkaBackend>> = match &config.kafka {
+        Some(k) => {
+            let producer = Arc::new(KafkaProducer::new(k)?);
+            let _ = broker.kafka.set(producer.clone());
+            Some(producer)
+        }
+        None => None,
+    };
     let services = Services {
         broker: Some(Arc::new(Publisher(Arc::downgrade(broker)))),
         sql: None,
-        kafka: None,
+        kafka,
     };
-    PluginHost::load(config, services).await
+    Ok(PluginHost::load(config, services).await?)
 }
 
 /// The broker as the target of plugins' `publish` capability.

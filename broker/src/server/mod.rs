@@ -40,6 +40,9 @@ pub enum ServerError {
     Rules(Vec<String>),
     #[error("plugins: {0}")]
     Plugins(#[from] midge_plugin::PluginError),
+    /// A `[plugins.kafka]` setting the producer refused.
+    #[error("{0}")]
+    Kafka(#[from] crate::services::kafka::KafkaSetupError),
     #[error("persistence: {0}")]
     Store(#[from] crate::store::StoreError),
     /// A TLS certificate or key file that cannot be used.
@@ -323,6 +326,11 @@ impl Server {
             .kick_all(midge_protocol::reason::SERVER_SHUTTING_DOWN);
         let all = futures_util::future::join_all(waits);
         let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
+        if let Some(kafka) = self.broker.kafka.get().cloned() {
+            // Records plugins queued before the clients left, bounded.
+            let flush = move || kafka.flush(Duration::from_secs(5));
+            let _ = tokio::task::spawn_blocking(flush).await;
+        }
         if let Some(store) = self.broker.store.clone() {
             // Everything the sessions wrote on the way out, then stop.
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
