@@ -52,7 +52,10 @@ fn topology(scenario: Scenario, run: &str) -> Topology {
                 .map(|i| (format!("bench/{run}/pair/{i}"), vec![i]))
                 .collect(),
         },
-        Scenario::Idle | Scenario::OfflineQueue | Scenario::RestartSessions => {
+        Scenario::Idle
+        | Scenario::OfflineQueue
+        | Scenario::RestartSessions
+        | Scenario::KafkaArchive => {
             unreachable!("{} has no topology", scenario.name())
         }
     }

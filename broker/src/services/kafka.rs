@@ -80,7 +80,7 @@ impl ProducerContext for Context {
                 let n = self.stats.failed.fetch_add(1, Ordering::Relaxed) + 1;
                 // The first failures each, then one line per thousand: a
                 // Kafka outage must not flood the log.
-                if n <= 10 || n % 1000 == 0 {
+                if n <= 10 || n.is_multiple_of(1000) {
                     warn!(
                         target: "midge::kafka",
                         topic = message.topic(),
@@ -121,28 +121,7 @@ impl KafkaProducer {
     /// then fail after `message.timeout.ms`, counted and logged), a setting
     /// librdkafka refuses is, naming its key.
     pub fn new(config: &KafkaConfig) -> Result<KafkaProducer, KafkaSetupError> {
-        if config.queue_capacity == 0 {
-            return Err(KafkaSetupError {
-                field: "plugins.kafka.queue_capacity".into(),
-                message: "must be at least 1".into(),
-            });
-        }
-        let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", &config.brokers)
-            .set("linger.ms", config.linger_ms.to_string())
-            .set(
-                "queue.buffering.max.messages",
-                config.queue_capacity.to_string(),
-            );
-        for (key, value) in &config.properties {
-            if let Some((_, field)) = MANAGED.iter().find(|(k, _)| k == key) {
-                return Err(KafkaSetupError {
-                    field: format!("plugins.kafka.properties.{key}"),
-                    message: format!("set by plugins.kafka.{field}; remove it from properties"),
-                });
-            }
-            cc.set(key, value);
-        }
+        let cc = client_config(config)?;
         let stats = Arc::new(KafkaStats::default());
         let context = Context {
             stats: stats.clone(),
@@ -151,6 +130,15 @@ impl KafkaProducer {
             .create_with_context::<_, ThreadedProducer<Context>>(context)
             .map_err(|e| setup_error(config, e))?;
         Ok(KafkaProducer { producer, stats })
+    }
+
+    /// Checks `[plugins.kafka]` as [`KafkaProducer::new`] would, without
+    /// starting a producer (`midge check`).
+    pub fn check(config: &KafkaConfig) -> Result<(), KafkaSetupError> {
+        client_config(config)?
+            .create_native_config()
+            .map(drop)
+            .map_err(|e| setup_error(config, e))
     }
 
     /// The counters.
@@ -210,6 +198,34 @@ impl KafkaProducer {
             Err((e, _)) => Err(produce_error(topic, e, &self.stats)),
         }
     }
+}
+
+/// The librdkafka configuration of `[plugins.kafka]` (not yet checked by
+/// librdkafka).
+fn client_config(config: &KafkaConfig) -> Result<ClientConfig, KafkaSetupError> {
+    if config.queue_capacity == 0 {
+        return Err(KafkaSetupError {
+            field: "plugins.kafka.queue_capacity".into(),
+            message: "must be at least 1".into(),
+        });
+    }
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &config.brokers)
+        .set("linger.ms", config.linger_ms.to_string())
+        .set(
+            "queue.buffering.max.messages",
+            config.queue_capacity.to_string(),
+        );
+    for (key, value) in &config.properties {
+        if let Some((_, field)) = MANAGED.iter().find(|(k, _)| k == key) {
+            return Err(KafkaSetupError {
+                field: format!("plugins.kafka.properties.{key}"),
+                message: format!("set by plugins.kafka.{field}; remove it from properties"),
+            });
+        }
+        cc.set(key, value);
+    }
+    Ok(cc)
 }
 
 /// librdkafka's answer to `produce` as the plugin's `kafka-error`.
@@ -377,5 +393,11 @@ mod tests {
         c.linger_ms = 10_000_000;
         let e = KafkaProducer::new(&c).unwrap_err();
         assert_eq!(e.field, "plugins.kafka.linger_ms");
+        // `midge check` finds the same without starting a producer.
+        let e = KafkaProducer::check(&c).unwrap_err();
+        assert_eq!(e.field, "plugins.kafka.linger_ms");
+        let e = KafkaProducer::check(&config("127.0.0.1:9", &[("acks", "sometimes")])).unwrap_err();
+        assert_eq!(e.field, "plugins.kafka.properties.acks");
+        KafkaProducer::check(&config("127.0.0.1:9", &[("acks", "all")])).unwrap();
     }
 }

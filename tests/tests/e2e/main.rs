@@ -10,6 +10,7 @@ mod interop_paho;
 mod keepalive;
 mod limits_listener;
 mod operating;
+mod persist_kafka;
 mod persistence;
 mod plugins;
 mod qos;
