@@ -449,10 +449,13 @@ cell() { # broker scenario qos payload -> "msgs/s | p50 | p99 | loss | cpu"
           end' "$RESULTS" | tail -n1 | grep . || echo "- | - | - | - | -"
 }
 
-# The persistence section (bench/persist.sh) of the file being replaced is kept.
+# The persistence (bench/persist.sh) and persist-kafka (bench/kafka.sh) sections
+# of the file being replaced are kept.
 PERSIST_BLOCK=$TMP/persist-section.md
+KAFKA_BLOCK=$TMP/kafka-section.md
 if [[ -f $OUT ]]; then
     sed -n '/^<!-- persistence:begin/,/^<!-- persistence:end -->/p' "$OUT" >"$PERSIST_BLOCK"
+    sed -n '/^<!-- kafka:begin/,/^<!-- kafka:end -->/p' "$OUT" >"$KAFKA_BLOCK"
 fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 BUSY_AFTER=$(cpu_busy)
@@ -638,6 +641,10 @@ CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
     fi
     if [[ -s $PERSIST_BLOCK ]]; then
         cat "$PERSIST_BLOCK"
+        echo
+    fi
+    if [[ -s $KAFKA_BLOCK ]]; then
+        cat "$KAFKA_BLOCK"
         echo
     fi
     echo "## Raw results"
