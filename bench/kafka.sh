@@ -107,7 +107,8 @@ START_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 BUSY_BEFORE=$(cpu_busy)
 for format in $FORMATS; do
     topic="midge-bench-$format-$$"
-    if [[ -n $KAFKA_STARTED ]]; then
+    # A one-partition topic (tansu's CLI; another Kafka must auto-create it).
+    if [[ -x $MIDGE_TANSU_ROOT/bin/tansu ]]; then
         "$MIDGE_TANSU_ROOT/bin/tansu" topic create --broker "tcp://$KAFKA" --partitions 1 "$topic" \
             >"$TMP/topic-$format.log" 2>&1 || log "topic create: $(cat "$TMP/topic-$format.log")"
     fi
