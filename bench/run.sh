@@ -449,12 +449,15 @@ cell() { # broker scenario qos payload -> "msgs/s | p50 | p99 | loss | cpu"
           end' "$RESULTS" | tail -n1 | grep . || echo "- | - | - | - | -"
 }
 
-# The persistence section (bench/persist.sh) of the file being replaced is kept.
+# The persistence (bench/persist.sh) and persist-kafka (bench/kafka.sh) sections
+# of the file being replaced are kept.
 PERSIST_BLOCK=$TMP/persist-section.md
+KAFKA_BLOCK=$TMP/kafka-section.md
 if [[ -f $OUT ]]; then
     sed -n '/^<!-- persistence:begin/,/^<!-- persistence:end -->/p' "$OUT" >"$PERSIST_BLOCK"
     # And the archive section (bench/archive.sh).
     sed -n '/^<!-- archive:begin/,/^<!-- archive:end -->/p' "$OUT" >"$TMP/archive-section.md"
+    sed -n '/^<!-- kafka:begin/,/^<!-- kafka:end -->/p' "$OUT" >"$KAFKA_BLOCK"
 fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 BUSY_AFTER=$(cpu_busy)
@@ -644,6 +647,10 @@ CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
     fi
     if [[ -s $TMP/archive-section.md ]]; then
         cat "$TMP/archive-section.md"
+        echo
+    fi
+    if [[ -s $KAFKA_BLOCK ]]; then
+        cat "$KAFKA_BLOCK"
         echo
     fi
     echo "## Raw results"

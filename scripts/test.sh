@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine with Rust: installs what
-# the tests need (mosquitto clients, paho-mqtt, cargo-nextest, PostgreSQL), then builds
+# the tests need (mosquitto clients, paho-mqtt, cargo-nextest, PostgreSQL, tansu), then builds
 # and runs every test. `.ci/run` calls exactly this script.
 #
 #   ./scripts/test.sh
@@ -23,10 +23,13 @@ command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 # The plugin tests build the shipped plugins for this target.
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
-# PostgreSQL for the persistence tests (private cluster, stopped on exit).
+# PostgreSQL for the persistence tests and a Kafka-protocol server (tansu) for
+# persist-kafka (private instances, both stopped on exit).
 . scripts/pg.sh
-trap pg_stop EXIT
+. scripts/kafka.sh
+trap 'pg_stop; kafka_stop' EXIT
 pg_start
+kafka_start
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -52,7 +52,11 @@ fn topology(scenario: Scenario, run: &str) -> Topology {
                 .map(|i| (format!("bench/{run}/pair/{i}"), vec![i]))
                 .collect(),
         },
-        Scenario::Idle | Scenario::OfflineQueue | Scenario::RestartSessions | Scenario::Publish => {
+        Scenario::Idle
+        | Scenario::OfflineQueue
+        | Scenario::RestartSessions
+        | Scenario::Publish
+        | Scenario::KafkaArchive => {
             unreachable!("{} has no topology", scenario.name())
         }
     }

@@ -19,6 +19,10 @@
 //! - `offline-queue`: QoS 1 publishes (`--publishers`, 4) queued for an offline
 //!   persistent subscriber until `--messages` or `--duration`, then the drain
 //!   when it reconnects (see `persist.rs`; `bench/persist.sh` runs it).
+//! - `kafka-archive`: QoS 1 publishes (`--publishers`, `--messages`) through a
+//!   broker whose persist-kafka plugin archives each one, timed until the
+//!   broker's `/metrics` (`--metrics ADDR`) shows Kafka acknowledged them all
+//!   (see `archive.rs`; `bench/kafka.sh` runs it).
 //! - `restart-sessions`: `--phase setup` creates `--sessions` persistent
 //!   sessions; after the broker restarted, `--phase probe --t0-ns NS` times
 //!   until they are back (see `persist.rs`; `bench/persist.sh` runs it).
@@ -43,6 +47,7 @@
 //!
 //! Output: one JSON object per run on stdout and a human-readable line on stderr.
 
+mod archive;
 mod client;
 mod idle;
 mod load;
@@ -66,6 +71,8 @@ pub enum Scenario {
     RestartSessions,
     /// QoS 1 publishers and no subscriber (e.g. for an archiving plugin).
     Publish,
+    /// QoS 1 publishers, until Kafka acknowledged every archived record.
+    KafkaArchive,
 }
 
 /// The two halves of `restart-sessions`.
@@ -87,6 +94,7 @@ impl Scenario {
             Scenario::OfflineQueue => "offline-queue",
             Scenario::RestartSessions => "restart-sessions",
             Scenario::Publish => "publish",
+            Scenario::KafkaArchive => "kafka-archive",
         }
     }
 }
@@ -182,6 +190,12 @@ pub struct Args {
     /// drain, setup, probe).
     #[arg(long, default_value_t = 600.0)]
     pub timeout: f64,
+    /// `kafka-archive`: the broker's admin listener serving `/metrics`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// `kafka-archive`: bearer token for `/metrics` (none when it is public).
+    #[arg(long)]
+    pub metrics_token: Option<String>,
 }
 
 fn main() {
@@ -308,6 +322,46 @@ fn real_main(args: &Args) -> Result<()> {
                 "{who} publish {}B: {} acked in {:.2} s = {:.0} msg/s (ack p50 {:.0} us, p99 {:.0} us)",
                 args.payload, r.acked, r.publish_s, r.pub_msgs_per_s, r.ack_p50_us, r.ack_p99_us
             );
+        }
+        Scenario::KafkaArchive => {
+            let r = rt.block_on(archive::kafka_archive(args, addr, version))?;
+            let rate = r.acked as f64 / r.archived_s;
+            println!(
+                "{{{common},\"qos\":1,\"payload\":{},\"window\":{},\"publishers\":{},\
+                 \"acked\":{},\"publish_s\":{:.3},\"archived_s\":{:.3},\"archived_msgs_per_s\":{:.0},\
+                 \"ack_p50_us\":{:.1},\"ack_p99_us\":{:.1},\"delivered\":{},\"failed\":{},\
+                 \"broker_cpu_pct\":{}}}",
+                args.payload,
+                args.window,
+                r.publishers,
+                r.acked,
+                r.publish_s,
+                r.archived_s,
+                rate,
+                r.ack_p50_us,
+                r.ack_p99_us,
+                r.delivered,
+                r.failed,
+                json_opt(r.broker_cpu_pct.map(|v| format!("{v:.1}"))),
+            );
+            eprintln!(
+                "{who} kafka-archive {}B: {} acked in {:.2} s, all in Kafka after {:.2} s = {:.0} msg/s \
+                 (ack p50 {:.0} us, p99 {:.0} us, broker CPU {}%); delivered {}, failed {}",
+                args.payload,
+                r.acked,
+                r.publish_s,
+                r.archived_s,
+                rate,
+                r.ack_p50_us,
+                r.ack_p99_us,
+                opt_str(r.broker_cpu_pct.map(|v| format!("{v:.0}"))),
+                r.delivered,
+                r.failed
+            );
+            if r.failed > 0 {
+                eprintln!("midge-bench: Kafka refused {} records", r.failed);
+                std::process::exit(2);
+            }
             return Ok(());
         }
         Scenario::OfflineQueue => {

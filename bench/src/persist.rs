@@ -47,18 +47,18 @@ const ACK_STALL: Duration = Duration::from_secs(60);
 /// Bound on waiting for the broker to close a connection after DISCONNECT.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-fn secs(d: Duration) -> f64 {
+pub(crate) fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
 /// CPU ticks of the broker at a point in time.
 #[derive(Debug, Clone, Copy)]
-struct CpuMark {
+pub(crate) struct CpuMark {
     ticks: u64,
     at: Instant,
 }
 
-fn cpu_mark(pid: Option<u32>) -> Option<CpuMark> {
+pub(crate) fn cpu_mark(pid: Option<u32>) -> Option<CpuMark> {
     let ticks = procfs::cpu_ticks(pid?).ok()?;
     Some(CpuMark {
         ticks,
@@ -67,7 +67,7 @@ fn cpu_mark(pid: Option<u32>) -> Option<CpuMark> {
 }
 
 /// Broker CPU % (100 = one core) since `mark`.
-fn cpu_since(pid: Option<u32>, mark: Option<CpuMark>) -> Option<f64> {
+pub(crate) fn cpu_since(pid: Option<u32>, mark: Option<CpuMark>) -> Option<f64> {
     let mark = mark?;
     let now = procfs::cpu_ticks(pid?).ok()?;
     let dt = mark.at.elapsed().as_secs_f64();
@@ -129,10 +129,10 @@ pub struct OfflineReport {
 
 /// What one publisher did.
 #[derive(Debug)]
-struct PubOut {
-    sent: u64,
-    acked: u64,
-    hist: Histogram,
+pub(crate) struct PubOut {
+    pub(crate) sent: u64,
+    pub(crate) acked: u64,
+    pub(crate) hist: Histogram,
 }
 
 pub async fn offline_queue(
@@ -303,21 +303,21 @@ pub async fn publish_only(
 }
 
 #[derive(Debug)]
-struct QueuePub {
-    id: usize,
-    topic: ByteStr,
-    window: usize,
-    payload_len: usize,
+pub(crate) struct QueuePub {
+    pub(crate) id: usize,
+    pub(crate) topic: ByteStr,
+    pub(crate) window: usize,
+    pub(crate) payload_len: usize,
     /// Total messages of all publishers (0: no limit).
-    target: u64,
-    deadline: Instant,
-    t0: Instant,
+    pub(crate) target: u64,
+    pub(crate) deadline: Instant,
+    pub(crate) t0: Instant,
 }
 
 /// Publishes QoS 1 with at most `window` messages without PUBACK until the
 /// shared `claim` reaches the target or the deadline passes, then waits for
 /// the outstanding PUBACKs. Records send -> PUBACK latency.
-async fn queue_publisher(
+pub(crate) async fn queue_publisher(
     cfg: QueuePub,
     mut r: Reader,
     mut w: Writer,

@@ -125,6 +125,9 @@ pub struct Broker {
     pub plugin_events: crate::plugins::EventQueue,
     /// The `sql` capability's databases, when `[plugins.databases]` has any.
     pub sql: std::sync::OnceLock<Arc<crate::services::postgres::PgSql>>,
+    /// The producer behind plugins' `kafka` capability, when
+    /// `[plugins.kafka]` is set (metrics, flush at shutdown).
+    pub kafka: std::sync::OnceLock<Arc<crate::services::kafka::KafkaProducer>>,
     pub router: Router,
     pub retained: RetainedStore,
     pub stats: Stats,
@@ -175,6 +178,7 @@ impl Broker {
             plugins: std::sync::OnceLock::new(),
             plugin_events: Default::default(),
             sql: std::sync::OnceLock::new(),
+            kafka: std::sync::OnceLock::new(),
             router: Router::default(),
             retained: RetainedStore::default(),
             stats: Stats::default(),

@@ -277,6 +277,11 @@ fn check(path: &std::path::Path) -> ExitCode {
     if let Some(e) = midge::server::check_tls(&cfg) {
         errors.push(format!("{shown}: {e}"));
     }
+    if let Some(k) = &cfg.plugins.kafka {
+        if let Err(e) = midge::services::kafka::KafkaProducer::check(k) {
+            errors.push(format!("{shown}: {e}"));
+        }
+    }
     if !cfg.plugins.plugins.is_empty() {
         let plugin_errors = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -9,17 +9,21 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use midge_plugin::types as pt;
-use midge_plugin::{BrokerHandle, PluginError, PluginHost, PluginsConfig, Services};
+use midge_plugin::{BrokerHandle, KafkaBackend, PluginError, PluginHost, PluginsConfig, Services};
 use midge_protocol::{topic, ByteStr, Properties, QoS, Version};
 
 use crate::broker::Broker;
 use crate::message::{ClientInfo, Message};
+use crate::services::kafka::KafkaProducer;
 use crate::services::postgres::PgSql;
+use crate::ServerError;
 
 /// Loads the configured plugins; their `publish` capability publishes into
-/// `broker`, their `sql` capability reaches `[plugins.databases]` (the
-/// backend is kept in `broker.sql` for metrics and the shutdown flush).
-pub async fn load(config: &PluginsConfig, broker: &Arc<Broker>) -> Result<PluginHost, PluginError> {
+/// `broker`, their `sql` capability reaches `[plugins.databases]` and their
+/// `kafka` capability produces through the `[plugins.kafka]` producer (both
+/// built here and kept in `broker.sql` / `broker.kafka` for metrics and the
+/// shutdown flush).
+pub async fn load(config: &PluginsConfig, broker: &Arc<Broker>) -> Result<PluginHost, ServerError> {
     let sql = if config.databases.is_empty() {
         None
     } else {
@@ -35,12 +39,20 @@ pub async fn load(config: &PluginsConfig, broker: &Arc<Broker>) -> Result<Plugin
         };
         Some(sql as Arc<dyn midge_plugin::SqlBackend>)
     };
+    let kafka: Option<Arc<dyn KafkaBackend>> = match &config.kafka {
+        Some(k) => {
+            let producer = Arc::new(KafkaProducer::new(k)?);
+            let _ = broker.kafka.set(producer.clone());
+            Some(producer)
+        }
+        None => None,
+    };
     let services = Services {
         broker: Some(Arc::new(Publisher(Arc::downgrade(broker)))),
         sql,
-        kafka: None,
+        kafka,
     };
-    PluginHost::load(config, services).await
+    Ok(PluginHost::load(config, services).await?)
 }
 
 /// The plugins' rule functions, for the rule engine. Arity comes from the

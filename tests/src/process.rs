@@ -18,8 +18,11 @@ pub fn midge_bin() -> PathBuf {
             .parent()
             .and_then(Path::parent)
             .expect("test binary under target/<profile>/deps");
+        // `--workspace`: the feature set of the workspace build that made
+        // this test binary, so only the binary links (`-p midge` would
+        // resolve features differently and rebuild the dependencies).
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "midge", "--bin", "midge"])
+            .args(["build", "--quiet", "--workspace", "--bin", "midge"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build for the midge binary");

@@ -62,7 +62,8 @@ pub trait SqlBackend: Send + Sync + 'static {
 }
 
 /// A Kafka producer behind the `kafka` capability. The host has checked the
-/// topic grant. None is built in yet: without one, granted plugins get
+/// topic grant. The broker provides one (librdkafka, `midge::services::kafka`)
+/// when `[plugins.kafka]` is set; without one, granted plugins get
 /// `kafka-error.unavailable`.
 pub trait KafkaBackend: Send + Sync + 'static {
     /// Queue one record (batching is the producer's); must not wait for delivery.

@@ -269,6 +269,7 @@ pub fn render(b: &Broker, uptime_seconds: f64) -> String {
     rules(&mut o, b);
     plugins(&mut o, b);
     sql(&mut o, b);
+    kafka(&mut o, b);
     store(&mut o, b);
     o.0
 }
@@ -465,6 +466,44 @@ fn sql(o: &mut Out, b: &Broker) {
             d.queued,
         );
     }
+}
+
+/// The producer behind plugins' `kafka` capability, when configured.
+fn kafka(o: &mut Out, b: &Broker) {
+    let Some(k) = b.kafka.get() else {
+        return;
+    };
+    let s = k.stats();
+    o.one(
+        "midge_plugin_kafka_produced_total",
+        "counter",
+        "Records plugins queued to the Kafka producer.",
+        get(&s.produced),
+    );
+    o.one(
+        "midge_plugin_kafka_delivered_total",
+        "counter",
+        "Records Kafka acknowledged.",
+        get(&s.delivered),
+    );
+    o.one(
+        "midge_plugin_kafka_failed_total",
+        "counter",
+        "Records that failed for good after the producer's retries.",
+        get(&s.failed),
+    );
+    o.one(
+        "midge_plugin_kafka_queue_full_total",
+        "counter",
+        "Records refused because the producer's queue was full.",
+        get(&s.queue_full),
+    );
+    o.one(
+        "midge_plugin_kafka_queue_depth",
+        "gauge",
+        "Records queued or in flight, not yet delivered or failed.",
+        k.queue_depth(),
+    );
 }
 
 fn store(o: &mut Out, b: &Broker) {

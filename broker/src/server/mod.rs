@@ -41,6 +41,9 @@ pub enum ServerError {
     Rules(Vec<String>),
     #[error("plugins: {0}")]
     Plugins(#[from] midge_plugin::PluginError),
+    /// A `[plugins.kafka]` setting the producer refused.
+    #[error("{0}")]
+    Kafka(#[from] crate::services::kafka::KafkaSetupError),
     #[error("persistence: {0}")]
     Store(#[from] crate::store::StoreError),
     /// A TLS certificate or key file that cannot be used.
@@ -346,6 +349,11 @@ impl Server {
             // What plugins enqueued (e.g. messages being archived), bounded.
             let flushed = sql.flush(Duration::from_secs(10)).await;
             info!(complete = flushed, "sql capability queues flushed");
+        }
+        if let Some(kafka) = self.broker.kafka.get().cloned() {
+            // Records plugins queued before the clients left, bounded.
+            let flush = move || kafka.flush(Duration::from_secs(5));
+            let _ = tokio::task::spawn_blocking(flush).await;
         }
         if let Some(store) = self.broker.store.clone() {
             // Everything the sessions wrote on the way out, then stop.

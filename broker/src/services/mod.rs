@@ -5,7 +5,10 @@
 //! - `postgres`: the `sql` capability over `[plugins.databases.*]` (pool,
 //!   type mapping in `pg_types`, the `enqueue` batcher in `pg_batch`, its
 //!   INSERT rewriting in `sql_rewrite`).
+//! - `kafka`: the `kafka` capability, one librdkafka producer from
+//!   `[plugins.kafka]`.
 
+pub mod kafka;
 mod pg_batch;
 mod pg_types;
 pub mod postgres;

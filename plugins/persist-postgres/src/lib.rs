@@ -282,4 +282,3 @@ fn describe(e: &SqlError) -> String {
 }
 
 export_plugin!(PersistPostgres);
-

@@ -11,6 +11,7 @@ mod interop_paho;
 mod keepalive;
 mod limits_listener;
 mod operating;
+mod persist_kafka;
 mod persist_postgres;
 mod persist_sled;
 mod persistence;
