@@ -449,8 +449,9 @@ cell() { # broker scenario qos payload -> "msgs/s | p50 | p99 | loss | cpu"
           end' "$RESULTS" | tail -n1 | grep . || echo "- | - | - | - | -"
 }
 
-# The persistence (bench/persist.sh) and persist-kafka (bench/kafka.sh) sections
-# of the file being replaced are kept.
+# The persistence (bench/persist.sh), archive (bench/archive.sh), persist-kafka
+# (bench/kafka.sh) and plugins (bench/plugin.sh) sections of the file being
+# replaced are kept.
 PERSIST_BLOCK=$TMP/persist-section.md
 KAFKA_BLOCK=$TMP/kafka-section.md
 if [[ -f $OUT ]]; then
@@ -458,6 +459,7 @@ if [[ -f $OUT ]]; then
     # And the archive section (bench/archive.sh).
     sed -n '/^<!-- archive:begin/,/^<!-- archive:end -->/p' "$OUT" >"$TMP/archive-section.md"
     sed -n '/^<!-- kafka:begin/,/^<!-- kafka:end -->/p' "$OUT" >"$KAFKA_BLOCK"
+    sed -n '/^<!-- plugin:begin/,/^<!-- plugin:end -->/p' "$OUT" >"$TMP/plugin-section.md"
 fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 BUSY_AFTER=$(cpu_busy)
@@ -651,6 +653,10 @@ CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
     fi
     if [[ -s $KAFKA_BLOCK ]]; then
         cat "$KAFKA_BLOCK"
+        echo
+    fi
+    if [[ -s $TMP/plugin-section.md ]]; then
+        cat "$TMP/plugin-section.md"
         echo
     fi
     echo "## Raw results"
