@@ -40,6 +40,9 @@ BENCH=$ROOT/target/release/midge-bench
 MIDGE=$ROOT/target/release/midge
 WASM=$ROOT/plugins/target/wasm32-wasip2/release/persist_kafka.wasm
 
+# shellcheck source=lib.sh
+. "$ROOT/bench/lib.sh"
+
 log() { echo "[kafka.sh] $*" >&2; }
 die() {
     log "error: $*"
@@ -53,17 +56,6 @@ RESULTS=$TMP/results.jsonl
 BROKER_PID=""
 KAFKA_STARTED=""
 
-stop_pid() {
-    local pid=$1 i
-    [[ -z $pid ]] && return
-    kill "$pid" 2>/dev/null
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-}
 cleanup() {
     stop_pid "$BROKER_PID"
     [[ -n $KAFKA_STARTED ]] && kafka_stop
@@ -87,9 +79,6 @@ if [[ -z ${KAFKA:-} ]]; then
 fi
 KAFKA_VERSION=$("$MIDGE_TANSU_ROOT/bin/tansu" --version 2>/dev/null | awk '{print $2}')
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 cpu_busy() { # % of all CPUs busy over 2 s
     local a b
@@ -203,14 +192,7 @@ SECTION=$TMP/section.md
     echo "<!-- kafka:end -->"
 } >"$SECTION"
 
-if [[ -f $OUT ]] && grep -q '^<!-- kafka:begin' "$OUT"; then
-    awk -v f="$SECTION" '
-        /^<!-- kafka:begin/ { while ((getline l < f) > 0) print l; skip = 1; next }
-        /^<!-- kafka:end -->/ { skip = 0; next }
-        !skip { print }' "$OUT" >"$TMP/out.md" && cat "$TMP/out.md" >"$OUT"
-else
-    { [[ -f $OUT ]] && echo; cat "$SECTION"; } >>"$OUT"
-fi
+write_section kafka "$SECTION" "$OUT"
 log "wrote the persist-kafka section of $OUT (raw files in $TMP)"
 if jq -e 'select(.error != null or (.archived_msgs_per_s // 0) < 20000)' "$RESULTS" >/dev/null; then
     log "below 20,000 msgs/s or failed"

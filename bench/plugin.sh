@@ -28,6 +28,9 @@ BENCH=$ROOT/target/release/midge-bench
 MIDGE=$ROOT/target/release/midge
 WASM=$ROOT/plugins/target/wasm32-wasip2/release/transform.wasm
 
+# shellcheck source=lib.sh
+. "$ROOT/bench/lib.sh"
+
 log() { echo "[plugin.sh] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 command -v jq >/dev/null || die "jq is required (apt-get install -y jq)"
@@ -36,14 +39,6 @@ TMP=$(mktemp -d /tmp/midge-plugin-bench.XXXXXX)
 RESULTS=$TMP/results.jsonl
 : >"$RESULTS"
 BROKER_PID=""
-stop_pid() {
-    local pid=$1 i
-    [[ -z $pid ]] && return
-    kill "$pid" 2>/dev/null
-    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-}
 trap 'stop_pid "$BROKER_PID"' EXIT
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
@@ -54,7 +49,6 @@ if [[ -z ${SKIP_BUILD:-} ]]; then
 fi
 [[ -x $MIDGE && -x $BENCH && -f $WASM ]] || die "$MIDGE, $BENCH or $WASM missing (unset SKIP_BUILD)"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 cat >"$TMP/none.toml" <<EOF
 # bench/plugin.sh: no plugin
@@ -157,12 +151,5 @@ SECTION=$TMP/section.md
     echo "<!-- plugin:end -->"
 } >"$SECTION"
 
-if [[ -f $OUT ]] && grep -q '^<!-- plugin:begin' "$OUT"; then
-    awk -v f="$SECTION" '
-        /^<!-- plugin:begin/ { while ((getline l < f) > 0) print l; skip = 1; next }
-        /^<!-- plugin:end -->/ { skip = 0; next }
-        !skip { print }' "$OUT" >"$TMP/out.md" && cat "$TMP/out.md" >"$OUT"
-else
-    { [[ -f $OUT ]] && echo; cat "$SECTION"; } >>"$OUT"
-fi
+write_section plugin "$SECTION" "$OUT"
 log "wrote the plugins section of $OUT (raw files in $TMP)"

@@ -1,0 +1,31 @@
+# Sourced by the bench scripts (kafka.sh, plugin.sh): helpers they share.
+
+# stop_pid PID: SIGTERM, wait up to 10 s, then SIGKILL; only that process.
+stop_pid() {
+    local pid=$1 i
+    [[ -z $pid ]] && return
+    kill "$pid" 2>/dev/null
+    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+}
+
+# free_port: a free TCP port on 127.0.0.1.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# write_section NAME SECTION_FILE OUT: replaces the lines between
+# `<!-- NAME:begin` and `<!-- NAME:end -->` in OUT with SECTION_FILE (which
+# carries both markers), or appends it when OUT has no such section.
+write_section() {
+    local name=$1 section=$2 out=$3 tmp
+    if [[ -f $out ]] && grep -q "^<!-- $name:begin" "$out"; then
+        tmp=$(mktemp)
+        awk -v f="$section" -v b="^<!-- $name:begin" -v e="^<!-- $name:end -->" '
+            $0 ~ b { while ((getline l < f) > 0) print l; skip = 1; next }
+            $0 ~ e { skip = 0; next }
+            !skip { print }' "$out" >"$tmp" && cat "$tmp" >"$out"
+        rm -f "$tmp"
+    else
+        { [[ -f $out ]] && echo; cat "$section"; } >>"$out"
+    fi
+}
