@@ -72,6 +72,34 @@ pub struct PluginsConfig {
     pub kafka: Option<KafkaConfig>,
 }
 
+impl PluginsConfig {
+    /// The host-wide settings of `self` that differ from `running`'s, by
+    /// name: they are fixed for a host's life (the kv store, the epoch
+    /// ticker, the database pools and the Kafka producer are started once),
+    /// so they take effect after a restart. The `[[plugins.plugin]]` entries
+    /// apply live ([`crate::PluginHost::apply`]).
+    pub fn restart_needed(&self, running: &PluginsConfig) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut check = |changed: bool, name| {
+            if changed {
+                out.push(name);
+            }
+        };
+        check(self.kv_path != running.kv_path, "plugins.kv_path");
+        check(
+            self.kv_max_value_bytes != running.kv_max_value_bytes,
+            "plugins.kv_max_value_bytes",
+        );
+        check(
+            self.epoch_tick_ms != running.epoch_tick_ms,
+            "plugins.epoch_tick_ms",
+        );
+        check(self.databases != running.databases, "plugins.databases");
+        check(self.kafka != running.kafka, "plugins.kafka");
+        out
+    }
+}
+
 /// One `[plugins.databases.NAME]` entry: a PostgreSQL database plugins
 /// granted `sql = "NAME"` use.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

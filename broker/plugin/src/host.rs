@@ -5,12 +5,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
 use crate::bindings::Plugin;
 use crate::caps::{Granted, Services, StoreState};
-use crate::config::{FailurePolicy, PluginsConfig};
+use crate::config::{FailurePolicy, PluginConfig, PluginsConfig};
 use crate::error::{Hook, PluginError};
 use crate::slot::{Call, Reply, Runtime, Slot};
 use crate::types::{
@@ -33,7 +35,8 @@ pub struct PluginHost {
 
 impl std::fmt::Debug for PluginHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.inner.slots.iter().map(|s| &*s.name).collect();
+        let chain = self.inner.chain.load();
+        let names: Vec<&str> = chain.iter().map(|s| &*s.name).collect();
         f.debug_struct("PluginHost")
             .field("plugins", &names)
             .finish()
@@ -42,10 +45,20 @@ impl std::fmt::Debug for PluginHost {
 
 struct Inner {
     rt: Runtime,
-    slots: Vec<Arc<Slot>>,
+    /// The chain, in configured order. Read on every hook call (one atomic
+    /// load, no lock); [`PluginHost::apply`] swaps in a new list.
+    chain: ArcSwap<Vec<Arc<Slot>>>,
+    /// Names the configuration lists with `enabled = false` (not loaded).
+    disabled: ArcSwap<Vec<String>>,
     ticker_stop: Arc<AtomicBool>,
-    /// The sled store behind kv grants (when any plugin has one).
-    kv_db: Option<sled::Db>,
+    /// The sled store behind kv grants, opened when a plugin first has one.
+    kv_db: tokio::sync::OnceCell<sled::Db>,
+    /// The configuration the host started with: its host-wide settings
+    /// (kv store, epoch tick, databases, Kafka) stay for the host's life.
+    settings: PluginsConfig,
+    services: Services,
+    /// One [`PluginHost::apply`] at a time.
+    apply_lock: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Inner {
@@ -118,23 +131,6 @@ impl PluginHost {
         }
         let rt = runtime()?;
 
-        let kv_db = if config
-            .plugins
-            .iter()
-            .any(|p| p.enabled && p.grants.kv.is_some())
-        {
-            let path = config.kv_path.clone();
-            let db = tokio::task::spawn_blocking(move || sled::open(path))
-                .await
-                .map_err(|e| PluginError::Config(format!("kv store: {e}")))?
-                .map_err(|e| {
-                    PluginError::Config(format!("kv store {}: {e}", config.kv_path.display()))
-                })?;
-            Some(db)
-        } else {
-            None
-        };
-
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
             let engine = rt.engine.clone();
@@ -153,45 +149,133 @@ impl PluginHost {
         // From here on, an early return drops `inner`-to-be: stop the ticker.
         let stop_guard = StopOnDrop(ticker_stop.clone());
 
+        let mut settings = config.clone();
+        settings.plugins.clear();
+        let inner = Inner {
+            rt,
+            chain: ArcSwap::from_pointee(Vec::new()),
+            disabled: ArcSwap::from_pointee(disabled_names(config)),
+            ticker_stop,
+            kv_db: tokio::sync::OnceCell::new(),
+            settings,
+            services,
+            apply_lock: tokio::sync::Mutex::new(()),
+        };
         let mut slots = Vec::new();
         for p in config.plugins.iter().filter(|p| p.enabled) {
-            let kv = match (&p.grants.kv, &kv_db) {
-                (Some(ns), Some(db)) => Some(
-                    db.open_tree(format!("ns/{ns}"))
-                        .map_err(|e| PluginError::Config(format!("kv namespace {ns}: {e}")))?,
-                ),
-                _ => None,
-            };
-            let granted = Arc::new(Granted {
-                plugin: Arc::from(p.name.as_str()),
-                log: p.grants.log,
-                kv,
-                kv_max_value: config.kv_max_value_bytes,
-                publish: p.grants.publish.clone(),
-                sql: p.grants.sql.clone(),
-                kafka: p.grants.kafka.clone(),
-                services: services.clone(),
-            });
-            let slot = Slot::load(&rt, p.clone(), granted).await?;
+            let granted = inner.grant(p).await?;
+            let slot = Slot::load(&inner.rt, p.clone(), granted).await?;
             let m = &slot.current.load().manifest;
             tracing::info!(plugin = %p.name, manifest = %m.name, version = %m.version, "plugin loaded");
             slots.push(slot);
         }
+        inner.chain.store(Arc::new(slots));
+        // `inner` stops the ticker when dropped from here on.
         std::mem::forget(stop_guard);
         Ok(PluginHost {
-            inner: Arc::new(Inner {
-                rt,
-                slots,
-                ticker_stop,
-                kv_db,
-            }),
+            inner: Arc::new(inner),
         })
+    }
+
+    /// Applies a new `[plugins]` configuration to the running host, plugin
+    /// by plugin (by name), without touching the others or any connection:
+    ///
+    /// - an entry equal to the running one, whose file has the same content,
+    ///   keeps its running version (warm instances, metrics, the runtime
+    ///   switch of [`PluginHost::set_enabled`]);
+    /// - a changed entry (config, limits, grants, failure policies, path) or
+    ///   file content is loaded anew (compiled, one instance started with the
+    ///   new `init` config, manifest checked) and swapped in atomically: calls
+    ///   in flight finish on the old version. Metrics carry over (`reloads`);
+    /// - a new name is loaded; a name no longer listed, or listed with
+    ///   `enabled = false`, leaves the chain; the chain takes the new order;
+    /// - an entry that fails (invalid, unreadable file, compile error,
+    ///   `init` refuses, bad manifest, a grant naming a database or Kafka
+    ///   producer the running host lacks) is refused with the error: its
+    ///   previous version keeps running (in the new order), a new one is not
+    ///   added. The others still apply.
+    ///
+    /// Host-wide settings (kv store, epoch tick, databases, Kafka) are not
+    /// applied: [`ApplyReport::restart_needed`] names those that differ.
+    pub async fn apply(&self, config: &PluginsConfig) -> ApplyReport {
+        let inner = &*self.inner;
+        let _one_at_a_time = inner.apply_lock.lock().await;
+        let mut report = ApplyReport {
+            restart_needed: config.restart_needed(&inner.settings),
+            ..ApplyReport::default()
+        };
+        let old = inner.chain.load_full();
+        let mut next: Vec<Arc<Slot>> = Vec::new();
+        let mut seen = HashSet::new();
+        for p in config.plugins.iter().filter(|p| p.enabled) {
+            if !seen.insert(p.name.as_str()) {
+                let e = PluginError::Config(format!("duplicate plugin name {:?}", p.name));
+                report.refused.push((p.name.clone(), e));
+                continue;
+            }
+            let running = old.iter().find(|s| *s.name == p.name);
+            let result = async {
+                if let Some(e) = join_errors(validate_plugin(config, p)) {
+                    return Err(e);
+                }
+                if let Some(e) = join_errors(inner.validate_against_running(p)) {
+                    return Err(e);
+                }
+                let granted = inner.grant(p).await?;
+                match running {
+                    Some(slot) => slot
+                        .apply(&inner.rt, p.clone(), granted)
+                        .await
+                        .map(|changed| (slot.clone(), changed)),
+                    None => Slot::load(&inner.rt, p.clone(), granted)
+                        .await
+                        .map(|slot| (slot, true)),
+                }
+            }
+            .await;
+            match (result, running) {
+                (Ok((slot, changed)), Some(_)) => {
+                    if changed {
+                        report.reloaded.push(p.name.clone());
+                    }
+                    next.push(slot);
+                }
+                (Ok((slot, _)), None) => {
+                    let m = &slot.current.load().manifest;
+                    tracing::info!(plugin = %p.name, manifest = %m.name, version = %m.version, "plugin added");
+                    report.added.push(p.name.clone());
+                    next.push(slot);
+                }
+                (Err(e), Some(slot)) => {
+                    // Errors from `Slot::apply` are counted there.
+                    if !matches!(e, PluginError::Load { .. }) {
+                        slot.reload_failed(&e);
+                    }
+                    report.refused.push((p.name.clone(), e));
+                    next.push(slot.clone());
+                }
+                (Err(e), None) => {
+                    tracing::warn!(plugin = %p.name, error = %e, "new plugin refused, not added");
+                    report.refused.push((p.name.clone(), e));
+                }
+            }
+        }
+        for slot in old.iter() {
+            if !next.iter().any(|n| Arc::ptr_eq(n, slot)) {
+                tracing::info!(plugin = &*slot.name, "plugin removed");
+                report.removed.push(slot.name.to_string());
+            }
+        }
+        report.chain = next.iter().map(|s| s.name.to_string()).collect();
+        inner.chain.store(Arc::new(next));
+        inner.disabled.store(Arc::new(disabled_names(config)));
+        report
     }
 
     /// Makes every kv write so far durable (graceful shutdown calls it;
     /// otherwise sled syncs every few hundred milliseconds).
     pub async fn flush(&self) -> Result<(), PluginError> {
-        let Some(db) = self.inner.kv_db.clone() else {
+        let Some(db) = self.inner.kv_db.get().cloned() else {
             return Ok(());
         };
         tokio::task::spawn_blocking(move || db.flush())
@@ -226,10 +310,24 @@ impl PluginHost {
     /// Names of the loaded plugins, in chain order.
     pub fn plugins(&self) -> Vec<String> {
         self.inner
-            .slots
+            .chain
+            .load()
             .iter()
             .map(|s| s.name.to_string())
             .collect()
+    }
+
+    /// Names the configuration lists with `enabled = false` (not loaded),
+    /// as of the last load or [`PluginHost::apply`].
+    pub fn disabled_in_config(&self) -> Vec<String> {
+        self.inner.disabled.load().to_vec()
+    }
+
+    /// The configuration entry of a plugin's running version.
+    pub fn plugin_config(&self, plugin: &str) -> Option<PluginConfig> {
+        self.slot(plugin)
+            .ok()
+            .map(|s| s.current.load().config.clone())
     }
 
     /// The manifest of a plugin's current version.
@@ -239,18 +337,26 @@ impl PluginHost {
             .map(|s| s.current.load().manifest.clone())
     }
 
-    fn slot(&self, plugin: &str) -> Result<&Arc<Slot>, PluginError> {
+    fn slot(&self, plugin: &str) -> Result<Arc<Slot>, PluginError> {
         self.inner
-            .slots
+            .chain
+            .load()
             .iter()
             .find(|s| &*s.name == plugin)
+            .cloned()
             .ok_or_else(|| PluginError::UnknownPlugin(plugin.to_string()))
     }
 
-    fn with_hook(&self, hook: HookSet) -> impl Iterator<Item = &Arc<Slot>> {
-        self.inner.slots.iter().filter(move |s| {
-            s.enabled.load(Ordering::Relaxed) && s.current.load().manifest.hooks.contains(hook)
-        })
+    /// The chain as it is now; a concurrent [`PluginHost::apply`] does not
+    /// change this copy (calls in flight finish on the chain they started).
+    fn chain(&self) -> Arc<Vec<Arc<Slot>>> {
+        self.inner.chain.load_full()
+    }
+
+    /// Does `f` hold for any enabled plugin implementing `hook`? (The cheap
+    /// checks of the publish path: no `Arc` clone, no lock.)
+    fn any_with_hook(&self, hook: HookSet, f: impl Fn(&Slot) -> bool) -> bool {
+        self.inner.chain.load().iter().any(|s| has(s, hook) && f(s))
     }
 
     /// Turns a loaded plugin on or off at run time: a disabled plugin is
@@ -271,19 +377,19 @@ impl PluginHost {
 
     /// Does any plugin implement `hook`? (Cheap; lets the broker skip work.)
     pub fn has_hook(&self, hook: HookSet) -> bool {
-        self.with_hook(hook).next().is_some()
+        self.any_with_hook(hook, |_| true)
     }
 
     /// Would `on_publish` call any plugin for this topic?
     pub fn wants_publish(&self, topic: &str) -> bool {
-        self.with_hook(HookSet::ON_PUBLISH)
-            .any(|s| s.current.load().wants_topic(topic))
+        self.any_with_hook(HookSet::ON_PUBLISH, |s| s.current.load().wants_topic(topic))
     }
 
     /// Would `on_event` call any plugin for this kind of event?
     pub fn wants_event(&self, kind: EventSet) -> bool {
-        self.with_hook(HookSet::ON_EVENT)
-            .any(|s| s.current.load().manifest.events.contains(kind))
+        self.any_with_hook(HookSet::ON_EVENT, |s| {
+            s.current.load().manifest.events.contains(kind)
+        })
     }
 
     /// Ask the `authenticate` chain: the first answer other than `Ignore`
@@ -301,7 +407,8 @@ impl PluginHost {
         request: &AuthRequest,
     ) -> (Outcome<AuthDecision>, Option<String>) {
         let mut failures = Vec::new();
-        for slot in self.with_hook(HookSet::AUTHENTICATE) {
+        let chain = self.chain();
+        for slot in chain.iter().filter(|s| has(s, HookSet::AUTHENTICATE)) {
             let name = Some(slot.name.to_string());
             match slot.call(&self.inner.rt, Call::Authenticate(request)).await {
                 Ok(Reply::Auth(AuthDecision::Ignore)) => {}
@@ -309,7 +416,7 @@ impl PluginHost {
                 Ok(_) => unreachable_reply(),
                 Err(e) => {
                     failures.push(e);
-                    if slot.config.failure.authenticate == FailurePolicy::Closed {
+                    if slot.current.load().config.failure.authenticate == FailurePolicy::Closed {
                         let d = AuthDecision::Deny(FAIL_CLOSED_AUTH_REASON);
                         return (Outcome::new(d, failures), name);
                     }
@@ -331,8 +438,9 @@ impl PluginHost {
     ) -> Outcome<AuthDecision> {
         let deny = AuthDecision::Deny(FAIL_CLOSED_AUTH_REASON);
         let Some(slot) = self
-            .with_hook(HookSet::AUTHENTICATE)
-            .find(|s| &*s.name == plugin)
+            .slot(plugin)
+            .ok()
+            .filter(|s| has(s, HookSet::AUTHENTICATE))
         else {
             let e = PluginError::Reported {
                 plugin: plugin.to_string(),
@@ -354,14 +462,15 @@ impl PluginHost {
     /// A failed fail-closed plugin answers `Deny`.
     pub async fn authorize(&self, request: &AuthzRequest) -> Outcome<AuthzDecision> {
         let mut failures = Vec::new();
-        for slot in self.with_hook(HookSet::AUTHORIZE) {
+        let chain = self.chain();
+        for slot in chain.iter().filter(|s| has(s, HookSet::AUTHORIZE)) {
             match slot.call(&self.inner.rt, Call::Authorize(request)).await {
                 Ok(Reply::Authz(AuthzDecision::Ignore)) => {}
                 Ok(Reply::Authz(d)) => return Outcome::new(d, failures),
                 Ok(_) => unreachable_reply(),
                 Err(e) => {
                     failures.push(e);
-                    if slot.config.failure.authorize == FailurePolicy::Closed {
+                    if slot.current.load().config.failure.authorize == FailurePolicy::Closed {
                         return Outcome::new(AuthzDecision::Deny, failures);
                     }
                 }
@@ -399,7 +508,8 @@ impl PluginHost {
     ) -> Outcome<PublishVerdict> {
         let mut failures = Vec::new();
         let mut changed: Option<Message> = None;
-        for slot in self.with_hook(HookSet::ON_PUBLISH) {
+        let chain = self.chain();
+        for slot in chain.iter().filter(|s| has(s, HookSet::ON_PUBLISH)) {
             if skip == Some(&*slot.name) {
                 continue;
             }
@@ -434,7 +544,7 @@ impl PluginHost {
                 Ok(_) => unreachable_reply(),
                 Err(e) => {
                     failures.push(e);
-                    if slot.config.failure.on_publish == FailurePolicy::Closed {
+                    if slot.current.load().config.failure.on_publish == FailurePolicy::Closed {
                         return Outcome::new(
                             PublishVerdict::Deny(FAIL_CLOSED_PUBLISH_REASON),
                             failures,
@@ -456,7 +566,8 @@ impl PluginHost {
     pub async fn on_event(&self, event: &Event, timestamp_millis: u64) -> Vec<PluginError> {
         let kind = event.kind();
         let mut failures = Vec::new();
-        for slot in self.with_hook(HookSet::ON_EVENT) {
+        let chain = self.chain();
+        for slot in chain.iter().filter(|s| has(s, HookSet::ON_EVENT)) {
             if !slot.current.load().manifest.events.contains(kind) {
                 continue;
             }
@@ -519,7 +630,8 @@ impl PluginHost {
     /// plugin in chain order wins a name offered twice).
     pub fn functions(&self) -> Vec<(String, RuleFunction)> {
         let mut out: Vec<(String, RuleFunction)> = Vec::new();
-        for slot in self.with_hook(HookSet::RULE_FUNCTIONS) {
+        let chain = self.chain();
+        for slot in chain.iter().filter(|s| has(s, HookSet::RULE_FUNCTIONS)) {
             for f in &slot.current.load().manifest.functions {
                 if !out.iter().any(|(_, g)| g.name == f.name) {
                     out.push((slot.name.to_string(), f.clone()));
@@ -535,8 +647,10 @@ impl PluginHost {
         name: &str,
         args_json: &[String],
     ) -> Result<String, PluginError> {
-        let slot = self
-            .with_hook(HookSet::RULE_FUNCTIONS)
+        let chain = self.chain();
+        let slot = chain
+            .iter()
+            .filter(|s| has(s, HookSet::RULE_FUNCTIONS))
             .find(|s| {
                 s.current
                     .load()
@@ -579,7 +693,7 @@ impl PluginHost {
     /// looked at, whether it was reloaded or why not.
     pub async fn reload_changed(&self) -> Vec<(String, Result<bool, PluginError>)> {
         let mut out = Vec::new();
-        for slot in &self.inner.slots {
+        for slot in self.chain().iter() {
             out.push((
                 slot.name.to_string(),
                 slot.reload(&self.inner.rt, true).await,
@@ -591,7 +705,8 @@ impl PluginHost {
     /// Counters of every plugin, in chain order.
     pub fn metrics(&self) -> Vec<PluginMetrics> {
         self.inner
-            .slots
+            .chain
+            .load()
             .iter()
             .map(|s| {
                 let m = &s.metrics;
@@ -621,6 +736,113 @@ impl PluginHost {
     /// Counters of one plugin.
     pub fn plugin_metrics(&self, plugin: &str) -> Option<PluginMetrics> {
         self.metrics().into_iter().find(|m| m.name == plugin)
+    }
+}
+
+/// What [`PluginHost::apply`] did.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyReport {
+    /// New names, loaded and in the chain.
+    pub added: Vec<String>,
+    /// Names that left the chain (no longer listed, or `enabled = false`).
+    pub removed: Vec<String>,
+    /// Plugins whose entry or file changed and whose new version runs now.
+    pub reloaded: Vec<String>,
+    /// Plugins refused, with why: a running one keeps its previous version,
+    /// a new one was not added.
+    pub refused: Vec<(String, PluginError)>,
+    /// The chain now, in order.
+    pub chain: Vec<String>,
+    /// Host-wide `[plugins]` settings that differ and were not applied (see
+    /// [`PluginsConfig::restart_needed`]).
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// Is the plugin enabled (runtime switch) and does its current manifest
+/// name `hook`?
+fn has(slot: &Slot, hook: HookSet) -> bool {
+    slot.enabled.load(Ordering::Relaxed) && slot.current.load().manifest.hooks.contains(hook)
+}
+
+fn disabled_names(config: &PluginsConfig) -> Vec<String> {
+    config
+        .plugins
+        .iter()
+        .filter(|p| !p.enabled)
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+/// One error for several (the first plugin's problems, joined).
+fn join_errors(errors: Vec<PluginError>) -> Option<PluginError> {
+    match errors.len() {
+        0 => None,
+        1 => errors.into_iter().next(),
+        _ => Some(PluginError::Config(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+    }
+}
+
+impl Inner {
+    /// Resolves what `p` is granted (opening the kv store and its namespace
+    /// when it has a kv grant).
+    async fn grant(&self, p: &PluginConfig) -> Result<Arc<Granted>, PluginError> {
+        let kv = match &p.grants.kv {
+            Some(ns) => {
+                let path = self.settings.kv_path.clone();
+                let db = self
+                    .kv_db
+                    .get_or_try_init(|| async {
+                        let shown = path.display().to_string();
+                        tokio::task::spawn_blocking(move || sled::open(path))
+                            .await
+                            .map_err(|e| PluginError::Config(format!("kv store: {e}")))?
+                            .map_err(|e| PluginError::Config(format!("kv store {shown}: {e}")))
+                    })
+                    .await
+                    .map_err(|e| PluginError::Config(format!("plugin {}: {e}", p.name)))?;
+                Some(db.open_tree(format!("ns/{ns}")).map_err(|e| {
+                    PluginError::Config(format!("plugin {}: kv namespace {ns}: {e}", p.name))
+                })?)
+            }
+            None => None,
+        };
+        Ok(Arc::new(Granted {
+            plugin: Arc::from(p.name.as_str()),
+            log: p.grants.log,
+            kv,
+            kv_max_value: self.settings.kv_max_value_bytes,
+            publish: p.grants.publish.clone(),
+            sql: p.grants.sql.clone(),
+            kafka: p.grants.kafka.clone(),
+            services: self.services.clone(),
+        }))
+    }
+
+    /// Grants a live change cannot satisfy: a database or Kafka producer
+    /// the host did not start with (those need a restart).
+    fn validate_against_running(&self, p: &PluginConfig) -> Vec<PluginError> {
+        let mut errors = Vec::new();
+        if let Some(db) = &p.grants.sql {
+            if !self.settings.databases.contains_key(db) {
+                errors.push(PluginError::Config(format!(
+                    "plugin {}: grants.sql names database {db:?}, which the running broker does not have (a new [plugins.databases.{db}] needs a restart)",
+                    p.name
+                )));
+            }
+        }
+        if !p.grants.kafka.is_empty() && self.settings.kafka.is_none() {
+            errors.push(PluginError::Config(format!(
+                "plugin {}: grants.kafka needs a Kafka producer, which the running broker does not have (a new [plugins.kafka] needs a restart)",
+                p.name
+            )));
+        }
+        errors
     }
 }
 
@@ -668,40 +890,46 @@ fn validate(config: &PluginsConfig) -> Vec<PluginError> {
             )));
             continue;
         }
-        if let Some(bad) = p
-            .grants
-            .publish
-            .iter()
-            .find(|f| !midge_protocol::topic::valid_filter(f))
-        {
+        errors.extend(validate_plugin(config, p));
+    }
+    errors
+}
+
+/// One plugin's grants and limits against `config`: every problem found.
+fn validate_plugin(config: &PluginsConfig, p: &PluginConfig) -> Vec<PluginError> {
+    let mut errors = Vec::new();
+    if let Some(bad) = p
+        .grants
+        .publish
+        .iter()
+        .find(|f| !midge_protocol::topic::valid_filter(f))
+    {
+        errors.push(PluginError::Config(format!(
+            "plugin {}: invalid publish grant filter {bad:?}",
+            p.name
+        )));
+        return errors;
+    }
+    if let Some(db) = &p.grants.sql {
+        if !config.databases.contains_key(db) {
             errors.push(PluginError::Config(format!(
-                "plugin {}: invalid publish grant filter {bad:?}",
-                p.name
-            )));
-            continue;
-        }
-        if let Some(db) = &p.grants.sql {
-            if !config.databases.contains_key(db) {
-                errors.push(PluginError::Config(format!(
-                    "plugin {}: grants.sql names database {db:?}, which no [plugins.databases.{db}] defines",
-                    p.name
-                )));
-            }
-        }
-        if !p.grants.kafka.is_empty() && config.kafka.is_none() {
-            errors.push(PluginError::Config(format!(
-                "plugin {}: grants.kafka needs a [plugins.kafka] producer (brokers = ...)",
-                p.name
-            )));
-        }
-        if p.limits.max_instances == 0 || p.limits.deadline_ms == 0 || p.limits.memory_mib == 0 {
-            errors.push(PluginError::Config(format!(
-                "plugin {}: max_instances, deadline_ms and memory_mib must be positive",
+                "plugin {}: grants.sql names database {db:?}, which no [plugins.databases.{db}] defines",
                 p.name
             )));
         }
     }
-
+    if !p.grants.kafka.is_empty() && config.kafka.is_none() {
+        errors.push(PluginError::Config(format!(
+            "plugin {}: grants.kafka needs a [plugins.kafka] producer (brokers = ...)",
+            p.name
+        )));
+    }
+    if p.limits.max_instances == 0 || p.limits.deadline_ms == 0 || p.limits.memory_mib == 0 {
+        errors.push(PluginError::Config(format!(
+            "plugin {}: max_instances, deadline_ms and memory_mib must be positive",
+            p.name
+        )));
+    }
     errors
 }
 

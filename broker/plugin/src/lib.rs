@@ -22,7 +22,13 @@
 //!   [`KafkaBackend`], which the broker provides; without one, granted
 //!   plugins get `unavailable`);
 //! - reloads a changed component by loading the new one and swapping it in
-//!   atomically; a failed load keeps the old one.
+//!   atomically; a failed load keeps the old one;
+//! - applies a new `[plugins]` configuration live ([`PluginHost::apply`]):
+//!   changed entries (config, limits, grants, policies, file) are rebuilt
+//!   and swapped in, unchanged ones keep running untouched, new ones are
+//!   added, removed ones leave the chain, the chain follows the new order,
+//!   and an entry that fails keeps its previous version. Host-wide settings
+//!   (kv store, epoch tick, databases, Kafka) are fixed for the host's life.
 //!
 //! ```ignore
 //! let host = PluginHost::load(&config.plugins, Services { broker: Some(handle), ..Default::default() }).await?;
@@ -53,5 +59,7 @@ pub use config::{
     PluginConfig, PluginsConfig,
 };
 pub use error::{Hook, PluginError};
-pub use host::{PluginHost, PluginMetrics, FAIL_CLOSED_AUTH_REASON, FAIL_CLOSED_PUBLISH_REASON};
+pub use host::{
+    ApplyReport, PluginHost, PluginMetrics, FAIL_CLOSED_AUTH_REASON, FAIL_CLOSED_PUBLISH_REASON,
+};
 pub use types::{Outcome, PublishVerdict};

@@ -16,7 +16,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::bindings::{Plugin, PluginPre};
 use crate::caps::{Granted, Limiter, StoreState};
-use crate::config::PluginConfig;
+use crate::config::{Limits, PluginConfig};
 use crate::error::{Hook, PluginError};
 use crate::types::{
     AuthDecision, AuthRequest, AuthzDecision, AuthzRequest, ClientInfo, Event, FunctionError,
@@ -63,13 +63,20 @@ struct Warm {
     plugin: Plugin,
 }
 
-/// One loaded version of a plugin's component.
+/// One loaded version of a plugin: its component, the configuration entry
+/// it was started with (config, limits, grants, failure policies), its warm
+/// instances and its instance-count semaphore. A reload (file or config)
+/// builds a new one and swaps it in; calls in flight finish on the old one.
 pub(crate) struct Loaded {
     pre: PluginPre<StoreState>,
     pub manifest: Manifest,
     fingerprint: u64,
     idle: Mutex<Vec<Warm>>,
     permits: Arc<Semaphore>,
+    /// The `[[plugins.plugin]]` entry of this version.
+    pub config: PluginConfig,
+    granted: Arc<Granted>,
+    config_json: String,
 }
 
 impl Loaded {
@@ -104,12 +111,10 @@ struct Health {
     suspended_until: Option<Instant>,
 }
 
-/// A configured plugin.
+/// A configured plugin: what survives its reloads (name, metrics, the
+/// runtime switch, health) around its current version.
 pub(crate) struct Slot {
     pub name: Arc<str>,
-    pub config: PluginConfig,
-    granted: Arc<Granted>,
-    config_json: String,
     pub current: ArcSwap<Loaded>,
     pub metrics: Metrics,
     /// Runtime switch (admin API): a disabled plugin is skipped by every hook.
@@ -150,17 +155,13 @@ impl Slot {
         config: PluginConfig,
         granted: Arc<Granted>,
     ) -> Result<Arc<Slot>, PluginError> {
-        let config_json = config.config.to_string();
         let name: Arc<str> = Arc::from(config.name.as_str());
         let bytes = read(&name, &config.path).await?;
-        let loaded = Self::build(rt, &name, &config, &granted, &config_json, bytes, None).await?;
+        let loaded = Self::build(rt, &name, config, granted, bytes, None).await?;
         let metrics = Metrics::default();
         metrics.instances_created.store(1, Ordering::Relaxed);
         Ok(Arc::new(Slot {
             name,
-            config,
-            granted,
-            config_json,
             current: ArcSwap::from_pointee(loaded),
             metrics,
             enabled: std::sync::atomic::AtomicBool::new(true),
@@ -180,9 +181,8 @@ impl Slot {
     async fn build(
         rt: &Runtime,
         name: &Arc<str>,
-        config: &PluginConfig,
-        granted: &Arc<Granted>,
-        config_json: &str,
+        config: PluginConfig,
+        granted: Arc<Granted>,
         bytes: Vec<u8>,
         metrics: Option<&Metrics>,
     ) -> Result<Loaded, PluginError> {
@@ -190,9 +190,11 @@ impl Slot {
             plugin: name.to_string(),
             message,
         };
+        let config_json = config.config.to_string();
         let fingerprint = fingerprint(&bytes);
         let pre = compile(rt, name, bytes).await?;
-        let (warm, manifest) = new_instance(rt, name, config, granted, config_json, &pre).await?;
+        let (warm, manifest) =
+            new_instance(rt, name, &config, &granted, &config_json, &pre).await?;
         if let Some(m) = metrics {
             m.instances_created.fetch_add(1, Ordering::Relaxed);
         }
@@ -207,6 +209,9 @@ impl Slot {
             fingerprint,
             idle: Mutex::new(vec![warm]),
             permits: Arc::new(Semaphore::new(config.limits.max_instances.max(1))),
+            config,
+            granted,
+            config_json,
         })
     }
 
@@ -215,33 +220,75 @@ impl Slot {
     /// keeps the current version.
     pub async fn reload(&self, rt: &Runtime, only_if_changed: bool) -> Result<bool, PluginError> {
         let _guard = self.reload_lock.lock().await;
+        let current = self.current.load_full();
         let result = async {
-            let bytes = read(&self.name, &self.config.path).await?;
-            if only_if_changed && fingerprint(&bytes) == self.current.load().fingerprint {
+            let bytes = read(&self.name, &current.config.path).await?;
+            if only_if_changed && fingerprint(&bytes) == current.fingerprint {
                 return Ok(false);
             }
-            let loaded = Self::build(
-                rt,
-                &self.name,
-                &self.config,
-                &self.granted,
-                &self.config_json,
-                bytes,
-                Some(&self.metrics),
-            )
-            .await?;
-            self.current.store(Arc::new(loaded));
-            *self.health.lock() = Health::default();
-            self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(plugin = &*self.name, "plugin reloaded");
+            let (config, granted) = (current.config.clone(), current.granted.clone());
+            self.swap_in(rt, config, granted, bytes).await?;
             Ok(true)
         }
         .await;
         if let Err(e) = &result {
-            self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(plugin = &*self.name, error = %e, "plugin reload failed, keeping the loaded version");
+            self.reload_failed(e);
         }
         result
+    }
+
+    /// Moves to a new configuration entry (`config` with its resolved
+    /// grants): when the entry or the file's content differs from the
+    /// running version, the new version is built (compiled, one instance
+    /// started with the new config's `init`, manifest checked) and swapped
+    /// in (`Ok(true)`); otherwise the running version stays, warm instances
+    /// and all (`Ok(false)`). A failed build keeps the running version and
+    /// is counted as a failed reload.
+    pub async fn apply(
+        &self,
+        rt: &Runtime,
+        config: PluginConfig,
+        granted: Arc<Granted>,
+    ) -> Result<bool, PluginError> {
+        let _guard = self.reload_lock.lock().await;
+        let current = self.current.load_full();
+        let result = async {
+            let bytes = read(&self.name, &config.path).await?;
+            if config == current.config && fingerprint(&bytes) == current.fingerprint {
+                return Ok(false);
+            }
+            self.swap_in(rt, config, granted, bytes).await?;
+            Ok(true)
+        }
+        .await;
+        if let Err(e) = &result {
+            self.reload_failed(e);
+        }
+        result
+    }
+
+    /// Builds a version from `bytes` and makes it current (lifting any
+    /// suspension). The caller holds `reload_lock`.
+    async fn swap_in(
+        &self,
+        rt: &Runtime,
+        config: PluginConfig,
+        granted: Arc<Granted>,
+        bytes: Vec<u8>,
+    ) -> Result<(), PluginError> {
+        let loaded =
+            Self::build(rt, &self.name, config, granted, bytes, Some(&self.metrics)).await?;
+        self.current.store(Arc::new(loaded));
+        *self.health.lock() = Health::default();
+        self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(plugin = &*self.name, "plugin reloaded");
+        Ok(())
+    }
+
+    /// Counts and logs a refused reload (the running version stays).
+    pub fn reload_failed(&self, e: &PluginError) {
+        self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(plugin = &*self.name, error = %e, "plugin reload failed, keeping the loaded version");
     }
 
     pub fn is_suspended(&self) -> bool {
@@ -263,7 +310,7 @@ impl Slot {
         }
     }
 
-    fn record_failure(&self, e: &PluginError) {
+    fn record_failure(&self, e: &PluginError, limits: &Limits) {
         let m = &self.metrics;
         m.failures.fetch_add(1, Ordering::Relaxed);
         match e {
@@ -280,7 +327,7 @@ impl Slot {
         if !e.is_fault() {
             return;
         }
-        let limit = self.config.limits.suspend_after;
+        let limit = limits.suspend_after;
         if limit == 0 {
             return;
         }
@@ -288,13 +335,12 @@ impl Slot {
         h.consecutive_faults += 1;
         if h.consecutive_faults >= limit {
             h.consecutive_faults = limit - 1;
-            h.suspended_until =
-                Some(Instant::now() + Duration::from_secs(self.config.limits.suspend_secs));
+            h.suspended_until = Some(Instant::now() + Duration::from_secs(limits.suspend_secs));
             m.suspensions.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 plugin = &*self.name,
                 failures = limit,
-                secs = self.config.limits.suspend_secs,
+                secs = limits.suspend_secs,
                 "plugin suspended after repeated failures"
             );
         }
@@ -304,16 +350,16 @@ impl Slot {
     /// return the instance to the pool on success, discard it on failure.
     pub async fn call(&self, rt: &Runtime, call: Call<'_>) -> Result<Reply, PluginError> {
         let hook = call.hook();
+        let loaded = self.current.load_full();
+        let limits = &loaded.config.limits;
         if self.is_suspended() {
             let e = PluginError::Suspended {
                 plugin: self.name.to_string(),
                 hook,
             };
-            self.record_failure(&e);
+            self.record_failure(&e, limits);
             return Err(e);
         }
-        let limits = &self.config.limits;
-        let loaded = self.current.load_full();
         let queue_timeout = Duration::from_millis(limits.queue_timeout_ms);
         let _permit =
             match tokio::time::timeout(queue_timeout, loaded.permits.clone().acquire_owned()).await
@@ -325,7 +371,7 @@ impl Slot {
                         hook,
                         max_instances: limits.max_instances,
                     };
-                    self.record_failure(&e);
+                    self.record_failure(&e, limits);
                     return Err(e);
                 }
             };
@@ -337,9 +383,9 @@ impl Slot {
                 match new_instance(
                     rt,
                     &self.name,
-                    &self.config,
-                    &self.granted,
-                    &self.config_json,
+                    &loaded.config,
+                    &loaded.granted,
+                    &loaded.config_json,
                     &loaded.pre,
                 )
                 .await
@@ -351,7 +397,7 @@ impl Slot {
                         w
                     }
                     Err(e) => {
-                        self.record_failure(&e);
+                        self.record_failure(&e, limits);
                         return Err(e);
                     }
                 }
@@ -374,7 +420,7 @@ impl Slot {
             }
             Ok(Err(err)) => {
                 let e = classify(&self.name, hook, &warm.store, &err, limits.memory_mib);
-                self.record_failure(&e);
+                self.record_failure(&e, limits);
                 Err(e)
             }
             Err(_) => {
@@ -383,7 +429,7 @@ impl Slot {
                     hook,
                     deadline,
                 };
-                self.record_failure(&e);
+                self.record_failure(&e, limits);
                 Err(e)
             }
         }
