@@ -1,10 +1,14 @@
 //! Live reload: on SIGHUP, when the config file changes, or when a plugin's
-//! `.wasm` file changes (all polled). The rules are reloaded from the file (a
-//! bad new set is refused whole, with the errors, and the running set
-//! stays); plugins whose `.wasm` changed are recompiled and swapped in (one
-//! that fails to load is refused by name and its previous version keeps
-//! running). Connections are untouched. Other changes are reported as
-//! needing a restart.
+//! `.wasm` file changes (all polled), and on `POST /api/v1/config/reload`.
+//! The `[[plugins.plugin]]` entries are applied first
+//! (`PluginHost::apply`: changed entries and files are rebuilt and swapped
+//! in, new ones added, removed ones dropped, the chain reordered; one that
+//! fails is refused by name and its previous version keeps running), then
+//! the rules (a bad new set is refused whole, with the errors, and the
+//! running set stays; they compile against the plugins' functions as they
+//! are now) and the log filter. Connections are untouched. Other changes,
+//! including the host-wide `[plugins]` settings, are reported as needing a
+//! restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +26,8 @@ fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// Reloads the rules from `path` now. Returns the number of rules loaded.
+/// Reloads the rules (and the log filter) from `path` now, leaving the
+/// plugins alone. Returns the number of rules loaded.
 pub fn reload(broker: &Broker, path: &Path, running: &Config) -> Result<usize, String> {
     let config = Config::load_effective(path).map_err(|e| e.to_string())?;
     apply(broker, &config, path, running)
@@ -46,7 +51,7 @@ fn apply(broker: &Broker, config: &Config, path: &Path, running: &Config) -> Res
     }
     let later = restart_needed(config, running);
     if !later.is_empty() {
-        warn!(file = %path.display(), sections = ?later, "these settings changed and take effect after a restart (rules, log level and trace_clients, and a plugin's .wasm file reload live)");
+        warn!(file = %path.display(), sections = ?later, "these settings changed and take effect after a restart (rules, log level and trace_clients, and each [[plugins.plugin]] entry and its .wasm file reload live)");
     }
     Ok(n)
 }
@@ -64,11 +69,88 @@ pub fn restart_needed(new: &Config, running: &Config) -> Vec<&'static str> {
     check(new.mqtt != running.mqtt, "mqtt");
     check(new.log.json != running.log.json, "log.json");
     check(new.persistence != running.persistence, "persistence");
-    check(new.plugins != running.plugins, "plugins");
+    // The plugin host is started with the broker when the file configures
+    // any plugin; a broker started without one gets its first at a restart.
+    check(
+        running.plugins.plugins.is_empty() && !new.plugins.plugins.is_empty(),
+        "plugins.plugin (the broker started without plugins)",
+    );
     check(new.limits != running.limits, "limits");
     check(new.admin != running.admin, "admin");
     check(new.sys != running.sys, "sys");
+    // Host-wide [plugins] settings, by name (plugins.kafka, plugins.databases, ...).
+    out.extend(new.plugins.restart_needed(&running.plugins));
     out
+}
+
+/// A plugin a reload refused, and why (its previous version, if any,
+/// keeps running).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PluginRefusal {
+    /// The plugin's configured name.
+    pub plugin: String,
+    /// The error, naming the plugin.
+    pub error: String,
+}
+
+/// What a reload did to the plugin chain.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct PluginChanges {
+    /// New plugins, loaded and in the chain.
+    pub plugins_added: Vec<String>,
+    /// Plugins taken out of the chain (no longer listed, or `enabled = false`).
+    pub plugins_removed: Vec<String>,
+    /// Plugins whose entry (config, limits, grants, ...) or `.wasm` changed
+    /// and whose new version runs now.
+    pub plugins_reloaded: Vec<String>,
+    /// Plugins refused: a running one keeps its previous version, a new one
+    /// was not added.
+    pub plugins_refused: Vec<PluginRefusal>,
+}
+
+impl PluginChanges {
+    fn is_empty(&self) -> bool {
+        self == &PluginChanges::default()
+    }
+
+    pub fn log(&self, trigger: &str) {
+        if !self.is_empty() {
+            info!(
+                trigger,
+                added = ?self.plugins_added,
+                removed = ?self.plugins_removed,
+                reloaded = ?self.plugins_reloaded,
+                refused = ?self.plugins_refused.iter().map(|r| &r.plugin).collect::<Vec<_>>(),
+                "plugins applied"
+            );
+        }
+        for r in &self.plugins_refused {
+            error!(trigger, plugin = %r.plugin, error = %r.error, "plugin refused; its previous version (if any) keeps running");
+        }
+    }
+}
+
+/// Applies `config`'s `[[plugins.plugin]]` entries to the running plugin
+/// host (nothing without one: see [`restart_needed`]). The rules' plugin
+/// functions are the host's, so rules compiled afterwards see the new set.
+pub async fn apply_plugins(broker: &Broker, config: &Config) -> PluginChanges {
+    let Some(host) = broker.plugins.get() else {
+        return PluginChanges::default();
+    };
+    let report = host.apply(&config.plugins).await;
+    PluginChanges {
+        plugins_added: report.added,
+        plugins_removed: report.removed,
+        plugins_reloaded: report.reloaded,
+        plugins_refused: report
+            .refused
+            .into_iter()
+            .map(|(plugin, e)| PluginRefusal {
+                error: format!("plugin `{plugin}`: {e}"),
+                plugin,
+            })
+            .collect(),
+    }
 }
 
 /// What [`reload_all`] did.
@@ -76,34 +158,50 @@ pub fn restart_needed(new: &Config, running: &Config) -> Vec<&'static str> {
 pub struct ReloadReport {
     /// Rules now running (all of the file's).
     pub rules: usize,
-    /// Plugins whose `.wasm` changed and were swapped in.
-    pub plugins_reloaded: Vec<String>,
-    /// Plugins whose new `.wasm` was refused (the previous version runs).
-    pub plugin_errors: Vec<String>,
+    /// What happened to the plugins.
+    #[serde(flatten)]
+    pub plugins: PluginChanges,
     /// Changed sections that need a restart.
     pub restart_needed: Vec<&'static str>,
 }
 
-/// What SIGHUP does, for one caller (the admin API): every plugin whose
-/// `.wasm` changed, then the rules from `path` (refused whole on error:
-/// `Err`, the running set stays).
+/// A reload whose rules were refused (the running rules stay). The plugins
+/// were applied before the rules were read: `plugins` says how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReloadRefused {
+    /// Why: the file does not load, or its rules do not compile.
+    pub error: String,
+    /// What the plugins did (empty when the file did not load).
+    pub plugins: PluginChanges,
+}
+
+impl std::fmt::Display for ReloadRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
+/// What SIGHUP does: the file's plugin entries (applied live, one refused
+/// plugin keeping its previous version), then its rules (refused whole on
+/// error: `Err`, the running set stays) and log filter.
 pub async fn reload_all(
     broker: &Broker,
     path: &Path,
     running: &Config,
-) -> Result<ReloadReport, String> {
-    let config = Config::load_effective(path).map_err(|e| e.to_string())?;
+) -> Result<ReloadReport, ReloadRefused> {
+    let config = Config::load_effective(path).map_err(|e| ReloadRefused {
+        error: e.to_string(),
+        plugins: PluginChanges::default(),
+    })?;
     // Plugins first: the rules may call functions a new version offers.
-    let (plugins_reloaded, plugin_errors) = match reload_plugins(broker).await {
-        Ok(names) => (names, Vec::new()),
-        Err(e) => (Vec::new(), vec![e]),
+    let plugins = apply_plugins(broker, &config).await;
+    let rules = match apply(broker, &config, path, running) {
+        Ok(n) => n,
+        Err(error) => return Err(ReloadRefused { error, plugins }),
     };
-    let rules = apply(broker, &config, path, running)?;
-    info!(rules, plugins = ?plugins_reloaded, file = %path.display(), "reloaded through the admin API");
     Ok(ReloadReport {
         rules,
-        plugins_reloaded,
-        plugin_errors,
+        plugins,
         restart_needed: restart_needed(&config, running),
     })
 }
@@ -131,19 +229,27 @@ pub async fn reload_plugins(broker: &Broker) -> Result<Vec<String>, String> {
     }
 }
 
-fn plugin_mtimes(running: &Config) -> Vec<Option<SystemTime>> {
-    running
-        .plugins
-        .plugins
+/// The `.wasm` files of the running plugins (following the last applied
+/// configuration) and their modification times.
+fn plugin_mtimes(broker: &Broker) -> Vec<(PathBuf, Option<SystemTime>)> {
+    let Some(host) = broker.plugins.get() else {
+        return Vec::new();
+    };
+    host.plugins()
         .iter()
-        .map(|p| mtime(Path::new(&p.path)))
+        .filter_map(|name| host.plugin_config(name))
+        .map(|p| {
+            let t = mtime(&p.path);
+            (p.path, t)
+        })
         .collect()
 }
 
-/// Watches `path` (SIGHUP or a changed file) until the task is dropped.
+/// Watches `path` (SIGHUP or a changed file) and the running plugins'
+/// `.wasm` files until the task is dropped.
 pub async fn watch(broker: Arc<Broker>, path: PathBuf, running: Config) {
     let mut last = mtime(&path);
-    let mut last_wasm = plugin_mtimes(&running);
+    let mut last_wasm = plugin_mtimes(&broker);
     let mut tick = tokio::time::interval(POLL);
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -159,29 +265,35 @@ pub async fn watch(broker: Arc<Broker>, path: PathBuf, running: Config) {
             "file change"
         };
         let now = mtime(&path);
-        let wasm = plugin_mtimes(&running);
         let config_changed = now != last;
-        let wasm_changed = wasm != last_wasm;
+        let wasm_changed = plugin_mtimes(&broker) != last_wasm;
         if why == "file change" && !config_changed && !wasm_changed {
             continue;
         }
         last = now;
-        last_wasm = wasm;
-        // Plugins first: the rules may call functions a new version offers.
-        match reload_plugins(&broker).await {
-            Ok(names) if names.is_empty() => {}
-            Ok(names) => info!(trigger = why, plugins = ?names, "plugins reloaded"),
-            Err(e) => {
-                error!(trigger = why, error = %e, "plugin reload refused; the previous version keeps running")
-            }
-        }
         if why == "SIGHUP" || config_changed {
-            match reload(&broker, &path, &running) {
-                Ok(n) => info!(trigger = why, rules = n, file = %path.display(), "rules reloaded"),
+            // The whole file: plugin entries (and changed .wasm), then rules.
+            match reload_all(&broker, &path, &running).await {
+                Ok(r) => {
+                    r.plugins.log(why);
+                    info!(trigger = why, rules = r.rules, file = %path.display(), "rules reloaded");
+                }
                 Err(e) => {
+                    e.plugins.log(why);
                     error!(trigger = why, error = %e, "reload refused; the previous rules keep running")
                 }
             }
+        } else {
+            // Only .wasm files changed: swap in those, configs unchanged.
+            match reload_plugins(&broker).await {
+                Ok(names) if names.is_empty() => {}
+                Ok(names) => info!(trigger = why, plugins = ?names, "plugins reloaded"),
+                Err(e) => {
+                    error!(trigger = why, error = %e, "plugin reload refused; the previous version keeps running")
+                }
+            }
         }
+        // The chain may have changed: watch the files it runs now.
+        last_wasm = plugin_mtimes(&broker);
     }
 }

@@ -311,7 +311,8 @@ fn plugin_json(m: &PluginMetrics, manifest: Option<(String, String)>) -> Value {
     })
 }
 
-/// Loaded plugins in chain order, then those the config disables (not loaded).
+/// Loaded plugins in chain order, then those the config disables (not
+/// loaded), as of the last load or reload.
 pub async fn list_plugins(State(s): State<Shared>) -> Json<Value> {
     let mut data = Vec::new();
     if let Some(h) = s.broker.plugins.get() {
@@ -320,21 +321,35 @@ pub async fn list_plugins(State(s): State<Shared>) -> Json<Value> {
             data.push(plugin_json(&m, manifest));
         }
     }
-    for p in s.running.plugins.plugins.iter().filter(|p| !p.enabled) {
-        data.push(json!({ "name": p.name, "state": "disabled", "loaded": false }));
+    for name in disabled_in_config(&s) {
+        data.push(json!({ "name": name, "state": "disabled", "loaded": false }));
     }
     let count = data.len();
     Json(json!({ "data": data, "meta": { "count": count } }))
 }
 
+/// Names the config lists with `enabled = false`: the host's view (it
+/// follows reloads), or the start-up file's without a host.
+fn disabled_in_config(s: &Shared) -> Vec<String> {
+    match s.broker.plugins.get() {
+        Some(h) => h.disabled_in_config(),
+        None => s
+            .running
+            .plugins
+            .plugins
+            .iter()
+            .filter(|p| !p.enabled)
+            .map(|p| p.name.clone())
+            .collect(),
+    }
+}
+
 fn plugin_error(s: &Shared, name: &str, e: PluginError) -> ApiError {
     match e {
-        PluginError::UnknownPlugin(_)
-            if s.running.plugins.plugins.iter().any(|p| p.name == name) =>
-        {
+        PluginError::UnknownPlugin(_) if disabled_in_config(s).iter().any(|p| p == name) => {
             ApiError::new(
                 StatusCode::CONFLICT,
-                format!("plugin `{name}` is disabled in the config and not loaded: enable it there and restart"),
+                format!("plugin `{name}` is disabled in the config and not loaded: enable it there and reload the config"),
             )
         }
         PluginError::UnknownPlugin(_) => ApiError::not_found(format!("no plugin `{name}`")),
@@ -401,7 +416,8 @@ pub async fn disable_plugin(
     switch_plugin(&s, &name, false).await
 }
 
-/// What SIGHUP does: rules from the file, then changed plugin files.
+/// What SIGHUP does: the file's plugin entries (and changed `.wasm` files),
+/// then its rules.
 pub async fn reload_config(State(s): State<Shared>) -> ApiResult {
     let Some(path) = s.config_path.clone() else {
         return Err(ApiError::new(
@@ -413,6 +429,9 @@ pub async fn reload_config(State(s): State<Shared>) -> ApiResult {
         .await
         .map_err(|e| {
             ApiError::bad_request(format!("reload refused, the running rules stay: {e}"))
+                .with(json!(e.plugins))
         })?;
+    report.plugins.log("admin API");
+    tracing::info!(rules = report.rules, file = %path.display(), "reloaded through the admin API");
     Ok(Json(json!(report)))
 }

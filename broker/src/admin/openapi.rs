@@ -49,4 +49,35 @@ mod tests {
             "openapi.json operations without a route: {extra:?}"
         );
     }
+
+    /// `POST /config/reload` answers a `ReloadReport`: its fields are the
+    /// schema's properties, and a refusal's fields those of the item schema.
+    #[test]
+    fn reload_report_schema_names_exactly_its_fields() {
+        use crate::reload::{PluginChanges, PluginRefusal, ReloadReport};
+        let doc: serde_json::Value = serde_json::from_str(SPEC).unwrap();
+        let schema = &doc["components"]["schemas"]["ReloadReport"]["properties"];
+        let keys = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        let report = ReloadReport {
+            rules: 0,
+            plugins: PluginChanges {
+                plugins_refused: vec![PluginRefusal {
+                    plugin: "p".into(),
+                    error: "e".into(),
+                }],
+                ..PluginChanges::default()
+            },
+            restart_needed: Vec::new(),
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(keys(&json), keys(schema));
+        assert_eq!(
+            keys(&json["plugins_refused"][0]),
+            keys(&schema["plugins_refused"]["items"]["properties"])
+        );
+    }
 }

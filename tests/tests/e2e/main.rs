@@ -15,6 +15,7 @@ mod persist_kafka;
 mod persist_postgres;
 mod persist_sled;
 mod persistence;
+mod plugin_reload;
 mod plugins;
 mod qos;
 mod retain;
