@@ -1,6 +1,7 @@
 //! `PluginHost::apply`: a new `[plugins]` configuration applied to the
 //! running host, with the real `test-misbehave` and `transform` components.
 
+#![allow(clippy::unwrap_used)] // test helpers
 mod common;
 
 use common::{auth, msg, plugin};

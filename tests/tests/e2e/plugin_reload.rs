@@ -5,6 +5,7 @@
 //! loop ends at its first connection error (it never reconnects), so a
 //! client that keeps receiving is still on its first connection.
 
+#![allow(clippy::unwrap_used)] // test helpers
 use std::time::Duration;
 
 use midge_e2e::http::Admin;
