@@ -31,10 +31,10 @@ pub fn reload(broker: &Broker, path: &Path, running: &Config) -> Result<usize, S
 /// Applies what reloads live from an already loaded `config`: the rules
 /// (all or none) and the log filter; warns about the rest.
 fn apply(broker: &Broker, config: &Config, path: &Path, running: &Config) -> Result<usize, String> {
-    let n = broker
-        .rules
-        .load(&config.rules)
-        .map_err(|errors| format!("{}: {}", path.display(), errors.join("; ")))?;
+    // The file's rules with the admin API's changes (in the running
+    // config's rules file) applied.
+    let n = crate::rules::overlay::load(&broker.rules, &config.rules, &running.api_rules_path())
+        .map_err(|e| e.naming(path))?;
     // Applied every time: the file may have gone back to what the broker
     // started with after an earlier reload changed it.
     match crate::logging::reload(&config.log) {
