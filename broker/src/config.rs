@@ -137,6 +137,10 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// Serve `/metrics` without the token (for Prometheus scrapers).
     pub metrics_public: bool,
+    /// JSON file keeping the rules created, changed or deleted through the
+    /// API over the config's `[[rules]]` (they survive reloads and
+    /// restarts). Unset: `api-rules.json` in `persistence.data_dir`.
+    pub api_rules_file: Option<PathBuf>,
 }
 
 /// `[sys]`: broker status under `$SYS/brokers/<node>/...`.
@@ -171,6 +175,7 @@ impl Default for AdminConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 18083))),
             token: None,
             metrics_public: false,
+            api_rules_file: None,
         }
     }
 }
@@ -368,6 +373,18 @@ impl Default for LogConfig {
 }
 
 impl Config {
+    /// The admin API's rules file (`[admin] api_rules_file`, else
+    /// `api-rules.json` in `persistence.data_dir`).
+    pub fn api_rules_path(&self) -> PathBuf {
+        match &self.admin.api_rules_file {
+            Some(p) => p.clone(),
+            None => self
+                .persistence
+                .data_dir
+                .join(crate::rules::overlay::DEFAULT_FILE),
+        }
+    }
+
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
@@ -505,6 +522,14 @@ impl Config {
                 invalid("admin.token", "must be at least 8 characters");
             }
         }
+        if self
+            .admin
+            .api_rules_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            invalid("admin.api_rules_file", "must not be empty");
+        }
         let p = &self.persistence;
         if p.enabled {
             if p.backend == crate::store::BackendKind::Postgres && p.postgres_url.is_none() {
@@ -520,6 +545,20 @@ impl Config {
         if p.sync == crate::store::SyncPolicy::Interval && p.sync_interval_ms == 0 {
             invalid("persistence.sync_interval_ms", "must be at least 1");
         }
+        errs.borrow_mut()
+            .extend(self.rule_problems(&self.rules, origin));
+        errs.into_inner()
+    }
+
+    /// Problems of `rules` checked against this config's plugins (the
+    /// config's own, or the admin API's from its rules file for `midge
+    /// check`); `origin` names where they come from.
+    pub fn rule_problems(
+        &self,
+        rules: &[crate::rules::RuleConfig],
+        origin: &str,
+    ) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
         let plugin_names: Vec<&str> = self
             .plugins
             .plugins
@@ -527,11 +566,11 @@ impl Config {
             .filter(|p| p.enabled)
             .map(|p| p.name.as_str())
             .collect();
-        for r in &self.rules {
+        for r in rules {
             for (i, a) in r.actions.iter().enumerate() {
                 if let crate::rules::ActionConfig::Plugin { plugin } = a {
                     if !plugin_names.contains(&plugin.as_str()) {
-                        errs.borrow_mut().push(ConfigError::Rules {
+                        errs.push(ConfigError::Rules {
                             path: origin.to_string(),
                             errors: vec![format!(
                                 "rule `{}`: actions[{i}]: plugin `{plugin}` is not an enabled plugin in [plugins]",
@@ -551,15 +590,13 @@ impl Config {
             .iter()
             .any(|p| p.enabled)
             .then(|| Arc::new(crate::plugins::AnyFunction) as _);
-        if let Err(errors) =
-            crate::rules::RuleSet::build(&self.rules, None, plugin_functions.as_ref())
-        {
-            errs.borrow_mut().push(ConfigError::Rules {
+        if let Err(errors) = crate::rules::RuleSet::build(rules, None, plugin_functions.as_ref()) {
+            errs.push(ConfigError::Rules {
                 path: origin.to_string(),
                 errors,
             });
         }
-        errs.into_inner()
+        errs
     }
 }
 

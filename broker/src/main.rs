@@ -274,6 +274,20 @@ fn check(path: &std::path::Path) -> ExitCode {
     };
     let shown = path.display().to_string();
     let mut errors: Vec<String> = cfg.problems(&shown).iter().map(|e| e.to_string()).collect();
+    // The admin API's rules file (as `serve` would read it, without flags):
+    // its rules checked on their own, so the config's errors are not repeated.
+    let api_rules = cfg.api_rules_path();
+    match midge::rules::overlay::Overlay::read(&api_rules) {
+        Ok(o) => {
+            let origin = api_rules.display().to_string();
+            errors.extend(
+                cfg.rule_problems(&o.rules, &origin)
+                    .iter()
+                    .map(|e| e.to_string()),
+            );
+        }
+        Err(e) => errors.push(e.to_string()),
+    }
     if let Some(e) = midge::server::check_tls(&cfg) {
         errors.push(format!("{shown}: {e}"));
     }

@@ -4,7 +4,7 @@
 //! (`PluginHost::apply`: changed entries and files are rebuilt and swapped
 //! in, new ones added, removed ones dropped, the chain reordered; one that
 //! fails is refused by name and its previous version keeps running), then
-//! the rules (a bad new set is refused whole, with the errors, and the
+//! the rules (the file's, with the admin API's overlay applied again; a bad new set is refused whole, with the errors, and the
 //! running set stays; they compile against the plugins' functions as they
 //! are now) and the log filter. Connections are untouched. Other changes,
 //! including the host-wide `[plugins]` settings, are reported as needing a
@@ -36,10 +36,10 @@ pub fn reload(broker: &Broker, path: &Path, running: &Config) -> Result<usize, S
 /// Applies what reloads live from an already loaded `config`: the rules
 /// (all or none) and the log filter; warns about the rest.
 fn apply(broker: &Broker, config: &Config, path: &Path, running: &Config) -> Result<usize, String> {
-    let n = broker
-        .rules
-        .load(&config.rules)
-        .map_err(|errors| format!("{}: {}", path.display(), errors.join("; ")))?;
+    // The file's rules with the admin API's changes (in the running
+    // config's rules file) applied.
+    let n = crate::rules::overlay::load(&broker.rules, &config.rules, &running.api_rules_path())
+        .map_err(|e| e.naming(path))?;
     // Applied every time: the file may have gone back to what the broker
     // started with after an earlier reload changed it.
     match crate::logging::reload(&config.log) {
@@ -156,7 +156,7 @@ pub async fn apply_plugins(broker: &Broker, config: &Config) -> PluginChanges {
 /// What [`reload_all`] did.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ReloadReport {
-    /// Rules now running (all of the file's).
+    /// Rules now running (the file's with the admin API's overlay applied).
     pub rules: usize,
     /// What happened to the plugins.
     #[serde(flatten)]

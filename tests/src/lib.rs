@@ -52,6 +52,9 @@ pub struct TestBroker {
     handle: Option<JoinHandle<()>>,
     /// The store directory when `MIDGE_E2E_PERSIST=sled` (removed on drop).
     _data: Option<TempDir>,
+    /// The directory of the admin API's rules file when the test set no
+    /// place for it (removed on drop).
+    _api_rules: Option<TempDir>,
 }
 
 /// A temporary directory removed on drop (no extra dependency).
@@ -156,6 +159,16 @@ async fn start(
         data = Some(d);
     }
     f(&mut config);
+    // The admin API keeps rule edits in a file (by default under
+    // ./data): each broker gets its own, so tests never share one.
+    let mut api_rules = None;
+    if config.admin.api_rules_file.is_none()
+        && config.persistence.data_dir == midge::store::PersistenceConfig::default().data_dir
+    {
+        let d = TempDir::new("midge-e2e-api-rules");
+        config.admin.api_rules_file = Some(d.0.join("api-rules.json"));
+        api_rules = Some(d);
+    }
     let mut server = midge::Server::bind(config.clone())
         .await
         .expect("broker failed to bind");
@@ -191,6 +204,7 @@ async fn start(
         shutdown: Some(tx),
         handle: Some(handle),
         _data: data,
+        _api_rules: api_rules,
     }
 }
 

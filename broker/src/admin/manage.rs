@@ -1,10 +1,14 @@
 //! Rules, plugins and config reload.
 //!
-//! Rule edits take the running configs (`RuleEngine::configs`), change a
-//! copy and load it whole (`RuleEngine::load`), one edit at a time; a set
-//! that does not compile is refused and the running one stays. A reload
-//! from the config file (SIGHUP, file change, `POST /config/reload`)
-//! replaces API edits with the file's rules.
+//! Rule edits change the admin API's rules file (the overlay over the
+//! config's `[[rules]]`, see [`crate::rules::overlay`]), one edit at a time:
+//! the config's rules with the changed overlay are compiled, the file is
+//! written atomically, and only then the new set runs. A set that does not
+//! compile is refused (400) and a file that cannot be read or written is a
+//! 500 naming it; either way the running rules and the file stay as they
+//! were. A reload from the config file (SIGHUP, file change, `POST
+//! /config/reload`) and a restart apply the file's rules with the overlay
+//! again, so API edits survive both.
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
@@ -15,16 +19,20 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, ApiResult, Shared};
+use crate::rules::overlay::{Overlay, OverlayError};
 use crate::rules::sample::{self, Sample, SampleError};
 use crate::rules::{ActionConfig, RuleConfig, RuleStats};
 
-fn rule_json(c: &RuleConfig, stats: Option<&RuleStats>) -> Value {
+/// A rule as the API shows it; `source`: `"api"` when its running version
+/// was set through the API (kept in the rules file), else `"config"`.
+fn rule_json(c: &RuleConfig, stats: Option<&RuleStats>, source: &str) -> Value {
     let mut v = json!({
         "id": c.id,
         "sql": c.sql,
         "actions": c.actions,
         "enabled": c.enabled,
         "description": c.description,
+        "source": source,
     });
     if let (Some(m), Some(o)) = (stats, v.as_object_mut()) {
         o.insert("metrics".into(), metrics_json(m));
@@ -47,15 +55,31 @@ fn no_rule(id: &str) -> ApiError {
     ApiError::not_found(format!("no rule `{id}`"))
 }
 
+/// Running rules in order, with their metrics and source; `meta` names the
+/// rules file and the config rules the API deleted.
 pub async fn list_rules(State(s): State<Shared>) -> Json<Value> {
     let configs = s.broker.rules.configs();
     let stats = s.broker.rules.stats();
+    let overlay = s.broker.rules.overlay();
     let data: Vec<Value> = configs
         .iter()
-        .map(|c| rule_json(c, stats.iter().find(|m| m.id == c.id)))
+        .map(|c| {
+            rule_json(
+                c,
+                stats.iter().find(|m| m.id == c.id),
+                overlay.source(&c.id),
+            )
+        })
         .collect();
     let count = data.len();
-    Json(json!({ "data": data, "meta": { "count": count } }))
+    Json(json!({
+        "data": data,
+        "meta": {
+            "count": count,
+            "api_rules_file": s.rules_file.display().to_string(),
+            "deleted": overlay.deleted,
+        },
+    }))
 }
 
 pub async fn get_rule(
@@ -69,7 +93,12 @@ pub async fn get_rule(
         .find(|c| c.id == id)
         .ok_or_else(|| no_rule(&id))?;
     let stats = s.broker.rules.stats();
-    Ok(Json(rule_json(c, stats.iter().find(|m| m.id == id))))
+    let source = s.broker.rules.overlay().source(&id);
+    Ok(Json(rule_json(
+        c,
+        stats.iter().find(|m| m.id == id),
+        source,
+    )))
 }
 
 pub async fn rule_metrics(
@@ -128,18 +157,41 @@ fn check_rule(s: &Shared, c: &RuleConfig) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Runs `change` on a copy of the running rule configs and loads the result.
-async fn edit<T>(
+/// The rules file cannot be read or written: a 500 naming it.
+fn file_error(e: OverlayError) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).with(json!({
+        "file": e.path.display().to_string(),
+        "kept": "the running rules and the rules file are unchanged",
+    }))
+}
+
+/// Runs `change` on the running rules and the rules file's overlay (read
+/// now), then compiles the config's rules with the changed overlay, writes
+/// the file and only then runs the new set. Edits and reloads take turns.
+fn edit<T>(
     s: &Shared,
-    change: impl FnOnce(&mut Vec<RuleConfig>) -> Result<T, ApiError>,
+    change: impl FnOnce(&[RuleConfig], &mut Overlay) -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
-    let _one_at_a_time = s.rule_edits.lock().await;
-    let mut configs = (*s.broker.rules.configs()).clone();
-    let out = change(&mut configs)?;
-    s.broker.rules.load(&configs).map_err(|errors| {
-        ApiError::bad_request(errors.join("; ")).with(json!({ "errors": errors }))
-    })?;
+    let rules = &s.broker.rules;
+    let _one_at_a_time = rules.edit_lock();
+    let mut overlay = Overlay::read(&s.rules_file).map_err(file_error)?;
+    let out = change(&rules.configs(), &mut overlay)?;
+    let prepared = rules
+        .prepare((*rules.base()).clone(), overlay.clone())
+        .map_err(|errors| {
+            ApiError::bad_request(errors.join("; ")).with(json!({ "errors": errors }))
+        })?;
+    overlay.write(&s.rules_file).map_err(file_error)?;
+    rules.install(prepared);
     Ok(out)
+}
+
+fn running(configs: &[RuleConfig], id: &str) -> Result<RuleConfig, ApiError> {
+    configs
+        .iter()
+        .find(|x| x.id == id)
+        .cloned()
+        .ok_or_else(|| no_rule(id))
 }
 
 pub async fn create_rule(
@@ -148,20 +200,18 @@ pub async fn create_rule(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(c) = body?;
     check_rule(&s, &c)?;
-    let id = c.id.clone();
-    edit(&s, |configs| {
+    edit(&s, |configs, overlay| {
         if configs.iter().any(|x| x.id == c.id) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 format!("rule `{}` already exists", c.id),
             ));
         }
-        configs.push(c.clone());
+        overlay.set(c.clone());
         Ok(())
-    })
-    .await?;
-    tracing::info!(rule = %id, "rule created through the admin API");
-    Ok((StatusCode::CREATED, Json(rule_json(&c, None))))
+    })?;
+    tracing::info!(rule = %c.id, file = %s.rules_file.display(), "rule created through the admin API");
+    Ok((StatusCode::CREATED, Json(rule_json(&c, None, "api"))))
 }
 
 /// `PUT /rules/{id}` body: a rule; `id`, when given, must be the path's.
@@ -202,46 +252,40 @@ pub async fn update_rule(
         description: u.description,
     };
     check_rule(&s, &c)?;
-    edit(&s, |configs| {
-        let slot = configs
-            .iter_mut()
-            .find(|x| x.id == id)
-            .ok_or_else(|| no_rule(&id))?;
-        *slot = c.clone();
+    edit(&s, |configs, overlay| {
+        running(configs, &id)?;
+        overlay.set(c.clone());
         Ok(())
-    })
-    .await?;
-    Ok(Json(rule_json(&c, None)))
+    })?;
+    tracing::info!(rule = %id, file = %s.rules_file.display(), "rule updated through the admin API");
+    Ok(Json(rule_json(&c, None, "api")))
 }
 
+/// Deletes a running rule; the deletion is kept in the rules file, so a
+/// rule of the config file stays deleted across reloads and restarts
+/// (`DELETE /rules/{id}/override` brings it back).
 pub async fn delete_rule(
     State(s): State<Shared>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Path(id) = id?;
-    edit(&s, |configs| {
-        let before = configs.len();
-        configs.retain(|x| x.id != id);
-        if configs.len() == before {
-            return Err(no_rule(&id));
-        }
+    edit(&s, |configs, overlay| {
+        running(configs, &id)?;
+        overlay.delete(&id);
         Ok(())
-    })
-    .await?;
+    })?;
+    tracing::info!(rule = %id, file = %s.rules_file.display(), "rule deleted through the admin API");
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn switch_rule(s: &Shared, id: &str, enabled: bool) -> ApiResult {
-    let c = edit(s, |configs| {
-        let c = configs
-            .iter_mut()
-            .find(|x| x.id == id)
-            .ok_or_else(|| no_rule(id))?;
+    let c = edit(s, |configs, overlay| {
+        let mut c = running(configs, id)?;
         c.enabled = enabled;
-        Ok(c.clone())
-    })
-    .await?;
-    Ok(Json(rule_json(&c, None)))
+        overlay.set(c.clone());
+        Ok(c)
+    })?;
+    Ok(Json(rule_json(&c, None, "api")))
 }
 
 pub async fn enable_rule(
@@ -258,6 +302,32 @@ pub async fn disable_rule(
 ) -> ApiResult {
     let Path(id) = id?;
     switch_rule(&s, &id, false).await
+}
+
+/// Drops the API's word on rule `id` from the rules file: the config
+/// file's rule of that id (as last loaded) runs again, or, when the config
+/// has none, the rule is gone. 404 when the API has no change on it.
+pub async fn drop_rule_override(
+    State(s): State<Shared>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(id) = id?;
+    edit(&s, |_, overlay| {
+        if overlay.forget(&id) {
+            Ok(())
+        } else {
+            Err(ApiError::not_found(format!(
+                "rule `{id}` has no change made through the admin API (nothing to drop)"
+            )))
+        }
+    })?;
+    tracing::info!(rule = %id, file = %s.rules_file.display(), "admin API change dropped; the config's rule applies");
+    let configs = s.broker.rules.configs();
+    let rule = configs.iter().find(|c| c.id == id).map(|c| {
+        let stats = s.broker.rules.stats();
+        rule_json(c, stats.iter().find(|m| m.id == id), "config")
+    });
+    Ok(Json(json!({ "id": id, "rule": rule })))
 }
 
 /// `POST /rules/test` body.

@@ -48,9 +48,8 @@ pub struct AdminState {
     /// The file `POST /api/v1/config/reload` reads (`None`: started without one).
     config_path: Option<PathBuf>,
     started: Instant,
-    /// Serialises rule edits: each reads the running set, changes a copy
-    /// and loads it whole.
-    rule_edits: tokio::sync::Mutex<()>,
+    /// Where rule edits are kept (`[admin] api_rules_file`).
+    rules_file: PathBuf,
 }
 
 type Shared = Arc<AdminState>;
@@ -66,10 +65,10 @@ impl AdminState {
             broker,
             token,
             metrics_public: running.admin.metrics_public,
+            rules_file: running.api_rules_path(),
             running,
             config_path,
             started: Instant::now(),
-            rule_edits: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -201,6 +200,11 @@ pub fn routes() -> Vec<Route> {
         r(M::PUT, "/api/v1/rules/{id}/enable", manage::enable_rule),
         r(M::PUT, "/api/v1/rules/{id}/disable", manage::disable_rule),
         r(M::GET, "/api/v1/rules/{id}/metrics", manage::rule_metrics),
+        r(
+            M::DELETE,
+            "/api/v1/rules/{id}/override",
+            manage::drop_rule_override,
+        ),
         r(M::GET, "/api/v1/plugins", manage::list_plugins),
         r(
             M::POST,

@@ -10,6 +10,7 @@
 mod action;
 pub mod events;
 mod index;
+pub mod overlay;
 pub mod sample;
 mod template;
 
@@ -189,13 +190,28 @@ pub struct Job {
     depth: u8,
 }
 
+/// A compiled rule set waiting for [`RuleEngine::install`].
+#[derive(Debug)]
+pub struct Prepared {
+    set: RuleSet,
+    configs: Vec<RuleConfig>,
+    base: Vec<RuleConfig>,
+    overlay: overlay::Overlay,
+}
+
 /// The broker's rule engine: the current rule set and the action queue.
 #[derive(Debug)]
 pub struct RuleEngine {
     set: RwLock<Arc<RuleSet>>,
-    /// The configs the current set was built from (the admin API edits a
-    /// copy and loads it whole).
+    /// The configs the current set was built from: `base` with `overlay` applied.
     configs: RwLock<Arc<Vec<RuleConfig>>>,
+    /// The config file's rules, as last loaded.
+    base: RwLock<Arc<Vec<RuleConfig>>>,
+    /// The admin API's changes over `base`, as last loaded.
+    overlay: RwLock<Arc<overlay::Overlay>>,
+    /// Serialises whole-set changes that read the running set or the
+    /// overlay file first (admin API edits, reloads).
+    edits: Mutex<()>,
     message_rules: AtomicBool,
     event_mask: AtomicU32,
     tx: mpsc::Sender<Job>,
@@ -212,6 +228,9 @@ impl Default for RuleEngine {
         RuleEngine {
             set: RwLock::new(Arc::new(RuleSet::default())),
             configs: RwLock::new(Arc::new(Vec::new())),
+            base: RwLock::new(Arc::new(Vec::new())),
+            overlay: RwLock::new(Arc::new(overlay::Overlay::default())),
+            edits: Mutex::new(()),
             message_rules: AtomicBool::new(false),
             event_mask: AtomicU32::new(0),
             tx,
@@ -223,20 +242,62 @@ impl Default for RuleEngine {
 }
 
 impl RuleEngine {
-    /// Compiles `configs` and swaps them in; on error the old set keeps running.
+    /// Compiles `configs` and swaps them in; on error the old set keeps
+    /// running. They become the base, with no overlay.
     pub fn load(&self, configs: &[RuleConfig]) -> Result<usize, Vec<String>> {
+        let _one_at_a_time = self.edit_lock();
+        let prepared = self.prepare(configs.to_vec(), overlay::Overlay::default())?;
+        Ok(self.install(prepared))
+    }
+
+    /// Held while reading the running set (or the overlay file) to build a
+    /// new one from it, until [`RuleEngine::install`]: edits and reloads
+    /// never interleave.
+    pub fn edit_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.edits.lock()
+    }
+
+    /// Compiles `base` with `overlay` applied, without running it yet.
+    pub fn prepare(
+        &self,
+        base: Vec<RuleConfig>,
+        overlay: overlay::Overlay,
+    ) -> Result<Prepared, Vec<String>> {
+        let configs = overlay.apply(&base);
         let previous = self.set.read().clone();
         let functions = self.functions.read().clone();
-        let set = RuleSet::build(configs, Some(&previous), functions.as_ref())?;
-        let n = set.rules.len();
+        let set = RuleSet::build(&configs, Some(&previous), functions.as_ref())?;
+        Ok(Prepared {
+            set,
+            configs,
+            base,
+            overlay,
+        })
+    }
+
+    /// Swaps in a prepared set. Returns the number of rules.
+    pub fn install(&self, p: Prepared) -> usize {
+        let n = p.set.rules.len();
         self.message_rules
-            .store(set.has_message_rules(), Ordering::Release);
-        self.event_mask.store(set.event_mask(), Ordering::Release);
+            .store(p.set.has_message_rules(), Ordering::Release);
+        self.event_mask.store(p.set.event_mask(), Ordering::Release);
         let mut current = self.set.write();
-        *current = Arc::new(set);
-        *self.configs.write() = Arc::new(configs.to_vec());
+        *current = Arc::new(p.set);
+        *self.configs.write() = Arc::new(p.configs);
+        *self.base.write() = Arc::new(p.base);
+        *self.overlay.write() = Arc::new(p.overlay);
         drop(current);
-        Ok(n)
+        n
+    }
+
+    /// The config file's rules the running set was built from.
+    pub fn base(&self) -> Arc<Vec<RuleConfig>> {
+        self.base.read().clone()
+    }
+
+    /// The admin API's changes the running set was built with.
+    pub fn overlay(&self) -> Arc<overlay::Overlay> {
+        self.overlay.read().clone()
     }
 
     /// Functions beyond the catalogue that rules loaded from now on may call.

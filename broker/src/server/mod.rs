@@ -37,8 +37,10 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("rules refused: {}", .0.join("; "))]
-    Rules(Vec<String>),
+    /// The config's rules with the admin API's (its rules file) applied
+    /// do not load, or that file is unreadable or corrupt.
+    #[error("rules refused: {0}")]
+    Rules(#[from] crate::rules::overlay::LoadError),
     #[error("plugins: {0}")]
     Plugins(#[from] midge_plugin::PluginError),
     /// A `[plugins.kafka]` setting the producer refused.
@@ -189,10 +191,18 @@ impl Server {
                 .set_functions(Arc::new(crate::plugins::PluginFunctions(host.clone())));
             let _ = broker.plugins.set(host);
         }
-        broker
-            .rules
-            .load(&config.rules)
-            .map_err(ServerError::Rules)?;
+        // The config's rules with the admin API's changes applied.
+        let api_rules = config.api_rules_path();
+        crate::rules::overlay::load(&broker.rules, &config.rules, &api_rules)?;
+        let overlay = broker.rules.overlay();
+        if !overlay.is_empty() {
+            info!(
+                file = %api_rules.display(),
+                rules = overlay.rules.len(),
+                deleted = overlay.deleted.len(),
+                "rules changed through the admin API applied"
+            );
+        }
         let gate = Arc::new(Gate::new(broker.clone(), &config.limits));
         Ok(Server {
             broker,

@@ -3,6 +3,7 @@
 //! (each is ~0.5 GB in a debug build) instead of once per area.
 
 mod admin;
+mod api_rules;
 mod connect;
 mod enhanced_auth;
 mod flow_control;
