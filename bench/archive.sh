@@ -62,7 +62,7 @@ cleanup() {
 trap cleanup EXIT
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
-    cargo build --release -p midge -p midge-bench
+    cargo build --release --workspace --bin midge --bin midge-bench
     (cd plugins && cargo build --target wasm32-wasip2 --release -p persist-postgres)
 fi
 

@@ -64,7 +64,7 @@ trap cleanup EXIT
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
     log "building midge, midge-bench (release) and the plugins"
-    cargo build --release -p midge -p midge-bench >"$TMP/build.log" 2>&1 || die "build failed: $TMP/build.log"
+    cargo build --release --workspace --bin midge --bin midge-bench >"$TMP/build.log" 2>&1 || die "build failed: $TMP/build.log"
     (cd plugins && cargo build --target wasm32-wasip2 --release -p persist-kafka) >>"$TMP/build.log" 2>&1 ||
         die "plugin build failed: $TMP/build.log"
 fi

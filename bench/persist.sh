@@ -404,11 +404,11 @@ fi
 
 MIDGE_BUILD_ERR=""
 if [[ -z ${SKIP_BUILD:-} ]]; then
-    log "cargo build --release -p midge -p midge-bench"
-    if ! cargo build --release -p midge -p midge-bench 2>"$TMP/build.log"; then
+    log "cargo build --release --workspace --bin midge --bin midge-bench"
+    if ! cargo build --release --workspace --bin midge --bin midge-bench 2>"$TMP/build.log"; then
         MIDGE_BUILD_ERR="build failed: $(grep -m1 '^error' "$TMP/build.log" || tail -n1 "$TMP/build.log")"
         log "$MIDGE_BUILD_ERR; building midge-bench alone"
-        cargo build --release -p midge-bench || die "midge-bench does not build"
+        cargo build --release --workspace --bin midge-bench || die "midge-bench does not build"
     fi
 fi
 [[ -x $BENCH ]] || die "$BENCH missing (unset SKIP_BUILD)"

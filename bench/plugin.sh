@@ -3,7 +3,7 @@
 # shipped `transform` plugin on every message (JSON payload parsed, the client
 # id added, re-serialized), side by side in one run, for fan-in and pairs at
 # QoS 0 and 1. Also runs the on-publish per-call criterion bench
-# (`cargo bench -p midge-plugin --bench on_publish`). Writes the "plugins"
+# (`cargo bench --workspace --bench on_publish`). Writes the "plugins"
 # section of docs/BENCHMARKS.md (between <!-- plugin:begin --> / <!-- plugin:end -->).
 #
 #   bench/plugin.sh
@@ -43,7 +43,7 @@ trap 'stop_pid "$BROKER_PID"' EXIT
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
     log "building midge, midge-bench (release) and the plugins"
-    cargo build --release -p midge -p midge-bench >"$TMP/build.log" 2>&1 || die "build failed: $TMP/build.log"
+    cargo build --release --workspace --bin midge --bin midge-bench >"$TMP/build.log" 2>&1 || die "build failed: $TMP/build.log"
     (cd plugins && cargo build --target wasm32-wasip2 --release -p transform) >>"$TMP/build.log" 2>&1 ||
         die "plugin build failed: $TMP/build.log"
 fi
@@ -98,8 +98,8 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 CRIT=$TMP/criterion.txt
 : >"$CRIT"
 if [[ $CRITERION != 0 ]]; then
-    log "cargo bench -p midge-plugin --bench on_publish"
-    cargo bench -p midge-plugin --bench on_publish -- --quick 2>/dev/null | grep -E '^on_publish/|time:' >"$CRIT" || true
+    log "cargo bench --workspace --bench on_publish"
+    cargo bench --workspace --bench on_publish -- --quick 2>/dev/null | grep -E '^on_publish/|time:' >"$CRIT" || true
 fi
 
 SECTION=$TMP/section.md
@@ -133,7 +133,7 @@ SECTION=$TMP/section.md
     echo
     if [[ -s $CRIT ]]; then
         echo "Per-call cost of one warm on-publish call through the host (criterion, \`--quick\`;"
-        echo "\`cargo bench -p midge-plugin --bench on_publish\`): *transform* reshapes a JSON payload,"
+        echo "\`cargo bench --workspace --bench on_publish\`): *transform* reshapes a JSON payload,"
         echo "*reverse* (test-misbehave) reverses the bytes."
         echo
         echo '```'

@@ -5,7 +5,7 @@
 //! with a 64 B and a 4 KiB payload. Instances are warm (pooled), as in
 //! the broker.
 //!
-//! Run: `cargo bench -p midge-plugin --bench on_publish` (add `-- --quick`).
+//! Run: `cargo bench --workspace --bench on_publish` (add `-- --quick`).
 //! Needs the wasm32-wasip2 target (the plugins are built on first use).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
