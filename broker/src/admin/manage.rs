@@ -48,6 +48,9 @@ fn metrics_json(m: &RuleStats) -> Value {
         "failed": m.failed,
         "actions_success": m.actions_success,
         "actions_failed": m.actions_failed,
+        "eval_seconds_total": m.eval_nanos as f64 / 1e9,
+        "action_seconds_total": m.action_nanos as f64 / 1e9,
+        "action_runs": m.action_runs,
     })
 }
 

@@ -313,6 +313,30 @@ fn rules(o: &mut Out, b: &Broker) {
             o.sample(name, &[("rule", &m.id)], pick(m));
         }
     }
+    o.family(
+        "midge_rule_eval_seconds",
+        "summary",
+        "Time spent evaluating the rule (WHERE and SELECT) for messages or events its FROM matched.",
+    );
+    for m in &stats {
+        let l = [("rule", m.id.as_str())];
+        o.sample("midge_rule_eval_seconds_sum", &l, m.eval_nanos as f64 / 1e9);
+        o.sample("midge_rule_eval_seconds_count", &l, m.matched);
+    }
+    o.family(
+        "midge_rule_action_seconds",
+        "summary",
+        "Time spent running the rule's actions (republish, log, plugin).",
+    );
+    for m in &stats {
+        let l = [("rule", m.id.as_str())];
+        o.sample(
+            "midge_rule_action_seconds_sum",
+            &l,
+            m.action_nanos as f64 / 1e9,
+        );
+        o.sample("midge_rule_action_seconds_count", &l, m.action_runs);
+    }
     o.family("midge_rule_enabled", "gauge", "1 when the rule is enabled.");
     for m in &stats {
         o.sample(

@@ -141,6 +141,7 @@ pub async fn run_actions(broker: Arc<Broker>, mut rx: mpsc::Receiver<Job>) {
     while let Some(job) = rx.recv().await {
         let r = &job.set.rules[job.rule];
         for a in &r.actions {
+            let started = std::time::Instant::now();
             let ok = match a {
                 Action::Republish(rp) => republish(&broker, rp, &job),
                 Action::Log => {
@@ -160,6 +161,10 @@ pub async fn run_actions(broker: Arc<Broker>, mut rx: mpsc::Receiver<Job>) {
                     None => Err(format!("plugin `{plugin}` unavailable: no plugins loaded")),
                 },
             };
+            r.metrics
+                .action_nanos
+                .fetch_add(super::nanos_since(started), Ordering::Relaxed);
+            r.metrics.action_runs.fetch_add(1, Ordering::Relaxed);
             match ok {
                 Ok(()) => r.metrics.actions_success.fetch_add(1, Ordering::Relaxed),
                 Err(e) => {

@@ -17,6 +17,7 @@ mod template;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use midge_rules::{EventKind, ExternalFunctions, Input, Row, Rule};
 use parking_lot::{Mutex, RwLock};
@@ -71,6 +72,15 @@ pub struct RuleMetrics {
     pub failed: AtomicU64,
     pub actions_success: AtomicU64,
     pub actions_failed: AtomicU64,
+    /// Time spent evaluating the rule (WHERE and SELECT), over `matched`
+    /// evaluations.
+    pub eval_nanos: AtomicU64,
+    /// Time spent running the rule's actions, over `actions_success +
+    /// actions_failed` runs (outputs dropped for a full queue excluded:
+    /// they never ran).
+    pub action_nanos: AtomicU64,
+    /// Action runs timed in `action_nanos`.
+    pub action_runs: AtomicU64,
 }
 
 /// A snapshot of one rule's metrics.
@@ -84,6 +94,11 @@ pub struct RuleStats {
     pub failed: u64,
     pub actions_success: u64,
     pub actions_failed: u64,
+    /// Total evaluation time in nanoseconds (over `matched`).
+    pub eval_nanos: u64,
+    /// Total action time in nanoseconds (over `action_runs`).
+    pub action_nanos: u64,
+    pub action_runs: u64,
 }
 
 #[derive(Debug)]
@@ -336,6 +351,9 @@ impl RuleEngine {
                     failed: m.failed.load(Ordering::Relaxed),
                     actions_success: m.actions_success.load(Ordering::Relaxed),
                     actions_failed: m.actions_failed.load(Ordering::Relaxed),
+                    eval_nanos: m.eval_nanos.load(Ordering::Relaxed),
+                    action_nanos: m.action_nanos.load(Ordering::Relaxed),
+                    action_runs: m.action_runs.load(Ordering::Relaxed),
                 }
             })
             .collect()
@@ -403,7 +421,12 @@ impl RuleEngine {
                 continue;
             }
             r.metrics.matched.fetch_add(1, Ordering::Relaxed);
-            match r.rule.evaluate(input) {
+            let started = Instant::now();
+            let evaluated = r.rule.evaluate(input);
+            r.metrics
+                .eval_nanos
+                .fetch_add(nanos_since(started), Ordering::Relaxed);
+            match evaluated {
                 Ok(rows) if rows.is_empty() => {
                     r.metrics.no_result.fetch_add(1, Ordering::Relaxed);
                 }
@@ -435,4 +458,9 @@ impl RuleEngine {
             }
         }
     }
+}
+
+/// Nanoseconds since `started`, saturating.
+pub(crate) fn nanos_since(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
