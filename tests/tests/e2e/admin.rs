@@ -322,18 +322,21 @@ async fn rules_are_created_fired_updated_disabled_and_deleted() {
         m = a.get("/api/v1/rules/r1/metrics").await;
     }
     assert_eq!(m["action_runs"], 1, "{m}");
-    assert!(m["action_seconds_total"].as_f64().is_some_and(|t| t > 0.0), "{m}");
-    let text = a.call("GET", "/metrics", None).await.text();
+    assert!(
+        m["action_seconds_total"].as_f64().is_some_and(|t| t > 0.0),
+        "{m}"
+    );
+    let scraped = a.call("GET", "/metrics", None).await.text();
     assert_eq!(
-        sample(&text, "midge_rule_eval_seconds_count{rule=\"r1\"}"),
+        sample(&scraped, "midge_rule_eval_seconds_count{rule=\"r1\"}"),
         1.0
     );
-    assert!(sample(&text, "midge_rule_eval_seconds_sum{rule=\"r1\"}") > 0.0);
+    assert!(sample(&scraped, "midge_rule_eval_seconds_sum{rule=\"r1\"}") > 0.0);
     assert_eq!(
-        sample(&text, "midge_rule_action_seconds_count{rule=\"r1\"}"),
+        sample(&scraped, "midge_rule_action_seconds_count{rule=\"r1\"}"),
         1.0
     );
-    assert!(text.contains("# TYPE midge_rule_eval_seconds summary"));
+    assert!(scraped.contains("# TYPE midge_rule_eval_seconds summary"));
     let listed = a.get("/api/v1/rules").await;
     assert_eq!(listed["data"][0]["id"], "r1");
     assert_eq!(listed["data"][0]["metrics"]["matched"], 1);
