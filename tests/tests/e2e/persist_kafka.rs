@@ -553,3 +553,90 @@ config = {{ topic = "archive" }}
         "{e}"
     );
 }
+
+/// SIGTERM while acknowledged messages still linger in the producer's
+/// queue (`linger_ms` far longer than the test): the shutdown flush sends
+/// them before the process exits, so every acknowledged message is in
+/// Kafka afterwards. Without the flush, dropping the producer purges its
+/// queue and they are lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_lingering_at_sigterm_are_flushed_before_exit() {
+    const N: usize = 300;
+    let Some(k) = kafka() else { return };
+    let Some(wasm) = midge_plugin::testing::wasm_dir() else {
+        return;
+    };
+    let kt = new_topic(&k, "sigterm").await;
+    let base = topic("ksigterm");
+    let dir = TempDir::new("midge-kafka-sigterm");
+    let config = dir.0.join("midge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[plugins.kafka]
+brokers = "{k}"
+linger_ms = 60000
+
+[[plugins.plugin]]
+name = "kafka"
+path = "{wasm}/persist_kafka.wasm"
+grants = {{ kafka = ["{kt}"] }}
+config = {{ topic = "{kt}", filters = ["{base}/#"], format = "raw", key = "none" }}
+"#,
+            wasm = wasm.display()
+        ),
+    )
+    .unwrap();
+    let broker = midge_e2e::process::BrokerProcess::start(&config, 0);
+    let mut p = V4::new_at(broker.port()).await;
+    let t = format!("{base}/x");
+    let client = p.client.clone();
+    let t2 = t.clone();
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            client
+                .publish(&t2, rumqttc::QoS::AtLeastOnce, false, i.to_string())
+                .await
+                .unwrap();
+        }
+    });
+    let mut acked = 0;
+    while acked < N {
+        p.wait("PUBACK", |e| {
+            matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))).then_some(())
+        })
+        .await;
+        acked += 1;
+    }
+    sender.await.unwrap();
+
+    // The precondition this test is about: produced, not yet delivered.
+    let m = Admin::of_process(&broker)
+        .call("GET", "/metrics", None)
+        .await
+        .text();
+    assert_eq!(sample(&m, "midge_plugin_kafka_produced_total"), N as f64);
+    assert_eq!(
+        sample(&m, "midge_plugin_kafka_delivered_total"),
+        0.0,
+        "records are held by linger_ms until the shutdown flush"
+    );
+
+    let status = tokio::task::spawn_blocking(move || broker.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+
+    let records = read_records(&k, &kt, N).await;
+    let mut got: Vec<usize> = records
+        .iter()
+        .map(|r| text(&r.value).parse().unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..N).collect::<Vec<_>>(),
+        "each acknowledged message exactly once"
+    );
+}
