@@ -618,6 +618,7 @@ async fn run<R, W>(
         limiter: PublishLimiter::from_config(&broker.limits),
         auth_method,
         reauth: None,
+        reauth_by: None,
     };
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let max_in = cfg.max_packet_size as usize;
@@ -669,14 +670,25 @@ async fn run<R, W>(
             buf.reserve(chunk);
         }
         let spare = buf.capacity() - buf.len();
+        // The read waits at most until the keep-alive or a pending
+        // re-authentication runs out, whichever is first.
+        let reauth_by = reader.reauth_by;
         let read = async {
-            match keep_alive {
-                Some(ka) => tokio::time::timeout(ka, rd.read_buf(&mut buf)).await.ok(),
+            let until = match (keep_alive.map(|ka| Instant::now() + ka), reauth_by) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match until {
+                Some(t) => tokio::time::timeout_at(t, rd.read_buf(&mut buf)).await.ok(),
                 None => Some(rd.read_buf(&mut buf).await),
             }
         };
         tokio::select! {
             r = read => match r {
+                None if reauth_by.is_some_and(|t| Instant::now() >= t) => {
+                    info!("re-authentication not completed within connect_timeout");
+                    break End::Server { reason: reason::NOT_AUTHORIZED, why: "re-authentication not completed in time" };
+                }
                 None => break End::Server { reason: reason::KEEP_ALIVE_TIMEOUT, why: "keep alive timeout" },
                 Some(Ok(0)) => break End::Lost("closed by peer"),
                 Some(Ok(n)) => {
@@ -853,6 +865,10 @@ struct Reader {
     /// A re-authentication in progress: the plugin that answered
     /// continue-auth and the state it asked to keep.
     reauth: Option<(String, Vec<u8>)>,
+    /// When the client must have answered the pending re-authentication
+    /// challenge (`[limits] connect_timeout` after it was sent); past it the
+    /// connection is closed with 0x87.
+    reauth_by: Option<Instant>,
 }
 
 impl Reader {
@@ -1042,6 +1058,7 @@ impl Reader {
                 why: "AUTH with another authentication method",
             });
         }
+        self.reauth_by = None;
         let step = match (a.reason, self.reauth.take()) {
             (reason::RE_AUTHENTICATE, None) => None,
             (reason::CONTINUE_AUTHENTICATION, Some(step)) => Some(step),
@@ -1109,6 +1126,8 @@ impl Reader {
                         Some(cont.data),
                     ));
                     self.reauth = Some((plugin, cont.state));
+                    let within = u64::from(self.broker.limits.connect_timeout.max(1));
+                    self.reauth_by = Some(Instant::now() + Duration::from_secs(within));
                     None
                 }
                 None => Some(End::Server {

@@ -201,6 +201,24 @@ async fn failed_reauthentication_disconnects_with_the_reason() {
     b.shutdown().await;
 }
 
+/// A re-authentication challenge left unanswered: the session keeps
+/// working until the connect timeout (1 s here) passes, then the client is
+/// disconnected with 0x87 (expect_disconnect waits at most 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_reauthentication_is_closed_at_the_connect_timeout() {
+    let Some(b) = broker(1).await else { return };
+    let mut c = connected(&b, "ea-reauth-slow").await;
+    let t = topic("ea-reauth-slow");
+    assert_eq!(c.subscribe(1, &[], &[(&t, 0)]).await.codes, vec![0]);
+    c.send(&auth(0x19, &[Prop::auth_method(METHOD)])).await;
+    let _nonce = expect_challenge(&mut c).await;
+    c.send(&publish(true, &t, 0, false, false, 0, &[], b"pending"))
+        .await;
+    assert_eq!(c.recv_publish().await.payload, b"pending");
+    c.expect_disconnect(0x87).await;
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reauthentication_with_another_method_is_refused() {
     let Some(b) = broker(10).await else { return };
