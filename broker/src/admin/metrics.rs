@@ -39,6 +39,24 @@ impl Out {
     }
 
     /// A family with one unlabelled sample.
+    /// A summary family from `(label value, total nanoseconds, count)`
+    /// rows, exported in seconds.
+    fn summary<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        rows: impl IntoIterator<Item = (&'a str, u64, u64)>,
+    ) {
+        self.family(name, "summary", help);
+        let (sum, count) = (format!("{name}_sum"), format!("{name}_count"));
+        for (value, nanos, n) in rows {
+            let l = [(label, value)];
+            self.sample(&sum, &l, nanos as f64 / 1e9);
+            self.sample(&count, &l, n);
+        }
+    }
+
     fn one(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
         self.family(name, kind, help);
         self.sample(name, &[], value);
@@ -313,30 +331,20 @@ fn rules(o: &mut Out, b: &Broker) {
             o.sample(name, &[("rule", &m.id)], pick(m));
         }
     }
-    o.family(
+    o.summary(
         "midge_rule_eval_seconds",
-        "summary",
         "Time spent evaluating the rule (WHERE and SELECT) for messages or events its FROM matched.",
+        "rule",
+        stats.iter().map(|m| (m.id.as_str(), m.eval_nanos, m.matched)),
     );
-    for m in &stats {
-        let l = [("rule", m.id.as_str())];
-        o.sample("midge_rule_eval_seconds_sum", &l, m.eval_nanos as f64 / 1e9);
-        o.sample("midge_rule_eval_seconds_count", &l, m.matched);
-    }
-    o.family(
+    o.summary(
         "midge_rule_action_seconds",
-        "summary",
         "Time spent running the rule's actions (republish, log, plugin).",
+        "rule",
+        stats
+            .iter()
+            .map(|m| (m.id.as_str(), m.action_nanos, m.action_runs)),
     );
-    for m in &stats {
-        let l = [("rule", m.id.as_str())];
-        o.sample(
-            "midge_rule_action_seconds_sum",
-            &l,
-            m.action_nanos as f64 / 1e9,
-        );
-        o.sample("midge_rule_action_seconds_count", &l, m.action_runs);
-    }
     o.family("midge_rule_enabled", "gauge", "1 when the rule is enabled.");
     for m in &stats {
         o.sample(
@@ -414,20 +422,14 @@ fn plugins(o: &mut Out, b: &Broker) {
             o.sample(name, &[("plugin", &m.name)], pick(m));
         }
     }
-    o.family(
+    o.summary(
         "midge_plugin_call_seconds",
-        "summary",
         "Time spent in plugin calls.",
+        "plugin",
+        metrics
+            .iter()
+            .map(|m| (m.name.as_str(), m.call_nanos, m.calls)),
     );
-    for m in &metrics {
-        let l = [("plugin", m.name.as_str())];
-        o.sample(
-            "midge_plugin_call_seconds_sum",
-            &l,
-            m.call_nanos as f64 / 1e9,
-        );
-        o.sample("midge_plugin_call_seconds_count", &l, m.calls);
-    }
     o.family(
         "midge_plugin_state",
         "gauge",

@@ -166,6 +166,27 @@ config = {{ topic = "{topic}", {plugin_config} }}
     )
 }
 
+/// Publishes `0..n` as QoS 1 messages to `topic` and waits for every PUBACK.
+async fn publish_acked(p: &mut V4, topic: &str, n: usize) {
+    let client = p.client.clone();
+    let t = topic.to_string();
+    let sender = tokio::spawn(async move {
+        for i in 0..n {
+            client
+                .publish(&t, rumqttc::QoS::AtLeastOnce, false, i.to_string())
+                .await
+                .unwrap();
+        }
+    });
+    for _ in 0..n {
+        p.wait("PUBACK", |e| {
+            matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))).then_some(())
+        })
+        .await;
+    }
+    sender.await.unwrap();
+}
+
 fn mosquitto_pub(b: &TestBroker, topic: &str, id: &str, user: &str, msg: &str) -> bool {
     let out = Command::new("mosquitto_pub")
         .args([
@@ -408,26 +429,7 @@ async fn a_burst_of_5000_qos1_messages_is_all_archived() {
         return;
     };
     let mut p = V4::new(&b, "burst").await;
-    let t = format!("{base}/x");
-    let client = p.client.clone();
-    let t2 = t.clone();
-    let sender = tokio::spawn(async move {
-        for i in 0..N {
-            client
-                .publish(&t2, rumqttc::QoS::AtLeastOnce, false, i.to_string())
-                .await
-                .unwrap();
-        }
-    });
-    let mut acked = 0;
-    while acked < N {
-        p.wait("PUBACK", |e| {
-            matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))).then_some(())
-        })
-        .await;
-        acked += 1;
-    }
-    sender.await.unwrap();
+    publish_acked(&mut p, &format!("{base}/x"), N).await;
 
     let records = read_records(&k, &kt, N).await;
     assert_eq!(records.len(), N);
@@ -590,26 +592,7 @@ config = {{ topic = "{kt}", filters = ["{base}/#"], format = "raw", key = "none"
     .unwrap();
     let broker = midge_e2e::process::BrokerProcess::start(&config, 0);
     let mut p = V4::new_at(broker.port()).await;
-    let t = format!("{base}/x");
-    let client = p.client.clone();
-    let t2 = t.clone();
-    let sender = tokio::spawn(async move {
-        for i in 0..N {
-            client
-                .publish(&t2, rumqttc::QoS::AtLeastOnce, false, i.to_string())
-                .await
-                .unwrap();
-        }
-    });
-    let mut acked = 0;
-    while acked < N {
-        p.wait("PUBACK", |e| {
-            matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))).then_some(())
-        })
-        .await;
-        acked += 1;
-    }
-    sender.await.unwrap();
+    publish_acked(&mut p, &format!("{base}/x"), N).await;
 
     // The precondition this test is about: produced, not yet delivered.
     let m = Admin::of_process(&broker)
