@@ -108,7 +108,7 @@ pub async fn kafka_archive(
         let cfg = QueuePub {
             id: i,
             topic: ByteStr::from(format!("bench/{}/ka/{i}", args.prefix).as_str()),
-            window: args.window,
+            window: args.window(),
             payload_len: args.payload,
             target: args.messages,
             deadline: t0 + limit,

@@ -1,4 +1,7 @@
-//! The closed-loop publish/subscribe scenarios (`fan-in`, `fan-out`, `pairs`).
+//! The publish/subscribe scenarios (`fan-in`, `fan-out`, `pairs`): closed
+//! loop (a window of undelivered messages paces each publisher) or, with
+//! `--rate`, open loop (each publisher follows a fixed schedule, see
+//! [`Schedule`]).
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -75,8 +78,14 @@ struct PubTrack {
     pending: Mutex<HashMap<u64, (u32, u64)>>,
     receivers: u32,
     sent: AtomicU64,
+    /// Publishes sent (actual send time) inside the measurement window.
+    sent_measured: AtomicU64,
     acked: AtomicU64,
     expired: AtomicU64,
+    /// Open loop: times a due message had to wait for the window bound.
+    window_stalls: AtomicU64,
+    /// Open loop: times a due QoS 1 message had to wait for the PUBACK cap.
+    ack_stalls: AtomicU64,
 }
 
 impl PubTrack {
@@ -125,6 +134,47 @@ struct Shared {
     json: bool,
 }
 
+/// The fixed schedule of one open-loop publisher (`--rate`): message `k` is
+/// due `offset_ns + k / rate` seconds after the run's start. Its payload
+/// carries that due time, not the time it was actually sent, so a publisher
+/// held up by a stalled broker (or by the generator) still charges the wait
+/// to the latency instead of quietly publishing less (no coordinated
+/// omission).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Schedule {
+    offset_ns: u64,
+    /// Messages per second of this publisher.
+    rate: f64,
+}
+
+impl Schedule {
+    /// Publisher `id` of `publishers` that share `total_rate` msgs/s evenly.
+    /// Publisher `id` starts `id / total_rate` s late, so the publishers
+    /// interleave and the combined stream is evenly spaced at `total_rate`
+    /// instead of arriving in bursts of `publishers` messages.
+    pub(crate) fn new(total_rate: f64, publishers: usize, id: usize) -> Schedule {
+        Schedule {
+            offset_ns: (id as f64 * 1e9 / total_rate) as u64,
+            rate: total_rate / publishers as f64,
+        }
+    }
+
+    /// When message `k` is due, in ns since the run's start.
+    pub(crate) fn due_ns(&self, k: u64) -> u64 {
+        self.offset_ns + (k as f64 * 1e9 / self.rate) as u64
+    }
+
+    /// How many messages from `next` on are due at `now_ns`, at most `max`.
+    /// 0 while `next` lies in the future; more than 1 when the publisher fell
+    /// behind: it then sends them at once to catch up (each still stamped
+    /// with its own due time).
+    pub(crate) fn due_count(&self, next: u64, now_ns: u64, max: usize) -> usize {
+        (0..max as u64)
+            .take_while(|&i| self.due_ns(next + i) <= now_ns)
+            .count()
+    }
+}
+
 impl Shared {
     fn now_ns(&self) -> u64 {
         self.t0.elapsed().as_nanos() as u64
@@ -157,6 +207,15 @@ pub struct LoadReport {
     pub p99_us: f64,
     pub p999_us: f64,
     pub max_us: f64,
+    /// Publishes sent per second during the measured seconds.
+    pub achieved_rate: f64,
+    /// Open loop: waits for the window bound / the PUBACK cap (see [`PubTrack`]).
+    pub window_stalls: Option<u64>,
+    pub ack_stalls: Option<u64>,
+    /// Open loop: how late the generator sent messages after their due time
+    /// (timer granularity, catch-up, stalls), during the measured seconds.
+    pub send_lag_p50_us: Option<f64>,
+    pub send_lag_p99_us: Option<f64>,
     pub loss: u64,
     pub duplicates: u64,
     pub reordered: u64,
@@ -179,6 +238,7 @@ pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<Load
     let topo = topology(args.scenario, &run_id);
     let warmup = Duration::from_secs_f64(args.warmup);
     let duration = Duration::from_secs_f64(args.duration);
+    let rate = args.rate;
     let mut receivers = vec![0u32; topo.publishers.len()];
     for (_, pubs) in &topo.subscribers {
         for &p in pubs {
@@ -228,12 +288,15 @@ pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<Load
         tracks: receivers
             .iter()
             .map(|&r| PubTrack {
-                window: Semaphore::new(args.window),
+                window: Semaphore::new(args.window()),
                 pending: Mutex::new(HashMap::new()),
                 receivers: r,
                 sent: AtomicU64::new(0),
+                sent_measured: AtomicU64::new(0),
                 acked: AtomicU64::new(0),
                 expired: AtomicU64::new(0),
+                window_stalls: AtomicU64::new(0),
+                ack_stalls: AtomicU64::new(0),
             })
             .collect(),
         measure_from_ns: warmup.as_nanos() as u64,
@@ -276,11 +339,13 @@ pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<Load
     let mut pub_tasks = JoinSet::new();
     let payload_len = args.payload;
     let expire_ns = args.expire_ms * 1_000_000;
+    let publishers = topo.publishers.len();
+    let spin = Duration::from_micros(args.spin_us);
     for (i, (r, w)) in pubs.into_iter().enumerate() {
         let shared = shared.clone();
         let stop = stop_rx.clone();
         let topic = ByteStr::from(topo.publishers[i].as_str());
-        let window = args.window;
+        let window = args.window();
         pub_tasks.spawn(async move {
             publisher(
                 PubCfg {
@@ -288,8 +353,11 @@ pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<Load
                     topic,
                     payload_len,
                     window,
+                    ack_cap: args_ack_cap(window),
                     expire_ns,
                     deadline,
+                    schedule: rate.map(|r| Schedule::new(r, publishers, i)),
+                    spin,
                 },
                 r,
                 w,
@@ -305,10 +373,12 @@ pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<Load
     // keep going until `stop`).
     let mut writers = Vec::new();
     let mut ack_readers = Vec::new();
+    let mut send_lag = Histogram::default();
     while let Some(res) = pub_tasks.join_next().await {
-        let (w, reader_task) = res.context("publisher task")??;
+        let (w, reader_task, lag) = res.context("publisher task")??;
         writers.push(w);
         ack_readers.push(reader_task);
+        send_lag.merge(&lag);
     }
 
     // Drain: wait (bounded) until every message reached all its receivers
@@ -350,6 +420,15 @@ pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<Load
     };
 
     let mut hist = Histogram::default();
+    let sum = |f: fn(&PubTrack) -> &AtomicU64| -> u64 {
+        shared
+            .tracks
+            .iter()
+            .map(|t| f(t).load(Ordering::Relaxed))
+            .sum()
+    };
+    let open_loop = rate.is_some();
+    let lag_us = |q: f64| open_loop.then(|| send_lag.quantile(q) as f64 / 1000.0);
     let mut report = LoadReport {
         publishers: topo.publishers.len(),
         subscribers: topo.subscribers.len(),
@@ -370,6 +449,11 @@ pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<Load
         p99_us: 0.0,
         p999_us: 0.0,
         max_us: 0.0,
+        achieved_rate: sum(|t| &t.sent_measured) as f64 / duration.as_secs_f64(),
+        window_stalls: open_loop.then(|| sum(|t| &t.window_stalls)),
+        ack_stalls: open_loop.then(|| sum(|t| &t.ack_stalls)),
+        send_lag_p50_us: lag_us(0.50),
+        send_lag_p99_us: lag_us(0.99),
         loss: 0,
         duplicates: 0,
         reordered: 0,
@@ -572,14 +656,86 @@ fn on_message(st: &mut SubStats, shared: &Shared, payload: &[u8]) {
     track.delivered(seq);
 }
 
+/// Most QoS 1 publishes without PUBACK for a delivery window of `window`:
+/// the window itself, but never more than the 65,535 packet ids (PUBACKs
+/// come back in order, so an id is free again before it is reused).
+fn args_ack_cap(window: usize) -> usize {
+    window.min(usize::from(u16::MAX))
+}
+
 #[derive(Debug)]
 struct PubCfg {
     id: usize,
     topic: ByteStr,
     payload_len: usize,
+    /// Closed loop: the window; open loop: its safety bound.
     window: usize,
+    /// QoS 1 publishes without PUBACK at most.
+    ack_cap: usize,
     expire_ns: u64,
     deadline: Instant,
+    /// Open loop (`--rate`): when each message is due.
+    schedule: Option<Schedule>,
+    /// Open loop: the last stretch before a due time spent yielding instead
+    /// of on tokio's timer (`--spin-us`).
+    spin: Duration,
+}
+
+/// Builds and queues the publishes of one publisher.
+struct Publishes {
+    zeros: Vec<u8>,
+    json_buf: Vec<u8>,
+    seq: u64,
+    packet_id: u16,
+}
+
+impl Publishes {
+    fn new(payload_len: usize) -> Publishes {
+        Publishes {
+            zeros: vec![0u8; payload_len],
+            json_buf: Vec::with_capacity(payload_len + 64),
+            seq: 0,
+            packet_id: 0,
+        }
+    }
+
+    /// Queues the next message on `w`, stamped `ts` (ns since the run's
+    /// start); `now` is the actual time, for the measured send count.
+    fn push(
+        &mut self,
+        w: &mut Writer,
+        cfg: &PubCfg,
+        shared: &Shared,
+        track: &PubTrack,
+        ts: u64,
+        now: u64,
+    ) {
+        let seq = self.seq;
+        lock(&track.pending).insert(seq, (track.receivers, ts));
+        let payload = if shared.json {
+            json_payload(&mut self.json_buf, cfg.id, seq, ts, cfg.payload_len);
+            Bytes::copy_from_slice(&self.json_buf)
+        } else {
+            let mut payload = BytesMut::with_capacity(cfg.payload_len);
+            payload.put_u32_le(cfg.id as u32);
+            payload.put_u64_le(seq);
+            payload.put_u64_le(ts);
+            payload.put_slice(&self.zeros[HEADER..]);
+            payload.freeze()
+        };
+        let id = if shared.qos == QoS::AtLeastOnce {
+            self.packet_id = self.packet_id.checked_add(1).unwrap_or(1);
+            self.packet_id
+        } else {
+            0
+        };
+        w.push(&client::publish(&cfg.topic, shared.qos, id, payload));
+        self.seq += 1;
+        track.sent.store(self.seq, Ordering::Relaxed);
+        if now >= shared.measure_from_ns && now < shared.measure_to_ns {
+            track.sent_measured.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 type AckReader = tokio::task::JoinHandle<Result<()>>;
@@ -590,11 +746,11 @@ async fn publisher(
     mut w: Writer,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-) -> Result<(Writer, AckReader)> {
+) -> Result<(Writer, AckReader, Histogram)> {
     let track_idx = cfg.id;
-    // At most `window` QoS 1 publishes without PUBACK, like a client's
+    // At most `ack_cap` QoS 1 publishes without PUBACK, like a client's
     // Receive Maximum; keeps packet ids from ever colliding.
-    let acks = Arc::new(Semaphore::new(cfg.window));
+    let acks = Arc::new(Semaphore::new(cfg.ack_cap));
     let reader = {
         let shared = shared.clone();
         let acks = acks.clone();
@@ -618,11 +774,23 @@ async fn publisher(
             }
         })
     };
-    let track = &shared.tracks[track_idx];
-    let zeros = vec![0u8; cfg.payload_len];
-    let mut json_buf = Vec::with_capacity(cfg.payload_len + 64);
-    let mut seq: u64 = 0;
-    let mut packet_id: u16 = 0;
+    let mut lag = Histogram::default();
+    match cfg.schedule {
+        Some(schedule) => open_loop(&cfg, schedule, &mut w, &shared, &acks, &mut lag).await?,
+        None => closed_loop(&cfg, &mut w, &shared, &acks).await?,
+    }
+    Ok((w, reader, lag))
+}
+
+/// Publishes whenever a window slot is free, until the deadline.
+async fn closed_loop(
+    cfg: &PubCfg,
+    w: &mut Writer,
+    shared: &Shared,
+    acks: &Semaphore,
+) -> Result<()> {
+    let track = &shared.tracks[cfg.id];
+    let mut out = Publishes::new(cfg.payload_len);
     let mut last_send = Instant::now();
     let tick = Duration::from_millis(100);
     'run: while Instant::now() < cfg.deadline {
@@ -662,32 +830,128 @@ async fn publisher(
         }
         for _ in 0..n {
             let now = shared.now_ns();
-            lock(&track.pending).insert(seq, (track.receivers, now));
-            let payload = if shared.json {
-                json_payload(&mut json_buf, cfg.id, seq, now, cfg.payload_len);
-                Bytes::copy_from_slice(&json_buf)
-            } else {
-                let mut payload = BytesMut::with_capacity(cfg.payload_len);
-                payload.put_u32_le(cfg.id as u32);
-                payload.put_u64_le(seq);
-                payload.put_u64_le(now);
-                payload.put_slice(&zeros[HEADER..]);
-                payload.freeze()
-            };
-            let id = if shared.qos == QoS::AtLeastOnce {
-                packet_id = packet_id.checked_add(1).unwrap_or(1);
-                packet_id
-            } else {
-                0
-            };
-            w.push(&client::publish(&cfg.topic, shared.qos, id, payload));
-            seq += 1;
-            track.sent.store(seq, Ordering::Relaxed);
+            out.push(w, cfg, shared, track, now, now);
         }
         w.flush().await?;
         last_send = Instant::now();
     }
-    Ok((w, reader))
+    Ok(())
+}
+
+/// Returns at `due`: on tokio's timer, which has millisecond ticks and so
+/// fires up to about 1 ms late, until `spin` before it, then by yielding to
+/// the other tasks until the time has come (a busy wait, but other tasks
+/// and the socket still run).
+async fn wait_until(due: Instant, spin: Duration) {
+    // Only when `early` is ahead: the timer rounds up to its next tick, so
+    // even a deadline just past can sleep for most of a millisecond.
+    if let Some(early) = due.checked_sub(spin).filter(|&e| Instant::now() < e) {
+        sleep_until(early).await;
+    }
+    while Instant::now() < due {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Open loop, every `tick`: lost QoS 0 messages must not fill the window
+/// bound, and an idle connection needs a PINGREQ.
+async fn housekeep(
+    cfg: &PubCfg,
+    w: &mut Writer,
+    shared: &Shared,
+    last_send: &mut Instant,
+) -> Result<()> {
+    shared.tracks[cfg.id].expire(shared.now_ns(), cfg.expire_ns);
+    if last_send.elapsed() > Duration::from_secs(u64::from(KEEP_ALIVE / 2)) {
+        w.send(&Packet::PingReq).await?;
+        *last_send = Instant::now();
+    }
+    Ok(())
+}
+
+/// Publishes every message at its due time on `schedule` (at once when
+/// behind), until the deadline; the window and the PUBACK cap are only
+/// bounds, and every wait for them is counted as a stall. Records in `lag`
+/// how late each message measured went out.
+async fn open_loop(
+    cfg: &PubCfg,
+    schedule: Schedule,
+    w: &mut Writer,
+    shared: &Shared,
+    acks: &Semaphore,
+    lag: &mut Histogram,
+) -> Result<()> {
+    let track = &shared.tracks[cfg.id];
+    let mut out = Publishes::new(cfg.payload_len);
+    let mut last_send = Instant::now();
+    let tick = Duration::from_millis(100);
+    let deadline_ns = shared.measure_to_ns;
+    // Permits are taken per batch: a batch never needs more than a bound holds.
+    let max_batch = BATCH.min(cfg.window).min(cfg.ack_cap);
+    let mut housekeeping = Instant::now() + tick;
+    'run: loop {
+        let due_ns = schedule.due_ns(out.seq);
+        if due_ns >= deadline_ns {
+            break;
+        }
+        let due = shared.t0 + Duration::from_nanos(due_ns);
+        if Instant::now() >= housekeeping {
+            housekeep(cfg, w, shared, &mut last_send).await?;
+            housekeeping = Instant::now() + tick;
+        }
+        if Instant::now() < due {
+            tokio::select! {
+                _ = wait_until(due, cfg.spin) => {}
+                _ = sleep_until(housekeeping) => continue,
+            }
+        }
+        let now_ns = shared.now_ns().min(deadline_ns - 1);
+        let n = schedule.due_count(out.seq, now_ns, max_batch).max(1);
+        if let Ok(p) = track.window.try_acquire_many(n as u32) {
+            p.forget();
+        } else {
+            track.window_stalls.fetch_add(1, Ordering::Relaxed);
+            loop {
+                let got = tokio::select! {
+                    _ = sleep_until(cfg.deadline) => break 'run,
+                    p = timeout(tick, track.window.acquire_many(n as u32)) => p,
+                };
+                match got {
+                    Ok(p) => {
+                        p.context("window closed")?.forget();
+                        break;
+                    }
+                    Err(_) => {
+                        housekeep(cfg, w, shared, &mut last_send).await?;
+                        housekeeping = Instant::now() + tick;
+                    }
+                }
+            }
+        }
+        if shared.qos == QoS::AtLeastOnce {
+            if let Ok(p) = acks.try_acquire_many(n as u32) {
+                p.forget();
+            } else {
+                track.ack_stalls.fetch_add(1, Ordering::Relaxed);
+                let got = tokio::select! {
+                    _ = sleep_until(cfg.deadline) => break 'run,
+                    p = acks.acquire_many(n as u32) => p,
+                };
+                got.context("ack window closed")?.forget();
+            }
+        }
+        for _ in 0..n {
+            let ts = schedule.due_ns(out.seq);
+            let now = shared.now_ns();
+            if now >= shared.measure_from_ns && now < shared.measure_to_ns {
+                lag.record(now.saturating_sub(ts));
+            }
+            out.push(w, cfg, shared, track, ts, now);
+        }
+        w.flush().await?;
+        last_send = Instant::now();
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -707,5 +971,71 @@ mod tests {
         assert!(buf.ends_with(br#""pad":""}"#));
         assert_eq!(decode(&buf, true), Some((1, u64::MAX, u64::MAX)));
         assert_eq!(decode(b"{\"p\":1}", true), None);
+    }
+
+    #[test]
+    fn schedule_spaces_each_publisher_at_its_share_of_the_rate() {
+        // 10,000 msgs/s over 8 publishers: 1,250 each, one every 0.8 ms.
+        let s = Schedule::new(10_000.0, 8, 0);
+        assert_eq!(s.due_ns(0), 0);
+        assert_eq!(s.due_ns(1), 800_000);
+        assert_eq!(s.due_ns(1_250), 1_000_000_000);
+        // Publisher 3 starts 3 / 10,000 s late.
+        let s3 = Schedule::new(10_000.0, 8, 3);
+        assert_eq!(s3.due_ns(0), 300_000);
+        assert_eq!(s3.due_ns(2), 1_900_000);
+        // Rates that do not divide a second: still on time, never early.
+        let third = Schedule::new(3.0, 1, 0);
+        assert_eq!(third.due_ns(1), 333_333_333);
+        assert_eq!(third.due_ns(3), 1_000_000_000);
+        let mut last = 0;
+        for k in 0..100_000 {
+            let d = third.due_ns(k);
+            assert!(d >= last);
+            last = d;
+        }
+    }
+
+    #[test]
+    fn publishers_interleave_into_one_evenly_spaced_stream() {
+        let mut all: Vec<u64> = (0..50)
+            .flat_map(|id| {
+                let s = Schedule::new(10_000.0, 50, id);
+                (0..20).map(move |k| s.due_ns(k))
+            })
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all.len(), 1_000);
+        for (i, pair) in all.windows(2).enumerate() {
+            let gap = pair[1] - pair[0];
+            assert!(gap.abs_diff(100_000) <= 1, "gap {gap} ns after message {i}");
+        }
+    }
+
+    #[test]
+    fn due_count_catches_up_after_falling_behind() {
+        // One message every ms. Before the next due time: nothing to send.
+        let s = Schedule::new(1_000.0, 1, 0);
+        assert_eq!(s.due_count(5, 4_999_999, BATCH), 0);
+        // On time: exactly the one message.
+        assert_eq!(s.due_count(5, 5_000_000, BATCH), 1);
+        assert_eq!(s.due_count(5, 5_999_999, BATCH), 1);
+        // 10.5 ms late: messages 5..=15 are all due and go out at once.
+        assert_eq!(s.due_count(5, 15_500_000, BATCH), 11);
+        // Far behind: one batch at a time, the next call continues.
+        assert_eq!(s.due_count(0, 1_000_000_000, BATCH), BATCH);
+        assert_eq!(s.due_count(BATCH as u64, 1_000_000_000, 10), 10);
+        // Every message of the catch-up keeps its own due time (what the
+        // payload carries), so the wait counts as latency.
+        let stamps: Vec<u64> = (5..16).map(|k| s.due_ns(k)).collect();
+        assert_eq!(stamps.first(), Some(&5_000_000));
+        assert_eq!(stamps.last(), Some(&15_000_000));
+    }
+
+    #[test]
+    fn ack_cap_never_exceeds_the_packet_ids() {
+        assert_eq!(args_ack_cap(64), 64);
+        assert_eq!(args_ack_cap(65_535), 65_535);
+        assert_eq!(args_ack_cap(100_000), 65_535);
     }
 }

@@ -1,10 +1,12 @@
-//! `midge-bench`: a closed-loop MQTT load generator that measures any broker.
+//! `midge-bench`: an MQTT load generator that measures any broker, closed
+//! loop (as fast as the broker delivers) or open loop (`--rate`: a fixed rate).
 //!
 //! ```text
 //! cargo build --release -p midge-bench
 //! ulimit -n 20000
 //! target/release/midge-bench --host 127.0.0.1 --port 1883 --scenario fan-in \
 //!     --qos 1 --payload 64 --duration 5 [--broker-pid PID] [--label mosquitto]
+//! target/release/midge-bench --port 1883 --scenario pairs --qos 1 --rate 10000 --spin-us 1000
 //! target/release/midge-bench --port 1883 --scenario idle --connections 10000 --broker-pid PID
 //! bench/run.sh          # every scenario x QoS x payload against Midge, Mosquitto
 //!                       # (and rumqttd if on PATH); writes docs/BENCHMARKS.md
@@ -31,9 +33,30 @@
 //! been published but not yet received by *every* subscriber that should get
 //! them; it only publishes when a slot frees up, so a broker that acks faster
 //! than it delivers cannot look fast. (QoS 1 publishers are additionally
-//! limited to `--window` publishes without PUBACK.) Each payload starts with
-//! the publisher id (u32 LE), a sequence number (u64 LE) and the send time in
-//! ns since the run's start (u64 LE); subscribers derive end-to-end latency,
+//! limited to `--window` publishes without PUBACK.) Closed-loop latency is
+//! therefore queueing at saturation, not latency at a given load.
+//!
+//! Open loop (`--rate N`, fan-in / fan-out / pairs, QoS 0 and 1): the
+//! publishers share N messages per second evenly; publisher `i` of `P` sends
+//! its message `k` at `i / N + k * P / N` s after the start (the publishers
+//! interleave, so the broker sees one evenly spaced stream). A publisher that
+//! falls behind sends everything due at once to catch up. The time in the
+//! payload is the *due* time, not the time it went out, so a stalled broker
+//! cannot hide latency by slowing the generator down (no coordinated
+//! omission). The window no longer paces anything: `--window` (default
+//! 100000 then) only bounds the messages a publisher may have undelivered,
+//! and QoS 1 publishes without PUBACK are capped at `min(--window, 65535)`
+//! (the packet ids); every wait for either bound counts in `window_stalls` /
+//! `ack_stalls`, and any stall means the broker did not keep up with N.
+//! tokio's timer has millisecond ticks and wakes a publisher up to ~1 ms
+//! late; `send_lag_p50_us` / `send_lag_p99_us` report how late messages
+//! actually went out (that lateness is part of the latency), and
+//! `--spin-us 1000` waits the last millisecond before each due time by
+//! yielding instead, which takes it out at the cost of a busy generator core.
+//!
+//! Each payload starts with the publisher id (u32 LE), a sequence number
+//! (u64 LE) and the send time (open loop: the due time) in ns since the
+//! run's start (u64 LE); subscribers derive end-to-end latency,
 //! loss, duplicates and per-publisher reordering from it. With `--json` the
 //! payload is a JSON object instead, `{"p":1,"seq":42,"ts":123456,"pad":"xx.."}`
 //! padded to `--payload` bytes, parsed back by the subscribers (for broker
@@ -45,7 +68,13 @@
 //! drains for at most `--drain` seconds, then every sequence number never
 //! received by a subscriber that should have received it counts as lost.
 //!
-//! Output: one JSON object per run on stdout and a human-readable line on stderr.
+//! Output: one JSON object per run on stdout and a human-readable line on
+//! stderr. For fan-in / fan-out / pairs: `msgs_per_s` (deliveries received
+//! per measured second), `achieved_rate` (publishes sent per measured
+//! second), `rate` (the `--rate` asked for; null in closed loop),
+//! `p50_us` / `p99_us` / `p999_us` / `max_us` end-to-end latency, `loss`,
+//! `duplicates`, `reordered`, and in open loop `window_stalls`, `ack_stalls`
+//! and `send_lag_p50_us` / `send_lag_p99_us` (null in closed loop).
 
 mod archive;
 mod client;
@@ -99,7 +128,7 @@ impl Scenario {
     }
 }
 
-/// Closed-loop MQTT load generator.
+/// Closed-loop (or, with --rate, fixed-rate) MQTT load generator.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Args {
@@ -124,9 +153,22 @@ pub struct Args {
     /// Most seconds to wait after the run for outstanding messages.
     #[arg(long, default_value_t = 5.0)]
     pub drain: f64,
-    /// Messages per publisher published but not yet delivered everywhere.
-    #[arg(long, default_value_t = 64)]
-    pub window: usize,
+    /// Messages per publisher published but not yet delivered everywhere
+    /// (default 64). With `--rate` only a bound on memory (default 100000):
+    /// every wait for it counts in `window_stalls`.
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Open loop: publish this many messages per second in total, shared
+    /// evenly by the publishers, each on a fixed schedule (fan-in, fan-out,
+    /// pairs). Default: closed loop.
+    #[arg(long, value_name = "MSGS_PER_S")]
+    pub rate: Option<f64>,
+    /// With `--rate`: wait for the last this many microseconds before each
+    /// due time by yielding (busy) instead of on tokio's timer, which wakes
+    /// up to ~1 ms late (`send_lag_*` in the output). 1000 takes the timer's
+    /// lateness out of the latency, at the cost of a generator core kept busy.
+    #[arg(long, default_value_t = 0, value_name = "US")]
+    pub spin_us: u64,
     /// A message undelivered for this long frees its window slot anyway
     /// (so lost QoS 0 messages do not stall a publisher); counted as `expired`.
     #[arg(long, default_value_t = 2000)]
@@ -198,16 +240,36 @@ pub struct Args {
     pub metrics_token: Option<String>,
 }
 
+/// `--window` without `--rate`.
+pub const CLOSED_WINDOW: usize = 64;
+/// `--window` with `--rate`: a bound on memory when the broker falls behind,
+/// not a pace (at 10,000 msgs/s, more than 10 s of messages even for fan-in).
+pub const OPEN_WINDOW: usize = 100_000;
+/// Largest `--window` with `--rate`.
+const OPEN_WINDOW_MAX: usize = 10_000_000;
+
+impl Args {
+    /// `--window` or its default for the mode.
+    pub fn window(&self) -> usize {
+        self.window.unwrap_or(if self.rate.is_some() {
+            OPEN_WINDOW
+        } else {
+            CLOSED_WINDOW
+        })
+    }
+}
+
 fn main() {
     let args = Args::parse();
     if let Err(e) = real_main(&args) {
         eprintln!("midge-bench: error: {e:#}");
         println!(
-            "{{\"broker\":{},\"scenario\":\"{}\",\"qos\":{},\"payload\":{},\"error\":{}}}",
+            "{{\"broker\":{},\"scenario\":\"{}\",\"qos\":{},\"payload\":{},\"rate\":{},\"error\":{}}}",
             json_str(&args.label),
             args.scenario.name(),
             args.qos,
             args.payload,
+            json_opt(args.rate),
             json_str(&format!("{e:#}"))
         );
         std::process::exit(1);
@@ -218,7 +280,20 @@ fn real_main(args: &Args) -> Result<()> {
     if args.payload < load::HEADER {
         bail!("--payload must be at least {} bytes", load::HEADER);
     }
-    if args.window == 0 || args.window > 65_535 {
+    if let Some(rate) = args.rate {
+        if !(rate > 0.0 && rate.is_finite()) {
+            bail!("--rate must be positive");
+        }
+        if !matches!(
+            args.scenario,
+            Scenario::FanIn | Scenario::FanOut | Scenario::Pairs
+        ) {
+            bail!("--rate applies to fan-in, fan-out and pairs only");
+        }
+        if args.window() == 0 || args.window() > OPEN_WINDOW_MAX {
+            bail!("--window must be in 1..={OPEN_WINDOW_MAX} with --rate");
+        }
+    } else if args.window() == 0 || args.window() > 65_535 {
         bail!("--window must be in 1..=65535");
     }
     if !(args.duration > 0.0 && args.warmup >= 0.0 && args.drain >= 0.0 && args.settle >= 0.0) {
@@ -308,7 +383,7 @@ fn real_main(args: &Args) -> Result<()> {
                  \"messages\":{},\"sent\":{},\"acked\":{},\"publish_s\":{:.3},\
                  \"pub_msgs_per_s\":{:.0},\"ack_p50_us\":{:.1},\"ack_p99_us\":{:.1}}}",
                 args.payload,
-                args.window,
+                args.window(),
                 r.publishers,
                 args.messages,
                 r.sent,
@@ -332,7 +407,7 @@ fn real_main(args: &Args) -> Result<()> {
                  \"ack_p50_us\":{:.1},\"ack_p99_us\":{:.1},\"delivered\":{},\"failed\":{},\
                  \"broker_cpu_pct\":{}}}",
                 args.payload,
-                args.window,
+                args.window(),
                 r.publishers,
                 r.acked,
                 r.publish_s,
@@ -421,8 +496,32 @@ fn real_main(args: &Args) -> Result<()> {
     }
 
     let r = rt.block_on(load::run(args, addr, version))?;
-    println!(
+    println!("{}", load_json(args, &common, &r));
+    eprintln!("{}", load_line(args, &who, &r));
+    if r.window_stalls.unwrap_or(0) + r.ack_stalls.unwrap_or(0) > 0 {
+        eprintln!(
+            "midge-bench: the broker did not keep up with {} msg/s: publishers waited {} times \
+             for the window bound ({} per publisher) and {} times for PUBACKs",
+            args.rate.unwrap_or_default(),
+            r.window_stalls.unwrap_or(0),
+            args.window(),
+            r.ack_stalls.unwrap_or(0)
+        );
+    }
+    if args.qos == 1 && r.loss > 0 {
+        eprintln!("midge-bench: {} QoS 1 messages were lost", r.loss);
+        std::process::exit(2);
+    }
+    Ok(())
+}
+
+/// The JSON object of a fan-in / fan-out / pairs run.
+fn load_json(args: &Args, common: &str, r: &load::LoadReport) -> String {
+    let us = |v: Option<f64>| json_opt(v.map(|v| format!("{v:.1}")));
+    format!(
         "{{{common},\"qos\":{},\"payload\":{},\"duration_s\":{},\"window\":{},\
+         \"rate\":{},\"achieved_rate\":{:.0},\"window_stalls\":{},\"ack_stalls\":{},\
+         \"send_lag_p50_us\":{},\"send_lag_p99_us\":{},\
          \"publishers\":{},\"subscribers\":{},\"sent\":{},\"acked\":{},\"delivered\":{},\
          \"measured\":{},\"msgs_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\
          \"p999_us\":{:.1},\"max_us\":{:.1},\"loss\":{},\"duplicates\":{},\"reordered\":{},\
@@ -431,7 +530,13 @@ fn real_main(args: &Args) -> Result<()> {
         args.qos,
         args.payload,
         args.duration,
-        args.window,
+        args.window(),
+        json_opt(args.rate),
+        r.achieved_rate,
+        json_opt(r.window_stalls),
+        json_opt(r.ack_stalls),
+        us(r.send_lag_p50_us),
+        us(r.send_lag_p99_us),
         r.publishers,
         r.subscribers,
         r.sent,
@@ -449,14 +554,27 @@ fn real_main(args: &Args) -> Result<()> {
         r.unexpected,
         r.expired,
         r.drained,
-        json_opt(r.broker_cpu_pct.map(|v| format!("{v:.1}"))),
+        us(r.broker_cpu_pct),
         json_opt(r.broker_rss_kib),
         args.json,
         json_opt(r.watched),
-    );
-    eprintln!(
-        "{who} {} qos{} {}B{}: {:.0} msg/s delivered, p50 {:.0} us, p99 {:.0} us, \
-         loss {}, dup {}, reordered {} (sent {}, delivered {}, broker CPU {}%){}",
+    )
+}
+
+/// The human-readable line of a fan-in / fan-out / pairs run.
+fn load_line(args: &Args, who: &str, r: &load::LoadReport) -> String {
+    let rate = match args.rate {
+        Some(rate) => format!(
+            " at {rate} msg/s: {:.0} msg/s published (send lag p99 {} us, stalls {}),",
+            r.achieved_rate,
+            opt_str(r.send_lag_p99_us.map(|v| format!("{v:.0}"))),
+            r.window_stalls.unwrap_or(0) + r.ack_stalls.unwrap_or(0),
+        ),
+        None => ":".to_string(),
+    };
+    format!(
+        "{who} {} qos{} {}B{}{rate} {:.0} msg/s delivered, p50 {:.0} us, p99 {:.0} us, \
+         p999 {:.0} us, loss {}, dup {}, reordered {} (sent {}, delivered {}, broker CPU {}%){}",
         args.scenario.name(),
         args.qos,
         args.payload,
@@ -464,6 +582,7 @@ fn real_main(args: &Args) -> Result<()> {
         r.msgs_per_s,
         r.p50_us,
         r.p99_us,
+        r.p999_us,
         r.loss,
         r.duplicates,
         r.reordered,
@@ -473,12 +592,7 @@ fn real_main(args: &Args) -> Result<()> {
         r.watched
             .map(|n| format!(", watched {n}"))
             .unwrap_or_default(),
-    );
-    if args.qos == 1 && r.loss > 0 {
-        eprintln!("midge-bench: {} QoS 1 messages were lost", r.loss);
-        std::process::exit(2);
-    }
-    Ok(())
+    )
 }
 
 fn report_offline(args: &Args, common: &str, who: &str, r: &persist::OfflineReport) -> Result<()> {
@@ -491,7 +605,7 @@ fn report_offline(args: &Args, common: &str, who: &str, r: &persist::OfflineRepo
          \"duplicates\":{},\"reordered\":{},\"unexpected\":{},\"loss\":{},\"drained\":{},\
          \"drain_broker_cpu_pct\":{},\"rss_drained_kib\":{}}}",
         args.payload,
-        args.window,
+        args.window(),
         r.publishers,
         r.target,
         args.duration,
@@ -570,4 +684,101 @@ fn json_opt<T: std::fmt::Display>(v: Option<T>) -> String {
 
 fn opt_str<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "?".to_string(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["midge-bench", "--scenario", "fan-in"];
+        argv.extend_from_slice(extra);
+        Args::parse_from(argv)
+    }
+
+    fn report(open_loop: bool) -> load::LoadReport {
+        load::LoadReport {
+            publishers: 8,
+            subscribers: 1,
+            sent: 60_000,
+            acked: 60_000,
+            delivered: 60_000,
+            measured: 49_990,
+            msgs_per_s: 9_998.0,
+            p50_us: 61.44,
+            p99_us: 120.5,
+            p999_us: 310.0,
+            max_us: 2_000.0,
+            achieved_rate: 9_999.6,
+            window_stalls: open_loop.then_some(0),
+            ack_stalls: open_loop.then_some(2),
+            send_lag_p50_us: open_loop.then_some(3.25),
+            send_lag_p99_us: open_loop.then_some(40.0),
+            loss: 0,
+            duplicates: 0,
+            reordered: 0,
+            unexpected: 0,
+            expired: 0,
+            drained: true,
+            broker_cpu_pct: Some(12.34),
+            broker_rss_kib: None,
+            watched: None,
+        }
+    }
+
+    #[test]
+    fn window_defaults_depend_on_the_mode() {
+        assert_eq!(args(&[]).window(), CLOSED_WINDOW);
+        assert_eq!(args(&["--rate", "10000"]).window(), OPEN_WINDOW);
+        assert_eq!(args(&["--rate", "10000", "--window", "8"]).window(), 8);
+        assert_eq!(args(&["--window", "8"]).window(), 8);
+        assert_eq!(args(&["--rate", "2500.5"]).rate, Some(2500.5));
+    }
+
+    #[test]
+    fn open_loop_output_has_rate_achieved_rate_and_stalls() {
+        let a = args(&["--rate", "10000", "--qos", "1", "--label", "midge"]);
+        let json = load_json(&a, "\"broker\":\"midge\"", &report(true));
+        let v: serde_json::Value = serde_json::from_str(&json).expect(&json);
+        assert_eq!(v["rate"], 10000.0);
+        assert_eq!(v["achieved_rate"], 10000.0);
+        assert_eq!(v["window"], 100_000);
+        assert_eq!(v["window_stalls"], 0);
+        assert_eq!(v["ack_stalls"], 2);
+        assert_eq!(v["send_lag_p50_us"], 3.2);
+        assert_eq!(v["send_lag_p99_us"], 40.0);
+        assert_eq!(v["p50_us"], 61.4);
+        assert_eq!(v["p99_us"], 120.5);
+        assert_eq!(v["p999_us"], 310.0);
+        assert_eq!(v["max_us"], 2000.0);
+        assert_eq!(v["loss"], 0);
+        assert_eq!(v["duplicates"], 0);
+        assert_eq!(v["msgs_per_s"], 9998);
+        assert_eq!(v["broker_cpu_pct"], 12.3);
+        assert!(v["broker_rss_kib"].is_null());
+        let line = load_line(&a, "midge", &report(true));
+        assert!(
+            line.starts_with("midge fan-in qos1 64B at 10000 msg/s: 10000 msg/s published"),
+            "{line}"
+        );
+        assert!(line.contains("p999 310 us"), "{line}");
+        assert!(line.contains("stalls 2"), "{line}");
+    }
+
+    #[test]
+    fn closed_loop_output_has_null_rate() {
+        let a = args(&[]);
+        let json = load_json(&a, "\"broker\":\"\"", &report(false));
+        let v: serde_json::Value = serde_json::from_str(&json).expect(&json);
+        assert!(v["rate"].is_null());
+        assert!(v["window_stalls"].is_null());
+        assert!(v["send_lag_p99_us"].is_null());
+        assert_eq!(v["achieved_rate"], 10000.0);
+        assert_eq!(v["window"], 64);
+        let line = load_line(&a, "x", &report(false));
+        assert!(
+            line.starts_with("x fan-in qos0 64B: 9998 msg/s delivered"),
+            "{line}"
+        );
+    }
 }

@@ -169,7 +169,7 @@ pub async fn offline_queue(
         let cfg = QueuePub {
             id: i,
             topic: ByteStr::from(format!("bench/{prefix}/oq/{i}").as_str()),
-            window: args.window,
+            window: args.window(),
             payload_len: args.payload,
             target: args.messages,
             deadline,
@@ -269,7 +269,7 @@ pub async fn publish_only(
         let cfg = QueuePub {
             id: i,
             topic: ByteStr::from(format!("bench/{prefix}/pub/{i}").as_str()),
-            window: args.window,
+            window: args.window(),
             payload_len: args.payload,
             target: args.messages,
             deadline,
