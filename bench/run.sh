@@ -26,6 +26,17 @@
 #                     and at window 1 (light load: every message must come out)
 #   RULES_CRITERION=1 also run `cargo bench -p midge --bench rules` and
 #                     `cargo bench -p midge-rules --bench rules` (--quick); 0 skips
+#   RATE=10000        "Latency at a fixed rate" section: on a freshly started broker
+#                     each, every broker in BROKERS runs RATE_SCENARIOS x RATE_QOS at
+#                     RATE_PAYLOAD open loop (`midge-bench --rate RATE`: RATE publishes/s
+#                     in total, latency from each message's due time), for DURATION s;
+#                     the issue 2 p99 target (Midge vs Mosquitto) comes from these cells.
+#                     RATE=0 skips them and keeps that section (and its raw results)
+#                     as it is in OUT
+#   RATE_SCENARIOS="fan-in pairs"  RATE_QOS="0 1"  RATE_PAYLOAD=64
+#   RATE_SPIN_US=1000 --spin-us of those cells: the generator waits the last 1 ms before
+#                     each due time by yielding, not on tokio's 1 ms timer (it has a
+#                     core of its own); 0 = timer only
 #   PERSIST=0         1: afterwards run bench/persist.sh (Midge sled / PostgreSQL vs
 #                     Mosquitto with persistence; long: see that script), with
 #                     BROKERS=$PERSIST_BROKERS when set (its other settings from the
@@ -41,7 +52,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 # The exact command, with the environment overrides that were given.
 COMMAND="bench/run.sh"
-for v in PERSIST_BROKERS PERSIST RULES_CRITERION RULES_VERIFY RULES_PAYLOAD RULES_QOS RULES_COUNT RULES OUT QUIET_WAIT NICE BENCH_CPU BROKER_CPU IDLE_CONNECTIONS PAYLOADS QOS_LEVELS SCENARIOS BROKERS WINDOW DRAIN WARMUP DURATION; do
+for v in PERSIST_BROKERS PERSIST RATE_SPIN_US RATE_PAYLOAD RATE_QOS RATE_SCENARIOS RATE RULES_CRITERION RULES_VERIFY RULES_PAYLOAD RULES_QOS RULES_COUNT RULES OUT QUIET_WAIT NICE BENCH_CPU BROKER_CPU IDLE_CONNECTIONS PAYLOADS QOS_LEVELS SCENARIOS BROKERS WINDOW DRAIN WARMUP DURATION; do
     if printenv "$v" >/dev/null; then
         COMMAND="$v=\"$(printenv "$v")\" $COMMAND"
     fi
@@ -68,6 +79,11 @@ RULES_QOS=${RULES_QOS:-0 1}
 RULES_PAYLOAD=${RULES_PAYLOAD:-64}
 RULES_VERIFY=${RULES_VERIFY:-1}
 RULES_CRITERION=${RULES_CRITERION:-1}
+RATE=${RATE:-10000}
+RATE_SCENARIOS=${RATE_SCENARIOS:-fan-in pairs}
+RATE_QOS=${RATE_QOS:-0 1}
+RATE_PAYLOAD=${RATE_PAYLOAD:-64}
+RATE_SPIN_US=${RATE_SPIN_US:-1000}
 BENCH=$ROOT/target/release/midge-bench
 MIDGE=$ROOT/target/release/midge
 
@@ -257,10 +273,12 @@ version_of() {
 }
 
 # run_cell BROKER PORT ARGS... -> one JSON line appended to $RESULTS
+# (--window $WINDOW unless WINDOW is empty: then midge-bench's default)
 run_cell() {
     local broker=$1 port=$2
     shift 2
-    local line rc bg=""
+    local line rc bg="" win=()
+    [[ -n $WINDOW ]] && win=(--window "$WINDOW")
     if [[ $QUIET_WAIT -gt 0 ]]; then
         # The broker is idle between cells, so this is other processes' load.
         local until=$((SECONDS + QUIET_WAIT))
@@ -273,7 +291,7 @@ run_cell() {
     fi
     line=$(timeout "$CELL_TIMEOUT" "${PIN_BENCH[@]}" "$BENCH" \
         --host 127.0.0.1 --port "$port" --broker-pid "$BROKER_PID" --label "$broker" \
-        --duration "$DURATION" --warmup "$WARMUP" --drain "$DRAIN" --window "$WINDOW" \
+        --duration "$DURATION" --warmup "$WARMUP" --drain "$DRAIN" "${win[@]}" \
         "$@" 2>>"$TMP/human.log" | grep '^{' | tail -n1)
     rc=$?
     if [[ -z $line ]]; then
@@ -339,6 +357,42 @@ for broker in $BROKERS; do
     stop_broker "$BROKER_PID"
     BROKER_PID=""
 done
+
+# ---------------------------------------------------------------- fixed rate
+# Open loop: RATE publishes/s whatever the broker does, latency measured from
+# each message's due time. Each broker is started afresh (no queues or
+# allocator state left from the saturation cells) and runs every cell.
+# WINDOW is left to midge-bench, where it is then only a memory bound (100000).
+RATE_RAN=""
+if [[ $RATE != 0 ]]; then
+    RATE_RAN=1
+    for broker in $BROKERS; do
+        port=$(free_port $PORT_BASE)
+        PORT_BASE=$((port + 10))
+        log "fixed rate: starting $broker on 127.0.0.1:$port (cpu $BROKER_CPU)"
+        if ! start_broker "$broker" "$port"; then
+            log "$broker: n/a: $START_ERR"
+            jq -cn --arg b "$broker" --arg r "$START_ERR" --argjson rate "$RATE" \
+                '{broker:$b, rate:$rate, rate_na:$r}' >>"$RESULTS"
+            continue
+        fi
+        for s in $RATE_SCENARIOS; do
+            for q in $RATE_QOS; do
+                if ! kill -0 "$BROKER_PID" 2>/dev/null; then
+                    jq -cn --arg b "$broker" --arg s "$s" --argjson q "$q" --argjson p "$RATE_PAYLOAD" \
+                        --argjson rate "$RATE" \
+                        '{broker:$b, scenario:$s, qos:$q, payload:$p, rate:$rate, error:"broker died"}' >>"$RESULTS"
+                    continue
+                fi
+                WINDOW="" run_cell "$broker" "$port" --scenario "$s" --qos "$q" --payload "$RATE_PAYLOAD" \
+                    --rate "$RATE" --spin-us "$RATE_SPIN_US"
+            done
+        done
+        log "stopping $broker (pid $BROKER_PID)"
+        stop_broker "$BROKER_PID"
+        BROKER_PID=""
+    done
+fi
 
 # ---------------------------------------------------------------- rules
 # Fan-in with JSON payloads against Midge without rules and with RULES_COUNT
@@ -441,12 +495,51 @@ cell() { # broker scenario qos payload -> "msgs/s | p50 | p99 | loss | cpu"
         return
     fi
     jq -r --arg b "$1" --arg s "$2" --argjson q "$3" --argjson p "$4" '
-        select(.broker == $b and .scenario == $s and .qos == $q and .payload == $p)
+        select(.broker == $b and .scenario == $s and .qos == $q and .payload == $p and .rate == null)
         | if .error then "error | | | | "
           else "\(.msgs_per_s) | \(.p50_us | round) | \(.p99_us | round) | \(.loss)"
             + (if .duplicates > 0 then " (+\(.duplicates) dup)" else "" end)
             + " | \(.broker_cpu_pct // "?" | if type == "number" then round else . end)"
           end' "$RESULTS" | tail -n1 | grep . || echo "- | - | - | - | -"
+}
+
+rate_cell() { # broker scenario qos -> "achieved msgs/s | p50 | p99 | p999 | loss"
+    local na
+    na=$(jq -r --arg b "$1" 'select(.broker == $b and (.na != null or .rate_na != null)) | .na // .rate_na' "$RESULTS" | head -n1)
+    if [[ -n $na ]]; then
+        echo "n/a | n/a | n/a | n/a | n/a"
+        return
+    fi
+    # "(stalled)": publishers had to wait for the window bound or PUBACKs,
+    # i.e. the broker did not keep up with the rate.
+    jq -r --arg b "$1" --arg s "$2" --argjson q "$3" --argjson p "$RATE_PAYLOAD" '
+        select(.broker == $b and .scenario == $s and .qos == $q and .payload == $p and .rate != null)
+        | if .error then "error | | | | "
+          else "\(.achieved_rate)"
+            + (if (.window_stalls // 0) + (.ack_stalls // 0) > 0 then " (stalled)" else "" end)
+            + " | \(.p50_us | round) | \(.p99_us | round) | \(.p999_us | round) | \(.loss)"
+            + (if .duplicates > 0 then " (+\(.duplicates) dup)" else "" end)
+          end' "$RESULTS" | tail -n1 | grep . || echo "- | - | - | - | -"
+}
+
+# rate_target SCENARIO QOS -> "| scenario | QoS | Midge p99 | Mosquitto p99 | verdict |":
+# issue 2's "p99 latency at 10k msgs/s no worse than Mosquitto's", per cell.
+# Midge must also have sustained the rate (within 5 %, no stalls) without loss.
+rate_target() {
+    jq -rn --arg s "$1" --argjson q "$2" --argjson p "$RATE_PAYLOAD" --argjson rate "$RATE" '
+        [inputs | select(.scenario == $s and .qos == $q and .payload == $p and .rate != null)] as $all
+        | ($all | map(select(.broker == "midge")) | last) as $m
+        | ($all | map(select(.broker == "mosquitto")) | last) as $o
+        | def p99: if . == null or .error then "-" else "\(.p99_us | round)" end;
+          def kept: .achieved_rate >= 0.95 * $rate and (.window_stalls // 0) + (.ack_stalls // 0) == 0;
+          "| \($s) | \($q) | \($m | p99) | \($o | p99) | "
+          + (if $m == null or $o == null or $m.error or $o.error then "not measured"
+             elif ($m | kept | not) then "**not met** (Midge did not sustain \($rate) msgs/s)"
+             elif $m.loss > 0 then "**not met** (Midge lost \($m.loss))"
+             elif $m.p99_us <= $o.p99_us then "met"
+             else "**not met**" end)
+          + (if $o != null and ($o.error | not) and ($o | kept | not) then " (Mosquitto did not sustain the rate)" else "" end)
+          + " |"' "$RESULTS"
 }
 
 # The persistence (bench/persist.sh), archive (bench/archive.sh), persist-kafka
@@ -460,6 +553,12 @@ if [[ -f $OUT ]]; then
     sed -n '/^<!-- archive:begin/,/^<!-- archive:end -->/p' "$OUT" >"$TMP/archive-section.md"
     sed -n '/^<!-- kafka:begin/,/^<!-- kafka:end -->/p' "$OUT" >"$KAFKA_BLOCK"
     sed -n '/^<!-- plugin:begin/,/^<!-- plugin:end -->/p' "$OUT" >"$TMP/plugin-section.md"
+    # RATE=0: the fixed-rate section and its raw results stay as they were.
+    if [[ -z $RATE_RAN ]]; then
+        sed -n '/^<!-- rate:begin/,/^<!-- rate:end -->/p' "$OUT" >"$TMP/rate-section.md"
+        sed -n '/^## Raw results/,$p' "$OUT" | grep '^{' |
+            jq -c 'select(.rate != null)' 2>/dev/null >"$TMP/rate-raw.jsonl"
+    fi
 fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 BUSY_AFTER=$(cpu_busy)
@@ -538,6 +637,71 @@ CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
         done
     done
     echo
+    if [[ -n $RATE_RAN ]]; then
+        echo "<!-- rate:begin (generated by bench/run.sh; RATE=0 keeps it) -->"
+        echo "## Latency at a fixed rate"
+        echo
+        echo "Open loop: \`midge-bench --rate ${RATE}\` publishes ${RATE} messages per second in total,"
+        echo "whatever the broker does, shared evenly by the scenario's publishers on interleaved"
+        echo "fixed schedules (one message every $(awk -v r="$RATE" 'BEGIN { printf "%g", 1e6 / r }') µs overall). Each payload carries the time"
+        echo "its message was *due*, not when it went out, so when the broker stalls the generator,"
+        echo "the wait still counts as latency (no coordinated omission); a publisher that fell"
+        echo "behind sends what is due at once. Unlike the closed-loop table, this is latency at a"
+        echo "given load, below saturation. The publish window is only a memory bound here"
+        echo "(100,000 messages per publisher; QoS 1 at most 65,535 without PUBACK); \"(stalled)\""
+        echo "marks a cell where a publisher had to wait for it, i.e. the broker did not keep up."
+        echo "achieved msgs/s = publishes sent per measured second (should be ${RATE})."
+        echo "${RATE_PAYLOAD} B payloads, ${WARMUP} s warm-up + ${DURATION} s measured, drain up to ${DRAIN} s, MQTT 3.1.1, same core"
+        echo "pinning as above; each broker freshly started for these cells. The generator waits the last"
+        echo "${RATE_SPIN_US} µs before each due time by yielding (\`--spin-us ${RATE_SPIN_US}\`; tokio's timer alone"
+        echo "wakes up to ~1 ms late); how late it still published is in the raw results"
+        echo "(\`send_lag_p99_us\`, worst cell: $(jq -s 'map(select(.rate != null and .send_lag_p99_us != null) | .send_lag_p99_us) | if length > 0 then max | round | tostring + " µs" else "-" end' -r "$RESULTS"))."
+        echo "Scenarios as above (fan-in: 8 publishers, pairs: 50). One cell by hand:"
+        echo
+        echo '```'
+        echo "taskset -c ${BENCH_CPU} target/release/midge-bench --port PORT --scenario pairs --qos 1 --payload ${RATE_PAYLOAD} \\"
+        echo "    --rate ${RATE} --spin-us ${RATE_SPIN_US} --duration ${DURATION} --label NAME"
+        echo '```'
+        echo
+        header="| scenario | QoS |"
+        sep="|---|---|"
+        for b in $BROKERS; do
+            header+=" $b achieved msgs/s | p50 µs | p99 µs | p999 µs | loss |"
+            sep+="---:|---:|---:|---:|---:|"
+        done
+        echo "$header"
+        echo "$sep"
+        for s in $RATE_SCENARIOS; do
+            for q in $RATE_QOS; do
+                row="| $s | $q |"
+                for b in $BROKERS; do
+                    row+=" $(rate_cell "$b" "$s" "$q") |"
+                done
+                echo "$row"
+            done
+        done
+        echo
+        if [[ " $BROKERS " == *" midge "* && " $BROKERS " == *" mosquitto "* ]]; then
+            echo "### Target (issue 2): p99 latency at ${RATE} msgs/s no worse than Mosquitto's"
+            echo
+            echo "Per cell: met when Midge's p99 is at most Mosquitto's, Midge sustained the rate"
+            echo "(achieved within 5 %, no stalls) and lost nothing."
+            echo
+            echo "| scenario | QoS | Midge p99 µs | Mosquitto p99 µs | target |"
+            echo "|---|---|---:|---:|---|"
+            rows=$(for s in $RATE_SCENARIOS; do for q in $RATE_QOS; do rate_target "$s" "$q"; done; done)
+            echo "$rows"
+            echo
+            met=$(grep -c '| met' <<<"$rows")
+            echo "Met in ${met} of $(grep -c . <<<"$rows") cells."
+            echo
+        fi
+        echo "<!-- rate:end -->"
+        echo
+    elif [[ -s $TMP/rate-section.md ]]; then
+        cat "$TMP/rate-section.md"
+        echo
+    fi
     if [[ $IDLE_CONNECTIONS -gt 0 ]]; then
         echo "## Idle connections"
         echo
@@ -636,11 +800,12 @@ CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
             echo
         fi
     fi
-    if jq -e 'select(.na != null or .error != null)' "$RESULTS" >/dev/null 2>&1; then
+    if jq -e 'select(.na != null or .rate_na != null or .error != null)' "$RESULTS" >/dev/null 2>&1; then
         echo "## Not measured"
         echo
         jq -r 'select(.na != null) | "- \(.broker): n/a: \(.na)"' "$RESULTS"
-        jq -r 'select(.error != null) | "- \(.broker) \(.scenario // .args) qos \(.qos // "-") \(.payload // "-") B: \(.error)"' "$RESULTS"
+        jq -r 'select(.rate_na != null) | "- \(.broker) at \(.rate) msgs/s: n/a: \(.rate_na)"' "$RESULTS"
+        jq -r 'select(.error != null) | "- \(.broker) \(.scenario // .args) qos \(.qos // "-") \(.payload // "-") B\(if .rate then " at \(.rate) msgs/s" else "" end): \(.error)"' "$RESULTS"
         echo
     fi
     if [[ -s $PERSIST_BLOCK ]]; then
@@ -665,6 +830,7 @@ CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
     echo
     echo '```json'
     cat "$RESULTS"
+    [[ -z $RATE_RAN && -s $TMP/rate-raw.jsonl ]] && cat "$TMP/rate-raw.jsonl"
     echo '```'
     echo
     echo "</details>"
