@@ -1,5 +1,6 @@
-//! One client connection: the CONNECT handshake, then the reader loop that
-//! decodes packets and drives the session, with a writer task beside it.
+//! One client connection: the CONNECT handshake, then one loop that decodes
+//! packets and drives the session, and writes what the session has for the
+//! client (`writer::Output`), in the connection's single task.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -13,13 +14,12 @@ use midge_protocol::{
     Properties, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::enhanced_auth::{self, ConnectAuth};
-use super::limits::{Listener, Refusal};
-use super::writer::{self, ClientLimits};
+use super::limits::{Listener, Refusal, Slot};
+use super::writer::{ClientLimits, Output};
 use crate::auth::{AuthDecision, ConnectInfo};
 use crate::broker::{split_filter, Broker};
 use crate::limits::{Exceeded, PublishLimiter};
@@ -34,7 +34,7 @@ use midge_rules::EventKind;
 
 /// Largest read buffer reservation for a busy connection.
 const READ_CHUNK: usize = 64 * 1024;
-/// How long the writer may take to flush the last packets when closing.
+/// How long the last packets may take to be written when closing.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
 /// What the listener knows about a connection before its CONNECT.
@@ -48,6 +48,9 @@ pub struct ConnInfo {
     /// A limit refused the connection at accept: its CONNECT is read and
     /// answered with this refusal, then the connection is closed.
     pub refusal: Option<Refusal>,
+    /// The admitted connection's place (`None` when refused), held until
+    /// the connection ends.
+    pub slot: Option<Slot>,
     /// `cn_as_username` on a TLS listener: the username is the subject CN of
     /// the verified client certificate (`None`: no certificate, or no CN),
     /// whatever CONNECT says.
@@ -55,7 +58,7 @@ pub struct ConnInfo {
 }
 
 /// Serves one client, given the two halves of its stream, until it goes away.
-pub async fn serve<R, W>(broker: Arc<Broker>, mut rd: R, mut wr: W, info: ConnInfo)
+pub async fn serve<R, W>(broker: Arc<Broker>, mut rd: R, mut wr: W, mut info: ConnInfo)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -107,9 +110,15 @@ where
     if !connect.client_id.is_empty() {
         span.record("client_id", &*connect.client_id);
     }
-    run(broker, connect, peer, rd, wr, buf, info.deadline)
-        .instrument(span)
-        .await;
+    // The session runs in a task of its own: this one ends here, and with
+    // it everything the handshake needed (what an idle connection keeps is
+    // only `run`'s state).
+    let slot = info.slot.take();
+    tokio::spawn(
+        run(broker, connect, peer, rd, wr, buf, info.deadline)
+            .instrument(span)
+            .map(move |()| drop(slot)),
+    );
 }
 
 /// Counts and logs a connection closed for not completing its handshake or
@@ -596,10 +605,10 @@ async fn run<R, W>(
         })
     });
 
-    let (close_tx, close_rx) = oneshot::channel();
-    let mut writer = tokio::spawn(
-        writer::run(broker.clone(), session.clone(), wr, limits, close_rx).in_current_span(),
-    );
+    let mut output = Output::new(limits);
+    // Collect from the session on the first pass (resends after a reconnect).
+    let mut collect = true;
+    let mut write_failed = false;
 
     let mut reader = Reader {
         broker: broker.clone(),
@@ -609,13 +618,13 @@ async fn run<R, W>(
         plugin_client: broker
             .plugins
             .get()
-            .map(|_| plugins::client_info(&origin, v, superuser, &attributes)),
+            .map(|_| Box::new(plugins::client_info(&origin, v, superuser, &attributes))),
         aliases: Vec::new(),
         alias_max: usize::from(cfg.topic_alias_maximum),
         control: Vec::new(),
         ticket: 0,
         retained: Vec::new(),
-        limiter: PublishLimiter::from_config(&broker.limits),
+        limiter: PublishLimiter::from_config(&broker.limits).map(Box::new),
         auth_method,
         reauth: None,
         reauth_by: None,
@@ -623,28 +632,20 @@ async fn run<R, W>(
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let max_in = cfg.max_packet_size as usize;
 
-    let mut chunk = 256;
+    // The CONNECT's buffer goes once it is consumed: an idle connection
+    // then holds a 64-byte one, and a busy one doubles it (up to
+    // READ_CHUNK) each time a read fills it.
+    if buf.is_empty() {
+        buf = BytesMut::new();
+    }
+    let mut chunk = 64;
     let end = 'conn: loop {
         loop {
-            match decode(&mut buf, Some(v), max_in) {
-                Ok(Some(p)) => {
-                    // Per-client packet trace: `[log] trace_clients`.
-                    debug!(packet = ?p, "received");
-                    // Without plugins nothing in `handle` awaits: poll it once in
-                    // place so its state never enlarges the connection's future
-                    // (idle connections stay small). With plugins, box it.
-                    let end = if broker.plugins.get().is_some() {
-                        Box::pin(reader.handle(p)).await
-                    } else {
-                        reader.handle(p).now_or_never().unwrap_or(Some(End::Server {
-                            reason: reason::IMPLEMENTATION_SPECIFIC_ERROR,
-                            why: "packet handling unexpectedly suspended",
-                        }))
-                    };
-                    if let Some(end) = end {
-                        break 'conn end;
-                    }
-                }
+            // The decode result is a temporary of this `let` only: kept as the
+            // scrutinee of a match that awaits, it would reserve a packet's
+            // worth of space in every connection's future.
+            let p = match decode(&mut buf, Some(v), max_in) {
+                Ok(Some(p)) => received(p),
                 Ok(None) => break,
                 Err(e) => {
                     debug!(error = %e, "protocol violation");
@@ -659,10 +660,35 @@ async fn run<R, W>(
                         why: "protocol violation",
                     };
                 }
+            };
+            // Without plugins nothing in `handle` awaits: poll it once in
+            // place so its state never enlarges the connection's future
+            // (idle connections stay small). With plugins, box it.
+            let end = if broker.plugins.get().is_some() {
+                Box::pin(reader.handle(p)).await
+            } else {
+                reader.handle(p).now_or_never().unwrap_or(Some(End::Server {
+                    reason: reason::IMPLEMENTATION_SPECIFIC_ERROR,
+                    why: "packet handling unexpectedly suspended",
+                }))
+            };
+            if let Some(end) = end {
+                break 'conn end;
             }
         }
         if reader.ticket != 0 || !reader.control.is_empty() || !reader.retained.is_empty() {
             Box::pin(reader.flush_control()).await;
+            collect = true;
+        }
+        if collect && !output.pending() {
+            collect = false;
+            let ticket = output.collect(&session);
+            if ticket != 0 {
+                if let Some(store) = &broker.store {
+                    Box::pin(store.durable(ticket)).await;
+                }
+            }
+            output.encode(&broker, &session);
         }
         // Idle connections keep a small buffer; busy ones grow it (up to
         // READ_CHUNK) each time a read fills it.
@@ -699,11 +725,19 @@ async fn run<R, W>(
                 }
                 Some(Err(_)) => break End::Lost("read error"),
             },
+            w = wr.write(output.unwritten()), if output.pending() => match w {
+                Ok(n) if n > 0 => output.advance(&broker, n),
+                _ => {
+                    write_failed = true;
+                    break End::Lost("write failed");
+                }
+            },
+            // Deliveries, acks or a freed inflight slot for this client.
+            _ = session.notify.notified(), if !output.pending() => collect = true,
             k = &mut kicked => {
                 let reason = k.unwrap_or(reason::SESSION_TAKEN_OVER);
                 break End::Server { reason, why: if reason == reason::SESSION_TAKEN_OVER { "session taken over" } else { "closed by the server" } };
             }
-            _ = &mut writer => break End::Lost("write failed"),
         }
     };
 
@@ -746,12 +780,15 @@ async fn run<R, W>(
             (None, will)
         }
     };
-    let _ = close_tx.send(last);
-    if tokio::time::timeout(CLOSE_FLUSH, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
+    if !write_failed {
+        // What is still unwritten, the pending acks and the last packet.
+        output.finish(&broker, &session, last);
+        let flush = async {
+            wr.write_all(output.unwritten()).await?;
+            wr.flush().await?;
+            wr.shutdown().await
+        };
+        let _ = Box::pin(tokio::time::timeout(CLOSE_FLUSH, flush)).await;
     }
     broker.detach(&session, conn_id, will);
     let disconnected_at = crate::message::now_ms();
@@ -775,6 +812,14 @@ async fn run<R, W>(
             "disconnected_at": disconnected_at,
         })
     });
+}
+
+/// Logs a received packet (per-client trace: `[log] trace_clients`). A plain
+/// fn that takes the packet by value: borrowing it in the connection loop
+/// would keep a packet's worth of space in every connection's future.
+fn received(p: Packet) -> Packet {
+    debug!(packet = ?p, "received");
+    p
 }
 
 /// Counts a refused CONNECT by reason code and raises `client_connack`.
@@ -847,7 +892,7 @@ struct Reader {
     version: Version,
     origin: Arc<ClientInfo>,
     /// The client as plugins see it (only when plugins are loaded).
-    plugin_client: Option<pt::ClientInfo>,
+    plugin_client: Option<Box<pt::ClientInfo>>,
     /// Inbound topic aliases (index = alias - 1), grown on first use.
     aliases: Vec<Option<midge_protocol::ByteStr>>,
     alias_max: usize,
@@ -858,13 +903,13 @@ struct Reader {
     /// Retained messages for new subscriptions, queued after their SUBACK.
     retained: Vec<Delivery>,
     /// `max_publish_rate` / `max_publish_bytes_rate`, when configured.
-    limiter: Option<PublishLimiter>,
+    limiter: Option<Box<PublishLimiter>>,
     /// The Authentication Method of CONNECT (5.0 enhanced authentication);
     /// re-authentication uses the same one.
     auth_method: Option<midge_protocol::ByteStr>,
     /// A re-authentication in progress: the plugin that answered
     /// continue-auth and the state it asked to keep.
-    reauth: Option<(String, Vec<u8>)>,
+    reauth: Option<Box<(String, Vec<u8>)>>,
     /// When the client must have answered the pending re-authentication
     /// challenge (`[limits] connect_timeout` after it was sent); past it the
     /// connection is closed with 0x87.
@@ -1059,7 +1104,7 @@ impl Reader {
             });
         }
         self.reauth_by = None;
-        let step = match (a.reason, self.reauth.take()) {
+        let step = match (a.reason, self.reauth.take().map(|b| *b)) {
             (reason::RE_AUTHENTICATE, None) => None,
             (reason::CONTINUE_AUTHENTICATION, Some(step)) => Some(step),
             _ => return self.protocol_error("AUTH out of sequence"),
@@ -1125,7 +1170,7 @@ impl Reader {
                         &method,
                         Some(cont.data),
                     ));
-                    self.reauth = Some((plugin, cont.state));
+                    self.reauth = Some(Box::new((plugin, cont.state)));
                     let within = u64::from(self.broker.limits.connect_timeout.max(1));
                     self.reauth_by = Some(Instant::now() + Duration::from_secs(within));
                     None
@@ -1177,7 +1222,7 @@ impl Reader {
                 if !client.superuser && host.has_hook(HookSet::AUTHORIZE) =>
             {
                 let req = pt::AuthzRequest {
-                    client: client.clone(),
+                    client: (**client).clone(),
                     action,
                     topic: topic.to_string(),
                     qos: plugins::qos_to(qos),
@@ -1225,7 +1270,8 @@ impl Reader {
             return Ok(Some(msg));
         }
         let out =
-            Box::pin(host.on_publish(&plugins::to_plugin(&msg), self.plugin_client.as_ref())).await;
+            Box::pin(host.on_publish(&plugins::to_plugin(&msg), self.plugin_client.as_deref()))
+                .await;
         match out.decision {
             PublishVerdict::Pass => Ok(Some(msg)),
             PublishVerdict::Modified(m) => Ok(Some(plugins::from_plugin(m, msg.origin.clone()))),

@@ -392,13 +392,12 @@ where
                     listener: kind,
                     deadline: Instant::now() + gate.connect_timeout,
                     refusal: admitted.as_ref().err().copied(),
+                    slot: admitted.ok(),
                     cert_username: None,
                 };
-                let conn = handle(stream, info);
-                tokio::spawn(async move {
-                    let _slot = admitted.ok();
-                    conn.await;
-                });
+                // The handshake's task; the session's own task (which then
+                // holds the slot) is spawned once CONNECT is accepted.
+                tokio::spawn(handle(stream, info));
             }
             Err(e) => {
                 warn!(error = %e, listener = kind.name(), "accept failed");

@@ -1,17 +1,14 @@
-//! The writer half of a connection: drains the session's control packets,
+//! The output of a connection: drains the session's control packets,
 //! inflight resends and queued deliveries into one buffer and one write.
 //! Applies the client's limits: Receive Maximum (inflight window), Maximum
 //! Packet Size, Topic Alias Maximum (outgoing aliases), message expiry.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
 use midge_protocol::{encode, encoded_len, Ack, ByteStr, Packet, Publish, QoS, Version};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::oneshot;
 
 use crate::broker::Broker;
 use crate::plugins;
@@ -45,67 +42,89 @@ enum Out {
     },
 }
 
-/// Runs until `close` fires (then flushes control packets and the final
-/// packet it carries) or a write fails.
-pub async fn run<W: AsyncWrite + Unpin>(
-    broker: Arc<Broker>,
-    session: Arc<Session>,
-    mut wr: W,
+/// The outbound side of a connection, driven by the connection's own task
+/// (no second task: idle connections cost less memory). `collect` takes what
+/// the session has ready, `encode` turns it into bytes, and the connection
+/// writes `unwritten()` whenever the socket takes it, reporting progress with
+/// `advance`. Nothing new is collected while bytes are still unwritten, so a
+/// client that stops reading holds its messages in the session's bounded
+/// queue, not here.
+pub struct Output {
     limits: ClientLimits,
-    mut close: oneshot::Receiver<Option<Packet>>,
-) -> std::io::Result<()> {
-    // Grows with the first write; idle connections keep it empty.
-    let mut buf = BytesMut::new();
-    let mut aliases: HashMap<ByteStr, u16> = HashMap::new();
-    // Grows to the batch size under load, starts empty for idle connections.
-    let mut items: Vec<Out> = Vec::new();
-    loop {
-        let ticket = collect(&session, limits.window, &mut items, false);
-        if ticket != 0 {
-            // A QoS 2 packet id must be durable before the PUBLISH leaves:
-            // after a restart the message goes out again under the same id
-            // (with DUP), which the client recognises.
-            if let Some(store) = &session.store {
-                store.durable(ticket).await;
+    /// Encoded, not yet written (from `pos`). Grows with the first write;
+    /// idle connections keep it empty.
+    buf: BytesMut,
+    pos: usize,
+    aliases: HashMap<ByteStr, u16>,
+    /// Grows to the batch size under load, starts empty for idle connections.
+    items: Vec<Out>,
+}
+
+impl Output {
+    pub fn new(limits: ClientLimits) -> Self {
+        Output {
+            limits,
+            buf: BytesMut::new(),
+            pos: 0,
+            aliases: HashMap::new(),
+            items: Vec::new(),
+        }
+    }
+
+    /// True while encoded bytes wait for the socket.
+    pub fn pending(&self) -> bool {
+        self.pos < self.buf.len()
+    }
+
+    pub fn unwritten(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// `n` more bytes were written.
+    pub fn advance(&mut self, broker: &Broker, n: usize) {
+        self.pos += n;
+        broker
+            .stats
+            .bytes_sent
+            .fetch_add(n as u64, Ordering::Relaxed);
+        if self.pos >= self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+            if self.buf.capacity() > 1024 * 1024 {
+                self.buf = BytesMut::new();
             }
         }
-        if items.is_empty() {
-            tokio::select! {
-                _ = session.notify.notified() => continue,
-                last = &mut close => {
-                    let last: Option<Packet> = last.ok().flatten();
-                    collect(&session, limits.window, &mut items, true);
-                    encode_items(&broker, &session, &limits, &mut aliases, &mut items, &mut buf);
-                    if let Some(p) = last {
-                        encode(&p, limits.version, &mut buf);
-                    }
-                    // (`last` is consumed above: no packet is kept across the writes.)
-                    wr.write_all(&buf).await?;
-                    broker.stats.bytes_sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                    wr.flush().await?;
-                    let _ = wr.shutdown().await;
-                    return Ok(());
-                }
-            }
-        }
+    }
+
+    /// Takes what can be sent now from the session (control packets,
+    /// resends, queued deliveries within the window). Returns the store
+    /// ticket that must be durable before `encode` (0: none): a QoS 2
+    /// packet id must be durable before the PUBLISH leaves, so that after a
+    /// restart the message goes out again under the same id (with DUP),
+    /// which the client recognises.
+    pub fn collect(&mut self, session: &Session) -> u64 {
+        collect(session, self.limits.window, &mut self.items, false)
+    }
+
+    /// Encodes what `collect` took after the bytes still unwritten.
+    pub fn encode(&mut self, broker: &Broker, session: &Session) {
         encode_items(
-            &broker,
-            &session,
-            &limits,
-            &mut aliases,
-            &mut items,
-            &mut buf,
+            broker,
+            session,
+            &self.limits,
+            &mut self.aliases,
+            &mut self.items,
+            &mut self.buf,
         );
-        if !buf.is_empty() {
-            wr.write_all(&buf).await?;
-            broker
-                .stats
-                .bytes_sent
-                .fetch_add(buf.len() as u64, Ordering::Relaxed);
-            buf.clear();
-            if buf.capacity() > 1024 * 1024 {
-                buf = BytesMut::new();
-            }
+    }
+
+    /// On close: appends the session's pending control packets (acks) and
+    /// `last` (a DISCONNECT) to what is still unwritten.
+    pub fn finish(&mut self, broker: &Broker, session: &Session, last: Option<Packet>) {
+        collect(session, self.limits.window, &mut self.items, true);
+        self.encode(broker, session);
+        if let Some(p) = last {
+            encode(&p, self.limits.version, &mut self.buf);
         }
     }
 }
