@@ -1,9 +1,9 @@
 //! Midge: an MQTT 3.1.1 / 5.0 broker. See ARCHITECTURE.md for the layers.
 //!
 //! Data flows bytes -> [`midge_protocol`] packets -> `server::connection`
-//! (one reader task and one writer task per client) -> [`session`] ->
+//! (one task per client, reading and writing) -> [`session`] ->
 //! [`broker::Broker::publish`] -> [`router`] -> the matching sessions'
-//! queues -> their writers.
+//! queues -> their connections' output (`server::writer::Output`).
 
 pub mod admin;
 pub mod auth;

@@ -3,8 +3,9 @@
 //! live connection (if any), the will and the expiry.
 //!
 //! One `Mutex<SessionState>` per session, never held across `.await`.
-//! Publishers push [`Delivery`]s into the queue and wake the connection's
-//! writer through `notify`; the writer moves them into the inflight window.
+//! Publishers push [`Delivery`]s into the queue and wake the connection
+//! through `notify`; its output (server/writer.rs) moves them into the
+//! inflight window.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -131,7 +132,7 @@ pub struct Session {
     /// The durable store, when persistence is on (`state.persist` says whether this session uses it).
     pub store: Option<Store>,
     pub state: Mutex<SessionState>,
-    /// Wakes the attached connection's writer.
+    /// Wakes the attached connection to write what is ready (its `Output`).
     pub notify: Notify,
     online: AtomicBool,
 }
