@@ -917,8 +917,11 @@ struct Reader {
 }
 
 impl Reader {
-    /// Hands the batch's acks to the writer, once the store has what they
-    /// acknowledge; then queues retained messages of new subscriptions.
+    /// Hands the batch's acks to the session's control queue, once the store
+    /// has what they acknowledge; then queues retained messages of new
+    /// subscriptions. No notify for the acks: the caller is the connection
+    /// that writes them, and it collects right after (or `Output::finish`
+    /// does, on close).
     async fn flush_control(&mut self) {
         if self.ticket != 0 {
             if let Some(store) = &self.broker.store {
@@ -929,8 +932,6 @@ impl Reader {
         if !self.control.is_empty() {
             let mut st = self.session.state.lock();
             st.control.extend(self.control.drain(..));
-            drop(st);
-            self.session.notify.notify_one();
         }
         if !self.retained.is_empty() {
             let limits = self.broker.queue_limits();
