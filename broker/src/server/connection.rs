@@ -681,8 +681,9 @@ async fn run<R, W>(
             collect = true;
         }
         if collect && !output.pending() {
-            collect = false;
-            let ticket = output.collect(&session);
+            // A full batch: take the rest once it is written.
+            let (ticket, more) = output.collect(&session);
+            collect = more;
             if ticket != 0 {
                 if let Some(store) = &broker.store {
                     Box::pin(store.durable(ticket)).await;

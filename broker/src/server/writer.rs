@@ -102,8 +102,13 @@ impl Output {
     /// packet id must be durable before the PUBLISH leaves, so that after a
     /// restart the message goes out again under the same id (with DUP),
     /// which the client recognises.
-    pub fn collect(&mut self, session: &Session) -> u64 {
-        collect(session, self.limits.window, &mut self.items, false)
+    ///
+    /// Also returns whether it stopped at [`BATCH`] items: then the session
+    /// may hold more that can be sent, and no notify will come for them, so
+    /// the caller collects again once this batch is written.
+    pub fn collect(&mut self, session: &Session) -> (u64, bool) {
+        let ticket = collect(session, self.limits.window, &mut self.items, false);
+        (ticket, self.items.len() >= BATCH)
     }
 
     /// Encodes what `collect` took after the bytes still unwritten.

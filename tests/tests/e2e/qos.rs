@@ -141,6 +141,41 @@ async fn ordering(qos: QoS) {
     }
 }
 
+/// A subscriber that stops reading lets its session queue grow past one
+/// write batch (512); once it reads again, everything arrives, in order,
+/// with no further publish to wake its connection up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_one_write_batch_is_delivered_in_full() {
+    let b = start_broker(|_| {}).await;
+    let t = topic("backlog");
+    let (mut s, _) = RawClient::handshake(b.addr, ConnectOpts::v4(&unique("bls"))).await;
+    s.send(&subscribe(false, 1, &[], &[(&t, 0)])).await;
+    assert_eq!(s.recv().await.kind, SUBACK);
+    let (mut p, _) = RawClient::handshake(b.addr, ConnectOpts::v4(&unique("blp"))).await;
+    // 16 MiB: more than loopback socket buffers hold, so most of it waits
+    // in the session's queue while the subscriber does not read.
+    const N: usize = 2000;
+    for i in 0..N {
+        let mut payload = format!("{i:08}").into_bytes();
+        payload.resize(8192, b'.');
+        let qos = if i == N - 1 { 1 } else { 0 };
+        p.send(&publish(false, &t, qos, false, false, 7, &[], &payload))
+            .await;
+    }
+    // The PUBACK of the last one: everything was routed.
+    assert_eq!(p.recv().await.kind, PUBACK);
+    for i in 0..N {
+        let m = s.recv().await;
+        assert_eq!(m.kind, PUBLISH);
+        let at = 2 + t.len();
+        assert_eq!(
+            &m.body[at..at + 8],
+            format!("{i:08}").as_bytes(),
+            "message {i}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordering_per_publisher_qos0() {
     ordering(QoS::AtMostOnce).await;
