@@ -206,8 +206,22 @@ impl Broker {
     /// [`Broker::publish`] without counting the message as received (the
     /// broker's own `$SYS` messages). Retained `$SYS` messages are kept in
     /// memory only.
+    ///
+    /// Rules on the topic are evaluated first; the inline actions of their
+    /// outputs (`republish`, `log`) run after the message
+    /// itself was delivered, so its subscribers get it before what rules
+    /// derive from it.
     pub fn route(&self, msg: Arc<Message>) -> u64 {
-        self.rules.on_message(&msg);
+        let outputs = self.rules.on_message(&msg);
+        let ticket = self.deliver(msg);
+        if !outputs.is_empty() {
+            self.rules.run_inline(self, outputs);
+        }
+        ticket
+    }
+
+    /// Retains and delivers `msg` to its subscribers (no rules).
+    fn deliver(&self, msg: Arc<Message>) -> u64 {
         let mut ticket = 0;
         if msg.retain {
             ticket = self.retained.update(&msg, self.store.as_ref());

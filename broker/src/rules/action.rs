@@ -136,18 +136,17 @@ impl Action {
     }
 }
 
-/// Runs actions for rule outputs until the broker drops the sender.
+/// Runs actions for queued rule outputs until the broker drops the sender
+/// (of an output whose inline actions ran already, only its `plugin` ones).
 pub async fn run_actions(broker: Arc<Broker>, mut rx: mpsc::Receiver<Job>) {
     while let Some(job) = rx.recv().await {
         let r = &job.set.rules[job.rule];
         for a in &r.actions {
-            let started = std::time::Instant::now();
+            if job.inline_done && !matches!(a, Action::Plugin { .. }) {
+                continue;
+            }
+            let timer = ActionTimer::start(&r.metrics);
             let ok = match a {
-                Action::Republish(rp) => republish(&broker, rp, &job),
-                Action::Log => {
-                    info!(target: "midge::rules", rule = r.rule.id(), output = %serde_json::Value::Object(job.row.clone()), "rule output");
-                    Ok(())
-                }
                 Action::Plugin { plugin } => match broker.plugins.get() {
                     Some(host) => {
                         let rows = serde_json::Value::Array(vec![serde_json::Value::Object(
@@ -160,19 +159,73 @@ pub async fn run_actions(broker: Arc<Broker>, mut rx: mpsc::Receiver<Job>) {
                     }
                     None => Err(format!("plugin `{plugin}` unavailable: no plugins loaded")),
                 },
+                sync => run_one(&broker, sync, &job),
             };
-            r.metrics
-                .action_nanos
-                .fetch_add(super::nanos_since(started), Ordering::Relaxed);
-            r.metrics.action_runs.fetch_add(1, Ordering::Relaxed);
-            match ok {
-                Ok(()) => r.metrics.actions_success.fetch_add(1, Ordering::Relaxed),
-                Err(e) => {
-                    tracing::debug!(rule = r.rule.id(), error = %e, "action failed");
-                    r.metrics.actions_failed.fetch_add(1, Ordering::Relaxed)
-                }
-            };
+            timer.finish(r.rule.id(), ok);
         }
+    }
+}
+
+/// Runs the `republish` and `log` actions of `job` on the caller's path.
+/// Returns whether it has `plugin` actions left for the queue.
+pub(super) fn run_sync(broker: &Broker, job: &Job) -> bool {
+    let r = &job.set.rules[job.rule];
+    let mut queued = false;
+    for a in &r.actions {
+        if matches!(a, Action::Plugin { .. }) {
+            queued = true;
+            continue;
+        }
+        let timer = ActionTimer::start(&r.metrics);
+        let ok = run_one(broker, a, job);
+        timer.finish(r.rule.id(), ok);
+    }
+    queued
+}
+
+/// A `republish` or `log` action.
+fn run_one(broker: &Broker, a: &Action, job: &Job) -> Result<(), String> {
+    let r = &job.set.rules[job.rule];
+    match a {
+        Action::Republish(rp) => republish(broker, rp, job),
+        Action::Log => {
+            info!(target: "midge::rules", rule = r.rule.id(), output = %serde_json::Value::Object(job.row.clone()), "rule output");
+            Ok(())
+        }
+        Action::Plugin { plugin } => Err(format!("plugin `{plugin}`: not a synchronous action")),
+    }
+}
+
+/// Counts one action run and its outcome; times one run in `TIME_EVERY`.
+struct ActionTimer<'a> {
+    metrics: &'a super::RuleMetrics,
+    started: Option<std::time::Instant>,
+}
+
+impl<'a> ActionTimer<'a> {
+    fn start(metrics: &'a super::RuleMetrics) -> Self {
+        let n = metrics.action_runs.fetch_add(1, Ordering::Relaxed);
+        ActionTimer {
+            metrics,
+            started: n
+                .is_multiple_of(super::TIME_EVERY)
+                .then(std::time::Instant::now),
+        }
+    }
+
+    fn finish(self, rule: &str, ok: Result<(), String>) {
+        let m = self.metrics;
+        if let Some(t) = self.started {
+            m.action_nanos
+                .fetch_add(super::nanos_since(t) * super::TIME_EVERY, Ordering::Relaxed);
+        }
+        match ok {
+            Ok(()) => m.actions_success.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                tracing::debug!(rule, error = %e, "action failed");
+                m.actions_failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
     }
 }
 

@@ -84,6 +84,76 @@ actions = [{{ type = "republish", topic = "{t}-alerts/${{clientid}}", qos = 1, p
     assert_eq!((s.matched, s.passed, s.no_result, s.failed), (2, 1, 1, 0));
 }
 
+/// Republish actions run on the publisher's path: when the publisher has
+/// its PUBACK, every output of its message was republished (none waits in,
+/// or is dropped from, a queue), and subscribers get each message before the
+/// messages rules derive from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn republish_runs_before_the_puback_and_after_the_message_is_delivered() {
+    let t = topic("inline");
+    let mut cfg = String::new();
+    for n in 1..=10 {
+        cfg.push_str(&format!(
+            r#"
+[[rules]]
+id = "r{n}"
+sql = 'SELECT payload.seq AS s FROM "{t}/in/+" WHERE s >= 0'
+actions = [{{ type = "republish", topic = "{t}/out/{n}", payload = "${{s}}" }}]
+"#
+        ));
+    }
+    let b = start_broker(|c| c.rules = rules(&cfg)).await;
+    let mut sub = V4::new(&b, "s").await;
+    sub.subscribe(&format!("{t}/#"), rumqttc::QoS::AtMostOnce)
+        .await;
+    let mut p = V4::new(&b, "p").await;
+    const N: u64 = 300;
+    // Pipelined: QoS 0 without waiting, then one QoS 1 and its PUBACK. A
+    // queue of outputs would fall behind the publishes and interleave them.
+    for seq in 0..N - 1 {
+        p.client
+            .publish(
+                format!("{t}/in/1"),
+                rumqttc::QoS::AtMostOnce,
+                false,
+                format!(r#"{{"seq":{seq}}}"#),
+            )
+            .await
+            .unwrap();
+    }
+    p.publish(
+        &format!("{t}/in/1"),
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        format!(r#"{{"seq":{}}}"#, N - 1),
+    )
+    .await;
+    // No waiting: the PUBACK came after every republish.
+    let all = b.broker.rules.stats();
+    let success: u64 = all.iter().map(|s| s.actions_success).sum();
+    let failed: u64 = all.iter().map(|s| s.actions_failed).sum();
+    assert_eq!((success, failed), (10 * N, 0));
+    assert_eq!(
+        b.broker
+            .rules
+            .actions_dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    for seq in 0..N {
+        let m = sub.next_publish().await;
+        assert_eq!(m.topic, format!("{t}/in/1"), "message {seq} first");
+        let mut outs = Vec::new();
+        for _ in 1..=10 {
+            let o = sub.next_publish().await;
+            assert_eq!(&o.payload[..], seq.to_string().as_bytes());
+            outs.push(o.topic);
+        }
+        let want: Vec<String> = (1..=10).map(|n| format!("{t}/out/{n}")).collect();
+        assert_eq!(outs, want, "outputs of message {seq} in rule order");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn republish_without_payload_template_sends_the_row_as_json() {
     let t = topic("row");
