@@ -18,83 +18,83 @@ pub(crate) struct Env<'r, 'a> {
     pub item: Option<(&'r str, &'r Value)>,
 }
 
-enum Key<'e> {
-    Name(&'e str),
-    Index(i64),
-}
-
-fn keys<'e>(path: &'e [Seg], env: &Env<'_, '_>) -> Result<Vec<Key<'e>>, String> {
-    let mut out = Vec::with_capacity(path.len());
-    for s in path {
-        out.push(match s {
-            Seg::Key(k) => Key::Name(k),
-            Seg::Index(e) => match eval(e, env)? {
-                v @ Value::Number(_) => match num_of(&v) {
-                    Some(Num::I(i)) => Key::Index(i),
-                    _ => return Err(format!("array index must be an integer, got {v}")),
-                },
-                Value::String(k) => {
-                    return Err(format!("array index must be an integer, got string {k:?}"))
-                }
-                v => {
-                    return Err(format!(
-                        "array index must be an integer, got {}",
-                        type_name(&v)
-                    ))
-                }
-            },
-        });
+/// The array index an `[expr]` segment asks for.
+fn index_of(e: &Expr, env: &Env<'_, '_>) -> Result<i64, String> {
+    match eval(e, env)? {
+        v @ Value::Number(_) => match num_of(&v) {
+            Some(Num::I(i)) => Ok(i),
+            _ => Err(format!("array index must be an integer, got {v}")),
+        },
+        Value::String(k) => Err(format!("array index must be an integer, got string {k:?}")),
+        v => Err(format!(
+            "array index must be an integer, got {}",
+            type_name(&v)
+        )),
     }
-    Ok(out)
 }
 
-fn navigate<'v>(mut v: &'v Value, keys: &[Key<'_>]) -> Option<&'v Value> {
-    for k in keys {
-        v = match (k, v) {
-            (Key::Name(n), Value::Object(m)) => m.get(*n)?,
-            (Key::Index(i), Value::Array(a)) => {
-                let len = a.len() as i64;
-                let idx = if *i > 0 {
-                    *i - 1
-                } else if *i < 0 {
-                    len + *i
-                } else {
-                    return None;
-                };
-                a.get(usize::try_from(idx).ok()?)?
+/// Follows `path` from `v` (1-based array indexes, negative from the end).
+/// Every index expression is evaluated, also past a missing step, so a bad
+/// index is an error whatever the data.
+fn navigate<'v>(
+    v: &'v Value,
+    path: &[Seg],
+    env: &Env<'_, '_>,
+) -> Result<Option<&'v Value>, String> {
+    let mut cur = Some(v);
+    for s in path {
+        cur = match s {
+            Seg::Key(k) => match cur {
+                Some(Value::Object(m)) => m.get(k.as_str()),
+                _ => None,
+            },
+            Seg::Index(e) => {
+                let i = index_of(e, env)?;
+                match cur {
+                    Some(Value::Array(a)) => {
+                        let len = a.len() as i64;
+                        let idx = if i > 0 {
+                            i - 1
+                        } else if i < 0 {
+                            len + i
+                        } else {
+                            -1
+                        };
+                        usize::try_from(idx).ok().and_then(|x| a.get(x))
+                    }
+                    _ => None,
+                }
             }
-            _ => return None,
         };
     }
-    Some(v)
+    Ok(cur)
 }
 
 fn lookup(root: &str, path: &[Seg], env: &Env<'_, '_>) -> Result<Value, String> {
-    let ks = keys(path, env)?;
     if let Some((name, item)) = env.item {
         if name == root {
-            return Ok(navigate(item, &ks).cloned().unwrap_or(Value::Null));
+            return Ok(navigate(item, path, env)?.cloned().unwrap_or(Value::Null));
         }
     }
     if let Some(v) = env.bindings.get(root) {
-        if ks.is_empty() {
+        if path.is_empty() {
             return Ok(v.clone());
         }
-        if let Some(found) = navigate(v, &ks) {
+        if let Some(found) = navigate(v, path, env)? {
             return Ok(found.clone());
         }
         // Not in the selected columns: fall back to the input below (EMQX
         // keeps the original columns underneath the selected ones).
     }
-    if root == "payload" && !ks.is_empty() {
+    if root == "payload" && !path.is_empty() {
         let json = env.input.payload_json()?;
-        return Ok(navigate(json, &ks).cloned().unwrap_or(Value::Null));
+        return Ok(navigate(json, path, env)?.cloned().unwrap_or(Value::Null));
     }
     let v = env.input.field(root);
-    if ks.is_empty() {
+    if path.is_empty() {
         return Ok(v);
     }
-    Ok(navigate(&v, &ks).cloned().unwrap_or(Value::Null))
+    Ok(navigate(&v, path, env)?.cloned().unwrap_or(Value::Null))
 }
 
 /// Writes `v` at `path` inside `target`, creating (or replacing non-map)
@@ -234,8 +234,7 @@ pub(crate) fn eval(e: &Expr, env: &Env<'_, '_>) -> Result<Value, String> {
         Expr::Var { root, path } => lookup(root, path, env),
         Expr::Access { base, path } => {
             let b = eval(base, env)?;
-            let ks = keys(path, env)?;
-            Ok(navigate(&b, &ks).cloned().unwrap_or(Value::Null))
+            Ok(navigate(&b, path, env)?.cloned().unwrap_or(Value::Null))
         }
         Expr::Neg(x) => match eval(x, env)? {
             v @ Value::Number(_) => match num_of(&v) {

@@ -53,7 +53,7 @@ struct SharedGroup {
 
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: HashMap<Box<str>, Node, foldhash::fast::RandomState>,
     subs: Vec<SubEntry>,
     shared: Vec<SharedGroup>,
 }

@@ -63,6 +63,8 @@ pub enum Action {
 #[derive(Debug)]
 pub struct Republish {
     topic: Template,
+    /// The topic when it has no placeholders (validated when built).
+    topic_literal: Option<ByteStr>,
     qos: QoS,
     retain: bool,
     payload: Option<Template>,
@@ -110,7 +112,11 @@ impl Action {
                     .iter()
                     .map(|(k, v)| Ok((tpl("user_properties", k)?, tpl("user_properties", v)?)))
                     .collect::<Result<_, String>>()?;
+                let topic_literal = topic_t
+                    .is_literal()
+                    .then(|| ByteStr::from(topic_t.render(&serde_json::Map::new())));
                 Ok(Action::Republish(Box::new(Republish {
+                    topic_literal,
                     topic: topic_t,
                     qos,
                     retain: *retain,
@@ -231,12 +237,18 @@ impl<'a> ActionTimer<'a> {
 
 fn republish(broker: &Broker, rp: &Republish, job: &Job) -> Result<(), String> {
     let row = &job.row;
-    let topic = rp.topic.render(row);
-    if !topic::valid_name(&topic) {
-        return Err(format!(
-            "rendered topic `{topic}` is not a valid topic name"
-        ));
-    }
+    let topic = match &rp.topic_literal {
+        Some(t) => t.clone(),
+        None => {
+            let topic = rp.topic.render(row);
+            if !topic::valid_name(&topic) {
+                return Err(format!(
+                    "rendered topic `{topic}` is not a valid topic name"
+                ));
+            }
+            ByteStr::from(topic)
+        }
+    };
     let payload = match &rp.payload {
         Some(t) => t.render(row),
         None => serde_json::Value::Object(row.clone()).to_string(),
@@ -261,13 +273,7 @@ fn republish(broker: &Broker, rp: &Republish, job: &Job) -> Result<(), String> {
         .map(|t| Bytes::from(t.render(row)));
     props.message_expiry_interval = rp.message_expiry_interval;
     props.payload_format_indicator = rp.payload_format_indicator;
-    let mut msg = Message::new(
-        ByteStr::from(topic),
-        Bytes::from(payload),
-        rp.qos,
-        rp.retain,
-        props,
-    );
+    let mut msg = Message::new(topic, Bytes::from(payload), rp.qos, rp.retain, props);
     msg.rule_depth = job.depth + 1;
     broker.publish(Arc::new(msg));
     Ok(())

@@ -7,7 +7,7 @@ use smallvec::SmallVec;
 
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: HashMap<Box<str>, Node, foldhash::fast::RandomState>,
     rules: Vec<usize>,
 }
 

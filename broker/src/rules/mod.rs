@@ -394,16 +394,16 @@ impl RuleEngine {
     /// are returned: those of a published message (not a republished one)
     /// with `republish` or `log` actions. Everything else is queued.
     pub fn on_message(&self, msg: &Message) -> Outputs {
-        let mut out = Outputs::new();
         if !self.message_rules.load(Ordering::Relaxed) || msg.rule_depth >= MAX_RULE_DEPTH {
-            return out;
+            return Outputs::new();
         }
         let set = self.set.read().clone();
         let mut hits: SmallVec<[usize; 8]> = SmallVec::new();
         set.index.matches(&msg.topic, &mut hits);
         if hits.is_empty() {
-            return out;
+            return Outputs::new();
         }
+        let mut out = Outputs::with_capacity(hits.len());
         let id = format!("{:016X}", msg.id);
         let peer = msg.origin.as_ref().map(|o| o.peer.to_string());
         let mut extra = Map::new();

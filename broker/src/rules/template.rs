@@ -58,13 +58,24 @@ impl Template {
 
     /// Renders against `row`. A missing field renders as "undefined", as in EMQX.
     pub fn render(&self, row: &serde_json::Map<String, Value>) -> String {
+        use std::fmt::Write;
         let mut out = String::new();
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),
+                // One level (the common case): borrowed, nothing cloned.
+                Part::Field(path) if path.len() == 1 => match row.get(&path[0]) {
+                    Some(Value::String(s)) => out.push_str(s),
+                    Some(v) => {
+                        let _ = write!(out, "{v}");
+                    }
+                    None => out.push_str("undefined"),
+                },
                 Part::Field(path) => match lookup(row, path) {
                     Some(Value::String(s)) => out.push_str(&s),
-                    Some(v) => out.push_str(&v.to_string()),
+                    Some(v) => {
+                        let _ = write!(out, "{v}");
+                    }
                     None => out.push_str("undefined"),
                 },
             }
