@@ -58,6 +58,26 @@ impl Message {
         retain: bool,
         properties: Properties,
     ) -> Message {
+        Message::new_at(
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+            (Instant::now(), now_ms()),
+        )
+    }
+
+    /// [`Message::new`] received at `at` (monotonic, wall-clock ms): rule
+    /// outputs of one message share one clock reading.
+    pub fn new_at(
+        topic: ByteStr,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: Properties,
+        at: (Instant, i64),
+    ) -> Message {
         Message {
             topic,
             payload,
@@ -65,8 +85,8 @@ impl Message {
             retain,
             properties,
             origin: None,
-            received_at: Instant::now(),
-            timestamp_ms: now_ms(),
+            received_at: at.0,
+            timestamp_ms: at.1,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             rule_depth: 0,
         }

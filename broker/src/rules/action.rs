@@ -165,7 +165,7 @@ pub async fn run_actions(broker: Arc<Broker>, mut rx: mpsc::Receiver<Job>) {
                     }
                     None => Err(format!("plugin `{plugin}` unavailable: no plugins loaded")),
                 },
-                sync => run_one(&broker, sync, &job),
+                sync => run_one(&broker, sync, &job, now()),
             };
             timer.finish(r.rule.id(), ok);
         }
@@ -174,7 +174,7 @@ pub async fn run_actions(broker: Arc<Broker>, mut rx: mpsc::Receiver<Job>) {
 
 /// Runs the `republish` and `log` actions of `job` on the caller's path.
 /// Returns whether it has `plugin` actions left for the queue.
-pub(super) fn run_sync(broker: &Broker, job: &Job) -> bool {
+pub(super) fn run_sync(broker: &Broker, job: &Job, at: (std::time::Instant, i64)) -> bool {
     let r = &job.set.rules[job.rule];
     let mut queued = false;
     for a in &r.actions {
@@ -183,17 +183,27 @@ pub(super) fn run_sync(broker: &Broker, job: &Job) -> bool {
             continue;
         }
         let timer = ActionTimer::start(&r.metrics);
-        let ok = run_one(broker, a, job);
+        let ok = run_one(broker, a, job, at);
         timer.finish(r.rule.id(), ok);
     }
     queued
 }
 
-/// A `republish` or `log` action.
-fn run_one(broker: &Broker, a: &Action, job: &Job) -> Result<(), String> {
+/// A clock reading for [`Message::new_at`].
+pub(super) fn now() -> (std::time::Instant, i64) {
+    (std::time::Instant::now(), crate::message::now_ms())
+}
+
+/// A `republish` or `log` action; republished messages are stamped `at`.
+fn run_one(
+    broker: &Broker,
+    a: &Action,
+    job: &Job,
+    at: (std::time::Instant, i64),
+) -> Result<(), String> {
     let r = &job.set.rules[job.rule];
     match a {
-        Action::Republish(rp) => republish(broker, rp, job),
+        Action::Republish(rp) => republish(broker, rp, job, at),
         Action::Log => {
             info!(target: "midge::rules", rule = r.rule.id(), output = %serde_json::Value::Object(job.row.clone()), "rule output");
             Ok(())
@@ -235,7 +245,12 @@ impl<'a> ActionTimer<'a> {
     }
 }
 
-fn republish(broker: &Broker, rp: &Republish, job: &Job) -> Result<(), String> {
+fn republish(
+    broker: &Broker,
+    rp: &Republish,
+    job: &Job,
+    at: (std::time::Instant, i64),
+) -> Result<(), String> {
     let row = &job.row;
     let topic = match &rp.topic_literal {
         Some(t) => t.clone(),
@@ -273,7 +288,7 @@ fn republish(broker: &Broker, rp: &Republish, job: &Job) -> Result<(), String> {
         .map(|t| Bytes::from(t.render(row)));
     props.message_expiry_interval = rp.message_expiry_interval;
     props.payload_format_indicator = rp.payload_format_indicator;
-    let mut msg = Message::new(topic, Bytes::from(payload), rp.qos, rp.retain, props);
+    let mut msg = Message::new_at(topic, Bytes::from(payload), rp.qos, rp.retain, props, at);
     msg.rule_depth = job.depth + 1;
     broker.publish(Arc::new(msg));
     Ok(())

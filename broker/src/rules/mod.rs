@@ -437,8 +437,9 @@ impl RuleEngine {
     /// Runs the inline actions of `outputs` (from [`RuleEngine::on_message`]),
     /// then queues those that also have `plugin` actions.
     pub fn run_inline(&self, broker: &crate::broker::Broker, outputs: Outputs) {
+        let at = action::now();
         for mut job in outputs {
-            if action::run_sync(broker, &job) {
+            if action::run_sync(broker, &job, at) {
                 job.inline_done = true;
                 self.queue(job);
             }
