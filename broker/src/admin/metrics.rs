@@ -356,7 +356,7 @@ fn rules(o: &mut Out, b: &Broker) {
     o.one(
         "midge_rule_outputs_dropped_total",
         "counter",
-        "Rule outputs dropped because the action queue was full.",
+        "Rule outputs dropped because the action queue (plugin actions, event rules, republished messages) was full.",
         get(&b.rules.actions_dropped),
     );
 }
