@@ -182,6 +182,13 @@ pub trait Backend: Send + 'static {
     fn load(&mut self) -> Result<Vec<(Key, Vec<u8>)>, StoreError>;
     /// Applies `batch` atomically and durably (synced) before returning.
     fn commit(&mut self, batch: &Batch) -> Result<(), StoreError>;
+    /// For `midge store repair`: deletes records that hold other records
+    /// and cannot be split into them (sled's queue chunks), which `load`
+    /// would refuse; returns a description of each. Records that load
+    /// individually are checked, and deleted, by the caller.
+    fn drop_unreadable(&mut self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Counters for metrics and benchmarks.

@@ -336,6 +336,39 @@ impl Backend for SledBackend {
         Ok(out)
     }
 
+    fn drop_unreadable(&mut self) -> Result<Vec<String>, StoreError> {
+        let mut gone = Vec::new();
+        for kind in [b'Q', b'x'] {
+            for item in self.db.scan_prefix([kind]) {
+                let (k, v) = item.map_err(|e| self.io(e))?;
+                let problem = match decode_chunk_key(&k) {
+                    Err(m) => Some(m),
+                    Ok(_) if kind == b'x' => {
+                        (v.first() != Some(&CHUNK_V1)).then(|| "unknown version".into())
+                    }
+                    Ok((_, first)) => match decode_chunk(&v) {
+                        Err(m) => Some(m),
+                        Ok(items) if items[0].0 != first => {
+                            Some("first sequence number differs from its key".into())
+                        }
+                        Ok(_) => None,
+                    },
+                };
+                if let Some(m) = problem {
+                    self.db.remove(&k).map_err(|e| self.io(e))?;
+                    gone.push(format!(
+                        "queue record {:?}: {m}",
+                        String::from_utf8_lossy(&k)
+                    ));
+                }
+            }
+        }
+        if !gone.is_empty() {
+            self.db.flush().map_err(|e| self.io(e))?;
+        }
+        Ok(gone)
+    }
+
     fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         let cleared: HashSet<&Arc<str>> = batch.cleared.iter().collect();
@@ -647,5 +680,15 @@ mod tests {
             e.contains("dev-7") && e.contains("corrupt") && e.contains("truncated"),
             "{e}"
         );
+        // `midge store repair` deletes it (and nothing else); then the store loads.
+        commit(&mut b, queue("dev-8", 1..=1));
+        let gone = b.drop_unreadable().unwrap();
+        assert_eq!(gone.len(), 1, "{gone:?}");
+        assert!(
+            gone[0].contains("dev-7") && gone[0].contains("truncated"),
+            "{gone:?}"
+        );
+        let rows = loaded(&mut b);
+        assert_eq!(rows, [("dev-8".into(), 1, "m1".into())]);
     }
 }

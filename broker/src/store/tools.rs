@@ -103,6 +103,13 @@ pub fn run(
 ) -> Result<usize, StoreError> {
     let mut backend = open_backend(cfg)?;
     let name = backend.describe();
+    let mut dropped = 0;
+    if action == Action::Repair {
+        for d in backend.drop_unreadable()? {
+            let _ = writeln!(err, "{name}: deleted unreadable {d}");
+            dropped += 1;
+        }
+    }
     let rows = backend.load()?;
     let total = rows.len();
     let mut bad = Vec::new();
@@ -127,6 +134,10 @@ pub fn run(
         backend.commit(&batch)?;
         let _ = writeln!(err, "{name}: deleted {} corrupt records", bad.len());
     }
-    let _ = writeln!(err, "{name}: {total} records, {} corrupt", bad.len());
-    Ok(bad.len())
+    let _ = writeln!(
+        err,
+        "{name}: {total} records, {} corrupt",
+        bad.len() + dropped
+    );
+    Ok(bad.len() + dropped)
 }
