@@ -41,6 +41,9 @@ pub struct ClientInfo {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A receive time: monotonic, and wall-clock milliseconds since the epoch.
+pub type Stamp = (Instant, i64);
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -68,7 +71,7 @@ impl Message {
         )
     }
 
-    /// [`Message::new`] received at `at` (monotonic, wall-clock ms): rule
+    /// [`Message::new`] received at `at` (see [`Stamp`]): rule
     /// outputs of one message share one clock reading.
     pub fn new_at(
         topic: ByteStr,
@@ -76,7 +79,7 @@ impl Message {
         qos: QoS,
         retain: bool,
         properties: Properties,
-        at: (Instant, i64),
+        at: Stamp,
     ) -> Message {
         Message {
             topic,

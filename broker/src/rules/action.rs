@@ -15,7 +15,7 @@ use tracing::info;
 use super::template::Template;
 use super::Job;
 use crate::broker::Broker;
-use crate::message::Message;
+use crate::message::{Message, Stamp};
 
 /// An action as written in the config (`actions = [{ type = "republish", ... }]`).
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
@@ -174,7 +174,7 @@ pub async fn run_actions(broker: Arc<Broker>, mut rx: mpsc::Receiver<Job>) {
 
 /// Runs the `republish` and `log` actions of `job` on the caller's path.
 /// Returns whether it has `plugin` actions left for the queue.
-pub(super) fn run_sync(broker: &Broker, job: &Job, at: (std::time::Instant, i64)) -> bool {
+pub(super) fn run_sync(broker: &Broker, job: &Job, at: Stamp) -> bool {
     let r = &job.set.rules[job.rule];
     let mut queued = false;
     for a in &r.actions {
@@ -190,17 +190,12 @@ pub(super) fn run_sync(broker: &Broker, job: &Job, at: (std::time::Instant, i64)
 }
 
 /// A clock reading for [`Message::new_at`].
-pub(super) fn now() -> (std::time::Instant, i64) {
+pub(super) fn now() -> Stamp {
     (std::time::Instant::now(), crate::message::now_ms())
 }
 
 /// A `republish` or `log` action; republished messages are stamped `at`.
-fn run_one(
-    broker: &Broker,
-    a: &Action,
-    job: &Job,
-    at: (std::time::Instant, i64),
-) -> Result<(), String> {
+fn run_one(broker: &Broker, a: &Action, job: &Job, at: Stamp) -> Result<(), String> {
     let r = &job.set.rules[job.rule];
     match a {
         Action::Republish(rp) => republish(broker, rp, job, at),
@@ -245,12 +240,7 @@ impl<'a> ActionTimer<'a> {
     }
 }
 
-fn republish(
-    broker: &Broker,
-    rp: &Republish,
-    job: &Job,
-    at: (std::time::Instant, i64),
-) -> Result<(), String> {
+fn republish(broker: &Broker, rp: &Republish, job: &Job, at: Stamp) -> Result<(), String> {
     let row = &job.row;
     let topic = match &rp.topic_literal {
         Some(t) => t.clone(),

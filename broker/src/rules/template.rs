@@ -58,29 +58,28 @@ impl Template {
 
     /// Renders against `row`. A missing field renders as "undefined", as in EMQX.
     pub fn render(&self, row: &serde_json::Map<String, Value>) -> String {
-        use std::fmt::Write;
         let mut out = String::new();
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),
                 // One level (the common case): borrowed, nothing cloned.
-                Part::Field(path) if path.len() == 1 => match row.get(&path[0]) {
-                    Some(Value::String(s)) => out.push_str(s),
-                    Some(v) => {
-                        let _ = write!(out, "{v}");
-                    }
-                    None => out.push_str("undefined"),
-                },
-                Part::Field(path) => match lookup(row, path) {
-                    Some(Value::String(s)) => out.push_str(&s),
-                    Some(v) => {
-                        let _ = write!(out, "{v}");
-                    }
-                    None => out.push_str("undefined"),
-                },
+                Part::Field(path) if path.len() == 1 => push_value(&mut out, row.get(&path[0])),
+                Part::Field(path) => push_value(&mut out, lookup(row, path).as_ref()),
             }
         }
         out
+    }
+}
+
+/// A field's text: strings as they are, other values as JSON.
+fn push_value(out: &mut String, v: Option<&Value>) {
+    use std::fmt::Write;
+    match v {
+        Some(Value::String(s)) => out.push_str(s),
+        Some(v) => {
+            let _ = write!(out, "{v}");
+        }
+        None => out.push_str("undefined"),
     }
 }
 

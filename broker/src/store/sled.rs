@@ -189,6 +189,25 @@ fn decode_chunk_key(k: &[u8]) -> Result<(Arc<str>, u64), String> {
     Ok((Arc::from(client), u64::from_be_bytes(a)))
 }
 
+/// A `Q` record: its chunk and deliveries, checked (load and repair agree).
+fn read_chunk(k: &[u8], v: &[u8]) -> Result<(ChunkId, Items), String> {
+    let (c, first) = decode_chunk_key(k)?;
+    let items = decode_chunk(v)?;
+    if items[0].0 != first {
+        return Err("first sequence number differs from its key".into());
+    }
+    Ok(((c, first), items))
+}
+
+/// An `x` record: its chunk and the done bitmap.
+fn read_done(k: &[u8], v: &[u8]) -> Result<(ChunkId, Vec<u8>), String> {
+    let id = decode_chunk_key(k)?;
+    match v.split_first() {
+        Some((&CHUNK_V1, bits)) => Ok((id, bits.to_vec())),
+        _ => Err("unknown version".into()),
+    }
+}
+
 fn encode_done(done: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(1 + done.len());
     v.push(CHUNK_V1);
@@ -270,21 +289,12 @@ impl Backend for SledBackend {
             let (k, v) = item.map_err(|e| self.io(e))?;
             match k.first() {
                 Some(b'Q') => {
-                    let (c, first) = decode_chunk_key(&k).map_err(|m| self.corrupt(&k, m))?;
-                    let items = decode_chunk(&v).map_err(|m| self.corrupt(&k, m))?;
-                    if items[0].0 != first {
-                        return Err(
-                            self.corrupt(&k, "first sequence number differs from its key".into())
-                        );
-                    }
-                    chunks.push((k.to_vec(), (c, first), items));
+                    let (id, items) = read_chunk(&k, &v).map_err(|m| self.corrupt(&k, m))?;
+                    chunks.push((k.to_vec(), id, items));
                 }
                 Some(b'x') => {
-                    let (c, first) = decode_chunk_key(&k).map_err(|m| self.corrupt(&k, m))?;
-                    if v.first() != Some(&CHUNK_V1) {
-                        return Err(self.corrupt(&k, "unknown version".into()));
-                    }
-                    dones.insert((c, first), (k.to_vec(), v[1..].to_vec()));
+                    let (id, bits) = read_done(&k, &v).map_err(|m| self.corrupt(&k, m))?;
+                    dones.insert(id, (k.to_vec(), bits));
                 }
                 _ => {
                     let key = decode_key(&k).map_err(|m| self.corrupt(&k, m))?;
@@ -341,20 +351,12 @@ impl Backend for SledBackend {
         for kind in [b'Q', b'x'] {
             for item in self.db.scan_prefix([kind]) {
                 let (k, v) = item.map_err(|e| self.io(e))?;
-                let problem = match decode_chunk_key(&k) {
-                    Err(m) => Some(m),
-                    Ok(_) if kind == b'x' => {
-                        (v.first() != Some(&CHUNK_V1)).then(|| "unknown version".into())
-                    }
-                    Ok((_, first)) => match decode_chunk(&v) {
-                        Err(m) => Some(m),
-                        Ok(items) if items[0].0 != first => {
-                            Some("first sequence number differs from its key".into())
-                        }
-                        Ok(_) => None,
-                    },
+                let checked = if kind == b'Q' {
+                    read_chunk(&k, &v).map(drop)
+                } else {
+                    read_done(&k, &v).map(drop)
                 };
-                if let Some(m) = problem {
+                if let Err(m) = checked {
                     self.db.remove(&k).map_err(|e| self.io(e))?;
                     gone.push(format!(
                         "queue record {:?}: {m}",
