@@ -105,8 +105,13 @@ impl Message {
     /// Builds a message from a received PUBLISH whose topic alias is already resolved.
     pub fn from_publish(p: Publish, origin: Option<Arc<ClientInfo>>) -> Message {
         let mut properties = p.properties;
-        properties.topic_alias = None;
-        properties.subscription_identifiers.clear();
+        // Only written when set: a write allocates an empty property list.
+        if properties.topic_alias.is_some() {
+            properties.topic_alias = None;
+        }
+        if !properties.subscription_identifiers.is_empty() {
+            properties.subscription_identifiers.clear();
+        }
         let mut m = Message::new(p.topic, p.payload, p.qos, p.retain, properties);
         m.origin = origin;
         m

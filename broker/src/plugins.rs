@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use midge_plugin::types as pt;
 use midge_plugin::{BrokerHandle, KafkaBackend, PluginError, PluginHost, PluginsConfig, Services};
-use midge_protocol::{topic, ByteStr, Properties, QoS, Version};
+use midge_protocol::{topic, ByteStr, Properties, PropertyValues, QoS, Version};
 
 use crate::broker::Broker;
 use crate::message::{ClientInfo, Message};
@@ -179,7 +179,7 @@ pub fn to_plugin(m: &Message) -> pt::Message {
 /// A plugin's message (changed by on-publish, or published by it) as the broker's.
 pub fn from_plugin(m: pt::Message, origin: Option<Arc<ClientInfo>>) -> Message {
     let p = m.properties;
-    let properties = Properties {
+    let properties = Properties::from(PropertyValues {
         payload_format_indicator: p.payload_is_utf8.then_some(1),
         message_expiry_interval: p.message_expiry_interval,
         content_type: p.content_type.map(ByteStr::from),
@@ -190,8 +190,8 @@ pub fn from_plugin(m: pt::Message, origin: Option<Arc<ClientInfo>>) -> Message {
             .into_iter()
             .map(|(k, v)| (ByteStr::from(k), ByteStr::from(v)))
             .collect(),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     let mut msg = Message::new(
         ByteStr::from(m.topic),
         Bytes::from(m.payload),

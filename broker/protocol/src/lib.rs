@@ -57,7 +57,7 @@ mod unsubscribe;
 
 pub use error::DecodeError;
 pub use packet::{decode, encode, encoded_len, Packet};
-pub use properties::Properties;
+pub use properties::{Properties, PropertyValues};
 pub use types::*;
 
 #[cfg(test)]

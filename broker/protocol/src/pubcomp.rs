@@ -16,7 +16,7 @@ pub(crate) fn decode(r: Reader, version: Version) -> Result<Ack, DecodeError> {
 #[cfg(test)]
 mod tests {
     use crate::testutil::{decode_all, decode_err, encode_vec, roundtrip};
-    use crate::{Packet, Properties};
+    use crate::{Packet, Properties, PropertyValues};
 
     use super::*;
 
@@ -61,11 +61,11 @@ mod tests {
     fn roundtrips() {
         roundtrip(&Packet::PubComp(Ack::new(9, 0)), Version::V311);
         roundtrip(&Packet::PubComp(Ack::new(9, 0x92)), Version::V5);
-        let properties = Properties {
+        let properties = Properties::from(PropertyValues {
             reason_string: Some("why".into()),
             user_properties: vec![("k".into(), "v".into())],
-            ..Properties::default()
-        };
+            ..PropertyValues::default()
+        });
         roundtrip(
             &Packet::PubComp(Ack {
                 packet_id: 10,

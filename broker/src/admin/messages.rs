@@ -10,7 +10,7 @@ use axum::Json;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
-use midge_protocol::{topic, ByteStr, Properties, QoS};
+use midge_protocol::{topic, ByteStr, Properties, PropertyValues, QoS};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -243,7 +243,7 @@ pub async fn publish(
             "properties.correlation_data must be at most 65535 bytes",
         ));
     }
-    let properties = Properties {
+    let properties = Properties::from(PropertyValues {
         payload_format_indicator: pp.payload_format_indicator,
         message_expiry_interval: pp.message_expiry_interval,
         content_type: pp.content_type.map(ByteStr::from),
@@ -254,8 +254,8 @@ pub async fn publish(
             .into_iter()
             .map(|(k, v)| (ByteStr::from(k), ByteStr::from(v)))
             .collect(),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     let msg = Message::new(
         ByteStr::from(req.topic),
         payload,

@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 use midge_plugin::types as pt;
 use midge_plugin::PluginHost;
-use midge_protocol::{decode, encode, reason, Auth, ByteStr, Connect, Packet, Properties, Version};
+use midge_protocol::{
+    decode, encode, reason, Auth, ByteStr, Connect, Packet, Properties, PropertyValues, Version,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -58,11 +60,11 @@ pub fn connect_request(c: &Connect, peer: SocketAddr) -> pt::AuthRequest {
 pub fn auth_packet(reason: u8, method: &ByteStr, data: Option<Vec<u8>>) -> Packet {
     Packet::Auth(Auth {
         reason,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             authentication_method: Some(method.clone()),
             authentication_data: data.map(Bytes::from),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
     })
 }
 
@@ -164,7 +166,11 @@ where
                 "AUTH during authentication must continue it (0x18)",
             );
         }
-        req.auth_data = a.properties.authentication_data.map(|d| d.to_vec());
+        req.auth_data = a
+            .properties
+            .authentication_data
+            .as_ref()
+            .map(|d| d.to_vec());
         req.auth_state = Some(cont.state);
         decision = match Box::pin(host.authenticate_continue(plugin, &req))
             .await

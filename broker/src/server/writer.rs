@@ -255,8 +255,14 @@ fn encode_items(
                 };
                 if limits.version == Version::V5 {
                     publish.properties = d.msg.properties.clone();
-                    publish.properties.message_expiry_interval = remaining;
-                    publish.properties.subscription_identifiers = d.sub_ids.to_vec();
+                    // Written only when they differ: the first write to an
+                    // empty property list allocates it.
+                    if publish.properties.message_expiry_interval != remaining {
+                        publish.properties.message_expiry_interval = remaining;
+                    }
+                    if !d.sub_ids.is_empty() {
+                        publish.properties.subscription_identifiers = d.sub_ids.to_vec();
+                    }
                 }
                 let mut new_alias = None;
                 if limits.version == Version::V5 && limits.topic_alias_max > 0 {
@@ -341,6 +347,8 @@ fn strip_problem_info(p: &mut Packet) {
         Packet::UnsubAck(u) => &mut u.properties,
         _ => return,
     };
-    props.reason_string = None;
-    props.user_properties.clear();
+    if props.reason_string.is_some() || !props.user_properties.is_empty() {
+        props.reason_string = None;
+        props.user_properties.clear();
+    }
 }

@@ -364,15 +364,16 @@ pub fn decode_retained(b: &[u8]) -> R<Message> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use midge_protocol::PropertyValues;
 
     fn msg() -> Message {
-        let props = Properties {
+        let props = Properties::from(PropertyValues {
             message_expiry_interval: Some(30),
             content_type: Some("text/plain".into()),
             correlation_data: Some(Bytes::from_static(b"\x00\x01")),
             user_properties: vec![("k".into(), "v".into())],
-            ..Default::default()
-        };
+            ..PropertyValues::default()
+        });
         let mut m = Message::new(
             "a/b".into(),
             Bytes::from_static(b"payload"),
