@@ -60,6 +60,29 @@ type Items = Vec<(u64, Vec<u8>)>;
 const KINDS: [u8; 6] = [b'u', b'q', b'i', b'r', b'Q', b'x'];
 const CHUNK_V1: u8 = 1;
 
+/// sled's log segment size for a new store. sled writes a tree node larger
+/// than a quarter of a segment to a file of its own (a "blob"): with its
+/// default of 512 KiB, nodes holding queue chunks crossed that line and every
+/// such write created, fsynced and later deleted a file (ext4's inode
+/// allocation showed in perf). At 8 MiB the line is at 2 MiB.
+const SEGMENT_SIZE: usize = 8 << 20;
+
+/// The segment size to open `dir` with: sled refuses to open a store with a
+/// size other than the one it was created with (recorded in its `conf`
+/// file), so an existing store keeps its own.
+fn segment_size(dir: &Path) -> usize {
+    // The file ends in a binary checksum: read it as bytes.
+    std::fs::read(dir.join("conf"))
+        .ok()
+        .and_then(|conf| {
+            String::from_utf8_lossy(&conf)
+                .lines()
+                .find_map(|l| l.strip_prefix("segment_size: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(SEGMENT_SIZE)
+}
+
 impl SledBackend {
     pub fn open(dir: &Path) -> Result<SledBackend, StoreError> {
         let store = format!("sled store at {}", dir.display());
@@ -70,6 +93,7 @@ impl SledBackend {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            .segment_size(segment_size(dir))
             .open()
             .map_err(|e| StoreError::Open {
                 store,
@@ -566,6 +590,30 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_new_store_gets_large_segments_and_an_old_one_keeps_its_own() {
+        let conf = |d: &Path| {
+            String::from_utf8_lossy(&std::fs::read(d.join("conf")).unwrap()).into_owned()
+        };
+        let fresh = tempfile::tempdir().unwrap();
+        drop(open(fresh.path()));
+        assert!(
+            conf(fresh.path()).contains(&format!("segment_size: {SEGMENT_SIZE}\n")),
+            "{}",
+            conf(fresh.path())
+        );
+        // A store created with sled's default segment size still opens.
+        let old = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new().path(old.path()).open().unwrap();
+            db.insert(b"k", b"v").unwrap();
+            db.flush().unwrap();
+        }
+        assert!(conf(old.path()).contains("segment_size: 524288\n"));
+        let b = open(old.path());
+        assert_eq!(b.db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 
     #[test]

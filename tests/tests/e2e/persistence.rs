@@ -522,7 +522,13 @@ async fn corrupt_store_refuses_to_start_and_midge_store_repairs_it() {
     // Damage the store behind the broker's back: a session record that does not decode.
     let data = dir.path().join("data");
     {
-        let db = sled::open(&data).unwrap();
+        // Midge creates sled stores with 8 MiB segments, and sled opens a
+        // store only with the size it was created with.
+        let db = sled::Config::new()
+            .path(&data)
+            .segment_size(8 << 20)
+            .open()
+            .unwrap();
         db.insert(b"svictim", &[1u8, 2, 3][..]).unwrap();
         db.flush().unwrap();
     }
