@@ -365,7 +365,19 @@ pub struct Input<'a> {
     publish_received_at: Option<i64>,
     node: Option<&'a str>,
     extra: Option<&'a Map<String, Value>>,
+    lazy: Option<Lazy<'a>>,
     json: OnceCell<Result<Value, String>>,
+}
+
+/// Fields the caller computes only when a rule reads them (see
+/// [`Input::lazy`]).
+#[derive(Clone, Copy)]
+struct Lazy<'a>(&'a dyn Fn(&str) -> Option<Value>);
+
+impl std::fmt::Debug for Lazy<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lazy(..)")
+    }
 }
 
 impl<'a> Input<'a> {
@@ -385,6 +397,7 @@ impl<'a> Input<'a> {
             publish_received_at: None,
             node: None,
             extra: None,
+            lazy: None,
             json: OnceCell::new(),
         }
     }
@@ -476,6 +489,16 @@ impl<'a> Input<'a> {
         self
     }
 
+    /// Fields computed on demand: `fields(name)` is asked for a field that
+    /// neither a setter nor [`Input::extra`] provides, each time a rule
+    /// reads it (and for `SELECT *`). For fields that cost something to
+    /// build (`id`, `peername`, `pub_props` ...) that most rules never read.
+    #[must_use]
+    pub fn lazy(mut self, fields: &'a dyn Fn(&str) -> Option<Value>) -> Self {
+        self.lazy = Some(Lazy(fields));
+        self
+    }
+
     /// The source of this input.
     pub fn source(&self) -> Source {
         self.source
@@ -543,7 +566,11 @@ impl<'a> Input<'a> {
                 }
                 .to_owned(),
             )),
-            _ => self.extra.and_then(|m| m.get(name)).cloned(),
+            _ => self
+                .extra
+                .and_then(|m| m.get(name))
+                .cloned()
+                .or_else(|| self.lazy.and_then(|f| (f.0)(name))),
         }
     }
 

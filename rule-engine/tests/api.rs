@@ -29,6 +29,33 @@ fn payload_decoded_lazily_and_once() {
 }
 
 #[test]
+fn lazy_fields_are_computed_only_when_a_rule_reads_them() {
+    use std::cell::Cell;
+    let asked = Cell::new(0);
+    let lazy = |name: &str| {
+        asked.set(asked.get() + 1);
+        (name == "peername").then(|| serde_json::json!("10.0.0.1:5000"))
+    };
+    let input = Input::message("t/1", b"{}").clientid("c").lazy(&lazy);
+    let rows = rule(r#"SELECT clientid FROM "t/#""#).apply(&input).unwrap();
+    assert_eq!(rows[0]["clientid"], "c");
+    assert_eq!(
+        asked.get(),
+        0,
+        "a rule that does not read them must not build them"
+    );
+    let rows = rule(r#"SELECT peername FROM "t/#" WHERE peername = '10.0.0.1:5000'"#)
+        .apply(&input)
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["peername"], "10.0.0.1:5000");
+    // `SELECT *` includes them; an unknown one stays out.
+    let rows = rule(r#"SELECT * FROM "t/#""#).apply(&input).unwrap();
+    assert_eq!(rows[0]["peername"], "10.0.0.1:5000");
+    assert!(rows[0].get("pub_props").is_none());
+}
+
+#[test]
 fn introspection() {
     let r = rule(r#"SELECT * FROM "a/+", '$events/client_connected', "b/#""#);
     assert_eq!(r.from_filters(), ["a/+", "$events/client_connected", "b/#"]);

@@ -404,30 +404,29 @@ impl RuleEngine {
             return Outputs::new();
         }
         let mut out = Outputs::with_capacity(hits.len());
-        let id = format!("{:016X}", msg.id);
-        let peer = msg.origin.as_ref().map(|o| o.peer.to_string());
-        let mut extra = Map::new();
-        extra.insert("pub_props".into(), events::pub_props(&msg.properties));
-        extra.insert("headers".into(), Value::Object(Map::new()));
-        if let Some(p) = &peer {
-            extra.insert("peername".into(), Value::String(p.clone()));
-        }
-        let host = peer
-            .as_deref()
-            .and_then(|p| p.rsplit_once(':').map(|(h, _)| h));
+        // Built only if a rule reads them: formatting the id and the peer
+        // address and converting the properties cost more than most rules.
+        let lazy = |name: &str| -> Option<Value> {
+            let peer = || msg.origin.as_ref().map(|o| o.peer.to_string());
+            match name {
+                "id" => Some(Value::String(format!("{:016X}", msg.id))),
+                "pub_props" => Some(events::pub_props(&msg.properties)),
+                "headers" => Some(Value::Object(Map::new())),
+                "peername" => peer().map(Value::String),
+                "peerhost" => peer()
+                    .and_then(|p| p.rsplit_once(':').map(|(h, _)| Value::String(h.to_owned()))),
+                _ => None,
+            }
+        };
         let mut input = Input::message(&msg.topic, &msg.payload)
-            .id(&id)
             .qos(msg.qos as u8)
             .flags(msg.retain, false)
             .timestamp(msg.timestamp_ms)
             .publish_received_at(msg.timestamp_ms)
             .node(NODE)
-            .extra(&extra);
+            .lazy(&lazy);
         if let Some(o) = &msg.origin {
             input = input.clientid(&o.client_id).username(o.username.as_deref());
-        }
-        if let Some(h) = host {
-            input = input.peerhost(h);
         }
         let inline = (msg.rule_depth == 0).then_some(&mut out);
         self.evaluate(&set, &hits, &input, msg.rule_depth, inline);
