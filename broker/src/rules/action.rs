@@ -258,26 +258,35 @@ fn republish(broker: &Broker, rp: &Republish, job: &Job, at: Stamp) -> Result<()
         Some(t) => t.render(row),
         None => serde_json::Value::Object(row.clone()).to_string(),
     };
+    let any_props = !rp.user_properties.is_empty()
+        || rp.content_type.is_some()
+        || rp.response_topic.is_some()
+        || rp.correlation_data.is_some()
+        || rp.message_expiry_interval.is_some()
+        || rp.payload_format_indicator.is_some();
     let mut props = Properties::default();
-    for (k, v) in &rp.user_properties {
-        props
-            .user_properties
-            .push((ByteStr::from(k.render(row)), ByteStr::from(v.render(row))));
+    // Properties allocate on the first write: none when the action sets none.
+    if any_props {
+        let p = &mut *props;
+        for (k, v) in &rp.user_properties {
+            p.user_properties
+                .push((ByteStr::from(k.render(row)), ByteStr::from(v.render(row))));
+        }
+        p.content_type = rp
+            .content_type
+            .as_ref()
+            .map(|t| ByteStr::from(t.render(row)));
+        p.response_topic = rp
+            .response_topic
+            .as_ref()
+            .map(|t| ByteStr::from(t.render(row)));
+        p.correlation_data = rp
+            .correlation_data
+            .as_ref()
+            .map(|t| Bytes::from(t.render(row)));
+        p.message_expiry_interval = rp.message_expiry_interval;
+        p.payload_format_indicator = rp.payload_format_indicator;
     }
-    props.content_type = rp
-        .content_type
-        .as_ref()
-        .map(|t| ByteStr::from(t.render(row)));
-    props.response_topic = rp
-        .response_topic
-        .as_ref()
-        .map(|t| ByteStr::from(t.render(row)));
-    props.correlation_data = rp
-        .correlation_data
-        .as_ref()
-        .map(|t| Bytes::from(t.render(row)));
-    props.message_expiry_interval = rp.message_expiry_interval;
-    props.payload_format_indicator = rp.payload_format_indicator;
     let mut msg = Message::new_at(topic, Bytes::from(payload), rp.qos, rp.retain, props, at);
     msg.rule_depth = job.depth + 1;
     broker.publish(Arc::new(msg));
