@@ -534,7 +534,7 @@ mod tests {
 
     #[test]
     fn a_write_makes_it_non_empty_and_equality_ignores_the_box() {
-        let mut p = Properties::default();
+        let mut p = Properties::from(PropertyValues::EMPTY);
         p.topic_alias = None;
         assert!(p.0.is_some() && p.is_empty());
         assert_eq!(p, Properties::default());
