@@ -36,6 +36,14 @@ use midge_rules::EventKind;
 const READ_CHUNK: usize = 64 * 1024;
 /// How long the last packets may take to be written when closing.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+/// Acks and other control packets a connection may have waiting for its
+/// client before the broker stops reading from it: a client that publishes
+/// QoS 1 without reading its PUBACKs otherwise grows the queue without bound.
+const CONTROL_BACKLOG_MAX: usize = 8192;
+/// How long a connection held back by [`CONTROL_BACKLOG_MAX`] may go without
+/// its client reading anything before it is closed (without a keep-alive;
+/// with one, 1.5 times the keep-alive).
+const STALLED_MAX: Duration = Duration::from_secs(60);
 
 /// What the listener knows about a connection before its CONNECT.
 #[derive(Debug)]
@@ -609,6 +617,8 @@ async fn run<R, W>(
     // Collect from the session on the first pass (resends after a reconnect).
     let mut collect = true;
     let mut write_failed = false;
+    // Control packets waiting in the session (see CONTROL_BACKLOG_MAX).
+    let mut backlog = 0usize;
 
     let mut reader = Reader {
         broker: broker.clone(),
@@ -677,9 +687,13 @@ async fn run<R, W>(
             }
         }
         if reader.ticket != 0 || !reader.control.is_empty() || !reader.retained.is_empty() {
-            Box::pin(reader.flush_control()).await;
+            backlog = Box::pin(reader.flush_control()).await;
             collect = true;
+        } else if backlog >= CONTROL_BACKLOG_MAX {
+            // Held back: read again once the client has taken its acks.
+            backlog = session.state.lock().control.len();
         }
+        let reading = backlog < CONTROL_BACKLOG_MAX;
         if collect && !output.pending() {
             // A full batch: take the rest once it is written.
             let (ticket, more) = output.collect(&session);
@@ -711,7 +725,7 @@ async fn run<R, W>(
             }
         };
         tokio::select! {
-            r = read => match r {
+            r = read, if reading => match r {
                 None if reauth_by.is_some_and(|t| Instant::now() >= t) => {
                     info!("re-authentication not completed within connect_timeout");
                     break End::Server { reason: reason::NOT_AUTHORIZED, why: "re-authentication not completed in time" };
@@ -735,6 +749,12 @@ async fn run<R, W>(
             },
             // Deliveries, acks or a freed inflight slot for this client.
             _ = session.notify.notified(), if !output.pending() => collect = true,
+            // Not reading while the client leaves its acks unread; every
+            // write that makes progress starts this wait again.
+            _ = tokio::time::sleep(keep_alive.unwrap_or(STALLED_MAX)), if !reading => {
+                warn!(backlog, "client does not read its acknowledgements; closing");
+                break End::Server { reason: reason::KEEP_ALIVE_TIMEOUT, why: "client stopped reading its acknowledgements" };
+            }
             k = &mut kicked => {
                 let reason = k.unwrap_or(reason::SESSION_TAKEN_OVER);
                 break End::Server { reason, why: if reason == reason::SESSION_TAKEN_OVER { "session taken over" } else { "closed by the server" } };
@@ -923,16 +943,21 @@ impl Reader {
     /// subscriptions. No notify for the acks: the caller is the connection
     /// that writes them, and it collects right after (or `Output::finish`
     /// does, on close).
-    async fn flush_control(&mut self) {
+    ///
+    /// Returns how many control packets the session holds once the batch's
+    /// are added (0 when the batch had none).
+    async fn flush_control(&mut self) -> usize {
         if self.ticket != 0 {
             if let Some(store) = &self.broker.store {
                 store.durable(self.ticket).await;
             }
             self.ticket = 0;
         }
+        let mut backlog = 0;
         if !self.control.is_empty() {
             let mut st = self.session.state.lock();
             st.control.extend(self.control.drain(..));
+            backlog = st.control.len();
         }
         if !self.retained.is_empty() {
             let limits = self.broker.queue_limits();
@@ -940,6 +965,7 @@ impl Reader {
                 let _ = self.session.enqueue(d, limits);
             }
         }
+        backlog
     }
 
     fn wait_for(&mut self, ticket: u64) {

@@ -176,6 +176,73 @@ async fn a_backlog_larger_than_one_write_batch_is_delivered_in_full() {
     }
 }
 
+/// A client that publishes QoS 1 and never reads its PUBACKs: the broker
+/// stops reading from it once 8,192 acks wait (so the client's writes
+/// block) instead of queueing acks without bound, keeps serving others, and
+/// closes it when it still reads nothing for 1.5 x its keep-alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_never_reads_its_pubacks_is_held_back_and_then_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = start_broker(|_| {}).await;
+    let t = topic("noread");
+    // A small receive buffer, so unread PUBACKs fill it quickly.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut c = within("connect", sock.connect(b.addr)).await.unwrap();
+    c.write_all(&ConnectOpts::v4(&unique("nrp")).keep_alive(2).encode())
+        .await
+        .unwrap();
+    let mut connack = [0u8; 4];
+    within("CONNACK", c.read_exact(&mut connack)).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    let mut batch = Vec::new();
+    for i in 0..1000u16 {
+        batch.extend(publish(false, &t, 1, false, false, i + 1, &[], b"x"));
+    }
+    // Up to 1,000,000 publishes; a write that makes no progress for 2 s
+    // means the broker stopped reading.
+    let mut sent = 0usize;
+    let mut blocked = false;
+    while sent < 1_000_000 {
+        match tokio::time::timeout(Duration::from_secs(2), c.write_all(&batch)).await {
+            Ok(r) => {
+                r.unwrap();
+                sent += 1000;
+            }
+            Err(_) => {
+                blocked = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        blocked,
+        "the broker kept reading: {sent} QoS 1 publishes taken, none of their PUBACKs read"
+    );
+    // Others are served meanwhile.
+    let mut s = V4::new(&b, "other-sub").await;
+    let t2 = topic("noread-other");
+    s.subscribe(&t2, QoS::AtLeastOnce).await;
+    let mut p = V4::new(&b, "other-pub").await;
+    p.publish(&t2, QoS::AtLeastOnce, false, "fine").await;
+    assert_eq!(s.next_publish().await.payload.as_ref(), b"fine");
+    // Still not reading: after 1.5 x keep-alive (3 s) without progress the
+    // broker closes it. Then its acks, and the end of the stream, arrive.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut sink = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    loop {
+        match within("the broker to close the connection", c.read(&mut sink)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+        assert!(
+            total <= (sent + 1000) * 4,
+            "more acks than publishes: {total} bytes"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordering_per_publisher_qos0() {
     ordering(QoS::AtMostOnce).await;
