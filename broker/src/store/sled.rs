@@ -171,23 +171,27 @@ fn client_key(kind: u8, client: &str, rest: &[u8]) -> Vec<u8> {
 /// the publisher's id, the payload's shape).
 fn encode_chunk(items: &[(u64, &[u8])]) -> Vec<u8> {
     let len: usize = items.iter().map(|(_, v)| 12 + v.len()).sum();
-    let mut body = Vec::with_capacity(4 + len);
-    body.extend_from_slice(&(items.len() as u32).to_be_bytes());
+    let mut plain = Vec::with_capacity(5 + len);
+    plain.push(CHUNK_V1);
+    plain.extend_from_slice(&(items.len() as u32).to_be_bytes());
     for (seq, v) in items {
-        body.extend_from_slice(&seq.to_be_bytes());
-        body.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        body.extend_from_slice(v);
+        plain.extend_from_slice(&seq.to_be_bytes());
+        plain.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        plain.extend_from_slice(v);
     }
-    let packed = lz4_flex::block::compress_prepend_size(&body);
-    let (version, body) = if packed.len() < body.len() {
-        (CHUNK_V2_LZ4, packed)
-    } else {
-        (CHUNK_V1, body)
-    };
-    let mut out = Vec::with_capacity(1 + body.len());
-    out.push(version);
-    out.extend_from_slice(&body);
-    out
+    // Version, uncompressed size (what `decompress_size_prepended` reads),
+    // then the block, written in place.
+    let body = &plain[1..];
+    let mut packed = vec![0u8; 5 + lz4_flex::block::get_maximum_output_size(body.len())];
+    packed[0] = CHUNK_V2_LZ4;
+    packed[1..5].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    match lz4_flex::block::compress_into(body, &mut packed[5..]) {
+        Ok(n) if 5 + n < plain.len() => {
+            packed.truncate(5 + n);
+            packed
+        }
+        _ => plain,
+    }
 }
 
 /// The body of a version 2 chunk, decompressed. The stated size is checked
