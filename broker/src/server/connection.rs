@@ -686,13 +686,17 @@ async fn run<R, W>(
                 break 'conn end;
             }
         }
+        let mut flushed = None;
         if reader.ticket != 0 || !reader.control.is_empty() || !reader.retained.is_empty() {
-            backlog = Box::pin(reader.flush_control()).await;
+            flushed = Box::pin(reader.flush_control()).await;
             collect = true;
-        } else if backlog >= CONTROL_BACKLOG_MAX {
-            // Held back: read again once the client has taken its acks.
-            backlog = session.state.lock().control.len();
         }
+        backlog = match flushed {
+            Some(n) => n,
+            // Held back: read again once the client has taken its acks.
+            None if backlog >= CONTROL_BACKLOG_MAX => session.state.lock().control.len(),
+            None => backlog,
+        };
         let reading = backlog < CONTROL_BACKLOG_MAX;
         if collect && !output.pending() {
             // A full batch: take the rest once it is written.
@@ -945,19 +949,19 @@ impl Reader {
     /// does, on close).
     ///
     /// Returns how many control packets the session holds once the batch's
-    /// are added (0 when the batch had none).
-    async fn flush_control(&mut self) -> usize {
+    /// are added (`None` when the batch had none).
+    async fn flush_control(&mut self) -> Option<usize> {
         if self.ticket != 0 {
             if let Some(store) = &self.broker.store {
                 store.durable(self.ticket).await;
             }
             self.ticket = 0;
         }
-        let mut backlog = 0;
+        let mut backlog = None;
         if !self.control.is_empty() {
             let mut st = self.session.state.lock();
             st.control.extend(self.control.drain(..));
-            backlog = st.control.len();
+            backlog = Some(st.control.len());
         }
         if !self.retained.is_empty() {
             let limits = self.broker.queue_limits();
