@@ -206,18 +206,31 @@ impl Broker {
     /// [`Broker::publish`] without counting the message as received (the
     /// broker's own `$SYS` messages). Retained `$SYS` messages are kept in
     /// memory only.
-    ///
-    /// Rules on the topic are evaluated first; the inline actions of their
-    /// outputs (`republish`, `log`) run after the message
-    /// itself was delivered, so its subscribers get it before what rules
-    /// derive from it.
     pub fn route(&self, msg: Arc<Message>) -> u64 {
+        self.route_to_rules(msg).0
+    }
+
+    /// [`Broker::publish`] for a client's connection: also returns the
+    /// action lane its rule outputs were queued on, if any, for the
+    /// connection to hold its client back while that lane is deep
+    /// ([`crate::rules::queue`]).
+    pub fn publish_from_client(&self, msg: Arc<Message>) -> (u64, Option<usize>) {
+        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.route_to_rules(msg)
+    }
+
+    /// Rules on the topic are evaluated first; their outputs are queued for
+    /// their actions after the message itself was delivered, so its
+    /// subscribers get it before what rules derive from it.
+    fn route_to_rules(&self, msg: Arc<Message>) -> (u64, Option<usize>) {
         let outputs = self.rules.on_message(&msg);
-        let ticket = self.deliver(msg);
-        if !outputs.is_empty() {
-            self.rules.run_inline(self, outputs);
+        if outputs.is_empty() {
+            return (self.deliver(msg), None);
         }
-        ticket
+        let lane = self.rules.lane_of_message(&msg);
+        let ticket = self.deliver(msg);
+        self.rules.enqueue(lane, outputs);
+        (ticket, Some(lane))
     }
 
     /// Retains and delivers `msg` to its subscribers (no rules).

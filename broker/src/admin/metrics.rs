@@ -356,8 +356,14 @@ fn rules(o: &mut Out, b: &Broker) {
     o.one(
         "midge_rule_outputs_dropped_total",
         "counter",
-        "Rule outputs dropped because the action queue (plugin actions, event rules, republished messages) was full.",
+        "Rule outputs dropped because their action lane was full.",
         get(&b.rules.actions_dropped),
+    );
+    o.one(
+        "midge_rule_publisher_hold_timeouts_total",
+        "counter",
+        "Times a publisher held back for a deep action lane was let go after the longest hold, the lane's actions being too slow.",
+        get(&b.rules.lanes.hold_timeouts),
     );
 }
 

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use midge_protocol::{topic, ByteStr, Properties, QoS};
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tracing::info;
 
 use super::template::Template;
@@ -142,51 +141,39 @@ impl Action {
     }
 }
 
-/// Runs actions for queued rule outputs until the broker drops the sender
-/// (of an output whose inline actions ran already, only its `plugin` ones).
-pub async fn run_actions(broker: Arc<Broker>, mut rx: mpsc::Receiver<Job>) {
-    while let Some(job) = rx.recv().await {
-        let r = &job.set.rules[job.rule];
-        for a in &r.actions {
-            if job.inline_done && !matches!(a, Action::Plugin { .. }) {
-                continue;
+/// Serves one action lane: runs the actions of its outputs, in order, one
+/// batch at a time. Ends when the task is aborted (server shutdown).
+pub async fn run_actions(broker: Arc<Broker>, lane: usize) {
+    let mut batch = Vec::new();
+    loop {
+        broker.rules.lanes.take(lane, &mut batch).await;
+        let n = batch.len();
+        // One clock reading per batch for the republished messages.
+        let at = now();
+        for job in batch.drain(..) {
+            let r = &job.set.rules[job.rule];
+            for a in &r.actions {
+                let timer = ActionTimer::start(&r.metrics);
+                let ok = match a {
+                    Action::Plugin { plugin } => match broker.plugins.get() {
+                        Some(host) => {
+                            let rows = serde_json::Value::Array(vec![serde_json::Value::Object(
+                                job.row.clone(),
+                            )])
+                            .to_string();
+                            host.on_rule_output(plugin, r.rule.id(), &rows)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                        None => Err(format!("plugin `{plugin}` unavailable: no plugins loaded")),
+                    },
+                    sync => run_one(&broker, sync, &job, at),
+                };
+                timer.finish(r.rule.id(), ok);
             }
-            let timer = ActionTimer::start(&r.metrics);
-            let ok = match a {
-                Action::Plugin { plugin } => match broker.plugins.get() {
-                    Some(host) => {
-                        let rows = serde_json::Value::Array(vec![serde_json::Value::Object(
-                            job.row.clone(),
-                        )])
-                        .to_string();
-                        host.on_rule_output(plugin, r.rule.id(), &rows)
-                            .await
-                            .map_err(|e| e.to_string())
-                    }
-                    None => Err(format!("plugin `{plugin}` unavailable: no plugins loaded")),
-                },
-                sync => run_one(&broker, sync, &job, now()),
-            };
-            timer.finish(r.rule.id(), ok);
         }
+        broker.rules.lanes.done(lane, n);
     }
-}
-
-/// Runs the `republish` and `log` actions of `job` on the caller's path.
-/// Returns whether it has `plugin` actions left for the queue.
-pub(super) fn run_sync(broker: &Broker, job: &Job, at: Stamp) -> bool {
-    let r = &job.set.rules[job.rule];
-    let mut queued = false;
-    for a in &r.actions {
-        if matches!(a, Action::Plugin { .. }) {
-            queued = true;
-            continue;
-        }
-        let timer = ActionTimer::start(&r.metrics);
-        let ok = run_one(broker, a, job, at);
-        timer.finish(r.rule.id(), ok);
-    }
-    queued
 }
 
 /// A clock reading for [`Message::new_at`].

@@ -2,16 +2,16 @@
 //! `midge-rules`, indexed by their FROM filters, evaluated on every publish
 //! and event that a rule asks for.
 //!
-//! Where actions run: the `republish` and `log` actions of rules on a
-//! published message (by a client, the admin API, a will or a plugin) run
-//! inline, on the publisher's path, right after the
-//! message itself was routed ([`crate::broker::Broker::route`]): a publisher
-//! whose messages trigger rules is slowed down by them instead of their
-//! outputs being dropped. `plugin` actions (async Wasm calls), the actions
-//! of rules on events, and those of rules on republished messages (depth
-//! above 0, so a rule loop cannot hold a publisher) go to a bounded queue
-//! served by one task; beyond [`ACTION_QUEUE`] waiting outputs they are
-//! dropped and counted (`actions_dropped`).
+//! Where actions run: off the publisher's path. A rule is evaluated where
+//! its message is published (or its event happens); its output rows go to
+//! bounded action lanes ([`queue`]), each served by one task that runs the
+//! rule's actions in order. A publisher whose messages feed a deep lane is
+//! held back (not read) until the lane drains, for at most
+//! [`queue::HOLD_MAX`]; past that the lane is marked overloaded and
+//! outputs beyond its capacity are dropped and counted (`actions_dropped`,
+//! and `actions_failed` per rule). A slow or failing action therefore slows
+//! publishers down for a bounded time and never loses the publish itself,
+//! which is routed before its outputs are queued.
 //!
 //! A publish with no matching rule pays one atomic load (no rules) or one
 //! trie walk (rules on other filters). The payload is JSON-decoded at most
@@ -21,6 +21,7 @@ mod action;
 pub mod events;
 mod index;
 pub mod overlay;
+pub mod queue;
 pub mod sample;
 mod template;
 
@@ -34,7 +35,6 @@ use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use smallvec::SmallVec;
-use tokio::sync::mpsc;
 use tracing::debug;
 
 pub use action::{run_actions, Action, ActionConfig};
@@ -43,9 +43,6 @@ use index::FilterIndex;
 
 use crate::message::Message;
 
-/// Most rule outputs waiting for their queued actions; beyond it, outputs
-/// are dropped and counted (`actions_dropped`), never blocking anyone.
-const ACTION_QUEUE: usize = 10_000;
 /// Evaluation and action times are measured on one run in this many (two
 /// clock reads per rule and message were 7 % of the broker's CPU with 10
 /// rules) and counted times this many: `eval_nanos` / `action_nanos` are
@@ -91,7 +88,7 @@ pub struct RuleMetrics {
     /// evaluations (sampled: one in [`TIME_EVERY`] is timed).
     pub eval_nanos: AtomicU64,
     /// Time spent running the rule's actions, over `action_runs` runs
-    /// (outputs dropped for a full queue excluded: they never ran; sampled
+    /// (outputs dropped for a full lane excluded: they never ran; sampled
     /// like `eval_nanos`).
     pub action_nanos: AtomicU64,
     /// Action runs timed in `action_nanos`.
@@ -121,8 +118,6 @@ struct CompiledRule {
     rule: Rule,
     enabled: bool,
     actions: Vec<Action>,
-    /// Has a `republish` or `log` action (run inline for a published message).
-    has_inline_actions: bool,
     metrics: Arc<RuleMetrics>,
 }
 
@@ -184,7 +179,6 @@ impl RuleSet {
             set.rules.push(CompiledRule {
                 rule,
                 enabled: c.enabled,
-                has_inline_actions: actions.iter().any(|a| !matches!(a, Action::Plugin { .. })),
                 actions,
                 metrics,
             });
@@ -221,13 +215,10 @@ pub struct Job {
     rule: usize,
     row: Row,
     depth: u8,
-    /// Its `republish` / `log` actions ran inline already; only its
-    /// `plugin` actions are left for the queue.
-    inline_done: bool,
 }
 
-/// Outputs of a publish's rules whose actions the caller runs inline, once
-/// the message is routed ([`RuleEngine::run_inline`]).
+/// Outputs of a publish's rules, for [`RuleEngine::enqueue`] once the
+/// message is routed.
 pub type Outputs = Vec<Job>;
 
 /// A compiled rule set waiting for [`RuleEngine::install`].
@@ -239,7 +230,7 @@ pub struct Prepared {
     overlay: overlay::Overlay,
 }
 
-/// The broker's rule engine: the current rule set and the action queue.
+/// The broker's rule engine: the current rule set and the action lanes.
 #[derive(Debug)]
 pub struct RuleEngine {
     set: RwLock<Arc<RuleSet>>,
@@ -254,9 +245,9 @@ pub struct RuleEngine {
     edits: Mutex<()>,
     message_rules: AtomicBool,
     event_mask: AtomicU32,
-    tx: mpsc::Sender<Job>,
-    rx: Mutex<Option<mpsc::Receiver<Job>>>,
-    /// Outputs dropped because the action queue was full.
+    /// Where outputs wait for their actions.
+    pub lanes: queue::Lanes,
+    /// Outputs dropped because their lane was full.
     pub actions_dropped: AtomicU64,
     /// Functions rules may call beyond the catalogue (the plugins').
     functions: RwLock<Option<Arc<dyn ExternalFunctions>>>,
@@ -264,7 +255,6 @@ pub struct RuleEngine {
 
 impl Default for RuleEngine {
     fn default() -> Self {
-        let (tx, rx) = mpsc::channel(ACTION_QUEUE);
         RuleEngine {
             set: RwLock::new(Arc::new(RuleSet::default())),
             configs: RwLock::new(Arc::new(Vec::new())),
@@ -273,8 +263,7 @@ impl Default for RuleEngine {
             edits: Mutex::new(()),
             message_rules: AtomicBool::new(false),
             event_mask: AtomicU32::new(0),
-            tx,
-            rx: Mutex::new(Some(rx)),
+            lanes: queue::Lanes::default(),
             actions_dropped: AtomicU64::new(0),
             functions: RwLock::new(None),
         }
@@ -355,9 +344,14 @@ impl RuleEngine {
         self.configs.read().clone()
     }
 
-    /// The action queue's receiving end, taken once by the server.
-    pub fn take_receiver(&self) -> Option<mpsc::Receiver<Job>> {
-        self.rx.lock().take()
+    /// The lanes whose tasks the caller is to start ([`run_actions`]);
+    /// empty after the first call.
+    pub fn start_lanes(&self) -> std::ops::Range<usize> {
+        if self.lanes.start() {
+            0..self.lanes.count()
+        } else {
+            0..0
+        }
     }
 
     /// Metrics of every rule in the current set.
@@ -389,10 +383,8 @@ impl RuleEngine {
         self.event_mask.load(Ordering::Relaxed) & event_bit(kind) != 0
     }
 
-    /// Runs the message rules whose FROM matches `msg.topic`. The outputs
-    /// whose actions are for the caller to run ([`RuleEngine::run_inline`])
-    /// are returned: those of a published message (not a republished one)
-    /// with `republish` or `log` actions. Everything else is queued.
+    /// Runs the message rules whose FROM matches `msg.topic` and returns
+    /// their outputs, for [`RuleEngine::enqueue`] once the message is routed.
     pub fn on_message(&self, msg: &Message) -> Outputs {
         if !self.message_rules.load(Ordering::Relaxed) || msg.rule_depth >= MAX_RULE_DEPTH {
             return Outputs::new();
@@ -428,44 +420,37 @@ impl RuleEngine {
         if let Some(o) = &msg.origin {
             input = input.clientid(&o.client_id).username(o.username.as_deref());
         }
-        let inline = (msg.rule_depth == 0).then_some(&mut out);
-        self.evaluate(&set, &hits, &input, msg.rule_depth, inline);
+        self.evaluate(&set, &hits, &input, msg.rule_depth, &mut out);
         out
     }
 
-    /// Runs the inline actions of `outputs` (from [`RuleEngine::on_message`]),
-    /// then queues those that also have `plugin` actions.
-    pub fn run_inline(&self, broker: &crate::broker::Broker, outputs: Outputs) {
-        let at = action::now();
-        for mut job in outputs {
-            if action::run_sync(broker, &job, at) {
-                job.inline_done = true;
-                self.queue(job);
-            }
+    /// The lane of `msg`'s outputs: its publisher's, or its topic's when it
+    /// has none (wills keep their client; republished messages their topic).
+    pub fn lane_of_message(&self, msg: &Message) -> usize {
+        match &msg.origin {
+            Some(o) => self.lanes.lane_of(&o.client_id),
+            None => self.lanes.lane_of(&msg.topic),
         }
     }
 
-    /// Queues `job` for the action task; counts it as dropped when the queue is full.
-    fn queue(&self, job: Job) {
-        if let Err(e) = self.tx.try_send(job) {
-            let job = match e {
-                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
-            };
+    /// Queues `outputs` on `lane`; those beyond its capacity are dropped
+    /// and counted (`actions_dropped`, and each of their actions as failed).
+    pub fn enqueue(&self, lane: usize, outputs: Outputs) {
+        if outputs.is_empty() {
+            return;
+        }
+        for job in self.lanes.push(lane, outputs) {
             let r = &job.set.rules[job.rule];
             self.actions_dropped.fetch_add(1, Ordering::Relaxed);
-            let n = r
-                .actions
-                .iter()
-                .filter(|a| !job.inline_done || matches!(a, Action::Plugin { .. }))
-                .count();
             r.metrics
                 .actions_failed
-                .fetch_add(n as u64, Ordering::Relaxed);
-            debug!(rule = r.rule.id(), "action queue full: output dropped");
+                .fetch_add(r.actions.len() as u64, Ordering::Relaxed);
+            debug!(rule = r.rule.id(), lane, "action lane full: output dropped");
         }
     }
 
-    /// Runs the rules listening to an event (callers check [`RuleEngine::wants`] first).
+    /// Runs the rules listening to an event (callers check [`RuleEngine::wants`]
+    /// first) and queues their outputs on the client's lane.
     pub fn on_event(&self, kind: EventKind, fields: &EventFields) {
         let set = self.set.read().clone();
         let Some(idx) = set.events.get(&kind) else {
@@ -473,18 +458,22 @@ impl RuleEngine {
         };
         let idx = idx.clone();
         let input = fields.input(kind);
-        self.evaluate(&set, &idx, &input, 0, None);
+        let mut out = Outputs::new();
+        self.evaluate(&set, &idx, &input, 0, &mut out);
+        let lane = self
+            .lanes
+            .lane_of(fields.clientid.as_deref().unwrap_or_default());
+        self.enqueue(lane, out);
     }
 
-    /// Evaluates the rules `idx`; outputs go to `inline` when given and the
-    /// rule has inline actions, else to the queue.
+    /// Evaluates the rules `idx`; outputs of rules with actions go to `out`.
     fn evaluate(
         &self,
         set: &Arc<RuleSet>,
         idx: &[usize],
         input: &Input<'_>,
         depth: u8,
-        mut inline: Option<&mut Outputs>,
+        out: &mut Outputs,
     ) {
         for &i in idx {
             let r = &set.rules[i];
@@ -508,19 +497,12 @@ impl RuleEngine {
                     if r.actions.is_empty() {
                         continue;
                     }
-                    for row in rows {
-                        let job = Job {
-                            set: set.clone(),
-                            rule: i,
-                            row,
-                            depth,
-                            inline_done: false,
-                        };
-                        match inline.as_deref_mut() {
-                            Some(out) if r.has_inline_actions => out.push(job),
-                            _ => self.queue(job),
-                        }
-                    }
+                    out.extend(rows.into_iter().map(|row| Job {
+                        set: set.clone(),
+                        rule: i,
+                        row,
+                        depth,
+                    }));
                 }
                 Err(e) => {
                     r.metrics.failed.fetch_add(1, Ordering::Relaxed);

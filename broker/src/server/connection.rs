@@ -619,6 +619,8 @@ async fn run<R, W>(
     let mut write_failed = false;
     // Control packets waiting in the session (see CONTROL_BACKLOG_MAX).
     let mut backlog = 0usize;
+    // Held back for a deep action lane until the deadline (see rules::queue).
+    let mut rules_hold: Option<(usize, Instant)> = None;
 
     let mut reader = Reader {
         broker: broker.clone(),
@@ -638,6 +640,7 @@ async fn run<R, W>(
         auth_method,
         reauth: None,
         reauth_by: None,
+        rules_lane: None,
     };
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let max_in = cfg.max_packet_size as usize;
@@ -697,7 +700,14 @@ async fn run<R, W>(
             None if backlog >= CONTROL_BACKLOG_MAX => session.state.lock().control.len(),
             None => backlog,
         };
-        let reading = backlog < CONTROL_BACKLOG_MAX;
+        // Outputs of this client's publishes wait in a deep action lane:
+        // read no more until it drains, for at most HOLD_MAX.
+        if let Some(lane) = reader.rules_lane.take() {
+            if rules_hold.is_none() && broker.rules.lanes.should_hold(lane) {
+                rules_hold = Some((lane, Instant::now() + crate::rules::queue::HOLD_MAX));
+            }
+        }
+        let reading = backlog < CONTROL_BACKLOG_MAX && rules_hold.is_none();
         if collect && !output.pending() {
             // A full batch: take the rest once it is written.
             let (ticket, more) = output.collect(&session);
@@ -755,7 +765,12 @@ async fn run<R, W>(
             _ = session.notify.notified(), if !output.pending() => collect = true,
             // Not reading while the client leaves its acks unread; every
             // write that makes progress starts this wait again.
-            _ = tokio::time::sleep(keep_alive.unwrap_or(STALLED_MAX)), if !reading => {
+            _ = async {
+                if let Some((lane, by)) = rules_hold {
+                    broker.rules.lanes.space(lane, by).await;
+                }
+            }, if rules_hold.is_some() => rules_hold = None,
+            _ = tokio::time::sleep(keep_alive.unwrap_or(STALLED_MAX)), if !reading && rules_hold.is_none() => {
                 warn!(backlog, "client does not read its acknowledgements; closing");
                 break End::Server { reason: reason::KEEP_ALIVE_TIMEOUT, why: "client stopped reading its acknowledgements" };
             }
@@ -939,6 +954,9 @@ struct Reader {
     /// challenge (`[limits] connect_timeout` after it was sent); past it the
     /// connection is closed with 0x87.
     reauth_by: Option<Instant>,
+    /// The action lane this batch's publishes queued rule outputs on, if
+    /// any: the connection holds its client back while it is deep.
+    rules_lane: Option<usize>,
 }
 
 impl Reader {
@@ -1401,20 +1419,23 @@ impl Reader {
                      origin: &Arc<ClientInfo>,
                      routed: Option<Option<Message>>| {
             if code != reason::SUCCESS {
-                return 0;
+                return (0, None);
             }
             match routed {
-                Some(Some(m)) => broker.publish(Arc::new(m)),
-                Some(None) => 0,
-                None => broker.publish(Arc::new(Message::from_publish(p, Some(origin.clone())))),
+                Some(Some(m)) => broker.publish_from_client(Arc::new(m)),
+                Some(None) => (0, None),
+                None => broker
+                    .publish_from_client(Arc::new(Message::from_publish(p, Some(origin.clone())))),
             }
         };
         match p.qos {
             QoS::AtMostOnce => {
-                let _ = route(&self.broker, p, &self.origin, routed);
+                let (_, lane) = route(&self.broker, p, &self.origin, routed);
+                self.rules_lane = self.rules_lane.or(lane);
             }
             QoS::AtLeastOnce => {
-                let t = route(&self.broker, p, &self.origin, routed);
+                let (t, lane) = route(&self.broker, p, &self.origin, routed);
+                self.rules_lane = self.rules_lane.or(lane);
                 self.wait_for(t);
                 self.control
                     .push(Packet::PubAck(Ack::new(packet_id, ack_code)));
@@ -1453,7 +1474,8 @@ impl Reader {
                         self.session.state.lock().incoming_qos2.remove(&packet_id);
                     }
                     Some(true) => {
-                        let t = route(&self.broker, p, &self.origin, routed);
+                        let (t, lane) = route(&self.broker, p, &self.origin, routed);
+                        self.rules_lane = self.rules_lane.or(lane);
                         self.wait_for(t);
                     }
                     Some(false) => {} // a resend before PUBREL: already routed once

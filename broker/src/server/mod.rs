@@ -276,8 +276,8 @@ impl Server {
     /// clients get DISCONNECT 0x8B) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
         let mut tasks = tokio::task::JoinSet::new();
-        if let Some(rx) = self.broker.rules.take_receiver() {
-            tasks.spawn(crate::rules::run_actions(self.broker.clone(), rx));
+        for lane in self.broker.rules.start_lanes() {
+            tasks.spawn(crate::rules::run_actions(self.broker.clone(), lane));
         }
         if let Some(host) = self.broker.plugins.get() {
             if let Some(rx) = self.broker.plugin_events.take_receiver() {

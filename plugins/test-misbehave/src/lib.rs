@@ -11,9 +11,11 @@
 //!   continues enhanced auth, anyone else is ignored; no user name is denied.
 //! - authorize: topics under `allowed/` are allowed, `denied/` denied, else ignored.
 //! - on-event counts events per kind in kv (`events/<kind>`).
-//! - on-rule-output stores the rows under `rule/<name>` in kv.
+//! - on-rule-output stores the rows under `rule/<name>` in kv; for the rule
+//!   `slow` it never returns (a slow, failing action).
 //! - function `double(x)` returns 2x.
-//! - config `{ "mode": "functions-only" }`: only the function, no hooks.
+//! - config `{ "mode": "functions-only" }`: only the function, no hooks;
+//!   `{ "mode": "rule-output-only" }`: only on-rule-output.
 
 use midge_sdk::*;
 
@@ -33,6 +35,15 @@ impl Plugin for Misbehave {
                 Some(1),
                 "twice the argument",
             );
+            return Ok((
+                Misbehave {
+                    config: config.to_string(),
+                },
+                manifest,
+            ));
+        }
+        if config.contains("rule-output-only") {
+            let manifest = Manifest::new("test-misbehave", "0.1.0").on_rule_output();
             return Ok((
                 Misbehave {
                     config: config.to_string(),
@@ -188,6 +199,10 @@ impl Plugin for Misbehave {
     }
 
     fn on_rule_output(&mut self, rule: String, rows_json: String) -> Result<(), HookError> {
+        // A slow, failing action: every call runs into the deadline.
+        if rule == "slow" {
+            spin();
+        }
         if !rows_json.starts_with('[') {
             return Err(HookError::BadInput("expected a JSON array".into()));
         }

@@ -223,6 +223,114 @@ async fn rule_plugin_action_hands_rows_to_the_plugin() {
     );
 }
 
+/// A plugin action that runs into its deadline on every call: the lane it
+/// fills holds its publisher back for a bounded time only, then outputs
+/// beyond the lane are dropped and counted, while every publish is still
+/// delivered and acknowledged and other clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_failing_action_holds_publishers_a_bounded_time_and_loses_no_publish() {
+    let Some(wasm) = midge_plugin::testing::wasm_dir() else {
+        return;
+    };
+    let t = topic("slow");
+    let kv = std::env::temp_dir().join(unique("midge-plugin-kv"));
+    let toml_text = format!(
+        r#"
+[plugins]
+kv_path = "{kv}"
+[[plugins.plugin]]
+name = "sink"
+path = "{wasm}/test_misbehave.wasm"
+config = {{ mode = "rule-output-only" }}
+[plugins.plugin.grants]
+kv = "sink"
+[plugins.plugin.limits]
+deadline_ms = 5
+suspend_after = 0
+
+[[rules]]
+id = "slow"
+sql = 'SELECT payload FROM "{t}/#"'
+actions = [{{ type = "plugin", plugin = "sink" }}]
+"#,
+        kv = kv.display(),
+        wasm = wasm.display()
+    );
+    let cfg = midge::Config::parse(&toml_text, "slow.toml").expect("config parses");
+    let b = start_broker(|c| {
+        c.plugins = cfg.plugins.clone();
+        c.rules = cfg.rules.clone();
+        c.mqtt.max_queued_messages = 1_000_000;
+    })
+    .await;
+    let mut sub = V4::new(&b, "s").await;
+    sub.subscribe(&format!("{t}/#"), rumqttc::QoS::AtMostOnce)
+        .await;
+    let mut p = V4::new(&b, "p").await;
+    // Far more outputs than a lane holds (16,384), at about 6 ms each.
+    const N: u64 = 20_000;
+    let sent = tokio::time::timeout(Duration::from_secs(120), async {
+        for seq in 0..N - 1 {
+            p.client
+                .publish(
+                    format!("{t}/in"),
+                    rumqttc::QoS::AtMostOnce,
+                    false,
+                    seq.to_string(),
+                )
+                .await
+                .unwrap();
+        }
+        p.client
+            .publish(
+                format!("{t}/in"),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                (N - 1).to_string(),
+            )
+            .await
+            .unwrap();
+        // Not `publish`'s 5 s wait: the backlog runs through on_publish first.
+        loop {
+            match p.events.recv().await {
+                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => break,
+                Some(Ok(_)) => {}
+                e => panic!("{e:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(sent.is_ok(), "the publisher was held back without end");
+    let rules = &b.broker.rules;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(get(&rules.lanes.hold_timeouts) >= 1, "held, then let go");
+    let dropped = get(&rules.actions_dropped);
+    assert!(dropped > 0, "outputs beyond the lane are dropped");
+    let s = rules.stats().into_iter().find(|s| s.id == "slow").unwrap();
+    assert_eq!(s.passed, N, "every publish evaluated");
+    assert!(s.actions_failed >= dropped, "drops count as failed actions");
+    assert_eq!(s.actions_success, 0);
+    // Other clients are served meanwhile (the lane is still busy).
+    let mut other = V4::new(&b, "o").await;
+    other
+        .subscribe(&format!("{t}-other"), rumqttc::QoS::AtLeastOnce)
+        .await;
+    other
+        .publish(
+            &format!("{t}-other"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "hi",
+        )
+        .await;
+    assert_eq!(other.next_publish().await.payload, "hi");
+    // Every publish itself was delivered, in order.
+    for seq in 0..N {
+        let m = sub.next_publish().await;
+        assert_eq!(m.payload, seq.to_string(), "message {seq}");
+    }
+}
+
 #[test]
 fn plugin_action_naming_an_unconfigured_plugin_is_refused_at_load() {
     let e = midge::Config::parse(
