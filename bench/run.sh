@@ -766,8 +766,8 @@ CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
         echo
         echo "(\`rules-out/1\` ... \`rules-out/${RULES_COUNT}\`). Every message passes all ${RULES_COUNT} rules, so each"
         echo "publish costs ${RULES_COUNT} evaluations (one shared JSON decode) and ${RULES_COUNT} republishes,"
-        echo "which run on the publisher's path (inline: nothing is dropped, and the publisher is slowed"
-        echo "down by its rules); nobody subscribes to \`rules-out/#\` in the measured cells, so republishes"
+        echo "which run off the publisher's path on its action lane (a publisher whose lane is deep is held"
+        echo "back, not its outputs dropped); nobody subscribes to \`rules-out/#\` in the measured cells, so republishes"
         echo "are routed but not delivered. Same core pinning, window and durations as above."
         if [[ $RULES_VERIFY != 0 ]]; then
             echo "The check columns run the ${RULES_COUNT}-rule cell again with one more connection subscribed"

@@ -91,6 +91,17 @@
 //! }
 //! ```
 //!
+//! **on_publish_batch**: the broker hands over several messages of one
+//! publisher at once when it has them (one call instead of one per
+//! message). The default runs `on_publish` for each; override it to share
+//! work across the batch.
+//! ```ignore
+//! fn on_publish_batch(&mut self, ms: Vec<Message>, publisher: Option<Client>) -> Vec<PublishDecision> {
+//!     let id = publisher.map(|c| c.client_id).unwrap_or_default();
+//!     ms.into_iter().map(|mut m| { m.topic = format!("by/{id}/{}", m.topic); PublishDecision::Modify(m) }).collect()
+//! }
+//! ```
+//!
 //! **on_event**: observe connections, subscriptions, deliveries.
 //! ```ignore
 //! fn on_event(&mut self, event: Event, _at_ms: u64) {
@@ -464,6 +475,21 @@ pub trait Plugin: Sized + 'static {
         PublishDecision::Pass
     }
 
+    /// Several messages of one publisher, in the order they were read; one
+    /// decision per message, in order. Default: [`Plugin::on_publish`] for
+    /// each. Override it to share work across the batch (the default clones
+    /// `publisher` for every message).
+    fn on_publish_batch(
+        &mut self,
+        messages: Vec<Message>,
+        publisher: Option<Client>,
+    ) -> Vec<PublishDecision> {
+        messages
+            .into_iter()
+            .map(|m| self.on_publish(m, publisher.clone()))
+            .collect()
+    }
+
     /// Observe an event. Default: nothing.
     fn on_event(&mut self, event: Event, timestamp_millis: u64) {
         let _ = (event, timestamp_millis);
@@ -540,6 +566,12 @@ macro_rules! export_plugin {
                     publisher: ::core::option::Option<$crate::ClientInfo>,
                 ) -> $crate::PublishDecision {
                     __with(|p| p.on_publish(message, publisher))
+                }
+                fn on_publish_batch(
+                    messages: ::std::vec::Vec<$crate::Message>,
+                    publisher: ::core::option::Option<$crate::ClientInfo>,
+                ) -> ::std::vec::Vec<$crate::PublishDecision> {
+                    __with(|p| p.on_publish_batch(messages, publisher))
                 }
                 fn on_event(event: $crate::Event, timestamp_millis: u64) {
                     __with(|p| p.on_event(event, timestamp_millis))

@@ -57,6 +57,25 @@ fn bench(c: &mut Criterion) {
         let host = rt
             .block_on(PluginHost::load(&config, Services::default()))
             .unwrap();
+        // One on-publish-batch call for 32 messages of one publisher (what
+        // the broker does with PUBLISHes read together); criterion's
+        // throughput line gives the cost per message.
+        let batch: Vec<Message> = (0..32)
+            .map(|_| Message::new("bench/topic", json_payload(64)))
+            .collect();
+        group.throughput(criterion::Throughput::Elements(32));
+        group.bench_function(format!("{name}/batch-32x64B"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        std::hint::black_box(host.on_publish_batch(&batch, Some(&who)).await);
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        group.throughput(criterion::Throughput::Elements(1));
         for size in [64usize, 4096] {
             let m = Message::new("bench/topic", json_payload(size));
             group.bench_function(format!("{name}/{size}B"), |b| {

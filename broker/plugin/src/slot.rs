@@ -29,6 +29,7 @@ pub(crate) enum Call<'a> {
     Authenticate(&'a AuthRequest),
     Authorize(&'a AuthzRequest),
     OnPublish(&'a Message, Option<&'a ClientInfo>),
+    OnPublishBatch(&'a [Message], Option<&'a ClientInfo>),
     OnEvent(&'a Event, u64),
     OnRuleOutput(&'a str, &'a str),
     CallFunction(&'a str, &'a [String]),
@@ -39,7 +40,7 @@ impl Call<'_> {
         match self {
             Call::Authenticate(_) => Hook::Authenticate,
             Call::Authorize(_) => Hook::Authorize,
-            Call::OnPublish(..) => Hook::OnPublish,
+            Call::OnPublish(..) | Call::OnPublishBatch(..) => Hook::OnPublish,
             Call::OnEvent(..) => Hook::OnEvent,
             Call::OnRuleOutput(..) => Hook::OnRuleOutput,
             Call::CallFunction(..) => Hook::CallFunction,
@@ -52,6 +53,7 @@ pub(crate) enum Reply {
     Auth(AuthDecision),
     Authz(AuthzDecision),
     Publish(PublishDecision),
+    PublishBatch(Vec<PublishDecision>),
     Unit,
     RuleOutput(Result<(), HookError>),
     Function(Result<String, FunctionError>),
@@ -593,6 +595,9 @@ async fn invoke(warm: &mut Warm, call: Call<'_>) -> wasmtime::Result<Reply> {
         Call::Authenticate(r) => Reply::Auth(hooks.call_authenticate(store, r).await?),
         Call::Authorize(r) => Reply::Authz(hooks.call_authorize(store, r).await?),
         Call::OnPublish(m, p) => Reply::Publish(hooks.call_on_publish(store, m, p).await?),
+        Call::OnPublishBatch(ms, p) => {
+            Reply::PublishBatch(hooks.call_on_publish_batch(store, ms, p).await?)
+        }
         Call::OnEvent(e, t) => {
             hooks.call_on_event(store, e, t).await?;
             Reply::Unit

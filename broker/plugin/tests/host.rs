@@ -213,6 +213,64 @@ async fn plugins_run_in_configured_order() {
     );
 }
 
+/// A batch goes down the chain with one call per plugin; what one plugin
+/// drops or refuses never reaches the next; a failed call fails each
+/// message in it under the failure policy.
+#[tokio::test]
+async fn a_batch_takes_one_call_per_plugin_and_keeps_per_message_decisions() {
+    let dir = wasm_or_skip!();
+    let chain = host(vec![
+        plugin(&dir, "first", "test_misbehave"),
+        plugin(&dir, "second", "test_misbehave"),
+    ])
+    .await;
+    let batch = vec![
+        msg("a", b"abc"),
+        msg("drop", b""),
+        msg("deny", b""),
+        msg("who", b""),
+    ];
+    let out = chain
+        .on_publish_batch(&batch, Some(&client("pub-7", None)))
+        .await;
+    // reversed twice: the second saw the first's output
+    assert_eq!(payload(&out[0].decision), "abc");
+    assert!(matches!(out[1].decision, PublishVerdict::Drop));
+    assert!(matches!(out[2].decision, PublishVerdict::Deny(0x99)));
+    // "who" answers the publisher's id (both plugins see the same publisher)
+    assert_eq!(payload(&out[3].decision), "pub-7");
+    for name in ["first", "second"] {
+        assert_eq!(chain.plugin_metrics(name).unwrap().calls, 1, "{name}");
+    }
+
+    let mut closed = plugin(&dir, "closed", "test_misbehave");
+    closed.failure.on_publish = FailurePolicy::Closed;
+    let host_closed = host(vec![closed]).await;
+    let out = host_closed
+        .on_publish_batch(&[msg("x", b"ab"), msg("trap", b"")], None)
+        .await;
+    for o in &out {
+        assert!(matches!(
+            o.decision,
+            PublishVerdict::Deny(FAIL_CLOSED_PUBLISH_REASON)
+        ));
+        assert!(matches!(
+            o.failures[..],
+            [PluginError::Trap {
+                hook: Hook::OnPublish,
+                ..
+            }]
+        ));
+    }
+    let host_open = host(vec![plugin(&dir, "open", "test_misbehave")]).await;
+    let out = host_open
+        .on_publish_batch(&[msg("x", b"ab"), msg("trap", b"")], None)
+        .await;
+    assert!(out
+        .iter()
+        .all(|o| matches!(o.decision, PublishVerdict::Pass) && o.failures.len() == 1));
+}
+
 #[tokio::test]
 async fn trap_is_answered_per_failure_policy() {
     let dir = wasm_or_skip!();

@@ -350,3 +350,91 @@ async fn transform_reshapes_payload_and_topic() {
     ));
     assert_eq!(host.plugin_metrics("tx").unwrap().calls, calls);
 }
+
+/// JSON objects that only gain fields are spliced (bytes and key order
+/// kept); everything else takes the general path, with the same meaning.
+#[tokio::test]
+async fn transform_adds_fields_to_json_objects_exactly_once() {
+    let dir = wasm_or_skip!();
+    let mut p = plugin(&dir, "tx", "transform");
+    p.config = json!({ "rules": [{ "filter": "j/#", "add_client_id": "client" }] });
+    let host = host(vec![p]).await;
+    let who = client("dev-9", None);
+    let run = |payload: &'static [u8]| {
+        let host = &host;
+        let who = &who;
+        async move {
+            match host
+                .on_publish(&msg("j/1", payload), Some(who))
+                .await
+                .decision
+            {
+                PublishVerdict::Modified(m) => Some(String::from_utf8(m.payload).unwrap()),
+                PublishVerdict::Pass => None,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    // Spliced: the payload's own bytes, then the field.
+    assert_eq!(
+        run(br#"{"z": 1, "a": [1, {"b": "}"}]} "#).await.unwrap(),
+        r#"{"z": 1, "a": [1, {"b": "}"}],"client":"dev-9"}"#
+    );
+    assert_eq!(run(b" { } ").await.unwrap(), r#" {"client":"dev-9"}"#);
+    // Already there: replaced, never duplicated.
+    let out = run(br#"{"client":"x","v":1}"#).await.unwrap();
+    assert_eq!(out.matches("client").count(), 1, "{out}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"client": "dev-9", "v": 1})
+    );
+    // Not an object: wrapped, as before.
+    assert_eq!(
+        serde_json::from_str::<Value>(&run(b"5").await.unwrap()).unwrap(),
+        json!({"value": 5, "client": "dev-9"})
+    );
+    // Not JSON (or trailing garbage): on_error = "pass".
+    assert_eq!(run(br#"{"a":"#).await, None);
+    assert_eq!(run(br#"{"a":1} x"#).await, None);
+    // A key written with escapes is still the same key.
+    let out = run(br#"{"cl\u0069ent":0}"#).await.unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"client": "dev-9"})
+    );
+}
+
+/// `on-publish-batch`: one call for many messages of one publisher, with
+/// the same decisions as one call each.
+#[tokio::test]
+async fn transform_batch_matches_single_calls_in_one_call() {
+    let dir = wasm_or_skip!();
+    let mut p = plugin(&dir, "tx", "transform");
+    p.config = json!({ "rules": [
+        { "filter": "j/#", "add_client_id": "client", "topic": "out/{2}" },
+        { "filter": "bad/#", "on_error": "drop" }
+    ]});
+    let host = host(vec![p]).await;
+    let who = client("dev-9", None);
+    let batch = vec![
+        msg("j/1", br#"{"a":1}"#),
+        msg("bad/1", b"{oops"),
+        msg("j/2", b"[1]"),
+        msg("other", b"x"),
+    ];
+    let calls = host.plugin_metrics("tx").unwrap().calls;
+    let out = host.on_publish_batch(&batch, Some(&who)).await;
+    assert_eq!(host.plugin_metrics("tx").unwrap().calls, calls + 1);
+    assert_eq!(out.len(), 4);
+    for (m, o) in batch.iter().zip(&out) {
+        let single = host.on_publish(m, Some(&who)).await;
+        assert_eq!(
+            format!("{:?}", o.decision),
+            format!("{:?}", single.decision),
+            "{}",
+            m.topic
+        );
+    }
+    assert!(matches!(out[1].decision, PublishVerdict::Drop));
+    assert!(matches!(out[3].decision, PublishVerdict::Pass));
+}

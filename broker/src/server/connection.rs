@@ -44,6 +44,8 @@ const CONTROL_BACKLOG_MAX: usize = 8192;
 /// its client reading anything before it is closed (without a keep-alive;
 /// with one, 1.5 times the keep-alive).
 const STALLED_MAX: Duration = Duration::from_secs(60);
+/// Most PUBLISHes handed to the on-publish plugins in one batch.
+const PUBLISH_BATCH_MAX: usize = 64;
 
 /// What the listener knows about a connection before its CONNECT.
 #[derive(Debug)]
@@ -652,6 +654,12 @@ async fn run<R, W>(
         buf = BytesMut::new();
     }
     let mut chunk = 64;
+    // PUBLISHes read together, for the on-publish plugins (see publish_batch).
+    let batch_publishes = broker
+        .plugins
+        .get()
+        .is_some_and(|h| h.has_hook(HookSet::ON_PUBLISH));
+    let mut publishes: Vec<Publish> = Vec::new();
     let end = 'conn: loop {
         loop {
             // The decode result is a temporary of this `let` only: kept as the
@@ -668,12 +676,36 @@ async fn run<R, W>(
                             .limit_packet_too_large
                             .fetch_add(1, Ordering::Relaxed);
                     }
+                    // The publishes before the bad packet are handled first.
+                    if !publishes.is_empty() {
+                        if let Some(end) = Box::pin(reader.publish_batch(&mut publishes)).await {
+                            break 'conn end;
+                        }
+                    }
                     break 'conn End::Server {
                         reason: e.reason_code(),
                         why: "protocol violation",
                     };
                 }
             };
+            // With on-publish plugins, consecutive PUBLISHes are handed to
+            // them together (one call per plugin, not per message).
+            if batch_publishes {
+                if let Packet::Publish(p) = p {
+                    publishes.push(p);
+                    if publishes.len() >= PUBLISH_BATCH_MAX {
+                        if let Some(end) = Box::pin(reader.publish_batch(&mut publishes)).await {
+                            break 'conn end;
+                        }
+                    }
+                    continue;
+                }
+                if !publishes.is_empty() {
+                    if let Some(end) = Box::pin(reader.publish_batch(&mut publishes)).await {
+                        break 'conn end;
+                    }
+                }
+            }
             // Without plugins nothing in `handle` awaits: poll it once in
             // place so its state never enlarges the connection's future
             // (idle connections stay small). With plugins, box it.
@@ -686,6 +718,11 @@ async fn run<R, W>(
                 }))
             };
             if let Some(end) = end {
+                break 'conn end;
+            }
+        }
+        if !publishes.is_empty() {
+            if let Some(end) = Box::pin(reader.publish_batch(&mut publishes)).await {
                 break 'conn end;
             }
         }
@@ -765,9 +802,11 @@ async fn run<R, W>(
             _ = session.notify.notified(), if !output.pending() => collect = true,
             // Not reading while the client leaves its acks unread; every
             // write that makes progress starts this wait again.
+            // Boxed: its timer and notification would otherwise enlarge
+            // every connection's future, held or not.
             _ = async {
                 if let Some((lane, by)) = rules_hold {
-                    broker.rules.lanes.space(lane, by).await;
+                    Box::pin(broker.rules.lanes.space(lane, by)).await;
                 }
             }, if rules_hold.is_some() => rules_hold = None,
             _ = tokio::time::sleep(keep_alive.unwrap_or(STALLED_MAX)), if !reading && rules_hold.is_none() => {
@@ -926,6 +965,14 @@ fn generate_client_id() -> String {
 }
 
 /// Per-connection inbound state.
+/// Ends the connection with 0x82.
+fn protocol_violation(why: &'static str) -> End {
+    End::Server {
+        reason: reason::PROTOCOL_ERROR,
+        why,
+    }
+}
+
 struct Reader {
     broker: Arc<Broker>,
     session: Arc<Session>,
@@ -1014,10 +1061,7 @@ impl Reader {
     }
 
     fn protocol_error(&self, why: &'static str) -> Option<End> {
-        Some(End::Server {
-            reason: reason::PROTOCOL_ERROR,
-            why,
-        })
+        Some(protocol_violation(why))
     }
 
     /// Handles one packet; `Some(End)` closes the connection.
@@ -1330,64 +1374,11 @@ impl Reader {
         }
     }
 
-    async fn publish(&mut self, mut p: Publish) -> Option<End> {
-        self.broker.stats.publish_received[p.qos as usize].fetch_add(1, Ordering::Relaxed);
-        if let Some(l) = &mut self.limiter {
-            if let Err(e) = l.check(p.payload.len()) {
-                let stats = &self.broker.stats;
-                let (counter, why) = match e {
-                    Exceeded::Messages => {
-                        (&stats.limit_publish_rate, "publish rate limit exceeded")
-                    }
-                    Exceeded::Bytes => (
-                        &stats.limit_publish_bytes_rate,
-                        "publish byte-rate limit exceeded",
-                    ),
-                };
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                warn!(client_id = %self.origin.client_id, why, "disconnecting");
-                return Some(End::Server {
-                    reason: e.reason(),
-                    why,
-                });
-            }
-        }
-        let cfg = &self.broker.config;
-        if p.qos as u8 > cfg.max_qos {
-            return Some(End::Server {
-                reason: reason::QOS_NOT_SUPPORTED,
-                why: "QoS above the maximum QoS",
-            });
-        }
-        if p.retain && !cfg.retain_available {
-            return Some(End::Server {
-                reason: reason::RETAIN_NOT_SUPPORTED,
-                why: "retain is not available",
-            });
-        }
-        if let Some(alias) = p.properties.topic_alias {
-            let slot = usize::from(alias);
-            if slot == 0 || slot > self.alias_max {
-                return Some(End::Server {
-                    reason: reason::TOPIC_ALIAS_INVALID,
-                    why: "topic alias out of range",
-                });
-            }
-            if self.aliases.len() < slot {
-                self.aliases.resize(slot, None);
-            }
-            if p.topic.is_empty() {
-                match &self.aliases[slot - 1] {
-                    Some(t) => p.topic = t.clone(),
-                    None => return self.protocol_error("unknown topic alias"),
-                }
-            } else {
-                self.aliases[slot - 1] = Some(p.topic.clone());
-            }
-        } else if p.topic.is_empty() {
-            return self.protocol_error("empty topic without a topic alias");
-        }
-        let packet_id = p.packet_id;
+    async fn publish(&mut self, p: Publish) -> Option<End> {
+        let p = match self.publish_checks(p) {
+            Ok(p) => p,
+            Err(end) => return Some(end),
+        };
         // Plugins (authorize, then on-publish) decide first; a refused message
         // is acknowledged with the reason (5.0) or silently dropped (3.1.1).
         let mut code = reason::SUCCESS;
@@ -1409,6 +1400,160 @@ impl Reader {
                 }
             }
         }
+        self.publish_finish(p, code, routed)
+    }
+
+    /// Consecutive PUBLISH packets read in one go, with on-publish plugins
+    /// loaded: each is checked and authorized in order, then the plugins see
+    /// all of them in one `on-publish-batch` call per plugin, then each is
+    /// routed and acknowledged in order. A packet that ends the connection
+    /// ends it after the ones before it are handled.
+    async fn publish_batch(&mut self, batch: &mut Vec<Publish>) -> Option<End> {
+        if batch.len() == 1 {
+            let p = batch.pop()?;
+            return self.publish(p).await;
+        }
+        let Some(host) = self.broker.plugins.get().cloned() else {
+            for p in batch.drain(..) {
+                if let Some(end) = self.publish(p).await {
+                    return Some(end);
+                }
+            }
+            return None;
+        };
+        let mut ready: Vec<(Publish, u8)> = Vec::with_capacity(batch.len());
+        let mut end = None;
+        for p in batch.drain(..) {
+            let p = match self.publish_checks(p) {
+                Ok(p) => p,
+                Err(e) => {
+                    end = Some(e);
+                    break;
+                }
+            };
+            let allowed = self
+                .authorized(pt::Action::Publish, &p.topic, p.qos, p.retain)
+                .await;
+            let code = if allowed {
+                reason::SUCCESS
+            } else {
+                reason::NOT_AUTHORIZED
+            };
+            ready.push((p, code));
+        }
+        batch.clear();
+        // The messages some plugin wants, in order, with their index in `ready`.
+        let mut picked = Vec::new();
+        let mut messages = Vec::new();
+        for (i, (p, code)) in ready.iter().enumerate() {
+            if *code == reason::SUCCESS && host.wants_publish(&p.topic) {
+                picked.push(i);
+                messages.push(plugins::to_plugin(&Message::from_publish(
+                    p.clone(),
+                    Some(self.origin.clone()),
+                )));
+            }
+        }
+        let mut outcomes: Vec<Option<PublishVerdict>> = (0..ready.len()).map(|_| None).collect();
+        if !messages.is_empty() {
+            let out =
+                Box::pin(host.on_publish_batch(&messages, self.plugin_client.as_deref())).await;
+            for (i, o) in picked.into_iter().zip(out) {
+                outcomes[i] = Some(o.decision);
+            }
+        }
+        for ((p, mut code), verdict) in ready.into_iter().zip(outcomes) {
+            let routed = match verdict {
+                None | Some(PublishVerdict::Pass) => None,
+                Some(PublishVerdict::Modified(m)) => {
+                    Some(Some(plugins::from_plugin(m, Some(self.origin.clone()))))
+                }
+                Some(PublishVerdict::Drop) => Some(None),
+                Some(PublishVerdict::Deny(c)) => {
+                    code = c;
+                    None
+                }
+            };
+            if let Some(e) = self.publish_finish(p, code, routed) {
+                return Some(e);
+            }
+        }
+        end
+    }
+
+    /// The checks of a PUBLISH before anyone decides on it: rate limits,
+    /// maximum QoS, retain, topic alias. `Err`: the connection ends.
+    fn publish_checks(&mut self, mut p: Publish) -> Result<Publish, End> {
+        self.broker.stats.publish_received[p.qos as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(l) = &mut self.limiter {
+            if let Err(e) = l.check(p.payload.len()) {
+                let stats = &self.broker.stats;
+                let (counter, why) = match e {
+                    Exceeded::Messages => {
+                        (&stats.limit_publish_rate, "publish rate limit exceeded")
+                    }
+                    Exceeded::Bytes => (
+                        &stats.limit_publish_bytes_rate,
+                        "publish byte-rate limit exceeded",
+                    ),
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(client_id = %self.origin.client_id, why, "disconnecting");
+                return Err(End::Server {
+                    reason: e.reason(),
+                    why,
+                });
+            }
+        }
+        let cfg = &self.broker.config;
+        if p.qos as u8 > cfg.max_qos {
+            return Err(End::Server {
+                reason: reason::QOS_NOT_SUPPORTED,
+                why: "QoS above the maximum QoS",
+            });
+        }
+        if p.retain && !cfg.retain_available {
+            return Err(End::Server {
+                reason: reason::RETAIN_NOT_SUPPORTED,
+                why: "retain is not available",
+            });
+        }
+        if let Some(alias) = p.properties.topic_alias {
+            let slot = usize::from(alias);
+            if slot == 0 || slot > self.alias_max {
+                return Err(End::Server {
+                    reason: reason::TOPIC_ALIAS_INVALID,
+                    why: "topic alias out of range",
+                });
+            }
+            if self.aliases.len() < slot {
+                self.aliases.resize(slot, None);
+            }
+            if p.topic.is_empty() {
+                match &self.aliases[slot - 1] {
+                    Some(t) => p.topic = t.clone(),
+                    None => return Err(protocol_violation("unknown topic alias")),
+                }
+            } else {
+                self.aliases[slot - 1] = Some(p.topic.clone());
+            }
+        } else if p.topic.is_empty() {
+            return Err(protocol_violation("empty topic without a topic alias"));
+        }
+        Ok(p)
+    }
+
+    /// Routes (unless refused) and acknowledges a checked PUBLISH. `code`:
+    /// success or why it was refused; `routed`: what on-publish made of it
+    /// (`None`: route it as it is; `Some(None)`: dropped).
+    fn publish_finish(
+        &mut self,
+        p: Publish,
+        code: u8,
+        routed: Option<Option<Message>>,
+    ) -> Option<End> {
+        let cfg = &self.broker.config;
+        let packet_id = p.packet_id;
         let ack_code = if self.version == Version::V311 {
             reason::SUCCESS
         } else {

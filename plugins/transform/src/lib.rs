@@ -18,6 +18,12 @@
 //! topic = "sensors/{2}/json"          # {n}: level n of the topic (1-based), {topic}, %c, %u
 //! on_error = "pass"                   # unparsable payload: "pass", "drop" or "deny"
 //! ```
+//!
+//! A JSON object that only gains fields (no `rename`, no `drop`, none of the
+//! added names present yet) is validated and the fields are spliced in
+//! before its closing brace: its own bytes and key order are kept. Anything
+//! else is parsed into a map and serialized again (keys then come out
+//! sorted). Batches of messages (`on-publish-batch`) are handled in one call.
 
 use midge_sdk::serde_json::{self, Map, Value};
 use midge_sdk::*;
@@ -158,6 +164,146 @@ fn rewrite(template: &str, topic: &str, client: Option<&Client>) -> String {
     out.replace("%c", cid).replace("%u", user)
 }
 
+/// Whether a JSON object has a top-level key among `names`, found while
+/// validating the whole document (values are skipped, nothing is built).
+struct KeyScan<'a> {
+    names: &'a [&'a str],
+    present: bool,
+}
+
+/// One key: is it among the names? (Escaped keys arrive unescaped.)
+struct IsAdded<'a>(&'a [&'a str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for IsAdded<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for IsAdded<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(self.0.contains(&v))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut KeyScan<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(hit) = map.next_key_seed(IsAdded(self.names))? {
+            self.present |= hit;
+            map.next_value::<serde::de::IgnoredAny>()?;
+        }
+        Ok(())
+    }
+}
+
+/// The fast path for a JSON object that only gains fields (no rename, no
+/// drop, none of the added names already present): the fields are spliced
+/// in before the closing brace, keeping the payload's bytes and key order,
+/// instead of building a map and serializing it again. `None`: not such a
+/// payload, take the general path.
+fn splice(payload: &[u8], added: &[(&str, Value)]) -> Option<Vec<u8>> {
+    let names: Vec<&str> = added.iter().map(|(n, _)| *n).collect();
+    let mut scan = KeyScan {
+        names: &names,
+        present: false,
+    };
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    serde::Deserializer::deserialize_map(&mut de, &mut scan).ok()?;
+    de.end().ok()?;
+    if scan.present {
+        return None;
+    }
+    let end = payload.iter().rposition(|b| *b == b'}')?;
+    let body = payload[..end].trim_ascii_end();
+    let empty = body.last() == Some(&b'{');
+    let mut out = Vec::with_capacity(payload.len() + 48);
+    out.extend_from_slice(body);
+    for (i, (name, value)) in added.iter().enumerate() {
+        if i > 0 || !empty {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, name).ok()?;
+        out.push(b':');
+        serde_json::to_writer(&mut out, value).ok()?;
+    }
+    out.push(b'}');
+    Some(out)
+}
+
+impl Transform {
+    fn apply(&self, mut message: Message, publisher: Option<&Client>) -> PublishDecision {
+        let Some(rule) = self
+            .rules
+            .iter()
+            .find(|r| topic_matches(&r.filter, &message.topic))
+        else {
+            return PublishDecision::Pass;
+        };
+        let mut added: Vec<(&str, Value)> = Vec::new();
+        if let Some(name) = &rule.add_timestamp {
+            added.push((name, Value::from(clock::now_millis())));
+        }
+        if let Some(name) = &rule.add_client_id {
+            let cid = publisher
+                .map(|c| Value::from(c.client_id.as_str()))
+                .unwrap_or(Value::Null);
+            added.push((name, cid));
+        }
+        let fast = (rule.format == Format::Json && rule.rename.is_empty() && rule.drop.is_empty())
+            .then(|| splice(&message.payload, &added))
+            .flatten();
+        let payload = match fast {
+            Some(p) => p,
+            None => {
+                let mut fields = match parse(rule, &message.payload) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        log::debug(&format!("{}: payload not parsed: {e}", message.topic));
+                        return match rule.on_error {
+                            OnError::Pass => PublishDecision::Pass,
+                            OnError::Drop => PublishDecision::Drop,
+                            OnError::Deny => PublishDecision::Deny(reason::PAYLOAD_FORMAT_INVALID),
+                        };
+                    }
+                };
+                for (from, to) in &rule.rename {
+                    if let Some(v) = fields.remove(from) {
+                        fields.insert(to.clone(), v);
+                    }
+                }
+                for name in &rule.drop {
+                    fields.remove(name);
+                }
+                for (name, v) in added {
+                    fields.insert(name.to_string(), v);
+                }
+                Value::Object(fields).to_string().into_bytes()
+            }
+        };
+        if let Some(t) = &rule.topic {
+            message.topic = rewrite(t, &message.topic, publisher);
+        }
+        message.payload = payload;
+        message.properties.payload_is_utf8 = true;
+        message.properties.content_type = Some("application/json".into());
+        PublishDecision::Modify(message)
+    }
+}
+
 impl Plugin for Transform {
     fn init(config: &str) -> Result<(Self, Manifest), InitError> {
         let cfg: Config = parse_config(config)?;
@@ -166,50 +312,19 @@ impl Plugin for Transform {
         Ok((Transform { rules: cfg.rules }, manifest))
     }
 
-    fn on_publish(&mut self, mut message: Message, publisher: Option<Client>) -> PublishDecision {
-        let Some(rule) = self
-            .rules
-            .iter()
-            .find(|r| topic_matches(&r.filter, &message.topic))
-        else {
-            return PublishDecision::Pass;
-        };
-        let mut fields = match parse(rule, &message.payload) {
-            Ok(f) => f,
-            Err(e) => {
-                log::debug(&format!("{}: payload not parsed: {e}", message.topic));
-                return match rule.on_error {
-                    OnError::Pass => PublishDecision::Pass,
-                    OnError::Drop => PublishDecision::Drop,
-                    OnError::Deny => PublishDecision::Deny(reason::PAYLOAD_FORMAT_INVALID),
-                };
-            }
-        };
-        for (from, to) in &rule.rename {
-            if let Some(v) = fields.remove(from) {
-                fields.insert(to.clone(), v);
-            }
-        }
-        for name in &rule.drop {
-            fields.remove(name);
-        }
-        if let Some(name) = &rule.add_timestamp {
-            fields.insert(name.clone(), Value::from(clock::now_millis()));
-        }
-        if let Some(name) = &rule.add_client_id {
-            let cid = publisher
-                .as_ref()
-                .map(|c| Value::from(c.client_id.clone()))
-                .unwrap_or(Value::Null);
-            fields.insert(name.clone(), cid);
-        }
-        if let Some(t) = &rule.topic {
-            message.topic = rewrite(t, &message.topic, publisher.as_ref());
-        }
-        message.payload = Value::Object(fields).to_string().into_bytes();
-        message.properties.payload_is_utf8 = true;
-        message.properties.content_type = Some("application/json".into());
-        PublishDecision::Modify(message)
+    fn on_publish(&mut self, message: Message, publisher: Option<Client>) -> PublishDecision {
+        self.apply(message, publisher.as_ref())
+    }
+
+    fn on_publish_batch(
+        &mut self,
+        messages: Vec<Message>,
+        publisher: Option<Client>,
+    ) -> Vec<PublishDecision> {
+        messages
+            .into_iter()
+            .map(|m| self.apply(m, publisher.as_ref()))
+            .collect()
     }
 }
 

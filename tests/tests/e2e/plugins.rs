@@ -183,6 +183,74 @@ async fn transform_plugin_rewrites_payload_and_topic_before_routing() {
     assert_eq!(v["client"], serde_json::json!(id));
 }
 
+/// PUBLISHes read together reach on-publish as batches (fewer calls than
+/// messages), and each keeps its own fate and its place: transformed,
+/// passed untouched (no filter matches), refused by the ACL, acknowledged
+/// in order and delivered in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_read_together_reach_on_publish_in_batches_and_keep_their_order() {
+    let Some(b) = broker_with_plugins().await else {
+        return;
+    };
+    let (mut sub, _) =
+        RawClient::handshake(b.addr, login(&unique("s"), "alice", b"wonderland")).await;
+    let _ = sub.subscribe(1, &[], &[("users/alice/#", 0)]).await;
+    let (mut p, _) =
+        RawClient::handshake(b.addr, login(&unique("p"), "alice", b"wonderland")).await;
+    const N: u16 = 200;
+    let mut wire = Vec::new();
+    for k in 0..N {
+        let (topic, qos, body) = match k % 4 {
+            0 => ("users/alice/raw", 1, format!("{k},1")),
+            1 => ("users/alice/plain", 1, k.to_string()),
+            2 => ("users/bob/raw", 1, format!("{k},1")),
+            _ => ("users/alice/raw", 0, format!("{k},2")),
+        };
+        let pid = if qos > 0 { k + 1 } else { 0 };
+        wire.extend(publish(
+            true,
+            topic,
+            qos,
+            false,
+            false,
+            pid,
+            &[],
+            body.as_bytes(),
+        ));
+    }
+    let host = b.broker.plugins.get().unwrap();
+    let calls = host.plugin_metrics("tx").unwrap().calls;
+    p.send(&wire).await;
+    for k in (0..N).filter(|k| k % 4 != 3) {
+        let ack = p.recv_kind(PUBACK).await.ack();
+        let want = if k % 4 == 2 { 0x87 } else { 0 };
+        assert_eq!((ack.pid, ack.reason), (k + 1, want), "message {k}");
+    }
+    for k in (0..N).filter(|k| k % 4 != 2) {
+        let m = sub.recv_publish().await;
+        if k % 4 == 1 {
+            assert_eq!(
+                (m.topic.as_str(), &m.payload[..]),
+                ("users/alice/plain", k.to_string().as_bytes())
+            );
+            continue;
+        }
+        assert_eq!(m.topic, "users/alice/json", "message {k}");
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(
+            v["temperature"],
+            serde_json::json!(k),
+            "message {k} in order"
+        );
+    }
+    let transformed = u64::from(N / 2);
+    let used = host.plugin_metrics("tx").unwrap().calls - calls;
+    assert!(
+        used * 2 <= transformed,
+        "{used} on-publish calls for {transformed} messages read together"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rule_plugin_action_hands_rows_to_the_plugin() {
     let Some(b) = broker_from(SINK).await else {
