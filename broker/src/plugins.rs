@@ -155,12 +155,27 @@ pub fn version_to(v: Version) -> pt::ProtocolVersion {
 
 /// The broker's message as a plugin sees it (payload copied once).
 pub fn to_plugin(m: &Message) -> pt::Message {
-    let p = &m.properties;
+    plugin_message(&m.topic, &m.payload, m.qos, m.retain, &m.properties)
+}
+
+/// A client's PUBLISH as a plugin sees it: [`to_plugin`] of the message it
+/// becomes, without building that message first.
+pub fn publish_to_plugin(p: &midge_protocol::Publish) -> pt::Message {
+    plugin_message(&p.topic, &p.payload, p.qos, p.retain, &p.properties)
+}
+
+fn plugin_message(
+    topic: &str,
+    payload: &[u8],
+    qos: QoS,
+    retain: bool,
+    p: &Properties,
+) -> pt::Message {
     pt::Message {
-        topic: m.topic.to_string(),
-        payload: m.payload.to_vec(),
-        qos: qos_to(m.qos),
-        retain: m.retain,
+        topic: topic.to_string(),
+        payload: payload.to_vec(),
+        qos: qos_to(qos),
+        retain,
         properties: pt::MessageProperties {
             payload_is_utf8: p.payload_format_indicator == Some(1),
             message_expiry_interval: p.message_expiry_interval,

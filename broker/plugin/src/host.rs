@@ -1080,6 +1080,9 @@ fn validate_plugin(config: &PluginsConfig, p: &PluginConfig) -> Vec<PluginError>
 fn runtime() -> Result<Runtime, PluginError> {
     let mut wcfg = Config::new();
     wcfg.epoch_interruption(true);
+    if std::env::var_os("MIDGE_WASM_PERFMAP").is_some() {
+        wcfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     wcfg.wasm_component_model(true);
     let engine =
         Engine::new(&wcfg).map_err(|e| PluginError::Config(format!("wasm engine: {e}")))?;

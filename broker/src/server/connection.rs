@@ -1448,10 +1448,7 @@ impl Reader {
         for (i, (p, code)) in ready.iter().enumerate() {
             if *code == reason::SUCCESS && host.wants_publish(&p.topic) {
                 picked.push(i);
-                messages.push(plugins::to_plugin(&Message::from_publish(
-                    p.clone(),
-                    Some(self.origin.clone()),
-                )));
+                messages.push(plugins::publish_to_plugin(p));
             }
         }
         let mut outcomes: Vec<Option<PublishVerdict>> = (0..ready.len()).map(|_| None).collect();

@@ -210,38 +210,72 @@ impl<'de> serde::de::Visitor<'de> for &mut KeyScan<'_> {
     }
 }
 
+/// A field `transform` adds.
+#[derive(Clone, Copy)]
+enum Added<'a> {
+    /// The broker's time, Unix ms.
+    Millis(u64),
+    /// The publisher's client id (null without one).
+    Text(Option<&'a str>),
+}
+
+impl Added<'_> {
+    fn value(self) -> Value {
+        match self {
+            Added::Millis(n) => Value::from(n),
+            Added::Text(Some(s)) => Value::from(s),
+            Added::Text(None) => Value::Null,
+        }
+    }
+
+    fn write(self, out: &mut Vec<u8>) {
+        match self {
+            Added::Millis(n) => out.extend_from_slice(n.to_string().as_bytes()),
+            Added::Text(Some(s)) => {
+                let _ = serde_json::to_writer(&mut *out, s);
+            }
+            Added::Text(None) => out.extend_from_slice(b"null"),
+        }
+    }
+}
+
 /// The fast path for a JSON object that only gains fields (no rename, no
 /// drop, none of the added names already present): the fields are spliced
-/// in before the closing brace, keeping the payload's bytes and key order,
-/// instead of building a map and serializing it again. `None`: not such a
-/// payload, take the general path.
-fn splice(payload: &[u8], added: &[(&str, Value)]) -> Option<Vec<u8>> {
-    let names: Vec<&str> = added.iter().map(|(n, _)| *n).collect();
+/// in before the closing brace, in place, keeping the payload's bytes and
+/// key order, instead of building a map and serializing it again. `false`
+/// (payload untouched): not such a payload, take the general path.
+fn splice(payload: &mut Vec<u8>, added: &[(&str, Added)]) -> bool {
+    let mut names = [""; 2];
+    for (slot, (name, _)) in names.iter_mut().zip(added) {
+        *slot = name;
+    }
     let mut scan = KeyScan {
-        names: &names,
+        names: &names[..added.len()],
         present: false,
     };
     let mut de = serde_json::Deserializer::from_slice(payload);
-    serde::Deserializer::deserialize_map(&mut de, &mut scan).ok()?;
-    de.end().ok()?;
-    if scan.present {
-        return None;
+    if serde::Deserializer::deserialize_map(&mut de, &mut scan).is_err() || de.end().is_err() {
+        return false;
     }
-    let end = payload.iter().rposition(|b| *b == b'}')?;
-    let body = payload[..end].trim_ascii_end();
-    let empty = body.last() == Some(&b'{');
-    let mut out = Vec::with_capacity(payload.len() + 48);
-    out.extend_from_slice(body);
+    if scan.present {
+        return false;
+    }
+    let Some(end) = payload.iter().rposition(|b| *b == b'}') else {
+        return false;
+    };
+    let body = payload[..end].trim_ascii_end().len();
+    let empty = payload[body - 1] == b'{';
+    payload.truncate(body);
     for (i, (name, value)) in added.iter().enumerate() {
         if i > 0 || !empty {
-            out.push(b',');
+            payload.push(b',');
         }
-        serde_json::to_writer(&mut out, name).ok()?;
-        out.push(b':');
-        serde_json::to_writer(&mut out, value).ok()?;
+        let _ = serde_json::to_writer(&mut *payload, name);
+        payload.push(b':');
+        value.write(payload);
     }
-    out.push(b'}');
-    Some(out)
+    payload.push(b'}');
+    true
 }
 
 impl Transform {
@@ -253,51 +287,49 @@ impl Transform {
         else {
             return PublishDecision::Pass;
         };
-        let mut added: Vec<(&str, Value)> = Vec::new();
+        let mut added = [("", Added::Millis(0)); 2];
+        let mut n = 0;
         if let Some(name) = &rule.add_timestamp {
-            added.push((name, Value::from(clock::now_millis())));
+            added[n] = (name, Added::Millis(clock::now_millis()));
+            n += 1;
         }
         if let Some(name) = &rule.add_client_id {
-            let cid = publisher
-                .map(|c| Value::from(c.client_id.as_str()))
-                .unwrap_or(Value::Null);
-            added.push((name, cid));
+            added[n] = (name, Added::Text(publisher.map(|c| c.client_id.as_str())));
+            n += 1;
         }
-        let fast = (rule.format == Format::Json && rule.rename.is_empty() && rule.drop.is_empty())
-            .then(|| splice(&message.payload, &added))
-            .flatten();
-        let payload = match fast {
-            Some(p) => p,
-            None => {
-                let mut fields = match parse(rule, &message.payload) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        log::debug(&format!("{}: payload not parsed: {e}", message.topic));
-                        return match rule.on_error {
-                            OnError::Pass => PublishDecision::Pass,
-                            OnError::Drop => PublishDecision::Drop,
-                            OnError::Deny => PublishDecision::Deny(reason::PAYLOAD_FORMAT_INVALID),
-                        };
-                    }
-                };
-                for (from, to) in &rule.rename {
-                    if let Some(v) = fields.remove(from) {
-                        fields.insert(to.clone(), v);
-                    }
+        let added = &added[..n];
+        let fast = rule.format == Format::Json
+            && rule.rename.is_empty()
+            && rule.drop.is_empty()
+            && splice(&mut message.payload, added);
+        if !fast {
+            let mut fields = match parse(rule, &message.payload) {
+                Ok(f) => f,
+                Err(e) => {
+                    log::debug(&format!("{}: payload not parsed: {e}", message.topic));
+                    return match rule.on_error {
+                        OnError::Pass => PublishDecision::Pass,
+                        OnError::Drop => PublishDecision::Drop,
+                        OnError::Deny => PublishDecision::Deny(reason::PAYLOAD_FORMAT_INVALID),
+                    };
                 }
-                for name in &rule.drop {
-                    fields.remove(name);
+            };
+            for (from, to) in &rule.rename {
+                if let Some(v) = fields.remove(from) {
+                    fields.insert(to.clone(), v);
                 }
-                for (name, v) in added {
-                    fields.insert(name.to_string(), v);
-                }
-                Value::Object(fields).to_string().into_bytes()
             }
-        };
+            for name in &rule.drop {
+                fields.remove(name);
+            }
+            for (name, v) in added {
+                fields.insert(name.to_string(), v.value());
+            }
+            message.payload = Value::Object(fields).to_string().into_bytes();
+        }
         if let Some(t) = &rule.topic {
             message.topic = rewrite(t, &message.topic, publisher);
         }
-        message.payload = payload;
         message.properties.payload_is_utf8 = true;
         message.properties.content_type = Some("application/json".into());
         PublishDecision::Modify(message)
