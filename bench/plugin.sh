@@ -11,18 +11,21 @@
 #
 # Environment (all optional): DURATION=5 PAYLOAD=128 OUT=docs/BENCHMARKS.md
 #   SKIP_BUILD=1 (use the release binaries as they are)  CRITERION=0 (skip it)
+#   BROKER_CPU=0 BENCH_CPU=1: cores for taskset, as in bench/run.sh
 # Every process this script starts is stopped by its PID.
 
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 COMMAND="bench/plugin.sh"
-for v in OUT PAYLOAD DURATION CRITERION; do
+for v in OUT PAYLOAD DURATION CRITERION BROKER_CPU BENCH_CPU; do
     if printenv "$v" >/dev/null; then COMMAND="$v=\"$(printenv "$v")\" $COMMAND"; fi
 done
 DURATION=${DURATION:-5}
 PAYLOAD=${PAYLOAD:-128}
 CRITERION=${CRITERION:-1}
+BROKER_CPU=${BROKER_CPU:-0}
+BENCH_CPU=${BENCH_CPU:-1}
 OUT=${OUT:-docs/BENCHMARKS.md}
 BENCH=$ROOT/target/release/midge-bench
 MIDGE=$ROOT/target/release/midge
@@ -72,7 +75,7 @@ for scenario in fan-in pairs; do
     for qos in 0 1; do
         for variant in none transform; do
             port=$(free_port)
-            "$MIDGE" serve --config "$TMP/$variant.toml" --listen "127.0.0.1:$port" --no-ws --no-admin \
+            taskset -c "$BROKER_CPU" "$MIDGE" serve --config "$TMP/$variant.toml" --listen "127.0.0.1:$port" --no-ws --no-admin \
                 >"$TMP/broker-$variant.log" 2>&1 &
             BROKER_PID=$!
             ok=""
@@ -82,7 +85,7 @@ for scenario in fan-in pairs; do
                 sleep 0.1
             done
             [[ -n $ok ]] || die "broker ($variant) did not start: $(tail -n3 "$TMP/broker-$variant.log")"
-            line=$("$BENCH" --port "$port" --scenario "$scenario" --qos "$qos" --payload "$PAYLOAD" --json \
+            line=$(taskset -c "$BENCH_CPU" "$BENCH" --port "$port" --scenario "$scenario" --qos "$qos" --payload "$PAYLOAD" --json \
                 --duration "$DURATION" --label "midge-$variant" --broker-pid "$BROKER_PID" \
                 2>>"$TMP/human.log" | grep '^{' | tail -n1)
             tail -n1 "$TMP/human.log" >&2
@@ -99,7 +102,7 @@ CRIT=$TMP/criterion.txt
 : >"$CRIT"
 if [[ $CRITERION != 0 ]]; then
     log "cargo bench --workspace --bench on_publish"
-    cargo bench --workspace --bench on_publish -- --quick 2>/dev/null | grep -E '^on_publish/|time:' >"$CRIT" || true
+    cargo bench --workspace --bench on_publish -- --quick 2>/dev/null | grep -E '^on_publish/|time:|thrpt:' >"$CRIT" || true
 fi
 
 SECTION=$TMP/section.md
@@ -111,10 +114,11 @@ SECTION=$TMP/section.md
     echo "$COMMAND"
     echo '```'
     echo
-    echo "- Date: $START_DATE; $(nproc) CPUs shared by broker and load generator; load average before: $LOAD_BEFORE, after: $LOAD_AFTER"
+    echo "- Date: $START_DATE; broker pinned to core $BROKER_CPU, load generator to core $BENCH_CPU (\`taskset\`, as in the tables above); load average before: $LOAD_BEFORE, after: $LOAD_AFTER"
     echo "- Midge $("$MIDGE" --version 2>/dev/null | awk '{print $2}') (git $(git rev-parse --short HEAD 2>/dev/null)), release build"
-    echo "- Payload: $PAYLOAD B JSON (\`midge-bench --json\`); transform parses it, adds the publisher's client id"
-    echo "  (\`add_client_id = \"client\"\`) and re-serializes it, for every message (\`filter = \"#\"\`)."
+    echo "- Payload: $PAYLOAD B JSON (\`midge-bench --json\`); transform validates it and adds the publisher's client id"
+    echo "  (\`add_client_id = \"client\"\`), for every message (\`filter = \"#\"\`); the PUBLISHes of one read reach it"
+    echo "  in one \`on-publish-batch\` call."
     echo "- Target: with the plugin at least 60 % of the no-plugin throughput."
     echo
     echo "| scenario | QoS | no plugin msg/s | transform msg/s | ratio | p99 us (none / transform) | loss |"
@@ -134,7 +138,8 @@ SECTION=$TMP/section.md
     if [[ -s $CRIT ]]; then
         echo "Per-call cost of one warm on-publish call through the host (criterion, \`--quick\`;"
         echo "\`cargo bench --workspace --bench on_publish\`): *transform* reshapes a JSON payload,"
-        echo "*reverse* (test-misbehave) reverses the bytes."
+        echo "*reverse* (test-misbehave) reverses the bytes; *batch-32x64B* is one on-publish-batch call with 32"
+        echo "messages of 64 B (its \`thrpt\` line: messages per second)."
         echo
         echo '```'
         cat "$CRIT"
