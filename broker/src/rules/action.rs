@@ -148,8 +148,9 @@ pub async fn run_actions(broker: Arc<Broker>, lane: usize) {
     loop {
         broker.rules.lanes.take(lane, &mut batch).await;
         let n = batch.len();
-        // One clock reading per batch for the republished messages.
-        let at = now();
+        // One clock reading per batch for the republished messages (read
+        // again after a plugin action, which may have taken a while).
+        let mut at = now();
         for job in batch.drain(..) {
             let r = &job.set.rules[job.rule];
             for a in &r.actions {
@@ -161,9 +162,12 @@ pub async fn run_actions(broker: Arc<Broker>, lane: usize) {
                                 job.row.clone(),
                             )])
                             .to_string();
-                            host.on_rule_output(plugin, r.rule.id(), &rows)
+                            let done = host
+                                .on_rule_output(plugin, r.rule.id(), &rows)
                                 .await
-                                .map_err(|e| e.to_string())
+                                .map_err(|e| e.to_string());
+                            at = now();
+                            done
                         }
                         None => Err(format!("plugin `{plugin}` unavailable: no plugins loaded")),
                     },

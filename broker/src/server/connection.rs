@@ -964,7 +964,6 @@ fn generate_client_id() -> String {
     format!("midge-{:x}-{n}", t & 0xffff_ffff_ffff)
 }
 
-/// Per-connection inbound state.
 /// Ends the connection with 0x82.
 fn protocol_violation(why: &'static str) -> End {
     End::Server {
@@ -973,6 +972,7 @@ fn protocol_violation(why: &'static str) -> End {
     }
 }
 
+/// Per-connection inbound state.
 struct Reader {
     broker: Arc<Broker>,
     session: Arc<Session>,
