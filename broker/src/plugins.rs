@@ -191,22 +191,108 @@ fn plugin_message(
     }
 }
 
-/// A plugin's message (changed by on-publish, or published by it) as the broker's.
-pub fn from_plugin(m: pt::Message, origin: Option<Arc<ClientInfo>>) -> Message {
-    let p = m.properties;
-    let properties = Properties::from(PropertyValues {
+/// The properties of a PUBLISH a plugin sees, `None` when it has none of
+/// them (the common case: nothing to convert or copy).
+pub fn plugin_properties(p: &Properties) -> Option<pt::MessageProperties> {
+    let any = p.payload_format_indicator == Some(1)
+        || p.message_expiry_interval.is_some()
+        || p.content_type.is_some()
+        || p.response_topic.is_some()
+        || p.correlation_data.is_some()
+        || !p.user_properties.is_empty();
+    any.then(|| plugin_message("", &[], QoS::AtMostOnce, false, p).properties)
+}
+
+/// A client's PUBLISH as one message of an `on-publish-batch` call,
+/// borrowed; `properties` from [`plugin_properties`].
+pub fn batch_item<'a>(
+    p: &'a midge_protocol::Publish,
+    properties: Option<&'a pt::MessageProperties>,
+) -> midge_plugin::BatchItem<'a> {
+    midge_plugin::BatchItem {
+        topic: &p.topic,
+        payload: &p.payload,
+        qos: qos_to(p.qos),
+        retain: p.retain,
+        properties,
+    }
+}
+
+/// The last plugin properties converted to the broker's, by identity: the
+/// messages of a batch that a plugin changed alike share one `Arc`.
+#[derive(Debug, Default)]
+pub struct PropertiesCache(Option<(Arc<pt::MessageProperties>, Properties)>);
+
+impl PropertiesCache {
+    fn get(&mut self, p: Arc<pt::MessageProperties>) -> Properties {
+        match &self.0 {
+            Some((last, converted)) if Arc::ptr_eq(last, &p) => converted.clone(),
+            _ => {
+                let converted = properties_from_plugin(&p);
+                self.0 = Some((p, converted.clone()));
+                converted
+            }
+        }
+    }
+}
+
+/// The message a client's PUBLISH becomes after the `on-publish` chain
+/// changed it (`c`: what differs; the rest is the PUBLISH's, shared, not
+/// copied).
+pub fn changed_message(
+    p: &midge_protocol::Publish,
+    c: midge_plugin::Changed,
+    cache: &mut PropertiesCache,
+    origin: Option<Arc<ClientInfo>>,
+) -> Message {
+    let properties = match c.properties {
+        Some(props) => cache.get(props),
+        None => publish_properties(&p.properties),
+    };
+    let mut msg = Message::new(
+        c.topic.unwrap_or_else(|| p.topic.clone()),
+        c.payload.unwrap_or_else(|| p.payload.clone()),
+        c.qos.map_or(p.qos, qos_from),
+        c.retain.unwrap_or(p.retain),
+        properties,
+    );
+    msg.origin = origin;
+    msg
+}
+
+/// The properties of a received PUBLISH that travel with its message (not
+/// its topic alias or subscription identifiers), as [`Message::from_publish`]
+/// keeps them.
+fn publish_properties(p: &Properties) -> Properties {
+    let mut properties = p.clone();
+    if properties.topic_alias.is_some() {
+        properties.topic_alias = None;
+    }
+    if !properties.subscription_identifiers.is_empty() {
+        properties.subscription_identifiers.clear();
+    }
+    properties
+}
+
+fn properties_from_plugin(p: &pt::MessageProperties) -> Properties {
+    Properties::from(PropertyValues {
         payload_format_indicator: p.payload_is_utf8.then_some(1),
         message_expiry_interval: p.message_expiry_interval,
-        content_type: p.content_type.map(ByteStr::from),
-        response_topic: p.response_topic.map(ByteStr::from),
-        correlation_data: p.correlation_data.map(Bytes::from),
+        content_type: p.content_type.as_deref().map(ByteStr::from),
+        response_topic: p.response_topic.as_deref().map(ByteStr::from),
+        correlation_data: p.correlation_data.as_deref().map(Bytes::copy_from_slice),
         user_properties: p
             .user_properties
-            .into_iter()
-            .map(|(k, v)| (ByteStr::from(k), ByteStr::from(v)))
+            .iter()
+            .map(|(k, v)| (ByteStr::from(k.as_str()), ByteStr::from(v.as_str())))
             .collect(),
         ..PropertyValues::default()
-    });
+    })
+}
+
+/// A plugin's message (changed by on-publish, or published by it) as the broker's.
+pub fn from_plugin(m: pt::Message, origin: Option<Arc<ClientInfo>>) -> Message {
+    let properties = properties_from_plugin(&m.properties);
     let mut msg = Message::new(
         ByteStr::from(m.topic),
         Bytes::from(m.payload),

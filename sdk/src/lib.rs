@@ -93,12 +93,17 @@
 //!
 //! **on_publish_batch**: the broker hands over several messages of one
 //! publisher at once when it has them (one call instead of one per
-//! message). The default runs `on_publish` for each; override it to share
-//! work across the batch.
+//! message), packed: read them borrowed from the [`Batch`], push one
+//! decision per message to [`BatchDecisions`], whose new topics and payloads
+//! are packed the same way. The default runs `on_publish` for each (with an
+//! owned copy of each); override it when speed matters.
 //! ```ignore
-//! fn on_publish_batch(&mut self, ms: Vec<Message>, publisher: Option<Client>) -> Vec<PublishDecision> {
-//!     let id = publisher.map(|c| c.client_id).unwrap_or_default();
-//!     ms.into_iter().map(|mut m| { m.topic = format!("by/{id}/{}", m.topic); PublishDecision::Modify(m) }).collect()
+//! fn on_publish_batch(&mut self, batch: &Batch, _publisher: Option<&Client>, out: &mut BatchDecisions) {
+//!     for m in batch.iter() {
+//!         if m.payload.is_empty() { out.discard(); continue; }
+//!         let upper = out.write_payload(|buf| { buf.extend(m.payload.iter().map(u8::to_ascii_uppercase)); true });
+//!         out.modify(Change { payload: upper, ..Change::default() });
+//!     }
 //! }
 //! ```
 //!
@@ -165,6 +170,9 @@ pub mod bindings {
 
 use bindings::exports::midge::plugin::hooks as h;
 use bindings::midge::plugin as imp;
+
+mod batch;
+pub use batch::{Batch, BatchDecisions, Change, MessageRef, NewPayload, NewProperties, NewTopic};
 
 pub use h::{
     Action, AuthAllow, AuthContinue, AuthDecision, AuthRequest, AuthzDecision, AuthzRequest,
@@ -475,19 +483,22 @@ pub trait Plugin: Sized + 'static {
         PublishDecision::Pass
     }
 
-    /// Several messages of one publisher, in the order they were read; one
-    /// decision per message, in order. Default: [`Plugin::on_publish`] for
-    /// each. Override it to share work across the batch (the default clones
-    /// `publisher` for every message).
+    /// Several messages of one publisher, in the order they were read:
+    /// push one decision per message, in order, to `out`. Default:
+    /// [`Plugin::on_publish`] for each (an owned copy of each message, and
+    /// of `publisher`, per call). Override it to skip those copies and
+    /// share work across the batch: read the messages borrowed from
+    /// `batch`, write new payloads straight into `out`.
     fn on_publish_batch(
         &mut self,
-        messages: Vec<Message>,
-        publisher: Option<Client>,
-    ) -> Vec<PublishDecision> {
-        messages
-            .into_iter()
-            .map(|m| self.on_publish(m, publisher.clone()))
-            .collect()
+        batch: &Batch,
+        publisher: Option<&Client>,
+        out: &mut BatchDecisions,
+    ) {
+        for m in batch.iter() {
+            let decision = self.on_publish(m.to_message(), publisher.cloned());
+            out.push(&m, decision);
+        }
     }
 
     /// Observe an event. Default: nothing.
@@ -515,7 +526,9 @@ pub trait Plugin: Sized + 'static {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::bindings::__export_midge_world;
-    pub use crate::bindings::exports::midge::plugin::hooks::Guest;
+    pub use crate::bindings::exports::midge::plugin::hooks::{
+        BatchDecisions as BatchDecisionsRaw, Guest, MessageBatch,
+    };
     pub use crate::Plugin;
 }
 
@@ -568,10 +581,13 @@ macro_rules! export_plugin {
                     __with(|p| p.on_publish(message, publisher))
                 }
                 fn on_publish_batch(
-                    messages: ::std::vec::Vec<$crate::Message>,
+                    batch: $crate::__private::MessageBatch,
                     publisher: ::core::option::Option<$crate::ClientInfo>,
-                ) -> ::std::vec::Vec<$crate::PublishDecision> {
-                    __with(|p| p.on_publish_batch(messages, publisher))
+                ) -> $crate::__private::BatchDecisionsRaw {
+                    let batch = $crate::Batch::from_raw(batch);
+                    let mut out = $crate::BatchDecisions::with_capacity(batch.len());
+                    __with(|p| p.on_publish_batch(&batch, publisher.as_ref(), &mut out));
+                    out.into_raw()
                 }
                 fn on_event(event: $crate::Event, timestamp_millis: u64) {
                     __with(|p| p.on_event(event, timestamp_millis))

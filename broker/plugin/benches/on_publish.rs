@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use midge_plugin::types::{ClientInfo, Message, ProtocolVersion};
-use midge_plugin::{PluginConfig, PluginHost, PluginsConfig, Services};
+use midge_plugin::{BatchItem, PluginConfig, PluginHost, PluginsConfig, Services};
 
 fn json_payload(size: usize) -> Vec<u8> {
     let head = r#"{"temp":21.5,"hum":40,"pad":""#;
@@ -63,13 +63,14 @@ fn bench(c: &mut Criterion) {
         let batch: Vec<Message> = (0..32)
             .map(|_| Message::new("bench/topic", json_payload(64)))
             .collect();
+        let items: Vec<BatchItem> = batch.iter().map(BatchItem::from).collect();
         group.throughput(criterion::Throughput::Elements(32));
         group.bench_function(format!("{name}/batch-32x64B"), |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        std::hint::black_box(host.on_publish_batch(&batch, Some(&who)).await);
+                        std::hint::black_box(host.on_publish_batch(&items, Some(&who)).await);
                     }
                     start.elapsed()
                 })

@@ -1,7 +1,7 @@
 //! The plugin host: the configured plugin chain and the hooks the broker calls.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,11 +10,12 @@ use arc_swap::ArcSwap;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
+use crate::batch::{current_topic, pack, unpack, BatchItem, BatchVerdict, Changed, Unpacked};
 use crate::bindings::Plugin;
 use crate::caps::{Granted, Services, StoreState};
 use crate::config::{FailurePolicy, PluginConfig, PluginsConfig};
 use crate::error::{Hook, PluginError};
-use crate::slot::{Call, Reply, Runtime, Slot};
+use crate::slot::{event_bits, hook_bits, Call, Reply, Runtime, Slot, PUBLISH_ALL};
 use crate::types::{
     AuthDecision, AuthRequest, AuthzDecision, AuthzRequest, ClientInfo, Event, EventSet,
     FunctionError, HookError, HookSet, Manifest, Message, Outcome, PublishDecision, PublishVerdict,
@@ -33,6 +34,16 @@ pub struct PluginHost {
     inner: Arc<Inner>,
 }
 
+impl Inner {
+    /// Recomputes [`Inner::summary`] from the chain as it is now. Under a
+    /// lock, so that the last refresh to store also read last.
+    fn refresh(&self) {
+        let _one = self.refresh_lock.lock();
+        let bits = self.chain.load().iter().fold(0, |b, s| b | s.summary());
+        self.summary.store(bits, Ordering::Relaxed);
+    }
+}
+
 impl std::fmt::Debug for PluginHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let chain = self.inner.chain.load();
@@ -48,6 +59,12 @@ struct Inner {
     /// The chain, in configured order. Read on every hook call (one atomic
     /// load, no lock); [`PluginHost::apply`] swaps in a new list.
     chain: ArcSwap<Vec<Arc<Slot>>>,
+    /// What the enabled plugins ask for, all together (the slots' summary
+    /// bits OR-ed): the broker's per-message checks read this one word.
+    /// Refreshed after every change to the chain, a slot's version or its
+    /// switch ([`Inner::refresh`]).
+    summary: AtomicU64,
+    refresh_lock: parking_lot::Mutex<()>,
     /// Names the configuration lists with `enabled = false` (not loaded).
     disabled: ArcSwap<Vec<String>>,
     ticker_stop: Arc<AtomicBool>,
@@ -154,6 +171,8 @@ impl PluginHost {
         let inner = Inner {
             rt,
             chain: ArcSwap::from_pointee(Vec::new()),
+            summary: AtomicU64::new(0),
+            refresh_lock: parking_lot::Mutex::new(()),
             disabled: ArcSwap::from_pointee(disabled_names(config)),
             ticker_stop,
             kv_db: tokio::sync::OnceCell::new(),
@@ -170,6 +189,7 @@ impl PluginHost {
             slots.push(slot);
         }
         inner.chain.store(Arc::new(slots));
+        inner.refresh();
         // `inner` stops the ticker when dropped from here on.
         std::mem::forget(stop_guard);
         Ok(PluginHost {
@@ -268,6 +288,7 @@ impl PluginHost {
         }
         report.chain = next.iter().map(|s| s.name.to_string()).collect();
         inner.chain.store(Arc::new(next));
+        inner.refresh();
         inner.disabled.store(Arc::new(disabled_names(config)));
         report
     }
@@ -356,7 +377,14 @@ impl PluginHost {
     /// Does `f` hold for any enabled plugin implementing `hook`? (The cheap
     /// checks of the publish path: no `Arc` clone, no lock.)
     fn any_with_hook(&self, hook: HookSet, f: impl Fn(&Slot) -> bool) -> bool {
-        self.inner.chain.load().iter().any(|s| has(s, hook) && f(s))
+        let bits = hook_bits(hook);
+        self.inner.summary.load(Ordering::Relaxed) & bits != 0
+            && self
+                .inner
+                .chain
+                .load()
+                .iter()
+                .any(|s| s.wants(bits) && f(s))
     }
 
     /// Turns a loaded plugin on or off at run time: a disabled plugin is
@@ -364,6 +392,7 @@ impl PluginHost {
     /// again. Its instances stay warm.
     pub fn set_enabled(&self, plugin: &str, enabled: bool) -> Result<(), PluginError> {
         self.slot(plugin)?.enabled.store(enabled, Ordering::Relaxed);
+        self.inner.refresh();
         tracing::info!(plugin, enabled, "plugin switched");
         Ok(())
     }
@@ -377,19 +406,22 @@ impl PluginHost {
 
     /// Does any plugin implement `hook`? (Cheap; lets the broker skip work.)
     pub fn has_hook(&self, hook: HookSet) -> bool {
-        self.any_with_hook(hook, |_| true)
+        self.inner.summary.load(Ordering::Relaxed) & hook_bits(hook) != 0
     }
 
     /// Would `on_publish` call any plugin for this topic?
     pub fn wants_publish(&self, topic: &str) -> bool {
-        self.any_with_hook(HookSet::ON_PUBLISH, |s| s.current.load().wants_topic(topic))
+        let summary = self.inner.summary.load(Ordering::Relaxed);
+        if summary & PUBLISH_ALL != 0 && !topic.starts_with('$') {
+            return true;
+        }
+        summary & hook_bits(HookSet::ON_PUBLISH) != 0
+            && self.any_with_hook(HookSet::ON_PUBLISH, |s| s.current.load().wants_topic(topic))
     }
 
     /// Would `on_event` call any plugin for this kind of event?
     pub fn wants_event(&self, kind: EventSet) -> bool {
-        self.any_with_hook(HookSet::ON_EVENT, |s| {
-            s.current.load().manifest.events.contains(kind)
-        })
+        self.inner.summary.load(Ordering::Relaxed) & event_bits(kind) != 0
     }
 
     /// Ask the `authenticate` chain: the first answer other than `Ignore`
@@ -563,128 +595,88 @@ impl PluginHost {
     /// [`PluginHost::on_publish`] for several messages of one publisher, in
     /// the order they were read: each plugin in the chain gets one
     /// `on-publish-batch` call with the messages its filters want, as the
-    /// plugins before it left them, instead of one call per message. One
-    /// outcome per message, in order; a failed call fails each message in
-    /// it, under the plugin's failure policy.
+    /// plugins before it left them, packed into a few buffers (see
+    /// [`BatchItem`]), instead of one call per message. One outcome per
+    /// message, in order; a failed call, or an answer that does not fit the
+    /// batch, fails each message in it under the plugin's failure policy.
     pub async fn on_publish_batch(
         &self,
-        messages: &[Message],
+        items: &[BatchItem<'_>],
         publisher: Option<&ClientInfo>,
-    ) -> Vec<Outcome<PublishVerdict>> {
-        if messages.len() == 1 {
-            return vec![self.on_publish(&messages[0], publisher).await];
-        }
+    ) -> Vec<Outcome<BatchVerdict>> {
         #[derive(Default)]
         struct State {
-            changed: Option<Message>,
-            done: Option<PublishVerdict>,
+            changed: Option<Changed>,
+            done: Option<BatchVerdict>,
             failures: Vec<PluginError>,
         }
-        let mut st: Vec<State> = messages.iter().map(|_| State::default()).collect();
+        let mut st: Vec<State> = items.iter().map(|_| State::default()).collect();
         let chain = self.chain();
+        let mut picked: Vec<usize> = Vec::with_capacity(items.len());
         for slot in chain.iter().filter(|s| has(s, HookSet::ON_PUBLISH)) {
-            let (picked, closed) = {
+            let closed = {
                 let loaded = slot.current.load();
-                let picked: Vec<usize> = (0..messages.len())
-                    .filter(|&i| {
-                        st[i].done.is_none()
-                            && loaded
-                                .wants_topic(&st[i].changed.as_ref().unwrap_or(&messages[i]).topic)
-                    })
-                    .collect();
-                (
-                    picked,
-                    loaded.config.failure.on_publish == FailurePolicy::Closed,
-                )
+                picked.clear();
+                picked.extend((0..items.len()).filter(|&i| {
+                    st[i].done.is_none()
+                        && loaded.wants_topic(current_topic(&items[i], st[i].changed.as_ref()))
+                }));
+                loaded.config.failure.on_publish == FailurePolicy::Closed
             };
             if picked.is_empty() {
                 continue;
             }
-            // One slice for the call: the messages as given when the plugin
-            // wants all of them unchanged, else copies (changed ones moved,
-            // and put back if the plugin passes them).
-            let untouched =
-                picked.len() == messages.len() && st.iter().all(|s| s.changed.is_none());
-            let mut was_changed = vec![false; picked.len()];
-            let owned: Vec<Message> = if untouched {
-                Vec::new()
-            } else {
-                picked
-                    .iter()
-                    .enumerate()
-                    .map(|(k, &i)| match st[i].changed.take() {
-                        Some(m) => {
-                            was_changed[k] = true;
-                            m
-                        }
-                        None => messages[i].clone(),
-                    })
-                    .collect()
-            };
-            let batch: &[Message] = if untouched { messages } else { &owned };
+            let batch = pack(items, &picked, |i| st[i].changed.as_ref());
             let reply = slot
-                .call(&self.inner.rt, Call::OnPublishBatch(batch, publisher))
+                .call(&self.inner.rt, Call::OnPublishBatch(&batch, publisher))
                 .await;
-            let decisions = match reply {
-                Ok(Reply::PublishBatch(d)) if d.len() == batch.len() => Ok(d),
-                Ok(Reply::PublishBatch(d)) => Err(PluginError::Reported {
-                    plugin: slot.name.to_string(),
-                    hook: Hook::OnPublish,
-                    message: format!(
-                        "on-publish-batch returned {} decisions for {} messages",
-                        d.len(),
-                        batch.len()
-                    ),
-                }),
+            let unpacked = match reply {
+                Ok(Reply::PublishBatch(d)) => {
+                    unpack(d, picked.len()).map_err(|message| PluginError::Reported {
+                        plugin: slot.name.to_string(),
+                        hook: Hook::OnPublish,
+                        message,
+                    })
+                }
                 Ok(_) => unreachable_reply(),
                 Err(e) => Err(e),
             };
-            let mut owned = owned.into_iter();
-            match decisions {
+            match unpacked {
                 Ok(decisions) => {
-                    for (k, (d, &i)) in decisions.into_iter().zip(&picked).enumerate() {
-                        let mine = owned.next();
+                    for (d, &i) in decisions.into_iter().zip(&picked) {
                         let s = &mut st[i];
                         match d {
-                            PublishDecision::Pass => {
-                                if was_changed[k] {
-                                    s.changed = mine;
+                            Unpacked::Pass => {}
+                            Unpacked::Modify(c) => {
+                                let merged = s.changed.take().unwrap_or_default().then(c);
+                                let topic = current_topic(&items[i], Some(&merged));
+                                if midge_protocol::topic::valid_name(topic) {
+                                    s.changed = Some(merged);
+                                } else {
+                                    s.failures.push(PluginError::Reported {
+                                        plugin: slot.name.to_string(),
+                                        hook: Hook::OnPublish,
+                                        message: format!(
+                                            "modified message has an invalid topic {topic:?}"
+                                        ),
+                                    });
+                                    if closed {
+                                        s.done =
+                                            Some(BatchVerdict::Deny(FAIL_CLOSED_PUBLISH_REASON));
+                                    }
                                 }
                             }
-                            PublishDecision::Modify(m)
-                                if !midge_protocol::topic::valid_name(&m.topic) =>
-                            {
-                                if was_changed[k] {
-                                    s.changed = mine;
-                                }
-                                s.failures.push(PluginError::Reported {
-                                    plugin: slot.name.to_string(),
-                                    hook: Hook::OnPublish,
-                                    message: format!(
-                                        "modified message has an invalid topic {:?}",
-                                        m.topic
-                                    ),
-                                });
-                                if closed {
-                                    s.done = Some(PublishVerdict::Deny(FAIL_CLOSED_PUBLISH_REASON));
-                                }
-                            }
-                            PublishDecision::Modify(m) => s.changed = Some(m),
-                            PublishDecision::Drop => s.done = Some(PublishVerdict::Drop),
-                            PublishDecision::Deny(rc) => s.done = Some(PublishVerdict::Deny(rc)),
+                            Unpacked::Drop => s.done = Some(BatchVerdict::Drop),
+                            Unpacked::Deny(rc) => s.done = Some(BatchVerdict::Deny(rc)),
                         }
                     }
                 }
                 Err(e) => {
-                    for (k, &i) in picked.iter().enumerate() {
-                        let mine = owned.next();
+                    for &i in &picked {
                         let s = &mut st[i];
-                        if was_changed[k] {
-                            s.changed = mine;
-                        }
                         s.failures.push(e.clone());
                         if closed {
-                            s.done = Some(PublishVerdict::Deny(FAIL_CLOSED_PUBLISH_REASON));
+                            s.done = Some(BatchVerdict::Deny(FAIL_CLOSED_PUBLISH_REASON));
                         }
                     }
                 }
@@ -694,8 +686,8 @@ impl PluginHost {
             .map(|s| {
                 let verdict = match (s.done, s.changed) {
                     (Some(v), _) => v,
-                    (None, Some(m)) => PublishVerdict::Modified(m),
-                    (None, None) => PublishVerdict::Pass,
+                    (None, Some(c)) => BatchVerdict::Modified(c),
+                    (None, None) => BatchVerdict::Pass,
                 };
                 Outcome::new(verdict, s.failures)
             })
@@ -825,10 +817,9 @@ impl PluginHost {
     /// version. A failed load keeps the old version and returns the error.
     /// A successful reload lifts a suspension.
     pub async fn reload(&self, plugin: &str) -> Result<(), PluginError> {
-        self.slot(plugin)?
-            .reload(&self.inner.rt, false)
-            .await
-            .map(|_| ())
+        let result = self.slot(plugin)?.reload(&self.inner.rt, false).await;
+        self.inner.refresh();
+        result.map(|_| ())
     }
 
     /// Reload every plugin whose file content changed. Returns, per plugin
@@ -841,6 +832,7 @@ impl PluginHost {
                 slot.reload(&self.inner.rt, true).await,
             ));
         }
+        self.inner.refresh();
         out
     }
 
@@ -903,7 +895,7 @@ pub struct ApplyReport {
 /// Is the plugin enabled (runtime switch) and does its current manifest
 /// name `hook`?
 fn has(slot: &Slot, hook: HookSet) -> bool {
-    slot.enabled.load(Ordering::Relaxed) && slot.current.load().manifest.hooks.contains(hook)
+    slot.wants(hook_bits(hook))
 }
 
 fn disabled_names(config: &PluginsConfig) -> Vec<String> {

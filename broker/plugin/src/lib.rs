@@ -40,6 +40,7 @@
 //! }
 //! ```
 
+mod batch;
 mod bindings;
 mod caps;
 pub mod config;
@@ -50,6 +51,7 @@ mod slot;
 pub mod testing;
 pub mod types;
 
+pub use batch::{BatchItem, BatchVerdict, Changed};
 pub use caps::{
     now_millis, BoxFuture, BrokerHandle, KafkaBackend, KafkaError, Services, SqlBackend, SqlError,
     SqlRejection, SqlRows, SqlValue,

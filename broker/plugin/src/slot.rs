@@ -19,8 +19,8 @@ use crate::caps::{Granted, Limiter, StoreState};
 use crate::config::{Limits, PluginConfig};
 use crate::error::{Hook, PluginError};
 use crate::types::{
-    AuthDecision, AuthRequest, AuthzDecision, AuthzRequest, ClientInfo, Event, FunctionError,
-    HookError, Manifest, Message, PublishDecision,
+    AuthDecision, AuthRequest, AuthzDecision, AuthzRequest, BatchDecisions, ClientInfo, Event,
+    EventSet, FunctionError, HookError, HookSet, Manifest, Message, MessageBatch, PublishDecision,
 };
 
 /// A hook call with its arguments.
@@ -29,7 +29,7 @@ pub(crate) enum Call<'a> {
     Authenticate(&'a AuthRequest),
     Authorize(&'a AuthzRequest),
     OnPublish(&'a Message, Option<&'a ClientInfo>),
-    OnPublishBatch(&'a [Message], Option<&'a ClientInfo>),
+    OnPublishBatch(&'a MessageBatch, Option<&'a ClientInfo>),
     OnEvent(&'a Event, u64),
     OnRuleOutput(&'a str, &'a str),
     CallFunction(&'a str, &'a [String]),
@@ -53,7 +53,7 @@ pub(crate) enum Reply {
     Auth(AuthDecision),
     Authz(AuthzDecision),
     Publish(PublishDecision),
-    PublishBatch(Vec<PublishDecision>),
+    PublishBatch(BatchDecisions),
     Unit,
     RuleOutput(Result<(), HookError>),
     Function(Result<String, FunctionError>),
@@ -79,16 +79,80 @@ pub(crate) struct Loaded {
     pub config: PluginConfig,
     granted: Arc<Granted>,
     config_json: String,
+    /// One of the on-publish filters is `#`: every topic is wanted but
+    /// those starting with `$` (as `topic::matches` has it).
+    match_all: bool,
 }
 
 impl Loaded {
     /// Does `topic` match one of the manifest's on-publish filters?
     pub fn wants_topic(&self, topic: &str) -> bool {
-        self.manifest
-            .publish_filters
-            .iter()
-            .any(|f| midge_protocol::topic::matches(f, topic))
+        (self.match_all && !topic.starts_with('$'))
+            || self
+                .manifest
+                .publish_filters
+                .iter()
+                .any(|f| midge_protocol::topic::matches(f, topic))
     }
+}
+
+/// What a version's manifest asks for, as bits of one word (see
+/// [`Slot::wants`]): the checks on the publish path read it with one atomic
+/// load instead of loading the current version.
+/// Event bits count only with the on-event hook, [`PUBLISH_ALL`] only
+/// with the on-publish hook.
+fn summary(manifest: &Manifest) -> u64 {
+    let mut bits = hook_bits(manifest.hooks);
+    if manifest.hooks.contains(HookSet::ON_EVENT) {
+        bits |= event_bits(manifest.events);
+    }
+    if manifest.hooks.contains(HookSet::ON_PUBLISH) && manifest_matches_all(manifest) {
+        bits |= PUBLISH_ALL;
+    }
+    bits
+}
+
+/// The [`summary`] bit of an on-publish filter `#` (every topic but those
+/// starting with `$`).
+pub(crate) const PUBLISH_ALL: u64 = 1 << 40;
+
+/// The bits of [`summary`] that stand for `hooks`.
+pub(crate) fn hook_bits(hooks: HookSet) -> u64 {
+    const HOOKS: [HookSet; 6] = [
+        HookSet::AUTHENTICATE,
+        HookSet::AUTHORIZE,
+        HookSet::ON_PUBLISH,
+        HookSet::ON_EVENT,
+        HookSet::ON_RULE_OUTPUT,
+        HookSet::RULE_FUNCTIONS,
+    ];
+    let mut bits = 0;
+    for (i, h) in HOOKS.into_iter().enumerate() {
+        if hooks.contains(h) {
+            bits |= 1 << i;
+        }
+    }
+    bits
+}
+
+/// The bits of [`summary`] that stand for `events`.
+pub(crate) fn event_bits(events: EventSet) -> u64 {
+    const EVENTS: [EventSet; 7] = [
+        EventSet::CONNECTED,
+        EventSet::DISCONNECTED,
+        EventSet::SUBSCRIBED,
+        EventSet::UNSUBSCRIBED,
+        EventSet::DELIVERED,
+        EventSet::ACKED,
+        EventSet::DROPPED,
+    ];
+    let mut bits = 0;
+    for (i, e) in EVENTS.into_iter().enumerate() {
+        if events.contains(e) {
+            bits |= 1 << (16 + i);
+        }
+    }
+    bits
 }
 
 #[derive(Default)]
@@ -118,6 +182,8 @@ struct Health {
 pub(crate) struct Slot {
     pub name: Arc<str>,
     pub current: ArcSwap<Loaded>,
+    /// [`summary`] of the current version's manifest, kept with it.
+    wants: AtomicU64,
     pub metrics: Metrics,
     /// Runtime switch (admin API): a disabled plugin is skipped by every hook.
     pub enabled: std::sync::atomic::AtomicBool,
@@ -144,6 +210,10 @@ fn wasm_error(e: &wasmtime::Error) -> String {
     s
 }
 
+fn manifest_matches_all(m: &Manifest) -> bool {
+    m.publish_filters.iter().any(|f| f == "#")
+}
+
 fn fingerprint(bytes: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     bytes.hash(&mut h);
@@ -164,6 +234,7 @@ impl Slot {
         metrics.instances_created.store(1, Ordering::Relaxed);
         Ok(Arc::new(Slot {
             name,
+            wants: AtomicU64::new(summary(&loaded.manifest)),
             current: ArcSwap::from_pointee(loaded),
             metrics,
             enabled: std::sync::atomic::AtomicBool::new(true),
@@ -207,13 +278,14 @@ impl Slot {
         }
         Ok(Loaded {
             pre,
-            manifest,
             fingerprint,
             idle: Mutex::new(vec![warm]),
             permits: Arc::new(Semaphore::new(config.limits.max_instances.max(1))),
             config,
             granted,
             config_json,
+            match_all: manifest_matches_all(&manifest),
+            manifest,
         })
     }
 
@@ -280,7 +352,9 @@ impl Slot {
     ) -> Result<(), PluginError> {
         let loaded =
             Self::build(rt, &self.name, config, granted, bytes, Some(&self.metrics)).await?;
+        let wants = summary(&loaded.manifest);
         self.current.store(Arc::new(loaded));
+        self.wants.store(wants, Ordering::Relaxed);
         *self.health.lock() = Health::default();
         self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(plugin = &*self.name, "plugin reloaded");
@@ -291,6 +365,21 @@ impl Slot {
     pub fn reload_failed(&self, e: &PluginError) {
         self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(plugin = &*self.name, error = %e, "plugin reload failed, keeping the loaded version");
+    }
+
+    /// Is the slot enabled and does its manifest ask for any of `bits`
+    /// ([`hook_bits`], [`event_bits`])? Two atomic loads, no version loaded.
+    pub fn wants(&self, bits: u64) -> bool {
+        self.summary() & bits != 0
+    }
+
+    /// The [`summary`] bits of the current version; none while disabled.
+    pub fn summary(&self) -> u64 {
+        if self.enabled.load(Ordering::Relaxed) {
+            self.wants.load(Ordering::Relaxed)
+        } else {
+            0
+        }
     }
 
     pub fn is_suspended(&self) -> bool {

@@ -3,9 +3,9 @@
 
 pub use crate::bindings::exports::midge::plugin::hooks::{
     Action, AuthAllow, AuthContinue, AuthDecision, AuthRequest, AuthzDecision, AuthzRequest,
-    DeliveryEvent, DisconnectedEvent, DroppedEvent, Event, EventSet, FunctionError, HookError,
-    HookSet, InitError, Manifest, PublishDecision, RuleFunction, SubscribedEvent,
-    UnsubscribedEvent,
+    BatchDecision, BatchDecisions, BatchMessage, DeliveryEvent, DisconnectedEvent, DroppedEvent,
+    Event, EventSet, FunctionError, HookError, HookSet, InitError, Manifest, MessageBatch,
+    MessageChange, PublishDecision, RuleFunction, Span, SubscribedEvent, UnsubscribedEvent,
 };
 pub use crate::bindings::midge::plugin::types::{
     ClientInfo, Message, MessageProperties, ProtocolVersion, Qos,

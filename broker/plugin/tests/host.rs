@@ -13,10 +13,24 @@ use midge_plugin::types::{
     SubscribedEvent,
 };
 use midge_plugin::{
-    BrokerHandle, DatabaseConfig, FailurePolicy, Hook, KafkaConfig, PluginError, PluginsConfig,
-    PublishVerdict, Services, FAIL_CLOSED_AUTH_REASON, FAIL_CLOSED_PUBLISH_REASON,
+    BatchItem, BatchVerdict, BrokerHandle, Changed, DatabaseConfig, FailurePolicy, Hook,
+    KafkaConfig, PluginError, PluginsConfig, PublishVerdict, Services, FAIL_CLOSED_AUTH_REASON,
+    FAIL_CLOSED_PUBLISH_REASON,
 };
 use parking_lot::Mutex;
+
+fn batch_payload(v: &BatchVerdict) -> String {
+    match v {
+        BatchVerdict::Modified(Changed {
+            payload: Some(p), ..
+        }) => String::from_utf8_lossy(p).into_owned(),
+        other => panic!("expected a changed payload, got {other:?}"),
+    }
+}
+
+fn items(ms: &[Message]) -> Vec<BatchItem<'_>> {
+    ms.iter().map(BatchItem::from).collect()
+}
 
 fn payload(v: &PublishVerdict) -> String {
     match v {
@@ -231,14 +245,14 @@ async fn a_batch_takes_one_call_per_plugin_and_keeps_per_message_decisions() {
         msg("who", b""),
     ];
     let out = chain
-        .on_publish_batch(&batch, Some(&client("pub-7", None)))
+        .on_publish_batch(&items(&batch), Some(&client("pub-7", None)))
         .await;
     // reversed twice: the second saw the first's output
-    assert_eq!(payload(&out[0].decision), "abc");
-    assert!(matches!(out[1].decision, PublishVerdict::Drop));
-    assert!(matches!(out[2].decision, PublishVerdict::Deny(0x99)));
+    assert_eq!(batch_payload(&out[0].decision), "abc");
+    assert!(matches!(out[1].decision, BatchVerdict::Drop));
+    assert!(matches!(out[2].decision, BatchVerdict::Deny(0x99)));
     // "who" answers the publisher's id (both plugins see the same publisher)
-    assert_eq!(payload(&out[3].decision), "pub-7");
+    assert_eq!(batch_payload(&out[3].decision), "pub-7");
     for name in ["first", "second"] {
         assert_eq!(chain.plugin_metrics(name).unwrap().calls, 1, "{name}");
     }
@@ -246,13 +260,12 @@ async fn a_batch_takes_one_call_per_plugin_and_keeps_per_message_decisions() {
     let mut closed = plugin(&dir, "closed", "test_misbehave");
     closed.failure.on_publish = FailurePolicy::Closed;
     let host_closed = host(vec![closed]).await;
-    let out = host_closed
-        .on_publish_batch(&[msg("x", b"ab"), msg("trap", b"")], None)
-        .await;
+    let two = [msg("x", b"ab"), msg("trap", b"")];
+    let out = host_closed.on_publish_batch(&items(&two), None).await;
     for o in &out {
         assert!(matches!(
             o.decision,
-            PublishVerdict::Deny(FAIL_CLOSED_PUBLISH_REASON)
+            BatchVerdict::Deny(FAIL_CLOSED_PUBLISH_REASON)
         ));
         assert!(matches!(
             o.failures[..],
@@ -263,12 +276,53 @@ async fn a_batch_takes_one_call_per_plugin_and_keeps_per_message_decisions() {
         ));
     }
     let host_open = host(vec![plugin(&dir, "open", "test_misbehave")]).await;
-    let out = host_open
-        .on_publish_batch(&[msg("x", b"ab"), msg("trap", b"")], None)
-        .await;
+    let out = host_open.on_publish_batch(&items(&two), None).await;
     assert!(out
         .iter()
-        .all(|o| matches!(o.decision, PublishVerdict::Pass) && o.failures.len() == 1));
+        .all(|o| matches!(o.decision, BatchVerdict::Pass) && o.failures.len() == 1));
+
+    // An answer with a decision missing fails the whole call, by name.
+    let short = [msg("x", b"ab"), msg("short-batch", b""), msg("y", b"cd")];
+    let out = host_open.on_publish_batch(&items(&short), None).await;
+    for o in &out {
+        assert!(matches!(o.decision, BatchVerdict::Pass), "{:?}", o.decision);
+        match &o.failures[..] {
+            [PluginError::Reported {
+                plugin, message, ..
+            }] => {
+                assert_eq!(plugin, "open");
+                assert!(message.contains("2 decisions for 3 messages"), "{message}");
+            }
+            other => panic!("expected one reported failure, got {other:?}"),
+        }
+    }
+}
+
+/// Only what a plugin changed comes back from a batch, and a change of one
+/// field keeps the others (topic, qos, retain, properties) as they were.
+#[tokio::test]
+async fn a_batch_answer_carries_only_what_changed() {
+    let dir = wasm_or_skip!();
+    let host = host(vec![plugin(&dir, "rev", "test_misbehave")]).await;
+    let mut m = msg("keep/topic", b"xyz");
+    m.qos = Qos::AtLeastOnce;
+    m.retain = true;
+    m.properties.user_properties = vec![("k".into(), "v".into())];
+    let out = host
+        .on_publish_batch(&items(&[m.clone(), msg("deny", b"")]), None)
+        .await;
+    match &out[0].decision {
+        BatchVerdict::Modified(c) => {
+            assert_eq!(c.payload.as_deref(), Some(&b"zyx"[..]));
+            assert!(c.topic.is_none() && c.qos.is_none() && c.retain.is_none());
+            assert!(
+                c.properties.is_none(),
+                "properties unchanged: not sent back"
+            );
+        }
+        other => panic!("expected a changed payload, got {other:?}"),
+    }
+    assert!(matches!(out[1].decision, BatchVerdict::Deny(0x99)));
 }
 
 #[tokio::test]

@@ -4,9 +4,12 @@
 mod common;
 
 use common::{auth, client, host, msg, plugin};
-use midge_plugin::types::{Action, AuthDecision, AuthzDecision, AuthzRequest, ClientInfo, Qos};
-use midge_plugin::{DirGrant, PluginHost, PublishVerdict};
+use midge_plugin::types::{
+    Action, AuthDecision, AuthzDecision, AuthzRequest, ClientInfo, Message, Qos,
+};
+use midge_plugin::{BatchItem, BatchVerdict, DirGrant, Outcome, PluginHost, PublishVerdict};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 // PBKDF2-SHA256 of "wonderland", 1000 iterations (see auth-password's docs).
 const ALICE_HASH: &str =
@@ -404,6 +407,116 @@ async fn transform_adds_fields_to_json_objects_exactly_once() {
     );
 }
 
+/// The splice's own JSON scanner against serde_json, over seed documents
+/// and thousands of mutations of them (fixed seed): whatever the path, a
+/// payload serde_json parses comes out as that value plus the field, in
+/// valid JSON; one it rejects is passed on untouched; and the seeds, which
+/// are plain objects, keep their bytes and key order (the fast path).
+#[tokio::test]
+async fn transform_splice_agrees_with_serde_json_on_mutated_payloads() {
+    let dir = wasm_or_skip!();
+    let mut p = plugin(&dir, "tx", "transform");
+    p.config = json!({ "rules": [{ "filter": "j/#", "add_client_id": "client" }] });
+    let host = host(vec![p]).await;
+    let who = client("dev-9", None);
+    let seeds: [&[u8]; 8] = [
+        br#"{"z":1,"a":[1,2.5,-0.25e-3,{"b":"}"}],"t":true,"f":false,"n":null}"#,
+        b" {\"s\":\"caf\xc3\xa9 \\u00e9 \\n \\\\ \\/\",\"e\":{}, \"l\":[] }\n",
+        br#"{"deep":[[[{"x":[{"y":{}}]}]]],"num":-12}"#,
+        br#"{"clientX":1,"xclient":"client"}"#,
+        br#"{}"#,
+        br#"{"k":"\ud83d\ude00"}"#,
+        br#"{"temp":21.5,"hum":40,"pad":"xxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+        br#"{"a" : 0 , "b" :	1E+2 ,"c":"\"quoted\""}"#,
+    ];
+    let alphabet: &[&[u8]] = &[
+        b"\"", b"\\", b"{", b"}", b"[", b"]", b",", b":", b" ", b"\\u", b"0", b"-", b".", b"e",
+        b"x", b"\x80", b"\xff", b"\x01", b"\t", b"\n", b"\x1f", b"\\ud800", b"tru", b"null", b"1",
+        b"client",
+    ];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rand = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut payloads: Vec<Vec<u8>> = seeds.iter().map(|s| s.to_vec()).collect();
+    for _ in 0..4000 {
+        let mut p = seeds[rand(seeds.len())].to_vec();
+        for _ in 0..1 + rand(3) {
+            let at = rand(p.len() + 1);
+            match rand(3) {
+                0 if at < p.len() => {
+                    p.remove(at);
+                }
+                1 => p.truncate(at),
+                _ => {
+                    let ins = alphabet[rand(alphabet.len())];
+                    p.splice(at..at, ins.iter().copied());
+                }
+            }
+        }
+        payloads.push(p);
+    }
+    let (mut spliced, mut parsed, mut refused) = (0, 0, 0);
+    for chunk in payloads.chunks(64) {
+        let ms: Vec<Message> = chunk.iter().map(|p| msg("j/1", p)).collect();
+        let items: Vec<BatchItem> = ms.iter().map(BatchItem::from).collect();
+        let out = host.on_publish_batch(&items, Some(&who)).await;
+        for (input, o) in chunk.iter().zip(out) {
+            let expected = match serde_json::from_slice::<Value>(input) {
+                Ok(Value::Object(mut m)) => {
+                    m.insert("client".into(), json!("dev-9"));
+                    Some(Value::Object(m))
+                }
+                Ok(other) => Some(json!({ "value": other, "client": "dev-9" })),
+                Err(_) => None,
+            };
+            let shown = String::from_utf8_lossy(input);
+            match (expected, o.decision) {
+                (None, BatchVerdict::Pass) => refused += 1,
+                (Some(want), BatchVerdict::Modified(c)) => {
+                    let got = c.payload.expect("a new payload");
+                    let value: Value = serde_json::from_slice(&got)
+                        .unwrap_or_else(|e| panic!("{shown:?} gave invalid JSON {got:?}: {e}"));
+                    assert_eq!(value, want, "{shown:?}");
+                    let body = input.trim_ascii_end();
+                    if got.starts_with(body[..body.len() - 1].trim_ascii_end()) {
+                        spliced += 1;
+                    } else {
+                        parsed += 1;
+                    }
+                }
+                (want, other) => panic!("{shown:?}: expected {want:?}, got {other:?}"),
+            }
+        }
+    }
+    // Every seed (and most valid mutations) took the fast path.
+    assert!(spliced >= seeds.len(), "spliced {spliced}");
+    assert!(
+        parsed > 0 && refused > 1000,
+        "parsed {parsed}, refused {refused}"
+    );
+    for seed in seeds {
+        let ms = [msg("j/1", seed), msg("j/1", seed)];
+        let items: Vec<BatchItem> = ms.iter().map(BatchItem::from).collect();
+        let out = host.on_publish_batch(&items, Some(&who)).await;
+        let BatchVerdict::Modified(c) = &out[0].decision else {
+            panic!("{:?}", out[0].decision)
+        };
+        let body = seed.trim_ascii_end();
+        let got = c.payload.as_deref().unwrap();
+        assert!(
+            got.starts_with(body[..body.len() - 1].trim_ascii_end())
+                || seed.starts_with(br#"{"k""#),
+            "not spliced: {:?} -> {:?}",
+            String::from_utf8_lossy(seed),
+            String::from_utf8_lossy(got)
+        );
+    }
+}
+
 /// `on-publish-batch`: one call for many messages of one publisher, with
 /// the same decisions as one call each.
 #[tokio::test]
@@ -416,25 +529,40 @@ async fn transform_batch_matches_single_calls_in_one_call() {
     ]});
     let host = host(vec![p]).await;
     let who = client("dev-9", None);
-    let batch = vec![
+    let mut batch = vec![
         msg("j/1", br#"{"a":1}"#),
         msg("bad/1", b"{oops"),
         msg("j/2", b"[1]"),
         msg("other", b"x"),
     ];
+    let mut with_props = msg("j/3", br#"{"b":2}"#);
+    with_props.properties.user_properties = vec![("k".into(), "v".into())];
+    batch.push(with_props);
+    batch.push(msg("j/4", br#"{"c":3}"#));
+    let items: Vec<BatchItem> = batch.iter().map(BatchItem::from).collect();
     let calls = host.plugin_metrics("tx").unwrap().calls;
-    let out = host.on_publish_batch(&batch, Some(&who)).await;
+    let out = host.on_publish_batch(&items, Some(&who)).await;
     assert_eq!(host.plugin_metrics("tx").unwrap().calls, calls + 1);
-    assert_eq!(out.len(), 4);
+    assert_eq!(out.len(), 6);
     for (m, o) in batch.iter().zip(&out) {
         let single = host.on_publish(m, Some(&who)).await;
         assert_eq!(
-            format!("{:?}", o.decision),
+            format!("{:?}", o.decision.clone().into_verdict(m)),
             format!("{:?}", single.decision),
             "{}",
             m.topic
         );
     }
-    assert!(matches!(out[1].decision, PublishVerdict::Drop));
-    assert!(matches!(out[3].decision, PublishVerdict::Pass));
+    assert!(matches!(out[1].decision, BatchVerdict::Drop));
+    assert!(matches!(out[3].decision, BatchVerdict::Pass));
+    // Messages without properties share the one set transform adds; the
+    // one with user properties keeps them under its own.
+    let props = |o: &Outcome<BatchVerdict>| match &o.decision {
+        BatchVerdict::Modified(c) => c.properties.clone().unwrap(),
+        other => panic!("expected a change, got {other:?}"),
+    };
+    let (a, b, c) = (props(&out[0]), props(&out[4]), props(&out[5]));
+    assert!(Arc::ptr_eq(&a, &c), "one set for both");
+    assert_eq!(b.user_properties, vec![("k".to_string(), "v".to_string())]);
+    assert_eq!(b.content_type.as_deref(), Some("application/json"));
 }

@@ -29,7 +29,7 @@ use crate::rules::events::{self, EventFields};
 use crate::session::{Delivery, PendingWill, Session, Stage, SubscriptionRecord};
 use crate::store::Op;
 use midge_plugin::types::{self as pt, EventSet, HookSet};
-use midge_plugin::PublishVerdict;
+use midge_plugin::{BatchItem, BatchVerdict, PublishVerdict};
 use midge_rules::EventKind;
 
 /// Largest read buffer reservation for a busy connection.
@@ -1442,31 +1442,42 @@ impl Reader {
             ready.push((p, code));
         }
         batch.clear();
-        // The messages some plugin wants, in order, with their index in `ready`.
+        // The messages some plugin wants, in order, with their index in
+        // `ready` (v5 properties converted only for messages that have any).
         let mut picked = Vec::new();
-        let mut messages = Vec::new();
+        let mut props = Vec::new();
         for (i, (p, code)) in ready.iter().enumerate() {
             if *code == reason::SUCCESS && host.wants_publish(&p.topic) {
                 picked.push(i);
-                messages.push(plugins::publish_to_plugin(p));
+                props.push(plugins::plugin_properties(&p.properties));
             }
         }
-        let mut outcomes: Vec<Option<PublishVerdict>> = (0..ready.len()).map(|_| None).collect();
-        if !messages.is_empty() {
-            let out =
-                Box::pin(host.on_publish_batch(&messages, self.plugin_client.as_deref())).await;
-            for (i, o) in picked.into_iter().zip(out) {
+        let mut outcomes: Vec<Option<BatchVerdict>> = (0..ready.len()).map(|_| None).collect();
+        if !picked.is_empty() {
+            let items: Vec<BatchItem> = picked
+                .iter()
+                .zip(&props)
+                .map(|(&i, props)| plugins::batch_item(&ready[i].0, props.as_ref()))
+                .collect();
+            let out = Box::pin(host.on_publish_batch(&items, self.plugin_client.as_deref())).await;
+            drop(items);
+            for (&i, o) in picked.iter().zip(out) {
                 outcomes[i] = Some(o.decision);
             }
         }
+        // Messages changed alike share their properties: converted once.
+        let mut converted = plugins::PropertiesCache::default();
         for ((p, mut code), verdict) in ready.into_iter().zip(outcomes) {
             let routed = match verdict {
-                None | Some(PublishVerdict::Pass) => None,
-                Some(PublishVerdict::Modified(m)) => {
-                    Some(Some(plugins::from_plugin(m, Some(self.origin.clone()))))
-                }
-                Some(PublishVerdict::Drop) => Some(None),
-                Some(PublishVerdict::Deny(c)) => {
+                None | Some(BatchVerdict::Pass) => None,
+                Some(BatchVerdict::Modified(c)) => Some(Some(plugins::changed_message(
+                    &p,
+                    c,
+                    &mut converted,
+                    Some(self.origin.clone()),
+                ))),
+                Some(BatchVerdict::Drop) => Some(None),
+                Some(BatchVerdict::Deny(c)) => {
                     code = c;
                     None
                 }

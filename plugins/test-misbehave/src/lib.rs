@@ -6,6 +6,7 @@
 //!   `echo/<payload>`, `clock` answers with the clock, `fs` tries files,
 //!   directories, environment and network, `get/<key>` answers a kv value, `deny` denies with
 //!   0x99, `drop` drops; anything else is passed on with the payload reversed.
+//!   In an on-publish-batch call a message on `short-batch` gets no decision.
 //! - authenticate: user `trap` / `loop` misbehave, `alice` with password
 //!   `secret` is allowed (superuser when the client id is `root`), `carol`
 //!   continues enhanced auth, anyone else is ignored; no user name is denied.
@@ -95,6 +96,23 @@ impl Plugin for Misbehave {
             AuthzDecision::Deny
         } else {
             AuthzDecision::Ignore
+        }
+    }
+
+    /// The SDK's default (`on_publish` for each), except that a message on
+    /// topic "short-batch" gets no decision: an answer that does not fit
+    /// the batch.
+    fn on_publish_batch(
+        &mut self,
+        batch: &Batch,
+        publisher: Option<&Client>,
+        out: &mut BatchDecisions,
+    ) {
+        for m in batch.iter() {
+            if m.topic != "short-batch" {
+                let decision = self.on_publish(m.to_message(), publisher.cloned());
+                out.push(&m, decision);
+            }
         }
     }
 

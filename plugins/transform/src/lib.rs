@@ -164,49 +164,250 @@ fn rewrite(template: &str, topic: &str, client: Option<&Client>) -> String {
     out.replace("%c", cid).replace("%u", user)
 }
 
-/// Whether a JSON object has a top-level key among `names`, found while
-/// validating the whole document (values are skipped, nothing is built).
-struct KeyScan<'a> {
-    names: &'a [&'a str],
-    present: bool,
+/// How deep arrays and objects may nest in the fast path (serde_json's
+/// own limit is 128; deeper documents take the general path).
+const MAX_DEPTH: usize = 128;
+
+/// A JSON object checked by [`scan_object`]: where its closing brace is
+/// and whether it has members.
+struct Scanned {
+    close: usize,
+    empty: bool,
 }
 
-/// One key: is it among the names? (Escaped keys arrive unescaped.)
-struct IsAdded<'a>(&'a [&'a str]);
-
-impl<'de> serde::de::DeserializeSeed<'de> for IsAdded<'_> {
-    type Value = bool;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
+/// Validates `b` as one JSON object (RFC 8259; whitespace around it
+/// allowed) whose top-level keys, written without escapes, are none of
+/// `names`. `None`: not valid, or a key is escaped or among `names`, or
+/// something this scanner leaves to serde_json (surrogate escapes, nesting
+/// deeper than [`MAX_DEPTH`]): the caller takes the general path, which
+/// parses the payload fully and decides.
+fn scan_object(b: &[u8], names: &[&[u8]]) -> Option<Scanned> {
+    let mut sc = Scanner {
+        b,
+        i: 0,
+        high: false,
+    };
+    sc.ws();
+    if sc.next()? != b'{' {
+        return None;
     }
-}
-
-impl<'de> serde::de::Visitor<'de> for IsAdded<'_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a key")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
-        Ok(self.0.contains(&v))
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for &mut KeyScan<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(hit) = map.next_key_seed(IsAdded(self.names))? {
-            self.present |= hit;
-            map.next_value::<serde::de::IgnoredAny>()?;
+    sc.ws();
+    let mut empty = true;
+    if sc.peek() == Some(b'}') {
+        sc.i += 1;
+    } else {
+        loop {
+            sc.ws();
+            let start = sc.i + 1;
+            if sc.peek() != Some(b'"') || sc.string()? {
+                return None; // not a key, or an escaped one
+            }
+            if names.contains(&&b[start..sc.i - 1]) {
+                return None;
+            }
+            sc.ws();
+            if sc.next()? != b':' {
+                return None;
+            }
+            sc.value(1)?;
+            empty = false;
+            sc.ws();
+            match sc.next()? {
+                b',' => continue,
+                b'}' => break,
+                _ => return None,
+            }
         }
-        Ok(())
+    }
+    let close = sc.i - 1;
+    sc.ws();
+    if sc.i != b.len() || (sc.high && std::str::from_utf8(b).is_err()) {
+        return None;
+    }
+    Some(Scanned { close, empty })
+}
+
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+    /// A byte >= 0x80 was seen (in a string): UTF-8 is checked at the end.
+    high: bool,
+}
+
+impl Scanner<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.i += 1;
+        Some(c)
+    }
+
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    /// Skips string bytes that need no attention (not `"`, `\\`, a
+    /// control character), eight at a time; notes bytes >= 0x80.
+    fn skip_plain(&mut self) {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            let v = u64::from_le_bytes(word);
+            let stop = has_zero(v ^ (ONES * u64::from(b'"')))
+                | has_zero(v ^ (ONES * u64::from(b'\\')))
+                | (v.wrapping_sub(ONES * 0x20) & !v & HIGH);
+            if stop != 0 {
+                return;
+            }
+            self.high |= v & HIGH != 0;
+            self.i += 8;
+        }
+    }
+
+    /// A string, at its opening quote; `Some(true)` when it has escapes.
+    fn string(&mut self) -> Option<bool> {
+        self.i += 1;
+        let mut escaped = false;
+        loop {
+            self.skip_plain();
+            match self.next()? {
+                b'"' => return Some(escaped),
+                b'\\' => {
+                    escaped = true;
+                    match self.next()? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                        b'u' => {
+                            let hex = self.b.get(self.i..self.i + 4)?;
+                            let mut v = 0u32;
+                            for &h in hex {
+                                v = v * 16 + char::from(h).to_digit(16)?;
+                            }
+                            if (0xD800..0xE000).contains(&v) {
+                                return None; // surrogates: left to serde_json
+                            }
+                            self.i += 4;
+                        }
+                        _ => return None,
+                    }
+                }
+                0..=0x1f => return None,
+                0x80.. => self.high = true,
+                _ => {}
+            }
+        }
+    }
+
+    fn digits(&mut self) -> Option<()> {
+        let start = self.i;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.i += 1;
+        }
+        (self.i > start).then_some(())
+    }
+
+    fn number(&mut self) -> Option<()> {
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.next()? {
+            b'0' => {}
+            b'1'..=b'9' => {
+                while matches!(self.peek(), Some(b'0'..=b'9')) {
+                    self.i += 1;
+                }
+            }
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            self.digits()?;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            self.digits()?;
+        }
+        Some(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        if self.b.get(self.i..self.i + word.len())? != word {
+            return None;
+        }
+        self.i += word.len();
+        Some(())
+    }
+
+    /// One value (after optional whitespace), `depth` levels deep.
+    fn value(&mut self, depth: usize) -> Option<()> {
+        self.ws();
+        match self.peek()? {
+            b'"' => self.string().map(|_| ()),
+            b'{' => {
+                if depth >= MAX_DEPTH {
+                    return None;
+                }
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b'}') {
+                    self.i += 1;
+                    return Some(());
+                }
+                loop {
+                    self.ws();
+                    if self.peek() != Some(b'"') {
+                        return None;
+                    }
+                    self.string()?;
+                    self.ws();
+                    if self.next()? != b':' {
+                        return None;
+                    }
+                    self.value(depth + 1)?;
+                    self.ws();
+                    match self.next()? {
+                        b',' => continue,
+                        b'}' => return Some(()),
+                        _ => return None,
+                    }
+                }
+            }
+            b'[' => {
+                if depth >= MAX_DEPTH {
+                    return None;
+                }
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Some(());
+                }
+                loop {
+                    self.value(depth + 1)?;
+                    self.ws();
+                    match self.next()? {
+                        b',' => continue,
+                        b']' => return Some(()),
+                        _ => return None,
+                    }
+                }
+            }
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
     }
 }
 
@@ -240,98 +441,148 @@ impl Added<'_> {
 }
 
 /// The fast path for a JSON object that only gains fields (no rename, no
-/// drop, none of the added names already present): the fields are spliced
-/// in before the closing brace, in place, keeping the payload's bytes and
-/// key order, instead of building a map and serializing it again. `false`
-/// (payload untouched): not such a payload, take the general path.
-fn splice(payload: &mut Vec<u8>, added: &[(&str, Added)]) -> bool {
-    let mut names = [""; 2];
-    for (slot, (name, _)) in names.iter_mut().zip(added) {
-        *slot = name;
-    }
-    let mut scan = KeyScan {
-        names: &names[..added.len()],
-        present: false,
-    };
-    let mut de = serde_json::Deserializer::from_slice(payload);
-    if serde::Deserializer::deserialize_map(&mut de, &mut scan).is_err() || de.end().is_err() {
-        return false;
-    }
-    if scan.present {
-        return false;
-    }
-    let Some(end) = payload.iter().rposition(|b| *b == b'}') else {
+/// drop, none of the added names already present): the payload's bytes up
+/// to its closing brace are appended to `out`, then `fields` (the added
+/// members, JSON text without a leading comma, see [`Adds::members`]) and
+/// the brace, instead of building a map and serializing it again: its key
+/// order and formatting are kept. `false` (nothing appended): not such a
+/// payload, take the general path.
+fn splice(payload: &[u8], names: &[&[u8]], fields: &[u8], out: &mut Vec<u8>) -> bool {
+    let Some(obj) = scan_object(payload, names) else {
         return false;
     };
-    let body = payload[..end].trim_ascii_end().len();
-    let empty = payload[body - 1] == b'{';
-    payload.truncate(body);
-    for (i, (name, value)) in added.iter().enumerate() {
-        if i > 0 || !empty {
-            payload.push(b',');
-        }
-        let _ = serde_json::to_writer(&mut *payload, name);
-        payload.push(b':');
-        value.write(payload);
+    let body = payload[..obj.close].trim_ascii_end();
+    out.reserve(body.len() + fields.len() + 2);
+    out.extend_from_slice(body);
+    if !obj.empty {
+        out.push(b',');
     }
-    payload.push(b'}');
+    out.extend_from_slice(fields);
+    out.push(b'}');
     true
 }
 
-impl Transform {
-    fn apply(&self, mut message: Message, publisher: Option<&Client>) -> PublishDecision {
-        let Some(rule) = self
-            .rules
-            .iter()
-            .find(|r| topic_matches(&r.filter, &message.topic))
-        else {
-            return PublishDecision::Pass;
+/// The fields a rule adds, with their values, and as JSON members
+/// (`"name":value,...`) for [`splice`]: built once per message, or once per
+/// batch (the publisher and the clock reading are the same for all).
+struct Adds<'a> {
+    fields: [(&'a str, Added<'a>); 2],
+    n: usize,
+    members: Vec<u8>,
+}
+
+impl<'a> Adds<'a> {
+    /// The fields `rule` adds; `now` is read from the clock at most once
+    /// and shared by the messages of a batch.
+    fn new(rule: &'a Rule, publisher: Option<&'a Client>, now: &mut Option<u64>) -> Adds<'a> {
+        let mut adds = Adds {
+            fields: [("", Added::Millis(0)); 2],
+            n: 0,
+            members: Vec::new(),
         };
-        let mut added = [("", Added::Millis(0)); 2];
-        let mut n = 0;
         if let Some(name) = &rule.add_timestamp {
-            added[n] = (name, Added::Millis(clock::now_millis()));
-            n += 1;
+            let ms = *now.get_or_insert_with(clock::now_millis);
+            adds.fields[adds.n] = (name, Added::Millis(ms));
+            adds.n += 1;
         }
         if let Some(name) = &rule.add_client_id {
-            added[n] = (name, Added::Text(publisher.map(|c| c.client_id.as_str())));
-            n += 1;
+            adds.fields[adds.n] = (name, Added::Text(publisher.map(|c| c.client_id.as_str())));
+            adds.n += 1;
         }
-        let added = &added[..n];
-        let fast = rule.format == Format::Json
-            && rule.rename.is_empty()
-            && rule.drop.is_empty()
-            && splice(&mut message.payload, added);
-        if !fast {
-            let mut fields = match parse(rule, &message.payload) {
-                Ok(f) => f,
-                Err(e) => {
-                    log::debug(&format!("{}: payload not parsed: {e}", message.topic));
-                    return match rule.on_error {
-                        OnError::Pass => PublishDecision::Pass,
-                        OnError::Drop => PublishDecision::Drop,
-                        OnError::Deny => PublishDecision::Deny(reason::PAYLOAD_FORMAT_INVALID),
-                    };
-                }
-            };
-            for (from, to) in &rule.rename {
-                if let Some(v) = fields.remove(from) {
-                    fields.insert(to.clone(), v);
-                }
+        for (i, (name, value)) in adds.fields[..adds.n].iter().enumerate() {
+            if i > 0 {
+                adds.members.push(b',');
             }
-            for name in &rule.drop {
-                fields.remove(name);
-            }
-            for (name, v) in added {
-                fields.insert(name.to_string(), v.value());
-            }
-            message.payload = Value::Object(fields).to_string().into_bytes();
+            let _ = serde_json::to_writer(&mut adds.members, name);
+            adds.members.push(b':');
+            value.write(&mut adds.members);
         }
+        adds
+    }
+
+    fn get(&self) -> &[(&'a str, Added<'a>)] {
+        &self.fields[..self.n]
+    }
+
+    fn names(&self) -> ([&[u8]; 2], usize) {
+        let mut names: [&[u8]; 2] = [b""; 2];
+        for (slot, (name, _)) in names.iter_mut().zip(self.get()) {
+            *slot = name.as_bytes();
+        }
+        (names, self.n)
+    }
+}
+
+/// The content type set on every message transform passes on.
+const JSON: &str = "application/json";
+
+fn json_properties(mut p: MessageProperties) -> MessageProperties {
+    p.payload_is_utf8 = true;
+    p.content_type = Some(JSON.into());
+    p
+}
+
+fn is_json(p: &MessageProperties) -> bool {
+    p.payload_is_utf8 && p.content_type.as_deref() == Some(JSON)
+}
+
+impl Transform {
+    /// The first rule whose filter matches `topic`, and its index.
+    fn rule_for(&self, topic: &str) -> Option<(usize, &Rule)> {
+        self.rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.filter == "#" || topic_matches(&r.filter, topic))
+    }
+
+    /// Appends the new payload for `payload` under `rule` to `out`; `Err`
+    /// (nothing appended): the payload does not parse.
+    fn reshape(rule: &Rule, payload: &[u8], adds: &Adds, out: &mut Vec<u8>) -> Result<(), String> {
+        let added = adds.get();
+        if rule.format == Format::Json && rule.rename.is_empty() && rule.drop.is_empty() {
+            let (names, n) = adds.names();
+            if splice(payload, &names[..n], &adds.members, out) {
+                return Ok(());
+            }
+        }
+        let mut fields = parse(rule, payload)?;
+        for (from, to) in &rule.rename {
+            if let Some(v) = fields.remove(from) {
+                fields.insert(to.clone(), v);
+            }
+        }
+        for name in &rule.drop {
+            fields.remove(name);
+        }
+        for (name, v) in added {
+            fields.insert(name.to_string(), v.value());
+        }
+        serde_json::to_writer(out, &Value::Object(fields)).map_err(|e| e.to_string())
+    }
+
+    fn failed(rule: &Rule, topic: &str, e: &str) -> PublishDecision {
+        log::debug(&format!("{topic}: payload not parsed: {e}"));
+        match rule.on_error {
+            OnError::Pass => PublishDecision::Pass,
+            OnError::Drop => PublishDecision::Drop,
+            OnError::Deny => PublishDecision::Deny(reason::PAYLOAD_FORMAT_INVALID),
+        }
+    }
+
+    fn apply(&self, mut message: Message, publisher: Option<&Client>) -> PublishDecision {
+        let Some((_, rule)) = self.rule_for(&message.topic) else {
+            return PublishDecision::Pass;
+        };
+        let adds = Adds::new(rule, publisher, &mut None);
+        let mut payload = Vec::with_capacity(message.payload.len() + 64);
+        if let Err(e) = Self::reshape(rule, &message.payload, &adds, &mut payload) {
+            return Self::failed(rule, &message.topic, &e);
+        }
+        message.payload = payload;
         if let Some(t) = &rule.topic {
             message.topic = rewrite(t, &message.topic, publisher);
         }
-        message.properties.payload_is_utf8 = true;
-        message.properties.content_type = Some("application/json".into());
+        message.properties = json_properties(message.properties);
         PublishDecision::Modify(message)
     }
 }
@@ -348,15 +599,56 @@ impl Plugin for Transform {
         self.apply(message, publisher.as_ref())
     }
 
+    /// The batch path: payloads are written straight into `out`, the clock
+    /// is read once, and messages without properties share one set.
     fn on_publish_batch(
         &mut self,
-        messages: Vec<Message>,
-        publisher: Option<Client>,
-    ) -> Vec<PublishDecision> {
-        messages
-            .into_iter()
-            .map(|m| self.apply(m, publisher.as_ref()))
-            .collect()
+        batch: &Batch,
+        publisher: Option<&Client>,
+        out: &mut BatchDecisions,
+    ) {
+        let mut now = None;
+        let mut shared: Option<NewProperties> = None;
+        // Per rule, the fields it adds: the same for every message.
+        let mut adds: Vec<Option<Adds>> = self.rules.iter().map(|_| None).collect();
+        for m in batch.iter() {
+            let Some((k, rule)) = self.rule_for(m.topic) else {
+                out.pass();
+                continue;
+            };
+            let adds = adds[k].get_or_insert_with(|| Adds::new(rule, publisher, &mut now));
+            let mut error = None;
+            let payload =
+                out.write_payload(|buf| match Self::reshape(rule, m.payload, adds, buf) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        error = Some(e);
+                        false
+                    }
+                });
+            let Some(payload) = payload else {
+                let e = error.unwrap_or_default();
+                out.push(&m, Self::failed(rule, m.topic, &e));
+                continue;
+            };
+            let topic = rule
+                .topic
+                .as_ref()
+                .map(|t| out.add_topic(&rewrite(t, m.topic, publisher)));
+            let properties = match m.properties {
+                None => Some(*shared.get_or_insert_with(|| {
+                    out.add_properties(json_properties(MessageProperties::default()))
+                })),
+                Some(p) if is_json(p) => None,
+                Some(p) => Some(out.add_properties(json_properties(p.clone()))),
+            };
+            out.modify(Change {
+                topic,
+                payload: Some(payload),
+                properties,
+                ..Change::default()
+            });
+        }
     }
 }
 

@@ -186,7 +186,9 @@ async fn transform_plugin_rewrites_payload_and_topic_before_routing() {
 /// PUBLISHes read together reach on-publish as batches (fewer calls than
 /// messages), and each keeps its own fate and its place: transformed,
 /// passed untouched (no filter matches), refused by the ACL, acknowledged
-/// in order and delivered in order.
+/// in order and delivered in order. What the plugin changed arrives with
+/// what it kept: transformed messages carry its content type and payload
+/// format, and their own user properties.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_read_together_reach_on_publish_in_batches_and_keep_their_order() {
     let Some(b) = broker_with_plugins().await else {
@@ -207,6 +209,12 @@ async fn publishes_read_together_reach_on_publish_in_batches_and_keep_their_orde
             _ => ("users/alice/raw", 0, format!("{k},2")),
         };
         let pid = if qos > 0 { k + 1 } else { 0 };
+        // Every other transformed message has a user property of its own.
+        let props = if k % 4 == 0 {
+            vec![Prop::Pair(prop::USER_PROPERTY, "k".into(), k.to_string())]
+        } else {
+            Vec::new()
+        };
         wire.extend(publish(
             true,
             topic,
@@ -214,7 +222,7 @@ async fn publishes_read_together_reach_on_publish_in_batches_and_keep_their_orde
             false,
             false,
             pid,
-            &[],
+            &props,
             body.as_bytes(),
         ));
     }
@@ -236,6 +244,27 @@ async fn publishes_read_together_reach_on_publish_in_batches_and_keep_their_orde
             continue;
         }
         assert_eq!(m.topic, "users/alice/json", "message {k}");
+        assert_eq!(
+            m.props.get(prop::CONTENT_TYPE),
+            Some(&Prop::Str(prop::CONTENT_TYPE, "application/json".into())),
+            "message {k}"
+        );
+        assert_eq!(m.props.num(prop::PAYLOAD_FORMAT_INDICATOR), Some(1));
+        let user: Vec<&Prop> = m
+            .props
+            .0
+            .iter()
+            .filter(|p| p.id() == prop::USER_PROPERTY)
+            .collect();
+        if k % 4 == 0 {
+            assert_eq!(
+                user,
+                [&Prop::Pair(prop::USER_PROPERTY, "k".into(), k.to_string())],
+                "message {k}"
+            );
+        } else {
+            assert!(user.is_empty(), "message {k}: {user:?}");
+        }
         let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(
             v["temperature"],
