@@ -65,14 +65,22 @@ pub struct Changed {
 }
 
 impl Changed {
-    /// `self`, then `later` on top of it.
-    pub(crate) fn then(self, later: Changed) -> Changed {
-        Changed {
-            topic: later.topic.or(self.topic),
-            payload: later.payload.or(self.payload),
-            qos: later.qos.or(self.qos),
-            retain: later.retain.or(self.retain),
-            properties: later.properties.or(self.properties),
+    /// `later` on top of `self`.
+    pub(crate) fn apply(&mut self, later: Changed) {
+        if later.topic.is_some() {
+            self.topic = later.topic;
+        }
+        if later.payload.is_some() {
+            self.payload = later.payload;
+        }
+        if later.qos.is_some() {
+            self.qos = later.qos;
+        }
+        if later.retain.is_some() {
+            self.retain = later.retain;
+        }
+        if later.properties.is_some() {
+            self.properties = later.properties;
         }
     }
 }

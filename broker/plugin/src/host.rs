@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
-use crate::batch::{current_topic, pack, unpack, BatchItem, BatchVerdict, Changed, Unpacked};
+use crate::batch::{current_topic, pack, unpack, BatchItem, BatchVerdict, Unpacked};
 use crate::bindings::Plugin;
 use crate::caps::{Granted, Services, StoreState};
 use crate::config::{FailurePolicy, PluginConfig, PluginsConfig};
@@ -604,29 +604,34 @@ impl PluginHost {
         items: &[BatchItem<'_>],
         publisher: Option<&ClientInfo>,
     ) -> Vec<Outcome<BatchVerdict>> {
-        #[derive(Default)]
-        struct State {
-            changed: Option<Changed>,
-            done: Option<BatchVerdict>,
-            failures: Vec<PluginError>,
-        }
-        let mut st: Vec<State> = items.iter().map(|_| State::default()).collect();
+        // Each message's outcome so far: `Pass`, `Modified` with what the
+        // plugins before changed, or final (`Drop`, `Deny`).
+        let mut st: Vec<Outcome<BatchVerdict>> = items
+            .iter()
+            .map(|_| Outcome::new(BatchVerdict::Pass, Vec::new()))
+            .collect();
         let chain = self.chain();
         let mut picked: Vec<usize> = Vec::with_capacity(items.len());
         for slot in chain.iter().filter(|s| has(s, HookSet::ON_PUBLISH)) {
             let closed = {
                 let loaded = slot.current.load();
                 picked.clear();
-                picked.extend((0..items.len()).filter(|&i| {
-                    st[i].done.is_none()
-                        && loaded.wants_topic(current_topic(&items[i], st[i].changed.as_ref()))
+                picked.extend((0..items.len()).filter(|&i| match &st[i].decision {
+                    BatchVerdict::Pass => loaded.wants_topic(items[i].topic),
+                    BatchVerdict::Modified(c) => {
+                        loaded.wants_topic(current_topic(&items[i], Some(c)))
+                    }
+                    BatchVerdict::Drop | BatchVerdict::Deny(_) => false,
                 }));
                 loaded.config.failure.on_publish == FailurePolicy::Closed
             };
             if picked.is_empty() {
                 continue;
             }
-            let batch = pack(items, &picked, |i| st[i].changed.as_ref());
+            let batch = pack(items, &picked, |i| match &st[i].decision {
+                BatchVerdict::Modified(c) => Some(c),
+                _ => None,
+            });
             let reply = slot
                 .call(&self.inner.rt, Call::OnPublishBatch(&batch, publisher))
                 .await;
@@ -641,57 +646,50 @@ impl PluginHost {
                 Ok(_) => unreachable_reply(),
                 Err(e) => Err(e),
             };
-            match unpacked {
-                Ok(decisions) => {
-                    for (d, &i) in decisions.into_iter().zip(&picked) {
-                        let s = &mut st[i];
-                        match d {
-                            Unpacked::Pass => {}
-                            Unpacked::Modify(c) => {
-                                let merged = s.changed.take().unwrap_or_default().then(c);
-                                let topic = current_topic(&items[i], Some(&merged));
-                                if midge_protocol::topic::valid_name(topic) {
-                                    s.changed = Some(merged);
-                                } else {
-                                    s.failures.push(PluginError::Reported {
-                                        plugin: slot.name.to_string(),
-                                        hook: Hook::OnPublish,
-                                        message: format!(
-                                            "modified message has an invalid topic {topic:?}"
-                                        ),
-                                    });
-                                    if closed {
-                                        s.done =
-                                            Some(BatchVerdict::Deny(FAIL_CLOSED_PUBLISH_REASON));
-                                    }
-                                }
-                            }
-                            Unpacked::Drop => s.done = Some(BatchVerdict::Drop),
-                            Unpacked::Deny(rc) => s.done = Some(BatchVerdict::Deny(rc)),
-                        }
-                    }
-                }
+            let decisions = match unpacked {
+                Ok(decisions) => decisions,
                 Err(e) => {
                     for &i in &picked {
                         let s = &mut st[i];
                         s.failures.push(e.clone());
                         if closed {
-                            s.done = Some(BatchVerdict::Deny(FAIL_CLOSED_PUBLISH_REASON));
+                            s.decision = BatchVerdict::Deny(FAIL_CLOSED_PUBLISH_REASON);
                         }
                     }
+                    continue;
+                }
+            };
+            for (d, &i) in decisions.into_iter().zip(&picked) {
+                let s = &mut st[i];
+                match d {
+                    Unpacked::Pass => {}
+                    Unpacked::Modify(c) => {
+                        if let Some(topic) = c.topic.as_deref() {
+                            if !midge_protocol::topic::valid_name(topic) {
+                                s.failures.push(PluginError::Reported {
+                                    plugin: slot.name.to_string(),
+                                    hook: Hook::OnPublish,
+                                    message: format!(
+                                        "modified message has an invalid topic {topic:?}"
+                                    ),
+                                });
+                                if closed {
+                                    s.decision = BatchVerdict::Deny(FAIL_CLOSED_PUBLISH_REASON);
+                                }
+                                continue;
+                            }
+                        }
+                        match &mut s.decision {
+                            BatchVerdict::Modified(earlier) => earlier.apply(c),
+                            other => *other = BatchVerdict::Modified(c),
+                        }
+                    }
+                    Unpacked::Drop => s.decision = BatchVerdict::Drop,
+                    Unpacked::Deny(rc) => s.decision = BatchVerdict::Deny(rc),
                 }
             }
         }
-        st.into_iter()
-            .map(|s| {
-                let verdict = match (s.done, s.changed) {
-                    (Some(v), _) => v,
-                    (None, Some(c)) => BatchVerdict::Modified(c),
-                    (None, None) => BatchVerdict::Pass,
-                };
-                Outcome::new(verdict, s.failures)
-            })
-            .collect()
+        st
     }
 
     /// Hand an event to every plugin that wants its kind, in order. Returns

@@ -1423,6 +1423,10 @@ impl Reader {
         };
         let mut ready: Vec<(Publish, u8)> = Vec::with_capacity(batch.len());
         let mut end = None;
+        // Without an authorize plugin or a rule on the authorization event,
+        // every publish is allowed: nothing to ask per message.
+        let ask = host.has_hook(HookSet::AUTHORIZE)
+            || self.broker.rules.wants(EventKind::ClientCheckAuthzComplete);
         for p in batch.drain(..) {
             let p = match self.publish_checks(p) {
                 Ok(p) => p,
@@ -1431,9 +1435,10 @@ impl Reader {
                     break;
                 }
             };
-            let allowed = self
-                .authorized(pt::Action::Publish, &p.topic, p.qos, p.retain)
-                .await;
+            let allowed = !ask
+                || self
+                    .authorized(pt::Action::Publish, &p.topic, p.qos, p.retain)
+                    .await;
             let code = if allowed {
                 reason::SUCCESS
             } else {
@@ -1452,22 +1457,22 @@ impl Reader {
                 props.push(plugins::plugin_properties(&p.properties));
             }
         }
-        let mut outcomes: Vec<Option<BatchVerdict>> = (0..ready.len()).map(|_| None).collect();
+        let mut outcomes = Vec::new();
         if !picked.is_empty() {
             let items: Vec<BatchItem> = picked
                 .iter()
                 .zip(&props)
                 .map(|(&i, props)| plugins::batch_item(&ready[i].0, props.as_ref()))
                 .collect();
-            let out = Box::pin(host.on_publish_batch(&items, self.plugin_client.as_deref())).await;
-            drop(items);
-            for (&i, o) in picked.iter().zip(out) {
-                outcomes[i] = Some(o.decision);
-            }
+            outcomes = Box::pin(host.on_publish_batch(&items, self.plugin_client.as_deref())).await;
         }
+        // The outcomes of the picked messages, in order, met as the loop
+        // below reaches their index.
+        let mut outcomes = picked.into_iter().zip(outcomes).peekable();
         // Messages changed alike share their properties: converted once.
         let mut converted = plugins::PropertiesCache::default();
-        for ((p, mut code), verdict) in ready.into_iter().zip(outcomes) {
+        for (i, (p, mut code)) in ready.into_iter().enumerate() {
+            let verdict = outcomes.next_if(|(k, _)| *k == i).map(|(_, o)| o.decision);
             let routed = match verdict {
                 None | Some(BatchVerdict::Pass) => None,
                 Some(BatchVerdict::Modified(c)) => Some(Some(plugins::changed_message(
