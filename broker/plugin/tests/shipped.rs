@@ -419,7 +419,8 @@ async fn transform_splice_agrees_with_serde_json_on_mutated_payloads() {
     p.config = json!({ "rules": [{ "filter": "j/#", "add_client_id": "client" }] });
     let host = host(vec![p]).await;
     let who = client("dev-9", None);
-    let seeds: [&[u8]; 8] = [
+    let seeds: [&[u8]; 9] = [
+        br#"{"p":3,"seq":1234567,"ts":1234567890123456789,"f":12345678.123456789e-12}"#,
         br#"{"z":1,"a":[1,2.5,-0.25e-3,{"b":"}"}],"t":true,"f":false,"n":null}"#,
         b" {\"s\":\"caf\xc3\xa9 \\u00e9 \\n \\\\ \\/\",\"e\":{}, \"l\":[] }\n",
         br#"{"deep":[[[{"x":[{"y":{}}]}]]],"num":-12}"#,

@@ -227,6 +227,29 @@ fn scan_object(b: &[u8], names: &[&[u8]]) -> Option<Scanned> {
     Some(Scanned { close, empty })
 }
 
+/// The longest integer part [`Scanner::number`] accepts (an `f64` holds
+/// up to about 1.8e308).
+const MAX_INT_DIGITS: usize = 300;
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The eight bytes of `b` at `i` as one little-endian word, if there are
+/// eight.
+fn word(b: &[u8], i: usize) -> Option<u64> {
+    let chunk: [u8; 8] = b.get(i..i + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(chunk))
+}
+
+/// Nonzero when a byte of `v` ends a run of plain string bytes: `"`, `\\`
+/// or a control character (exact as a test of the whole word).
+fn special(v: u64) -> u64 {
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    has_zero(v ^ (ONES * u64::from(b'"')))
+        | has_zero(v ^ (ONES * u64::from(b'\\')))
+        | (v.wrapping_sub(ONES * 0x20) & !v & HIGH)
+}
+
 struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
@@ -254,22 +277,37 @@ impl Scanner<'_> {
     /// Skips string bytes that need no attention (not `"`, `\\`, a
     /// control character), eight at a time; notes bytes >= 0x80.
     fn skip_plain(&mut self) {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
-        let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            let v = u64::from_le_bytes(word);
-            let stop = has_zero(v ^ (ONES * u64::from(b'"')))
-                | has_zero(v ^ (ONES * u64::from(b'\\')))
-                | (v.wrapping_sub(ONES * 0x20) & !v & HIGH);
-            if stop != 0 {
-                return;
+        let (b, mut i) = (self.b, self.i);
+        let mut high = 0;
+        while let Some(v) = word(b, i) {
+            if special(v) != 0 {
+                break;
             }
-            self.high |= v & HIGH != 0;
-            self.i += 8;
+            high |= v;
+            i += 8;
         }
+        self.high |= high & HIGH != 0;
+        self.i = i;
+    }
+
+    /// Skips ASCII digits, eight at a time while it can.
+    fn skip_digits(&mut self) {
+        let (b, mut i) = (self.b, self.i);
+        while let Some(v) = word(b, i) {
+            // All eight are '0'..='9': high nibbles 3, and adding 6 to each
+            // keeps them 3 (no byte above '9').
+            if v & 0xF0F0_F0F0_F0F0_F0F0 != 0x3030_3030_3030_3030
+                || (v.wrapping_add(0x0606_0606_0606_0606)) & 0xF0F0_F0F0_F0F0_F0F0
+                    != 0x3030_3030_3030_3030
+            {
+                break;
+            }
+            i += 8;
+        }
+        while matches!(b.get(i), Some(b'0'..=b'9')) {
+            i += 1;
+        }
+        self.i = i;
     }
 
     /// A string, at its opening quote; `Some(true)` when it has escapes.
@@ -307,24 +345,25 @@ impl Scanner<'_> {
 
     fn digits(&mut self) -> Option<()> {
         let start = self.i;
-        while matches!(self.peek(), Some(b'0'..=b'9')) {
-            self.i += 1;
-        }
+        self.skip_digits();
         (self.i > start).then_some(())
     }
 
+    /// A number. Ones serde_json may find out of range for an `f64` (an
+    /// integer part of more than [`MAX_INT_DIGITS`] digits, an exponent of
+    /// more than two) are left to it: the general path decides.
     fn number(&mut self) -> Option<()> {
         if self.peek() == Some(b'-') {
             self.i += 1;
         }
+        let start = self.i;
         match self.next()? {
             b'0' => {}
-            b'1'..=b'9' => {
-                while matches!(self.peek(), Some(b'0'..=b'9')) {
-                    self.i += 1;
-                }
-            }
+            b'1'..=b'9' => self.skip_digits(),
             _ => return None,
+        }
+        if self.i - start > MAX_INT_DIGITS {
+            return None;
         }
         if self.peek() == Some(b'.') {
             self.i += 1;
@@ -335,7 +374,11 @@ impl Scanner<'_> {
             if matches!(self.peek(), Some(b'+' | b'-')) {
                 self.i += 1;
             }
+            let start = self.i;
             self.digits()?;
+            if self.i - start > 2 {
+                return None;
+            }
         }
         Some(())
     }
