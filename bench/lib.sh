@@ -29,3 +29,24 @@ write_section() {
         { [[ -f $out ]] && echo; cat "$section"; } >>"$out"
     fi
 }
+
+# idle_poll_on / idle_poll_off: hold /dev/cpu_dma_latency at 0 (and let it
+# go), so that idle cores poll instead of halting. On this machine (a
+# Firecracker VM, cpuidle "haltpoll", guest_halt_poll_ns=0) a halted vCPU is
+# woken by an IPI that exits to the hypervisor, and over loopback the waker
+# pays it: every time the broker hands data to a load generator that has
+# gone idle. That cost lands on the broker's core and grows the less busy
+# the generator is, i.e. the slower the broker. `idle_poll_on` returns
+# non-zero when the device cannot be opened.
+IDLE_POLL_FD=""
+idle_poll_on() {
+    [[ -n $IDLE_POLL_FD ]] && return 0
+    [[ -w /dev/cpu_dma_latency ]] || return 1
+    exec {IDLE_POLL_FD}>/dev/cpu_dma_latency || { IDLE_POLL_FD=""; return 1; }
+    printf '\0\0\0\0' >&"$IDLE_POLL_FD"
+}
+idle_poll_off() {
+    [[ -z $IDLE_POLL_FD ]] && return 0
+    exec {IDLE_POLL_FD}>&-
+    IDLE_POLL_FD=""
+}
