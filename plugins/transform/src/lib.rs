@@ -182,53 +182,57 @@ struct Scanned {
 /// deeper than [`MAX_DEPTH`]): the caller takes the general path, which
 /// parses the payload fully and decides.
 fn scan_object(b: &[u8], names: &[&[u8]]) -> Option<Scanned> {
-    let mut sc = Scanner {
-        b,
-        i: 0,
-        high: false,
-    };
-    sc.ws();
-    if sc.next()? != b'{' {
+    // UTF-8 first (a quick check for ASCII payloads); the grammar below only
+    // lets bytes >= 0x80 through inside strings.
+    if !b.is_ascii() && std::str::from_utf8(b).is_err() {
         return None;
     }
-    sc.ws();
+    let mut i = ws(b, 0);
+    if *b.get(i)? != b'{' {
+        return None;
+    }
+    i = ws(b, i + 1);
     let mut empty = true;
-    if sc.peek() == Some(b'}') {
-        sc.i += 1;
+    if b.get(i) == Some(&b'}') {
+        i += 1;
     } else {
         loop {
-            sc.ws();
-            let start = sc.i + 1;
-            if sc.peek() != Some(b'"') || sc.string()? {
-                return None; // not a key, or an escaped one
-            }
-            if names.contains(&&b[start..sc.i - 1]) {
+            i = ws(b, i);
+            if b.get(i) != Some(&b'"') {
                 return None;
             }
-            sc.ws();
-            if sc.next()? != b':' {
+            let (end, escaped) = string(b, i)?;
+            if escaped || names.contains(&&b[i + 1..end - 1]) {
+                return None; // an escaped key, or one of the added names
+            }
+            i = ws(b, end);
+            if *b.get(i)? != b':' {
                 return None;
             }
-            sc.value(1)?;
+            i = ws(b, value(b, i + 1, 1)?);
             empty = false;
-            sc.ws();
-            match sc.next()? {
-                b',' => continue,
-                b'}' => break,
+            match *b.get(i)? {
+                b',' => i += 1,
+                b'}' => {
+                    i += 1;
+                    break;
+                }
                 _ => return None,
             }
         }
     }
-    let close = sc.i - 1;
-    sc.ws();
-    if sc.i != b.len() || (sc.high && std::str::from_utf8(b).is_err()) {
-        return None;
-    }
-    Some(Scanned { close, empty })
+    (ws(b, i) == b.len()).then_some(Scanned {
+        close: i - 1,
+        empty,
+    })
 }
 
-/// The longest integer part [`Scanner::number`] accepts (an `f64` holds
-/// up to about 1.8e308).
+// The scanner: each function takes the payload and an index and returns
+// the index after what it read (`None`: not valid, or left to serde_json).
+// Plain functions of (slice, index), so that the index stays in a local.
+
+/// The longest integer part [`number`] accepts (an `f64` holds up to about
+/// 1.8e308).
 const MAX_INT_DIGITS: usize = 300;
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -250,206 +254,168 @@ fn special(v: u64) -> u64 {
         | (v.wrapping_sub(ONES * 0x20) & !v & HIGH)
 }
 
-struct Scanner<'a> {
-    b: &'a [u8],
-    i: usize,
-    /// A byte >= 0x80 was seen (in a string): UTF-8 is checked at the end.
-    high: bool,
+fn ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
+        i += 1;
+    }
+    i
 }
 
-impl Scanner<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-
-    fn next(&mut self) -> Option<u8> {
-        let c = self.peek()?;
-        self.i += 1;
-        Some(c)
-    }
-
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.i += 1;
-        }
-    }
-
-    /// Skips string bytes that need no attention (not `"`, `\\`, a
-    /// control character), eight at a time; notes bytes >= 0x80.
-    fn skip_plain(&mut self) {
-        let (b, mut i) = (self.b, self.i);
-        let mut high = 0;
+/// A string whose opening quote is at `i`: the index after its closing
+/// quote, and whether it has escapes. Plain bytes are skipped eight at a
+/// time.
+fn string(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
+    i += 1;
+    let mut escaped = false;
+    loop {
         while let Some(v) = word(b, i) {
             if special(v) != 0 {
                 break;
             }
-            high |= v;
             i += 8;
         }
-        self.high |= high & HIGH != 0;
-        self.i = i;
-    }
-
-    /// Skips ASCII digits, eight at a time while it can.
-    fn skip_digits(&mut self) {
-        let (b, mut i) = (self.b, self.i);
-        while let Some(v) = word(b, i) {
-            // All eight are '0'..='9': high nibbles 3, and adding 6 to each
-            // keeps them 3 (no byte above '9').
-            if v & 0xF0F0_F0F0_F0F0_F0F0 != 0x3030_3030_3030_3030
-                || (v.wrapping_add(0x0606_0606_0606_0606)) & 0xF0F0_F0F0_F0F0_F0F0
-                    != 0x3030_3030_3030_3030
-            {
-                break;
+        let c = *b.get(i)?;
+        i += 1;
+        match c {
+            b'"' => return Some((i, escaped)),
+            b'\\' => {
+                escaped = true;
+                let e = *b.get(i)?;
+                i += 1;
+                match e {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                    b'u' => {
+                        let mut v = 0u32;
+                        for &h in b.get(i..i + 4)? {
+                            v = v * 16 + char::from(h).to_digit(16)?;
+                        }
+                        if (0xD800..0xE000).contains(&v) {
+                            return None; // surrogates: left to serde_json
+                        }
+                        i += 4;
+                    }
+                    _ => return None,
+                }
             }
-            i += 8;
+            0..=0x1f => return None,
+            _ => {}
         }
-        while matches!(b.get(i), Some(b'0'..=b'9')) {
+    }
+}
+
+/// Skips ASCII digits from `i`, eight at a time while it can.
+fn skip_digits(b: &[u8], mut i: usize) -> usize {
+    while let Some(v) = word(b, i) {
+        // All eight are '0'..='9': high nibbles 3, and adding 6 to each
+        // keeps them 3 (no byte above '9').
+        if v & 0xF0F0_F0F0_F0F0_F0F0 != 0x3030_3030_3030_3030
+            || (v.wrapping_add(0x0606_0606_0606_0606)) & 0xF0F0_F0F0_F0F0_F0F0
+                != 0x3030_3030_3030_3030
+        {
+            break;
+        }
+        i += 8;
+    }
+    while let Some(b'0'..=b'9') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// At least one digit.
+fn digits(b: &[u8], i: usize) -> Option<usize> {
+    let end = skip_digits(b, i);
+    (end > i).then_some(end)
+}
+
+/// A number. Ones serde_json may find out of range for an `f64` (an
+/// integer part of more than [`MAX_INT_DIGITS`] digits, an exponent of more
+/// than two) are left to it: the general path decides.
+fn number(b: &[u8], mut i: usize) -> Option<usize> {
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    let start = i;
+    i = match *b.get(i)? {
+        b'0' => i + 1,
+        b'1'..=b'9' => skip_digits(b, i + 1),
+        _ => return None,
+    };
+    if i - start > MAX_INT_DIGITS {
+        return None;
+    }
+    if b.get(i) == Some(&b'.') {
+        i = digits(b, i + 1)?;
+    }
+    if let Some(b'e' | b'E') = b.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = b.get(i) {
             i += 1;
         }
-        self.i = i;
-    }
-
-    /// A string, at its opening quote; `Some(true)` when it has escapes.
-    fn string(&mut self) -> Option<bool> {
-        self.i += 1;
-        let mut escaped = false;
-        loop {
-            self.skip_plain();
-            match self.next()? {
-                b'"' => return Some(escaped),
-                b'\\' => {
-                    escaped = true;
-                    match self.next()? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
-                        b'u' => {
-                            let hex = self.b.get(self.i..self.i + 4)?;
-                            let mut v = 0u32;
-                            for &h in hex {
-                                v = v * 16 + char::from(h).to_digit(16)?;
-                            }
-                            if (0xD800..0xE000).contains(&v) {
-                                return None; // surrogates: left to serde_json
-                            }
-                            self.i += 4;
-                        }
-                        _ => return None,
-                    }
-                }
-                0..=0x1f => return None,
-                0x80.. => self.high = true,
-                _ => {}
-            }
+        let start = i;
+        i = digits(b, i)?;
+        if i - start > 2 {
+            return None;
         }
     }
+    Some(i)
+}
 
-    fn digits(&mut self) -> Option<()> {
-        let start = self.i;
-        self.skip_digits();
-        (self.i > start).then_some(())
+fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
+    (b.get(i..i + word.len())? == word).then_some(i + word.len())
+}
+
+/// One value (after optional whitespace), `depth` levels deep.
+fn value(b: &[u8], i: usize, depth: usize) -> Option<usize> {
+    let i = ws(b, i);
+    match *b.get(i)? {
+        b'"' => string(b, i).map(|(end, _)| end),
+        b'{' if depth < MAX_DEPTH => object(b, i + 1, depth),
+        b'[' if depth < MAX_DEPTH => array(b, i + 1, depth),
+        b't' => literal(b, i, b"true"),
+        b'f' => literal(b, i, b"false"),
+        b'n' => literal(b, i, b"null"),
+        b'-' | b'0'..=b'9' => number(b, i),
+        _ => None,
     }
+}
 
-    /// A number. Ones serde_json may find out of range for an `f64` (an
-    /// integer part of more than [`MAX_INT_DIGITS`] digits, an exponent of
-    /// more than two) are left to it: the general path decides.
-    fn number(&mut self) -> Option<()> {
-        if self.peek() == Some(b'-') {
-            self.i += 1;
+/// The members of an object whose `{` is just before `i`.
+fn object(b: &[u8], i: usize, depth: usize) -> Option<usize> {
+    let mut i = ws(b, i);
+    if b.get(i) == Some(&b'}') {
+        return Some(i + 1);
+    }
+    loop {
+        i = ws(b, i);
+        if b.get(i) != Some(&b'"') {
+            return None;
         }
-        let start = self.i;
-        match self.next()? {
-            b'0' => {}
-            b'1'..=b'9' => self.skip_digits(),
+        i = ws(b, string(b, i)?.0);
+        if *b.get(i)? != b':' {
+            return None;
+        }
+        i = ws(b, value(b, i + 1, depth + 1)?);
+        match *b.get(i)? {
+            b',' => i += 1,
+            b'}' => return Some(i + 1),
             _ => return None,
         }
-        if self.i - start > MAX_INT_DIGITS {
-            return None;
-        }
-        if self.peek() == Some(b'.') {
-            self.i += 1;
-            self.digits()?;
-        }
-        if matches!(self.peek(), Some(b'e' | b'E')) {
-            self.i += 1;
-            if matches!(self.peek(), Some(b'+' | b'-')) {
-                self.i += 1;
-            }
-            let start = self.i;
-            self.digits()?;
-            if self.i - start > 2 {
-                return None;
-            }
-        }
-        Some(())
     }
+}
 
-    fn literal(&mut self, word: &[u8]) -> Option<()> {
-        if self.b.get(self.i..self.i + word.len())? != word {
-            return None;
-        }
-        self.i += word.len();
-        Some(())
+/// The elements of an array whose `[` is just before `i`.
+fn array(b: &[u8], i: usize, depth: usize) -> Option<usize> {
+    let mut i = ws(b, i);
+    if b.get(i) == Some(&b']') {
+        return Some(i + 1);
     }
-
-    /// One value (after optional whitespace), `depth` levels deep.
-    fn value(&mut self, depth: usize) -> Option<()> {
-        self.ws();
-        match self.peek()? {
-            b'"' => self.string().map(|_| ()),
-            b'{' => {
-                if depth >= MAX_DEPTH {
-                    return None;
-                }
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.ws();
-                    if self.peek() != Some(b'"') {
-                        return None;
-                    }
-                    self.string()?;
-                    self.ws();
-                    if self.next()? != b':' {
-                        return None;
-                    }
-                    self.value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => continue,
-                        b'}' => return Some(()),
-                        _ => return None,
-                    }
-                }
-            }
-            b'[' => {
-                if depth >= MAX_DEPTH {
-                    return None;
-                }
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b']') {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => continue,
-                        b']' => return Some(()),
-                        _ => return None,
-                    }
-                }
-            }
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            b'-' | b'0'..=b'9' => self.number(),
-            _ => None,
+    loop {
+        i = ws(b, value(b, i, depth + 1)?);
+        match *b.get(i)? {
+            b',' => i += 1,
+            b']' => return Some(i + 1),
+            _ => return None,
         }
     }
 }
