@@ -658,8 +658,27 @@ async fn new_instance(
         &mut store,
         Duration::from_millis(config.limits.init_deadline_ms),
     );
+    let plugin = match pre.instantiate_async(&mut store).await {
+        Ok(plugin) => plugin,
+        // Not a trap, a timeout or the memory cap: the component's exports
+        // do not have the types this broker's WIT gives them.
+        Err(e)
+            if e.downcast_ref::<wasmtime::Trap>().is_none()
+                && !store.data().timed_out
+                && !store.data().limiter.hit =>
+        {
+            return Err(load_err(format!(
+                "does not match this broker's plugin interface (midge:plugin@0.1.0, wit/ in \
+                 the broker's source; rebuild the plugin against it): {}",
+                wasm_error(&e)
+            )));
+        }
+        Err(e) => {
+            let e = classify(name, Hook::Init, &store, &e, config.limits.memory_mib);
+            return Err(load_err(e.to_string()));
+        }
+    };
     let started = async {
-        let plugin = pre.instantiate_async(&mut store).await?;
         let manifest = plugin
             .midge_plugin_hooks()
             .call_init(&mut store, config_json)
