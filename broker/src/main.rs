@@ -160,8 +160,6 @@ fn rule_test(cmd: RuleCommand) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(rows) => {
-            let rows: Vec<serde_json::Value> =
-                rows.into_iter().map(serde_json::Value::Object).collect();
             match serde_json::to_string_pretty(&rows) {
                 Ok(s) => println!("{s}"),
                 Err(e) => eprintln!("error: {e}"),

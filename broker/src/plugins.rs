@@ -78,7 +78,10 @@ impl midge_rules::ExternalFunctions for PluginFunctions {
             .map(|(_, f)| (f.min_args as usize, f.max_args.map(|m| m as usize)))
     }
 
-    fn call(&self, name: &str, args: &[serde_json::Value]) -> Result<serde_json::Value, String> {
+    /// Arguments cross as JSON text, results come back as JSON text; a
+    /// binary that is not UTF-8 crosses either way as `{"$binary":
+    /// "<base64>"}` and comes back as bytes.
+    fn call(&self, name: &str, args: &[midge_rules::Value]) -> Result<midge_rules::Value, String> {
         use tokio::runtime::{Handle, RuntimeFlavor};
         let handle = Handle::try_current()
             .ok()
@@ -88,11 +91,12 @@ impl midge_rules::ExternalFunctions for PluginFunctions {
                     "plugin function `{name}` can only run on the broker's multi-threaded runtime"
                 )
             })?;
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let args: Vec<String> = args.iter().map(midge_rules::Value::to_json).collect();
         let text =
             tokio::task::block_in_place(|| handle.block_on(self.0.call_function(name, &args)))
                 .map_err(|e| e.to_string())?;
-        serde_json::from_str(&text)
+        midge_rules::Value::from_json(text.as_bytes())
+            .map(midge_rules::decode_binary_tags)
             .map_err(|e| format!("plugin function `{name}` returned invalid JSON {text:?}: {e}"))
     }
 }
@@ -107,7 +111,7 @@ impl midge_rules::ExternalFunctions for AnyFunction {
         Some((0, None))
     }
 
-    fn call(&self, name: &str, _: &[serde_json::Value]) -> Result<serde_json::Value, String> {
+    fn call(&self, name: &str, _: &[midge_rules::Value]) -> Result<midge_rules::Value, String> {
         Err(format!("plugin function `{name}` is not loaded"))
     }
 }

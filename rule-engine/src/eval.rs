@@ -2,30 +2,30 @@
 //! [`Input`]. Never panics; type errors come back as `Err(String)` and are
 //! wrapped into [`EvalError`](crate::EvalError) by the caller.
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
 
-use crate::funcs::Cx;
+use crate::functions::CallContext;
 use crate::input::Input;
 use crate::plan::{ArithOp, Column, Expr, Seg};
-use crate::value::{compare, exact_eq, float_value, num_of, num_value, to_str, type_name, Num};
+use crate::value::{compare, exact_eq, float_value, num_value, type_name, Map, Num, Value};
 
-/// Variables visible to an expression.
+/// Variables visible to an expression, looked up in this order: `bindings`
+/// (the columns selected so far), the FOREACH element, `outer` (what the
+/// FOREACH clause selected), then the input's fields.
 pub(crate) struct Env<'r, 'a> {
     pub input: &'r Input<'a>,
-    /// Columns selected so far / aliases (looked up before input fields).
-    pub bindings: &'r Map<String, Value>,
+    /// Columns selected so far / aliases.
+    pub bindings: &'r Map,
     /// The FOREACH element (`item` or its alias), in DO and INCASE.
     pub item: Option<(&'r str, &'r Value)>,
+    /// The names the FOREACH clause bound (`FOREACH a AS x, x.list AS y`).
+    pub outer: Option<&'r Map>,
 }
 
 /// The array index an `[expr]` segment asks for.
 fn index_of(e: &Expr, env: &Env<'_, '_>) -> Result<i64, String> {
     match eval(e, env)? {
-        v @ Value::Number(_) => match num_of(&v) {
-            Some(Num::I(i)) => Ok(i),
-            _ => Err(format!("array index must be an integer, got {v}")),
-        },
-        Value::String(k) => Err(format!("array index must be an integer, got string {k:?}")),
+        Value::Int(i) => Ok(i),
         v => Err(format!(
             "array index must be an integer, got {}",
             type_name(&v)
@@ -33,68 +33,119 @@ fn index_of(e: &Expr, env: &Env<'_, '_>) -> Result<i64, String> {
     }
 }
 
-/// Follows `path` from `v` (1-based array indexes, negative from the end).
-/// Every index expression is evaluated, also past a missing step, so a bad
-/// index is an error whatever the data.
+/// One step into `v`: a key of a map, or a 1-based index of a list
+/// (negative from the end). A binary holding JSON is decoded on the way,
+/// as EMQX does.
+fn step<'v>(
+    v: Cow<'v, Value>,
+    seg: &Seg,
+    env: &Env<'_, '_>,
+) -> Result<Option<Cow<'v, Value>>, String> {
+    if let Value::Str(_) | Value::Bytes(_) = v.as_ref() {
+        let decoded = match v.as_bin().map(Value::from_json) {
+            Some(Ok(d @ (Value::Map(_) | Value::Array(_)))) => d,
+            _ => {
+                // Still evaluate the index, so a bad index is an error
+                // whatever the data.
+                if let Seg::Index(e) = seg {
+                    index_of(e, env)?;
+                }
+                return Ok(None);
+            }
+        };
+        return step(Cow::Owned(decoded), seg, env);
+    }
+    Ok(match seg {
+        Seg::Key(k) => match v {
+            Cow::Borrowed(Value::Map(m)) => m.get(k.as_str()).map(Cow::Borrowed),
+            Cow::Owned(Value::Map(mut m)) => m.remove(k.as_str()).map(Cow::Owned),
+            _ => None,
+        },
+        Seg::Index(e) => {
+            let i = index_of(e, env)?;
+            let pick = |len: usize| -> Option<usize> {
+                let len = len as i64;
+                let idx = if i > 0 {
+                    i - 1
+                } else if i < 0 {
+                    len + i
+                } else {
+                    -1
+                };
+                usize::try_from(idx).ok()
+            };
+            match v {
+                Cow::Borrowed(Value::Array(a)) => {
+                    pick(a.len()).and_then(|x| a.get(x)).map(Cow::Borrowed)
+                }
+                Cow::Owned(Value::Array(mut a)) => match pick(a.len()) {
+                    Some(x) if x < a.len() => Some(Cow::Owned(a.swap_remove(x))),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+    })
+}
+
+/// Follows `path` from `v`. Every index expression is evaluated, also past
+/// a missing step, so a bad index is an error whatever the data.
 fn navigate<'v>(
     v: &'v Value,
     path: &[Seg],
     env: &Env<'_, '_>,
-) -> Result<Option<&'v Value>, String> {
-    let mut cur = Some(v);
+) -> Result<Option<Cow<'v, Value>>, String> {
+    let mut cur = Some(Cow::Borrowed(v));
     for s in path {
-        cur = match s {
-            Seg::Key(k) => match cur {
-                Some(Value::Object(m)) => m.get(k.as_str()),
-                _ => None,
-            },
-            Seg::Index(e) => {
-                let i = index_of(e, env)?;
-                match cur {
-                    Some(Value::Array(a)) => {
-                        let len = a.len() as i64;
-                        let idx = if i > 0 {
-                            i - 1
-                        } else if i < 0 {
-                            len + i
-                        } else {
-                            -1
-                        };
-                        usize::try_from(idx).ok().and_then(|x| a.get(x))
-                    }
-                    _ => None,
+        cur = match cur {
+            Some(c) => step(c, s, env)?,
+            None => {
+                if let Seg::Index(e) = s {
+                    index_of(e, env)?;
                 }
+                None
             }
         };
     }
     Ok(cur)
 }
 
+fn found(v: Option<Cow<'_, Value>>) -> Value {
+    v.map_or(Value::Undefined, Cow::into_owned)
+}
+
 fn lookup(root: &str, path: &[Seg], env: &Env<'_, '_>) -> Result<Value, String> {
-    if let Some((name, item)) = env.item {
-        if name == root {
-            return Ok(navigate(item, path, env)?.cloned().unwrap_or(Value::Null));
-        }
-    }
-    if let Some(v) = env.bindings.get(root) {
+    for scope in [Some(env.bindings), None, env.outer]
+        .into_iter()
+        .enumerate()
+    {
+        let v = match scope {
+            (1, _) => match env.item {
+                Some((name, item)) if name == root => Some(item),
+                _ => None,
+            },
+            (_, Some(m)) => m.get(root),
+            _ => None,
+        };
+        let Some(v) = v else { continue };
         if path.is_empty() {
             return Ok(v.clone());
         }
-        if let Some(found) = navigate(v, path, env)? {
-            return Ok(found.clone());
+        if let Some(hit) = navigate(v, path, env)? {
+            return Ok(hit.into_owned());
         }
-        // Not in the selected columns: fall back to the input below (EMQX
-        // keeps the original columns underneath the selected ones).
+        // Not there: fall back to the next scope (EMQX keeps the original
+        // columns underneath the selected ones).
     }
     if root == "payload" && !path.is_empty() {
         let json = env.input.payload_json()?;
-        return Ok(navigate(json, path, env)?.cloned().unwrap_or(Value::Null));
+        return Ok(found(navigate(json, path, env)?));
     }
     let v = env.input.field(root);
     if path.is_empty() {
         return Ok(v);
     }
-    Ok(navigate(&v, path, env)?.cloned().unwrap_or(Value::Null))
+    Ok(found(navigate(&v, path, env)?))
 }
 
 /// Writes `v` at `path` inside `target`, creating (or replacing non-map)
@@ -106,55 +157,58 @@ pub(crate) fn nested_put(target: &mut Value, path: &[String], v: Value) {
     };
     let mut cur = target;
     for k in init {
-        if !cur.is_object() {
-            *cur = Value::Object(Map::new());
+        if !matches!(cur, Value::Map(_)) {
+            *cur = Value::Map(Map::new());
         }
-        let Value::Object(m) = cur else { return };
-        cur = m
-            .entry(k.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Map(m) = cur else { return };
+        cur = m.entry(k.clone()).or_insert_with(|| Value::Map(Map::new()));
     }
-    if !cur.is_object() {
-        *cur = Value::Object(Map::new());
+    if !matches!(cur, Value::Map(_)) {
+        *cur = Value::Map(Map::new());
     }
-    if let Value::Object(m) = cur {
+    if let Value::Map(m) = cur {
         m.insert(last.clone(), v);
     }
 }
 
-pub(crate) fn put_row(row: &mut Map<String, Value>, key: &[String], v: Value) {
+pub(crate) fn put_row(row: &mut Map, key: &[String], v: Value) {
     match key.split_first() {
         None => {}
         Some((first, [])) => {
             row.insert(first.clone(), v);
         }
         Some((first, rest)) => {
-            let slot = row.entry(first.clone()).or_insert(Value::Null);
+            let slot = row.entry(first.clone()).or_insert(Value::Undefined);
             nested_put(slot, rest, v);
         }
     }
 }
 
-fn arith(op: ArithOp, l: Value, r: Value) -> Result<Value, String> {
-    if op == ArithOp::Add {
-        match (&l, &r) {
-            (Value::String(a), Value::String(b)) => return Ok(Value::String(format!("{a}{b}"))),
-            (Value::String(_), Value::Number(_) | Value::Bool(_))
-            | (Value::Number(_) | Value::Bool(_), Value::String(_)) => {
-                return Ok(Value::String(format!("{}{}", to_str(&l), to_str(&r))))
-            }
-            _ => {}
-        }
-    }
-    let sym = match op {
+fn op_symbol(op: ArithOp) -> &'static str {
+    match op {
         ArithOp::Add => "+",
         ArithOp::Sub => "-",
         ArithOp::Mul => "*",
         ArithOp::Div => "/",
         ArithOp::IntDiv => "div",
         ArithOp::Mod => "mod",
-    };
-    let (Some(a), Some(b)) = (num_of(&l), num_of(&r)) else {
+    }
+}
+
+/// `+ - * / div mod` with EMQX semantics (`+` concatenates when one side is
+/// a string; `/` always gives a float; `div` / `mod` need integers).
+pub(crate) fn arith(op: ArithOp, l: Value, r: Value) -> Result<Value, String> {
+    if op == ArithOp::Add {
+        let textual = |v: &Value| matches!(v, Value::Str(_) | Value::Bytes(_));
+        let scalar = |v: &Value| matches!(v, Value::Int(_) | Value::Float(_) | Value::Bool(_));
+        if (textual(&l) && (textual(&r) || scalar(&r))) || (scalar(&l) && textual(&r)) {
+            let mut out = crate::value::to_bin(&l).to_vec();
+            out.extend_from_slice(&crate::value::to_bin(&r));
+            return Ok(Value::from_vec(out));
+        }
+    }
+    let sym = op_symbol(op);
+    let (Some(a), Some(b)) = (l.num(), r.num()) else {
         return Err(format!(
             "bad arguments for `{sym}`: {} and {}",
             type_name(&l),
@@ -163,15 +217,15 @@ fn arith(op: ArithOp, l: Value, r: Value) -> Result<Value, String> {
     };
     let float = |f: fn(f64, f64) -> f64| num_value(Num::F(f(a.as_f64(), b.as_f64())));
     match (op, a, b) {
-        (ArithOp::Add, Num::I(x), Num::I(y)) => Ok(x
+        (ArithOp::Add, Num::I(x), Num::I(y)) => x
             .checked_add(y)
-            .map_or_else(|| float_value(x as f64 + y as f64), |v| Ok(Value::from(v)))?),
-        (ArithOp::Sub, Num::I(x), Num::I(y)) => Ok(x
+            .map_or_else(|| float_value(x as f64 + y as f64), |v| Ok(Value::Int(v))),
+        (ArithOp::Sub, Num::I(x), Num::I(y)) => x
             .checked_sub(y)
-            .map_or_else(|| float_value(x as f64 - y as f64), |v| Ok(Value::from(v)))?),
-        (ArithOp::Mul, Num::I(x), Num::I(y)) => Ok(x
+            .map_or_else(|| float_value(x as f64 - y as f64), |v| Ok(Value::Int(v))),
+        (ArithOp::Mul, Num::I(x), Num::I(y)) => x
             .checked_mul(y)
-            .map_or_else(|| float_value(x as f64 * y as f64), |v| Ok(Value::from(v)))?),
+            .map_or_else(|| float_value(x as f64 * y as f64), |v| Ok(Value::Int(v))),
         (ArithOp::Add, ..) => float(|x, y| x + y),
         (ArithOp::Sub, ..) => float(|x, y| x - y),
         (ArithOp::Mul, ..) => float(|x, y| x * y),
@@ -191,7 +245,7 @@ fn arith(op: ArithOp, l: Value, r: Value) -> Result<Value, String> {
             } else {
                 x.checked_rem(y)
             };
-            r.map(Value::from)
+            r.map(Value::Int)
                 .ok_or_else(|| "integer overflow".to_owned())
         }
         (ArithOp::IntDiv | ArithOp::Mod, ..) => Err(format!(
@@ -205,7 +259,7 @@ fn arith(op: ArithOp, l: Value, r: Value) -> Result<Value, String> {
 fn truthy(v: &Value, what: &str) -> Result<bool, String> {
     match v {
         Value::Bool(b) => Ok(*b),
-        Value::Null => Ok(false),
+        Value::Undefined | Value::Null => Ok(false),
         other => Err(format!(
             "{what} must be a boolean, got {}",
             type_name(other)
@@ -227,6 +281,10 @@ pub(crate) fn cond(e: &Expr, env: &Env<'_, '_>) -> Result<bool, String> {
     }
 }
 
+fn eval_args(args: &[Expr], env: &Env<'_, '_>) -> Result<Vec<Value>, String> {
+    args.iter().map(|x| eval(x, env)).collect()
+}
+
 /// Evaluates an expression.
 pub(crate) fn eval(e: &Expr, env: &Env<'_, '_>) -> Result<Value, String> {
     match e {
@@ -234,17 +292,14 @@ pub(crate) fn eval(e: &Expr, env: &Env<'_, '_>) -> Result<Value, String> {
         Expr::Var { root, path } => lookup(root, path, env),
         Expr::Access { base, path } => {
             let b = eval(base, env)?;
-            Ok(navigate(&b, path, env)?.cloned().unwrap_or(Value::Null))
+            Ok(found(navigate(&b, path, env)?))
         }
         Expr::Neg(x) => match eval(x, env)? {
-            v @ Value::Number(_) => match num_of(&v) {
-                Some(Num::I(i)) => i
-                    .checked_neg()
-                    .map(Value::from)
-                    .ok_or_else(|| "integer overflow".to_owned()),
-                Some(Num::F(f)) => float_value(-f),
-                None => Err("bad number".into()),
-            },
+            Value::Int(i) => i
+                .checked_neg()
+                .map(Value::Int)
+                .ok_or_else(|| "integer overflow".to_owned()),
+            Value::Float(f) => float_value(-f),
             v => Err(format!("bad argument for unary `-`: {}", type_name(&v))),
         },
         Expr::Arith(op, l, r) => arith(*op, eval(l, env)?, eval(r, env)?),
@@ -256,16 +311,18 @@ pub(crate) fn eval(e: &Expr, env: &Env<'_, '_>) -> Result<Value, String> {
             negated,
         } => {
             let v = eval(expr, env)?;
-            let mut found = false;
+            let mut hit = false;
             for x in list {
                 if exact_eq(&v, &eval(x, env)?) {
-                    found = true;
+                    hit = true;
                     break;
                 }
             }
-            Ok(Value::Bool(found != *negated))
+            Ok(Value::Bool(hit != *negated))
         }
-        Expr::IsNull { expr, negated } => Ok(Value::Bool(eval(expr, env)?.is_null() != *negated)),
+        Expr::IsNull { expr, negated } => {
+            Ok(Value::Bool(eval(expr, env)?.is_nullish() != *negated))
+        }
         Expr::Case {
             operand,
             whens,
@@ -290,31 +347,24 @@ pub(crate) fn eval(e: &Expr, env: &Env<'_, '_>) -> Result<Value, String> {
             }
             match else_ {
                 Some(x) => eval(x, env),
-                None => Ok(Value::Null),
+                None => Ok(Value::Undefined),
             }
         }
-        Expr::List(items) => Ok(Value::Array(
-            items
-                .iter()
-                .map(|x| eval(x, env))
-                .collect::<Result<_, _>>()?,
-        )),
-        Expr::Call { func, args, regex } => {
-            let vals: Vec<Value> = args
-                .iter()
-                .map(|x| eval(x, env))
-                .collect::<Result<_, _>>()?;
-            let cx = Cx {
+        Expr::List(items) => Ok(Value::Array(eval_args(items, env)?)),
+        Expr::Call {
+            func,
+            args,
+            prepared,
+        } => {
+            let vals = eval_args(args, env)?;
+            let cx = CallContext {
                 input: env.input,
-                regex: regex.as_deref(),
+                prepared: prepared.as_deref(),
             };
             (func.f)(&vals, &cx)
         }
         Expr::External { name, args, ext } => {
-            let vals: Vec<Value> = args
-                .iter()
-                .map(|x| eval(x, env))
-                .collect::<Result<_, _>>()?;
+            let vals = eval_args(args, env)?;
             ext.call(name, &vals)
         }
     }
@@ -325,13 +375,19 @@ pub(crate) fn select(
     cols: &[Column],
     input: &Input<'_>,
     item: Option<(&str, &Value)>,
-) -> Result<Map<String, Value>, String> {
+    outer: Option<&Map>,
+) -> Result<Map, String> {
     let mut row = Map::new();
     for col in cols {
         match col {
             Column::Wildcard => {
                 for (k, v) in input.all_fields() {
                     row.insert(k, v);
+                }
+                if let Some(o) = outer {
+                    for (k, v) in o {
+                        row.insert(k.clone(), v.clone());
+                    }
                 }
                 if let Some((name, v)) = item {
                     row.insert(name.to_owned(), v.clone());
@@ -344,6 +400,7 @@ pub(crate) fn select(
                         input,
                         bindings: &row,
                         item,
+                        outer,
                     },
                 )?;
                 put_row(&mut row, key, v);

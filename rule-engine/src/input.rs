@@ -1,11 +1,16 @@
 //! Evaluation input: one message or event, filled cheaply by the broker.
 //!
 //! Fields are borrowed; the payload is JSON-decoded lazily, at most once per
-//! [`Input`], and shared by every rule evaluated against the same input.
+//! [`Input`], and shared by every rule evaluated against the same input. The
+//! payload itself is a binary ([`Value::Bytes`]): a rule that selects it gets
+//! the bytes that came in, shared (no copy) when the broker hands over its
+//! `Bytes`.
 
 use std::cell::OnceCell;
 
-use serde_json::{Map, Value};
+use bytes::Bytes;
+
+use crate::value::{Map, Value};
 
 /// Client/session/delivery events a rule can select `FROM "$events/..."`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -353,7 +358,7 @@ impl Source {
 pub struct Input<'a> {
     source: Source,
     topic: Option<&'a str>,
-    payload: Option<&'a [u8]>,
+    payload: Option<Payload<'a>>,
     clientid: Option<&'a str>,
     username: Option<&'a str>,
     username_set: bool,
@@ -364,9 +369,33 @@ pub struct Input<'a> {
     timestamp: Option<i64>,
     publish_received_at: Option<i64>,
     node: Option<&'a str>,
-    extra: Option<&'a Map<String, Value>>,
+    extra: Option<&'a Map>,
     lazy: Option<Lazy<'a>>,
     json: OnceCell<Result<Value, String>>,
+}
+
+/// The payload as the caller has it: a slice (copied when a rule selects
+/// it) or a shared `Bytes` (cloned, no copy).
+#[derive(Debug, Clone, Copy)]
+enum Payload<'a> {
+    Slice(&'a [u8]),
+    Shared(&'a Bytes),
+}
+
+impl Payload<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Slice(s) => s,
+            Payload::Shared(b) => b,
+        }
+    }
+
+    fn to_value(self) -> Value {
+        match self {
+            Payload::Slice(s) => Value::Bytes(Bytes::copy_from_slice(s)),
+            Payload::Shared(b) => Value::Bytes(b.clone()),
+        }
+    }
 }
 
 /// Fields the caller computes only when a rule reads them (see
@@ -406,7 +435,16 @@ impl<'a> Input<'a> {
     pub fn message(topic: &'a str, payload: &'a [u8]) -> Self {
         let mut i = Input::new(Source::Message);
         i.topic = Some(topic);
-        i.payload = Some(payload);
+        i.payload = Some(Payload::Slice(payload));
+        i
+    }
+
+    /// A published message whose payload is shared: `SELECT payload`
+    /// clones the `Bytes` instead of copying them.
+    pub fn message_shared(topic: &'a str, payload: &'a Bytes) -> Self {
+        let mut i = Input::new(Source::Message);
+        i.topic = Some(topic);
+        i.payload = Some(Payload::Shared(payload));
         i
     }
 
@@ -424,7 +462,13 @@ impl<'a> Input<'a> {
     /// Sets the payload (message events).
     #[must_use]
     pub fn payload(mut self, payload: &'a [u8]) -> Self {
-        self.payload = Some(payload);
+        self.payload = Some(Payload::Slice(payload));
+        self
+    }
+    /// Sets the payload (message events), shared.
+    #[must_use]
+    pub fn payload_shared(mut self, payload: &'a Bytes) -> Self {
+        self.payload = Some(Payload::Shared(payload));
         self
     }
     /// Sets `clientid`.
@@ -484,7 +528,7 @@ impl<'a> Input<'a> {
     }
     /// Any further fields (`pub_props`, `headers`, event-specific fields).
     #[must_use]
-    pub fn extra(mut self, v: &'a Map<String, Value>) -> Self {
+    pub fn extra(mut self, v: &'a Map) -> Self {
         self.extra = Some(v);
         self
     }
@@ -510,8 +554,8 @@ impl<'a> Input<'a> {
     }
 
     /// The raw payload bytes, if any.
-    pub fn payload_bytes(&self) -> Option<&'a [u8]> {
-        self.payload
+    pub fn payload_bytes(&self) -> Option<&[u8]> {
+        self.payload.as_ref().map(Payload::as_slice)
     }
 
     /// Whether the payload was already JSON-decoded (for tests/metrics).
@@ -521,29 +565,27 @@ impl<'a> Input<'a> {
 
     /// The payload decoded as JSON (decoded once, cached).
     pub(crate) fn payload_json(&self) -> Result<&Value, String> {
-        let r = self.json.get_or_init(|| match self.payload {
-            None => Ok(Value::Null),
-            Some(bytes) => serde_json::from_slice::<Value>(bytes)
+        let r = self.json.get_or_init(|| match &self.payload {
+            None => Ok(Value::Undefined),
+            Some(p) => serde_json::from_slice::<Value>(p.as_slice())
                 .map_err(|e| format!("payload is not valid JSON: {e}")),
         });
         r.as_ref().map_err(Clone::clone)
     }
 
-    /// Value of a field (`null` when not set). `payload` is the raw payload
-    /// as a string.
+    /// Value of a field (`undefined` when not set). `payload` is the raw
+    /// payload, as bytes.
     pub(crate) fn field(&self, name: &str) -> Value {
-        self.field_opt(name).unwrap_or(Value::Null)
+        self.field_opt(name).unwrap_or(Value::Undefined)
     }
 
     fn field_opt(&self, name: &str) -> Option<Value> {
-        let s = |v: Option<&str>| v.map(|s| Value::String(s.to_owned()));
+        let s = |v: Option<&str>| v.map(|s| Value::Str(s.to_owned()));
         match name {
             "topic" if self.topic.is_some() => s(self.topic),
-            "payload" => self
-                .payload
-                .map(|p| Value::String(String::from_utf8_lossy(p).into_owned())),
+            "payload" => self.payload.map(Payload::to_value),
             "clientid" if self.clientid.is_some() => s(self.clientid),
-            "username" if self.username_set => Some(s(self.username).unwrap_or(Value::Null)),
+            "username" if self.username_set => Some(s(self.username).unwrap_or(Value::Undefined)),
             "peerhost" if self.peerhost.is_some() => s(self.peerhost),
             "id" if self.id.is_some() => s(self.id),
             "qos" if self.qos.is_some() => self.qos.map(Value::from),
@@ -551,7 +593,7 @@ impl<'a> Input<'a> {
                 let mut m = Map::new();
                 m.insert("dup".into(), Value::Bool(dup));
                 m.insert("retain".into(), Value::Bool(retain));
-                Value::Object(m)
+                Value::Map(m)
             }),
             "retain" if self.flags.is_some() => self.flags.map(|(r, _)| Value::Bool(r)),
             "timestamp" if self.timestamp.is_some() => self.timestamp.map(Value::from),
@@ -559,7 +601,7 @@ impl<'a> Input<'a> {
                 self.publish_received_at.map(Value::from)
             }
             "node" if self.node.is_some() => s(self.node),
-            "event" => Some(Value::String(
+            "event" => Some(Value::Str(
                 match self.source {
                     Source::Message => "message.publish",
                     Source::Event(k) => k.event_name(),
@@ -575,7 +617,7 @@ impl<'a> Input<'a> {
     }
 
     /// All fields that are set (what `SELECT *` returns).
-    pub(crate) fn all_fields(&self) -> Map<String, Value> {
+    pub(crate) fn all_fields(&self) -> Map {
         let mut out = Map::new();
         for name in self.source.fields() {
             if *name == "retain" || *name == "event_type" || *name == "metadata" {

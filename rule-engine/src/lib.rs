@@ -23,6 +23,12 @@
 //!    more [`Row`]s; a runtime type error is an [`EvalError`] for this rule
 //!    and message only. Nothing in a rule or a message can make it panic.
 //!
+//! Values ([`Value`]) are EMQX's: a binary (the payload, `hexstr2bin(..)`)
+//! stays bytes end to end and is never re-encoded unless a rule asks
+//! (`bin2hexstr`, `base64_encode`, a JSON output, see [`value`](Value)).
+//! The functions live in `functions/`, one module per family, as listed in
+//! `FUNCTIONS.md`.
+//!
 //! ```
 //! use midge_rules::{Input, Rule};
 //!
@@ -41,7 +47,7 @@
 
 mod error;
 mod eval;
-mod funcs;
+mod functions;
 mod input;
 mod parse;
 mod plan;
@@ -50,11 +56,10 @@ mod topic;
 mod value;
 
 pub use error::{Clause, EvalError, RuleError};
-pub use funcs::function_names;
+pub use functions::{function_names, GETENV_PREFIX};
 pub use input::{EventKind, Input, Source, MESSAGE_FIELDS};
 pub use topic::{topic_matches, validate_filter};
-
-use serde_json::{Map, Value};
+pub use value::{decode_binary_tags, Map, Value, BINARY_TAG};
 
 use crate::eval::{cond, eval, put_row, select, Env};
 use crate::parse::ParseError;
@@ -72,7 +77,7 @@ pub trait ExternalFunctions: Send + Sync + std::fmt::Debug {
 }
 
 /// One output row (column name -> value).
-pub type Row = Map<String, Value>;
+pub type Row = Map;
 
 /// A compiled rule: parse and plan once, evaluate many times. `Send + Sync`.
 #[derive(Debug)]
@@ -216,12 +221,13 @@ impl Rule {
         let empty = Map::new();
         match &self.plan.kind {
             PlanKind::Select(cols) => {
-                let row = select(cols, input, None).map_err(fail(Clause::Select))?;
+                let row = select(cols, input, None, None).map_err(fail(Clause::Select))?;
                 if let Some(w) = &self.plan.where_ {
                     let env = Env {
                         input,
                         bindings: &row,
                         item: None,
+                        outer: None,
                     };
                     if !cond(w, &env).map_err(fail(Clause::Where))? {
                         return Ok(Vec::new());
@@ -230,25 +236,40 @@ impl Rule {
                 Ok(vec![row])
             }
             PlanKind::Foreach {
+                bound,
                 collection,
                 coll_key,
                 item_name,
                 do_cols,
                 incase,
             } => {
+                // What the FOREACH clause selects: every bound expression
+                // (later ones see the earlier ones), then the collection.
+                let mut selected = Map::new();
+                for (expr, key) in bound {
+                    let env = Env {
+                        input,
+                        bindings: &selected,
+                        item: None,
+                        outer: None,
+                    };
+                    let v = eval(expr, &env).map_err(fail(Clause::Foreach))?;
+                    put_row(&mut selected, key, v);
+                }
                 let env = Env {
                     input,
-                    bindings: &empty,
+                    bindings: &selected,
                     item: None,
+                    outer: None,
                 };
                 let coll = eval(collection, &env).map_err(fail(Clause::Foreach))?;
-                let mut selected = Map::new();
                 put_row(&mut selected, coll_key, coll.clone());
                 if let Some(w) = &self.plan.where_ {
                     let env = Env {
                         input,
                         bindings: &selected,
                         item: None,
+                        outer: None,
                     };
                     if !cond(w, &env).map_err(fail(Clause::Where))? {
                         return Ok(Vec::new());
@@ -265,6 +286,7 @@ impl Rule {
                             input,
                             bindings: &empty,
                             item,
+                            outer: Some(&selected),
                         };
                         if !cond(c, &env).map_err(fail(Clause::Incase))? {
                             continue;
@@ -272,10 +294,16 @@ impl Rule {
                     }
                     if do_cols.is_empty() {
                         let mut row = input.all_fields();
+                        for (k, v) in &selected {
+                            row.insert(k.clone(), v.clone());
+                        }
                         row.insert(item_name.clone(), it.clone());
                         rows.push(row);
                     } else {
-                        rows.push(select(do_cols, input, item).map_err(fail(Clause::Do))?);
+                        rows.push(
+                            select(do_cols, input, item, Some(&selected))
+                                .map_err(fail(Clause::Do))?,
+                        );
                     }
                 }
                 Ok(rows)

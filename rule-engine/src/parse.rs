@@ -10,7 +10,7 @@
 
 use std::any::TypeId;
 
-use sqlparser::ast::{Expr as SqlExpr, Ident, SelectItem};
+use sqlparser::ast::{Expr as SqlExpr, SelectItem};
 use sqlparser::dialect::{Dialect, GenericDialect};
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
@@ -83,8 +83,9 @@ pub(crate) enum Body {
         items: Vec<SelectItem>,
     },
     Foreach {
-        collection: Box<SqlExpr>,
-        alias: Option<Ident>,
+        /// `FOREACH e1 AS a, e2 AS b, collection [AS item]`: the last item
+        /// is the collection, the earlier ones bind names.
+        items: Vec<SelectItem>,
         do_items: Vec<SelectItem>,
         incase: Option<SqlExpr>,
     },
@@ -289,7 +290,7 @@ pub(crate) fn parse_statement(sql: &str) -> Result<Statement, ParseError> {
     }
 
     let mut body_select = None;
-    let mut foreach: Option<(SqlExpr, Option<Ident>)> = None;
+    let mut foreach: Option<Vec<SelectItem>> = None;
     let mut do_items = Vec::new();
     let mut incase = None;
     let mut from = Vec::new();
@@ -299,24 +300,14 @@ pub(crate) fn parse_statement(sql: &str) -> Result<Statement, ParseError> {
             Kw::Select => body_select = Some(parse_items(&seg, &dialect)?),
             Kw::Do => do_items = parse_items(&seg, &dialect)?,
             Kw::Foreach => {
-                let mut items = parse_items(&seg, &dialect)?;
-                if items.len() != 1 {
+                let items = parse_items(&seg, &dialect)?;
+                if items.iter().any(|i| matches!(i, SelectItem::Wildcard(_))) {
                     return Err(ParseError::at(
                         seg.kw_loc,
-                        "FOREACH takes exactly one collection expression",
+                        "FOREACH expects an array expression, found `*`",
                     ));
                 }
-                let item = items.remove(0);
-                foreach = Some(match item {
-                    SelectItem::UnnamedExpr(e) => (e, None),
-                    SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias)),
-                    _ => {
-                        return Err(ParseError::at(
-                            seg.kw_loc,
-                            "FOREACH expects an array expression, found `*`",
-                        ))
-                    }
-                });
+                foreach = Some(items);
             }
             Kw::Incase => incase = Some(parse_expr_segment(&seg, &dialect)?),
             Kw::Where => where_ = Some(parse_expr_segment(&seg, &dialect)?),
@@ -325,9 +316,8 @@ pub(crate) fn parse_statement(sql: &str) -> Result<Statement, ParseError> {
     }
     let body = match (body_select, foreach) {
         (Some(items), None) => Body::Select { items },
-        (None, Some((collection, alias))) => Body::Foreach {
-            collection: Box::new(collection),
-            alias,
+        (None, Some(items)) => Body::Foreach {
+            items,
             do_items,
             incase,
         },
@@ -599,12 +589,13 @@ mod tests {
         );
         match s.body {
             Body::Foreach {
-                alias,
+                items,
                 do_items,
                 incase,
-                ..
             } => {
-                assert_eq!(alias.map(|a| a.value), Some("s".to_owned()));
+                assert!(
+                    matches!(&items[..], [SelectItem::ExprWithAlias { alias, .. }] if alias.value == "s")
+                );
                 assert_eq!(do_items.len(), 2);
                 assert!(incase.is_some());
             }

@@ -8,8 +8,6 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use regex::Regex;
-use serde_json::Value;
 use sqlparser::ast::{
     AccessExpr, BinaryOperator, CaseWhen, DuplicateTreatment, Expr as SqlExpr, FunctionArg,
     FunctionArgExpr, FunctionArguments, Ident, SelectItem, Spanned, Subscript, UnaryOperator,
@@ -17,10 +15,10 @@ use sqlparser::ast::{
 };
 use sqlparser::tokenizer::Location;
 
-use crate::funcs::{self, FuncDef};
+use crate::functions::{self, FuncDef, Prepared};
 use crate::input::Source;
 use crate::parse::{Body, ParseError, Statement};
-use crate::value::{num_value, parse_num, CmpOp, Num};
+use crate::value::{num_value, parse_num, CmpOp, Num, Value};
 use crate::ExternalFunctions;
 
 /// Arithmetic operators.
@@ -79,7 +77,9 @@ pub(crate) enum Expr {
     Call {
         func: &'static FuncDef,
         args: Vec<Expr>,
-        regex: Option<Box<Regex>>,
+        /// What the function compiled from a literal argument at load (a
+        /// regex, a jq program, ...).
+        prepared: Option<Box<Prepared>>,
     },
     /// A function from outside the catalogue (a plugin's).
     External {
@@ -103,6 +103,10 @@ pub(crate) enum Column {
 pub(crate) enum PlanKind {
     Select(Vec<Column>),
     Foreach {
+        /// `FOREACH a AS x, b AS y, list`: every expression before the last,
+        /// with the key it is selected under and whether it names a
+        /// variable (`AS`) the later ones can use.
+        bound: Vec<(Expr, Vec<String>)>,
         collection: Expr,
         /// Output key of the collection in the FOREACH-selected map.
         coll_key: Vec<String>,
@@ -163,12 +167,10 @@ pub(crate) fn plan(
     match &stmt.body {
         Body::Select { items } => aliases.extend(items.iter().filter_map(alias_root)),
         Body::Foreach {
-            alias, do_items, ..
+            items, do_items, ..
         } => {
             aliases.extend(do_items.iter().filter_map(alias_root));
-            if let Some(a) = alias {
-                aliases.insert(a.value.clone());
-            }
+            aliases.extend(items.iter().filter_map(alias_root));
         }
     }
     let mut p = Planner {
@@ -185,15 +187,31 @@ pub(crate) fn plan(
             PlanKind::Select(cols)
         }
         Body::Foreach {
-            collection,
-            alias,
+            mut items,
             do_items,
             incase,
         } => {
+            let last = items.pop().ok_or_else(|| {
+                err(
+                    Location { line: 1, column: 1 },
+                    "FOREACH needs an expression",
+                )
+            })?;
+            let mut bound = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                let (expr, alias) = foreach_item(item)?;
+                let expr = p.expr(&expr, &[], 0)?;
+                let key = match alias {
+                    Some(a) => vec![a.value],
+                    None => default_key(&expr, i + 1),
+                };
+                bound.push((expr, key));
+            }
+            let (collection, alias) = foreach_item(last)?;
             let coll = p.expr(&collection, &[], 0)?;
             let (coll_key, item_name) = match &alias {
                 Some(a) => (vec![a.value.clone()], a.value.clone()),
-                None => (default_key(&coll, 1), "item".to_owned()),
+                None => (default_key(&coll, bound.len() + 1), "item".to_owned()),
             };
             let locals = [item_name.as_str()];
             let do_cols = p.columns(do_items, &locals)?;
@@ -202,6 +220,7 @@ pub(crate) fn plan(
                 None => None,
             };
             PlanKind::Foreach {
+                bound,
                 collection: coll,
                 coll_key,
                 item_name,
@@ -221,6 +240,22 @@ pub(crate) fn plan(
     })
 }
 
+/// The expression and `AS` name of one FOREACH item.
+fn foreach_item(item: SelectItem) -> Result<(SqlExpr, Option<Ident>), ParseError> {
+    match item {
+        SelectItem::UnnamedExpr(e) => Ok((e, None)),
+        SelectItem::ExprWithAlias { expr, alias } => Ok((expr, Some(alias))),
+        SelectItem::Wildcard(w) => Err(err(
+            w.wildcard_token.0.span.start,
+            "FOREACH expects an array expression, found `*`",
+        )),
+        other => Err(err(
+            Location { line: 1, column: 1 },
+            format!("FOREACH expects an expression, found `{other}`"),
+        )),
+    }
+}
+
 /// EMQX names an unaliased column after its path, a string literal after
 /// itself, anything else `_v_<kind>_<name>` (EMQX appends a timestamp; we
 /// append the column's position to keep names unique and deterministic).
@@ -236,7 +271,7 @@ fn default_key(e: &Expr, pos: usize) -> Vec<String> {
             }
             k
         }
-        Expr::Const(Value::String(s)) => vec![s.clone()],
+        Expr::Const(Value::Str(s)) => vec![s.clone()],
         Expr::Const(v) => vec![format!("_v_const_{v}_{pos}")],
         Expr::Call { func, .. } => vec![format!("_v_fun_{}_{pos}", func.name)],
         Expr::External { name, .. } => vec![format!("_v_fun_{name}_{pos}")],
@@ -412,17 +447,11 @@ impl Planner<'_> {
                 match op {
                     UnaryOperator::Plus => inner,
                     UnaryOperator::Minus => match inner {
-                        Expr::Const(Value::Number(n)) => {
-                            let neg = match crate::value::num_of(&Value::Number(n)) {
-                                Some(Num::I(i)) => i.checked_neg().map(Num::I),
-                                Some(Num::F(f)) => Some(Num::F(-f)),
-                                None => None,
-                            };
-                            match neg.map(num_value) {
-                                Some(Ok(v)) => Expr::Const(v),
-                                _ => return Err(err(loc_of(e), "numeric literal out of range")),
-                            }
-                        }
+                        Expr::Const(Value::Int(i)) => match i.checked_neg() {
+                            Some(n) => Expr::Const(Value::Int(n)),
+                            None => return Err(err(loc_of(e), "numeric literal out of range")),
+                        },
+                        Expr::Const(Value::Float(f)) => Expr::Const(Value::Float(-f)),
                         other => Expr::Neg(Box::new(other)),
                     },
                     UnaryOperator::Not => Expr::Not(Box::new(inner)),
@@ -546,7 +575,7 @@ impl Planner<'_> {
         if f.over.is_some() || f.filter.is_some() || !f.within_group.is_empty() {
             return Err(err(loc, format!("unsupported syntax in call to `{name}`")));
         }
-        let builtin = funcs::lookup(&name);
+        let builtin = functions::lookup(&name);
         let external = match (builtin, self.ext) {
             (None, Some(ext)) => {
                 let lower = name.to_ascii_lowercase();
@@ -617,13 +646,20 @@ impl Planner<'_> {
         if func.name == "payload" && n == 1 {
             self.reads_payload_json = true;
         }
-        let regex = match func.regex_arg.and_then(|i| args.get(i).map(|a| (i, a))) {
-            Some((i, Expr::Const(Value::String(p)))) => Some(Box::new(
-                funcs::compile_regex(p).map_err(|m| err(loc_of(sql_args[i]), m))?,
-            )),
-            _ => None,
+        let prepared = match func.prepare {
+            Some((i, compile)) => match args.get(i) {
+                Some(Expr::Const(v)) => Some(Box::new(
+                    compile(v).map_err(|m| err(loc_of(sql_args[i]), m))?,
+                )),
+                _ => None,
+            },
+            None => None,
         };
-        Ok(Expr::Call { func, args, regex })
+        Ok(Expr::Call {
+            func,
+            args,
+            prepared,
+        })
     }
 }
 
@@ -636,11 +672,10 @@ fn literal(v: &SqlValue, loc: Location) -> Result<Value, ParseError> {
                 _ => return Err(err(loc, format!("invalid number `{n}`"))),
             },
         },
-        SqlValue::SingleQuotedString(s) | SqlValue::DoubleQuotedString(s) => {
-            Value::String(s.clone())
-        }
+        SqlValue::SingleQuotedString(s) | SqlValue::DoubleQuotedString(s) => Value::Str(s.clone()),
         SqlValue::Boolean(b) => Value::Bool(*b),
-        SqlValue::Null => Value::Null,
+        // EMQX has no null literal: `null` is an unbound name, `undefined`.
+        SqlValue::Null => Value::Undefined,
         other => return Err(err(loc, format!("unsupported literal `{other}`"))),
     })
 }

@@ -214,44 +214,38 @@ pub(crate) fn format_date(unit: &str, offset_s: i64, fmt: &str, ts: i64) -> Resu
     Ok(out)
 }
 
-fn take_num(s: &[u8], pos: &mut usize, max: usize) -> Result<i64, String> {
-    let start = *pos;
-    let neg = start < s.len() && s[start] == b'-';
-    if neg {
-        *pos += 1;
-    }
-    let digits_start = *pos;
-    while *pos < s.len() && *pos - digits_start < max && s[*pos].is_ascii_digit() {
-        *pos += 1;
-    }
-    if *pos == digits_start {
-        return Err("expected a number in date string".into());
-    }
-    let text = std::str::from_utf8(&s[digits_start..*pos]).map_err(|e| e.to_string())?;
-    let n: i64 = text.parse().map_err(|_| "bad number in date string")?;
-    Ok(if neg { -n } else { n })
+/// A fixed-width number field of the date string (EMQX reads `%Y` as 4
+/// characters, `%m` as 2, ...).
+fn take_num(s: &[u8], pos: &mut usize, width: usize) -> Result<i64, String> {
+    let field = s
+        .get(*pos..*pos + width)
+        .ok_or("the date string ends inside a number field")?;
+    *pos += width;
+    let text = std::str::from_utf8(field).map_err(|e| e.to_string())?;
+    text.trim_start_matches('+')
+        .parse::<i64>()
+        .map_err(|_| format!("bad number {text:?} in date string"))
 }
 
-/// EMQX `date_to_unix_ts`: parses `input` according to `fmt` (same
-/// specifiers as [`format_date`]); `offset_s` applies when the input has no
-/// `%z`. Returns the timestamp in `unit`.
+/// EMQX `date_to_unix_ts`, as its runtime does it: `input` is read field by
+/// field along `fmt` (numbers fixed-width: `%Y` 4, `%m %d %H %M %S` 2, `%3N`
+/// 3, `%6N` 6, `%N` 9; `%z` 5, `%:z` 6, `%::z` 9 characters, or one `Z`),
+/// other format characters skip one character each, and reading stops when
+/// either the input or the format ends. Year to second must have been read.
+/// An offset read from the input applies first, then `offset_s` (the
+/// `Offset` argument of `date_to_unix_ts/4`) is subtracted, as in EMQX.
+/// Returns the timestamp in `unit`.
 pub(crate) fn parse_date(unit: &str, offset_s: i64, fmt: &str, input: &str) -> Result<i64, String> {
     let s = input.as_bytes();
     let mut pos = 0usize;
-    let (mut y, mut mo, mut d, mut h, mut mi, mut se, mut ns) =
-        (1970i64, 1i64, 1i64, 0i64, 0i64, 0i64, 0i64);
-    let mut offset = offset_s;
+    let (mut y, mut mo, mut d, mut h, mut mi, mut se) = (None, None, None, None, None, None);
+    let mut ns = 0i64;
+    let mut parsed_offset = 0i64;
     let mut chars = fmt.chars().peekable();
-    while let Some(c) = chars.next() {
+    while pos < s.len() {
+        let Some(c) = chars.next() else { break };
         if c != '%' {
-            let mut buf = [0u8; 4];
-            let lit = c.encode_utf8(&mut buf).as_bytes();
-            if s.get(pos..pos + lit.len()) != Some(lit) {
-                return Err(format!(
-                    "date string `{input}` does not match format `{fmt}`"
-                ));
-            }
-            pos += lit.len();
+            pos += c.len_utf8();
             continue;
         }
         let mut spec = String::new();
@@ -266,46 +260,49 @@ pub(crate) fn parse_date(unit: &str, offset_s: i64, fmt: &str, input: &str) -> R
             }
         }
         match spec.as_str() {
-            "Y" => y = take_num(s, &mut pos, 4)?,
-            "m" => mo = take_num(s, &mut pos, 2)?,
-            "d" => d = take_num(s, &mut pos, 2)?,
-            "H" => h = take_num(s, &mut pos, 2)?,
-            "M" => mi = take_num(s, &mut pos, 2)?,
-            "S" => se = take_num(s, &mut pos, 2)?,
+            "Y" => y = Some(take_num(s, &mut pos, 4)?),
+            "m" => mo = Some(take_num(s, &mut pos, 2)?),
+            "d" => d = Some(take_num(s, &mut pos, 2)?),
+            "H" => h = Some(take_num(s, &mut pos, 2)?),
+            "M" => mi = Some(take_num(s, &mut pos, 2)?),
+            "S" => se = Some(take_num(s, &mut pos, 2)?),
             "N" | "9N" => ns = take_num(s, &mut pos, 9)?,
             "3N" => ns = take_num(s, &mut pos, 3)? * 1_000_000,
             "6N" => ns = take_num(s, &mut pos, 6)? * 1_000,
             "z" | ":z" | "::z" => {
-                let start = pos;
-                if s.get(pos) == Some(&b'Z') || s.get(pos) == Some(&b'z') {
+                if matches!(s.get(pos), Some(b'Z' | b'z')) {
                     pos += 1;
-                    offset = 0;
+                    parsed_offset = 0;
                 } else {
-                    pos += 1;
-                    while pos < s.len() && (s[pos].is_ascii_digit() || s[pos] == b':') {
-                        pos += 1;
-                    }
-                    let text = input.get(start..pos).ok_or("bad offset in date string")?;
-                    offset = parse_offset(text)?;
+                    let width = match spec.as_str() {
+                        "z" => 5,
+                        ":z" => 6,
+                        _ => 9,
+                    };
+                    let text = input
+                        .get(pos..pos + width)
+                        .ok_or("bad offset in date string")?;
+                    pos += width;
+                    parsed_offset = parse_offset(text)?;
                 }
             }
-            "%" => {
-                if s.get(pos) != Some(&b'%') {
-                    return Err(format!(
-                        "date string `{input}` does not match format `{fmt}`"
-                    ));
-                }
-                pos += 1;
-            }
+            "%" => pos += 1,
             other => return Err(format!("unsupported date format specifier `%{other}`")),
         }
     }
-    if pos != s.len() {
-        return Err(format!(
-            "date string `{input}` does not match format `{fmt}`"
-        ));
-    }
-    let nanos = civil_to_nanos(y, mo, d, h, mi, se, ns, offset)?;
+    let need = |v: Option<i64>, what: &str| {
+        v.ok_or_else(|| format!("date string `{input}` has no {what} (format `{fmt}`)"))
+    };
+    let nanos = civil_to_nanos(
+        need(y, "year")?,
+        need(mo, "month")?,
+        need(d, "day")?,
+        need(h, "hour")?,
+        need(mi, "minute")?,
+        need(se, "second")?,
+        ns,
+        parsed_offset + offset_s,
+    )?;
     Ok((nanos.div_euclid(unit_nanos(unit)?)) as i64)
 }
 
@@ -437,6 +434,21 @@ mod tests {
             "2023-11-15 06:13:20+08:00",
         );
         assert_eq!(ts, Ok(1_700_000_000));
-        assert!(parse_date("second", 0, "%Y-%m-%d", "2023-02-30").is_err());
+        assert!(parse_date("second", 0, "%Y-%m-%d %H:%M:%S", "2023-02-30 00:00:00").is_err());
+        // Parsing stops where the input ends; the offset argument applies.
+        let fmt = "%Y-%m-%d %H:%M:%S%:z";
+        assert_eq!(
+            parse_date("second", 8 * 3600, fmt, "2024-02-23 15:00:00"),
+            Ok(1_708_671_600)
+        );
+        assert_eq!(
+            parse_date("second", 0, fmt, "2024-02-23 07:00:00"),
+            Ok(1_708_671_600)
+        );
+        assert_eq!(
+            parse_date("second", 14_400, fmt, "2024-02-23 15:00:00"),
+            Ok(1_708_686_000)
+        );
+        assert!(parse_date("second", 0, fmt, "2024-02-23").is_err());
     }
 }

@@ -2,17 +2,18 @@
 //!
 //! - `name`, `sql`
 //! - input: `topic` + `payload` for a message, or `event = "client_connected"`
-//!   (the `$events/` suffix) with optional `topic`/`payload`; `fields` is a
+//!   (the `$events/` suffix) with optional `topic`/`payload`; `payload_hex`
+//!   gives a binary payload as hex digits instead of `payload`; `fields` is a
 //!   JSON object overriding the defaults (`clientid`, `username`,
 //!   `peerhost`, `id`, `qos`, `retain`, `dup`, `timestamp`,
 //!   `publish_received_at`, `node`); any other key goes to `Input::extra`.
-//! - expectation, one of: `expect` (JSON array of rows), `error` (load
-//!   error substring), `eval_error` (runtime error substring).
+//! - expectation, one of: `expect` (JSON array of rows; a binary that is not
+//!   UTF-8 is written `{"$binary": "<base64>"}`, as the broker writes it),
+//!   `error` (load error substring), `eval_error` (runtime error substring).
 
 use std::path::Path;
 
-use midge_rules::{EventKind, Input, Rule};
-use serde_json::{Map, Value};
+use midge_rules::{EventKind, Input, Map, Rule, Value};
 
 fn s<'a>(t: &'a toml::Table, k: &str) -> Option<&'a str> {
     t.get(k).and_then(toml::Value::as_str)
@@ -42,13 +43,16 @@ fn run_case(file: &str, case: &toml::Table) -> Result<(), String> {
     }
     let rule = compiled.map_err(|e| format!("{ctx}: {e}"))?;
 
-    let mut fields: Map<String, Value> = match s(case, "fields") {
-        Some(j) => serde_json::from_str(j).map_err(|e| format!("{ctx}: bad fields JSON: {e}"))?,
+    let mut fields: Map = match s(case, "fields") {
+        Some(j) => match Value::from_json(j.as_bytes()) {
+            Ok(Value::Map(m)) => m,
+            _ => return Err(format!("{ctx}: fields must be a JSON object")),
+        },
         None => Map::new(),
     };
     let mut take_str = |k: &str, d: &str| -> String {
         match fields.remove(k) {
-            Some(Value::String(v)) => v,
+            Some(Value::Str(v)) => v,
             _ => d.to_owned(),
         }
     };
@@ -57,24 +61,26 @@ fn run_case(file: &str, case: &toml::Table) -> Result<(), String> {
     let id = take_str("id", "0005E27C1D24E44FF440000017520000");
     let node = take_str("node", "emqx@127.0.0.1");
     let username = match fields.remove("username") {
-        Some(Value::String(v)) => Some(v),
+        Some(Value::Str(v)) => Some(v),
         Some(Value::Null) => None,
         _ => Some("u1".to_owned()),
     };
-    let int = |f: &mut Map<String, Value>, k: &str, d: i64| {
-        f.remove(k).and_then(|v| v.as_i64()).unwrap_or(d)
-    };
+    let int = |f: &mut Map, k: &str, d: i64| f.remove(k).and_then(|v| v.as_i64()).unwrap_or(d);
     let has_qos = fields.contains_key("qos");
     let qos = int(&mut fields, "qos", 1) as u8;
     let ts = int(&mut fields, "timestamp", 1_700_000_000_000);
     let pra = int(&mut fields, "publish_received_at", 1_700_000_000_000);
-    let boolf = |f: &mut Map<String, Value>, k: &str| {
-        f.remove(k).and_then(|v| v.as_bool()).unwrap_or(false)
-    };
+    let boolf = |f: &mut Map, k: &str| matches!(f.remove(k), Some(Value::Bool(true)));
     let retain = boolf(&mut fields, "retain");
     let dup = boolf(&mut fields, "dup");
     let topic = s(case, "topic");
-    let payload = s(case, "payload").map(str::as_bytes);
+    let hex_payload = match s(case, "payload_hex") {
+        Some(h) => Some(unhex(h).ok_or_else(|| format!("{ctx}: bad payload_hex"))?),
+        None => None,
+    };
+    let payload = hex_payload
+        .as_deref()
+        .or_else(|| s(case, "payload").map(str::as_bytes));
 
     let mut input = match s(case, "event") {
         Some(ev) => {
@@ -131,17 +137,25 @@ fn run_case(file: &str, case: &toml::Table) -> Result<(), String> {
         };
     }
     let rows = result.map_err(|e| format!("{ctx}: {e}"))?;
-    let want: Value = match s(case, "expect") {
+    let want: serde_json::Value = match s(case, "expect") {
         Some(j) => serde_json::from_str(j).map_err(|e| format!("{ctx}: bad expect JSON: {e}"))?,
         None => return Err(format!("{ctx}: no expectation (expect, error, eval_error)")),
     };
-    let got = Value::Array(rows.into_iter().map(Value::Object).collect());
+    let got = serde_json::to_value(&rows).map_err(|e| format!("{ctx}: {e}"))?;
     if got != want {
         return Err(format!(
             "{ctx}:\n  sql:  {sql}\n  want: {want}\n  got:  {got}"
         ));
     }
     Ok(())
+}
+
+fn unhex(h: &str) -> Option<Vec<u8>> {
+    let h: String = h.chars().filter(|c| !c.is_whitespace()).collect();
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[test]

@@ -46,7 +46,9 @@ pub enum ActionConfig {
     /// Log each output row (info level, target `midge::rules`).
     Log {},
     /// Hand the output (a one-row JSON array) to the named Wasm plugin's
-    /// `on-rule-output`; the plugin must be enabled in `[plugins]`.
+    /// `on-rule-output`; the plugin must be enabled in `[plugins]`. A binary
+    /// that is not UTF-8 crosses as `{"$binary": "<base64>"}` (see
+    /// `midge_rules::Value`), so the plugin gets the exact bytes.
     Plugin { plugin: String },
 }
 
@@ -111,9 +113,7 @@ impl Action {
                     .iter()
                     .map(|(k, v)| Ok((tpl("user_properties", k)?, tpl("user_properties", v)?)))
                     .collect::<Result<_, String>>()?;
-                let topic_literal = topic_t
-                    .is_literal()
-                    .then(|| ByteStr::from(topic_t.render(&serde_json::Map::new())));
+                let topic_literal = topic_t.is_literal().then(|| ByteStr::from(t.as_str()));
                 Ok(Action::Republish(Box::new(Republish {
                     topic_literal,
                     topic: topic_t,
@@ -158,10 +158,8 @@ pub async fn run_actions(broker: Arc<Broker>, lane: usize) {
                 let ok = match a {
                     Action::Plugin { plugin } => match broker.plugins.get() {
                         Some(host) => {
-                            let rows = serde_json::Value::Array(vec![serde_json::Value::Object(
-                                job.row.clone(),
-                            )])
-                            .to_string();
+                            let rows = serde_json::to_string(&[&job.row])
+                                .unwrap_or_else(|_| "[]".to_owned());
                             let done = host
                                 .on_rule_output(plugin, r.rule.id(), &rows)
                                 .await
@@ -191,7 +189,8 @@ fn run_one(broker: &Broker, a: &Action, job: &Job, at: Stamp) -> Result<(), Stri
     match a {
         Action::Republish(rp) => republish(broker, rp, job, at),
         Action::Log => {
-            info!(target: "midge::rules", rule = r.rule.id(), output = %serde_json::Value::Object(job.row.clone()), "rule output");
+            let output = serde_json::to_string(&job.row).unwrap_or_default();
+            info!(target: "midge::rules", rule = r.rule.id(), %output, "rule output");
             Ok(())
         }
         Action::Plugin { plugin } => Err(format!("plugin `{plugin}`: not a synchronous action")),
@@ -236,7 +235,7 @@ fn republish(broker: &Broker, rp: &Republish, job: &Job, at: Stamp) -> Result<()
     let topic = match &rp.topic_literal {
         Some(t) => t.clone(),
         None => {
-            let topic = rp.topic.render(row);
+            let topic = rp.topic.render(row).map_err(|e| format!("topic: {e}"))?;
             if !topic::valid_name(&topic) {
                 return Err(format!(
                     "rendered topic `{topic}` is not a valid topic name"
@@ -245,9 +244,11 @@ fn republish(broker: &Broker, rp: &Republish, job: &Job, at: Stamp) -> Result<()
             ByteStr::from(topic)
         }
     };
+    // `${payload}` of a binary message is its bytes; without a template the
+    // row goes as JSON (binaries that are not UTF-8 tagged, never altered).
     let payload = match &rp.payload {
-        Some(t) => t.render(row),
-        None => serde_json::Value::Object(row.clone()).to_string(),
+        Some(t) => t.render_bytes(row),
+        None => Bytes::from(serde_json::to_vec(row).map_err(|e| e.to_string())?),
     };
     let any_props = !rp.user_properties.is_empty()
         || rp.content_type.is_some()
@@ -259,26 +260,28 @@ fn republish(broker: &Broker, rp: &Republish, job: &Job, at: Stamp) -> Result<()
     // Properties allocate on the first write: none when the action sets none.
     if any_props {
         let p = &mut *props;
+        let text = |field: &str, t: &Template| {
+            t.render(row)
+                .map(ByteStr::from)
+                .map_err(|e| format!("{field}: {e}"))
+        };
         for (k, v) in &rp.user_properties {
             p.user_properties
-                .push((ByteStr::from(k.render(row)), ByteStr::from(v.render(row))));
+                .push((text("user_properties", k)?, text("user_properties", v)?));
         }
-        p.content_type = rp
-            .content_type
-            .as_ref()
-            .map(|t| ByteStr::from(t.render(row)));
-        p.response_topic = rp
-            .response_topic
-            .as_ref()
-            .map(|t| ByteStr::from(t.render(row)));
-        p.correlation_data = rp
-            .correlation_data
-            .as_ref()
-            .map(|t| Bytes::from(t.render(row)));
+        p.content_type = match &rp.content_type {
+            Some(t) => Some(text("content_type", t)?),
+            None => None,
+        };
+        p.response_topic = match &rp.response_topic {
+            Some(t) => Some(text("response_topic", t)?),
+            None => None,
+        };
+        p.correlation_data = rp.correlation_data.as_ref().map(|t| t.render_bytes(row));
         p.message_expiry_interval = rp.message_expiry_interval;
         p.payload_format_indicator = rp.payload_format_indicator;
     }
-    let mut msg = Message::new_at(topic, Bytes::from(payload), rp.qos, rp.retain, props, at);
+    let mut msg = Message::new_at(topic, payload, rp.qos, rp.retain, props, at);
     msg.rule_depth = job.depth + 1;
     broker.publish(Arc::new(msg));
     Ok(())

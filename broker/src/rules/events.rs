@@ -3,8 +3,7 @@
 
 use bytes::Bytes;
 use midge_protocol::Properties;
-use midge_rules::{EventKind, Input};
-use serde_json::{Map, Value};
+use midge_rules::{EventKind, Input, Map, Value};
 
 use super::NODE;
 use crate::message::{now_ms, Message};
@@ -21,7 +20,7 @@ pub struct EventFields {
     pub qos: Option<u8>,
     pub retain: Option<bool>,
     pub id: Option<String>,
-    pub extra: Map<String, Value>,
+    pub extra: Map,
 }
 
 impl EventFields {
@@ -48,7 +47,7 @@ impl EventFields {
             i = i.topic(v);
         }
         if let Some(v) = &self.payload {
-            i = i.payload(v);
+            i = i.payload_shared(v);
         }
         if let Some(v) = self.qos {
             i = i.qos(v);
@@ -63,30 +62,31 @@ impl EventFields {
     }
 }
 
-/// 5.0 PUBLISH properties as EMQX shows them in `pub_props`.
+/// 5.0 PUBLISH properties as EMQX shows them in `pub_props`. Correlation
+/// data is binary and stays bytes.
 pub fn pub_props(p: &Properties) -> Value {
     let mut m = Map::new();
     if !p.user_properties.is_empty() {
         let mut u = Map::new();
         let mut pairs = Vec::new();
         for (k, v) in &p.user_properties {
-            u.insert(k.to_string(), Value::String(v.to_string()));
-            pairs.push(serde_json::json!({"key": k.as_str(), "value": v.as_str()}));
+            u.insert(k.to_string(), Value::from(v.as_str()));
+            let mut pair = Map::new();
+            pair.insert("key".into(), Value::from(k.as_str()));
+            pair.insert("value".into(), Value::from(v.as_str()));
+            pairs.push(Value::Map(pair));
         }
-        m.insert("User-Property".into(), Value::Object(u));
+        m.insert("User-Property".into(), Value::Map(u));
         m.insert("User-Property-Pairs".into(), Value::Array(pairs));
     }
     if let Some(v) = &p.content_type {
-        m.insert("Content-Type".into(), Value::String(v.to_string()));
+        m.insert("Content-Type".into(), Value::from(v.as_str()));
     }
     if let Some(v) = &p.response_topic {
-        m.insert("Response-Topic".into(), Value::String(v.to_string()));
+        m.insert("Response-Topic".into(), Value::from(v.as_str()));
     }
     if let Some(v) = &p.correlation_data {
-        m.insert(
-            "Correlation-Data".into(),
-            Value::String(String::from_utf8_lossy(v).into_owned()),
-        );
+        m.insert("Correlation-Data".into(), Value::Bytes(v.clone()));
     }
     if let Some(v) = p.message_expiry_interval {
         m.insert("Message-Expiry-Interval".into(), Value::from(v));
@@ -94,7 +94,7 @@ pub fn pub_props(p: &Properties) -> Value {
     if let Some(v) = p.payload_format_indicator {
         m.insert("Payload-Format-Indicator".into(), Value::from(v));
     }
-    Value::Object(m)
+    Value::Map(m)
 }
 
 /// Fields of a message event (`message_dropped`, ...): the message and its publisher.
@@ -115,10 +115,10 @@ pub fn message_fields(msg: &Message) -> EventFields {
     }
     f.set("pub_props", pub_props(&msg.properties));
     f.set("publish_received_at", msg.timestamp_ms);
-    f.set(
-        "flags",
-        serde_json::json!({"retain": msg.retain, "dup": false}),
-    );
+    let mut flags = Map::new();
+    flags.insert("retain".into(), Value::Bool(msg.retain));
+    flags.insert("dup".into(), Value::Bool(false));
+    f.set("flags", Value::Map(flags));
     f
 }
 
@@ -128,12 +128,7 @@ pub fn delivery_fields(msg: &Message, receiver: &str) -> EventFields {
     let mut f = message_fields(msg);
     if let Some(o) = &msg.origin {
         f.set("from_clientid", o.client_id.to_string());
-        f.set(
-            "from_username",
-            o.username
-                .as_deref()
-                .map_or(Value::Null, |u| Value::String(u.to_string())),
-        );
+        f.set("from_username", o.username.as_deref().map(Value::from));
     }
     f.clientid = Some(receiver.to_string());
     f.username = None;

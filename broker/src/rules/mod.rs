@@ -30,10 +30,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use midge_rules::{EventKind, ExternalFunctions, Input, Row, Rule};
+use midge_rules::{EventKind, ExternalFunctions, Input, Map, Row, Rule, Value};
 use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
-use serde_json::{Map, Value};
 use smallvec::SmallVec;
 use tracing::debug;
 
@@ -401,16 +400,17 @@ impl RuleEngine {
         let lazy = |name: &str| -> Option<Value> {
             let peer = || msg.origin.as_ref().map(|o| o.peer.to_string());
             match name {
-                "id" => Some(Value::String(format!("{:016X}", msg.id))),
+                "id" => Some(Value::Str(format!("{:016X}", msg.id))),
                 "pub_props" => Some(events::pub_props(&msg.properties)),
-                "headers" => Some(Value::Object(Map::new())),
-                "peername" => peer().map(Value::String),
-                "peerhost" => peer()
-                    .and_then(|p| p.rsplit_once(':').map(|(h, _)| Value::String(h.to_owned()))),
+                "headers" => Some(Value::Map(Map::new())),
+                "peername" => peer().map(Value::Str),
+                "peerhost" => peer().and_then(|p| p.rsplit_once(':').map(|(h, _)| Value::from(h))),
                 _ => None,
             }
         };
-        let mut input = Input::message(&msg.topic, &msg.payload)
+        // The payload is shared with the rows (`SELECT payload` clones the
+        // `Bytes`): a republished binary is the bytes that came in.
+        let mut input = Input::message_shared(&msg.topic, &msg.payload)
             .qos(msg.qos as u8)
             .flags(msg.retain, false)
             .timestamp(msg.timestamp_ms)

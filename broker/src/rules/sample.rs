@@ -1,9 +1,8 @@
 //! Runs one rule's SQL against one sample message or event, outside the
 //! running rule set: `midge rule test` and `POST /api/v1/rules/test`.
 
-use midge_rules::{EventKind, Input, Row, Rule};
+use midge_rules::{EventKind, Input, Map, Row, Rule, Value};
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
 /// A sample input. Defaults match `midge rule test`'s.
 #[derive(Debug, Clone, Deserialize)]
@@ -21,7 +20,7 @@ pub struct Sample {
     /// `$events/client_connected`) instead of a message.
     pub event: Option<String>,
     /// Extra input fields.
-    pub fields: Map<String, Value>,
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for Sample {
@@ -35,7 +34,7 @@ impl Default for Sample {
             retain: false,
             peerhost: "127.0.0.1".into(),
             event: None,
-            fields: Map::new(),
+            fields: serde_json::Map::new(),
         }
     }
 }
@@ -77,6 +76,11 @@ pub fn run(sql: &str, sample: &Sample) -> Result<Vec<Row>, SampleError> {
         None => Input::message(&sample.topic, sample.payload.as_bytes()),
     };
     let now = crate::message::now_ms();
+    let fields: Map = sample
+        .fields
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::from(v)))
+        .collect();
     let input = base
         .clientid(&sample.clientid)
         .username(sample.username.as_deref())
@@ -87,7 +91,7 @@ pub fn run(sql: &str, sample: &Sample) -> Result<Vec<Row>, SampleError> {
         .publish_received_at(now)
         .node(super::NODE)
         .id("0000000000000001")
-        .extra(&sample.fields);
+        .extra(&fields);
     rule.apply(&input)
         .map_err(|e| SampleError::Eval(e.to_string()))
 }

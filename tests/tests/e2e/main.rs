@@ -21,6 +21,7 @@ mod plugins;
 mod qos;
 mod retain;
 mod rules;
+mod rules_emqx;
 mod session;
 mod shared;
 mod subscriptions;
