@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine with Rust: installs what
-# the tests need (mosquitto clients, paho-mqtt, cargo-nextest, PostgreSQL, tansu), then builds
+# the tests need (mosquitto clients, paho-mqtt, cargo-nextest, PostgreSQL, tansu,
+# nats-server), then builds
 # and runs every test. `.ci/run` calls exactly this script.
 #
 #   ./scripts/test.sh
@@ -27,9 +28,13 @@ rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add was
 # persist-kafka (private instances, both stopped on exit).
 . scripts/pg.sh
 . scripts/kafka.sh
-trap 'pg_stop; kafka_stop' EXIT
+# A 3-server NATS JetStream cluster for the cluster tests (MIDGE_TEST_NATS);
+# tests that kill NATS servers start their own (MIDGE_NATS_SERVER).
+. scripts/nats.sh
+trap 'pg_stop; kafka_stop; nats_stop' EXIT
 pg_start
 kafka_start
+nats_start
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
