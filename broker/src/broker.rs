@@ -133,6 +133,8 @@ pub struct Broker {
     pub stats: Stats,
     /// The durable store, when persistence is on.
     pub store: Option<Store>,
+    /// The cluster link, when `[cluster]` is on (set once at start-up).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Node>>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     next_conn_id: AtomicU64,
 }
@@ -182,6 +184,7 @@ impl Broker {
             router: Router::default(),
             retained: RetainedStore::default(),
             stats: Stats::default(),
+            cluster: std::sync::OnceLock::new(),
             sessions: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
         }
@@ -233,12 +236,21 @@ impl Broker {
         (ticket, Some(lane))
     }
 
-    /// Retains and delivers `msg` to its subscribers (no rules).
+    /// Retains and delivers `msg` to its subscribers (no rules), here and
+    /// on other cluster nodes.
     fn deliver(&self, msg: Arc<Message>) -> u64 {
         let mut ticket = 0;
         if msg.retain {
             ticket = self.retained.update(&msg, self.store.as_ref());
         }
+        crate::cluster::forward(self, &msg);
+        ticket.max(self.route_local(msg))
+    }
+
+    /// Delivers `msg` to this node's subscribers only (also: messages from
+    /// other cluster nodes). Returns the store ticket of the enqueues.
+    pub fn route_local(&self, msg: Arc<Message>) -> u64 {
+        let mut ticket = 0;
         let mut hits: Vec<Hit> = Vec::new();
         self.router.matches(&msg.topic, &mut hits);
         if hits.is_empty() {

@@ -49,6 +49,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[sys]`: `$SYS/brokers/...` topics.
     pub sys: SysConfig,
+    /// `[cluster]`: nodes acting as one broker on NATS JetStream (off by default).
+    pub cluster: midge_cluster::ClusterConfig,
 }
 
 /// Where the broker listens. `None` disables a listener.
@@ -294,6 +296,10 @@ pub struct Overrides {
     pub log_json: bool,
     pub persist: bool,
     pub data_dir: Option<PathBuf>,
+    /// `--node-name`: `[cluster] node`.
+    pub node_name: Option<String>,
+    /// `--cluster-nats URL,...`: turns `[cluster]` on with these servers.
+    pub cluster_nats: Option<Vec<String>>,
 }
 
 static OVERRIDES: std::sync::OnceLock<Overrides> = std::sync::OnceLock::new();
@@ -324,6 +330,13 @@ impl Overrides {
         }
         if let Some(d) = &self.data_dir {
             cfg.persistence.data_dir = d.clone();
+        }
+        if let Some(n) = &self.node_name {
+            cfg.cluster.node = Some(n.clone());
+        }
+        if let Some(urls) = &self.cluster_nats {
+            cfg.cluster.enabled = true;
+            cfg.cluster.nats = urls.clone();
         }
     }
 
@@ -544,6 +557,9 @@ impl Config {
         }
         if p.sync == crate::store::SyncPolicy::Interval && p.sync_interval_ms == 0 {
             invalid("persistence.sync_interval_ms", "must be at least 1");
+        }
+        for (field, message) in self.cluster.problems() {
+            invalid(field, &message);
         }
         errs.borrow_mut()
             .extend(self.rule_problems(&self.rules, origin));

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod limits;
 pub mod logging;

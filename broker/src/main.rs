@@ -50,6 +50,12 @@ enum Command {
         /// Directory of the embedded (sled) store, overriding `persistence.data_dir` (default ./data).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// This node's name in the cluster, overriding `[cluster] node`.
+        #[arg(long, value_name = "NAME")]
+        node_name: Option<String>,
+        /// NATS servers of the cluster (comma-separated URLs); turns `[cluster]` on.
+        #[arg(long, value_name = "URL,...", value_delimiter = ',')]
+        cluster_nats: Option<Vec<String>>,
     },
     /// Rules: `midge rule test` runs a rule's SQL against a sample message or event.
     Rule {
@@ -223,6 +229,8 @@ fn main() -> ExitCode {
             log_json,
             persist,
             data_dir,
+            node_name,
+            cluster_nats,
         } => {
             let mut cfg = match &config {
                 Some(path) => match Config::load(path) {
@@ -243,8 +251,15 @@ fn main() -> ExitCode {
                 log_json,
                 persist,
                 data_dir,
+                node_name,
+                cluster_nats,
             };
             overrides.apply(&mut cfg);
+            // The flags are checked as the file's fields are.
+            if let Err(e) = cfg.validate("command line") {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
             // Reloads of the file apply them again, so a flag is not
             // reported as a changed setting.
             overrides.install();

@@ -37,6 +37,8 @@ pub struct ClientInfo {
     pub client_id: Arc<str>,
     pub username: Option<Arc<str>>,
     pub peer: SocketAddr,
+    /// The connection's cross-node publishes awaiting JetStream (cluster on).
+    pub cluster: crate::cluster::Acks,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);

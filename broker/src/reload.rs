@@ -78,6 +78,7 @@ pub fn restart_needed(new: &Config, running: &Config) -> Vec<&'static str> {
     check(new.limits != running.limits, "limits");
     check(new.admin != running.admin, "admin");
     check(new.sys != running.sys, "sys");
+    check(new.cluster != running.cluster, "cluster");
     // Host-wide [plugins] settings, by name (plugins.kafka, plugins.databases, ...).
     out.extend(new.plugins.restart_needed(&running.plugins));
     out

@@ -27,7 +27,7 @@ use crate::message::Message;
 
 /// `$SYS/brokers/<node>`.
 pub fn prefix() -> String {
-    format!("$SYS/brokers/{}", crate::rules::NODE)
+    format!("$SYS/brokers/{}", crate::cluster::node_name())
 }
 
 /// The three damping periods of the load averages, in seconds.

@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod http;
+pub mod nats;
 pub mod process;
 pub mod raw;
 

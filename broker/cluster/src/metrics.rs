@@ -66,6 +66,9 @@ pub struct Metrics {
     pub received_bytes: AtomicU64,
     /// Copies of one message that arrived through overlapping filters and were dropped.
     pub duplicates: AtomicU64,
+    /// Messages read back from the stream when reconciling (after a lost
+    /// connection or a slow-consumer report).
+    pub replayed: AtomicU64,
     /// Messages from other nodes that did not decode (bad subject or headers).
     pub rejected: AtomicU64,
     /// Cross-node publishes that could not be sent or acknowledged.
@@ -127,7 +130,12 @@ impl Metrics {
             "Messages received from other nodes.",
             &self.received,
         );
-        let counters: [(&str, &str, &AtomicU64); 18] = [
+        let counters: [(&str, &str, &AtomicU64); 19] = [
+            (
+                "midge_cluster_replayed_total",
+                "Messages read back from the stream when reconciling after a lost connection.",
+                &self.replayed,
+            ),
             (
                 "midge_cluster_forwarded_bytes_total",
                 "Payload bytes sent to other nodes.",

@@ -6,17 +6,27 @@
 //! | subject | carries |
 //! |---|---|
 //! | `<c>.m.0.<topic>` | QoS 0 publishes (core NATS only) |
-//! | `<c>.m.1.<topic>` | QoS 1/2 publishes; the stream `<C>_MSGS` stores them (replicas) before the publisher is acknowledged |
+//! | `<c>.s.<topic>` | QoS 1/2 publishes, into the stream `<C>_MSGS` (replicas); JetStream's acknowledgement comes before the publisher's PUBACK |
+//! | `<c>.m.1.<topic>` | the stream republishes each stored message here, with its stream sequence (`Nats-Sequence`) |
 //!
 //! A node subscribes once per distinct local filter to `<c>.m.*.<filter>`
 //! (two subjects for a filter ending in `/#`, see [`crate::subject`]), and
 //! unsubscribes when the filter's last local subscriber leaves. The NATS
-//! connection is opened with `no_echo`, so a node never receives its own
-//! publishes: its own subscribers were served by its local router.
-//! Overlapping filters make NATS deliver one copy per subscription: every
-//! subscription feeds one inbound task, which drops copies by message id.
+//! connection is opened with `no_echo`; republished messages come from the
+//! server, so a node drops those whose origin (`M-O`) is itself: its own
+//! subscribers were served by its local router. Overlapping filters make
+//! NATS deliver one copy per subscription: every subscription feeds one
+//! inbound task, which drops copies by message id.
+//!
+//! Reconcile: the inbound task keeps the highest stream sequence it handled.
+//! When the NATS connection comes back (or NATS reports this node a slow
+//! consumer), it reads the stream from there with an ordered consumer
+//! filtered by the node's interest, so QoS 1/2 messages stored while it was
+//! cut off still reach its subscribers (copies it already had are dropped
+//! by id).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::IntoFuture as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,15 +91,56 @@ struct Interest {
 
 type Inbound = Abortable<async_nats::Subscriber>;
 
+/// A QoS 1/2 message sent to the stream, its acknowledgement not yet awaited.
+#[derive(Debug)]
+pub struct Stored {
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: Bytes,
+    ack: Option<async_nats::jetstream::context::PublishAckFuture>,
+    start: Instant,
+}
+
+impl Stored {
+    /// Awaits JetStream's acknowledgement (bounded by `request_timeout`);
+    /// false when it failed or did not come (send it again).
+    pub async fn confirm(&mut self, c: &Cluster) -> bool {
+        let Some(ack) = self.ack.take() else {
+            return false;
+        };
+        let t = c.cfg.request_timeout();
+        match tokio::time::timeout(t, ack.into_future()).await {
+            Ok(Ok(_)) => {
+                c.metrics.publish_rtt.observe(self.start.elapsed());
+                true
+            }
+            Ok(Err(e)) => {
+                c.metrics.errors.fetch_add(1, Relaxed);
+                c.metrics.publish_failures.fetch_add(1, Relaxed);
+                warn!(error = %e, subject = %self.subject, "cluster: stream publish refused");
+                false
+            }
+            Err(_) => {
+                c.metrics.timeouts.fetch_add(1, Relaxed);
+                c.metrics.publish_failures.fetch_add(1, Relaxed);
+                warn!(subject = %self.subject, ms = t.as_millis() as u64, "cluster: stream publish not acknowledged in time");
+                false
+            }
+        }
+    }
+}
+
 /// A node's live link to the cluster.
 pub struct Cluster {
     node: Arc<str>,
     cfg: ClusterConfig,
     urls: String,
-    /// `<c>.m.0.`, `<c>.m.1.`, `<c>.m.*.`
+    /// `<c>.m.0.`, `<c>.s.`, `<c>.m.*.`
     p0: String,
     p1: String,
     psub: String,
+    /// Highest stream sequence the inbound task handled.
+    floor: AtomicU64,
     client: async_nats::Client,
     js: jetstream::Context,
     pub(crate) owners: kv::Store,
@@ -103,6 +154,8 @@ pub struct Cluster {
     pub metrics: Arc<Metrics>,
     interest: Mutex<HashMap<String, Interest>>,
     add: mpsc::UnboundedSender<Inbound>,
+    /// Asks the inbound task to reconcile from the stream (again).
+    replay_again: mpsc::UnboundedSender<()>,
     connected: Arc<AtomicBool>,
     pub(crate) started_ms: i64,
 }
@@ -167,7 +220,17 @@ impl Cluster {
         let urls = cfg.nats.join(",");
         let metrics = Arc::new(Metrics::default());
         let connected = Arc::new(AtomicBool::new(false));
-        let client = connect(cfg, &node, &urls, metrics.clone(), connected.clone()).await?;
+        let (replay_tx, replay_rx) = mpsc::unbounded_channel();
+        let replay_again = replay_tx.clone();
+        let client = connect(
+            cfg,
+            &node,
+            &urls,
+            metrics.clone(),
+            connected.clone(),
+            replay_tx,
+        )
+        .await?;
         connected.store(true, Relaxed);
         let js = jetstream::ContextBuilder::new()
             .timeout(cfg.request_timeout())
@@ -183,7 +246,12 @@ impl Cluster {
         let stream_cfg = stream::Config {
             name: stream_name.clone(),
             description: Some("Midge: QoS 1/2 messages crossing nodes".into()),
-            subjects: vec![format!("{c}.m.1.>")],
+            subjects: vec![format!("{c}.s.>")],
+            republish: Some(stream::Republish {
+                source: format!("{c}.s.>"),
+                destination: format!("{c}.m.1.>"),
+                headers_only: false,
+            }),
             max_age: Duration::from_secs(cfg.stream_max_age_s),
             max_bytes: if cfg.stream_max_bytes > 0 {
                 cfg.stream_max_bytes
@@ -194,16 +262,18 @@ impl Cluster {
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
         };
-        match tokio::time::timeout(deadline, js.create_or_update_stream(stream_cfg)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(setup(&format!("stream {stream_name}"), &e)),
-            Err(_) => {
-                return Err(setup(
-                    &format!("stream {stream_name}"),
-                    &"no answer (is JetStream enabled with enough servers for the replicas?)",
-                ))
-            }
-        }
+        // Messages stored before this node joined are not its concern.
+        let start_seq =
+            match tokio::time::timeout(deadline, js.create_or_update_stream(stream_cfg)).await {
+                Ok(Ok(info)) => info.state.last_sequence,
+                Ok(Err(e)) => return Err(setup(&format!("stream {stream_name}"), &e)),
+                Err(_) => {
+                    return Err(setup(
+                        &format!("stream {stream_name}"),
+                        &"no answer (is JetStream enabled with enough servers for the replicas?)",
+                    ))
+                }
+            };
         let bucket =
             |suffix: &str, history: i64, max_age: Duration, markers: Option<Duration>| kv::Config {
                 bucket: format!("{c}-{suffix}"),
@@ -241,7 +311,8 @@ impl Cluster {
             node,
             urls,
             p0: format!("{c}.m.0."),
-            p1: format!("{c}.m.1."),
+            p1: format!("{c}.s."),
+            floor: AtomicU64::new(start_seq),
             psub: format!("{c}.m.*."),
             client,
             js,
@@ -255,15 +326,18 @@ impl Cluster {
             metrics,
             interest: Mutex::new(HashMap::new()),
             add,
+            replay_again,
             connected,
             started_ms: now_ms(),
             cfg: cfg.clone(),
         });
         tokio::spawn(inbound(
-            cluster.p0.len(),
+            Arc::downgrade(&cluster),
+            cluster.node.clone(),
             cluster.metrics.clone(),
             local.clone(),
             add_rx,
+            replay_rx,
         ));
         crate::membership::spawn_heartbeat(&cluster);
         crate::retained::spawn_watch(&cluster, local).await?;
@@ -305,50 +379,108 @@ impl Cluster {
         format!("{}.{}.{}", self.node, self.run, n)
     }
 
-    /// Sends a message published on this node to the nodes whose clients
-    /// want it. QoS 0 goes over core NATS and returns `None` at once. QoS
-    /// 1/2 is stored in the stream first: the returned handle completes
-    /// when JetStream acknowledged it (or failed), and the publisher's
-    /// PUBACK / PUBREC must wait for it. Waits (back-pressure) while
-    /// `max_pending` publishes are in flight.
+    /// Sends a message to the nodes whose clients want it, for callers
+    /// that do not order their sends themselves: QoS 0 returns `None` once
+    /// sent; QoS 1/2 returns a handle that completes with whether JetStream
+    /// acknowledged it (retried with the same id until `request_timeout`).
+    /// Waits (back-pressure) while `max_pending` sends are in flight.
     pub async fn forward(
         self: &Arc<Self>,
         env: &Envelope,
     ) -> Option<tokio::task::JoinHandle<bool>> {
-        if env.topic.starts_with('$') && env.topic.starts_with("$SYS") {
+        let permit = self.permit().await;
+        if env.qos == QoS::AtMostOnce {
+            self.send_core(env).await;
+            drop(permit);
             return None;
         }
-        let permit = self.permit().await;
-        let id = self.next_id();
+        let mut s = self.send_stored(env).await;
+        let this = self.clone();
+        Some(tokio::spawn(async move {
+            let start = Instant::now();
+            let mut delay = Duration::from_millis(20);
+            loop {
+                if s.confirm(&this).await {
+                    break;
+                }
+                if start.elapsed() + delay >= this.cfg.request_timeout() {
+                    drop(permit);
+                    return false;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+                s = this.send_stored_again(&s).await;
+            }
+            drop(permit);
+            true
+        }))
+    }
+
+    /// Publishes a QoS 0 message on core NATS (`<c>.m.0.<topic>`): delivered
+    /// to the nodes subscribed for it now, stored nowhere.
+    pub async fn send_core(&self, env: &Envelope) {
         let mut headers = env.headers(false);
-        headers.insert(H_ID, id.as_str());
-        let q = env.qos as usize;
-        self.metrics.forwarded[q.min(2)].fetch_add(1, Relaxed);
+        headers.insert(H_ID, self.next_id().as_str());
+        self.metrics.forwarded[0].fetch_add(1, Relaxed);
         self.metrics
             .forwarded_bytes
             .fetch_add(env.payload.len() as u64, Relaxed);
-        if env.qos == QoS::AtMostOnce {
-            let subject = subject::topic_subject(&self.p0, &env.topic);
-            let r = self
-                .client
-                .publish_with_headers(subject, headers, env.payload.clone())
-                .await;
-            drop(permit);
-            if let Err(e) = r {
-                self.metrics.publish_failures.fetch_add(1, Relaxed);
-                debug!(error = %e, "cluster: QoS 0 publish not sent");
-            }
-            return None;
+        let subject = subject::topic_subject(&self.p0, &env.topic);
+        if let Err(e) = self
+            .client
+            .publish_with_headers(subject, headers, env.payload.clone())
+            .await
+        {
+            self.metrics.publish_failures.fetch_add(1, Relaxed);
+            debug!(error = %e, "cluster: QoS 0 publish not sent");
         }
-        let subject = subject::topic_subject(&self.p1, &env.topic);
+    }
+
+    /// Publishes a QoS 1/2 message to the stream (`<c>.s.<topic>`, with
+    /// `Nats-Msg-Id`); the stream republishes it to `<c>.m.1.<topic>` as it
+    /// stores it, where the nodes subscribed for it get it. [`Stored::confirm`] awaits JetStream's acknowledgement.
+    pub async fn send_stored(&self, env: &Envelope) -> Stored {
+        let id = self.next_id();
+        let mut headers = env.headers(false);
+        headers.insert(H_ID, id.as_str());
         headers.insert("Nats-Msg-Id", id.as_str());
-        let this = self.clone();
-        let payload = env.payload.clone();
-        Some(tokio::spawn(async move {
-            let ok = this.publish_durable(subject, headers, payload).await;
-            drop(permit);
-            ok
-        }))
+        let q = (env.qos as usize).min(2);
+        self.metrics.forwarded[q].fetch_add(1, Relaxed);
+        self.metrics
+            .forwarded_bytes
+            .fetch_add(env.payload.len() as u64, Relaxed);
+        let s = Stored {
+            subject: subject::topic_subject(&self.p1, &env.topic),
+            headers,
+            payload: env.payload.clone(),
+            ack: None,
+            start: Instant::now(),
+        };
+        self.send_stored_again(&s).await
+    }
+
+    /// Publishes `s` again (same message id: a copy the stream already has
+    /// is dropped by its duplicate window).
+    pub async fn send_stored_again(&self, s: &Stored) -> Stored {
+        let ack = match self
+            .js
+            .publish_with_headers(s.subject.clone(), s.headers.clone(), s.payload.clone())
+            .await
+        {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.metrics.errors.fetch_add(1, Relaxed);
+                debug!(error = %e, subject = %s.subject, "cluster: stream publish not sent");
+                None
+            }
+        };
+        Stored {
+            subject: s.subject.clone(),
+            headers: s.headers.clone(),
+            payload: s.payload.clone(),
+            ack,
+            start: s.start,
+        }
     }
 
     async fn permit(&self) -> OwnedSemaphorePermit {
@@ -374,53 +506,6 @@ impl Cluster {
         self.metrics.pending.store(self.pending() as u64, Relaxed);
         self.metrics.subscriptions.load(Relaxed);
         self.metrics.render(out, self.is_connected());
-    }
-
-    /// JetStream publish and its acknowledgement, retried with the same
-    /// message id (the stream drops a duplicate) until `request_timeout`
-    /// passes in total.
-    async fn publish_durable(
-        &self,
-        subject: String,
-        headers: async_nats::HeaderMap,
-        payload: Bytes,
-    ) -> bool {
-        let timeout = self.cfg.request_timeout();
-        let start = Instant::now();
-        let mut delay = Duration::from_millis(20);
-        loop {
-            let left = timeout.saturating_sub(start.elapsed());
-            let attempt = async {
-                let ack = self
-                    .js
-                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-                    .await?;
-                ack.await
-            };
-            match tokio::time::timeout(left, attempt).await {
-                Ok(Ok(_)) => {
-                    self.metrics.publish_rtt.observe(start.elapsed());
-                    return true;
-                }
-                Ok(Err(e)) if start.elapsed() + delay < timeout => {
-                    debug!(error = %e, %subject, "cluster: stream publish failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_millis(500));
-                }
-                Ok(Err(e)) => {
-                    self.metrics.errors.fetch_add(1, Relaxed);
-                    self.metrics.publish_failures.fetch_add(1, Relaxed);
-                    warn!(error = %e, %subject, "cluster: stream publish failed");
-                    return false;
-                }
-                Err(_) => {
-                    self.metrics.timeouts.fetch_add(1, Relaxed);
-                    self.metrics.publish_failures.fetch_add(1, Relaxed);
-                    warn!(%subject, ms = timeout.as_millis() as u64, "cluster: stream publish not acknowledged in time");
-                    return false;
-                }
-            }
-        }
     }
 
     /// A local subscriber appeared on plain filter `filter` (no `$share/`
@@ -510,6 +595,7 @@ async fn connect(
     urls: &str,
     metrics: Arc<Metrics>,
     connected: Arc<AtomicBool>,
+    replay: mpsc::UnboundedSender<()>,
 ) -> Result<async_nats::Client, ClusterError> {
     let mut o = async_nats::ConnectOptions::new()
         .name(format!("midge-{node}"))
@@ -521,6 +607,7 @@ async fn connect(
         .event_callback(move |ev| {
             let metrics = metrics.clone();
             let connected = connected.clone();
+            let replay = replay.clone();
             async move {
                 match ev {
                     async_nats::Event::Disconnected => {
@@ -531,14 +618,13 @@ async fn connect(
                     async_nats::Event::Connected => {
                         if !connected.swap(true, Relaxed) {
                             metrics.reconnects.fetch_add(1, Relaxed);
-                            info!("cluster: NATS connection back");
+                            info!("cluster: NATS connection back; reconciling from the stream");
+                            let _ = replay.send(());
                         }
                     }
                     async_nats::Event::SlowConsumer(sid) => {
-                        warn!(
-                            sid,
-                            "cluster: slow consumer: NATS dropped messages for a subscription"
-                        );
+                        warn!(sid, "cluster: slow consumer: NATS dropped messages for a subscription; reconciling from the stream");
+                        let _ = replay.send(());
                     }
                     other => debug!(event = %other, "cluster: NATS event"),
                 }
@@ -584,72 +670,256 @@ async fn connect(
     }
 }
 
-/// How many message ids the inbound task remembers to drop copies that
-/// came through overlapping filters (they arrive back to back).
-const SEEN: usize = 8192;
+/// How many message ids the inbound task remembers, to drop copies that
+/// came through overlapping filters or again through a replay.
+const SEEN: usize = 65_536;
 
-/// The inbound task: every interest subscription feeds it; it decodes,
-/// drops copies and hands each message to the local router, in the order
-/// NATS delivered them.
-async fn inbound(
-    _prefix_len: usize,
+/// Recently handled message ids (bounded, oldest forgotten first).
+struct Seen {
+    set: HashSet<Bytes>,
+    order: VecDeque<Bytes>,
+}
+
+impl Seen {
+    fn new() -> Seen {
+        Seen {
+            set: HashSet::with_capacity(1024),
+            order: VecDeque::with_capacity(1024),
+        }
+    }
+
+    /// False when `id` was handled already.
+    fn first(&mut self, id: &str) -> bool {
+        let id = Bytes::copy_from_slice(id.as_bytes());
+        if !self.set.insert(id.clone()) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > SEEN {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// What the inbound task needs to handle one message.
+struct Handler {
+    node: Arc<str>,
     metrics: Arc<Metrics>,
     local: Arc<dyn Local>,
-    mut add: mpsc::UnboundedReceiver<Inbound>,
-) {
-    let mut subs: SelectAll<Inbound> = SelectAll::new();
-    let mut seen: HashSet<Bytes> = HashSet::with_capacity(SEEN);
-    let mut order: VecDeque<Bytes> = VecDeque::with_capacity(SEEN);
-    loop {
-        let msg = tokio::select! {
-            a = add.recv() => match a {
-                Some(s) => { subs.push(s); continue; }
-                None => return,
-            },
-            Some(m) = subs.next(), if !subs.is_empty() => m,
+    seen: Seen,
+    floor: u64,
+}
+
+impl Handler {
+    /// Decodes `msg` (its topic after `prefix_tokens` subject tokens) and
+    /// hands it to the broker unless it is this node's own or a copy.
+    fn handle(
+        &mut self,
+        msg: &async_nats::Message,
+        prefix_tokens: usize,
+        seq: Option<u64>,
+        dedupe: bool,
+    ) {
+        let Some(env) = decode_inbound(msg, prefix_tokens, &self.metrics) else {
+            return;
         };
-        let Some(env) = decode_inbound(&msg, &metrics) else {
-            continue;
-        };
-        if subs.len() > 1 {
-            let id = msg
-                .headers
+        let seq = seq.or_else(|| {
+            msg.headers
                 .as_ref()
-                .and_then(|h| h.get(H_ID))
-                .map(|v| Bytes::copy_from_slice(v.as_str().as_bytes()));
+                .and_then(|h| h.get("Nats-Sequence"))
+                .and_then(|v| v.as_str().parse().ok())
+        });
+        if let Some(seq) = seq {
+            self.floor = self.floor.max(seq);
+        }
+        if *env.origin == *self.node {
+            return;
+        }
+        if dedupe || seq.is_some() {
+            let id = msg.headers.as_ref().and_then(|h| h.get(H_ID));
             if let Some(id) = id {
-                if !seen.insert(id.clone()) {
-                    metrics.duplicates.fetch_add(1, Relaxed);
-                    continue;
-                }
-                order.push_back(id);
-                if order.len() > SEEN {
-                    if let Some(old) = order.pop_front() {
-                        seen.remove(&old);
-                    }
+                if !self.seen.first(id.as_str()) {
+                    self.metrics.duplicates.fetch_add(1, Relaxed);
+                    return;
                 }
             }
         }
         let q = env.qos as usize;
-        metrics.received[q.min(2)].fetch_add(1, Relaxed);
-        metrics
+        self.metrics.received[q.min(2)].fetch_add(1, Relaxed);
+        self.metrics
             .received_bytes
             .fetch_add(env.payload.len() as u64, Relaxed);
-        local.deliver(env);
+        self.local.deliver(env);
     }
 }
 
-/// `<c>.m.<q>.<topic>` -> the envelope; a message this node cannot read is
-/// counted and logged with its subject and origin.
-fn decode_inbound(msg: &async_nats::Message, metrics: &Metrics) -> Option<Envelope> {
+/// The inbound task: every interest subscription feeds it; it decodes,
+/// drops copies and hands each message to the local router, in the order
+/// NATS delivered them. On a replay signal it first reads what the stream
+/// stored since the last sequence it handled.
+async fn inbound(
+    cluster: std::sync::Weak<Cluster>,
+    node: Arc<str>,
+    metrics: Arc<Metrics>,
+    local: Arc<dyn Local>,
+    mut add: mpsc::UnboundedReceiver<Inbound>,
+    mut replay: mpsc::UnboundedReceiver<()>,
+) {
+    let mut subs: SelectAll<Inbound> = SelectAll::new();
+    let floor = cluster.upgrade().map_or(0, |c| c.floor.load(Relaxed));
+    let mut h = Handler {
+        node,
+        metrics,
+        local,
+        seen: Seen::new(),
+        floor,
+    };
+    loop {
+        tokio::select! {
+            a = add.recv() => match a {
+                Some(s) => subs.push(s),
+                None => return,
+            },
+            Some(()) = replay.recv() => {
+                // Several signals in a row need one replay.
+                while replay.try_recv().is_ok() {}
+                let Some(c) = cluster.upgrade() else { return };
+                c.floor.store(h.floor, Relaxed);
+                if let Err(e) = c.replay(&mut h).await {
+                    warn!(error = %e, "cluster: reconcile from the stream failed; retrying in 1 s");
+                    let again = c.replay_again.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let _ = again.send(());
+                    });
+                }
+            },
+            Some(m) = subs.next(), if !subs.is_empty() => {
+                let many = subs.len() > 1;
+                h.handle(&m, 3, None, many);
+            },
+        }
+    }
+}
+
+impl Cluster {
+    /// Reads the stream from just after the handler's floor to its end (as
+    /// it is when the replay starts), filtered by this node's interest, and
+    /// hands every message the node has not seen to the broker.
+    async fn replay(&self, h: &mut Handler) -> Result<(), ClusterError> {
+        let t = self.cfg.request_timeout();
+        let m = &self.metrics;
+        let mut stream = bounded(
+            m,
+            &m.kv_rtt,
+            t,
+            "stream info",
+            self.js.get_stream(&self.stream),
+        )
+        .await?;
+        let last = bounded(m, &m.kv_rtt, t, "stream info", async {
+            stream.info().await.map(|i| i.state.last_sequence)
+        })
+        .await?;
+        if last <= h.floor {
+            return Ok(());
+        }
+        let filters: Vec<String> = self.interest.lock().keys().cloned().collect();
+        if filters.is_empty() {
+            h.floor = last;
+            return Ok(());
+        }
+        // A long filter list makes a heavy consumer config: past 64, read
+        // everything and match here.
+        let server_side = filters.len() <= 64;
+        let filter_subjects = if server_side {
+            filters
+                .iter()
+                .flat_map(|f| subject::filter_subjects(&self.p1, f))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let start = h.floor + 1;
+        let consumer = bounded(
+            m,
+            &m.kv_rtt,
+            t,
+            "replay consumer",
+            stream.create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subjects,
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            }),
+        )
+        .await?;
+        let mut msgs = bounded(m, &m.kv_rtt, t, "replay messages", consumer.messages()).await?;
+        let mut n = 0u64;
+        while h.floor < last {
+            let next = match tokio::time::timeout(t, msgs.next()).await {
+                Ok(Some(Ok(msg))) => msg,
+                Ok(Some(Err(e))) => {
+                    m.errors.fetch_add(1, Relaxed);
+                    return Err(ClusterError::Nats {
+                        what: "replay".into(),
+                        message: e.to_string(),
+                    });
+                }
+                // Nothing more within the timeout: what matched was read.
+                Ok(None) | Err(_) => break,
+            };
+            let Ok(info) = next.info() else { continue };
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            let wanted = server_side || {
+                let topic = decode_inbound(&next.message, 2, m).map(|e| e.topic);
+                topic.is_some_and(|t| {
+                    filters
+                        .iter()
+                        .any(|f| midge_protocol::topic::matches(f, &t))
+                })
+            };
+            if wanted {
+                h.handle(&next.message, 2, Some(seq), true);
+                n += 1;
+            } else {
+                h.floor = h.floor.max(seq);
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        h.floor = h.floor.max(last);
+        m.replayed.fetch_add(n, Relaxed);
+        info!(
+            from = start,
+            to = last,
+            messages = n,
+            "cluster: reconciled from the stream"
+        );
+        Ok(())
+    }
+}
+
+/// `<c>.m.<q>.<topic>` (3 prefix tokens) or `<c>.s.<topic>` (2) -> the
+/// envelope; a message this node cannot read is counted and logged with its
+/// subject and origin.
+fn decode_inbound(
+    msg: &async_nats::Message,
+    prefix_tokens: usize,
+    metrics: &Metrics,
+) -> Option<Envelope> {
     let subject = msg.subject.as_str();
-    // Skip "<c>.m.<q>." : three dots.
     let mut dots = 0;
     let mut cut = None;
     for (i, b) in subject.bytes().enumerate() {
         if b == b'.' {
             dots += 1;
-            if dots == 3 {
+            if dots == prefix_tokens {
                 cut = Some(i + 1);
                 break;
             }

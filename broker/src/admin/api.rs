@@ -22,6 +22,8 @@ const KICK_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionView {
     pub clientid: String,
+    /// The cluster node holding the session (this node).
+    pub node: &'static str,
     pub connected: bool,
     pub username: Option<String>,
     /// 4 (3.1.1) or 5; absent when offline.
@@ -48,6 +50,7 @@ pub fn view(s: &Session) -> SessionView {
     let link = st.conn.as_ref();
     SessionView {
         clientid: s.client_id.to_string(),
+        node: crate::cluster::node_name(),
         connected: link.is_some(),
         username: link.and_then(|l| l.info.username.as_deref().map(str::to_string)),
         proto_ver: link.map(|l| match l.version {
@@ -78,7 +81,7 @@ pub async fn status(State(s): State<Shared>) -> Json<Value> {
     let connected = views.iter().filter(|v| v.connected).count();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "node": crate::rules::NODE,
+        "node": crate::cluster::node_name(),
         "uptime_seconds": s.started.elapsed().as_secs(),
         "connections": connected,
         "sessions": views.len(),

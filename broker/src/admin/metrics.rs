@@ -289,6 +289,9 @@ pub fn render(b: &Broker, uptime_seconds: f64) -> String {
     sql(&mut o, b);
     kafka(&mut o, b);
     store(&mut o, b);
+    if let Some(c) = b.cluster.get() {
+        c.cluster.render_metrics(&mut o.0);
+    }
     o.0
 }
 

@@ -9,11 +9,12 @@
 //! the OpenAPI test compares with `openapi.json`) -> [`auth`] (bearer token,
 //! constant-time compare) -> a handler in `api.rs` (clients, sessions,
 //! subscriptions), `messages.rs` (retained, publish), `manage.rs` (rules,
-//! plugins, config reload) or `metrics.rs`. Every failure, including
+//! plugins, config reload), `cluster.rs` (nodes) or `metrics.rs`. Every failure, including
 //! axum's own rejections (bad JSON, bad query, unknown route, wrong method),
 //! is answered as JSON `{"error": "..."}` by [`ApiError`].
 
 mod api;
+mod cluster;
 mod manage;
 mod messages;
 pub mod metrics;
@@ -222,6 +223,7 @@ pub fn routes() -> Vec<Route> {
             manage::disable_plugin,
         ),
         r(M::POST, "/api/v1/config/reload", manage::reload_config),
+        r(M::GET, "/api/v1/cluster", cluster::show),
     ]
 }
 

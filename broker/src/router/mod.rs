@@ -14,7 +14,7 @@ use midge_protocol::{QoS, SubOptions};
 use parking_lot::RwLock;
 use smallvec::SmallVec;
 
-pub use retained::RetainedStore;
+pub use retained::{RetainedStore, RetainedWatch};
 
 use crate::session::Session;
 
@@ -109,10 +109,20 @@ fn pick_member<'a>(g: &'a SharedGroup, exclude: Option<&Arc<Session>>) -> Option
     fallback
 }
 
+/// Told when a filter gets its first subscriber or loses its last one: a
+/// plain filter, or one shared group on a filter (`group` set). Called under
+/// the trie's write lock, in the order the changes happen: must not block.
+/// The cluster subscribes the node on NATS with it.
+pub trait InterestWatch: Send + Sync + std::fmt::Debug {
+    fn changed(&self, filter: &str, group: Option<&str>, present: bool);
+}
+
 /// The subscription trie.
 #[derive(Debug, Default)]
 pub struct Router {
     root: RwLock<Node>,
+    /// Set once at start-up when the node is clustered.
+    pub watch: std::sync::OnceLock<Arc<dyn InterestWatch>>,
 }
 
 impl Router {
@@ -132,6 +142,9 @@ impl Router {
                     true
                 } else {
                     node.subs.push(entry);
+                    if node.subs.len() == 1 {
+                        self.tell(filter, None, true);
+                    }
                     false
                 }
             }
@@ -139,6 +152,7 @@ impl Router {
                 let g = match node.shared.iter_mut().position(|g| &*g.key.group == group) {
                     Some(i) => &mut node.shared[i],
                     None => {
+                        self.tell(filter, Some(group), true);
                         node.shared.push(SharedGroup {
                             key: SharedKey {
                                 group: group.into(),
@@ -166,7 +180,41 @@ impl Router {
     pub fn unsubscribe(&self, filter: &str, group: Option<&str>, session: &Arc<Session>) -> bool {
         let mut root = self.root.write();
         let levels: SmallVec<[&str; 8]> = filter.split('/').collect();
-        remove(&mut root, &levels, group, session)
+        let (removed, emptied) = remove(&mut root, &levels, group, session);
+        if emptied {
+            self.tell(filter, group, false);
+        }
+        removed
+    }
+
+    fn tell(&self, filter: &str, group: Option<&str>, present: bool) {
+        if let Some(w) = self.watch.get() {
+            w.changed(filter, group, present);
+        }
+    }
+
+    /// Every plain filter and shared group in the trie, as `(filter,
+    /// group)` (a cluster joining after a restore).
+    pub fn interests(&self) -> Vec<(String, Option<String>)> {
+        fn go(node: &Node, path: &mut Vec<String>, out: &mut Vec<(String, Option<String>)>) {
+            if !node.subs.is_empty() {
+                out.push((path.join("/"), None));
+            }
+            for g in &node.shared {
+                out.push((path.join("/"), Some(g.key.group.to_string())));
+            }
+            for (k, c) in &node.children {
+                path.push(k.to_string());
+                go(c, path, out);
+                path.pop();
+            }
+        }
+        let mut out = Vec::new();
+        let root = self.root.read();
+        for (k, c) in &root.children {
+            go(c, &mut vec![k.to_string()], &mut out);
+        }
+        out
     }
 
     /// Every subscription matching `topic`; one member per shared group.
@@ -212,32 +260,41 @@ fn walk(node: &Node, levels: &[&str], idx: usize, dollar: bool, out: &mut Vec<Hi
     }
 }
 
-fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, session: &Arc<Session>) -> bool {
+/// Removes the entry; returns (it existed, the filter or group has no
+/// subscriber left because of it).
+fn remove(
+    node: &mut Node,
+    levels: &[&str],
+    group: Option<&str>,
+    session: &Arc<Session>,
+) -> (bool, bool) {
     let Some((first, rest)) = levels.split_first() else {
         let same = |e: &SubEntry| Arc::ptr_eq(&e.session, session);
         return match group {
             None => {
                 let before = node.subs.len();
                 node.subs.retain(|e| !same(e));
-                node.subs.len() != before
+                let removed = node.subs.len() != before;
+                (removed, removed && node.subs.is_empty())
             }
             Some(group) => {
                 let Some(i) = node.shared.iter().position(|g| &*g.key.group == group) else {
-                    return false;
+                    return (false, false);
                 };
                 let g = &mut node.shared[i];
                 let before = g.members.len();
                 g.members.retain(|e| !same(e));
                 let removed = g.members.len() != before;
-                if g.members.is_empty() {
+                let emptied = g.members.is_empty();
+                if emptied {
                     node.shared.swap_remove(i);
                 }
-                removed
+                (removed, emptied)
             }
         };
     };
     let Some(child) = node.children.get_mut(*first) else {
-        return false;
+        return (false, false);
     };
     let removed = remove(child, rest, group, session);
     if child.is_empty() {

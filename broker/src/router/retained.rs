@@ -10,10 +10,19 @@ use parking_lot::RwLock;
 use crate::message::Message;
 use crate::store::{Op, Store};
 
+/// Told of every retained change made on this node (set: `Some`, clear:
+/// `None`), `$SYS` left out; called under the map's lock, in order, so it
+/// must not block. The cluster writes the changes to its retained bucket.
+pub trait RetainedWatch: Send + Sync + std::fmt::Debug {
+    fn changed(&self, topic: &str, msg: Option<&Arc<Message>>);
+}
+
 /// Topic -> last retained message. An empty payload deletes.
 #[derive(Debug, Default)]
 pub struct RetainedStore {
     map: RwLock<HashMap<Box<str>, Arc<Message>>>,
+    /// Set once at start-up when the node is clustered.
+    pub watch: std::sync::OnceLock<Arc<dyn RetainedWatch>>,
 }
 
 impl RetainedStore {
@@ -22,6 +31,9 @@ impl RetainedStore {
     /// same order). Returns the store ticket (0 without a store).
     pub fn update(&self, msg: &Arc<Message>, store: Option<&Store>) -> u64 {
         let mut map = self.map.write();
+        if let Some(w) = self.watch.get().filter(|_| !msg.topic.starts_with("$SYS/")) {
+            w.changed(&msg.topic, Some(msg).filter(|m| !m.payload.is_empty()));
+        }
         if msg.payload.is_empty() {
             let had = map.remove(msg.topic.as_str()).is_some();
             match store {
@@ -90,7 +102,20 @@ impl RetainedStore {
     pub fn remove(&self, topic: &str, store: Option<&Store>) -> Option<u64> {
         let mut map = self.map.write();
         map.remove(topic)?;
+        if let Some(w) = self.watch.get() {
+            w.changed(topic, None);
+        }
         Some(store.map_or(0, |s| s.submit(Op::DelRetained(topic.to_string()))))
+    }
+
+    /// Applies a change another cluster node made: kept in memory only (the
+    /// cluster's bucket is where it lasts), and not told to `watch`.
+    pub fn apply_remote(&self, topic: &str, msg: Option<Arc<Message>>) {
+        let mut map = self.map.write();
+        match msg {
+            Some(m) => map.insert(topic.into(), m),
+            None => map.remove(topic),
+        };
     }
 
     pub fn len(&self) -> usize {

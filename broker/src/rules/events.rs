@@ -5,7 +5,6 @@ use bytes::Bytes;
 use midge_protocol::Properties;
 use midge_rules::{EventKind, Input, Map, Value};
 
-use super::NODE;
 use crate::message::{now_ms, Message};
 
 /// Fields of one event; anything beyond the common ones goes in `extra`
@@ -32,7 +31,7 @@ impl EventFields {
     pub(super) fn input(&self, kind: EventKind) -> Input<'_> {
         let mut i = Input::event(kind)
             .timestamp(now_ms())
-            .node(NODE)
+            .node(crate::cluster::node_name())
             .extra(&self.extra);
         if let Some(v) = &self.clientid {
             i = i.clientid(v);

@@ -415,7 +415,7 @@ impl RuleEngine {
             .flags(msg.retain, false)
             .timestamp(msg.timestamp_ms)
             .publish_received_at(msg.timestamp_ms)
-            .node(NODE)
+            .node(crate::cluster::node_name())
             .lazy(&lazy);
         if let Some(o) = &msg.origin {
             input = input.clientid(&o.client_id).username(o.username.as_deref());

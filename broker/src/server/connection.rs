@@ -447,6 +447,7 @@ async fn run<R, W>(
         client_id: client_id.clone(),
         username: c.username.as_deref().map(Arc::from),
         peer,
+        cluster: crate::cluster::Acks::for_client(&broker),
     });
 
     // Keep alive (5.0: the server may impose its own).
@@ -1016,6 +1017,7 @@ impl Reader {
     /// Returns how many control packets the session holds once the batch's
     /// are added (`None` when the batch had none).
     async fn flush_control(&mut self) -> Option<usize> {
+        crate::cluster::settled(&self.origin).await;
         if self.ticket != 0 {
             if let Some(store) = &self.broker.store {
                 store.durable(self.ticket).await;

@@ -48,6 +48,9 @@ pub enum ServerError {
     Kafka(#[from] crate::services::kafka::KafkaSetupError),
     #[error("persistence: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// `[cluster]` is on and NATS cannot be reached or set up.
+    #[error("{0}")]
+    Cluster(#[from] midge_cluster::ClusterError),
     /// A TLS certificate or key file that cannot be used.
     #[error("{field}: {path}: {message}")]
     Tls {
@@ -168,6 +171,8 @@ impl Server {
         broker.limits = config.limits.clone();
         broker.sys = config.sys.clone();
         let broker = Arc::new(broker);
+        // Before the restore: its subscriptions become the node's interest.
+        crate::cluster::join(&config.cluster, &broker).await?;
         if let Some(snap) = snapshot {
             let started = std::time::Instant::now();
             let r = broker.restore(snap);

@@ -181,6 +181,7 @@ fn get_message(r: &mut Rd<'_>) -> R<Message> {
             client_id,
             username,
             peer,
+            cluster: Default::default(),
         }))
     } else {
         None
@@ -385,6 +386,7 @@ mod tests {
             client_id: "c1".into(),
             username: Some("u".into()),
             peer: "127.0.0.1:5000".parse().unwrap(),
+            cluster: Default::default(),
         }));
         m.rule_depth = 2;
         m

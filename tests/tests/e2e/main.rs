@@ -4,6 +4,7 @@
 
 mod admin;
 mod api_rules;
+mod cluster;
 mod connect;
 mod enhanced_auth;
 mod flow_control;

@@ -1,0 +1,326 @@
+//! The broker's side of the cluster (`[cluster]`): joins the NATS cluster
+//! through `midge-cluster` and plugs into the broker at four narrow points,
+//! each one `OnceLock` load when clustering is off:
+//!
+//! - `Broker::deliver` calls [`forward`] after retaining, before local
+//!   routing: the message goes onto this node's outbound queue, drained in
+//!   order by one task (QoS 0: core NATS; QoS 1/2: the stream, acknowledged
+//!   by JetStream).
+//! - the publisher's acknowledgements wait in `Reader::flush_control` for
+//!   [`settled`]: a client's PUBACK / PUBREC is sent only once JetStream
+//!   stored its cross-node QoS 1/2 messages (the wait back-pressures the
+//!   client: its connection reads nothing more meanwhile).
+//! - `Router::watch` ([`crate::router::InterestWatch`]) tells which filters
+//!   have local subscribers: the node subscribes on NATS once per distinct
+//!   filter.
+//! - `RetainedStore::watch` ([`crate::router::RetainedWatch`]) writes
+//!   retained changes to the cluster's bucket; other nodes' changes come
+//!   back through `RetainedStore::apply_remote`.
+//!
+//! Messages from other nodes enter through [`LocalBroker::deliver`] ->
+//! `Broker::route_local`: no rules, no plugins, no retained update, no
+//! forwarding (rules and plugins run once, on the node a publish entered).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use midge_cluster::{Cluster, ClusterConfig, ClusterError, Envelope, Local};
+use midge_protocol::QoS;
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, warn};
+
+use crate::broker::Broker;
+use crate::message::{ClientInfo, Message};
+
+/// This node's name: `[cluster] node` when clustered (the `$SYS/brokers/<node>`
+/// prefix, rule events' `node`, the admin API), else the single node's.
+pub fn node_name() -> &'static str {
+    NODE_NAME.get().map_or(crate::rules::NODE, String::as_str)
+}
+
+static NODE_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The cluster link of a running broker.
+#[derive(Debug)]
+pub struct Node {
+    pub cluster: Arc<Cluster>,
+    out: mpsc::UnboundedSender<Out>,
+    /// Messages on `out` now; past `max_pending`, QoS 0 forwards are
+    /// dropped (counted) and QoS 1/2 publishers wait.
+    queued: AtomicUsize,
+    interest: mpsc::UnboundedSender<(String, Option<String>, bool)>,
+}
+
+/// One message for the outbound task.
+#[derive(Debug)]
+struct Out {
+    env: Envelope,
+    acks: Option<Arc<AckState>>,
+}
+
+/// Cross-node QoS 1/2 publishes of one connection that JetStream has not
+/// acknowledged yet. One per connection (in its [`ClientInfo`]); `None`
+/// when clustering is off.
+#[derive(Debug, Clone, Default)]
+pub struct Acks(Option<Arc<AckState>>);
+
+/// Connections compare equal whatever their pending acknowledgements.
+impl PartialEq for Acks {
+    fn eq(&self, _: &Acks) -> bool {
+        true
+    }
+}
+impl Eq for Acks {}
+
+#[derive(Debug, Default)]
+pub struct AckState {
+    outstanding: AtomicUsize,
+    done: Notify,
+}
+
+impl Acks {
+    /// The tracker for a new connection: one allocation when clustered.
+    pub fn for_client(broker: &Broker) -> Acks {
+        Acks(broker.cluster.get().map(|_| Arc::default()))
+    }
+}
+
+/// Waits until JetStream acknowledged every cross-node QoS 1/2 message the
+/// connection published so far (returns at once when none is pending or
+/// clustering is off). A publish that cannot be stored is retried by the
+/// outbound task until NATS takes it, so this holds the client (no
+/// acknowledgement, nothing more read) rather than acknowledge a message
+/// the cluster does not have.
+pub async fn settled(origin: &ClientInfo) {
+    let Some(a) = &origin.cluster.0 else {
+        return;
+    };
+    loop {
+        let notified = a.done.notified();
+        if a.outstanding.load(Relaxed) == 0 {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// Hands a message published on this node to the cluster (no-op when
+/// clustering is off, and for `$SYS` topics, which never leave their node).
+pub fn forward(broker: &Broker, msg: &Arc<Message>) {
+    let Some(node) = broker.cluster.get() else {
+        return;
+    };
+    if msg.topic.starts_with("$SYS") {
+        return;
+    }
+    let acks = msg
+        .origin
+        .as_ref()
+        .and_then(|o| o.cluster.0.clone())
+        .filter(|_| msg.qos != QoS::AtMostOnce);
+    let max = node.cluster.config().max_pending;
+    if msg.qos == QoS::AtMostOnce && node.queued.load(Relaxed) >= max {
+        node.cluster.metrics.publish_failures.fetch_add(1, Relaxed);
+        return;
+    }
+    if let Some(a) = &acks {
+        a.outstanding.fetch_add(1, Relaxed);
+    }
+    node.queued.fetch_add(1, Relaxed);
+    let env = envelope(&node.cluster, msg);
+    if node.out.send(Out { env, acks }).is_err() {
+        node.queued.fetch_sub(1, Relaxed);
+    }
+}
+
+fn envelope(c: &Cluster, msg: &Message) -> Envelope {
+    Envelope {
+        topic: msg.topic.clone(),
+        payload: msg.payload.clone(),
+        qos: msg.qos,
+        retain: msg.retain,
+        properties: msg.properties.clone(),
+        origin: c.node().to_string(),
+        client_id: msg.publisher().map(str::to_string),
+        timestamp_ms: Some(msg.timestamp_ms),
+    }
+}
+
+/// A message from another node, as this node's router takes it: its
+/// expiry counts from when the origin received it.
+fn message(env: Envelope) -> Message {
+    let now_ms = crate::message::now_ms();
+    let ts = env.timestamp_ms.unwrap_or(now_ms);
+    let age = Duration::from_millis(u64::try_from(now_ms - ts).unwrap_or(0));
+    let now = Instant::now();
+    let at = now.checked_sub(age).unwrap_or(now);
+    Message::new_at(
+        env.topic,
+        env.payload,
+        env.qos,
+        env.retain,
+        env.properties,
+        (at, ts),
+    )
+}
+
+/// The broker as the cluster layer sees it.
+#[derive(Debug)]
+pub struct LocalBroker(Weak<Broker>);
+
+impl Local for LocalBroker {
+    fn deliver(&self, env: Envelope) {
+        if let Some(b) = self.0.upgrade() {
+            b.route_local(Arc::new(message(env)));
+        }
+    }
+
+    fn retained(&self, topic: String, env: Option<Envelope>) {
+        if let Some(b) = self.0.upgrade() {
+            b.retained
+                .apply_remote(&topic, env.map(|e| Arc::new(message(e))));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct InterestHook(mpsc::UnboundedSender<(String, Option<String>, bool)>);
+
+impl crate::router::InterestWatch for InterestHook {
+    fn changed(&self, filter: &str, group: Option<&str>, present: bool) {
+        let _ = self
+            .0
+            .send((filter.to_string(), group.map(str::to_string), present));
+    }
+}
+
+#[derive(Debug)]
+struct RetainedHook(
+    mpsc::UnboundedSender<(String, Option<Envelope>)>,
+    Arc<Cluster>,
+);
+
+impl crate::router::RetainedWatch for RetainedHook {
+    fn changed(&self, topic: &str, msg: Option<&Arc<Message>>) {
+        let _ = self
+            .0
+            .send((topic.to_string(), msg.map(|m| envelope(&self.1, m))));
+    }
+}
+
+/// Joins the cluster when `[cluster]` is on: connects to NATS (an error
+/// names the URLs), installs the hooks, subscribes the node for the
+/// filters its router already holds. Call before the store is restored
+/// and before any listener accepts.
+pub async fn join(cfg: &ClusterConfig, broker: &Arc<Broker>) -> Result<(), ClusterError> {
+    if !cfg.enabled {
+        return Ok(());
+    }
+    let _ = NODE_NAME.set(cfg.node_name());
+    let local = Arc::new(LocalBroker(Arc::downgrade(broker)));
+    let cluster = Cluster::start(cfg, local).await?;
+    let (out, out_rx) = mpsc::unbounded_channel();
+    let (itx, irx) = mpsc::unbounded_channel();
+    let node = Arc::new(Node {
+        cluster: cluster.clone(),
+        out,
+        queued: AtomicUsize::new(0),
+        interest: itx.clone(),
+    });
+    tokio::spawn(outbound(Arc::downgrade(&node), cluster.clone(), out_rx));
+    tokio::spawn(interest(cluster.clone(), irx));
+    let (rtx, rrx) = mpsc::unbounded_channel();
+    tokio::spawn(retained_out(cluster.clone(), rrx));
+    let _ = broker.router.watch.set(Arc::new(InterestHook(itx)));
+    let _ = broker
+        .retained
+        .watch
+        .set(Arc::new(RetainedHook(rtx, cluster.clone())));
+    for (f, g) in broker.router.interests() {
+        let _ = node.interest.send((f, g, true));
+    }
+    let _ = broker.cluster.set(node);
+    Ok(())
+}
+
+/// Sends queued messages in order; QoS 1/2 acknowledgements are awaited
+/// concurrently and retried (same message id: the stream drops a
+/// duplicate) until NATS takes them.
+async fn outbound(node: Weak<Node>, cluster: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<Out>) {
+    let mut acks = FuturesUnordered::new();
+    let closed = AtomicBool::new(false);
+    loop {
+        tokio::select! {
+            m = rx.recv(), if !closed.load(Relaxed) => {
+                let Some(Out { env, acks: who }) = m else {
+                    closed.store(true, Relaxed);
+                    continue;
+                };
+                if let Some(n) = node.upgrade() {
+                    n.queued.fetch_sub(1, Relaxed);
+                }
+                if env.qos == QoS::AtMostOnce {
+                    cluster.send_core(&env).await;
+                    continue;
+                }
+                let c = cluster.clone();
+                let first = cluster.send_stored(&env).await;
+                acks.push(async move {
+                    let mut attempt = first;
+                    let mut delay = Duration::from_millis(50);
+                    loop {
+                        if attempt.confirm(&c).await {
+                            break;
+                        }
+                        if delay >= Duration::from_secs(2) {
+                            warn!(topic = %env.topic, "cluster: stream publish still failing; retrying (publisher not acknowledged)");
+                        }
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                        attempt = c.send_stored_again(&attempt).await;
+                    }
+                    if let Some(a) = who {
+                        if a.outstanding.fetch_sub(1, Relaxed) == 1 {
+                            a.done.notify_waiters();
+                        }
+                    }
+                });
+            }
+            Some(()) = acks.next(), if !acks.is_empty() => {}
+            else => return,
+        }
+    }
+}
+
+/// Applies interest changes in order.
+async fn interest(
+    cluster: Arc<Cluster>,
+    mut rx: mpsc::UnboundedReceiver<(String, Option<String>, bool)>,
+) {
+    while let Some((filter, group, present)) = rx.recv().await {
+        if group.is_some() {
+            // Shared groups: delivered per node for now (see ARCHITECTURE.md).
+            debug!(%filter, ?group, present, "cluster: shared group interest");
+        }
+        if present {
+            cluster.interest_added(&filter).await;
+        } else {
+            cluster.interest_removed(&filter);
+        }
+    }
+}
+
+/// Writes this node's retained changes to the cluster bucket, in order.
+async fn retained_out(
+    cluster: Arc<Cluster>,
+    mut rx: mpsc::UnboundedReceiver<(String, Option<Envelope>)>,
+) {
+    while let Some((topic, env)) = rx.recv().await {
+        if let Err(e) = cluster.put_retained(&topic, env.as_ref()).await {
+            warn!(%topic, error = %e, "cluster: retained change not written to the cluster");
+        }
+    }
+}
