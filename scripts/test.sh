@@ -18,6 +18,8 @@ apt_install() {
 # Independent MQTT clients the interop tests drive.
 command -v mosquitto_pub >/dev/null && command -v mosquitto_sub >/dev/null \
   || apt_install mosquitto-clients
+# HAProxy in front of cluster nodes (tests/tests/e2e/cluster_faults.rs).
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || apt_install haproxy
 python3 -c 'import paho.mqtt' 2>/dev/null \
   || python3 -m pip install -q 'paho-mqtt>=2,<3'
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked

@@ -247,6 +247,10 @@ pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<Load
     }
 
     // Connect and subscribe every subscriber before any publisher exists.
+    let sub_addr = match args.sub_port {
+        Some(p) => SocketAddr::new(addr.ip(), p),
+        None => addr,
+    };
     let mut subs = Vec::with_capacity(topo.subscribers.len());
     {
         let mut set = JoinSet::new();
@@ -254,7 +258,7 @@ pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<Load
             let filter = filter.clone();
             let id = format!("mb-{run_id}-s{i}");
             set.spawn(async move {
-                let (mut r, mut w) = client::connect(addr, &id, version, KEEP_ALIVE).await?;
+                let (mut r, mut w) = client::connect(sub_addr, &id, version, KEEP_ALIVE).await?;
                 client::subscribe(&mut r, &mut w, &filter, qos).await?;
                 anyhow::Ok((i, r, w))
             });
@@ -267,12 +271,16 @@ pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<Load
     let watcher = match &args.watch {
         Some(filter) => {
             let id = format!("mb-{run_id}-w");
-            let (mut r, mut w) = client::connect(addr, &id, version, KEEP_ALIVE).await?;
+            let (mut r, mut w) = client::connect(sub_addr, &id, version, KEEP_ALIVE).await?;
             client::subscribe(&mut r, &mut w, filter, QoS::AtMostOnce).await?;
             Some((r, w))
         }
         None => None,
     };
+    if sub_addr != addr {
+        // Subscriptions on another node reach the publishers' node a moment later.
+        tokio::time::sleep(Duration::from_secs_f64(args.sub_settle)).await;
+    }
     let mut pubs = Vec::with_capacity(topo.publishers.len());
     for i in 0..topo.publishers.len() {
         let id = format!("mb-{run_id}-p{i}");

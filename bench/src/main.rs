@@ -8,6 +8,7 @@
 //!     --qos 1 --payload 64 --duration 5 [--broker-pid PID] [--label mosquitto]
 //! target/release/midge-bench --port 1883 --scenario pairs --qos 1 --rate 10000 --spin-us 1000
 //! target/release/midge-bench --port 1883 --scenario idle --connections 10000 --broker-pid PID
+//! target/release/midge-bench --port 1883 --sub-port 1884 --scenario pairs --qos 1   # two cluster nodes
 //! bench/run.sh          # every scenario x QoS x payload against Midge, Mosquitto
 //!                       # (and rumqttd if on PATH); writes docs/BENCHMARKS.md
 //! ```
@@ -136,6 +137,14 @@ pub struct Args {
     pub host: String,
     #[arg(long, default_value_t = 1883)]
     pub port: u16,
+    /// Subscribers (and `--watch`) connect to this port of `--host` instead
+    /// of `--port`: publishers on one cluster node, subscribers on another
+    /// (bench/cluster.sh). The run then waits `--sub-settle` seconds after
+    /// subscribing, for the subscriptions to reach every node.
+    #[arg(long, value_name = "PORT")]
+    pub sub_port: Option<u16>,
+    #[arg(long, default_value_t = 1.0)]
+    pub sub_settle: f64,
     #[arg(long, value_enum)]
     pub scenario: Scenario,
     /// QoS of publishes and subscriptions (0 or 1).

@@ -491,6 +491,7 @@ impl Broker {
             return;
         }
         let detached = link.detached.clone();
+        crate::cluster::will_changed(self, &session.client_id);
         st.conn = None;
         st.generation += 1;
         session.set_online(false);
@@ -808,6 +809,12 @@ impl Broker {
             .map(|s| s.state.lock().subscriptions.len())
             .sum();
         (connected, sessions.len(), subscriptions)
+    }
+
+    /// The registry itself, for the cluster's session hand-over
+    /// (`cluster::takeover`); lock order: registry, then a session.
+    pub(crate) fn registry(&self) -> &Mutex<HashMap<Arc<str>, Arc<Session>>> {
+        &self.sessions
     }
 
     /// Number of sessions (connected or not).

@@ -269,3 +269,72 @@ impl MidgeCluster {
         crate::process::BrokerProcess::start(&self.config(node), port)
     }
 }
+
+/// HAProxy (Debian's `haproxy`) on 127.0.0.1, plain TCP, `leastconn` over
+/// `backends`; a child process ended by its PID when dropped.
+#[derive(Debug)]
+pub struct Haproxy {
+    child: Child,
+    pub port: u16,
+    _dir: crate::TempDir,
+}
+
+impl Haproxy {
+    /// `None` (test skipped) outside CI when haproxy is missing.
+    pub fn start(backends: &[u16]) -> Option<Haproxy> {
+        let bin = ["/usr/sbin/haproxy", "haproxy"].into_iter().find(|b| {
+            Command::new(b)
+                .arg("-v")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        let Some(bin) = bin else {
+            crate::missing_tool("haproxy (apt-get install haproxy)");
+            return None;
+        };
+        let dir = crate::TempDir::new("midge-haproxy");
+        let port = free_port();
+        let mut cfg = format!(
+            "global\n    maxconn 1000\ndefaults\n    mode tcp\n    timeout connect 1s\n    \
+             timeout client 60s\n    timeout server 60s\nfrontend mqtt\n    bind 127.0.0.1:{port}\n    \
+             default_backend midge\nbackend midge\n    balance leastconn\n"
+        );
+        for (i, b) in backends.iter().enumerate() {
+            cfg.push_str(&format!(
+                "    server n{i} 127.0.0.1:{b} check inter 200ms fall 1 rise 1\n"
+            ));
+        }
+        let path = dir.0.join("haproxy.cfg");
+        std::fs::write(&path, cfg).expect("write haproxy.cfg");
+        let child = Command::new(bin)
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn haproxy");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "haproxy did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Haproxy {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}

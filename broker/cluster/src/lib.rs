@@ -16,6 +16,7 @@
 //! - [`ownership`]: who owns a client id: compare-and-set with an epoch.
 //! - [`membership`]: node records with a heartbeat and a max age.
 //! - [`retained`]: the retained bucket, watched into every node.
+//! - [`wills`]: wills of connected clients, taken once when their node dies.
 //! - [`metrics`]: counters and round-trip histograms of every NATS wait.
 //! - [`config`]: the `[cluster]` section.
 
@@ -27,7 +28,9 @@ pub mod node;
 pub mod ownership;
 pub mod retained;
 pub mod subject;
+pub mod wills;
 
+pub use async_nats;
 pub use config::ClusterConfig;
 pub use envelope::Envelope;
 pub use node::{Cluster, ClusterError, Local};

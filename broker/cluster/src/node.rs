@@ -146,6 +146,7 @@ pub struct Cluster {
     pub(crate) owners: kv::Store,
     pub(crate) nodes: kv::Store,
     pub(crate) retained: kv::Store,
+    pub(crate) wills: kv::Store,
     stream: String,
     /// Identifies this run of the node in message ids (start time, ms).
     run: u64,
@@ -295,6 +296,7 @@ impl Cluster {
                 Some(node_ttl.max(Duration::from_secs(1))),
             ),
             bucket("retained", 1, Duration::ZERO, None),
+            bucket("wills", 1, Duration::ZERO, None),
         ] {
             let name = kc.bucket.clone();
             match tokio::time::timeout(deadline, js.create_or_update_key_value(kc)).await {
@@ -303,6 +305,7 @@ impl Cluster {
                 Err(_) => return Err(setup(&format!("bucket {name}"), &"no answer")),
             }
         }
+        let wills = stores.pop().ok_or_else(|| setup("buckets", &"missing"))?;
         let retained = stores.pop().ok_or_else(|| setup("buckets", &"missing"))?;
         let nodes = stores.pop().ok_or_else(|| setup("buckets", &"missing"))?;
         let owners = stores.pop().ok_or_else(|| setup("buckets", &"missing"))?;
@@ -319,6 +322,7 @@ impl Cluster {
             owners,
             nodes,
             retained,
+            wills,
             stream: stream_name,
             run: now_ms() as u64,
             seq: AtomicU64::new(0),

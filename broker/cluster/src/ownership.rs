@@ -134,6 +134,18 @@ impl Cluster {
         r
     }
 
+    /// Every change of an owner record from now on (fencing).
+    pub async fn watch_owners(&self) -> Result<async_nats::jetstream::kv::Watch, ClusterError> {
+        bounded(
+            &self.metrics,
+            &self.metrics.kv_rtt,
+            self.config().request_timeout(),
+            "watch session owners",
+            self.owners.watch_all(),
+        )
+        .await
+    }
+
     /// Is `claim` still the record's (nobody took the session since)?
     pub async fn still_owner(&self, client_id: &str, claim: &Claim) -> Result<bool, ClusterError> {
         Ok(self.owner(client_id).await?.is_some_and(|(o, rev)| {

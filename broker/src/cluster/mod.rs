@@ -30,10 +30,12 @@ use futures_util::StreamExt;
 use midge_cluster::{Cluster, ClusterConfig, ClusterError, Envelope, Local};
 use midge_protocol::QoS;
 use tokio::sync::{mpsc, Notify};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::message::{ClientInfo, Message};
+
+pub mod takeover;
 
 /// This node's name: `[cluster] node` when clustered (the `$SYS/brokers/<node>`
 /// prefix, rule events' `node`, the admin API), else the single node's.
@@ -52,6 +54,8 @@ pub struct Node {
     /// dropped (counted) and QoS 1/2 publishers wait.
     queued: AtomicUsize,
     interest: mpsc::UnboundedSender<(String, Option<String>, bool)>,
+    /// Client ids whose will record may need writing or deleting.
+    wills: mpsc::UnboundedSender<Arc<str>>,
 }
 
 /// One message for the outbound task.
@@ -104,6 +108,43 @@ pub async fn settled(origin: &ClientInfo) {
             return;
         }
         notified.await;
+    }
+}
+
+/// A connection of `client_id` attached here: its will goes to the
+/// cluster, and the owner record is read again: if another node took the
+/// client id while this one attached, the connection is closed (0x8E), so
+/// of two racing nodes exactly one keeps it.
+pub fn attached(broker: &Arc<Broker>, client_id: &Arc<str>) {
+    let Some(node) = broker.cluster.get() else {
+        return;
+    };
+    let _ = node.wills.send(client_id.clone());
+    let (weak, c, id) = (
+        Arc::downgrade(broker),
+        node.cluster.clone(),
+        client_id.clone(),
+    );
+    tokio::spawn(async move {
+        let Ok(Some((owner, _))) = c.owner(&id).await else {
+            return;
+        };
+        if owner.node != c.node() {
+            if let Some(b) = weak.upgrade() {
+                if let Some(s) = b.session(&id) {
+                    info!(client_id = %id, owner = %owner.node, "cluster: another node took the client id while it attached here");
+                    let _ = b.kick(&s, midge_protocol::reason::SESSION_TAKEN_OVER);
+                }
+            }
+        }
+    });
+}
+
+/// The will of `client_id`'s connection here may have changed (it
+/// attached or detached): the will task makes the cluster's record match.
+pub fn will_changed(broker: &Broker, client_id: &Arc<str>) {
+    if let Some(node) = broker.cluster.get() {
+        let _ = node.wills.send(client_id.clone());
     }
 }
 
@@ -224,12 +265,29 @@ pub async fn join(cfg: &ClusterConfig, broker: &Arc<Broker>) -> Result<(), Clust
     let cluster = Cluster::start(cfg, local).await?;
     let (out, out_rx) = mpsc::unbounded_channel();
     let (itx, irx) = mpsc::unbounded_channel();
+    let (wtx, wrx) = mpsc::unbounded_channel();
     let node = Arc::new(Node {
         cluster: cluster.clone(),
         out,
         queued: AtomicUsize::new(0),
         interest: itx.clone(),
+        wills: wtx,
     });
+    // Will records of this node's previous run: their connections died with it.
+    let me = cluster.node().to_string();
+    match cluster.take_wills(|n| n == me).await {
+        Ok(wills) => publish_dead_wills(broker, &cluster, wills),
+        Err(e) => warn!(error = %e, "cluster: will records of the previous run not read"),
+    }
+    tokio::spawn(will_records(Arc::downgrade(broker), cluster.clone(), wrx));
+    let weak = Arc::downgrade(broker);
+    let c2 = cluster.clone();
+    cluster
+        .watch_nodes(move |gone| {
+            let (weak, c2) = (weak.clone(), c2.clone());
+            tokio::spawn(async move { dead_node(weak, c2, gone).await });
+        })
+        .await?;
     tokio::spawn(outbound(Arc::downgrade(&node), cluster.clone(), out_rx));
     tokio::spawn(interest(cluster.clone(), irx));
     let (rtx, rrx) = mpsc::unbounded_channel();
@@ -243,7 +301,109 @@ pub async fn join(cfg: &ClusterConfig, broker: &Arc<Broker>) -> Result<(), Clust
         let _ = node.interest.send((f, g, true));
     }
     let _ = broker.cluster.set(node);
+    takeover::serve(broker, &cluster).await?;
+    // Nodes that died while nobody watched (all were down): their wills now.
+    let weak = Arc::downgrade(broker);
+    tokio::spawn(dead_node(weak, cluster, String::new()));
     Ok(())
+}
+
+/// A node's membership record went (`gone`; empty: any node without one):
+/// take the will records of every node without a record and publish the
+/// ones this node won, each after its delay unless its client came back.
+async fn dead_node(broker: Weak<Broker>, cluster: Arc<Cluster>, gone: String) {
+    let alive: std::collections::HashSet<String> = match cluster.nodes().await {
+        Ok(n) => n
+            .into_iter()
+            .filter(|n| n.state == "alive")
+            .map(|n| n.node)
+            .collect(),
+        Err(e) => {
+            warn!(node = %gone, error = %e, "cluster: membership not read; wills of a dead node not taken");
+            return;
+        }
+    };
+    let me = cluster.node().to_string();
+    let wills = match cluster.take_wills(|n| n != me && !alive.contains(n)).await {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(node = %gone, error = %e, "cluster: wills of a dead node not taken");
+            return;
+        }
+    };
+    if let Some(b) = broker.upgrade() {
+        publish_dead_wills(&b, &cluster, wills);
+    }
+}
+
+/// Publishes wills taken from dead nodes (as if their clients had been
+/// connected here): after the will delay, unless the client connected
+/// again meanwhile (its owner record names a live node other than the dead one).
+fn publish_dead_wills(
+    broker: &Arc<Broker>,
+    cluster: &Arc<Cluster>,
+    wills: Vec<midge_cluster::wills::DeadWill>,
+) {
+    for w in wills {
+        let broker = Arc::downgrade(broker);
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            if w.delay > 0 {
+                tokio::time::sleep(Duration::from_secs(u64::from(w.delay))).await;
+                if let Ok(Some((owner, _))) = cluster.owner(&w.client_id).await {
+                    if owner.node != w.node && owner.since_ms > 0 {
+                        let alive = cluster
+                            .nodes()
+                            .await
+                            .map(|ns| {
+                                ns.iter()
+                                    .any(|n| n.node == owner.node && n.state == "alive")
+                            })
+                            .unwrap_or(false);
+                        if alive {
+                            debug!(client_id = %w.client_id, "cluster: client back before its will delay; will dropped");
+                            return;
+                        }
+                    }
+                }
+            }
+            if let Some(b) = broker.upgrade() {
+                info!(client_id = %w.client_id, node = %w.node, topic = %w.will.topic, "cluster: publishing the will of a dead node's client");
+                b.publish(Arc::new(message(w.will)));
+            }
+        });
+    }
+}
+
+/// Keeps the `wills` bucket matching the wills of this node's live
+/// connections: for each client id told, a connected session with a will
+/// gets its record written, any other loses it.
+async fn will_records(
+    broker: Weak<Broker>,
+    cluster: Arc<Cluster>,
+    mut rx: mpsc::UnboundedReceiver<Arc<str>>,
+) {
+    let mut recorded: std::collections::HashSet<Arc<str>> = Default::default();
+    while let Some(client_id) = rx.recv().await {
+        let Some(b) = broker.upgrade() else { return };
+        let will = b.session(&client_id).and_then(|s| {
+            let st = s.state.lock();
+            st.conn.as_ref().and(st.conn_will.clone())
+        });
+        let r = match will {
+            Some((msg, delay)) => {
+                recorded.insert(client_id.clone());
+                cluster
+                    .put_will(&client_id, &envelope(&cluster, &msg), delay)
+                    .await
+            }
+            None if recorded.remove(&client_id) => cluster.delete_will(&client_id).await,
+            None => Ok(()),
+        };
+        if let Err(e) = r {
+            warn!(%client_id, error = %e, "cluster: will record not updated");
+        }
+    }
 }
 
 /// Sends queued messages in order; QoS 1/2 acknowledgements are awaited

@@ -510,6 +510,13 @@ async fn run<R, W>(
         clean_start: c.clean_start,
         connected_at_ms: crate::message::now_ms(),
     });
+    let claim = crate::cluster::takeover::claim(&broker, &client_id, c.clean_start, expiry);
+    if let Err((code, text)) = Box::pin(claim).await {
+        info!(code, reason = text, "connection refused");
+        connack_event(&broker, &c, peer, code);
+        Box::pin(send_connack(&mut wr, v, code, reason_props(v, text))).await;
+        return;
+    }
     let attached = Box::pin(broker.attach(
         client_id.clone(),
         expiry,
@@ -523,6 +530,7 @@ async fn run<R, W>(
         // A persistent session exists durably before the client is told so.
         Box::pin(store.durable(attached.ticket)).await;
     }
+    crate::cluster::attached(&broker, &client_id);
     let session = attached.session.clone();
     let conn_id = attached.conn_id;
     let mut kicked = attached.kicked;

@@ -16,7 +16,7 @@
 //! (with `sync = "ack"`, the default). While one batch is written the next
 //! one gathers: group commit, one fsync for every connection's writes.
 
-mod codec;
+pub(crate) mod codec;
 pub mod postgres;
 pub mod sled;
 pub mod tools;

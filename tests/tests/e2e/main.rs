@@ -5,6 +5,7 @@
 mod admin;
 mod api_rules;
 mod cluster;
+mod cluster_faults;
 mod connect;
 mod enhanced_auth;
 mod flow_control;
