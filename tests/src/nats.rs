@@ -254,6 +254,14 @@ impl MidgeCluster {
             nats.join(", "),
             self.extra.replace("{node}", node)
         );
+        // MIDGE_E2E_PERSIST=sled: every node with its own sled store, as the
+        // single-node suite runs a second time.
+        let text = if std::env::var("MIDGE_E2E_PERSIST").as_deref() == Ok("sled") {
+            let data = self.dir.0.join(format!("{node}-data"));
+            format!("{text}\n[persistence]\nenabled = true\ndata_dir = {:?}\n", data.display().to_string())
+        } else {
+            text
+        };
         let path = self.dir.0.join(format!("{node}.toml"));
         std::fs::write(&path, text).expect("write node config");
         path
