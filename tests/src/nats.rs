@@ -258,7 +258,10 @@ impl MidgeCluster {
         // single-node suite runs a second time.
         let text = if std::env::var("MIDGE_E2E_PERSIST").as_deref() == Ok("sled") {
             let data = self.dir.0.join(format!("{node}-data"));
-            format!("{text}\n[persistence]\nenabled = true\ndata_dir = {:?}\n", data.display().to_string())
+            format!(
+                "{text}\n[persistence]\nenabled = true\ndata_dir = {:?}\n",
+                data.display().to_string()
+            )
         } else {
             text
         };
