@@ -55,6 +55,9 @@ pub trait Local: Send + Sync + 'static {
     fn deliver(&self, env: Envelope);
     /// A retained message set (`Some`) or cleared (`None`) on any node.
     fn retained(&self, topic: String, env: Option<Envelope>);
+    /// A message for one member of shared group `group` on `filter` here
+    /// (NATS picked this node among the group's nodes).
+    fn deliver_shared(&self, env: Envelope, group: &str, filter: &str);
 }
 
 /// Errors of the cluster layer; each names the NATS server, stream, bucket
@@ -89,7 +92,17 @@ struct Interest {
     aborts: Vec<AbortHandle>,
 }
 
-type Inbound = Abortable<async_nats::Subscriber>;
+/// A shared subscription group a queue subscription serves.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Group {
+    pub group: String,
+    pub filter: String,
+}
+
+/// What the inbound task reads: messages of one subscription, tagged with
+/// the group when it is a queue subscription.
+type Tagged = (Option<Arc<Group>>, async_nats::Message);
+type Inbound = Abortable<std::pin::Pin<Box<dyn futures_util::Stream<Item = Tagged> + Send>>>;
 
 /// A QoS 1/2 message sent to the stream, its acknowledgement not yet awaited.
 #[derive(Debug)]
@@ -142,6 +155,10 @@ pub struct Cluster {
     /// Highest stream sequence the inbound task handled.
     floor: AtomicU64,
     client: async_nats::Client,
+    /// A second connection, with echo, for shared groups' queue
+    /// subscriptions: a node's own publishes must be able to reach its own
+    /// members through the queue group.
+    qclient: async_nats::Client,
     js: jetstream::Context,
     pub(crate) owners: kv::Store,
     pub(crate) nodes: kv::Store,
@@ -230,6 +247,18 @@ impl Cluster {
             metrics.clone(),
             connected.clone(),
             replay_tx,
+            true,
+        )
+        .await?;
+        let (qreplay, _) = mpsc::unbounded_channel();
+        let qclient = connect(
+            cfg,
+            &format!("{node}-groups"),
+            &urls,
+            Arc::new(Metrics::default()),
+            Arc::new(AtomicBool::new(false)),
+            qreplay,
+            false,
         )
         .await?;
         connected.store(true, Relaxed);
@@ -318,6 +347,7 @@ impl Cluster {
             floor: AtomicU64::new(start_seq),
             psub: format!("{c}.m.*."),
             client,
+            qclient,
             js,
             owners,
             nodes,
@@ -538,7 +568,8 @@ impl Cluster {
                 Ok(sub) => {
                     let (h, reg) = AbortHandle::new_pair();
                     aborts.push(h);
-                    let _ = self.add.send(Abortable::new(sub, reg));
+                    let tagged = sub.map(|m| (None, m)).boxed();
+                    let _ = self.add.send(Abortable::new(tagged, reg));
                     self.metrics.subscriptions.fetch_add(1, Relaxed);
                 }
                 Err(e) => {
@@ -575,6 +606,63 @@ impl Cluster {
         }
     }
 
+    /// Shared group `group` on `filter` got its first local member: the
+    /// node joins the NATS queue group of that name on the filter's
+    /// subjects, so each message goes to one node of the group, which hands
+    /// it to one of its members.
+    pub async fn group_added(&self, filter: &str, group: &str) {
+        let key = format!("\0{group}\0{filter}");
+        {
+            let mut map = self.interest.lock();
+            if let Some(i) = map.get_mut(&key) {
+                i.count += 1;
+                return;
+            }
+            map.insert(
+                key.clone(),
+                Interest {
+                    count: 1,
+                    aborts: Vec::new(),
+                },
+            );
+        }
+        let tag = Arc::new(Group {
+            group: group.to_string(),
+            filter: filter.to_string(),
+        });
+        let queue = subject::token(group);
+        let mut aborts = Vec::new();
+        for s in subject::filter_subjects(&self.psub, filter) {
+            match self.qclient.queue_subscribe(s.clone(), queue.clone()).await {
+                Ok(sub) => {
+                    let (h, reg) = AbortHandle::new_pair();
+                    aborts.push(h);
+                    let t = tag.clone();
+                    let tagged = sub.map(move |m| (Some(t.clone()), m)).boxed();
+                    let _ = self.add.send(Abortable::new(tagged, reg));
+                    self.metrics.subscriptions.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    self.metrics.errors.fetch_add(1, Relaxed);
+                    warn!(error = %e, subject = %s, %group, "cluster: queue subscribe failed");
+                }
+            }
+        }
+        let mut map = self.interest.lock();
+        match map.get_mut(&key) {
+            Some(i) => i.aborts = aborts,
+            None => aborts.iter().for_each(|a| {
+                a.abort();
+                self.metrics.subscriptions.fetch_sub(1, Relaxed);
+            }),
+        }
+    }
+
+    /// Shared group `group` on `filter` lost its last local member.
+    pub fn group_removed(&self, filter: &str, group: &str) {
+        self.interest_removed(&format!("\0{group}\0{filter}"));
+    }
+
     /// Distinct local filters the node is subscribed for.
     pub fn interest_count(&self) -> usize {
         self.interest.lock().len()
@@ -600,10 +688,10 @@ async fn connect(
     metrics: Arc<Metrics>,
     connected: Arc<AtomicBool>,
     replay: mpsc::UnboundedSender<()>,
+    no_echo: bool,
 ) -> Result<async_nats::Client, ClusterError> {
     let mut o = async_nats::ConnectOptions::new()
         .name(format!("midge-{node}"))
-        .no_echo()
         .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms))
         .request_timeout(Some(cfg.request_timeout()))
         // Keep trying forever once connected: a node outlives NATS restarts.
@@ -634,6 +722,9 @@ async fn connect(
                 }
             }
         });
+    if no_echo {
+        o = o.no_echo();
+    }
     if let Some(p) = &cfg.credentials {
         o = o
             .credentials_file(p)
@@ -718,6 +809,17 @@ struct Handler {
 }
 
 impl Handler {
+    /// A message of a shared group's queue subscription: for one local
+    /// member of that group, also when this node published it.
+    fn handle_shared(&mut self, msg: &async_nats::Message, g: &Group) {
+        let Some(env) = decode_inbound(msg, 3, &self.metrics) else {
+            return;
+        };
+        let q = env.qos as usize;
+        self.metrics.received[q.min(2)].fetch_add(1, Relaxed);
+        self.local.deliver_shared(env, &g.group, &g.filter);
+    }
+
     /// Decodes `msg` (its topic after `prefix_tokens` subject tokens) and
     /// hands it to the broker unless it is this node's own or a copy.
     fn handle(
@@ -801,9 +903,12 @@ async fn inbound(
                     });
                 }
             },
-            Some(m) = subs.next(), if !subs.is_empty() => {
-                let many = subs.len() > 1;
-                h.handle(&m, 3, None, many);
+            Some((group, m)) = subs.next(), if !subs.is_empty() => match group {
+                None => {
+                    let many = subs.len() > 1;
+                    h.handle(&m, 3, None, many);
+                }
+                Some(g) => h.handle_shared(&m, &g),
             },
         }
     }
@@ -831,7 +936,13 @@ impl Cluster {
         if last <= h.floor {
             return Ok(());
         }
-        let filters: Vec<String> = self.interest.lock().keys().cloned().collect();
+        let filters: Vec<String> = self
+            .interest
+            .lock()
+            .keys()
+            .filter(|k| !k.starts_with('\0'))
+            .cloned()
+            .collect();
         if filters.is_empty() {
             h.floor = last;
             return Ok(());

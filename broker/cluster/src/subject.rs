@@ -70,6 +70,14 @@ fn push_level(out: &mut String, level: &str) {
     }
 }
 
+/// One MQTT level (or any string) as one subject token: for NATS queue
+/// group names (shared subscription groups).
+pub fn token(level: &str) -> String {
+    let mut out = String::with_capacity(level.len() + 4);
+    push_level(&mut out, level);
+    out
+}
+
 /// `prefix` + the subject of `topic`. `prefix` ends with `.` (e.g. `midge.m.`).
 pub fn topic_subject(prefix: &str, topic: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + topic.len() + 8);

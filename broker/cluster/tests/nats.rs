@@ -58,6 +58,7 @@ fn config(urls: &[String], name: &str, node: &str) -> ClusterConfig {
 enum Got {
     Msg(Envelope),
     Retained(String, Option<Envelope>),
+    Shared(String, Envelope),
 }
 
 struct Sink(mpsc::UnboundedSender<Got>);
@@ -68,6 +69,9 @@ impl Local for Sink {
     }
     fn retained(&self, topic: String, env: Option<Envelope>) {
         let _ = self.0.send(Got::Retained(topic, env));
+    }
+    fn deliver_shared(&self, env: Envelope, group: &str, _filter: &str) {
+        let _ = self.0.send(Got::Shared(group.to_string(), env));
     }
 }
 
@@ -100,7 +104,7 @@ async fn next_msg(rx: &mut mpsc::UnboundedReceiver<Got>) -> Envelope {
     loop {
         match tokio::time::timeout(WAIT, rx.recv()).await {
             Ok(Some(Got::Msg(e))) => return e,
-            Ok(Some(Got::Retained(..))) => continue,
+            Ok(Some(Got::Retained(..) | Got::Shared(..))) => continue,
             other => panic!("no message within {WAIT:?}: {other:?}"),
         }
     }
@@ -334,4 +338,52 @@ async fn unreachable_nats_is_an_error_naming_the_url() {
     let (tx, _rx) = mpsc::unbounded_channel();
     let e = Cluster::start(&cfg, Arc::new(Sink(tx))).await.unwrap_err();
     assert!(e.to_string().contains(&url), "{e}");
+}
+
+#[tokio::test]
+async fn a_shared_group_gets_each_message_once_across_nodes() {
+    let Some(urls) = nats() else { return };
+    let name = unique();
+    let (a, mut ra) = node(&urls, &name, "a").await;
+    let (b, mut rb) = node(&urls, &name, "b").await;
+    a.group_added("q/#", "g").await;
+    b.group_added("q/#", "g").await;
+    // Queue interest travels like plain interest: wait until probes arrive.
+    let mut got = 0;
+    for _ in 0..100 {
+        a.forward(&env("q/probe", QoS::AtMostOnce, "a")).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while let Ok(m) = ra.try_recv().or_else(|_| rb.try_recv()) {
+            if matches!(m, Got::Shared(..)) {
+                got += 1;
+            }
+        }
+        if got > 3 {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while ra.try_recv().is_ok() || rb.try_recv().is_ok() {}
+    for i in 0..40 {
+        let h = a
+            .forward(&env(&format!("q/{i}"), QoS::AtLeastOnce, "a"))
+            .await;
+        assert!(h.unwrap().await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut seen = std::collections::HashSet::new();
+    let mut per = [0, 0];
+    for (k, rx) in [&mut ra, &mut rb].into_iter().enumerate() {
+        while let Ok(m) = rx.try_recv() {
+            if let Got::Shared(g, e) = m {
+                assert_eq!(g, "g");
+                assert!(seen.insert(e.topic.to_string()), "duplicate {}", e.topic);
+                per[k] += 1;
+            }
+        }
+    }
+    // The publishing node is a member too: its own publishes reach it.
+    assert_eq!(seen.len(), 40, "each message once: {per:?}");
+    assert!(per[0] > 0 && per[1] > 0, "spread: {per:?}");
+    b.group_removed("q/#", "g");
 }

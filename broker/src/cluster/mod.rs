@@ -219,6 +219,30 @@ impl Local for LocalBroker {
         }
     }
 
+    fn deliver_shared(&self, env: Envelope, group: &str, filter: &str) {
+        let Some(b) = self.0.upgrade() else { return };
+        let key = crate::router::SharedKey {
+            group: group.into(),
+            filter: filter.into(),
+        };
+        let Some(e) = b.router.pick_group(&key) else {
+            return;
+        };
+        let msg = Arc::new(message(env));
+        let d = crate::session::Delivery {
+            qos: e.opts.qos.min(msg.qos),
+            retain: msg.retain && e.opts.retain_as_published,
+            sub_ids: e.id.into_iter().collect(),
+            shared: Some(key),
+            seq: 0,
+            msg,
+        };
+        let (outcome, _) = e.session.enqueue(d, b.queue_limits());
+        if outcome == crate::session::EnqueueOutcome::Queued {
+            b.stats.messages_routed.fetch_add(1, Relaxed);
+        }
+    }
+
     fn retained(&self, topic: String, env: Option<Envelope>) {
         if let Some(b) = self.0.upgrade() {
             b.retained
@@ -461,14 +485,11 @@ async fn interest(
     mut rx: mpsc::UnboundedReceiver<(String, Option<String>, bool)>,
 ) {
     while let Some((filter, group, present)) = rx.recv().await {
-        if group.is_some() {
-            // Shared groups: delivered per node for now (see ARCHITECTURE.md).
-            debug!(%filter, ?group, present, "cluster: shared group interest");
-        }
-        if present {
-            cluster.interest_added(&filter).await;
-        } else {
-            cluster.interest_removed(&filter);
+        match (group, present) {
+            (None, true) => cluster.interest_added(&filter).await,
+            (None, false) => cluster.interest_removed(&filter),
+            (Some(g), true) => cluster.group_added(&filter, &g).await,
+            (Some(g), false) => cluster.group_removed(&filter, &g),
         }
     }
 }

@@ -63,7 +63,7 @@ impl Node {
         self.children.is_empty() && self.subs.is_empty() && self.shared.is_empty()
     }
 
-    fn collect(&self, out: &mut Vec<Hit>) {
+    fn collect(&self, out: &mut Vec<Hit>, shared: bool) {
         for e in &self.subs {
             out.push(Hit {
                 session: e.session.clone(),
@@ -74,7 +74,7 @@ impl Node {
                 shared: None,
             });
         }
-        for g in &self.shared {
+        for g in self.shared.iter().filter(|_| shared) {
             if let Some(e) = pick_member(g, None) {
                 out.push(Hit {
                     session: e.session.clone(),
@@ -218,11 +218,25 @@ impl Router {
     }
 
     /// Every subscription matching `topic`; one member per shared group.
+    /// Clustered (`watch` set), shared groups are left out: NATS picks the
+    /// node of each group (see `cluster`), which uses [`Router::pick_group`].
     pub fn matches(&self, topic: &str, out: &mut Vec<Hit>) {
         let levels: SmallVec<[&str; 8]> = topic.split('/').collect();
         let dollar = topic.starts_with('$');
+        let shared = self.watch.get().is_none();
         let root = self.root.read();
-        walk(&root, &levels, 0, dollar, out);
+        walk(&root, &levels, 0, dollar, shared, out);
+    }
+
+    /// A member of shared group `key`, preferring online ones.
+    pub fn pick_group(&self, key: &SharedKey) -> Option<SubEntry> {
+        let root = self.root.read();
+        let mut node = &*root;
+        for level in key.filter.split('/') {
+            node = node.children.get(level)?;
+        }
+        let g = node.shared.iter().find(|g| g.key.group == key.group)?;
+        pick_member(g, None).cloned()
     }
 
     /// Another member of a shared group than `exclude`, preferring online ones.
@@ -237,25 +251,25 @@ impl Router {
     }
 }
 
-fn walk(node: &Node, levels: &[&str], idx: usize, dollar: bool, out: &mut Vec<Hit>) {
+fn walk(node: &Node, levels: &[&str], idx: usize, dollar: bool, shared: bool, out: &mut Vec<Hit>) {
     let wild_ok = !(idx == 0 && dollar);
     if idx == levels.len() {
-        node.collect(out);
+        node.collect(out, shared);
         // "a/#" also matches "a".
         if let Some(hash) = node.children.get("#") {
-            hash.collect(out);
+            hash.collect(out, shared);
         }
         return;
     }
     if let Some(child) = node.children.get(levels[idx]) {
-        walk(child, levels, idx + 1, dollar, out);
+        walk(child, levels, idx + 1, dollar, shared, out);
     }
     if wild_ok {
         if let Some(child) = node.children.get("+") {
-            walk(child, levels, idx + 1, dollar, out);
+            walk(child, levels, idx + 1, dollar, shared, out);
         }
         if let Some(hash) = node.children.get("#") {
-            hash.collect(out);
+            hash.collect(out, shared);
         }
     }
 }
