@@ -30,6 +30,7 @@
 #   CONNECT_CONCURRENCY=64  TIMEOUT=1800
 #   BROKER_CPU=0 BENCH_CPU=1  cores for taskset (the NATS servers share the broker's)
 #   OUT=docs/BENCHMARKS.md  SKIP_BUILD=1 (reuse target/release binaries)
+#   MIDGE=... BENCH=...  other binaries (e.g. target/debug/ ones for a dry run of the script)
 #
 # Every process this script starts is stopped by its PID.
 
@@ -73,25 +74,27 @@ cleanup() {
     local p
     for p in "${PIDS[@]}" "${NATS_PIDS[@]}"; do stop_pid "$p"; done
     rm -rf "$WORK"
+    idle_poll_off
 }
 trap cleanup EXIT
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
     cargo build --release -p midge -p midge-bench || exit 1
 fi
-MIDGE=$ROOT/target/release/midge
-BENCH=$ROOT/target/release/midge-bench
+MIDGE=${MIDGE:-$ROOT/target/release/midge}
+BENCH=${BENCH:-$ROOT/target/release/midge-bench}
 nats_install
-ulimit -n 1000000 2>/dev/null || ulimit -n 65536
+{ ulimit -n 1000000 || ulimit -n 65536; } 2>/dev/null || true
 
-on_broker() { taskset -c "$BROKER_CPU" "$@"; }
+# (Not shell functions for what runs in the background: `$!` must be the
+# process itself, which taskset execs, so that stop_pid ends it.)
 on_bench() { taskset -c "$BENCH_CPU" "$@"; }
 
 # A 3-server NATS cluster with JetStream and an MQTT listener on each server.
 NATS_CLIENT=() NATS_MQTT=() NATS_MON=()
 nats_cluster_start() {
-    local i routes="" route=() dir=$WORK/nats
-    rm -rf "$dir"; mkdir -p "$dir"
+    local i routes="" route=() dir
+    dir=$(mktemp -d "$WORK/nats.XXXXXX")
     NATS_CLIENT=() NATS_MQTT=() NATS_MON=() NATS_PIDS=()
     for i in 0 1 2; do
         NATS_CLIENT[$i]=$(free_port); NATS_MQTT[$i]=$(free_port)
@@ -111,7 +114,7 @@ cluster {
 }
 mqtt { listen: 127.0.0.1:${NATS_MQTT[$i]} }
 EOF
-        on_broker "$MIDGE_NATS_SERVER" -c "$dir/n$i.conf" >"$dir/n$i.log" 2>&1 &
+        taskset -c "$BROKER_CPU" "$MIDGE_NATS_SERVER" -c "$dir/n$i.conf" >"$dir/n$i.log" 2>&1 &
         NATS_PIDS+=($!)
     done
     local deadline=$((SECONDS + 60)) ok
@@ -153,7 +156,7 @@ midge_start() {
             echo "replicas = 3"
         fi
     } >"$cfg"
-    on_broker "$MIDGE" serve --no-ws --config "$cfg" >"$WORK/$name.log" 2>&1 &
+    taskset -c "$BROKER_CPU" "$MIDGE" serve --no-ws --config "$cfg" >"$WORK/$name.log" 2>&1 &
     local pid=$!
     PIDS+=($pid)
     local i
@@ -234,7 +237,7 @@ run_sessions() {
     nats_cluster_start || return 1
     midge_start a yes && midge_start b yes || { midge_stop_all; nats_cluster_stop; return; }
     t0=$(date +%s.%N)
-    on_bench "$BENCH" --port "$PORT_a" --scenario restart-sessions --phase setup \
+    taskset -c "$BENCH_CPU" "$BENCH" --port "$PORT_a" --scenario restart-sessions --phase setup \
         --sessions "$half" --prefix sa --connect-concurrency "$CONNECT_CONCURRENCY" --timeout "$TIMEOUT" >/dev/null 2>"$WORK/sa.err" &
     local j1=$!
     on_bench "$BENCH" --port "$PORT_b" --scenario restart-sessions --phase setup \
