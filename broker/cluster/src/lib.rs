@@ -15,6 +15,8 @@
 //!   local filter, the inbound task.
 //! - [`ownership`]: who owns a client id: compare-and-set with an epoch.
 //! - [`membership`]: node records with a heartbeat and a max age.
+//! - [`remote`]: what filters the other nodes hold (a publish nobody else
+//!   wants stays on its node).
 //! - [`retained`]: the retained bucket, watched into every node.
 //! - [`wills`]: wills of connected clients, taken once when their node dies.
 //! - [`metrics`]: counters and round-trip histograms of every NATS wait.
@@ -26,6 +28,7 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod ownership;
+pub mod remote;
 pub mod retained;
 pub mod subject;
 pub mod wills;

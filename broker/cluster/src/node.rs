@@ -164,6 +164,8 @@ pub struct Cluster {
     pub(crate) nodes: kv::Store,
     pub(crate) retained: kv::Store,
     pub(crate) wills: kv::Store,
+    pub(crate) interest_kv: kv::Store,
+    pub(crate) remote: crate::remote::Remote,
     stream: String,
     /// Identifies this run of the node in message ids (start time, ms).
     run: u64,
@@ -326,6 +328,7 @@ impl Cluster {
             ),
             bucket("retained", 1, Duration::ZERO, None),
             bucket("wills", 1, Duration::ZERO, None),
+            bucket("interest", 1, Duration::ZERO, None),
         ] {
             let name = kc.bucket.clone();
             match tokio::time::timeout(deadline, js.create_or_update_key_value(kc)).await {
@@ -334,6 +337,7 @@ impl Cluster {
                 Err(_) => return Err(setup(&format!("bucket {name}"), &"no answer")),
             }
         }
+        let interest_kv = stores.pop().ok_or_else(|| setup("buckets", &"missing"))?;
         let wills = stores.pop().ok_or_else(|| setup("buckets", &"missing"))?;
         let retained = stores.pop().ok_or_else(|| setup("buckets", &"missing"))?;
         let nodes = stores.pop().ok_or_else(|| setup("buckets", &"missing"))?;
@@ -353,6 +357,8 @@ impl Cluster {
             nodes,
             retained,
             wills,
+            interest_kv,
+            remote: Default::default(),
             stream: stream_name,
             run: now_ms() as u64,
             seq: AtomicU64::new(0),
@@ -375,6 +381,8 @@ impl Cluster {
         ));
         crate::membership::spawn_heartbeat(&cluster);
         crate::retained::spawn_watch(&cluster, local).await?;
+        crate::remote::spawn_watch(&cluster).await?;
+        cluster.publish_interest().await?;
         info!(node = %cluster.node, nats = %cluster.urls, "cluster: joined");
         Ok(cluster)
     }
@@ -661,6 +669,12 @@ impl Cluster {
     /// Shared group `group` on `filter` lost its last local member.
     pub fn group_removed(&self, filter: &str, group: &str) {
         self.interest_removed(&format!("\0{group}\0{filter}"));
+    }
+
+    /// Keys of the interest map: plain filters, and `\0group\0filter` for
+    /// shared groups.
+    pub(crate) fn interest_keys(&self) -> Vec<String> {
+        self.interest.lock().keys().cloned().collect()
     }
 
     /// Distinct local filters the node is subscribed for.

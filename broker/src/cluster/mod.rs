@@ -154,7 +154,7 @@ pub fn forward(broker: &Broker, msg: &Arc<Message>) {
     let Some(node) = broker.cluster.get() else {
         return;
     };
-    if msg.topic.starts_with("$SYS") {
+    if msg.topic.starts_with("$SYS") || !node.cluster.wanted_elsewhere(&msg.topic) {
         return;
     }
     let acks = msg
@@ -348,6 +348,11 @@ async fn dead_node(broker: Weak<Broker>, cluster: Arc<Cluster>, gone: String) {
         }
     };
     let me = cluster.node().to_string();
+    if !gone.is_empty() && !alive.contains(&gone) {
+        if let Err(e) = cluster.forget_interest(&gone).await {
+            debug!(node = %gone, error = %e, "cluster: summary of a dead node not dropped");
+        }
+    }
     let wills = match cluster.take_wills(|n| n != me && !alive.contains(n)).await {
         Ok(w) => w,
         Err(e) => {
@@ -484,12 +489,20 @@ async fn interest(
     cluster: Arc<Cluster>,
     mut rx: mpsc::UnboundedReceiver<(String, Option<String>, bool)>,
 ) {
-    while let Some((filter, group, present)) = rx.recv().await {
-        match (group, present) {
-            (None, true) => cluster.interest_added(&filter).await,
-            (None, false) => cluster.interest_removed(&filter),
-            (Some(g), true) => cluster.group_added(&filter, &g).await,
-            (Some(g), false) => cluster.group_removed(&filter, &g),
+    while let Some(first) = rx.recv().await {
+        // A batch of changes, then one summary for the other nodes.
+        let mut next = Some(first);
+        while let Some((filter, group, present)) = next.take() {
+            match (group, present) {
+                (None, true) => cluster.interest_added(&filter).await,
+                (None, false) => cluster.interest_removed(&filter),
+                (Some(g), true) => cluster.group_added(&filter, &g).await,
+                (Some(g), false) => cluster.group_removed(&filter, &g),
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = cluster.publish_interest().await {
+            warn!(error = %e, "cluster: interest summary not written; other nodes may miss this node's new filters");
         }
     }
 }

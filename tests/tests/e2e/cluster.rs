@@ -368,3 +368,30 @@ async fn check_validates_the_cluster_section() {
         assert!(err.contains(field), "{field} in {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_no_other_node_wants_stays_on_its_node() {
+    let Some(urls) = shared_urls() else { return };
+    let c = MidgeCluster::new(&urls, "");
+    let n = nodes(&c, &["n1", "n2"]);
+    let admin = http::Admin::of_process(&n[0]);
+    let forwarded = |t: &str| http::sample(t, "midge_cluster_forwarded_total{qos=\"1\"}");
+    let mut local = V4::new_at(n[0].port()).await;
+    local.subscribe("solo/#", QoS::AtLeastOnce).await;
+    let mut publ = V4::new_at(n[0].port()).await;
+    for i in 0..20 {
+        publ.publish(&format!("solo/{i}"), QoS::AtLeastOnce, false, "x")
+            .await;
+        local.next_publish().await;
+    }
+    let m = admin.call("GET", "/metrics", None).await.text();
+    assert_eq!(forwarded(&m), 0.0, "no other node wants solo/#");
+    // Once n2 has a subscriber, the same publishes cross.
+    let mut remote = V4::new_at(n[1].port()).await;
+    remote.subscribe("solo/#", QoS::AtLeastOnce).await;
+    settle(n[0].port(), &mut remote, "solo/probe").await;
+    publ.publish("solo/x", QoS::AtLeastOnce, false, "y").await;
+    assert_eq!(remote.next_publish().await.topic, "solo/x");
+    let m = admin.call("GET", "/metrics", None).await.text();
+    assert!(forwarded(&m) >= 1.0);
+}
