@@ -607,10 +607,11 @@ impl Config {
             .any(|p| p.enabled)
             .then(|| Arc::new(crate::plugins::AnyFunction) as _);
         if let Err(errors) = crate::rules::RuleSet::build(rules, None, plugin_functions.as_ref()) {
-            errs.push(ConfigError::Rules {
+            // One problem per rule error, so each is listed and counted.
+            errs.extend(errors.into_iter().map(|e| ConfigError::Rules {
                 path: origin.to_string(),
-                errors,
-            });
+                errors: vec![e],
+            }));
         }
         errs
     }

@@ -1,5 +1,6 @@
 //! Criterion benches: parse+plan, FROM filter matching, evaluation of a
-//! simple select over a JSON payload. Run: `cargo bench -p midge-rules`.
+//! simple select over a JSON payload, a jq rule. Run: `cargo bench -p
+//! midge-rules` (or `-- jq` for the jq pair only).
 
 use std::hint::black_box;
 
@@ -57,5 +58,33 @@ fn evaluate(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, parse, filter_match, evaluate);
+/// The per-message cost of a rule calling `jq` on the payload (compiled
+/// once at load; the payload decoded, handed to jaq, the outputs converted
+/// back), next to the same conversion written in rule SQL.
+fn jq(c: &mut Criterion) {
+    let rule = Rule::compile(
+        "jq",
+        r#"SELECT jq('{t_f: (.temp * 1.8 + 32), loc}', payload) AS out FROM "sensor/#""#,
+    )
+    .expect("valid");
+    c.bench_function("evaluate/jq_rule_json", |b| {
+        b.iter(|| {
+            let input = Input::message("sensor/1", black_box(PAYLOAD)).clientid("c1");
+            rule.apply(&input)
+        })
+    });
+    let sql = Rule::compile(
+        "sql",
+        r#"SELECT payload.temp * 1.8 + 32 AS t_f, payload.loc AS loc FROM "sensor/#""#,
+    )
+    .expect("valid");
+    c.bench_function("evaluate/same_in_sql_json", |b| {
+        b.iter(|| {
+            let input = Input::message("sensor/1", black_box(PAYLOAD)).clientid("c1");
+            sql.apply(&input)
+        })
+    });
+}
+
+criterion_group!(benches, parse, filter_match, evaluate, jq);
 criterion_main!(benches);

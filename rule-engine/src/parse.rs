@@ -167,7 +167,7 @@ fn map_parser_error(e: ParserError, fallback: Location) -> ParseError {
         let line = parts.next().and_then(|s| s.trim().parse().ok());
         let col = parts.next().and_then(|s| s.trim().parse().ok());
         if let (Some(line), Some(column)) = (line, col) {
-            let message = msg[..idx].replace("found: EOF", "found: end of clause");
+            let message = readable(&msg[..idx]);
             return ParseError {
                 line,
                 column,
@@ -176,6 +176,29 @@ fn map_parser_error(e: ParserError, fallback: Location) -> ParseError {
         }
     }
     ParseError::at(fallback, msg)
+}
+
+/// sqlparser's messages in words a rule author knows: `No infix parser for
+/// token ShiftRight` becomes "unexpected `>>`".
+fn readable(msg: &str) -> String {
+    if let Some(tok) = msg.strip_prefix("No infix parser for token ") {
+        let shown = match tok {
+            "ShiftRight" => ">>".to_owned(),
+            "ShiftLeft" => "<<".to_owned(),
+            "Ampersand" => "&".to_owned(),
+            "Pipe" => "|".to_owned(),
+            "Caret" => "^".to_owned(),
+            "StringConcat" => "||".to_owned(),
+            "DoubleColon" => "::".to_owned(),
+            "Colon" => ":".to_owned(),
+            "Arrow" => "->".to_owned(),
+            "LongArrow" => "->>".to_owned(),
+            other => other.trim_start_matches("Word(").to_owned(),
+        };
+        return format!("unexpected `{shown}`: not an operator of rule SQL");
+    }
+    msg.replace("found: EOF", "found: end of clause")
+        .replace("Expected: ", "expected ")
 }
 
 /// Parses a full rule statement.
@@ -635,7 +658,12 @@ mod tests {
         assert!(e.message.contains("quoted topic filter"), "{}", e.message);
 
         let e = err("SELECT a, FROM \"t\"");
-        assert!(e.message.contains("Expected"), "{}", e.message);
+        assert!(e.message.contains("expected"), "{}", e.message);
+
+        let e = err("SELECT a\n  FROM \"t\"\n  WHERE a >> 2");
+        assert_eq!(e.line, 3);
+        assert!(e.message.contains("unexpected `>>`"), "{}", e.message);
+        assert!(!e.message.contains("infix"), "{}", e.message);
 
         let e = err("UPDATE x");
         assert!(e.message.contains("expected SELECT or FOREACH"));

@@ -45,13 +45,65 @@ pub enum SampleError {
     /// The SQL does not compile (rule id "test", line and column).
     #[error("{0}")]
     Compile(midge_rules::RuleError),
-    #[error("unknown event `{0}`")]
+    #[error("unknown event `{}`; expected one of: {}", .0, event_names())]
     UnknownEvent(String),
     #[error("qos must be 0, 1 or 2 (got {0})")]
     Qos(u8),
     /// Evaluation failed at run time.
     #[error("{0}")]
     Eval(String),
+}
+
+/// The event names `--event` accepts.
+fn event_names() -> String {
+    EventKind::ALL
+        .iter()
+        .map(|k| k.topic().trim_start_matches("$events/"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Plausible values for the fields of a sample event that neither the
+/// sample nor its `fields` set (`peername`, `proto_ver`, `keepalive`, ...),
+/// so a test shows what a real event would give instead of `null`.
+fn event_defaults(kind: EventKind, sample: &Sample, now: i64) -> Map {
+    let mut m = Map::new();
+    let mut put = |k: &str, v: Value| {
+        if kind.fields().contains(&k) {
+            m.insert(k.to_owned(), v);
+        }
+    };
+    put(
+        "peername",
+        Value::from(format!("{}:52340", sample.peerhost)),
+    );
+    put("sockname", Value::from("127.0.0.1:1883"));
+    put("proto_name", Value::from("MQTT"));
+    put("proto_ver", Value::Int(5));
+    put("keepalive", Value::Int(60));
+    put("clean_start", Value::Bool(true));
+    put("expiry_interval", Value::Int(0));
+    put("is_bridge", Value::Bool(false));
+    put("mountpoint", Value::Undefined);
+    put("connected_at", Value::Int(now));
+    put("disconnected_at", Value::Int(now));
+    put("reason", Value::from("normal"));
+    put("reason_code", Value::from("success"));
+    put("is_superuser", Value::Bool(false));
+    put("is_anonymous", Value::Bool(sample.username.is_none()));
+    put("action", Value::from("publish"));
+    put("authz_source", Value::from("default"));
+    put("result", Value::from("allow"));
+    put("from_clientid", Value::from(sample.clientid.as_str()));
+    put("from_username", Value::from(sample.username.clone()));
+    put("publish_received_at", Value::Int(now));
+    put("conn_props", Value::Map(Map::new()));
+    put("disconn_props", Value::Map(Map::new()));
+    put("sub_props", Value::Map(Map::new()));
+    put("unsub_props", Value::Map(Map::new()));
+    put("puback_props", Value::Map(Map::new()));
+    put("pub_props", Value::Map(Map::new()));
+    m
 }
 
 /// The rows `sql` outputs for `sample` (empty: no match).
@@ -76,11 +128,16 @@ pub fn run(sql: &str, sample: &Sample) -> Result<Vec<Row>, SampleError> {
         None => Input::message(&sample.topic, sample.payload.as_bytes()),
     };
     let now = crate::message::now_ms();
-    let fields: Map = sample
-        .fields
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::from(v)))
-        .collect();
+    let mut fields = match base.source() {
+        midge_rules::Source::Event(kind) => event_defaults(kind, sample, now),
+        midge_rules::Source::Message => Map::new(),
+    };
+    fields.extend(
+        sample
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v))),
+    );
     let input = base
         .clientid(&sample.clientid)
         .username(sample.username.as_deref())
@@ -122,5 +179,24 @@ mod tests {
             run("SELEC x", &s),
             Err(SampleError::Compile(e)) if e.line == 1
         ));
+        let rows = run(
+            r#"SELECT peername, proto_ver, keepalive FROM "$events/client_connected""#,
+            &ev,
+        )
+        .unwrap();
+        assert_eq!(rows[0]["peername"], "127.0.0.1:52340");
+        assert_eq!(rows[0]["proto_ver"], 5);
+        assert_eq!(rows[0]["keepalive"], 60);
+        let typo = Sample {
+            event: Some("client_conected".into()),
+            ..Sample::default()
+        };
+        let e = run(r#"SELECT * FROM "$events/client_connected""#, &typo).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("client_conected")
+                && text.contains("client_connected, client_disconnected"),
+            "{text}"
+        );
     }
 }

@@ -19,9 +19,17 @@ pub(super) const FUNCTIONS: &[FuncDef] = &[
     }),
 ];
 
+/// Standard alphabet; padding optional when decoding (the base64 that
+/// tools and EMQX's docs show often has none).
+const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 fn base64_decode(a: &[Value], _: &CallContext<'_, '_>) -> CallResult {
     let t = binary(a, 0, "base64_decode")?;
-    base64::engine::general_purpose::STANDARD
+    LENIENT
         .decode(t.trim_ascii())
         .map(Value::bytes)
         .map_err(|e| format!("base64_decode: {e}"))

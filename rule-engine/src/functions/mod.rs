@@ -15,6 +15,8 @@
 //! | `compression` | `zip`/`unzip`, `gzip`/`gunzip`, `zip_compress`/`zip_uncompress` (flate2) |
 //! | `time` | date and time |
 //! | `misc` | `coalesce`, `coalesce_ne`, UUIDs, `getenv` |
+//! | `sparkplug` | `sparkplug_decode`, `sparkplug_encode` (Sparkplug B, `proto/sparkplug_b.proto`, prost) |
+//! | `jq` | `jq/2,3` (jaq: compiled at load, run within a step, time and stack budget) |
 //!
 //! Every call is resolved at load time to a [`FuncDef`] (name, arity range,
 //! implementation, and what to compile from a literal argument at load);
@@ -27,10 +29,12 @@ mod compression;
 mod convert;
 mod encoding;
 mod hashing;
+mod jq;
 mod maps;
 mod math;
 mod message;
 mod misc;
+mod sparkplug;
 mod strings;
 mod time;
 
@@ -53,6 +57,7 @@ pub(crate) struct CallContext<'r, 'a> {
 #[derive(Debug)]
 pub(crate) enum Prepared {
     Regex(Regex),
+    Jq(Box<jq::Program>),
     /// A value fixed at load (`getenv('X')`).
     Value(Value),
 }
@@ -125,6 +130,8 @@ const FAMILIES: &[&[FuncDef]] = &[
     compression::FUNCTIONS,
     time::FUNCTIONS,
     misc::FUNCTIONS,
+    jq::FUNCTIONS,
+    sparkplug::FUNCTIONS,
 ];
 
 fn all() -> impl Iterator<Item = &'static FuncDef> {

@@ -179,3 +179,133 @@ actions = [{{ type = "republish", topic = "{t}/sensors/${{idx}}", qos = 1, paylo
     sub.expect_no_publish(Duration::from_millis(300)).await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jq_rules_republish_what_emqx_documents() {
+    let t = topic("jq");
+    // EMQX docs (rule-sql-jq): a jq object built from the payload, and
+    // FOREACH over a jq program that averages each sensor without outliers.
+    let cfg = format!(
+        r#"
+[[rules]]
+id = "convert"
+sql = '''SELECT jq('{{temperature_C:.temperature, temperature_F: (.temperature * 1.8 + 32)}}', payload) AS out FROM "{t}/temp"'''
+actions = [{{ type = "republish", topic = "{t}/converted", qos = 1, payload = "${{out}}" }}]
+
+[[rules]]
+id = "averages"
+sql = '''FOREACH   jq('def rem_first:
+                 if length > 2 then del(.[0]) else . end;
+              def rem_last:
+                 if length > 1 then del(.[-1]) else . end;
+              .date as $date |
+              .sensors[] |
+                (.data | sort | rem_first | rem_last | add / length) as $average |
+                {{$average, $date}}',
+             payload) AS item
+DO item.average AS average, item.date AS date
+FROM "{t}/complex_rule/jq/#"'''
+actions = [{{ type = "republish", topic = "{t}/averages", qos = 1 }}]
+"#
+    );
+    let b = start_broker(|c| c.rules = rules(&cfg)).await;
+    let mut sub = V4::new(&b, "jqsub").await;
+    sub.subscribe(&format!("{t}/converted"), rumqttc::QoS::AtLeastOnce)
+        .await;
+    sub.subscribe(&format!("{t}/averages"), rumqttc::QoS::AtLeastOnce)
+        .await;
+    let mut p = V4::new(&b, "jqpub").await;
+    p.publish(
+        &format!("{t}/temp"),
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        r#"{"temperature": 10}"#,
+    )
+    .await;
+    let m = sub.next_publish().await;
+    assert_eq!(m.topic, format!("{t}/converted"));
+    assert_eq!(
+        text(&m.payload),
+        r#"[{"temperature_C":10,"temperature_F":50}]"#
+    );
+    p.publish(
+        &format!("{t}/complex_rule/jq/1"),
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        r#"{"date": "2020-04-24", "sensors": [{"name": "a", "data": [3, 1, 2, 4, 5, 5]},
+            {"name": "b", "data": [1, -100, 2, 3, 4, 5, 2000]}, {"name": "c", "data": [3, 7, 9]}]}"#,
+    )
+    .await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(text(&sub.next_publish().await.payload));
+    }
+    assert_eq!(
+        got,
+        vec![
+            r#"{"average":3.5,"date":"2020-04-24"}"#,
+            r#"{"average":3,"date":"2020-04-24"}"#,
+            r#"{"average":7,"date":"2020-04-24"}"#,
+        ]
+    );
+    b.shutdown().await;
+}
+
+/// `midge rule test` as an operator runs it (issue 19, item 5): a
+/// misspelled event lists the valid ones; an event sample fills its fields
+/// with plausible values; a SQL error reads in rule SQL's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_test_cli_events_and_readable_errors() {
+    let bin = midge_e2e::process::midge_bin();
+    let run = |args: &[&str]| {
+        let mut c = Command::new(&bin);
+        c.arg("rule").arg("test").args(args);
+        c
+    };
+    let o = run_command(
+        run(&[
+            "--sql",
+            r#"SELECT * FROM "$events/client_connected""#,
+            "--event",
+            "client_conected",
+        ]),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("unknown event `client_conected`")
+            && err.contains("client_connected, client_disconnected, client_connack"),
+        "{err}"
+    );
+
+    let o = run_command(
+        run(&[
+            "--sql",
+            r#"SELECT peername, proto_ver, keepalive FROM "$events/client_connected""#,
+            "--event",
+            "client_connected",
+        ]),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        rows,
+        serde_json::json!([{"peername": "127.0.0.1:52340", "proto_ver": 5, "keepalive": 60}])
+    );
+
+    let o = run_command(
+        run(&["--sql", "SELECT a\n  FROM \"t\"\n  WHERE a >> 2"]),
+        Duration::from_secs(30),
+    )
+    .await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("line 3") && err.contains("unexpected `>>`"),
+        "{err}"
+    );
+    assert!(!err.contains("infix"), "{err}");
+}
