@@ -120,8 +120,11 @@ pub struct LimitsConfig {
     pub max_publish_bytes_rate: u64,
     /// Subscriptions one client may hold (5.0: SUBACK 0x97 for the excess).
     pub max_subscriptions: usize,
-    /// Clients that connect without a username (and that no auth plugin
-    /// accepts) are allowed (true) or refused (false: CONNACK 0x87 / 3.1.1 code 5).
+    /// true: clients no authenticator accepted are let in (a client an
+    /// auth plugin refuses is still refused). false: only clients an
+    /// authenticating plugin accepted get in (others: CONNACK 0x87 / 3.1.1
+    /// code 5, username or not), and the broker refuses to start without
+    /// such a plugin (see `crate::auth`).
     pub allow_anonymous: bool,
 }
 
@@ -523,6 +526,9 @@ impl Config {
                     &format!("unknown listener `{name}` (expected mqtt, ws, mqtts or wss)"),
                 );
             }
+        }
+        if let Some(e) = crate::auth::config_problem(&self.limits, &self.plugins) {
+            invalid("limits.allow_anonymous", &e);
         }
         if self.limits.connect_timeout == 0 {
             invalid("limits.connect_timeout", "must be at least 1 second");

@@ -339,7 +339,11 @@ fn serve(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let mut server = Server::bind(cfg.clone()).await?;
+        let mut server = Server::bind(cfg.clone()).await.map_err(|e| match &path {
+            // Errors about the file's settings name the file, as `check` does.
+            Some(p) if e.is_config_error() => anyhow::anyhow!("{}: {e}", p.display()),
+            _ => e.into(),
+        })?;
         if let Some(path) = path {
             server = server.with_config_path(path.clone());
             tokio::spawn(midge::reload::watch(server.broker(), path, cfg));

@@ -196,6 +196,9 @@ pub async fn reload_all(
     })?;
     // Plugins first: the rules may call functions a new version offers.
     let plugins = apply_plugins(broker, &config).await;
+    if let Err(e) = crate::auth::check_authenticator(&broker.limits, broker.plugins.get()) {
+        error!(error = %e, "after this reload every client is refused");
+    }
     let rules = match apply(broker, &config, path, running) {
         Ok(n) => n,
         Err(error) => return Err(ReloadRefused { error, plugins }),

@@ -366,16 +366,16 @@ async fn run<R, W>(
                     "enhanced authentication did not finish",
                 ));
             }
-            Some(Ok(pt::AuthDecision::Ignore)) | None
-                if c.username.is_none() && !broker.limits.allow_anonymous =>
-            {
+            // Nobody authenticated it: with anonymous access off, refused
+            // whether or not it sent a username (see crate::auth).
+            Some(Ok(pt::AuthDecision::Ignore)) | None if !broker.limits.allow_anonymous => {
                 broker
                     .stats
                     .connections_refused_anonymous
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Err(fail(
                     reason::NOT_AUTHORIZED,
-                    "anonymous access is off (limits.allow_anonymous = false)",
+                    crate::auth::not_authenticated(c.username.is_some()),
                 ));
             }
             Some(Ok(pt::AuthDecision::Ignore)) | None => match broker.auth.authenticate(&info) {

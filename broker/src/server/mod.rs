@@ -46,6 +46,9 @@ pub enum ServerError {
     /// A `[plugins.kafka]` setting the producer refused.
     #[error("{0}")]
     Kafka(#[from] crate::services::kafka::KafkaSetupError),
+    /// `allow_anonymous = false` and no plugin authenticates clients.
+    #[error("{0}")]
+    NoAuthenticator(String),
     #[error("persistence: {0}")]
     Store(#[from] crate::store::StoreError),
     /// `[cluster]` is on and NATS cannot be reached or set up.
@@ -58,6 +61,17 @@ pub enum ServerError {
         path: String,
         message: String,
     },
+}
+
+impl ServerError {
+    /// An error about a setting of the configuration file (a TLS file, no
+    /// authenticator), which `midge serve` prefixes with the file's name.
+    pub fn is_config_error(&self) -> bool {
+        matches!(
+            self,
+            ServerError::Tls { .. } | ServerError::NoAuthenticator(_)
+        )
+    }
 }
 
 /// Loads `[listeners.tls]` (certificate, key, client CA) as `serve` would,
@@ -196,6 +210,8 @@ impl Server {
                 .set_functions(Arc::new(crate::plugins::PluginFunctions(host.clone())));
             let _ = broker.plugins.set(host);
         }
+        crate::auth::check_authenticator(&config.limits, broker.plugins.get())
+            .map_err(ServerError::NoAuthenticator)?;
         // The config's rules with the admin API's changes applied.
         let api_rules = config.api_rules_path();
         crate::rules::overlay::load(&broker.rules, &config.rules, &api_rules)?;

@@ -120,46 +120,6 @@ async fn max_subscriptions_refuses_the_excess_with_0x97_or_0x80() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anonymous_off_refuses_clients_without_a_username() {
-    let b = start_broker(|c| c.limits.allow_anonymous = false).await;
-    let mut c = RawClient::connect(b.addr).await;
-    let ack = c.send_connect(&ConnectOpts::v5(&unique("anon5"))).await;
-    assert_eq!(ack.code, 0x87, "5.0: not authorized");
-    c.expect_closed().await;
-    let mut c = RawClient::connect(b.addr).await;
-    let ack = c.send_connect(&ConnectOpts::v4(&unique("anon4"))).await;
-    assert_eq!(ack.code, 5, "3.1.1: not authorized");
-    c.expect_closed().await;
-    // rumqttc with credentials is let in.
-    let mut o = v5_options(&b, "named");
-    o.set_credentials("alice", "secret");
-    let (_named, ack) = V5::connect(o).await;
-    assert_eq!(
-        ack.code,
-        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success
-    );
-    assert_eq!(
-        b.broker
-            .stats
-            .connections_refused_anonymous
-            .load(Ordering::Relaxed),
-        2
-    );
-    assert_eq!(
-        metric(
-            &b,
-            r#"midge_limit_triggered_total{limit="allow_anonymous"}"#
-        )
-        .await,
-        2.0
-    );
-    assert_eq!(
-        metric(&b, r#"midge_connections_refused_total{code="0x87"}"#).await,
-        2.0
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sys_topics_reach_a_subscriber_and_wildcards_do_not_see_them() {
     let b = start_broker(|c| c.sys.interval = 1).await;
     let node = midge::rules::NODE;
