@@ -87,6 +87,11 @@ impl Default for PersistenceConfig {
 pub enum StoreError {
     #[error("{store}: cannot open: {message}")]
     Open { store: String, message: String },
+    /// Another process (a running broker) holds the store's lock.
+    #[error(
+        "{store}: cannot open: the store is locked by another process (is a broker running on it?)"
+    )]
+    Locked { store: String },
     #[error("{store}: record {key} is corrupt: {message}")]
     Corrupt {
         store: String,

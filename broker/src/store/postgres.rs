@@ -58,7 +58,17 @@ fn redact(url: &str) -> String {
 }
 
 impl PgBackend {
+    /// Connects and creates or migrates the schema (the broker).
     pub fn open(url: &str) -> Result<PgBackend, StoreError> {
+        PgBackend::connect(url, false)
+    }
+
+    /// Connects to a store that must exist already (`midge store`).
+    pub fn open_existing(url: &str) -> Result<PgBackend, StoreError> {
+        PgBackend::connect(url, true)
+    }
+
+    fn connect(url: &str, existing: bool) -> Result<PgBackend, StoreError> {
         let url_shown = redact(url);
         let store = format!("postgres store ({url_shown})");
         let open_err = |message: String| StoreError::Open {
@@ -78,8 +88,42 @@ impl PgBackend {
             rt,
             client,
         };
-        b.migrate().map_err(|e| open_err(format!("schema: {e}")))?;
+        if existing {
+            b.check_schema().map_err(open_err)?;
+        } else {
+            b.migrate().map_err(|e| open_err(format!("schema: {e}")))?;
+        }
         Ok(b)
+    }
+
+    /// For `midge store`: the schema must be there, at this version (a
+    /// tool never creates or migrates tables).
+    fn check_schema(&mut self) -> Result<(), String> {
+        let client = &self.client;
+        let version: Option<i32> = self
+            .rt
+            .block_on(async {
+                let exists = client
+                    .query_one("SELECT to_regclass('midge_schema') IS NOT NULL", &[])
+                    .await?
+                    .get::<_, bool>(0);
+                if !exists {
+                    return Ok(None);
+                }
+                let row = client
+                    .query_opt("SELECT version FROM midge_schema", &[])
+                    .await?;
+                Ok::<_, tokio_postgres::Error>(Some(row.map(|r| r.get(0)).unwrap_or(0)))
+            })
+            .map_err(|e| e.to_string())?;
+        match version {
+            None => Err("no midge store in this database (no table midge_schema)".into()),
+            Some(v) if v as usize == MIGRATIONS.len() => Ok(()),
+            Some(v) => Err(format!(
+                "schema version {v}, this midge reads {} (start the broker once to migrate it)",
+                MIGRATIONS.len()
+            )),
+        }
     }
 
     fn migrate(&mut self) -> Result<(), tokio_postgres::Error> {

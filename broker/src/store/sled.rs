@@ -94,22 +94,63 @@ fn segment_size(dir: &Path) -> usize {
         .unwrap_or(SEGMENT_SIZE)
 }
 
+/// sled's own file in a store directory: present once a store was created.
+const CONF_FILE: &str = "conf";
+
 impl SledBackend {
+    /// Opens the store in `dir`, creating it (and the directory) when
+    /// there is none: what the broker does.
     pub fn open(dir: &Path) -> Result<SledBackend, StoreError> {
         let store = format!("sled store at {}", dir.display());
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             store: store.clone(),
             message: format!("cannot create the directory: {e}"),
         })?;
+        SledBackend::open_dir(dir, store)
+    }
+
+    /// Opens the store in `dir` only if one is there: what `midge store`
+    /// does, so that a wrong path is an error and not a new, empty store.
+    pub fn open_existing(dir: &Path) -> Result<SledBackend, StoreError> {
+        let store = format!("sled store at {}", dir.display());
+        let open_err = |message: String| StoreError::Open {
+            store: store.clone(),
+            message,
+        };
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(open_err("not a directory".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(open_err(
+                    "no such directory (give the broker's --data-dir or its --config)".into(),
+                ))
+            }
+            Err(e) => return Err(open_err(e.to_string())),
+        }
+        if !dir.join(CONF_FILE).is_file() {
+            return Err(open_err(format!(
+                "no store in this directory (no `{CONF_FILE}` file)"
+            )));
+        }
+        SledBackend::open_dir(dir, store)
+    }
+
+    fn open_dir(dir: &Path, store: String) -> Result<SledBackend, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             .segment_size(segment_size(dir))
             .cache_capacity(CACHE_BYTES)
             .open()
-            .map_err(|e| StoreError::Open {
-                store,
-                message: e.to_string(),
+            .map_err(|e| match e {
+                // sled words it "could not acquire lock on ...: Os { .. }".
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked { store }
+                }
+                e => StoreError::Open {
+                    store,
+                    message: e.to_string(),
+                },
             })?;
         Ok(SledBackend {
             path: dir.to_path_buf(),

@@ -27,6 +27,7 @@ mod rules;
 mod rules_emqx;
 mod session;
 mod shared;
+mod store_tools;
 mod subscriptions;
 mod tls;
 mod v5_features;
