@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine with Rust: installs what
-# the tests need (mosquitto clients, paho-mqtt, cargo-nextest, PostgreSQL, tansu,
-# nats-server), then builds
+# the tests need (mosquitto clients, paho-mqtt, MQTT.js, cargo-nextest, PostgreSQL,
+# tansu, nats-server), then builds
 # and runs every test. `.ci/run` calls exactly this script.
 #
 #   ./scripts/test.sh
@@ -22,6 +22,10 @@ command -v mosquitto_pub >/dev/null && command -v mosquitto_sub >/dev/null \
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || apt_install haproxy
 python3 -c 'import paho.mqtt' 2>/dev/null \
   || python3 -m pip install -q 'paho-mqtt>=2,<3'
+command -v openssl >/dev/null || apt_install openssl
+# MQTT.js's CLI (over WebSocket), from npm into tests/js, pinned by its lock file.
+command -v npm >/dev/null || apt_install npm
+(cd tests/js && npm ci --no-audit --no-fund --silent)
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 # The plugin tests build the shipped plugins for this target.
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2

@@ -57,15 +57,24 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listeners {
-    /// MQTT over TCP.
+    /// MQTT over TCP. Listen addresses are `IP:port` or `host:port` (a
+    /// host name is resolved when the file is read; see [`resolve_listen`]).
+    #[serde(deserialize_with = "listen_addr")]
     pub mqtt: Option<SocketAddr>,
     /// MQTT over WebSocket.
+    #[serde(deserialize_with = "listen_addr")]
     pub ws: Option<SocketAddr>,
-    /// HTTP path of the WebSocket endpoint.
-    pub ws_path: String,
+    /// HTTP paths where WebSocket upgrades are accepted (`ws` and `wss`).
+    /// A single string is read as a list of one (the key's old form,
+    /// `ws_path`, still works). Default `["/mqtt", "/"]`: MQTT.js and
+    /// Paho use `/mqtt`, several CLIs and Mosquitto's clients `/`.
+    #[serde(alias = "ws_path", deserialize_with = "one_or_many")]
+    pub ws_paths: Vec<String>,
     /// MQTT over TLS (needs `[listeners.tls]`).
+    #[serde(deserialize_with = "listen_addr")]
     pub mqtts: Option<SocketAddr>,
-    /// MQTT over secure WebSocket, same path as `ws_path` (needs `[listeners.tls]`).
+    /// MQTT over secure WebSocket, same paths as `ws_paths` (needs `[listeners.tls]`).
+    #[serde(deserialize_with = "listen_addr")]
     pub wss: Option<SocketAddr>,
     /// Certificates for `mqtts` and `wss`.
     pub tls: Option<TlsConfig>,
@@ -97,6 +106,56 @@ pub struct TlsConfig {
 
 fn yes() -> bool {
     true
+}
+
+/// A listen address: `IP:port`, `[IPv6]:port` or `host:port`. A host name
+/// is resolved now, and the broker listens on the first address it
+/// resolves to, IPv4 first (`localhost:1883` is 127.0.0.1:1883).
+pub fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("`{text}`: expected HOST:PORT or IP:PORT"));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{text}`: `{port}` is not a port number"))?;
+    if host.is_empty() {
+        return Err(format!(
+            "`{text}`: no host (0.0.0.0:{port} listens on every address)"
+        ));
+    }
+    let found: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| format!("`{text}`: cannot resolve `{host}`: {e}"))?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| format!("`{text}`: `{host}` resolves to no address"))
+}
+
+fn listen_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    resolve_listen(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// A string or a list of strings, as a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// `[limits]`: limits on connections and on each client. 0 = no limit.
@@ -134,7 +193,8 @@ pub struct LimitsConfig {
 pub struct AdminConfig {
     /// Serve the API (`--no-admin` turns it off too).
     pub enabled: bool,
-    /// Listen address.
+    /// Listen address (`IP:port` or `host:port`).
+    #[serde(deserialize_with = "listen_addr")]
     pub listen: Option<SocketAddr>,
     /// Bearer token required on every request except `/metrics` when
     /// `metrics_public`. Unset: `MIDGE_ADMIN_TOKEN` from the environment,
@@ -256,7 +316,7 @@ impl Default for Listeners {
         Listeners {
             mqtt: Some(SocketAddr::from(([0, 0, 0, 0], 1883))),
             ws: Some(SocketAddr::from(([0, 0, 0, 0], 8083))),
-            ws_path: "/mqtt".into(),
+            ws_paths: vec!["/mqtt".into(), "/".into()],
             mqtts: None,
             wss: None,
             tls: None,
@@ -495,8 +555,16 @@ impl Config {
                 "must be at least 23 (the MQTT minimum)",
             );
         }
-        if !self.listeners.ws_path.starts_with('/') {
-            invalid("listeners.ws_path", "must start with '/'");
+        if self.listeners.ws_paths.is_empty() {
+            invalid("listeners.ws_paths", "must name at least one path");
+        }
+        for p in &self.listeners.ws_paths {
+            if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
+                invalid(
+                    "listeners.ws_paths",
+                    &format!("`{p}`: a path starts with '/' and has no '?', '#' or space"),
+                );
+            }
         }
         let l = &self.listeners;
         if l.mqtt.is_none() && l.ws.is_none() && l.mqtts.is_none() && l.wss.is_none() {
@@ -670,6 +738,36 @@ mod tests {
             assert!(text.contains(want), "{want} missing from: {text}");
         }
         assert_eq!(text.lines().count(), 4, "{text}");
+    }
+
+    #[test]
+    fn listen_addresses_take_host_names() {
+        assert_eq!(
+            resolve_listen("localhost:1883"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 1883)))
+        );
+        assert_eq!(
+            resolve_listen("[::1]:8"),
+            Ok(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 8)))
+        );
+        let c = Config::parse(
+            "[listeners]\nmqtt = \"localhost:1999\"\n[admin]\nlisten = \"localhost:0\"\n",
+            "h.toml",
+        )
+        .expect("host names");
+        assert_eq!(
+            c.listeners.mqtt,
+            Some(SocketAddr::from(([127, 0, 0, 1], 1999)))
+        );
+        let e = Config::parse("[listeners]\nmqtt = \"localhost:http\"\n", "h.toml").unwrap_err();
+        assert!(e.to_string().contains("not a port number"), "{e}");
+        let e = Config::parse("[listeners]\nmqtt = \"no-such-host.invalid:1\"\n", "h.toml")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cannot resolve `no-such-host.invalid`"),
+            "{e}"
+        );
     }
 
     #[test]

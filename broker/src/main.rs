@@ -19,23 +19,24 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the broker. Without --config: MQTT on 0.0.0.0:1883, MQTT over
-    /// WebSocket on 0.0.0.0:8083 at path /mqtt.
+    /// WebSocket on 0.0.0.0:8083 at paths /mqtt and /.
     Serve {
         /// TOML configuration file (see examples/midge.toml for every key).
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// MQTT/TCP listen address, overriding the config (e.g. 127.0.0.1:1883; port 0 picks one).
-        #[arg(long, value_name = "ADDR")]
+        /// MQTT/TCP listen address, overriding the config (e.g. 127.0.0.1:1883 or
+        /// localhost:1883; port 0 picks one).
+        #[arg(long, value_name = "ADDR", value_parser = midge::config::resolve_listen)]
         listen: Option<SocketAddr>,
         /// MQTT/WebSocket listen address, overriding the config (e.g. 127.0.0.1:8083).
-        #[arg(long, value_name = "ADDR")]
+        #[arg(long, value_name = "ADDR", value_parser = midge::config::resolve_listen)]
         ws_listen: Option<SocketAddr>,
         /// Disable the WebSocket listener.
         #[arg(long, conflicts_with = "ws_listen")]
         no_ws: bool,
         /// Admin HTTP API (and /metrics) listen address, overriding `[admin] listen`
         /// (default 127.0.0.1:18083; port 0 picks one).
-        #[arg(long, value_name = "ADDR")]
+        #[arg(long, value_name = "ADDR", value_parser = midge::config::resolve_listen)]
         admin_listen: Option<SocketAddr>,
         /// Disable the admin HTTP API.
         #[arg(long, conflicts_with = "admin_listen")]

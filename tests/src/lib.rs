@@ -83,12 +83,12 @@ impl TestBroker {
     pub fn ws_port(&self) -> u16 {
         self.ws_addr.port()
     }
-    /// `ws://127.0.0.1:PORT/mqtt` (the configured path).
+    /// `ws://127.0.0.1:PORT/mqtt` (the first configured path).
     pub fn ws_url(&self) -> String {
         format!(
             "ws://127.0.0.1:{}{}",
             self.ws_addr.port(),
-            self.config.listeners.ws_path
+            self.config.listeners.ws_paths[0]
         )
     }
     /// Port of the `mqtts` listener (panics when it is not configured).
@@ -100,7 +100,7 @@ impl TestBroker {
         format!(
             "wss://127.0.0.1:{}{}",
             self.wss_addr.expect("no wss listener").port(),
-            self.config.listeners.ws_path
+            self.config.listeners.ws_paths[0]
         )
     }
     /// Stops the broker and waits (bounded) for `run` to return.
@@ -700,6 +700,19 @@ pub fn missing_tool(reason: &str) {
         panic!("required tool missing under CI=true: {reason}");
     }
     eprintln!("SKIPPED: {reason}");
+}
+
+/// MQTT.js's command-line client (`mqtt`), installed from npm by
+/// scripts/test.sh into tests/js (pinned by its package-lock.json).
+/// `None` (test skipped) when missing outside CI; a panic under CI=true.
+pub fn mqttjs_cli() -> Option<std::path::PathBuf> {
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("js/node_modules/.bin/mqtt");
+    let node = std::process::Command::new("node").arg("--version").output();
+    if bin.exists() && node.is_ok_and(|o| o.status.success()) {
+        return Some(bin);
+    }
+    missing_tool("MQTT.js: node and `(cd tests/js && npm ci)` (scripts/test.sh installs it)");
+    None
 }
 
 /// Runs a blocking command with a timeout (kills it on expiry) off the runtime.

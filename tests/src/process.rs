@@ -43,6 +43,10 @@ pub struct BrokerProcess {
     /// printed (`None` when the config or `MIDGE_ADMIN_TOKEN` set one).
     pub admin_addr: SocketAddr,
     pub admin_token: Option<String>,
+    /// The WebSocket listener ([`BrokerProcess::start_full`] with `ws`).
+    pub ws_addr: Option<SocketAddr>,
+    /// The `mqtts` listener, when the config has one.
+    pub mqtts_addr: Option<SocketAddr>,
     /// Everything the broker wrote to stderr (its log), collected by a thread.
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
@@ -52,14 +56,34 @@ impl BrokerProcess {
     /// --admin-listen 127.0.0.1:0` (port 0 picks one) and waits (bounded)
     /// for its listening lines.
     pub fn start(config: &Path, port: u16) -> BrokerProcess {
+        BrokerProcess::start_env(config, port, &[])
+    }
+
+    /// [`BrokerProcess::start`] with extra environment variables (e.g. a
+    /// `RUST_LOG` of its own, which replaces the default one).
+    pub fn start_env(config: &Path, port: u16, env: &[(&str, &str)]) -> BrokerProcess {
+        BrokerProcess::start_full(config, port, false, env)
+    }
+
+    /// [`BrokerProcess::start_env`], with the WebSocket listener on
+    /// 127.0.0.1:0 when `ws` (its address in [`BrokerProcess::ws_addr`]).
+    pub fn start_full(config: &Path, port: u16, ws: bool, env: &[(&str, &str)]) -> BrokerProcess {
+        let ws_args: &[&str] = if ws {
+            &["--ws-listen", "127.0.0.1:0"]
+        } else {
+            &["--no-ws"]
+        };
         let mut child = Command::new(midge_bin())
-            .args(["serve", "--no-ws", "--config"])
+            .arg("serve")
+            .args(ws_args)
+            .arg("--config")
             .arg(config)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             // Never the default admin port: brokers of parallel tests would collide.
             .args(["--admin-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn,midge::server=info,midge::store=info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -83,6 +107,8 @@ impl BrokerProcess {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 for (key, prefix) in [
                     ("mqtt", "midge: mqtt listening on "),
+                    ("ws", "midge: websocket listening on "),
+                    ("mqtts", "midge: mqtts listening on "),
                     ("token", "midge: admin token "),
                     ("admin", "midge: admin listening on "),
                 ] {
@@ -98,6 +124,8 @@ impl BrokerProcess {
             addr: unset,
             admin_addr: unset,
             admin_token: None,
+            ws_addr: None,
+            mqtts_addr: None,
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -105,6 +133,8 @@ impl BrokerProcess {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(("mqtt", a)) => p.addr = a.parse().expect("listening address"),
+                Ok(("ws", a)) => p.ws_addr = Some(a.parse().expect("websocket address")),
+                Ok(("mqtts", a)) => p.mqtts_addr = Some(a.parse().expect("mqtts address")),
                 Ok(("admin", a)) => p.admin_addr = a.parse().expect("admin address"),
                 Ok((_, token)) => p.admin_token = Some(token),
                 Err(_) => {

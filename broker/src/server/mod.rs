@@ -106,6 +106,11 @@ pub struct Server {
     config_path: Option<std::path::PathBuf>,
 }
 
+/// A listener's address for the log (empty if the socket cannot say).
+fn local(l: &TcpListener) -> String {
+    l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+}
+
 /// Pending connections the kernel queues per listener before `accept`
 /// (std's default is 128: a reconnect storm beyond it waits for SYN retries).
 const BACKLOG: u32 = 4096;
@@ -309,9 +314,9 @@ impl Server {
                 ));
             }
         }
-        let path: Arc<str> = self.config.listeners.ws_path.as_str().into();
+        let path: Arc<[String]> = self.config.listeners.ws_paths.as_slice().into();
         if let Some(l) = self.mqtt {
-            info!(addr = ?l.local_addr().ok(), "MQTT listener up");
+            info!(addr = %local(&l), "MQTT listener up");
             let b = self.broker.clone();
             tasks.spawn(accept_loop(
                 l,
@@ -330,7 +335,7 @@ impl Server {
             tasks.spawn(crate::admin::serve(l, Arc::new(state)));
         }
         if let Some(l) = self.ws {
-            info!(addr = ?l.local_addr().ok(), path = %path, "WebSocket listener up");
+            info!(addr = %local(&l), paths = %path.join(", "), "WebSocket listener up");
             let (b, p) = (self.broker.clone(), path.clone());
             tasks.spawn(accept_loop(
                 l,
@@ -350,7 +355,7 @@ impl Server {
             ));
         }
         if let (Some(l), Some(t)) = (self.wss, self.tls) {
-            info!(addr = ?l.local_addr().ok(), path = %path, "secure WebSocket listener up");
+            info!(addr = %local(&l), paths = %path.join(", "), "secure WebSocket listener up");
             let b = self.broker.clone();
             tasks.spawn(accept_loop(
                 l,
@@ -435,11 +440,11 @@ async fn plain(broker: Arc<Broker>, stream: TcpStream, info: ConnInfo) {
 }
 
 /// `ws` (and `wss` after TLS): the WebSocket upgrade, then the bridged byte stream.
-async fn websocket<S>(broker: Arc<Broker>, stream: S, path: Arc<str>, info: ConnInfo)
+async fn websocket<S>(broker: Arc<Broker>, stream: S, path: Arc<[String]>, info: ConnInfo)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let upgrade = ws::accept(stream, path.to_string());
+    let upgrade = ws::accept(stream, path, info.peer);
     match tokio::time::timeout_at(info.deadline, upgrade).await {
         Ok(Some(s)) => {
             let (rd, wr) = tokio::io::split(s);
@@ -489,7 +494,7 @@ async fn wss(
     broker: Arc<Broker>,
     tls: tls::Tls,
     stream: TcpStream,
-    path: Arc<str>,
+    path: Arc<[String]>,
     mut info: ConnInfo,
 ) {
     let Some(s) = Box::pin(handshake(&broker, &tls, stream, &mut info)).await else {

@@ -2,6 +2,9 @@
 //! and a bridge that turns binary frames into a byte stream for the
 //! ordinary connection code.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -9,19 +12,29 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::debug;
 
-/// Completes the WebSocket handshake on `path` and returns a byte stream
-/// carrying the MQTT bytes. A wrong path gets HTTP 404. `stream` is the TCP
-/// socket (`ws`) or the TLS stream over it (`wss`).
+/// Completes the WebSocket handshake on one of `paths` (`listeners.ws_paths`)
+/// and returns a byte stream carrying the MQTT bytes. Another path gets
+/// HTTP 404, logged at debug with the path. `stream` is the TCP socket
+/// (`ws`) or the TLS stream over it (`wss`).
 // The callback's signature is tungstenite's.
 #[allow(clippy::result_large_err)]
-pub async fn accept<S>(stream: S, path: String) -> Option<DuplexStream>
+pub async fn accept<S>(stream: S, paths: Arc<[String]>, peer: SocketAddr) -> Option<DuplexStream>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
-        if req.uri().path() != path {
-            let mut err =
-                ErrorResponse::new(Some(format!("no MQTT endpoint at {}", req.uri().path())));
+        let path = req.uri().path();
+        if !paths.iter().any(|p| p == path) {
+            debug!(
+                %peer,
+                path,
+                endpoints = %paths.join(", "),
+                "websocket upgrade refused (404): no MQTT endpoint at this path (listeners.ws_paths)"
+            );
+            let mut err = ErrorResponse::new(Some(format!(
+                "no MQTT endpoint at {path}; MQTT over WebSocket is at {}\n",
+                paths.join(", ")
+            )));
             *err.status_mut() = StatusCode::NOT_FOUND;
             return Err(err);
         }
@@ -43,7 +56,8 @@ where
     let ws = match tokio_tungstenite::accept_hdr_async(stream, callback).await {
         Ok(ws) => ws,
         Err(e) => {
-            debug!(error = %e, "websocket handshake failed");
+            // Not an upgrade (a plain HTTP request), a bad one, or the 404 above.
+            debug!(%peer, error = %e, "websocket handshake failed");
             return None;
         }
     };
