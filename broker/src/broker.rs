@@ -36,8 +36,12 @@ pub struct Stats {
     pub messages_dropped_queue_full: AtomicU64,
     pub messages_dropped_expired: AtomicU64,
     pub messages_dropped_too_large: AtomicU64,
-    /// Publishes that matched no subscription.
+    /// Publishes that matched no subscription (the broker's `$SYS`
+    /// updates are not counted here).
     pub messages_dropped_no_subscribers: AtomicU64,
+    /// `$SYS` messages the broker published (`Broker::route`), counted
+    /// apart from clients' messages.
+    pub sys_messages_published: AtomicU64,
     pub connections_total: AtomicU64,
     /// CONNECTs refused because `allow_anonymous` is off.
     pub connections_refused_anonymous: AtomicU64,
@@ -203,13 +207,16 @@ impl Broker {
     /// none), which the publisher's acknowledgement waits for.
     pub fn publish(&self, msg: Arc<Message>) -> u64 {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
-        self.route(msg)
+        self.route_to_rules(msg).0
     }
 
-    /// [`Broker::publish`] without counting the message as received (the
-    /// broker's own `$SYS` messages). Retained `$SYS` messages are kept in
-    /// memory only.
+    /// The broker's own `$SYS` messages: counted apart from clients'
+    /// (`sys_messages_published`, never as received, nor as dropped when
+    /// nobody subscribes). Retained `$SYS` messages are kept in memory only.
     pub fn route(&self, msg: Arc<Message>) -> u64 {
+        self.stats
+            .sys_messages_published
+            .fetch_add(1, Ordering::Relaxed);
         self.route_to_rules(msg).0
     }
 
@@ -253,6 +260,10 @@ impl Broker {
         let mut ticket = 0;
         let mut hits: Vec<Hit> = Vec::new();
         self.router.matches(&msg.topic, &mut hits);
+        // The broker's own $SYS updates are not drops when nobody listens.
+        if hits.is_empty() && msg.publisher().is_none() && msg.topic.starts_with("$SYS/") {
+            return ticket;
+        }
         if hits.is_empty() {
             self.stats
                 .messages_dropped_no_subscribers

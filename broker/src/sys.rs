@@ -128,7 +128,11 @@ pub async fn run(broker: Arc<Broker>, interval: Duration) {
             .sum();
         put("messages/sent", sent.to_string());
         put("messages/dropped", dropped.to_string());
-        put("messages/retained", broker.retained.len().to_string());
+        // Clients' retained messages, not this tree's own topics.
+        put(
+            "messages/retained",
+            broker.retained.len_published().to_string(),
+        );
         put(
             "bytes/received",
             s.bytes_received.load(Ordering::Relaxed).to_string(),

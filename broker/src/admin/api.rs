@@ -86,7 +86,9 @@ pub async fn status(State(s): State<Shared>) -> Json<Value> {
         "connections": connected,
         "sessions": views.len(),
         "subscriptions": views.iter().map(|v| v.subscriptions).sum::<usize>(),
-        "retained": s.broker.retained.len(),
+        // Clients' retained messages; the broker's own $SYS topics apart.
+        "retained": s.broker.retained.len_published(),
+        "retained_sys": s.broker.retained.len_sys(),
         "persistence": s.broker.store.is_some(),
         "plugins": s.broker.plugins.get().map(|h| h.plugins().len()).unwrap_or(0),
         "rules": s.broker.rules.configs().len(),

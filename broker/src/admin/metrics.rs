@@ -191,8 +191,14 @@ pub fn render(b: &Broker, uptime_seconds: f64) -> String {
     o.one(
         "midge_retained_messages",
         "gauge",
-        "Retained messages.",
-        b.retained.len(),
+        "Retained messages published by clients (the broker's $SYS topics are not counted).",
+        b.retained.len_published(),
+    );
+    o.one(
+        "midge_sys_retained_topics",
+        "gauge",
+        "The broker's own retained $SYS topics.",
+        b.retained.len_sys(),
     );
     o.one(
         "midge_session_queue_messages",
@@ -231,6 +237,12 @@ pub fn render(b: &Broker, uptime_seconds: f64) -> String {
         "counter",
         "Messages entering the publish pipeline (clients, wills, plugins, rules, the admin API).",
         get(&st.messages_received),
+    );
+    o.one(
+        "midge_sys_messages_published_total",
+        "counter",
+        "$SYS messages the broker published (not in received or dropped).",
+        get(&st.sys_messages_published),
     );
     o.one(
         "midge_messages_routed_total",

@@ -1,6 +1,7 @@
 //! Retained messages: the last retained message per topic.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,6 +24,13 @@ pub struct RetainedStore {
     map: RwLock<HashMap<Box<str>, Arc<Message>>>,
     /// Set once at start-up when the node is clustered.
     pub watch: std::sync::OnceLock<Arc<dyn RetainedWatch>>,
+    /// How many of the map's topics are the broker's own `$SYS` ones
+    /// (changed under the map's write lock), so counts can leave them out.
+    sys: AtomicUsize,
+}
+
+fn is_sys(topic: &str) -> bool {
+    topic.starts_with("$SYS/")
 }
 
 impl RetainedStore {
@@ -36,13 +44,19 @@ impl RetainedStore {
         }
         if msg.payload.is_empty() {
             let had = map.remove(msg.topic.as_str()).is_some();
+            if had && is_sys(&msg.topic) {
+                self.sys.fetch_sub(1, Ordering::Relaxed);
+            }
             match store {
                 Some(s) if had => s.submit(Op::DelRetained(msg.topic.to_string())),
                 _ => 0,
             }
         } else {
-            map.insert(msg.topic.as_str().into(), msg.clone());
-            if msg.topic.starts_with("$SYS/") {
+            let new = map.insert(msg.topic.as_str().into(), msg.clone()).is_none();
+            if is_sys(&msg.topic) {
+                if new {
+                    self.sys.fetch_add(1, Ordering::Relaxed);
+                }
                 return 0; // rebuilt by the broker after a restart
             }
             store.map_or(0, |s| s.submit(Op::PutRetained(msg.clone())))
@@ -51,7 +65,15 @@ impl RetainedStore {
 
     /// Puts back a message read from the store.
     pub fn restore(&self, msg: Arc<Message>) {
-        self.map.write().insert(msg.topic.as_str().into(), msg);
+        let sys = is_sys(&msg.topic);
+        let new = self
+            .map
+            .write()
+            .insert(msg.topic.as_str().into(), msg)
+            .is_none();
+        if new && sys {
+            self.sys.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Retained messages whose topic matches `filter`, expired ones left out.
@@ -102,6 +124,9 @@ impl RetainedStore {
     pub fn remove(&self, topic: &str, store: Option<&Store>) -> Option<u64> {
         let mut map = self.map.write();
         map.remove(topic)?;
+        if is_sys(topic) {
+            self.sys.fetch_sub(1, Ordering::Relaxed);
+        }
         if let Some(w) = self.watch.get() {
             w.changed(topic, None);
         }
@@ -112,14 +137,34 @@ impl RetainedStore {
     /// cluster's bucket is where it lasts), and not told to `watch`.
     pub fn apply_remote(&self, topic: &str, msg: Option<Arc<Message>>) {
         let mut map = self.map.write();
-        match msg {
-            Some(m) => map.insert(topic.into(), m),
-            None => map.remove(topic),
+        let (had, has) = match msg {
+            Some(m) => (map.insert(topic.into(), m).is_some(), true),
+            None => (map.remove(topic).is_some(), false),
         };
+        if is_sys(topic) && had != has {
+            if has {
+                self.sys.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.sys.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
+    /// Every retained topic, the broker's `$SYS` ones included.
     pub fn len(&self) -> usize {
         self.map.read().len()
+    }
+
+    /// Retained messages published by clients (and the admin API, rules,
+    /// plugins): [`RetainedStore::len`] without the broker's `$SYS` topics.
+    pub fn len_published(&self) -> usize {
+        let map = self.map.read();
+        map.len() - self.sys.load(Ordering::Relaxed).min(map.len())
+    }
+
+    /// The broker's own retained `$SYS` topics.
+    pub fn len_sys(&self) -> usize {
+        self.sys.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {

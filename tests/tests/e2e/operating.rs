@@ -586,3 +586,51 @@ async fn sighup_reloads_rules_keeps_connections_and_names_restart_only_changes()
     sub.ping().await;
     publ.ping().await;
 }
+
+/// The broker's `$SYS` updates are counted apart: not as messages dropped
+/// for want of subscribers, and not in the retained count of the status
+/// API and `/metrics`, which count clients' retained messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_traffic_is_counted_apart() {
+    let b = start_broker(|c| c.sys.interval = 1).await;
+    let admin = Admin::of(&b);
+    // The first $SYS round, then two more with nobody subscribed.
+    within("$SYS updates", async {
+        while metric(&b, "midge_sys_retained_topics").await < 20.0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(metric(&b, "midge_sys_messages_published_total").await >= 25.0);
+    let s = admin.get("/api/v1/status").await;
+    assert_eq!(s["retained"], 0, "{s}");
+    assert!(s["retained_sys"].as_u64().unwrap() >= 20, "{s}");
+    assert_eq!(metric(&b, "midge_retained_messages").await, 0.0);
+    assert!(metric(&b, "midge_sys_retained_topics").await >= 20.0);
+    assert_eq!(
+        metric(
+            &b,
+            r#"midge_messages_dropped_total{reason="no_subscribers"}"#
+        )
+        .await,
+        0.0
+    );
+    assert_eq!(metric(&b, "midge_messages_received_total").await, 0.0);
+    // A client's retained message with no subscriber: one of each.
+    let mut p = V4::new(&b, "sys-apart").await;
+    p.publish(&topic("kept"), rumqttc::QoS::AtLeastOnce, true, "v")
+        .await;
+    let s = admin.get("/api/v1/status").await;
+    assert_eq!(s["retained"], 1, "{s}");
+    assert_eq!(metric(&b, "midge_retained_messages").await, 1.0);
+    assert_eq!(
+        metric(
+            &b,
+            r#"midge_messages_dropped_total{reason="no_subscribers"}"#
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(metric(&b, "midge_messages_received_total").await, 1.0);
+}
