@@ -25,6 +25,12 @@ pub enum ConfigError {
         field: &'static str,
         message: String,
     },
+    #[error("{path}: plugin `{plugin}`: path: {message}")]
+    Plugin {
+        path: String,
+        plugin: String,
+        message: String,
+    },
     /// Several of the above, one per line.
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Multiple(Vec<ConfigError>),
@@ -421,6 +427,14 @@ impl LogConfig {
         let base = base.unwrap_or(&self.level);
         let mut filter = tracing_subscriber::EnvFilter::try_new(base)
             .map_err(|e| format!("field `log.level`: `{base}`: {e}"))?;
+        if !base.contains("rustls") {
+            // rustls warns about what clients do (an IP address as SNI, as
+            // mosquitto_pub sends) on every connection; failed handshakes
+            // are logged by the broker itself (crate::ratelog).
+            if let Ok(d) = "rustls=error".parse() {
+                filter = filter.add_directive(d);
+            }
+        }
         for id in &self.trace_clients {
             if id.is_empty() || id.contains(['{', '}', '[', ']', ',', '=', '"', ' ']) {
                 return Err(format!(
@@ -473,9 +487,34 @@ impl Config {
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config = Config::parse_unvalidated(text, origin)?;
-        config.validate(origin)?;
-        Ok(config)
+        let mut config = Config::parse_unvalidated(text, origin)?;
+        let mut errs = config.resolve_builtins(origin);
+        errs.extend(config.problems(origin));
+        match errs.len() {
+            0 => Ok(config),
+            1 => Err(errs.remove(0)),
+            _ => Err(ConfigError::Multiple(errs)),
+        }
+    }
+
+    /// Replaces each `path = "builtin:NAME"` of `[[plugins.plugin]]` by
+    /// the shipped component's file ([`crate::builtin`]); one that cannot
+    /// be found is an error (for a disabled entry the path is left as is).
+    pub fn resolve_builtins(&mut self, origin: &str) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
+        for p in &mut self.plugins.plugins {
+            match crate::builtin::resolve(&p.path) {
+                Ok(Some(file)) => p.path = file,
+                Ok(None) => {}
+                Err(_) if !p.enabled => {}
+                Err(message) => errs.push(ConfigError::Plugin {
+                    path: origin.to_string(),
+                    plugin: p.name.clone(),
+                    message,
+                }),
+            }
+        }
+        errs
     }
 
     /// [`Config::load`] with the process's command-line overrides applied
@@ -486,17 +525,6 @@ impl Config {
             o.apply(&mut c);
         }
         Ok(c)
-    }
-
-    /// Reads and parses a TOML file without `validate` (`midge check`
-    /// collects every problem itself).
-    pub fn load_unvalidated(path: &Path) -> Result<Config, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        Config::parse_unvalidated(&text, &shown)
     }
 
     fn parse_unvalidated(text: &str, origin: &str) -> Result<Config, ConfigError> {
@@ -715,32 +743,6 @@ mod tests {
     }
 
     #[test]
-    fn unknown_key_is_named() {
-        let e = Config::parse("[mqtt]\nmax_keepalive = 5\n", "x.toml").unwrap_err();
-        let text = e.to_string();
-        assert!(text.contains("x.toml"), "{text}");
-        assert!(text.contains("max_keepalive"), "{text}");
-        assert!(text.contains("line 2"), "{text}");
-    }
-
-    #[test]
-    fn every_problem_is_reported() {
-        let text = "[mqtt]\nmax_qos = 3\nreceive_maximum = 0\n[limits]\nconnect_timeout = 0\n\
-                    [[rules]]\nid = \"r1\"\nsql = \"SELECT FROM\"\n";
-        let e = Config::parse(text, "z.toml").unwrap_err();
-        let text = e.to_string();
-        for want in [
-            "mqtt.max_qos",
-            "mqtt.receive_maximum",
-            "limits.connect_timeout",
-            "rule r1",
-        ] {
-            assert!(text.contains(want), "{want} missing from: {text}");
-        }
-        assert_eq!(text.lines().count(), 4, "{text}");
-    }
-
-    #[test]
     fn listen_addresses_take_host_names() {
         assert_eq!(
             resolve_listen("localhost:1883"),
@@ -768,6 +770,32 @@ mod tests {
                 .contains("cannot resolve `no-such-host.invalid`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("[mqtt]\nmax_keepalive = 5\n", "x.toml").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("x.toml"), "{text}");
+        assert!(text.contains("max_keepalive"), "{text}");
+        assert!(text.contains("line 2"), "{text}");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = "[mqtt]\nmax_qos = 3\nreceive_maximum = 0\n[limits]\nconnect_timeout = 0\n\
+                    [[rules]]\nid = \"r1\"\nsql = \"SELECT FROM\"\n";
+        let e = Config::parse(text, "z.toml").unwrap_err();
+        let text = e.to_string();
+        for want in [
+            "mqtt.max_qos",
+            "mqtt.receive_maximum",
+            "limits.connect_timeout",
+            "rule r1",
+        ] {
+            assert!(text.contains(want), "{want} missing from: {text}");
+        }
+        assert_eq!(text.lines().count(), 4, "{text}");
     }
 
     #[test]

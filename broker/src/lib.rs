@@ -8,12 +8,17 @@
 pub mod admin;
 pub mod auth;
 pub mod broker;
+pub mod builtin;
+pub mod check;
 pub mod cluster;
 pub mod config;
+pub mod config_errors;
 pub mod limits;
 pub mod logging;
 pub mod message;
+pub mod passwd;
 pub mod plugins;
+pub mod ratelog;
 pub mod reload;
 pub mod router;
 pub mod rules;

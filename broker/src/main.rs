@@ -77,6 +77,9 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Write or update a password file for the auth-password plugin, as
+    /// Mosquitto's mosquitto_passwd does (-c create, -b batch, -D delete).
+    Passwd(midge::passwd::Args),
     /// Validate a configuration file and exit (non-zero with the errors).
     Check {
         /// TOML configuration file.
@@ -220,6 +223,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config } => check(&config),
+        Command::Passwd(args) => midge::passwd::run(args),
         Command::Serve {
             config,
             listen,
@@ -268,7 +272,7 @@ fn main() -> ExitCode {
             match serve(cfg, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", midge::logging::chain(e.as_ref()));
                     ExitCode::FAILURE
                 }
             }
@@ -277,49 +281,10 @@ fn main() -> ExitCode {
 }
 
 /// `midge check`: every problem in the file, its rules and its plugins
-/// (each plugin's file compiled and linked, not run).
+/// (see `midge::check`).
 fn check(path: &std::path::Path) -> ExitCode {
-    let cfg = match Config::load_unvalidated(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let shown = path.display().to_string();
-    let mut errors: Vec<String> = cfg.problems(&shown).iter().map(|e| e.to_string()).collect();
-    // The admin API's rules file (as `serve` would read it, without flags):
-    // its rules checked on their own, so the config's errors are not repeated.
-    let api_rules = cfg.api_rules_path();
-    match midge::rules::overlay::Overlay::read(&api_rules) {
-        Ok(o) => {
-            let origin = api_rules.display().to_string();
-            errors.extend(
-                cfg.rule_problems(&o.rules, &origin)
-                    .iter()
-                    .map(|e| e.to_string()),
-            );
-        }
-        Err(e) => errors.push(e.to_string()),
-    }
-    if let Some(e) = midge::server::check_tls(&cfg) {
-        errors.push(format!("{shown}: {e}"));
-    }
-    if let Some(k) = &cfg.plugins.kafka {
-        if let Err(e) = midge::services::kafka::KafkaProducer::check(k) {
-            errors.push(format!("{shown}: {e}"));
-        }
-    }
-    if !cfg.plugins.plugins.is_empty() {
-        let plugin_errors = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map(|rt| rt.block_on(midge_plugin::PluginHost::check(&cfg.plugins)));
-        match plugin_errors {
-            Ok(list) => errors.extend(list.iter().map(|e| format!("{shown}: [plugins] {e}"))),
-            Err(e) => errors.push(format!("runtime: {e}")),
-        }
-    }
+    let shown = path.display();
+    let errors = midge::check::problems(path);
     if errors.is_empty() {
         println!("{shown}: ok");
         return ExitCode::SUCCESS;
@@ -366,6 +331,11 @@ fn serve(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
             if let Some(t) = server.admin_token() {
                 // Neither [admin] token nor MIDGE_ADMIN_TOKEN: the only way to learn it.
                 println!("midge: admin token {t}");
+                tracing::warn!(
+                    "the admin API token was generated for this run only (printed on stdout); \
+                     set `[admin] token` in the config file or the MIDGE_ADMIN_TOKEN \
+                     environment variable to keep one across restarts"
+                );
             }
         }
         // Last: a script that reads up to this line has seen the token.

@@ -44,16 +44,36 @@ fn apply(broker: &Broker, config: &Config, path: &Path, running: &Config) -> Res
     // started with after an earlier reload changed it.
     match crate::logging::reload(&config.log) {
         Ok(true) => {
-            info!(level = %config.log.level, trace_clients = ?config.log.trace_clients, "log filter applied")
+            info!(level = %config.log.level, trace_clients = %crate::logging::list(&config.log.trace_clients), "log filter applied")
         }
         Ok(false) => {}
         Err(e) => warn!(error = %e, "log filter not reloaded"),
     }
     let later = restart_needed(config, running);
-    if !later.is_empty() {
-        warn!(file = %path.display(), sections = ?later, "these settings changed and take effect after a restart (rules, log level and trace_clients, and each [[plugins.plugin]] entry and its .wasm file reload live)");
+    if !later.is_empty() && newly_pending(path, &later) {
+        warn!(file = %path.display(), sections = %crate::logging::list(&later), "these settings changed and take effect after a restart (rules, log level and trace_clients, and each [[plugins.plugin]] entry and its .wasm file reload live)");
     }
     Ok(n)
+}
+
+/// Has the set of sections waiting for a restart changed since the last
+/// reload of `path`? The warning is given once per change, not on every
+/// reload (a file edited often would repeat it each time).
+fn newly_pending(path: &Path, sections: &[&'static str]) -> bool {
+    static WARNED: parking_lot::Mutex<Vec<(PathBuf, Vec<&'static str>)>> =
+        parking_lot::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock();
+    match warned.iter_mut().find(|(p, _)| p == path) {
+        Some((_, last)) if last.as_slice() == sections => false,
+        Some((_, last)) => {
+            *last = sections.to_vec();
+            true
+        }
+        None => {
+            warned.push((path.to_path_buf(), sections.to_vec()));
+            true
+        }
+    }
 }
 
 /// Sections of `new` that differ from the `running` config and only take
@@ -118,10 +138,10 @@ impl PluginChanges {
         if !self.is_empty() {
             info!(
                 trigger,
-                added = ?self.plugins_added,
-                removed = ?self.plugins_removed,
-                reloaded = ?self.plugins_reloaded,
-                refused = ?self.plugins_refused.iter().map(|r| &r.plugin).collect::<Vec<_>>(),
+                added = %crate::logging::list(&self.plugins_added),
+                removed = %crate::logging::list(&self.plugins_removed),
+                reloaded = %crate::logging::list(&self.plugins_reloaded),
+                refused = %crate::logging::list(&self.plugins_refused.iter().map(|r| &r.plugin).collect::<Vec<_>>()),
                 "plugins applied"
             );
         }
@@ -291,7 +311,9 @@ pub async fn watch(broker: Arc<Broker>, path: PathBuf, running: Config) {
             // Only .wasm files changed: swap in those, configs unchanged.
             match reload_plugins(&broker).await {
                 Ok(names) if names.is_empty() => {}
-                Ok(names) => info!(trigger = why, plugins = ?names, "plugins reloaded"),
+                Ok(names) => {
+                    info!(trigger = why, plugins = %crate::logging::list(&names), "plugins reloaded")
+                }
                 Err(e) => {
                     error!(trigger = why, error = %e, "plugin reload refused; the previous version keeps running")
                 }

@@ -20,7 +20,6 @@ mod messages;
 pub mod metrics;
 pub mod openapi;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -337,8 +336,11 @@ fn random_token() -> String {
 
 /// Serves the admin router on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Shared) {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    info!(addr = ?addr, "admin API listener up");
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    info!(%addr, "admin API listener up");
     if let Err(e) = axum::serve(listener, router(state)).await {
         warn!(error = %e, "admin API listener stopped");
     }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::broker::Broker;
 use crate::store::Store;
@@ -209,7 +209,7 @@ impl Server {
         // Plugins first: rules may call the functions they offer.
         if !config.plugins.plugins.is_empty() {
             let host = crate::plugins::load(&config.plugins, &broker).await?;
-            info!(plugins = ?host.plugins(), "plugins loaded");
+            info!(plugins = %crate::logging::list(&host.plugins()), "plugins loaded");
             broker
                 .rules
                 .set_functions(Arc::new(crate::plugins::PluginFunctions(host.clone())));
@@ -345,7 +345,7 @@ impl Server {
             ));
         }
         if let (Some(l), Some(t)) = (self.mqtts, self.tls.clone()) {
-            info!(addr = ?l.local_addr().ok(), "MQTT/TLS listener up");
+            info!(addr = %local(&l), "MQTT/TLS listener up");
             let b = self.broker.clone();
             tasks.spawn(accept_loop(
                 l,
@@ -470,7 +470,7 @@ async fn handshake(
             Some(a.stream)
         }
         Ok(Err(e)) => {
-            debug!(peer = %info.peer, listener = info.listener.name(), error = %e, "TLS handshake failed");
+            crate::ratelog::tls_failure(info.peer, info.listener.name(), &e);
             None
         }
         Err(_) => {

@@ -241,7 +241,7 @@ impl Throttle {
         plugins.dedup();
         tracing::warn!(
             database = %db.name,
-            plugins = ?plugins,
+            plugins = %crate::logging::list(&plugins),
             statements = failed.len(),
             earlier_failures_not_logged = self.held,
             error = ?error,

@@ -18,10 +18,19 @@
 //! permission = "allow"               # or "deny"
 //! ```
 //!
-//! Password file: one `user:hash` per line, `#` comments. Hashes:
+//! Password file: one `user:hash` per line, `#` comments, as Mosquitto's
+//! `password_file`: `midge passwd` (like `mosquitto_passwd`) writes it, and
+//! a file from `mosquitto_passwd` works as it is. A user not in it (or in
+//! `users`) is refused with 0x86; a client without a user name is left to
+//! the broker's `allow_anonymous` (or refused, with `anonymous = "deny"`).
+//! The file is read again when it changes (checked at most once a second,
+//! on CONNECT): `midge passwd` takes effect without a reload; a changed
+//! file that does not parse is logged and the previous users stay.
+//!
+//! Hashes: Mosquitto's `$7$<iterations>$<salt base64>$<hash base64>`
+//! (PBKDF2-HMAC-SHA512; what `midge passwd` writes) or
 //! `$pbkdf2-sha256$<iterations>$<salt base64>$<hash base64>` (standard
-//! base64, padding optional) or Mosquitto's `$7$<iterations>$<salt>$<hash>`
-//! (PBKDF2-SHA512). Generate one with
+//! base64, padding optional). Generate the latter with
 //!
 //! ```sh
 //! python3 -c 'import hashlib,os,base64,sys; s=os.urandom(16); i=100000; \
@@ -172,8 +181,93 @@ impl Hash {
     }
 }
 
-struct AuthPassword {
+/// The password file as last read, and when it was last looked at.
+struct PasswordFile {
+    path: String,
+    /// (modification time, length) of the version read.
+    stamp: Option<(std::time::SystemTime, u64)>,
     users: HashMap<String, Hash>,
+    /// `clock::monotonic_nanos` of the last look at the file.
+    checked: u64,
+}
+
+/// How often (at most) the file's modification time is looked at.
+const RECHECK_NANOS: u64 = 1_000_000_000;
+
+fn file_stamp(path: &str) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// The users of a password file's text; errors name the line.
+fn parse_file(path: &str, text: &str) -> Result<HashMap<String, Hash>, String> {
+    let mut users = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (user, hash) = line
+            .split_once(':')
+            .ok_or_else(|| format!("password_file {path} line {}: expected user:hash", n + 1))?;
+        let parsed = parse_hash(hash).ok_or_else(|| {
+            format!(
+                "password_file {path} line {}: user {user}: unsupported hash format",
+                n + 1
+            )
+        })?;
+        users.insert(user.to_string(), parsed);
+    }
+    Ok(users)
+}
+
+impl PasswordFile {
+    fn load(path: &str) -> Result<PasswordFile, String> {
+        let stamp = file_stamp(path);
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("password_file {path}: {e}"))?;
+        Ok(PasswordFile {
+            path: path.to_string(),
+            stamp,
+            users: parse_file(path, &text)?,
+            checked: clock::monotonic_nanos(),
+        })
+    }
+
+    /// Reads the file again if it changed since the last read (looked at
+    /// once a second at most). A file that no longer parses keeps the
+    /// users read before, and says so in the log.
+    fn refresh(&mut self) {
+        let now = clock::monotonic_nanos();
+        if now.saturating_sub(self.checked) < RECHECK_NANOS {
+            return;
+        }
+        self.checked = now;
+        let stamp = file_stamp(&self.path);
+        if stamp == self.stamp || stamp.is_none() {
+            return;
+        }
+        match PasswordFile::load(&self.path) {
+            Ok(f) => {
+                log::info(&format!(
+                    "password_file {} read again: {} users",
+                    self.path,
+                    f.users.len()
+                ));
+                *self = f;
+            }
+            Err(e) => {
+                log::warn(&format!("{e}; the users read before stay"));
+                self.stamp = stamp;
+            }
+        }
+    }
+}
+
+struct AuthPassword {
+    /// `users` of the config.
+    users: HashMap<String, Hash>,
+    file: Option<PasswordFile>,
     superusers: Vec<String>,
     acl: Vec<Rule>,
     acl_default: Default3,
@@ -210,26 +304,12 @@ fn substitute(filter: &str, user: &str, client_id: &str) -> Option<String> {
 impl Plugin for AuthPassword {
     fn init(config: &str) -> Result<(Self, Manifest), InitError> {
         let cfg: Config = parse_config(config)?;
-        let mut lines: Vec<(String, String)> = cfg.users.into_iter().collect();
-        if let Some(path) = &cfg.password_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| InitError::BadConfig(format!("password_file {path}: {e}")))?;
-            for (n, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                let (user, hash) = line.split_once(':').ok_or_else(|| {
-                    InitError::BadConfig(format!(
-                        "password_file line {}: expected user:hash",
-                        n + 1
-                    ))
-                })?;
-                lines.push((user.to_string(), hash.to_string()));
-            }
-        }
+        let file = match &cfg.password_file {
+            Some(path) => Some(PasswordFile::load(path).map_err(InitError::BadConfig)?),
+            None => None,
+        };
         let mut users = HashMap::new();
-        for (user, hash) in lines {
+        for (user, hash) in cfg.users {
             let parsed = parse_hash(&hash).ok_or_else(|| {
                 InitError::BadConfig(format!("user {user}: unsupported hash format"))
             })?;
@@ -241,6 +321,7 @@ impl Plugin for AuthPassword {
         Ok((
             AuthPassword {
                 users,
+                file,
                 superusers: cfg.superusers,
                 acl: cfg.acl,
                 acl_default: cfg.acl_default,
@@ -257,7 +338,16 @@ impl Plugin for AuthPassword {
                 _ => AuthDecision::Ignore,
             };
         };
-        let Some(hash) = self.users.get(&user) else {
+        if let Some(f) = &mut self.file {
+            f.refresh();
+        }
+        // The file's entry wins over an inline one of the same name.
+        let found = self
+            .file
+            .as_ref()
+            .and_then(|f| f.users.get(&user))
+            .or_else(|| self.users.get(&user));
+        let Some(hash) = found else {
             return AuthDecision::Deny(reason::BAD_USERNAME_OR_PASSWORD);
         };
         let password = req.password.unwrap_or_default();

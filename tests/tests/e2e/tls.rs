@@ -630,3 +630,94 @@ fn config_refuses_tls_listeners_without_tls() {
         "{e}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Failed handshakes are logged (issue 19, item 6)
+// ---------------------------------------------------------------------------
+
+/// mosquitto_pub trusting another CA, and OpenSSL's client limited to
+/// TLS 1.1 (mosquitto_pub's `--tls-version tlsv1.1` still offers 1.3):
+/// each failed handshake is a warning naming the peer and rustls' reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_handshakes_are_logged_with_peer_and_reason() {
+    if !mosquitto_available() {
+        missing_tool("mosquitto_pub / mosquitto_sub (apt-get install mosquitto-clients)");
+        return;
+    }
+    let pki = Pki::new();
+    let other = Ca::new("Another CA");
+    let other_ca = pki.write("other-ca.pem", &other.pem());
+    let cfg = pki.write(
+        "midge.toml",
+        &format!(
+            "[listeners]\nmqtts = \"127.0.0.1:0\"\n[listeners.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            pki.cert_file.display(),
+            pki.key_file.display()
+        ),
+    );
+    let b = midge_e2e::process::BrokerProcess::start(&cfg, 0);
+    let port = b.mqtts_addr.expect("mqtts listener").port().to_string();
+    let attempt = |extra: &[&str], ca: &PathBuf| {
+        let mut p = Command::new("mosquitto_pub");
+        p.args(["-h", "127.0.0.1", "-p", &port, "-t", "t", "-m", "x"])
+            .arg("--cafile")
+            .arg(ca)
+            .args(["-i", &unique("badtls")])
+            .args(extra);
+        p
+    };
+    let o = run_command(attempt(&[], &other_ca), Duration::from_secs(20)).await;
+    assert!(
+        !o.status.success(),
+        "a server certificate of another CA is refused"
+    );
+    let mut old = Command::new("openssl");
+    old.args([
+        "s_client",
+        "-tls1_1",
+        "-connect",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let o = run_command(old, Duration::from_secs(20)).await;
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("BEGIN CERTIFICATE"),
+        "TLS 1.1 is refused"
+    );
+    let lines = || -> Vec<String> {
+        b.log()
+            .lines()
+            .filter(|l| l.contains("TLS handshake failed"))
+            .map(str::to_string)
+            .collect()
+    };
+    within("two handshake failures in the log", async {
+        while lines().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let lines = lines();
+    for l in &lines {
+        assert!(l.contains("WARN"), "{l}");
+        assert!(l.contains("peer=127.0.0.1:"), "{l}");
+        assert!(
+            l.contains("listener=\"mqtts\"") || l.contains("listener=mqtts"),
+            "{l}"
+        );
+    }
+    assert!(
+        lines[0].contains("UnknownCA") || lines[0].contains("unknown ca"),
+        "the client's alert is the reason: {}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("peer is incompatible"),
+        "rustls' reason for a TLS 1.1 client: {}",
+        lines[1]
+    );
+    assert!(
+        !b.log().contains("Illegal SNI extension"),
+        "rustls' own warnings stay out of the log"
+    );
+    assert!(b.terminate().success());
+}
