@@ -27,6 +27,10 @@
 //! on CONNECT): `midge passwd` takes effect without a reload; a changed
 //! file that does not parse is logged and the previous users stay.
 //!
+//! A password that checked out is remembered (SHA-256 of the stored hash
+//! and the password, in memory, per instance): a reconnect costs one SHA-256,
+//! not the slow PBKDF2 again.
+//!
 //! Hashes: Mosquitto's `$7$<iterations>$<salt base64>$<hash base64>`
 //! (PBKDF2-HMAC-SHA512; what `midge passwd` writes) or
 //! `$pbkdf2-sha256$<iterations>$<salt base64>$<hash base64>` (standard
@@ -157,6 +161,13 @@ fn parse_hash(s: &str) -> Option<Hash> {
 }
 
 impl Hash {
+    /// The stored derived key (ties a cached check to this very hash).
+    fn stored(&self) -> &[u8] {
+        match self {
+            Hash::Sha256 { hash, .. } | Hash::Sha512 { hash, .. } => hash,
+        }
+    }
+
     fn verify(&self, password: &[u8]) -> bool {
         match self {
             Hash::Sha256 {
@@ -264,10 +275,25 @@ impl PasswordFile {
     }
 }
 
+/// Users whose password checked out lately: SHA-256 of (the stored hash,
+/// the password). A reconnect with the same password costs one SHA-256
+/// instead of the deliberately slow PBKDF2; a changed entry in the file
+/// (another stored hash) never matches an old one. In memory only, bounded.
+const VERIFIED_MAX: usize = 65_536;
+
+fn quick(hash: &Hash, password: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(hash.stored());
+    h.update(password);
+    h.finalize().into()
+}
+
 struct AuthPassword {
     /// `users` of the config.
     users: HashMap<String, Hash>,
     file: Option<PasswordFile>,
+    verified: HashMap<String, [u8; 32]>,
     superusers: Vec<String>,
     acl: Vec<Rule>,
     acl_default: Default3,
@@ -322,6 +348,7 @@ impl Plugin for AuthPassword {
             AuthPassword {
                 users,
                 file,
+                verified: HashMap::new(),
                 superusers: cfg.superusers,
                 acl: cfg.acl,
                 acl_default: cfg.acl_default,
@@ -351,8 +378,19 @@ impl Plugin for AuthPassword {
             return AuthDecision::Deny(reason::BAD_USERNAME_OR_PASSWORD);
         };
         let password = req.password.unwrap_or_default();
-        if !hash.verify(&password) {
-            return AuthDecision::Deny(reason::BAD_USERNAME_OR_PASSWORD);
+        let q = quick(hash, &password);
+        let cached = self
+            .verified
+            .get(&user)
+            .is_some_and(|v| bool::from(v.ct_eq(&q)));
+        if !cached {
+            if !hash.verify(&password) {
+                return AuthDecision::Deny(reason::BAD_USERNAME_OR_PASSWORD);
+            }
+            if self.verified.len() >= VERIFIED_MAX {
+                self.verified.clear();
+            }
+            self.verified.insert(user.clone(), q);
         }
         if self.superusers.contains(&user) {
             AuthDecision::Allow(AuthAllow::superuser())
