@@ -111,7 +111,8 @@ impl ReasonCounters {
     }
 }
 
-/// Shared broker state.
+/// Shared broker state, complete when constructed ([`Broker::new`]; the
+/// `app` module assembles its parts from the configuration).
 #[derive(Debug)]
 pub struct Broker {
     pub config: MqttConfig,
@@ -124,14 +125,15 @@ pub struct Broker {
     /// SQL rules over publishes and events.
     pub rules: RuleEngine,
     /// The Wasm plugins, when `[plugins]` configures any.
-    pub plugins: std::sync::OnceLock<midge_plugin::PluginHost>,
+    plugins: Option<midge_plugin::PluginHost>,
     /// Events for plugins' `on-event`, drained by one task (`plugins::run_events`).
     pub plugin_events: crate::plugins::EventQueue,
-    /// The `sql` capability's databases, when `[plugins.databases]` has any.
-    pub sql: std::sync::OnceLock<Arc<crate::services::postgres::PgSql>>,
+    /// The `sql` capability's databases, when `[plugins.databases]` has any
+    /// (metrics, flush at shutdown).
+    pub sql: Option<Arc<crate::services::postgres::PgSql>>,
     /// The producer behind plugins' `kafka` capability, when
     /// `[plugins.kafka]` is set (metrics, flush at shutdown).
-    pub kafka: std::sync::OnceLock<Arc<crate::services::kafka::KafkaProducer>>,
+    pub kafka: Option<Arc<crate::services::kafka::KafkaProducer>>,
     pub router: Router,
     pub retained: RetainedStore,
     pub stats: Stats,
@@ -141,6 +143,77 @@ pub struct Broker {
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::Node>>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     next_conn_id: AtomicU64,
+}
+
+/// What a [`Broker`] is built from. `Parts::default()` is a broker with
+/// the default `[mqtt]` settings and nothing else (no store, no plugins,
+/// no rules): what unit tests use.
+#[derive(Debug)]
+pub struct Parts {
+    pub config: MqttConfig,
+    pub limits: crate::config::LimitsConfig,
+    pub sys: crate::config::SysConfig,
+    pub auth: Arc<dyn AuthHook>,
+    pub rules: RuleEngine,
+    pub plugins: Option<midge_plugin::PluginHost>,
+    pub sql: Option<Arc<crate::services::postgres::PgSql>>,
+    pub kafka: Option<Arc<crate::services::kafka::KafkaProducer>>,
+    pub store: Option<Store>,
+}
+
+impl Default for Parts {
+    fn default() -> Self {
+        Parts {
+            config: MqttConfig::default(),
+            limits: Default::default(),
+            sys: Default::default(),
+            auth: Arc::new(NoAuth),
+            rules: RuleEngine::default(),
+            plugins: None,
+            sql: None,
+            kafka: None,
+            store: None,
+        }
+    }
+}
+
+/// The narrow way into the publish pipeline for what the broker runs on its
+/// own behalf (plugins' `publish` capability, rule actions): it can publish
+/// and nothing else, and holds the broker weakly (the broker holds the
+/// plugins). Made before the broker it points to (plugins are loaded before
+/// the broker that holds them is built), then bound once with
+/// [`PublishHandle::bind`]; a publish before that, or after the broker is
+/// gone, is refused.
+#[derive(Debug, Clone, Default)]
+pub struct PublishHandle(Arc<std::sync::OnceLock<std::sync::Weak<Broker>>>);
+
+/// Why [`PublishHandle::publish`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    #[error("the broker is starting")]
+    Starting,
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
+impl PublishHandle {
+    /// A handle bound to nothing yet.
+    pub fn new() -> PublishHandle {
+        PublishHandle::default()
+    }
+
+    /// Points the handle (and its clones) at `broker`; later binds are ignored.
+    pub fn bind(&self, broker: &Arc<Broker>) {
+        let _ = self.0.set(Arc::downgrade(broker));
+    }
+
+    /// [`Broker::publish`] through the handle: the store ticket of the
+    /// publish's durable writes.
+    pub fn publish(&self, msg: Arc<Message>) -> Result<u64, Unavailable> {
+        let weak = self.0.get().ok_or(Unavailable::Starting)?;
+        let broker = weak.upgrade().ok_or(Unavailable::ShuttingDown)?;
+        Ok(broker.publish(msg))
+    }
 }
 
 /// The connection `attach` is attaching.
@@ -168,23 +241,29 @@ pub struct Attached {
 }
 
 impl Broker {
-    pub fn new(config: MqttConfig) -> Broker {
-        Broker::with_store(config, None)
-    }
-
-    /// A broker whose persistent sessions and retained messages go to `store`.
-    pub fn with_store(config: MqttConfig, store: Option<Store>) -> Broker {
+    pub fn new(parts: Parts) -> Broker {
+        let Parts {
+            config,
+            limits,
+            sys,
+            auth,
+            rules,
+            plugins,
+            sql,
+            kafka,
+            store,
+        } = parts;
         Broker {
             store,
             config,
-            limits: Default::default(),
-            sys: Default::default(),
-            auth: Arc::new(NoAuth),
-            rules: RuleEngine::default(),
-            plugins: std::sync::OnceLock::new(),
+            limits,
+            sys,
+            auth,
+            rules,
+            plugins,
             plugin_events: Default::default(),
-            sql: std::sync::OnceLock::new(),
-            kafka: std::sync::OnceLock::new(),
+            sql,
+            kafka,
             router: Router::default(),
             retained: RetainedStore::default(),
             stats: Stats::default(),
@@ -192,6 +271,11 @@ impl Broker {
             sessions: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
         }
+    }
+
+    /// The plugin host, when `[plugins]` configures any plugin.
+    pub fn plugins(&self) -> Option<&midge_plugin::PluginHost> {
+        self.plugins.as_ref()
     }
 
     pub fn queue_limits(&self) -> QueueLimits {
@@ -306,7 +390,7 @@ impl Broker {
             .then(|| d.msg.clone());
         let plugin_watched = self
             .plugins
-            .get()
+            .as_ref()
             .is_some_and(|h| h.wants_event(EventSet::DROPPED))
             .then(|| (d.msg.clone(), d.qos));
         let (outcome, ticket) = session.enqueue(d, limits);

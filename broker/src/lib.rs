@@ -6,6 +6,7 @@
 //! queues -> their connections' output (`server::writer::Output`).
 
 pub mod admin;
+pub mod app;
 pub mod auth;
 pub mod broker;
 pub mod builtin;
@@ -28,5 +29,5 @@ pub mod session;
 pub mod store;
 pub mod sys;
 
+pub use app::{App, StartError};
 pub use config::Config;
-pub use server::{Server, ServerError};

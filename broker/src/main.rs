@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use midge::{Config, Server};
+use midge::{App, Config};
 
 /// Midge: an MQTT 3.1.1 / 5.0 broker.
 #[derive(Debug, Parser)]
@@ -305,7 +305,7 @@ fn serve(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let mut server = Server::bind(cfg.clone()).await.map_err(|e| match &path {
+        let mut server = App::bind(cfg.clone()).await.map_err(|e| match &path {
             // Errors about the file's settings name the file, as `check` does.
             Some(p) if e.is_config_error() => anyhow::anyhow!("{}: {e}", p.display()),
             _ => e.into(),

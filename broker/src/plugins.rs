@@ -5,54 +5,63 @@
 //! exchanges), rules/action.rs (on-rule-output), and the event task here
 //! (on-event, fed by [`Broker::plugin_event`] through [`EventQueue`]).
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use midge_plugin::types as pt;
 use midge_plugin::{BrokerHandle, KafkaBackend, PluginError, PluginHost, PluginsConfig, Services};
 use midge_protocol::{topic, ByteStr, Properties, PropertyValues, QoS, Version};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, PublishHandle};
 use crate::message::{ClientInfo, Message};
 use crate::services::kafka::KafkaProducer;
 use crate::services::postgres::PgSql;
-use crate::ServerError;
 
-/// Loads the configured plugins; their `publish` capability publishes into
-/// `broker`, their `sql` capability reaches `[plugins.databases]` and their
-/// `kafka` capability produces through the `[plugins.kafka]` producer (both
-/// built here and kept in `broker.sql` / `broker.kafka` for metrics and the
-/// shutdown flush).
-pub async fn load(config: &PluginsConfig, broker: &Arc<Broker>) -> Result<PluginHost, ServerError> {
+/// The plugin host and the native services it was given, as the broker keeps them.
+#[derive(Debug)]
+pub struct Loaded {
+    pub host: PluginHost,
+    /// The `sql` capability's databases (`[plugins.databases]`), for
+    /// metrics and the shutdown flush.
+    pub sql: Option<Arc<PgSql>>,
+    /// The `kafka` capability's producer (`[plugins.kafka]`), for metrics
+    /// and the shutdown flush.
+    pub kafka: Option<Arc<KafkaProducer>>,
+}
+
+/// Errors loading the plugins.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("plugins: {0}")]
+    Plugins(#[from] PluginError),
+    /// A `[plugins.kafka]` setting the producer refused.
+    #[error("{0}")]
+    Kafka(#[from] crate::services::kafka::KafkaSetupError),
+}
+
+/// Loads the configured plugins; their `publish` capability publishes
+/// through `publish`, their `sql` capability reaches `[plugins.databases]`
+/// and their `kafka` capability produces through the `[plugins.kafka]`
+/// producer (both built here).
+pub async fn load(config: &PluginsConfig, publish: PublishHandle) -> Result<Loaded, LoadError> {
     let sql = if config.databases.is_empty() {
         None
     } else {
-        let sql = match broker.sql.get() {
-            Some(s) => s.clone(),
-            None => {
-                let s = Arc::new(
-                    PgSql::new(&config.databases)
-                        .map_err(|e| PluginError::Config(e.to_string()))?,
-                );
-                broker.sql.get_or_init(|| s).clone()
-            }
-        };
-        Some(sql as Arc<dyn midge_plugin::SqlBackend>)
+        Some(Arc::new(
+            PgSql::new(&config.databases).map_err(|e| PluginError::Config(e.to_string()))?,
+        ))
     };
-    let kafka: Option<Arc<dyn KafkaBackend>> = match &config.kafka {
-        Some(k) => {
-            let producer = Arc::new(KafkaProducer::new(k)?);
-            let _ = broker.kafka.set(producer.clone());
-            Some(producer)
-        }
+    let kafka = match &config.kafka {
+        Some(k) => Some(Arc::new(KafkaProducer::new(k)?)),
         None => None,
     };
     let services = Services {
-        broker: Some(Arc::new(Publisher(Arc::downgrade(broker)))),
-        sql,
-        kafka,
+        broker: Some(Arc::new(Publisher(publish))),
+        sql: sql.clone().map(|s| s as Arc<dyn midge_plugin::SqlBackend>),
+        kafka: kafka.clone().map(|k| k as Arc<dyn KafkaBackend>),
     };
-    Ok(PluginHost::load(config, services).await?)
+    let host = PluginHost::load(config, services).await?;
+    Ok(Loaded { host, sql, kafka })
 }
 
 /// The plugins' rule functions, for the rule engine. Arity comes from the
@@ -116,21 +125,22 @@ impl midge_rules::ExternalFunctions for AnyFunction {
     }
 }
 
-/// The broker as the target of plugins' `publish` capability.
+/// The target of plugins' `publish` capability.
 #[derive(Debug)]
-struct Publisher(Weak<Broker>);
+struct Publisher(PublishHandle);
 
 impl BrokerHandle for Publisher {
     fn publish(&self, plugin: &str, message: pt::Message) -> Result<(), String> {
-        let broker = self.0.upgrade().ok_or("the broker is shutting down")?;
         if !topic::valid_name(&message.topic) {
             return Err(format!(
                 "plugin `{plugin}`: `{}` is not a valid topic name",
                 message.topic
             ));
         }
-        broker.publish(Arc::new(from_plugin(message, None)));
-        Ok(())
+        self.0
+            .publish(Arc::new(from_plugin(message, None)))
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -377,7 +387,7 @@ impl Broker {
     /// only when some enabled plugin's manifest asked for that kind (without
     /// plugins this is one `OnceLock` check).
     pub fn plugin_event(&self, kind: pt::EventSet, build: impl FnOnce() -> pt::Event) {
-        if let Some(host) = self.plugins.get() {
+        if let Some(host) = self.plugins() {
             if host.wants_event(kind) {
                 self.plugin_events.push(build());
             }

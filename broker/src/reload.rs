@@ -155,7 +155,7 @@ impl PluginChanges {
 /// host (nothing without one: see [`restart_needed`]). The rules' plugin
 /// functions are the host's, so rules compiled afterwards see the new set.
 pub async fn apply_plugins(broker: &Broker, config: &Config) -> PluginChanges {
-    let Some(host) = broker.plugins.get() else {
+    let Some(host) = broker.plugins() else {
         return PluginChanges::default();
     };
     let report = host.apply(&config.plugins).await;
@@ -216,7 +216,7 @@ pub async fn reload_all(
     })?;
     // Plugins first: the rules may call functions a new version offers.
     let plugins = apply_plugins(broker, &config).await;
-    if let Err(e) = crate::auth::check_authenticator(&broker.limits, broker.plugins.get()) {
+    if let Err(e) = crate::auth::check_authenticator(&broker.limits, broker.plugins()) {
         error!(error = %e, "after this reload every client is refused");
     }
     let rules = match apply(broker, &config, path, running) {
@@ -234,7 +234,7 @@ pub async fn reload_all(
 /// Returns the names reloaded, or every refusal (plugin name and error);
 /// a refused plugin keeps running its previous version.
 pub async fn reload_plugins(broker: &Broker) -> Result<Vec<String>, String> {
-    let Some(host) = broker.plugins.get() else {
+    let Some(host) = broker.plugins() else {
         return Ok(Vec::new());
     };
     let mut reloaded = Vec::new();
@@ -256,7 +256,7 @@ pub async fn reload_plugins(broker: &Broker) -> Result<Vec<String>, String> {
 /// The `.wasm` files of the running plugins (following the last applied
 /// configuration) and their modification times.
 fn plugin_mtimes(broker: &Broker) -> Vec<(PathBuf, Option<SystemTime>)> {
-    let Some(host) = broker.plugins.get() else {
+    let Some(host) = broker.plugins() else {
         return Vec::new();
     };
     host.plugins()

@@ -170,7 +170,7 @@ async fn start(
         config.admin.api_rules_file = Some(d.0.join("api-rules.json"));
         api_rules = Some(d);
     }
-    let mut server = midge::Server::bind(config.clone())
+    let mut server = midge::App::bind(config.clone())
         .await
         .expect("broker failed to bind");
     if let Some(p) = path {

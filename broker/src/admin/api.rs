@@ -90,7 +90,7 @@ pub async fn status(State(s): State<Shared>) -> Json<Value> {
         "retained": s.broker.retained.len_published(),
         "retained_sys": s.broker.retained.len_sys(),
         "persistence": s.broker.store.is_some(),
-        "plugins": s.broker.plugins.get().map(|h| h.plugins().len()).unwrap_or(0),
+        "plugins": s.broker.plugins().map(|h| h.plugins().len()).unwrap_or(0),
         "rules": s.broker.rules.configs().len(),
     }))
 }

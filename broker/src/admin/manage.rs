@@ -145,8 +145,7 @@ fn check_rule(s: &Shared, c: &RuleConfig) -> Result<(), ApiError> {
         if let ActionConfig::Plugin { plugin } = a {
             let loaded = s
                 .broker
-                .plugins
-                .get()
+                .plugins()
                 .and_then(|h| h.is_enabled(plugin))
                 .is_some();
             if !loaded {
@@ -388,7 +387,7 @@ fn plugin_json(m: &PluginMetrics, manifest: Option<(String, String)>) -> Value {
 /// loaded), as of the last load or reload.
 pub async fn list_plugins(State(s): State<Shared>) -> Json<Value> {
     let mut data = Vec::new();
-    if let Some(h) = s.broker.plugins.get() {
+    if let Some(h) = s.broker.plugins() {
         for m in h.metrics() {
             let manifest = h.manifest(&m.name).map(|x| (x.name, x.version));
             data.push(plugin_json(&m, manifest));
@@ -404,7 +403,7 @@ pub async fn list_plugins(State(s): State<Shared>) -> Json<Value> {
 /// Names the config lists with `enabled = false`: the host's view (it
 /// follows reloads), or the start-up file's without a host.
 fn disabled_in_config(s: &Shared) -> Vec<String> {
-    match s.broker.plugins.get() {
+    match s.broker.plugins() {
         Some(h) => h.disabled_in_config(),
         None => s
             .running
@@ -432,7 +431,7 @@ fn plugin_error(s: &Shared, name: &str, e: PluginError) -> ApiError {
 }
 
 fn host(s: &Shared, name: &str) -> Result<midge_plugin::PluginHost, ApiError> {
-    match s.broker.plugins.get() {
+    match s.broker.plugins() {
         Some(h) => Ok(h.clone()),
         None => Err(plugin_error(
             s,

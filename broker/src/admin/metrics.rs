@@ -383,7 +383,7 @@ fn rules(o: &mut Out, b: &Broker) {
 }
 
 fn plugins(o: &mut Out, b: &Broker) {
-    let Some(host) = b.plugins.get() else {
+    let Some(host) = b.plugins() else {
         return;
     };
     o.one(
@@ -468,7 +468,7 @@ fn plugins(o: &mut Out, b: &Broker) {
 
 /// The `sql` capability's databases: what `enqueue` batched.
 fn sql(o: &mut Out, b: &Broker) {
-    let Some(sql) = b.sql.get() else {
+    let Some(sql) = b.sql.as_ref() else {
         return;
     };
     let dbs: Vec<_> = sql.databases().collect();
@@ -517,7 +517,7 @@ fn sql(o: &mut Out, b: &Broker) {
 
 /// The producer behind plugins' `kafka` capability, when configured.
 fn kafka(o: &mut Out, b: &Broker) {
-    let Some(k) = b.kafka.get() else {
+    let Some(k) = b.kafka.as_ref() else {
         return;
     };
     let s = k.stats();
@@ -616,7 +616,7 @@ mod tests {
 
     #[test]
     fn renders_parseable_text() {
-        let b = Broker::new(crate::config::MqttConfig::default());
+        let b = Broker::new(Default::default());
         b.stats.connacks_refused.add(0x87);
         b.stats.publish_received[1].fetch_add(3, Ordering::Relaxed);
         let text = render(&b, 1.5);

@@ -156,7 +156,7 @@ pub async fn run_actions(broker: Arc<Broker>, lane: usize) {
             for a in &r.actions {
                 let timer = ActionTimer::start(&r.metrics);
                 let ok = match a {
-                    Action::Plugin { plugin } => match broker.plugins.get() {
+                    Action::Plugin { plugin } => match broker.plugins() {
                         Some(host) => {
                             let rows = serde_json::to_string(&[&job.row])
                                 .unwrap_or_else(|_| "[]".to_owned());

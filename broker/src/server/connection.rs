@@ -301,7 +301,7 @@ async fn run<R, W>(
 
     // Plugins decide first (in chain order), running any enhanced
     // authentication exchange; `Ignore` falls back to the broker's own hook.
-    let plugin_auth = match broker.plugins.get() {
+    let plugin_auth = match broker.plugins() {
         Some(host) if host.has_hook(HookSet::AUTHENTICATE) => {
             let max_in = cfg.max_packet_size as usize;
             let exchange = enhanced_auth::connect_exchange(
@@ -639,8 +639,7 @@ async fn run<R, W>(
         version: v,
         origin: origin.clone(),
         plugin_client: broker
-            .plugins
-            .get()
+            .plugins()
             .map(|_| Box::new(plugins::client_info(&origin, v, superuser, &attributes))),
         aliases: Vec::new(),
         alias_max: usize::from(cfg.topic_alias_maximum),
@@ -665,8 +664,7 @@ async fn run<R, W>(
     let mut chunk = 64;
     // PUBLISHes read together, for the on-publish plugins (see publish_batch).
     let batch_publishes = broker
-        .plugins
-        .get()
+        .plugins()
         .is_some_and(|h| h.has_hook(HookSet::ON_PUBLISH));
     let mut publishes: Vec<Publish> = Vec::new();
     let end = 'conn: loop {
@@ -718,7 +716,7 @@ async fn run<R, W>(
             // Without plugins nothing in `handle` awaits: poll it once in
             // place so its state never enlarges the connection's future
             // (idle connections stay small). With plugins, box it.
-            let end = if broker.plugins.get().is_some() {
+            let end = if broker.plugins().is_some() {
                 Box::pin(reader.handle(p)).await
             } else {
                 reader.handle(p).now_or_never().unwrap_or(Some(End::Server {
@@ -1227,7 +1225,7 @@ impl Reader {
                 .map(|d| d.to_vec()),
             auth_state: step.as_ref().map(|(_, state)| state.clone()),
         };
-        let host = self.broker.plugins.get();
+        let host = self.broker.plugins();
         let (decision, by) = match (host, step) {
             (Some(host), Some((plugin, _))) => {
                 let d = Box::pin(host.authenticate_continue(&plugin, &req))
@@ -1321,7 +1319,7 @@ impl Reader {
     /// plugins everything is allowed. Emits `client_check_authz_complete`
     /// when a rule listens for it.
     async fn authorized(&self, action: pt::Action, topic: &str, qos: QoS, retain: bool) -> bool {
-        let (allow, source) = match (self.broker.plugins.get(), &self.plugin_client) {
+        let (allow, source) = match (self.broker.plugins(), &self.plugin_client) {
             (Some(host), Some(client))
                 if !client.superuser && host.has_hook(HookSet::AUTHORIZE) =>
             {
@@ -1367,7 +1365,7 @@ impl Reader {
     /// Runs the on-publish plugins: `Ok(Some(msg))` to route, `Ok(None)` to
     /// drop silently, `Err(code)` to refuse.
     async fn transform(&self, msg: Message) -> Result<Option<Message>, u8> {
-        let Some(host) = self.broker.plugins.get() else {
+        let Some(host) = self.broker.plugins() else {
             return Ok(Some(msg));
         };
         if !host.wants_publish(&msg.topic) {
@@ -1393,7 +1391,7 @@ impl Reader {
         // is acknowledged with the reason (5.0) or silently dropped (3.1.1).
         let mut code = reason::SUCCESS;
         let mut routed = None;
-        let plugins = self.broker.plugins.get().is_some();
+        let plugins = self.broker.plugins().is_some();
         if plugins || self.broker.rules.wants(EventKind::ClientCheckAuthzComplete) {
             if !self
                 .authorized(pt::Action::Publish, &p.topic, p.qos, p.retain)
@@ -1423,7 +1421,7 @@ impl Reader {
             let p = batch.pop()?;
             return self.publish(p).await;
         }
-        let Some(host) = self.broker.plugins.get().cloned() else {
+        let Some(host) = self.broker.plugins().cloned() else {
             for p in batch.drain(..) {
                 if let Some(end) = self.publish(p).await {
                     return Some(end);

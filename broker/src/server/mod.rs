@@ -1,4 +1,6 @@
-//! Listeners (TCP, WebSocket, and both over TLS) and connection tasks.
+//! Listeners (TCP, WebSocket, and both over TLS) and connection tasks. This
+//! layer only listens and accepts: the `app` module builds the broker and
+//! hands it to [`Server::spawn`].
 //!
 //! Each listener has an accept loop that only accepts, asks the [`Gate`]
 //! whether the connection is within `[limits]`, and spawns the connection's
@@ -21,14 +23,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::broker::Broker;
-use crate::store::Store;
+use crate::config::Listeners;
 use crate::Config;
 
-/// Errors starting or running the server.
+/// Errors binding the listeners.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -37,23 +40,6 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    /// The config's rules with the admin API's (its rules file) applied
-    /// do not load, or that file is unreadable or corrupt.
-    #[error("rules refused: {0}")]
-    Rules(#[from] crate::rules::overlay::LoadError),
-    #[error("plugins: {0}")]
-    Plugins(#[from] midge_plugin::PluginError),
-    /// A `[plugins.kafka]` setting the producer refused.
-    #[error("{0}")]
-    Kafka(#[from] crate::services::kafka::KafkaSetupError),
-    /// `allow_anonymous = false` and no plugin authenticates clients.
-    #[error("{0}")]
-    NoAuthenticator(String),
-    #[error("persistence: {0}")]
-    Store(#[from] crate::store::StoreError),
-    /// `[cluster]` is on and NATS cannot be reached or set up.
-    #[error("{0}")]
-    Cluster(#[from] midge_cluster::ClusterError),
     /// A TLS certificate or key file that cannot be used.
     #[error("{field}: {path}: {message}")]
     Tls {
@@ -61,17 +47,6 @@ pub enum ServerError {
         path: String,
         message: String,
     },
-}
-
-impl ServerError {
-    /// An error about a setting of the configuration file (a TLS file, no
-    /// authenticator), which `midge serve` prefixes with the file's name.
-    pub fn is_config_error(&self) -> bool {
-        matches!(
-            self,
-            ServerError::Tls { .. } | ServerError::NoAuthenticator(_)
-        )
-    }
 }
 
 /// Loads `[listeners.tls]` (certificate, key, client CA) as `serve` would,
@@ -86,24 +61,17 @@ pub fn check_tls(config: &Config) -> Option<String> {
     }
 }
 
-/// A bound, not yet running broker.
+/// The bound, not yet accepting listeners.
 #[derive(Debug)]
 pub struct Server {
-    config: Config,
-    broker: Arc<Broker>,
     mqtt: Option<TcpListener>,
     ws: Option<TcpListener>,
     mqtts: Option<TcpListener>,
     wss: Option<TcpListener>,
     /// Loaded when `mqtts` or `wss` is set.
     tls: Option<tls::Tls>,
-    gate: Arc<Gate>,
-    /// The admin HTTP API listener and the token it requires.
-    admin: Option<(TcpListener, String)>,
-    /// The admin token was generated at start-up (no config, no env).
-    admin_token_generated: bool,
-    /// The config file, for the admin API's config reload.
-    config_path: Option<std::path::PathBuf>,
+    /// `[listeners] ws_paths`, for `ws` and `wss`.
+    ws_paths: Arc<[String]>,
 }
 
 /// A listener's address for the log (empty if the socket cannot say).
@@ -115,7 +83,8 @@ fn local(l: &TcpListener) -> String {
 /// (std's default is 128: a reconnect storm beyond it waits for SYN retries).
 const BACKLOG: u32 = 4096;
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+/// A TCP listener on `addr` with [`BACKLOG`] (`what` names it in errors).
+pub async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
     let err = |source| ServerError::Bind { what, addr, source };
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
@@ -129,11 +98,22 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
     socket.listen(BACKLOG).map_err(err)
 }
 
+/// Binds `addr` for `what` (a name for errors), or nothing when unset.
+async fn listen_opt(
+    what: &'static str,
+    addr: Option<SocketAddr>,
+) -> Result<Option<TcpListener>, ServerError> {
+    match addr {
+        Some(a) => Ok(Some(listen(what, a).await?)),
+        None => Ok(None),
+    }
+}
+
 impl Server {
-    /// Binds the configured listeners (port 0 picks a free port).
-    pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        // Certificates first: a bad file is reported before any port is taken.
-        let l = &config.listeners;
+    /// Loads `[listeners.tls]` (when `mqtts` or `wss` is set) and binds the
+    /// configured listeners (port 0 picks a free port). Certificates first:
+    /// a bad file is reported before any port is taken.
+    pub async fn bind(l: &Listeners) -> Result<Server, ServerError> {
         let tls = match (&l.tls, l.mqtts.is_some() || l.wss.is_some()) {
             (Some(t), true) => Some(tls::Tls::load(t)?),
             (None, true) => {
@@ -145,127 +125,14 @@ impl Server {
             }
             (_, false) => None,
         };
-        let mqtt = match config.listeners.mqtt {
-            Some(a) => Some(bind("mqtt", a).await?),
-            None => None,
-        };
-        let ws = match config.listeners.ws {
-            Some(a) => Some(bind("websocket", a).await?),
-            None => None,
-        };
-        let mqtts = match config.listeners.mqtts {
-            Some(a) => Some(bind("mqtts", a).await?),
-            None => None,
-        };
-        let wss = match config.listeners.wss {
-            Some(a) => Some(bind("wss", a).await?),
-            None => None,
-        };
-        let admin_listen = config.admin.listen.filter(|_| config.admin.enabled);
-        let (admin, admin_token_generated) = match admin_listen {
-            Some(a) => {
-                let listener = bind("admin.listen", a).await?;
-                let (token, generated) = crate::admin::resolve_token(config.admin.token.as_deref());
-                (Some((listener, token)), generated)
-            }
-            None => (None, false),
-        };
-        // The store is read and every session restored before any listener
-        // accepts: no publish is routed against a half-restored table.
-        let (store, snapshot) = if config.persistence.enabled {
-            let p = config.persistence.clone();
-            let (store, snap) = tokio::task::spawn_blocking(move || Store::open(&p))
-                .await
-                .map_err(|e| {
-                    ServerError::Store(crate::store::StoreError::Open {
-                        store: "store".into(),
-                        message: e.to_string(),
-                    })
-                })??;
-            (Some(store), Some(snap))
-        } else {
-            (None, None)
-        };
-        let mut broker = Broker::with_store(config.mqtt.clone(), store);
-        broker.limits = config.limits.clone();
-        broker.sys = config.sys.clone();
-        let broker = Arc::new(broker);
-        // Before the restore: its subscriptions become the node's interest.
-        crate::cluster::join(&config.cluster, &broker).await?;
-        if let Some(snap) = snapshot {
-            let started = std::time::Instant::now();
-            let r = broker.restore(snap);
-            info!(
-                sessions = r.sessions,
-                subscriptions = r.subscriptions,
-                messages = r.messages,
-                retained = r.retained,
-                expired_sessions = r.expired_sessions,
-                expired_messages = r.expired_messages,
-                ms = started.elapsed().as_millis() as u64,
-                "persistent state restored"
-            );
-        }
-        // Plugins first: rules may call the functions they offer.
-        if !config.plugins.plugins.is_empty() {
-            let host = crate::plugins::load(&config.plugins, &broker).await?;
-            info!(plugins = %crate::logging::list(&host.plugins()), "plugins loaded");
-            broker
-                .rules
-                .set_functions(Arc::new(crate::plugins::PluginFunctions(host.clone())));
-            let _ = broker.plugins.set(host);
-        }
-        crate::auth::check_authenticator(&config.limits, broker.plugins.get())
-            .map_err(ServerError::NoAuthenticator)?;
-        // The config's rules with the admin API's changes applied.
-        let api_rules = config.api_rules_path();
-        crate::rules::overlay::load(&broker.rules, &config.rules, &api_rules)?;
-        let overlay = broker.rules.overlay();
-        if !overlay.is_empty() {
-            info!(
-                file = %api_rules.display(),
-                rules = overlay.rules.len(),
-                deleted = overlay.deleted.len(),
-                "rules changed through the admin API applied"
-            );
-        }
-        let gate = Arc::new(Gate::new(broker.clone(), &config.limits));
         Ok(Server {
-            broker,
-            config,
-            mqtt,
-            ws,
-            mqtts,
-            wss,
+            mqtt: listen_opt("mqtt", l.mqtt).await?,
+            ws: listen_opt("websocket", l.ws).await?,
+            mqtts: listen_opt("mqtts", l.mqtts).await?,
+            wss: listen_opt("wss", l.wss).await?,
             tls,
-            gate,
-            admin,
-            admin_token_generated,
-            config_path: None,
+            ws_paths: l.ws_paths.as_slice().into(),
         })
-    }
-
-    /// The config file the broker was started from: the admin API's
-    /// `POST /api/v1/config/reload` reads it.
-    pub fn with_config_path(mut self, path: std::path::PathBuf) -> Server {
-        self.config_path = Some(path);
-        self
-    }
-
-    /// Bound address of the admin HTTP API listener.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
-    }
-
-    /// The bearer token the admin API requires (when it listens).
-    pub fn admin_token(&self) -> Option<&str> {
-        self.admin.as_ref().map(|(_, t)| t.as_str())
-    }
-
-    /// Whether [`Server::admin_token`] was generated at start-up (neither
-    /// `[admin] token` nor `MIDGE_ADMIN_TOKEN` set): the binary prints it.
-    pub fn admin_token_generated(&self) -> bool {
-        self.admin.is_some() && self.admin_token_generated
     }
 
     /// Bound address of the MQTT/TCP listener.
@@ -288,115 +155,41 @@ impl Server {
         self.wss.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Admission state: per-listener connection counts.
-    pub fn gate(&self) -> Arc<Gate> {
-        self.gate.clone()
-    }
-
-    /// The broker state (for embedding and tests).
-    pub fn broker(&self) -> Arc<Broker> {
-        self.broker.clone()
-    }
-
-    /// Serves until `shutdown` completes, then disconnects clients (5.0
-    /// clients get DISCONNECT 0x8B) and returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
-        let mut tasks = tokio::task::JoinSet::new();
-        for lane in self.broker.rules.start_lanes() {
-            tasks.spawn(crate::rules::run_actions(self.broker.clone(), lane));
-        }
-        if let Some(host) = self.broker.plugins.get() {
-            if let Some(rx) = self.broker.plugin_events.take_receiver() {
-                let span = tracing::info_span!("plugin_events");
-                tasks.spawn(tracing::Instrument::instrument(
-                    crate::plugins::run_events(host.clone(), rx),
-                    span,
-                ));
-            }
-        }
-        let path: Arc<[String]> = self.config.listeners.ws_paths.as_slice().into();
+    /// Starts one accept loop per listener in `tasks`: each admits through
+    /// `gate` and serves its connections with `broker`.
+    pub fn spawn(self, broker: &Arc<Broker>, gate: &Arc<Gate>, tasks: &mut JoinSet<()>) {
+        let path = self.ws_paths;
         if let Some(l) = self.mqtt {
             info!(addr = %local(&l), "MQTT listener up");
-            let b = self.broker.clone();
-            tasks.spawn(accept_loop(
-                l,
-                Listener::Mqtt,
-                self.gate.clone(),
-                move |s, i| plain(b.clone(), s, i),
-            ));
-        }
-        if let Some((l, token)) = self.admin {
-            let state = crate::admin::AdminState::new(
-                self.broker.clone(),
-                token,
-                self.config.clone(),
-                self.config_path.clone(),
-            );
-            tasks.spawn(crate::admin::serve(l, Arc::new(state)));
+            let b = broker.clone();
+            tasks.spawn(accept_loop(l, Listener::Mqtt, gate.clone(), move |s, i| {
+                plain(b.clone(), s, i)
+            }));
         }
         if let Some(l) = self.ws {
             info!(addr = %local(&l), paths = %path.join(", "), "WebSocket listener up");
-            let (b, p) = (self.broker.clone(), path.clone());
-            tasks.spawn(accept_loop(
-                l,
-                Listener::Ws,
-                self.gate.clone(),
-                move |s, i| websocket(b.clone(), s, p.clone(), i),
-            ));
+            let (b, p) = (broker.clone(), path.clone());
+            tasks.spawn(accept_loop(l, Listener::Ws, gate.clone(), move |s, i| {
+                websocket(b.clone(), s, p.clone(), i)
+            }));
         }
         if let (Some(l), Some(t)) = (self.mqtts, self.tls.clone()) {
             info!(addr = %local(&l), "MQTT/TLS listener up");
-            let b = self.broker.clone();
+            let b = broker.clone();
             tasks.spawn(accept_loop(
                 l,
                 Listener::Mqtts,
-                self.gate.clone(),
+                gate.clone(),
                 move |s, i| mqtts(b.clone(), t.clone(), s, i),
             ));
         }
         if let (Some(l), Some(t)) = (self.wss, self.tls) {
             info!(addr = %local(&l), paths = %path.join(", "), "secure WebSocket listener up");
-            let b = self.broker.clone();
-            tasks.spawn(accept_loop(
-                l,
-                Listener::Wss,
-                self.gate.clone(),
-                move |s, i| wss(b.clone(), t.clone(), s, path.clone(), i),
-            ));
+            let b = broker.clone();
+            tasks.spawn(accept_loop(l, Listener::Wss, gate.clone(), move |s, i| {
+                wss(b.clone(), t.clone(), s, path.clone(), i)
+            }));
         }
-        if self.config.sys.interval > 0 {
-            let every = Duration::from_secs(self.config.sys.interval.into());
-            tasks.spawn(crate::sys::run(self.broker.clone(), every));
-        }
-        shutdown.await;
-        info!("shutting down");
-        tasks.abort_all();
-        let waits = self
-            .broker
-            .kick_all(midge_protocol::reason::SERVER_SHUTTING_DOWN);
-        let all = futures_util::future::join_all(waits);
-        let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
-        if let Some(plugins) = self.broker.plugins.get() {
-            if let Err(e) = plugins.flush().await {
-                tracing::error!("plugins: {e}");
-            }
-        }
-        if let Some(sql) = self.broker.sql.get() {
-            // What plugins enqueued (e.g. messages being archived), bounded.
-            let flushed = sql.flush(Duration::from_secs(10)).await;
-            info!(complete = flushed, "sql capability queues flushed");
-        }
-        if let Some(kafka) = self.broker.kafka.get().cloned() {
-            // Records plugins queued before the clients left, bounded.
-            let flush = move || kafka.flush(Duration::from_secs(5));
-            let _ = tokio::task::spawn_blocking(flush).await;
-        }
-        if let Some(store) = self.broker.store.clone() {
-            // Everything the sessions wrote on the way out, then stop.
-            let _ = tokio::task::spawn_blocking(move || store.close()).await;
-            info!("store closed");
-        }
-        Ok(())
     }
 }
 

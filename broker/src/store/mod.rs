@@ -17,6 +17,7 @@
 //! one gathers: group commit, one fsync for every connection's writes.
 
 pub(crate) mod codec;
+mod config;
 pub mod postgres;
 pub mod sled;
 pub mod tools;
@@ -27,7 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use serde::Deserialize;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -35,52 +35,7 @@ use crate::message::Message;
 use crate::session::{Delivery, Stage, SubscriptionRecord};
 
 pub use codec::Corrupt;
-
-/// `[persistence]` in the configuration.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PersistenceConfig {
-    /// Keep persistent sessions, their queues and retained messages across restarts.
-    pub enabled: bool,
-    /// "sled" (embedded, under `data_dir`) or "postgres" (`postgres_url`).
-    pub backend: BackendKind,
-    /// Directory of the sled store (`--data-dir` overrides).
-    pub data_dir: std::path::PathBuf,
-    /// libpq-style connection string, e.g. "host=127.0.0.1 port=5432 user=midge dbname=midge".
-    pub postgres_url: Option<String>,
-    /// "ack": a QoS 1/2 publish is acknowledged only once durable (default).
-    /// "interval": write every `sync_interval_ms`, acknowledge at once (faster; a
-    /// crash loses at most that interval of acknowledged messages).
-    pub sync: SyncPolicy,
-    pub sync_interval_ms: u64,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendKind {
-    Sled,
-    Postgres,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncPolicy {
-    Ack,
-    Interval,
-}
-
-impl Default for PersistenceConfig {
-    fn default() -> Self {
-        PersistenceConfig {
-            enabled: false,
-            backend: BackendKind::Sled,
-            data_dir: "./data".into(),
-            postgres_url: None,
-            sync: SyncPolicy::Ack,
-            sync_interval_ms: 100,
-        }
-    }
-}
+pub use config::{BackendKind, PersistenceConfig, SyncPolicy};
 
 /// Errors opening, reading or writing a store. Each names the store.
 #[derive(Debug, thiserror::Error)]
@@ -268,7 +223,7 @@ pub struct RestoredSession {
 impl Store {
     /// Opens the configured backend and reads everything in it.
     pub fn open(cfg: &PersistenceConfig) -> Result<(Store, Snapshot), StoreError> {
-        let backend = tools::open_backend(cfg)?;
+        let backend = cfg.open_backend()?;
         Store::with_backend(
             backend,
             cfg.sync,

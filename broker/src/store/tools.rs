@@ -7,45 +7,8 @@ use std::io::Write;
 
 use serde_json::{json, Value};
 
-use super::{codec, Backend, Batch, Key, PersistenceConfig, StoreError};
+use super::{codec, Batch, Key, PersistenceConfig, StoreError};
 use crate::message::Message;
-
-/// Opens the configured backend without starting a commit thread,
-/// creating the store if there is none (the broker's start).
-pub fn open_backend(cfg: &PersistenceConfig) -> Result<Box<dyn Backend>, StoreError> {
-    Ok(match cfg.backend {
-        super::BackendKind::Sled => Box::new(super::sled::SledBackend::open(&cfg.data_dir)?),
-        super::BackendKind::Postgres => Box::new(super::postgres::PgBackend::open(pg_url(cfg)?)?),
-    })
-}
-
-fn pg_url(cfg: &PersistenceConfig) -> Result<&str, StoreError> {
-    cfg.postgres_url.as_deref().ok_or_else(|| StoreError::Open {
-        store: "postgres store".into(),
-        message: "persistence.postgres_url is not set".into(),
-    })
-}
-
-/// Opens the configured store for a tool: it must exist (a tool never
-/// creates a store, or a wrong path would read as an empty, healthy one),
-/// and a locked one means the broker is running.
-pub fn open_existing(cfg: &PersistenceConfig) -> Result<Box<dyn Backend>, StoreError> {
-    Ok(match cfg.backend {
-        super::BackendKind::Sled => match super::sled::SledBackend::open_existing(&cfg.data_dir) {
-            Ok(b) => Box::new(b),
-            Err(StoreError::Locked { store }) => {
-                return Err(StoreError::Open {
-                    store,
-                    message: "the broker is running (the store is locked); stop it first".into(),
-                })
-            }
-            Err(e) => return Err(e),
-        },
-        super::BackendKind::Postgres => {
-            Box::new(super::postgres::PgBackend::open_existing(pg_url(cfg)?)?)
-        }
-    })
-}
 
 fn payload_json(p: &[u8]) -> (&'static str, Value) {
     match std::str::from_utf8(p) {
@@ -121,7 +84,7 @@ pub fn run(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<usize, StoreError> {
-    let mut backend = open_existing(cfg)?;
+    let mut backend = cfg.open_existing()?;
     let name = backend.describe();
     let mut dropped = 0;
     if action == Action::Repair {

@@ -79,7 +79,7 @@ async fn no_authenticator_refuses_to_start() {
     cfg.listeners.mqtt = Some("127.0.0.1:0".parse().unwrap());
     cfg.listeners.ws = None;
     cfg.admin.enabled = false;
-    let e = midge::Server::bind(cfg.clone()).await.unwrap_err();
+    let e = midge::App::bind(cfg.clone()).await.unwrap_err();
     assert!(
         e.to_string()
             .contains("no loaded plugin authenticates clients (loaded: none)"),
@@ -99,7 +99,7 @@ config = { rules = [] }
 "#,
         &wasm,
     );
-    let e = midge::Server::bind(cfg).await.unwrap_err();
+    let e = midge::App::bind(cfg).await.unwrap_err();
     assert!(
         e.to_string()
             .contains("no loaded plugin authenticates clients (loaded: tx)"),

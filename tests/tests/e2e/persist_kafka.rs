@@ -550,7 +550,7 @@ config = {{ topic = "archive" }}
     cfg.listeners.mqtt = Some("127.0.0.1:0".parse().unwrap());
     cfg.listeners.ws = None;
     cfg.admin.listen = None;
-    let e = midge::Server::bind(cfg).await.unwrap_err().to_string();
+    let e = midge::App::bind(cfg).await.unwrap_err().to_string();
     assert!(
         e.starts_with("plugins.kafka.properties.compression.type: "),
         "{e}"

@@ -410,7 +410,7 @@ config = {{ table = "t; DROP TABLE users" }}
     config.listeners.mqtt = Some("127.0.0.1:0".parse().unwrap());
     config.listeners.ws = None;
     config.admin.listen = None;
-    let err = match midge::Server::bind(config).await {
+    let err = match midge::App::bind(config).await {
         Ok(_) => panic!("a bad table name was accepted"),
         Err(e) => e.to_string(),
     };

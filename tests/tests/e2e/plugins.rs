@@ -85,7 +85,7 @@ async fn auth_password_accepts_right_password_and_refuses_wrong_one() {
     let Some(b) = broker_with_plugins().await else {
         return;
     };
-    assert!(b.broker.plugins.get().is_some(), "plugins loaded");
+    assert!(b.broker.plugins().is_some(), "plugins loaded");
     let (_c, ack) = RawClient::handshake(b.addr, login(&unique("a"), "alice", b"wonderland")).await;
     assert_eq!(ack.code, 0x00);
     let mut c = RawClient::connect(b.addr).await;
@@ -226,7 +226,7 @@ async fn publishes_read_together_reach_on_publish_in_batches_and_keep_their_orde
             body.as_bytes(),
         ));
     }
-    let host = b.broker.plugins.get().unwrap();
+    let host = b.broker.plugins().unwrap();
     let calls = host.plugin_metrics("tx").unwrap().calls;
     p.send(&wire).await;
     for k in (0..N).filter(|k| k % 4 != 3) {
@@ -600,7 +600,7 @@ async fn a_rule_calling_a_function_no_plugin_offers_is_refused() {
     // Accepted by validation (plugins decide their functions at init) ...
     let cfg = midge::Config::parse(&text_cfg, "fn.toml").unwrap();
     // ... refused at start, when the plugins are loaded.
-    let err = match midge::server::Server::bind(cfg).await {
+    let err = match midge::App::bind(cfg).await {
         Ok(_) => panic!("a rule calling an unknown function was loaded"),
         Err(e) => e.to_string(),
     };

@@ -533,7 +533,7 @@ async fn bind_error(tls: midge::config::TlsConfig) -> String {
     c.listeners.mqtts = Some("127.0.0.1:0".parse().unwrap());
     c.listeners.tls = Some(tls);
     c.admin.listen = None;
-    match midge::Server::bind(c).await {
+    match midge::App::bind(c).await {
         Ok(_) => panic!("bind succeeded"),
         Err(e) => e.to_string(),
     }

@@ -1,0 +1,311 @@
+//! Assembly: the one place where a configuration becomes a running broker.
+//!
+//! [`App::bind`] goes config -> listeners (bound, not accepting) -> store
+//! (opened, its records read) -> plugins -> rules -> [`Broker`] (complete
+//! when constructed) -> restore of the stored sessions -> admission gate;
+//! [`App::run`] starts the background tasks (rule action lanes, the plugin
+//! event task, `$SYS`, the admin API), lets the listeners accept until
+//! shutdown, then takes everything down in order (clients kicked, plugins,
+//! databases and Kafka flushed, the store closed last).
+//!
+//! Nothing else builds a `Broker` for production use, and nothing mutates
+//! one after it is built: a capability that needs a part of the broker is
+//! given it here.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tracing::info;
+
+use crate::broker::{Broker, Parts, PublishHandle};
+use crate::rules::RuleEngine;
+use crate::server::{Gate, Server, ServerError};
+use crate::store::{Snapshot, Store, StoreError};
+use crate::Config;
+
+/// Errors assembling the broker (each names its file, field, store or plugin).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener that cannot be bound, or an unusable TLS file.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The config's rules with the admin API's (its rules file) applied
+    /// do not load, or that file is unreadable or corrupt.
+    #[error("rules refused: {0}")]
+    Rules(#[from] crate::rules::overlay::LoadError),
+    #[error(transparent)]
+    Plugins(#[from] crate::plugins::LoadError),
+    #[error("persistence: {0}")]
+    Store(#[from] StoreError),
+    /// `[cluster]` is on and NATS cannot be reached or set up.
+    #[error("{0}")]
+    Cluster(#[from] midge_cluster::ClusterError),
+    /// `allow_anonymous = false` and no plugin authenticates clients.
+    #[error("{0}")]
+    NoAuthenticator(String),
+}
+
+impl StartError {
+    /// An error about a setting of the configuration file (a TLS file, no
+    /// authenticator), which `midge serve` prefixes with the file's name.
+    pub fn is_config_error(&self) -> bool {
+        matches!(
+            self,
+            StartError::Server(ServerError::Tls { .. }) | StartError::NoAuthenticator(_)
+        )
+    }
+}
+
+/// A broker assembled from its configuration, listening but not yet
+/// accepting.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    broker: Arc<Broker>,
+    server: Server,
+    gate: Arc<Gate>,
+    /// The admin HTTP API listener and the token it requires.
+    admin: Option<(TcpListener, String)>,
+    /// The admin token was generated at start-up (no config, no env).
+    admin_token_generated: bool,
+    /// The config file, for the admin API's config reload.
+    config_path: Option<std::path::PathBuf>,
+}
+
+impl App {
+    /// Assembles the broker `config` describes and binds its listeners
+    /// (port 0 picks a free port). The stored sessions are restored before
+    /// this returns, so nothing is accepted against a half-restored state.
+    pub async fn bind(config: Config) -> Result<App, StartError> {
+        let server = Server::bind(&config.listeners).await?;
+        let admin_listen = config.admin.listen.filter(|_| config.admin.enabled);
+        let (admin, admin_token_generated) = match admin_listen {
+            Some(a) => {
+                let listener = crate::server::listen("admin.listen", a).await?;
+                let (token, generated) = crate::admin::resolve_token(config.admin.token.as_deref());
+                (Some((listener, token)), generated)
+            }
+            None => (None, false),
+        };
+        let (store, snapshot) = open_store(&config).await?;
+        // Plugins first: rules may call the functions they offer. Their
+        // `publish` capability reaches the broker built below.
+        let publish = PublishHandle::new();
+        let rules = RuleEngine::default();
+        let plugins = if config.plugins.plugins.is_empty() {
+            None
+        } else {
+            let loaded = crate::plugins::load(&config.plugins, publish.clone()).await?;
+            info!(plugins = %crate::logging::list(&loaded.host.plugins()), "plugins loaded");
+            rules.set_functions(Arc::new(crate::plugins::PluginFunctions(
+                loaded.host.clone(),
+            )));
+            Some(loaded)
+        };
+        let (plugins, sql, kafka) = match plugins {
+            Some(l) => (Some(l.host), l.sql, l.kafka),
+            None => (None, None, None),
+        };
+        crate::auth::check_authenticator(&config.limits, plugins.as_ref())
+            .map_err(StartError::NoAuthenticator)?;
+        let broker = Arc::new(Broker::new(Parts {
+            config: config.mqtt.clone(),
+            limits: config.limits.clone(),
+            sys: config.sys.clone(),
+            auth: Arc::new(crate::auth::NoAuth),
+            rules,
+            plugins,
+            sql,
+            kafka,
+            store,
+        }));
+        publish.bind(&broker);
+        // Before the restore: its subscriptions become the node's interest.
+        crate::cluster::join(&config.cluster, &broker).await?;
+        if let Some(snap) = snapshot {
+            restore(&broker, snap);
+        }
+        // The config's rules with the admin API's changes applied (after
+        // the restore: the wills it publishes never reached rules).
+        let api_rules = config.api_rules_path();
+        crate::rules::overlay::load(&broker.rules, &config.rules, &api_rules)?;
+        let overlay = broker.rules.overlay();
+        if !overlay.is_empty() {
+            info!(
+                file = %api_rules.display(),
+                rules = overlay.rules.len(),
+                deleted = overlay.deleted.len(),
+                "rules changed through the admin API applied"
+            );
+        }
+        let gate = Arc::new(Gate::new(broker.clone(), &config.limits));
+        Ok(App {
+            config,
+            broker,
+            server,
+            gate,
+            admin,
+            admin_token_generated,
+            config_path: None,
+        })
+    }
+
+    /// The config file the broker was started from: the admin API's
+    /// `POST /api/v1/config/reload` reads it.
+    pub fn with_config_path(mut self, path: std::path::PathBuf) -> App {
+        self.config_path = Some(path);
+        self
+    }
+
+    /// Bound address of the admin HTTP API listener.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The bearer token the admin API requires (when it listens).
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin.as_ref().map(|(_, t)| t.as_str())
+    }
+
+    /// Whether [`App::admin_token`] was generated at start-up (neither
+    /// `[admin] token` nor `MIDGE_ADMIN_TOKEN` set): the binary prints it.
+    pub fn admin_token_generated(&self) -> bool {
+        self.admin.is_some() && self.admin_token_generated
+    }
+
+    /// Bound address of the MQTT/TCP listener.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.server.mqtt_addr()
+    }
+
+    /// Bound address of the MQTT/WebSocket listener.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.server.ws_addr()
+    }
+
+    /// Bound address of the MQTT/TLS listener.
+    pub fn mqtts_addr(&self) -> Option<SocketAddr> {
+        self.server.mqtts_addr()
+    }
+
+    /// Bound address of the MQTT/secure WebSocket listener.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.server.wss_addr()
+    }
+
+    /// Admission state: per-listener connection counts.
+    pub fn gate(&self) -> Arc<Gate> {
+        self.gate.clone()
+    }
+
+    /// The broker state (for embedding and tests).
+    pub fn broker(&self) -> Arc<Broker> {
+        self.broker.clone()
+    }
+
+    /// Serves until `shutdown` completes, then disconnects clients (5.0
+    /// clients get DISCONNECT 0x8B), flushes what plugins queued, closes
+    /// the store and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
+        let broker = self.broker;
+        let mut tasks = JoinSet::new();
+        for lane in broker.rules.start_lanes() {
+            tasks.spawn(crate::rules::run_actions(broker.clone(), lane));
+        }
+        if let Some(host) = broker.plugins() {
+            if let Some(mut rx) = broker.plugin_events.take_receiver() {
+                // Raised while restoring, before the broker ran (wills of
+                // expired sessions): plugins start with what happens from now.
+                while rx.try_recv().is_ok() {}
+                let span = tracing::info_span!("plugin_events");
+                tasks.spawn(tracing::Instrument::instrument(
+                    crate::plugins::run_events(host.clone(), rx),
+                    span,
+                ));
+            }
+        }
+        if let Some((l, token)) = self.admin {
+            let state = crate::admin::AdminState::new(
+                broker.clone(),
+                token,
+                self.config.clone(),
+                self.config_path.clone(),
+            );
+            tasks.spawn(crate::admin::serve(l, Arc::new(state)));
+        }
+        self.server.spawn(&broker, &self.gate, &mut tasks);
+        if self.config.sys.interval > 0 {
+            let every = Duration::from_secs(self.config.sys.interval.into());
+            tasks.spawn(crate::sys::run(broker.clone(), every));
+        }
+        shutdown.await;
+        info!("shutting down");
+        tasks.abort_all();
+        stop(&broker).await;
+        Ok(())
+    }
+}
+
+/// Opens the store when persistence is on, and reads every record.
+async fn open_store(config: &Config) -> Result<(Option<Store>, Option<Snapshot>), StartError> {
+    if !config.persistence.enabled {
+        return Ok((None, None));
+    }
+    let p = config.persistence.clone();
+    let (store, snap) = tokio::task::spawn_blocking(move || Store::open(&p))
+        .await
+        .map_err(|e| StoreError::Open {
+            store: "store".into(),
+            message: e.to_string(),
+        })??;
+    Ok((Some(store), Some(snap)))
+}
+
+/// Rebuilds the stored sessions in `broker` and logs what came back.
+fn restore(broker: &Arc<Broker>, snap: Snapshot) {
+    let started = std::time::Instant::now();
+    let r = broker.restore(snap);
+    info!(
+        sessions = r.sessions,
+        subscriptions = r.subscriptions,
+        messages = r.messages,
+        retained = r.retained,
+        expired_sessions = r.expired_sessions,
+        expired_messages = r.expired_messages,
+        ms = started.elapsed().as_millis() as u64,
+        "persistent state restored"
+    );
+}
+
+/// The shutdown order: connections kicked and awaited (bounded), then what
+/// the plugins queued (kv, SQL, Kafka) flushed, then the store closed, so
+/// the sessions' last writes land.
+async fn stop(broker: &Broker) {
+    let waits = broker.kick_all(midge_protocol::reason::SERVER_SHUTTING_DOWN);
+    let all = futures_util::future::join_all(waits);
+    let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
+    if let Some(plugins) = broker.plugins() {
+        if let Err(e) = plugins.flush().await {
+            tracing::error!("plugins: {e}");
+        }
+    }
+    if let Some(sql) = &broker.sql {
+        // What plugins enqueued (e.g. messages being archived), bounded.
+        let flushed = sql.flush(Duration::from_secs(10)).await;
+        info!(complete = flushed, "sql capability queues flushed");
+    }
+    if let Some(kafka) = broker.kafka.clone() {
+        // Records plugins queued before the clients left, bounded.
+        let flush = move || kafka.flush(Duration::from_secs(5));
+        let _ = tokio::task::spawn_blocking(flush).await;
+    }
+    if let Some(store) = broker.store.clone() {
+        // Everything the sessions wrote on the way out, then stop.
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        info!("store closed");
+    }
+}
