@@ -211,6 +211,7 @@ impl App {
     /// clients get DISCONNECT 0x8B), flushes what plugins queued, closes
     /// the store and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
+        let listeners = crate::admin::Listeners::of(&self.server, self.gate.clone());
         let broker = self.broker;
         let mut tasks = JoinSet::new();
         for lane in broker.rules.start_lanes() {
@@ -234,7 +235,8 @@ impl App {
                 token,
                 self.config.clone(),
                 self.config_path.clone(),
-            );
+            )
+            .with_listeners(listeners);
             tasks.spawn(crate::admin::serve(l, Arc::new(state)));
         }
         self.server.spawn(&broker, &self.gate, &mut tasks);

@@ -92,7 +92,18 @@ pub async fn status(State(s): State<Shared>) -> Json<Value> {
         "persistence": s.broker.store.is_some(),
         "plugins": s.broker.plugins().map(|h| h.plugins().len()).unwrap_or(0),
         "rules": s.broker.rules.configs().len(),
+        "listeners": listener_counts(&s),
     }))
+}
+
+/// `{"mqtt": open connections, ...}` for every bound listener.
+fn listener_counts(s: &Shared) -> serde_json::Map<String, Value> {
+    let counts = s.listeners.counts();
+    crate::server::Listener::ALL
+        .iter()
+        .zip(counts)
+        .map(|(l, n)| (l.name().to_string(), Value::from(n)))
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]
@@ -285,4 +296,46 @@ pub async fn subscriptions(
         }));
     }
     Ok(p.answer(out))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicQuery {
+    page: Option<u64>,
+    limit: Option<u64>,
+    /// Substring of the filter.
+    like: Option<String>,
+    /// A topic name: the filters that match it.
+    topic: Option<String>,
+}
+
+/// The filters subscribed to (as subscribed, `$share/{group}/` included),
+/// each with its number of subscribers, sorted by filter.
+pub async fn topics(
+    State(s): State<Shared>,
+    q: Result<Query<TopicQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let p = paging(q.page, q.limit)?;
+    if let Some(t) = &q.topic {
+        if !topic::valid_name(t) {
+            return Err(ApiError::bad_request(format!(
+                "topic `{t}` is not a valid topic name (no wildcards, not empty)"
+            )));
+        }
+    }
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    for session in s.broker.sessions() {
+        let st = session.state.lock();
+        for f in st.subscriptions.keys() {
+            *counts.entry(f.clone()).or_default() += 1;
+        }
+    }
+    let data: Vec<Value> = counts
+        .into_iter()
+        .filter(|(f, _)| q.like.as_deref().is_none_or(|l| f.contains(l)))
+        .filter(|(f, _)| q.topic.as_deref().is_none_or(|t| topic::matches(f, t)))
+        .map(|(f, n)| json!({ "filter": f, "subscribers": n }))
+        .collect();
+    Ok(p.answer(data))
 }

@@ -51,7 +51,14 @@ fn metrics_json(m: &RuleStats) -> Value {
         "eval_seconds_total": m.eval_nanos as f64 / 1e9,
         "action_seconds_total": m.action_nanos as f64 / 1e9,
         "action_runs": m.action_runs,
+        "eval_seconds_avg": average(m.eval_nanos, m.matched),
+        "action_seconds_avg": average(m.action_nanos, m.action_runs),
     })
+}
+
+/// Mean seconds per run from total nanoseconds (`null` before any run).
+fn average(nanos: u64, runs: u64) -> Option<f64> {
+    (runs > 0).then(|| nanos as f64 / 1e9 / runs as f64)
 }
 
 fn no_rule(id: &str) -> ApiError {
@@ -339,12 +346,25 @@ pub struct TestReq {
     sql: String,
     #[serde(default)]
     sample: Sample,
+    /// Actions to show the outputs of, per row (none are run).
+    #[serde(default)]
+    actions: Vec<ActionConfig>,
 }
 
 pub async fn test_rule(body: Result<Json<TestReq>, JsonRejection>) -> ApiResult {
     let Json(t) = body?;
     match sample::run(&t.sql, &t.sample) {
-        Ok(rows) => Ok(Json(json!({ "matched": !rows.is_empty(), "rows": rows }))),
+        Ok(rows) => {
+            let outputs: Vec<Vec<Value>> = rows
+                .iter()
+                .map(|row| crate::rules::preview::actions(&t.actions, row))
+                .collect();
+            Ok(Json(json!({
+                "matched": !rows.is_empty(),
+                "rows": rows,
+                "outputs": outputs,
+            })))
+        }
         Err(SampleError::Compile(e)) => Err(ApiError::bad_request(e.to_string()).with(json!({
             "rule_id": e.rule_id,
             "line": e.line,
@@ -358,13 +378,18 @@ pub async fn test_rule(body: Result<Json<TestReq>, JsonRejection>) -> ApiResult 
     }
 }
 
-fn plugin_json(m: &PluginMetrics, manifest: Option<(String, String)>) -> Value {
+fn plugin_json(h: &midge_plugin::PluginHost, m: &PluginMetrics) -> Value {
     let state = m.state();
+    let manifest = h.manifest(&m.name).map(|x| manifest_json(&x));
+    let config = h.plugin_config(&m.name);
     json!({
         "name": m.name,
         "state": state,
         "loaded": true,
-        "manifest": manifest.map(|(name, version)| json!({ "name": name, "version": version })),
+        "manifest": manifest,
+        "path": config.as_ref().map(|c| c.path.display().to_string()),
+        "grants": config.as_ref().map(|c| grants_json(&c.grants)),
+        "limits": config.as_ref().map(|c| limits_json(&c.limits)),
         "metrics": {
             "calls": m.calls,
             "failures": m.failures,
@@ -383,14 +408,83 @@ fn plugin_json(m: &PluginMetrics, manifest: Option<(String, String)>) -> Value {
     })
 }
 
+/// The plugin's own name and version, the hooks it implements, the topic
+/// filters of its `on-publish`, the events it wants and the functions it
+/// offers to rules.
+fn manifest_json(x: &midge_plugin::types::Manifest) -> Value {
+    use midge_plugin::types::{EventSet as E, HookSet as H};
+    let hooks: Vec<&str> = [
+        (H::AUTHENTICATE, "authenticate"),
+        (H::AUTHORIZE, "authorize"),
+        (H::ON_PUBLISH, "on-publish"),
+        (H::ON_EVENT, "on-event"),
+        (H::ON_RULE_OUTPUT, "on-rule-output"),
+        (H::RULE_FUNCTIONS, "rule-functions"),
+    ]
+    .into_iter()
+    .filter(|(f, _)| x.hooks.contains(*f))
+    .map(|(_, n)| n)
+    .collect();
+    let events: Vec<&str> = [
+        (E::CONNECTED, "connected"),
+        (E::DISCONNECTED, "disconnected"),
+        (E::SUBSCRIBED, "subscribed"),
+        (E::UNSUBSCRIBED, "unsubscribed"),
+        (E::DELIVERED, "delivered"),
+        (E::ACKED, "acked"),
+        (E::DROPPED, "dropped"),
+    ]
+    .into_iter()
+    .filter(|(f, _)| x.events.contains(*f))
+    .map(|(_, n)| n)
+    .collect();
+    let functions: Vec<&str> = x.functions.iter().map(|f| f.name.as_str()).collect();
+    json!({
+        "name": x.name,
+        "version": x.version,
+        "hooks": hooks,
+        "publish_filters": x.publish_filters,
+        "events": events,
+        "functions": functions,
+    })
+}
+
+/// The capabilities granted in the config (`grants`).
+fn grants_json(g: &midge_plugin::Grants) -> Value {
+    let dirs: Vec<Value> = g
+        .dirs
+        .iter()
+        .map(|d| json!({ "host": d.host.display().to_string(), "guest": d.guest }))
+        .collect();
+    json!({
+        "log": g.log,
+        "kv": g.kv,
+        "publish": g.publish,
+        "sql": g.sql,
+        "kafka": g.kafka,
+        "dirs": dirs,
+    })
+}
+
+fn limits_json(l: &midge_plugin::Limits) -> Value {
+    json!({
+        "memory_mib": l.memory_mib,
+        "deadline_ms": l.deadline_ms,
+        "init_deadline_ms": l.init_deadline_ms,
+        "max_instances": l.max_instances,
+        "queue_timeout_ms": l.queue_timeout_ms,
+        "suspend_after": l.suspend_after,
+        "suspend_secs": l.suspend_secs,
+    })
+}
+
 /// Loaded plugins in chain order, then those the config disables (not
 /// loaded), as of the last load or reload.
 pub async fn list_plugins(State(s): State<Shared>) -> Json<Value> {
     let mut data = Vec::new();
     if let Some(h) = s.broker.plugins() {
         for m in h.metrics() {
-            let manifest = h.manifest(&m.name).map(|x| (x.name, x.version));
-            data.push(plugin_json(&m, manifest));
+            data.push(plugin_json(h, &m));
         }
     }
     for name in disabled_in_config(&s) {
@@ -443,10 +537,7 @@ fn host(s: &Shared, name: &str) -> Result<midge_plugin::PluginHost, ApiError> {
 
 fn one_plugin(h: &midge_plugin::PluginHost, name: &str) -> Value {
     match h.plugin_metrics(name) {
-        Some(m) => {
-            let manifest = h.manifest(name).map(|x| (x.name, x.version));
-            plugin_json(&m, manifest)
-        }
+        Some(m) => plugin_json(h, &m),
         None => json!({ "name": name }),
     }
 }

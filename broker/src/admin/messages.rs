@@ -14,7 +14,6 @@ use midge_protocol::{topic, ByteStr, Properties, PropertyValues, QoS};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::api::PageQuery;
 use super::{paging, ApiError, ApiResult, Shared};
 use crate::message::Message;
 
@@ -59,19 +58,37 @@ fn full(m: &Message) -> Value {
     v
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetainedQuery {
+    page: Option<u64>,
+    limit: Option<u64>,
+    /// A topic filter (wildcards allowed): the messages whose topic it
+    /// matches, as a subscription would (`#` does not match `$SYS/...`).
+    filter: Option<String>,
+}
+
+/// Retained messages sorted by topic, all or those `filter` matches.
 pub async fn list_retained(
     State(s): State<Shared>,
-    q: Result<Query<PageQuery>, QueryRejection>,
+    q: Result<Query<RetainedQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
     let p = paging(q.page, q.limit)?;
-    let all: Vec<Value> = s
-        .broker
-        .retained
-        .list()
-        .iter()
-        .map(|m| summary(m))
-        .collect();
+    let messages = match &q.filter {
+        Some(f) if !topic::valid_filter(f) => {
+            return Err(ApiError::bad_request(format!(
+                "filter `{f}` is not a valid topic filter"
+            )))
+        }
+        Some(f) => {
+            let mut v = s.broker.retained.matching(f);
+            v.sort_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
+            v
+        }
+        None => s.broker.retained.list(),
+    };
+    let all: Vec<Value> = messages.iter().map(|m| summary(m)).collect();
     Ok(p.answer(all))
 }
 

@@ -9,16 +9,25 @@
 //! the OpenAPI test compares with `openapi.json`) -> [`auth`] (bearer token,
 //! constant-time compare) -> a handler in `api.rs` (clients, sessions,
 //! subscriptions), `messages.rs` (retained, publish), `manage.rs` (rules,
-//! plugins, config reload), `cluster.rs` (nodes) or `metrics.rs`. Every failure, including
-//! axum's own rejections (bad JSON, bad query, unknown route, wrong method),
-//! is answered as JSON `{"error": "..."}` by [`ApiError`].
+//! plugins, config reload), `cluster.rs` (nodes), `listeners.rs`,
+//! `history.rs` (the overview series: a sampler task, 15 minutes in memory,
+//! a live stream) or `metrics.rs`. Every failure, including axum's own
+//! rejections (bad JSON, bad query, unknown route, wrong method), is
+//! answered as JSON `{"error": "..."}` by [`ApiError`]. `dashboard.rs`
+//! serves the web dashboard's embedded files at `/` and `/assets/...`, the
+//! only paths served without the token.
 
 mod api;
 mod cluster;
+pub mod dashboard;
+pub mod history;
+mod listeners;
 mod manage;
 mod messages;
 pub mod metrics;
 pub mod openapi;
+
+pub use listeners::Listeners;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +59,10 @@ pub struct AdminState {
     started: Instant,
     /// Where rule edits are kept (`[admin] api_rules_file`).
     rules_file: PathBuf,
+    /// The MQTT listeners as bound, with their connection counts.
+    listeners: Listeners,
+    /// The overview series (`history.rs`).
+    history: history::History,
 }
 
 type Shared = Arc<AdminState>;
@@ -69,7 +82,15 @@ impl AdminState {
             running,
             config_path,
             started: Instant::now(),
+            listeners: Listeners::default(),
+            history: history::History::default(),
         }
+    }
+
+    /// The bound MQTT listeners (`GET /api/v1/listeners`, per-listener counts).
+    pub fn with_listeners(mut self, listeners: Listeners) -> AdminState {
+        self.listeners = listeners;
+        self
     }
 }
 
@@ -170,9 +191,14 @@ where
 pub fn routes() -> Vec<Route> {
     use Method as M;
     vec![
+        r(M::GET, "/", dashboard::index),
+        r(M::GET, "/assets/{file}", dashboard::asset),
         r(M::GET, "/metrics", metrics::scrape),
         r(M::GET, "/api/v1/openapi.json", openapi::serve),
         r(M::GET, "/api/v1/status", api::status),
+        r(M::GET, "/api/v1/listeners", listeners::list),
+        r(M::GET, "/api/v1/metrics/history", history::history),
+        r(M::GET, "/api/v1/metrics/stream", history::stream),
         r(M::GET, "/api/v1/clients", api::list_clients),
         r(M::GET, "/api/v1/clients/{clientid}", api::get_client),
         r(M::DELETE, "/api/v1/clients/{clientid}", api::kick_client),
@@ -183,6 +209,7 @@ pub fn routes() -> Vec<Route> {
             api::session_subscriptions,
         ),
         r(M::GET, "/api/v1/subscriptions", api::subscriptions),
+        r(M::GET, "/api/v1/topics", api::topics),
         r(M::GET, "/api/v1/retained", messages::list_retained),
         r(M::GET, "/api/v1/retained/{topic}", messages::get_retained),
         r(
@@ -256,10 +283,11 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     )
 }
 
-/// Requires `Authorization: Bearer <token>` on everything except `/metrics`
-/// when `metrics_public`.
+/// Requires `Authorization: Bearer <token>` on everything except the
+/// dashboard's files and `/metrics` when `metrics_public`.
 async fn auth(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    if state.metrics_public && req.uri().path() == "/metrics" {
+    let path = req.uri().path();
+    if (state.metrics_public && path == "/metrics") || dashboard::is_public(path) {
         return next.run(req).await;
     }
     let given = req
@@ -334,15 +362,28 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Serves the admin router on `listener` until the task is dropped.
+/// Serves the admin router on `listener`, and samples the overview series,
+/// until the task is dropped (which ends the live streams too).
 pub async fn serve(listener: TcpListener, state: Shared) {
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
     info!(%addr, "admin API listener up");
-    if let Err(e) = axum::serve(listener, router(state)).await {
-        warn!(error = %e, "admin API listener stopped");
+    let sampled = state.clone();
+    let sampler = async move {
+        history::run(sampled).await;
+        // Only one sampler per state; serving goes on without it.
+        std::future::pending::<()>().await
+    };
+    let server = std::future::IntoFuture::into_future(axum::serve(listener, router(state)));
+    tokio::select! {
+        r = server => {
+            if let Err(e) = r {
+                warn!(error = %e, "admin API listener stopped");
+            }
+        }
+        () = sampler => {}
     }
 }
 

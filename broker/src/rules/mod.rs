@@ -21,6 +21,7 @@ mod action;
 pub mod events;
 mod index;
 pub mod overlay;
+pub mod preview;
 pub mod queue;
 pub mod sample;
 mod template;

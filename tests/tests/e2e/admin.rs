@@ -615,6 +615,10 @@ async fn openapi_describes_every_route() {
     assert_eq!(described, routes);
     // And every route is really served: none answers "no route" (404 from the fallback).
     for (m, p) in &routes {
+        if p == "/api/v1/metrics/stream" {
+            // An endless event stream (read by admin_dashboard's tests).
+            continue;
+        }
         let path = p
             .replace("{clientid}", "c")
             .replace("{topic}", "t")

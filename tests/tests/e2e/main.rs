@@ -3,6 +3,7 @@
 //! (each is ~0.5 GB in a debug build) instead of once per area.
 
 mod admin;
+mod admin_dashboard;
 mod anonymous;
 mod api_rules;
 mod cluster;
