@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine with Rust: installs what
-# the tests need (mosquitto clients, paho-mqtt, MQTT.js, cargo-nextest, PostgreSQL,
-# tansu, nats-server), then builds
+# the tests need (mosquitto clients, paho-mqtt, MQTT.js, Chromium and Selenium,
+# cargo-nextest, PostgreSQL, tansu, nats-server), then builds
 # and runs every test. `.ci/run` calls exactly this script.
 #
 #   ./scripts/test.sh
@@ -26,6 +26,20 @@ command -v openssl >/dev/null || apt_install openssl
 # MQTT.js's CLI (over WebSocket), from npm into tests/js, pinned by its lock file.
 command -v npm >/dev/null || apt_install npm
 (cd tests/js && npm ci --no-audit --no-fund --silent)
+# The dashboard's browser test: Debian's Chromium and its driver, Selenium
+# from PyPI (never Selenium Manager: SE_AVOID_STATS, fixed driver path).
+{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || apt_install chromium chromium-driver
+if ! python3 -c 'import selenium' 2>/dev/null; then
+  # selenium 4.52 asks for certifi>=2026.10.23, newer than this registry may
+  # hold; certifi only supplies CA roots, which a loopback-only test never
+  # uses, so fall back to its other requirements and selenium without them.
+  python3 -m pip install -q 'selenium==4.52.0' 2>/dev/null || {
+    python3 -m pip install -q certifi 'trio>=0.31,<1' 'trio-websocket>=0.12.2,<1' \
+      'typing_extensions>=4.15,<5' 'urllib3[socks]>=2.6.3,<3' 'websocket-client>=1.8,<2'
+    python3 -m pip install -q --no-deps 'selenium==4.52.0'
+  }
+fi
+export SE_AVOID_STATS=true
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 # The plugin tests build the shipped plugins for this target.
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2

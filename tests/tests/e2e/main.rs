@@ -9,6 +9,7 @@ mod api_rules;
 mod cluster;
 mod cluster_faults;
 mod connect;
+mod dashboard;
 mod enhanced_auth;
 mod flow_control;
 mod interop_mosquitto;
