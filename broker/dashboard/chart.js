@@ -1,11 +1,20 @@
 // Line charts in inline SVG over the overview series (columnar history:
-// {t: [ms...], key: [values...]}), the last 15 minutes, redrawn on each point.
+// {t: [ms...], key: [values...]}), redrawn on each point: the last 15
+// minutes, or what the broker has kept so far when that is less (at least a
+// minute), so a young broker's charts are not squeezed to the right edge.
 
 import { h, num } from './ui.js';
 
 const NS = 'http://www.w3.org/2000/svg';
 const W = 600, H = 150;
 const WINDOW_MS = 15 * 60 * 1000;
+const MIN_WINDOW_MS = 60 * 1000;
+
+function span(ms) {
+  const s = Math.round(ms / 1000);
+  if (s % 60 === 0) return `−${s / 60} min`;
+  return s >= 60 ? `−${Math.floor(s / 60)} min ${s % 60} s` : `−${s} s`;
+}
 
 function svg(tag, attrs) {
   const el = document.createElementNS(NS, tag);
@@ -36,18 +45,21 @@ export function lineChart(spec) {
     return l;
   });
   const top = h('span', { class: 'ymax' }, '');
+  const left = h('span', {}, span(WINDOW_MS));
   const values = spec.series.map((s, i) => h('span', { class: 'value', 'data-key': s.key }, '–'));
   const legend = h('ul', { class: 'legend' }, spec.series.map((s, i) => h('li', {}, h('span', { class: `swatch s${i}`, 'aria-hidden': 'true' }), s.name, ' ', values[i])));
   const el = h('figure', { class: 'chart', id: spec.id },
     h('figcaption', {}, title),
-    h('div', { class: 'plot-wrap' }, top, plot, h('span', { class: 'xlabels', 'aria-hidden': 'true' }, h('span', {}, '−15 min'), h('span', {}, 'now'))),
+    h('div', { class: 'plot-wrap' }, top, plot, h('span', { class: 'xlabels', 'aria-hidden': 'true' }, left, h('span', {}, 'now'))),
     legend);
 
   function update(cols) {
     const t = cols.t || [];
     if (!t.length) return;
     const end = t[t.length - 1];
-    const start = end - WINDOW_MS;
+    const width = Math.min(WINDOW_MS, Math.max(MIN_WINDOW_MS, end - t[0]));
+    const start = end - width;
+    left.textContent = span(width);
     let first = 0;
     while (first < t.length && t[first] < start) first++;
     let max = 0;
@@ -61,7 +73,7 @@ export function lineChart(spec) {
       const col = cols[s.key] || [];
       const pts = [];
       for (let j = first; j < t.length; j++) {
-        const x = ((t[j] - start) / WINDOW_MS) * W;
+        const x = ((t[j] - start) / width) * W;
         const y = H - ((col[j] || 0) / max) * H;
         pts.push(x.toFixed(1) + ',' + y.toFixed(1));
       }

@@ -38,7 +38,7 @@ export default {
       card('Rules', 'stat-rules'), card('Plugins', 'stat-plugins'), card('Persistence', 'stat-persistence'));
     const grid = h('div', { class: 'charts' });
     page.append(h('h1', {}, 'Overview'), msg.el, cards,
-      h('h2', {}, 'Last 15 minutes'), h('p', { class: 'hint' }, 'One point a second, kept by the broker; the charts move as points arrive.'), grid);
+      h('h2', {}, 'Last 15 minutes'), h('p', { class: 'hint' }, 'One point a second, the last 15 minutes kept by the broker; the charts move as points arrive.'), grid);
 
     const ctrl = new AbortController();
     let charts = [];
