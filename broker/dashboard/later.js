@@ -1,8 +1,8 @@
-// Places kept for pages that need broker features still being built.
-// CLUSTER: when the cluster lands (NATS JetStream, see ../shared/CLUSTER.md),
-// this page shows its nodes, their health and the cross-node traffic, from
-// the admin API's cluster routes (to be added with it, with their OpenAPI
-// entries). BRIDGES: the same for bridges to other brokers.
+// Places kept for pages still to be built.
+// CLUSTER: its nodes, their health and the cross-node traffic, from
+// GET /api/v1/cluster (and whatever the cluster adds to the API, with its
+// OpenAPI entries). BRIDGES: the same for bridges to other brokers, once
+// they exist.
 
 import { h } from './ui.js';
 
@@ -18,7 +18,7 @@ function placeholder(title, what) {
 }
 
 export const clusterPage = placeholder('Cluster',
-  'this broker runs as a single node. The cluster page (nodes, their health, cross-node traffic) comes with the cluster.');
+  'the cluster page (nodes, their health, cross-node traffic) is still to be built. Until then the admin API answers GET /api/v1/cluster (see docs/cluster.md).');
 
 export const bridgesPage = placeholder('Bridges',
   'bridges to other brokers are not built yet. This page will list them with their state and traffic.');

@@ -61,7 +61,7 @@ export default {
         { title: 'Plugin', cell: (p) => p.name },
         { title: 'State', cell: (p) => h('span', { class: p.state === 'running' ? 'badge on' : p.state === 'suspended' ? 'badge warn' : 'badge' }, p.state) },
         { title: 'Version', cell: (p) => (p.manifest ? `${p.manifest.name} ${p.manifest.version}` : '–') },
-        { title: 'Calls', cell: (p) => num(m(p).calls), class: 'n' },
+        { title: 'Calls', cell: (p) => h('span', { 'data-calls': p.name }, num(m(p).calls)), class: 'n' },
         { title: 'Latency', cell: (p) => (m(p).calls ? seconds(m(p).call_seconds_total / m(p).calls) : '–'), class: 'n' },
         { title: 'Failures', cell: (p) => num(m(p).failures), class: 'n' },
         { title: 'Traps', cell: (p) => num(m(p).traps), class: 'n' },
@@ -69,8 +69,8 @@ export default {
         { title: 'Out of memory', cell: (p) => num(m(p).out_of_memory), class: 'n' },
         { title: 'Suspensions', cell: (p) => num(m(p).suspensions), class: 'n' },
         { title: '', cell: (p) => (p.loaded ? h('span', { class: 'row-actions' },
-          h('button', { type: 'button', class: 'small', onclick: () => act(p.name, 'reload') }, 'Reload'),
-          h('button', { type: 'button', class: 'small', onclick: () => act(p.name, p.state === 'disabled' ? 'enable' : 'disable') }, p.state === 'disabled' ? 'Enable' : 'Disable'))
+          h('button', { type: 'button', class: 'small', 'data-plugin': p.name, 'data-act': 'reload', onclick: () => act(p.name, 'reload') }, 'Reload'),
+          h('button', { type: 'button', class: 'small', 'data-plugin': p.name, 'data-act': p.state === 'disabled' ? 'enable' : 'disable', onclick: () => act(p.name, p.state === 'disabled' ? 'enable' : 'disable') }, p.state === 'disabled' ? 'Enable' : 'Disable'))
           : h('small', {}, 'disabled in the config')) },
       ], r.data, { empty: 'No plugins configured ([[plugins.plugin]] in the config file).' }));
       clear(details, r.data.filter((p) => p.loaded).map((p) => {
