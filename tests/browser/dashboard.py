@@ -39,7 +39,7 @@ WAIT = 15.0
 
 BIN = os.environ["MIDGE_BIN"]
 WASM = os.environ.get("MIDGE_WASM_DIR", "")
-BASE_PORT = int(os.environ.get("DASH_PORT_BASE", "43101"))
+BASE_PORT = int(os.environ.get("DASH_PORT_BASE", "24101"))
 MQTT, WS, ADMIN = BASE_PORT, BASE_PORT + 1, BASE_PORT + 2
 ART = os.environ.get("DASH_ARTIFACTS", "target/dashboard")
 PERSIST = os.environ.get("DASH_PERSIST", "")

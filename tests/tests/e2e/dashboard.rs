@@ -56,11 +56,11 @@ fn dashboard_in_chromium() {
     let bin = midge_e2e::process::midge_bin();
     let wasm = midge_plugin::testing::wasm_dir();
     let persist = std::env::var("MIDGE_E2E_PERSIST").unwrap_or_default();
-    // Fixed ports from this test's range (43000-43999), one set per run.
+    // Fixed ports from this test's range (24000-24999), one set per run.
     let (run, ports) = if persist == "sled" {
-        ("sled", 43111)
+        ("sled", 24111)
     } else {
-        ("memory", 43101)
+        ("memory", 24101)
     };
     let artifacts = root.join("target/dashboard").join(run);
     let mut cmd = Command::new("python3");
