@@ -167,4 +167,90 @@ mod tests {
             );
         }
     }
+
+    /// The API calls written in `body`: (method, path) for each string
+    /// literal starting `/api/v1/`, with every `${...}` as `*` and the
+    /// query left off. A literal whose method cannot be read is an error.
+    fn api_calls(body: &str) -> Result<Vec<(String, String)>, String> {
+        let mut out = Vec::new();
+        for (i, _) in body.match_indices("/api/v1/") {
+            let Some(q) = body[..i].chars().last().filter(|c| matches!(c, '\'' | '`')) else {
+                continue; // prose in a comment
+            };
+            let mut path = String::new();
+            let mut rest = body[i..].chars();
+            while let Some(c) = rest.next() {
+                match c {
+                    '$' if q == '`' => {
+                        let mut depth = 0;
+                        for c in rest.by_ref() {
+                            depth += match c {
+                                '{' => 1,
+                                '}' => -1,
+                                _ => 0,
+                            };
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        path.push('*');
+                    }
+                    c if c == q => break,
+                    c => path.push(c),
+                }
+            }
+            let path = path.split('?').next().unwrap_or_default().to_string();
+            let before = body[..i - 1].trim_end();
+            let method = ["GET", "POST", "PUT", "DELETE"]
+                .into_iter()
+                .find(|m| before.ends_with(&format!("api('{m}',")))
+                .or_else(|| {
+                    (before.ends_with("fetch(") || before.ends_with("stream(")).then_some("GET")
+                })
+                .ok_or_else(|| format!("cannot tell the method of the call to {path}"))?;
+            out.push((method.to_string(), path));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn every_api_call_of_the_pages_is_in_the_openapi_document() {
+        let described = super::super::openapi::described().expect("openapi.json");
+        let fits = |call: &str, doc: &str| {
+            let (c, d): (Vec<_>, Vec<_>) = (call.split('/').collect(), doc.split('/').collect());
+            c.len() == d.len()
+                && c.iter().zip(&d).all(|(c, d)| {
+                    c == d || *c == "*" || (d.starts_with('{') && !c.is_empty())
+                })
+        };
+        let mut seen = 0;
+        for a in ASSETS {
+            let calls = api_calls(a.body).unwrap_or_else(|e| panic!("{}: {e}", a.name));
+            for (method, path) in calls {
+                seen += 1;
+                assert!(
+                    described.iter().any(|(m, p)| *m == method && fits(&path, p)),
+                    "{} calls {method} {path}, which openapi.json does not describe",
+                    a.name
+                );
+            }
+        }
+        assert!(seen >= 20, "only {seen} API calls found in the pages");
+    }
+
+    #[test]
+    fn api_calls_are_read_with_their_method_and_parameters() {
+        let js = "await api.api('PUT', `/api/v1/rules/${api.enc(id)}/${on ? 'a' : 'b'}`);\n\
+                  // GET /api/v1/status in prose\n\
+                  fetch('/api/v1/status', x); api.api('GET', `/api/v1/topics?${q}`);";
+        assert_eq!(
+            api_calls(js).unwrap(),
+            [
+                ("PUT".to_string(), "/api/v1/rules/*/*".to_string()),
+                ("GET".to_string(), "/api/v1/status".to_string()),
+                ("GET".to_string(), "/api/v1/topics".to_string()),
+            ]
+        );
+        assert!(api_calls("send(`/api/v1/x`)").is_err());
+    }
 }
