@@ -10,7 +10,8 @@ import retained from './retained.js';
 import { rulesPage, rulePage } from './rules.js';
 import plugins from './plugins.js';
 import live from './live.js';
-import { clusterPage, bridgesPage } from './later.js';
+import clusterPage from './cluster.js';
+import { bridgesPage } from './later.js';
 
 const routes = [
   [/^\/(overview)?$/, overview],

@@ -1,8 +1,5 @@
-// Places kept for pages still to be built.
-// CLUSTER: its nodes, their health and the cross-node traffic, from
-// GET /api/v1/cluster (and whatever the cluster adds to the API, with its
-// OpenAPI entries). BRIDGES: the same for bridges to other brokers, once
-// they exist.
+// Places kept for pages still to be built. BRIDGES: bridges to other
+// brokers, with their state and traffic, once they exist.
 
 import { h } from './ui.js';
 
@@ -16,9 +13,6 @@ function placeholder(title, what) {
     },
   };
 }
-
-export const clusterPage = placeholder('Cluster',
-  'the cluster page (nodes, their health, cross-node traffic) is still to be built. Until then the admin API answers GET /api/v1/cluster (see docs/cluster.md).');
 
 export const bridgesPage = placeholder('Bridges',
   'bridges to other brokers are not built yet. This page will list them with their state and traffic.');

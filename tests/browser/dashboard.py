@@ -10,6 +10,9 @@ Environment:
                    broker is restarted on the same ones
   DASH_ARTIFACTS   where screenshots of every page go
   DASH_PERSIST     "sled" to run the broker with persistence on
+  MIDGE_TEST_NATS  NATS URLs (scripts/test.sh starts them) for two clustered
+                   nodes on the next ports (mqtt +3, admin +4; mqtt +5); the
+                   cluster step is required under CI=true
 
 Fails on any error in the browser console that the step did not expect
 (the 401 of a wrong token; refused connections while the broker is down).
@@ -115,7 +118,7 @@ kv_path = "{work}/kv"
 {persist}{plugin}""")
 
     def start(self):
-        self.out = open(os.path.join(ART, "broker.log"), "a")
+        self.out = open(os.path.join(ART, getattr(self, "log_name", "broker.log")), "a")
         self.proc = subprocess.Popen([BIN, "serve", "--config", self.cfg], stdout=subprocess.PIPE,
                                      stderr=self.out, text=True)
         deadline = time.monotonic() + 30
@@ -545,11 +548,116 @@ def step_plugins(p):
 
 
 def step_later_pages(p):
-    for page in ("cluster", "bridges"):
-        p.go(page)
-        wait_until(f"the {page} placeholder", lambda: "Not available yet" in p.text("#not-yet"))
-        p.shot(page)
+    p.go("cluster")
+    off = wait_until("the not-clustered message", lambda: p.text("#cluster-off"))
+    if "not in a cluster" not in off:
+        raise Failure(f"unexpected cluster page of a single node: {off!r}")
+    p.shot("cluster-single-node")
+    p.go("bridges")
+    wait_until("the bridges placeholder", lambda: "Not available yet" in p.text("#not-yet"))
+    p.shot("bridges")
     p.console("later pages")
+
+
+class Node(Broker):
+    """A clustered `midge` (NATS from MIDGE_TEST_NATS) for the cluster page."""
+
+    def __init__(self, work, node, text):
+        self.work = work
+        self.proc = None
+        self.log_name = f"node-{node}.log"
+        self.cfg = os.path.join(work, f"{node}.toml")
+        with open(self.cfg, "w") as f:
+            f.write(text)
+
+
+def step_cluster(p):
+    """Two clustered nodes: the page of node a lists both alive, counts the
+    messages a forwards to b and b receives while mosquitto clients talk
+    through them, and drops b once it stops."""
+    urls = os.environ.get("MIDGE_TEST_NATS", "")
+    if not urls:
+        if os.environ.get("CI") in ("true", "1"):
+            raise Failure("MIDGE_TEST_NATS is not set under CI (scripts/test.sh starts NATS)")
+        log("cluster: SKIPPED, MIDGE_TEST_NATS is not set (scripts/test.sh starts NATS)")
+        return
+    name = "dash" + re.sub(r"[^0-9]", "", f"{time.time_ns()}{os.getpid()}")[-20:]
+    nats = ", ".join(json.dumps(u) for u in urls.split(","))
+    a_mqtt, a_admin, b_mqtt = BASE_PORT + 3, BASE_PORT + 4, BASE_PORT + 5
+    work = tempfile.mkdtemp(prefix="midge-dash-cluster-")
+    nodes = {}
+    try:
+        for node, mqtt, admin in (("a", a_mqtt, a_admin), ("b", b_mqtt, 0)):
+            nodes[node] = Node(work, node, f"""
+[listeners]
+mqtt = "127.0.0.1:{mqtt}"
+ws = "127.0.0.1:0"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+token = "{TOKEN}"
+
+[sys]
+interval = 0
+
+[cluster]
+enabled = true
+node = "{node}"
+name = "{name}"
+nats = [{nats}]
+replicas = 3
+heartbeat_ms = 300
+node_timeout_ms = 1500
+""")
+            nodes[node].start()
+        # Another origin: its own session storage, so log in again.
+        p.d.get(f"http://127.0.0.1:{a_admin}/#/cluster")
+        wait_until("the login form of node a", lambda: p.css("#token").is_displayed())
+        p.fill("#token", TOKEN)
+        p.click("#login-form button[type=submit]")
+        p.wait_h1("Cluster")
+        wait_until("NATS connected", lambda: p.text("#cluster-nats") == "connected")
+        for node in ("a", "b"):
+            wait_until(f"node {node} alive", lambda: p.text(f'[data-state="{node}"]') == "alive", timeout=30)
+        if "a" != p.text("#cluster-node"):
+            raise Failure(f"the page names this node {p.text('#cluster-node')!r}")
+        p.shot("cluster-two-nodes")
+        # mosquitto_sub on b, mosquitto_pub on a: publish until b's interest
+        # reached a and five messages got through.
+        sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(b_mqtt), "-t", "dash/cluster/#",
+                                "-q", "1", "-C", "5", "-W", "60", "-i", "dash-cluster-sub"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        children.append(sub)
+        deadline = time.monotonic() + 45
+        i = 0
+        while sub.poll() is None and time.monotonic() < deadline:
+            subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(a_mqtt), "-t", f"dash/cluster/{i}",
+                            "-m", f"m{i}", "-q", "1", "-i", "dash-cluster-pub"], capture_output=True, timeout=30)
+            i += 1
+            time.sleep(0.2)
+        out = finish(sub)
+        if sub.returncode != 0 or out.count("\n") < 5:
+            raise Failure(f"mosquitto_sub on node b did not get 5 messages published on node a: {out!r}")
+
+        def count(node, key):
+            raw = p.css(f'[data-node="{node}"][data-{key}]').get_attribute(f"data-{key}")
+            return int(raw or 0)
+        wait_until("a's forwarded count", lambda: count("a", "forwarded") >= 5, timeout=20)
+        wait_until("b's received count", lambda: count("b", "received") >= 5, timeout=20)
+        wait_until("the cross-node chart", lambda: int(p.css("#chart-cluster").get_attribute("data-points") or 0) >= 2)
+        log(f"cluster: a forwarded {count('a', 'forwarded')}, b received {count('b', 'received')} "
+            f"({i} published on a, 5 read on b)")
+        p.shot("cluster-traffic")
+        nodes["b"].stop()
+        wait_until("node b gone or dead", lambda: p.text('[data-state="b"]') in ("", "dead"), timeout=30)
+        p.shot("cluster-b-stopped")
+        log("cluster: node b stopped, the page no longer shows it alive")
+        p.console("cluster")
+        p.d.get(URL + "#/overview")
+    finally:
+        for n in nodes.values():
+            n.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def step_keyboard(p):
@@ -640,7 +748,8 @@ def main():
                            ("overview moves under load", step_overview_moves), ("kick a client", step_kick),
                            ("subscriptions and topics", step_topics), ("rule", step_rule),
                            ("retained", step_retained), ("live topics", step_live), ("plugins", step_plugins),
-                           ("cluster and bridges pages", step_later_pages), ("keyboard", step_keyboard),
+                           ("cluster and bridges pages", step_later_pages), ("cluster of two nodes", step_cluster),
+                           ("keyboard", step_keyboard),
                            ("narrow screen", step_narrow)]:
             log(f"step: {name}")
             try:

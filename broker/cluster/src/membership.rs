@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
+use crate::metrics::Traffic;
 use crate::node::{bounded, now_ms, Cluster, ClusterError};
 
 /// A node's membership record.
@@ -21,6 +22,10 @@ pub struct NodeRecord {
     pub started_ms: i64,
     /// Its last heartbeat (ms since the epoch).
     pub heartbeat_ms: i64,
+    /// Its cross-node traffic at that heartbeat (absent from the records
+    /// of nodes that predate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<Traffic>,
 }
 
 /// One node as `GET /api/v1/cluster` shows it.
@@ -33,6 +38,11 @@ pub struct NodeView {
     pub state: &'static str,
     /// Is it this node?
     pub this: bool,
+    /// Milliseconds since its last heartbeat, by this node's clock.
+    pub heartbeat_age_ms: i64,
+    /// Its cross-node traffic at its last heartbeat (this node's: now);
+    /// `null` for a node that does not report it.
+    pub traffic: Option<Traffic>,
 }
 
 impl Cluster {
@@ -42,6 +52,7 @@ impl Cluster {
             node: self.node().to_string(),
             started_ms: self.started_ms,
             heartbeat_ms: now_ms(),
+            traffic: Some(self.metrics.traffic()),
         };
         let value = Bytes::from(serde_json::to_vec(&rec).unwrap_or_default());
         bounded(
@@ -84,13 +95,20 @@ impl Cluster {
                 warn!(key = %k, "cluster: membership record does not decode; skipped");
                 continue;
             };
+            let this = r.node == self.node();
             out.push(NodeView {
                 state: if now - r.heartbeat_ms > dead_after {
                     "dead"
                 } else {
                     "alive"
                 },
-                this: r.node == self.node(),
+                this,
+                heartbeat_age_ms: (now - r.heartbeat_ms).max(0),
+                traffic: if this {
+                    Some(self.metrics.traffic())
+                } else {
+                    r.traffic
+                },
                 node: r.node,
                 started_ms: r.started_ms,
                 heartbeat_ms: r.heartbeat_ms,
@@ -159,4 +177,27 @@ pub(crate) fn spawn_heartbeat(c: &Arc<Cluster>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_without_traffic_still_decode_and_traffic_round_trips() {
+        let old = br#"{"node":"n1","started_ms":1,"heartbeat_ms":2}"#;
+        let r: NodeRecord = serde_json::from_slice(old).unwrap();
+        assert_eq!(r.traffic, None);
+        let t = Traffic {
+            forwarded: 3,
+            received_bytes: 9,
+            ..Traffic::default()
+        };
+        let new = NodeRecord {
+            traffic: Some(t),
+            ..r
+        };
+        let back: NodeRecord = serde_json::from_slice(&serde_json::to_vec(&new).unwrap()).unwrap();
+        assert_eq!(back, new);
+    }
 }

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// Upper bounds (seconds) of the NATS round-trip histogram buckets.
 const BUCKETS: [f64; 10] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0,
@@ -108,7 +110,41 @@ fn qos_lines(out: &mut String, name: &str, help: &str, v: &[AtomicU64; 3]) {
     }
 }
 
+/// A node's cross-node traffic so far: sent with its membership heartbeat,
+/// so any node's admin API (and dashboard) shows every node's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Messages sent to other nodes (every QoS) and their payload bytes.
+    pub forwarded: u64,
+    pub forwarded_bytes: u64,
+    /// Messages received from other nodes (every QoS) and their payload bytes.
+    pub received: u64,
+    pub received_bytes: u64,
+    /// Cross-node publishes that could not be sent or acknowledged.
+    pub publish_failures: u64,
+    /// NATS waits that ran into `request_timeout_ms`, and other NATS errors.
+    pub timeouts: u64,
+    pub errors: u64,
+    /// Times the NATS connection came back.
+    pub reconnects: u64,
+}
+
 impl Metrics {
+    /// This node's [`Traffic`] now.
+    pub fn traffic(&self) -> Traffic {
+        let sum = |v: &[AtomicU64; 3]| v.iter().map(|c| c.load(Relaxed)).sum();
+        Traffic {
+            forwarded: sum(&self.forwarded),
+            forwarded_bytes: self.forwarded_bytes.load(Relaxed),
+            received: sum(&self.received),
+            received_bytes: self.received_bytes.load(Relaxed),
+            publish_failures: self.publish_failures.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+        }
+    }
+
     /// Appends the Prometheus text of every metric; `connected` is the NATS
     /// connection's state now.
     pub fn render(&self, out: &mut String, connected: bool) {

@@ -50,6 +50,7 @@ pub const ASSETS: &[Asset] = assets! {
     "plugins.js" => JS,
     "live.js" => JS,
     "later.js" => JS,
+    "cluster.js" => JS,
 };
 
 /// Total bytes embedded.
@@ -219,9 +220,9 @@ mod tests {
         let fits = |call: &str, doc: &str| {
             let (c, d): (Vec<_>, Vec<_>) = (call.split('/').collect(), doc.split('/').collect());
             c.len() == d.len()
-                && c.iter().zip(&d).all(|(c, d)| {
-                    c == d || *c == "*" || (d.starts_with('{') && !c.is_empty())
-                })
+                && c.iter()
+                    .zip(&d)
+                    .all(|(c, d)| c == d || *c == "*" || (d.starts_with('{') && !c.is_empty()))
         };
         let mut seen = 0;
         for a in ASSETS {
@@ -229,7 +230,9 @@ mod tests {
             for (method, path) in calls {
                 seen += 1;
                 assert!(
-                    described.iter().any(|(m, p)| *m == method && fits(&path, p)),
+                    described
+                        .iter()
+                        .any(|(m, p)| *m == method && fits(&path, p)),
                     "{} calls {method} {path}, which openapi.json does not describe",
                     a.name
                 );

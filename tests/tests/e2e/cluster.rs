@@ -317,6 +317,33 @@ async fn cluster_api_lists_nodes_and_metrics_count_traffic() {
         .unwrap()
         .iter()
         .all(|c| c["node"] == "n2"));
+    // Every node's traffic in n1's view (the dashboard's cluster page):
+    // its own now, n2's as of n2's last heartbeat.
+    let traffic = |v: &serde_json::Value, node: &str, key: &str| {
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == node)
+            .map(|n| n["traffic"][key].as_u64().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    let mut v = serde_json::Value::Null;
+    for _ in 0..50 {
+        v = admin.get("/api/v1/cluster").await;
+        if traffic(&v, "n2", "received") >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(traffic(&v, "n1", "forwarded") >= 1, "{v}");
+    assert!(traffic(&v, "n1", "forwarded_bytes") >= 1, "{v}");
+    assert!(traffic(&v, "n2", "received") >= 1, "{v}");
+    assert_eq!(traffic(&v, "n2", "forwarded"), 0, "{v}");
+    for n in v["nodes"].as_array().unwrap() {
+        let age = n["heartbeat_age_ms"].as_i64().unwrap();
+        assert!((0..1500).contains(&age), "{n}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

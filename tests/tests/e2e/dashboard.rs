@@ -5,8 +5,9 @@
 //! `mosquitto_pub` load, kicks a `mosquitto_sub` client, creates, dry-runs
 //! and fires a rule, browses and deletes retained messages, publishes and
 //! receives on the live topic page (MQTT 5.0 and 3.1.1), switches a plugin,
-//! checks a wrong token's message, a narrow screen, the keyboard, and a
-//! broker restart; any unexpected browser console error fails it. Screenshots
+//! shows a cluster of two nodes (with the NATS of `MIDGE_TEST_NATS`: both
+//! alive, the messages one forwards and the other receives), checks a wrong
+//! token's message, a narrow screen, the keyboard, and a broker restart; any unexpected browser console error fails it. Screenshots
 //! of every page go to `target/dashboard/<run>/` (not committed).
 
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The whole browser run must end within this.
-const LIMIT: Duration = Duration::from_secs(300);
+const LIMIT: Duration = Duration::from_secs(480);
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -56,7 +57,7 @@ fn dashboard_in_chromium() {
     let bin = midge_e2e::process::midge_bin();
     let wasm = midge_plugin::testing::wasm_dir();
     let persist = std::env::var("MIDGE_E2E_PERSIST").unwrap_or_default();
-    // Fixed ports from this test's range (24000-24999), one set per run.
+    // Fixed ports from this test's range (24000-24999), one set per run: mqtt, ws, admin and, for the cluster step, two more nodes on the next three.
     let (run, ports) = if persist == "sled" {
         ("sled", 24111)
     } else {
