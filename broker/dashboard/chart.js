@@ -67,6 +67,7 @@ export function lineChart(spec) {
       const col = cols[s.key] || [];
       for (let i = first; i < col.length; i++) if (col[i] > max) max = col[i];
     }
+    el.dataset.peak = String(max);
     max = niceMax(max);
     top.textContent = fmt(max);
     spec.series.forEach((s, i) => {

@@ -1,14 +1,15 @@
 // Cluster: this node's link to NATS, every node with a membership record
 // (alive or dead, its last heartbeat) and the cross-node traffic of each
-// (the counters every node sends with its heartbeat), with this node's
-// messages forwarded and received per second charted while the page is open.
+// (the counters every node sends with its heartbeat), and a chart of this
+// node's messages forwarded and received per second over the last 15
+// minutes (the broker's overview series).
 
 import * as api from './api.js';
 import { h, clear, messages, table, num, bytes, time, every } from './ui.js';
 import { lineChart } from './chart.js';
 
 const POLL_MS = 2000;
-const KEEP = 450; // 15 minutes of points, one every 2 s
+const KEEP = 900;
 
 function ago(ms) {
   return ms < 1000 ? `${ms} ms ago` : `${(ms / 1000).toFixed(1)} s ago`;
@@ -21,12 +22,24 @@ export default {
     const info = h('div', { id: 'cluster-info' });
     const nodes = h('div', { id: 'cluster-nodes' });
     const chart = lineChart({ id: 'chart-cluster', title: 'Cross-node messages of this node', unit: 'per second',
-      series: [{ key: 'forwarded', name: 'forwarded' }, { key: 'received', name: 'received' }] });
+      series: [{ key: 'cluster_forwarded_rate', name: 'forwarded' }, { key: 'cluster_received_rate', name: 'received' }] });
     const charts = h('div', { class: 'charts', hidden: true }, chart.el);
     page.append(h('h1', {}, 'Cluster'), msg.el, info, nodes, charts);
 
     const last = new Map(); // node -> {at, traffic, rate}
-    const cols = { t: [], forwarded: [], received: [] };
+    const ctrl = new AbortController();
+    let cols = null;
+    api.stream('/api/v1/metrics/stream', (name, data) => {
+      if (name === 'history') {
+        cols = data.series.t ? data.series : { t: [] };
+      } else if (name === 'sample' && cols) {
+        const t = cols.t;
+        if (t.length && data.t <= t[t.length - 1]) return;
+        for (const [k, v] of Object.entries(data)) (cols[k] ||= []).push(v);
+        if (t.length > KEEP) for (const k of Object.keys(cols)) cols[k].splice(0, cols[k].length - KEEP);
+      }
+      if (cols && !charts.hidden) chart.update(cols);
+    }, ctrl.signal);
 
     // Per second since the node's previous report (kept while it has not
     // reported again); null before two reports.
@@ -82,16 +95,13 @@ export default {
         { title: 'NATS errors', cell: (n) => num(t(n).errors), class: 'n' },
         { title: 'Reconnects', cell: (n) => num(t(n).reconnects), class: 'n' },
       ], rows, { empty: 'No membership records (NATS holds none for this cluster yet).' }));
-      const me = rows.find((n) => n.this);
-      if (me && me.rate) {
-        cols.t.push(Date.now());
-        cols.forwarded.push(me.rate.forwarded);
-        cols.received.push(me.rate.received);
-        if (cols.t.length > KEEP) for (const k of Object.keys(cols)) cols[k].splice(0, cols[k].length - KEEP);
-        charts.hidden = false;
-        chart.update(cols);
-      }
+      if (charts.hidden && cols) chart.update(cols);
+      charts.hidden = false;
     }
-    return every(POLL_MS, load, (e) => msg.error(e));
+    const stop = every(POLL_MS, load, (e) => msg.error(e));
+    return () => {
+      ctrl.abort();
+      stop();
+    };
   },
 };

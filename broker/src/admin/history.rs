@@ -79,6 +79,10 @@ pub struct Point {
     /// Plugins: calls and failed calls (all plugins).
     pub plugin_calls_rate: f64,
     pub plugin_failures_rate: f64,
+    /// Cluster: messages sent to and received from other nodes (0 on a
+    /// node that is not clustered).
+    pub cluster_forwarded_rate: f64,
+    pub cluster_received_rate: f64,
 }
 
 /// Counters read at one instant, turned into rates between two readings.
@@ -97,6 +101,8 @@ struct Counters {
     rule_actions_failed: u64,
     plugin_calls: u64,
     plugin_failures: u64,
+    cluster_forwarded: u64,
+    cluster_received: u64,
 }
 
 fn get(a: &AtomicU64) -> u64 {
@@ -129,6 +135,11 @@ impl Counters {
                 c.plugin_calls += m.calls;
                 c.plugin_failures += m.failures;
             }
+        }
+        if let Some(node) = b.cluster.get() {
+            let t = node.cluster.metrics.traffic();
+            c.cluster_forwarded = t.forwarded;
+            c.cluster_received = t.received;
         }
         c
     }
@@ -225,6 +236,8 @@ impl Sampler {
             rule_actions_failed_rate: rate(was.rule_actions_failed, c.rule_actions_failed, secs),
             plugin_calls_rate: rate(was.plugin_calls, c.plugin_calls, secs),
             plugin_failures_rate: rate(was.plugin_failures, c.plugin_failures, secs),
+            cluster_forwarded_rate: rate(was.cluster_forwarded, c.cluster_forwarded, secs),
+            cluster_received_rate: rate(was.cluster_received, c.cluster_received, secs),
         }
     }
 }
@@ -350,6 +363,23 @@ pub async fn stream(State(s): State<Shared>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `MetricsPoint` in openapi.json names exactly the fields of [`Point`].
+    #[test]
+    fn point_schema_names_exactly_its_fields() {
+        let doc: Value = serde_json::from_str(super::super::openapi::SPEC).unwrap();
+        let props = doc["components"]["schemas"]["MetricsPoint"]["properties"]
+            .as_object()
+            .expect("MetricsPoint properties");
+        let mut described: Vec<&String> = props.keys().collect();
+        described.sort();
+        let Ok(Value::Object(fields)) = serde_json::to_value(Point::default()) else {
+            panic!("a Point serializes to an object");
+        };
+        let mut served: Vec<&String> = fields.keys().collect();
+        served.sort();
+        assert_eq!(served, described);
+    }
 
     #[test]
     fn ring_keeps_the_last_points_and_columns_align() {
