@@ -21,9 +21,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::info;
 
+use midge_plugin::{KafkaBackend, PluginError, PluginHost, PluginsConfig, Services};
+
 use crate::broker::{Broker, Parts, PublishHandle};
 use crate::rules::RuleEngine;
 use crate::server::{Gate, Server, ServerError};
+use crate::services::kafka::KafkaProducer;
+use crate::services::postgres::PgSql;
 use crate::store::{Snapshot, Store, StoreError};
 use crate::Config;
 
@@ -38,7 +42,7 @@ pub enum StartError {
     #[error("rules refused: {0}")]
     Rules(#[from] crate::rules::overlay::LoadError),
     #[error(transparent)]
-    Plugins(#[from] crate::plugins::LoadError),
+    Plugins(#[from] PluginLoadError),
     #[error("persistence: {0}")]
     Store(#[from] StoreError),
     /// `[cluster]` is on and NATS cannot be reached or set up.
@@ -99,7 +103,7 @@ impl App {
         let plugins = if config.plugins.plugins.is_empty() {
             None
         } else {
-            let loaded = crate::plugins::load(&config.plugins, publish.clone()).await?;
+            let loaded = load_plugins(&config.plugins, publish.clone()).await?;
             info!(plugins = %crate::logging::list(&loaded.host.plugins()), "plugins loaded");
             rules.set_functions(Arc::new(crate::plugins::PluginFunctions(
                 loaded.host.clone(),
@@ -122,6 +126,7 @@ impl App {
             sql,
             kafka,
             store,
+            sinks: Vec::new(),
         }));
         publish.bind(&broker);
         // Before the restore: its subscriptions become the node's interest.
@@ -224,7 +229,7 @@ impl App {
                 while rx.try_recv().is_ok() {}
                 let span = tracing::info_span!("plugin_events");
                 tasks.spawn(tracing::Instrument::instrument(
-                    crate::plugins::run_events(host.clone(), rx),
+                    crate::events::plugin_event::run(host.clone(), rx),
                     span,
                 ));
             }
@@ -250,6 +255,56 @@ impl App {
         stop(&broker).await;
         Ok(())
     }
+}
+
+/// The plugin host and the native services it was given, as the broker keeps them.
+#[derive(Debug)]
+pub struct Loaded {
+    pub host: PluginHost,
+    /// The `sql` capability's databases (`[plugins.databases]`), for
+    /// metrics and the shutdown flush.
+    pub sql: Option<Arc<PgSql>>,
+    /// The `kafka` capability's producer (`[plugins.kafka]`), for metrics
+    /// and the shutdown flush.
+    pub kafka: Option<Arc<KafkaProducer>>,
+}
+
+/// Errors loading the plugins.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginLoadError {
+    #[error("plugins: {0}")]
+    Plugins(#[from] PluginError),
+    /// A `[plugins.kafka]` setting the producer refused.
+    #[error("{0}")]
+    Kafka(#[from] crate::services::kafka::KafkaSetupError),
+}
+
+/// Loads the configured plugins; their `publish` capability publishes
+/// through `publish`, their `sql` capability reaches `[plugins.databases]`
+/// and their `kafka` capability produces through the `[plugins.kafka]`
+/// producer (both built here).
+pub async fn load_plugins(
+    config: &PluginsConfig,
+    publish: PublishHandle,
+) -> Result<Loaded, PluginLoadError> {
+    let sql = if config.databases.is_empty() {
+        None
+    } else {
+        Some(Arc::new(
+            PgSql::new(&config.databases).map_err(|e| PluginError::Config(e.to_string()))?,
+        ))
+    };
+    let kafka = match &config.kafka {
+        Some(k) => Some(Arc::new(KafkaProducer::new(k)?)),
+        None => None,
+    };
+    let services = Services {
+        broker: Some(Arc::new(publish)),
+        sql: sql.clone().map(|s| s as Arc<dyn midge_plugin::SqlBackend>),
+        kafka: kafka.clone().map(|k| k as Arc<dyn KafkaBackend>),
+    };
+    let host = PluginHost::load(config, services).await?;
+    Ok(Loaded { host, sql, kafka })
 }
 
 /// Opens the store when persistence is on, and reads every record.

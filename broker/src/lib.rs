@@ -14,6 +14,7 @@ pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod config_errors;
+pub mod events;
 pub mod limits;
 pub mod logging;
 pub mod message;

@@ -1,68 +1,19 @@
-//! The bridge between the broker and the Wasm plugin host (`midge-plugin`):
-//! type conversions, and the broker side of the `publish` capability.
-//! The hooks are called from server/connection.rs (authorize, on-publish),
-//! server/enhanced_auth.rs and the reader (authenticate, including AUTH
-//! exchanges), rules/action.rs (on-rule-output), and the event task here
-//! (on-event, fed by [`Broker::plugin_event`] through [`EventQueue`]).
+//! Between the broker and the Wasm plugin host (`midge-plugin`): type
+//! conversions both ways, and the plugins' rule functions for the rule
+//! engine. The hooks are called from server/connection.rs (authorize,
+//! on-publish), server/enhanced_auth.rs and the reader (authenticate,
+//! including AUTH exchanges), rules/action.rs (on-rule-output) and the
+//! event task (`events::plugin_event`, on-event). The host is loaded by
+//! `app`; the `publish` capability is `broker::PublishHandle`.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use midge_plugin::types as pt;
-use midge_plugin::{BrokerHandle, KafkaBackend, PluginError, PluginHost, PluginsConfig, Services};
-use midge_protocol::{topic, ByteStr, Properties, PropertyValues, QoS, Version};
+use midge_plugin::PluginHost;
+use midge_protocol::{ByteStr, Properties, PropertyValues, QoS, Version};
 
-use crate::broker::{Broker, PublishHandle};
 use crate::message::{ClientInfo, Message};
-use crate::services::kafka::KafkaProducer;
-use crate::services::postgres::PgSql;
-
-/// The plugin host and the native services it was given, as the broker keeps them.
-#[derive(Debug)]
-pub struct Loaded {
-    pub host: PluginHost,
-    /// The `sql` capability's databases (`[plugins.databases]`), for
-    /// metrics and the shutdown flush.
-    pub sql: Option<Arc<PgSql>>,
-    /// The `kafka` capability's producer (`[plugins.kafka]`), for metrics
-    /// and the shutdown flush.
-    pub kafka: Option<Arc<KafkaProducer>>,
-}
-
-/// Errors loading the plugins.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("plugins: {0}")]
-    Plugins(#[from] PluginError),
-    /// A `[plugins.kafka]` setting the producer refused.
-    #[error("{0}")]
-    Kafka(#[from] crate::services::kafka::KafkaSetupError),
-}
-
-/// Loads the configured plugins; their `publish` capability publishes
-/// through `publish`, their `sql` capability reaches `[plugins.databases]`
-/// and their `kafka` capability produces through the `[plugins.kafka]`
-/// producer (both built here).
-pub async fn load(config: &PluginsConfig, publish: PublishHandle) -> Result<Loaded, LoadError> {
-    let sql = if config.databases.is_empty() {
-        None
-    } else {
-        Some(Arc::new(
-            PgSql::new(&config.databases).map_err(|e| PluginError::Config(e.to_string()))?,
-        ))
-    };
-    let kafka = match &config.kafka {
-        Some(k) => Some(Arc::new(KafkaProducer::new(k)?)),
-        None => None,
-    };
-    let services = Services {
-        broker: Some(Arc::new(Publisher(publish))),
-        sql: sql.clone().map(|s| s as Arc<dyn midge_plugin::SqlBackend>),
-        kafka: kafka.clone().map(|k| k as Arc<dyn KafkaBackend>),
-    };
-    let host = PluginHost::load(config, services).await?;
-    Ok(Loaded { host, sql, kafka })
-}
 
 /// The plugins' rule functions, for the rule engine. Arity comes from the
 /// loaded manifests; a call runs the plugin on the calling thread's runtime
@@ -122,25 +73,6 @@ impl midge_rules::ExternalFunctions for AnyFunction {
 
     fn call(&self, name: &str, _: &[midge_rules::Value]) -> Result<midge_rules::Value, String> {
         Err(format!("plugin function `{name}` is not loaded"))
-    }
-}
-
-/// The target of plugins' `publish` capability.
-#[derive(Debug)]
-struct Publisher(PublishHandle);
-
-impl BrokerHandle for Publisher {
-    fn publish(&self, plugin: &str, message: pt::Message) -> Result<(), String> {
-        if !topic::valid_name(&message.topic) {
-            return Err(format!(
-                "plugin `{plugin}`: `{}` is not a valid topic name",
-                message.topic
-            ));
-        }
-        self.0
-            .publish(Arc::new(from_plugin(message, None)))
-            .map(drop)
-            .map_err(|e| e.to_string())
     }
 }
 
@@ -333,93 +265,4 @@ pub fn client_info(
         superuser,
         attributes: attributes.to_vec(),
     }
-}
-
-/// How many plugin events may wait for the event task before new ones are
-/// dropped (and counted).
-pub const EVENT_QUEUE: usize = 4096;
-
-/// The queue between the places events happen (connection, writer, router)
-/// and the one task that hands them to plugins' `on-event`, in order. Pushing
-/// never waits: a full queue drops the event and counts it.
-#[derive(Debug)]
-pub struct EventQueue {
-    tx: tokio::sync::mpsc::Sender<(pt::Event, u64)>,
-    rx: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<(pt::Event, u64)>>>,
-    /// Events dropped because the queue was full.
-    pub dropped: std::sync::atomic::AtomicU64,
-}
-
-impl Default for EventQueue {
-    fn default() -> Self {
-        let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
-        EventQueue {
-            tx,
-            rx: parking_lot::Mutex::new(Some(rx)),
-            dropped: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-}
-
-impl EventQueue {
-    /// Queues `event` (timestamped now) for the event task.
-    pub fn push(&self, event: pt::Event) {
-        let at = midge_plugin::now_millis();
-        if self.tx.try_send((event, at)).is_err() {
-            let n = self
-                .dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Logged on the first drop and then every 1000th.
-            if n.is_multiple_of(1000) {
-                tracing::warn!(dropped = n + 1, "plugin event queue full: event dropped");
-            }
-        }
-    }
-
-    /// The receiving end, taken once by the server.
-    pub fn take_receiver(&self) -> Option<tokio::sync::mpsc::Receiver<(pt::Event, u64)>> {
-        self.rx.lock().take()
-    }
-}
-
-impl Broker {
-    /// Raises a plugin event of `kind`: `build` runs and the event is queued
-    /// only when some enabled plugin's manifest asked for that kind (without
-    /// plugins this is one `OnceLock` check).
-    pub fn plugin_event(&self, kind: pt::EventSet, build: impl FnOnce() -> pt::Event) {
-        if let Some(host) = self.plugins() {
-            if host.wants_event(kind) {
-                self.plugin_events.push(build());
-            }
-        }
-    }
-}
-
-/// The event task: hands queued events to the plugins in order, one at a
-/// time. Ends when the broker (the queue's sender) is gone.
-pub async fn run_events(host: PluginHost, mut rx: tokio::sync::mpsc::Receiver<(pt::Event, u64)>) {
-    while let Some((event, at)) = rx.recv().await {
-        // Failures are logged and counted by the host, per plugin.
-        let _ = Box::pin(host.on_event(&event, at)).await;
-    }
-}
-
-/// A delivery event (`delivered` / `acked`) as plugins see it.
-pub fn delivery_event(client_id: &str, m: &Message, qos: QoS, packet_id: u16) -> pt::DeliveryEvent {
-    pt::DeliveryEvent {
-        client_id: client_id.to_string(),
-        topic: m.topic.to_string(),
-        qos: qos_to(qos),
-        packet_id,
-    }
-}
-
-/// A `dropped` event: `client_id` empty when no subscriber was involved.
-pub fn dropped_event(client_id: &str, m: &Message, qos: QoS, reason: &str) -> pt::Event {
-    pt::Event::Dropped(pt::DroppedEvent {
-        client_id: client_id.to_string(),
-        topic: m.topic.to_string(),
-        qos: qos_to(qos),
-        reason: reason.to_string(),
-    })
 }

@@ -12,7 +12,7 @@
 //! `load/connections/{1min,5min,15min}`: per-minute rates as exponentially
 //! damped averages over 1, 5 and 15 minutes (Mosquitto's load figures).
 //! Notices: `clients/<clientid>/connected` and `.../disconnected` (JSON, not
-//! retained).
+//! retained) are raised by the event fan-out (`events::sys_notice`).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -24,11 +24,6 @@ use midge_protocol::{ByteStr, Properties, QoS};
 
 use crate::broker::Broker;
 use crate::message::Message;
-
-/// `$SYS/brokers/<node>`.
-pub fn prefix() -> String {
-    format!("$SYS/brokers/{}", crate::cluster::node_name())
-}
 
 /// The three damping periods of the load averages, in seconds.
 const PERIODS: [(&str, f64); 3] = [("1min", 60.0), ("5min", 300.0), ("15min", 900.0)];
@@ -79,7 +74,7 @@ fn load_counters(b: &Broker) -> [u64; 5] {
 /// Publishes the `$SYS` tree every `interval` until the task is aborted.
 pub async fn run(broker: Arc<Broker>, interval: Duration) {
     let started = Instant::now();
-    let prefix = prefix();
+    let prefix = crate::events::sys_notice::prefix();
     let names = [
         "messages/received",
         "messages/sent",
@@ -179,25 +174,6 @@ fn publish(broker: &Broker, topic: String, payload: Bytes, retain: bool) {
         Properties::default(),
     );
     broker.route(Arc::new(msg));
-}
-
-/// `clients/<clientid>/connected|disconnected`, when `[sys] client_notices`.
-/// Client ids that cannot be part of a topic name (`+`, `#`) get no notice.
-/// `body` is only built when notices are on (connections pay nothing otherwise).
-pub fn client_notice(
-    broker: &Broker,
-    client_id: &str,
-    what: &str,
-    body: impl FnOnce() -> serde_json::Value,
-) {
-    if !broker.sys.client_notices || broker.sys.interval == 0 {
-        return;
-    }
-    if client_id.contains(['+', '#', '\0']) {
-        return;
-    }
-    let topic = format!("{}/clients/{client_id}/{what}", prefix());
-    publish(broker, topic, Bytes::from(body().to_string()), false);
 }
 
 #[cfg(test)]

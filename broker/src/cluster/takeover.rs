@@ -26,7 +26,8 @@ use midge_protocol::reason;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use crate::broker::{split_filter, Broker};
+use crate::broker::Broker;
+use crate::router::split_filter;
 use crate::router::SubEntry;
 use crate::session::{Inflight, Session};
 use crate::store::codec;

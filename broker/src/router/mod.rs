@@ -117,6 +117,14 @@ pub trait InterestWatch: Send + Sync + std::fmt::Debug {
     fn changed(&self, filter: &str, group: Option<&str>, present: bool);
 }
 
+/// `$share/g/f` -> (Some("g"), "f"); `$queue/f` -> (Some("$queue"), "f"); else (None, filter).
+pub fn split_filter(filter: &str) -> (Option<&str>, &str) {
+    match midge_protocol::topic::split_shared(filter) {
+        Some((g, f)) => (Some(g), f),
+        None => (None, filter),
+    }
+}
+
 /// The subscription trie.
 #[derive(Debug, Default)]
 pub struct Router {

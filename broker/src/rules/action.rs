@@ -13,8 +13,17 @@ use tracing::info;
 
 use super::template::Template;
 use super::Job;
-use crate::broker::Broker;
 use crate::message::{Message, Stamp};
+
+/// What rule actions run against (the broker implements it; the rule
+/// engine does not know the broker): the lanes, the plugins for the
+/// `plugin` action, and the publish pipeline for `republish`.
+pub trait ActionContext: Send + Sync + 'static {
+    fn rules(&self) -> &super::RuleEngine;
+    fn plugins(&self) -> Option<&midge_plugin::PluginHost>;
+    /// Publishes a rule's output message through the whole pipeline.
+    fn republish(&self, msg: Arc<Message>);
+}
 
 /// An action as written in the config (`actions = [{ type = "republish", ... }]`).
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
@@ -143,10 +152,10 @@ impl Action {
 
 /// Serves one action lane: runs the actions of its outputs, in order, one
 /// batch at a time. Ends when the task is aborted (server shutdown).
-pub async fn run_actions(broker: Arc<Broker>, lane: usize) {
+pub async fn run_actions<C: ActionContext>(ctx: Arc<C>, lane: usize) {
     let mut batch = Vec::new();
     loop {
-        broker.rules.lanes.take(lane, &mut batch).await;
+        ctx.rules().lanes.take(lane, &mut batch).await;
         let n = batch.len();
         // One clock reading per batch for the republished messages (read
         // again after a plugin action, which may have taken a while).
@@ -156,7 +165,7 @@ pub async fn run_actions(broker: Arc<Broker>, lane: usize) {
             for a in &r.actions {
                 let timer = ActionTimer::start(&r.metrics);
                 let ok = match a {
-                    Action::Plugin { plugin } => match broker.plugins() {
+                    Action::Plugin { plugin } => match ctx.plugins() {
                         Some(host) => {
                             let rows = serde_json::to_string(&[&job.row])
                                 .unwrap_or_else(|_| "[]".to_owned());
@@ -169,12 +178,12 @@ pub async fn run_actions(broker: Arc<Broker>, lane: usize) {
                         }
                         None => Err(format!("plugin `{plugin}` unavailable: no plugins loaded")),
                     },
-                    sync => run_one(&broker, sync, &job, at),
+                    sync => run_one(&*ctx, sync, &job, at),
                 };
                 timer.finish(r.rule.id(), ok);
             }
         }
-        broker.rules.lanes.done(lane, n);
+        ctx.rules().lanes.done(lane, n);
     }
 }
 
@@ -184,10 +193,10 @@ pub(super) fn now() -> Stamp {
 }
 
 /// A `republish` or `log` action; republished messages are stamped `at`.
-fn run_one(broker: &Broker, a: &Action, job: &Job, at: Stamp) -> Result<(), String> {
+fn run_one<C: ActionContext>(ctx: &C, a: &Action, job: &Job, at: Stamp) -> Result<(), String> {
     let r = &job.set.rules[job.rule];
     match a {
-        Action::Republish(rp) => republish(broker, rp, job, at),
+        Action::Republish(rp) => republish(ctx, rp, job, at),
         Action::Log => {
             let output = serde_json::to_string(&job.row).unwrap_or_default();
             info!(target: "midge::rules", rule = r.rule.id(), %output, "rule output");
@@ -230,7 +239,12 @@ impl<'a> ActionTimer<'a> {
     }
 }
 
-fn republish(broker: &Broker, rp: &Republish, job: &Job, at: Stamp) -> Result<(), String> {
+fn republish<C: ActionContext>(
+    ctx: &C,
+    rp: &Republish,
+    job: &Job,
+    at: Stamp,
+) -> Result<(), String> {
     let row = &job.row;
     let topic = match &rp.topic_literal {
         Some(t) => t.clone(),
@@ -283,6 +297,6 @@ fn republish(broker: &Broker, rp: &Republish, job: &Job, at: Stamp) -> Result<()
     }
     let mut msg = Message::new_at(topic, payload, rp.qos, rp.retain, props, at);
     msg.rule_depth = job.depth + 1;
-    broker.publish(Arc::new(msg));
+    ctx.republish(Arc::new(msg));
     Ok(())
 }

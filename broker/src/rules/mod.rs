@@ -37,7 +37,7 @@ use serde::Deserialize;
 use smallvec::SmallVec;
 use tracing::debug;
 
-pub use action::{run_actions, Action, ActionConfig};
+pub use action::{run_actions, Action, ActionConfig, ActionContext};
 pub use events::EventFields;
 use index::FilterIndex;
 

@@ -21,16 +21,16 @@ use super::enhanced_auth::{self, ConnectAuth};
 use super::limits::{Listener, Refusal, Slot};
 use super::writer::{ClientLimits, Output};
 use crate::auth::{AuthDecision, ConnectInfo};
-use crate::broker::{split_filter, Broker};
+use crate::broker::Broker;
+use crate::events::{self, AuthzAction, ConnectFlags, Event, Kind};
 use crate::limits::{Exceeded, PublishLimiter};
 use crate::message::{ClientInfo, Message};
 use crate::plugins;
-use crate::rules::events::{self, EventFields};
+use crate::router::split_filter;
 use crate::session::{Delivery, PendingWill, Session, Stage, SubscriptionRecord};
 use crate::store::Op;
-use midge_plugin::types::{self as pt, EventSet, HookSet};
+use midge_plugin::types::{self as pt, HookSet};
 use midge_plugin::{BatchItem, BatchVerdict, PublishVerdict};
-use midge_rules::EventKind;
 
 /// Largest read buffer reservation for a busy connection.
 const READ_CHUNK: usize = 64 * 1024;
@@ -99,7 +99,7 @@ where
         let v = connect.version;
         // debug: a connection storm must not flood the log; the refusals are counted.
         debug!(%peer, listener = info.listener.name(), reason = r.text(), "connection refused");
-        connack_event(&broker, &connect, peer, r.reason_code());
+        refused(&broker, &connect, peer, r.reason_code());
         Box::pin(send_connack(
             &mut wr,
             v,
@@ -429,7 +429,7 @@ async fn run<R, W>(
     })();
     if let Err((code, text)) = check {
         info!(code, reason = text, "connection refused");
-        connack_event(&broker, &c, peer, code);
+        refused(&broker, &c, peer, code);
         Box::pin(send_connack(&mut wr, v, code, reason_props(v, text))).await;
         return;
     }
@@ -513,7 +513,7 @@ async fn run<R, W>(
     let claim = crate::cluster::takeover::claim(&broker, &client_id, c.clean_start, expiry);
     if let Err((code, text)) = Box::pin(claim).await {
         info!(code, reason = text, "connection refused");
-        connack_event(&broker, &c, peer, code);
+        refused(&broker, &c, peer, code);
         Box::pin(send_connack(&mut wr, v, code, reason_props(v, text))).await;
         return;
     }
@@ -576,7 +576,7 @@ async fn run<R, W>(
     drop(out);
     info!(version = ?v, clean_start = c.clean_start, keep_alive, session_present = attached.session_present, "connected");
     // Keep only what the events need; the CONNECT itself is dropped here.
-    let meta = ConnMeta {
+    let meta = ConnectFlags {
         version: c.version,
         keep_alive: c.keep_alive,
         clean_start: c.clean_start,
@@ -585,43 +585,19 @@ async fn run<R, W>(
     let anonymous = c.username.is_none();
     let auth_method = c.properties.authentication_method.clone();
     drop(c);
-    let event = |kind: EventKind, extra: &dyn Fn(&mut EventFields)| {
-        if broker.rules.wants(kind) {
-            let mut f = events::client_fields(&client_id, username.as_deref(), peer);
-            conn_fields(&mut f, &meta);
-            f.set("expiry_interval", expiry);
-            extra(&mut f);
-            broker.rules.on_event(kind, &f);
-        }
+    let who = || events::Client {
+        client_id: &client_id,
+        username: username.as_deref(),
+        peer,
     };
-    let connected_at = crate::message::now_ms();
-    event(EventKind::ClientCheckAuthnComplete, &|f| {
-        f.set("reason_code", "success");
-        f.set("is_superuser", false);
-        f.set("is_anonymous", anonymous);
-    });
-    event(EventKind::ClientConnack, &|f| {
-        f.set("reason_code", "success");
-        f.set("connected_at", connected_at);
-    });
-    event(EventKind::ClientConnected, &|f| {
-        f.set("connected_at", connected_at);
-        f.set("is_bridge", false);
-    });
-    broker.plugin_event(EventSet::CONNECTED, || {
-        pt::Event::Connected(plugins::client_info(&origin, v, superuser, &attributes))
-    });
-    crate::sys::client_notice(&broker, &client_id, "connected", || {
-        serde_json::json!({
-            "clientid": &*client_id,
-            "username": username.as_deref(),
-            "ipaddress": peer.ip().to_string(),
-            "proto_ver": if meta.version == Version::V5 { 5 } else { 4 },
-            "keepalive": meta.keep_alive,
-            "clean_start": meta.clean_start,
-            "expiry_interval": expiry,
-            "connected_at": connected_at,
-        })
+    broker.emit(Event::Connected {
+        client: who(),
+        connect: meta,
+        expiry,
+        anonymous,
+        superuser,
+        attributes: &attributes,
+        connected_at_ms: crate::message::now_ms(),
     });
 
     let mut output = Output::new(limits);
@@ -877,26 +853,14 @@ async fn run<R, W>(
         let _ = Box::pin(tokio::time::timeout(CLOSE_FLUSH, flush)).await;
     }
     broker.detach(&session, conn_id, will);
-    let disconnected_at = crate::message::now_ms();
-    event(EventKind::ClientDisconnected, &|f| {
-        f.set("reason", disconnect_reason);
-        f.set("disconnected_at", disconnected_at);
-    });
-    broker.plugin_event(EventSet::DISCONNECTED, || {
-        pt::Event::Disconnected(pt::DisconnectedEvent {
-            client_id: client_id.to_string(),
-            username: username.as_deref().map(str::to_string),
-            reason: plugin_reason,
-            description: description.to_string(),
-        })
-    });
-    crate::sys::client_notice(&broker, &client_id, "disconnected", || {
-        serde_json::json!({
-            "clientid": &*client_id,
-            "username": username.as_deref(),
-            "reason": disconnect_reason,
-            "disconnected_at": disconnected_at,
-        })
+    broker.emit(Event::Disconnected {
+        client: who(),
+        connect: meta,
+        expiry,
+        reason: disconnect_reason,
+        code: plugin_reason,
+        description,
+        disconnected_at_ms: crate::message::now_ms(),
     });
 }
 
@@ -908,56 +872,22 @@ fn received(p: Packet) -> Packet {
     p
 }
 
-/// Counts a refused CONNECT by reason code and raises `client_connack`.
-fn connack_event(broker: &Broker, c: &Connect, peer: SocketAddr, code: u8) {
+/// Counts a refused CONNECT by reason code and raises its event.
+fn refused(broker: &Broker, c: &Connect, peer: SocketAddr, code: u8) {
     broker.stats.connacks_refused.add(code);
-    if broker.rules.wants(EventKind::ClientConnack) {
-        let mut f = events::client_fields(&c.client_id, c.username.as_deref(), peer);
-        f.set("reason_code", connack_reason_name(code));
-        conn_fields(
-            &mut f,
-            &ConnMeta {
-                version: c.version,
-                keep_alive: c.keep_alive,
-                clean_start: c.clean_start,
-            },
-        );
-        broker.rules.on_event(EventKind::ClientConnack, &f);
-    }
-}
-
-/// What the connection keeps of its CONNECT for events.
-struct ConnMeta {
-    version: Version,
-    keep_alive: u16,
-    clean_start: bool,
-}
-
-/// CONNECT fields shared by connack / connected events.
-fn conn_fields(f: &mut EventFields, c: &ConnMeta) {
-    f.set("proto_name", "MQTT");
-    f.set("proto_ver", if c.version == Version::V5 { 5 } else { 4 });
-    f.set("keepalive", c.keep_alive);
-    f.set("clean_start", c.clean_start);
-    f.set("mountpoint", serde_json::Value::Null);
-}
-
-/// EMQX's names for CONNACK reason codes.
-fn connack_reason_name(code: u8) -> &'static str {
-    match code {
-        reason::SUCCESS => "success",
-        reason::UNSUPPORTED_PROTOCOL_VERSION => "unsupported_protocol_version",
-        reason::CLIENT_IDENTIFIER_NOT_VALID => "client_identifier_not_valid",
-        reason::BAD_USER_NAME_OR_PASSWORD => "bad_username_or_password",
-        reason::NOT_AUTHORIZED => "not_authorized",
-        reason::BAD_AUTHENTICATION_METHOD => "bad_authentication_method",
-        reason::QOS_NOT_SUPPORTED => "qos_not_supported",
-        reason::RETAIN_NOT_SUPPORTED => "retain_not_supported",
-        reason::TOPIC_NAME_INVALID => "topic_name_invalid",
-        reason::QUOTA_EXCEEDED => "quota_exceeded",
-        reason::CONNECTION_RATE_EXCEEDED => "connection_rate_exceeded",
-        _ => "unspecified_error",
-    }
+    broker.emit(Event::ConnackRefused {
+        client: events::Client {
+            client_id: &c.client_id,
+            username: c.username.as_deref(),
+            peer,
+        },
+        connect: ConnectFlags {
+            version: c.version,
+            keep_alive: c.keep_alive,
+            clean_start: c.clean_start,
+        },
+        code,
+    });
 }
 
 fn generate_client_id() -> String {
@@ -1049,22 +979,22 @@ impl Reader {
         self.ticket = self.ticket.max(ticket);
     }
 
-    /// `$events/message_acked` (and the plugins' `acked`) for a message the
-    /// client acknowledged.
+    /// The `Acked` event for a message the client acknowledged.
     fn acked(&self, msg: &Message, qos: QoS, packet_id: u16) {
-        self.broker.plugin_event(EventSet::ACKED, || {
-            pt::Event::Acked(plugins::delivery_event(
-                &self.origin.client_id,
-                msg,
-                qos,
-                packet_id,
-            ))
+        self.broker.emit(Event::Acked {
+            receiver: self.client(),
+            msg,
+            qos,
+            packet_id,
         });
-        if self.broker.rules.wants(EventKind::MessageAcked) {
-            let mut f = events::delivery_fields(msg, &self.origin.client_id);
-            f.username = self.origin.username.as_deref().map(str::to_string);
-            f.set("puback_props", serde_json::json!({}));
-            self.broker.rules.on_event(EventKind::MessageAcked, &f);
+    }
+
+    /// The client, as events name it.
+    fn client(&self) -> events::Client<'_> {
+        events::Client {
+            client_id: &self.origin.client_id,
+            username: self.origin.username.as_deref(),
+            peer: self.origin.peer,
         }
     }
 
@@ -1339,26 +1269,16 @@ impl Reader {
             (Some(_), Some(client)) if client.superuser => (true, "superuser"),
             _ => (true, "default"),
         };
-        if self.broker.rules.wants(EventKind::ClientCheckAuthzComplete) {
-            let mut f = events::client_fields(
-                &self.origin.client_id,
-                self.origin.username.as_deref(),
-                self.origin.peer,
-            );
-            f.topic = Some(topic.to_string());
-            f.set(
-                "action",
-                match action {
-                    pt::Action::Publish => "publish",
-                    pt::Action::Subscribe => "subscribe",
-                },
-            );
-            f.set("authz_source", source);
-            f.set("result", if allow { "allow" } else { "deny" });
-            self.broker
-                .rules
-                .on_event(EventKind::ClientCheckAuthzComplete, &f);
-        }
+        self.broker.emit(Event::AuthzChecked {
+            client: self.client(),
+            action: match action {
+                pt::Action::Publish => AuthzAction::Publish,
+                pt::Action::Subscribe => AuthzAction::Subscribe,
+            },
+            topic,
+            allowed: allow,
+            source,
+        });
         allow
     }
 
@@ -1392,7 +1312,7 @@ impl Reader {
         let mut code = reason::SUCCESS;
         let mut routed = None;
         let plugins = self.broker.plugins().is_some();
-        if plugins || self.broker.rules.wants(EventKind::ClientCheckAuthzComplete) {
+        if plugins || self.broker.wants(Kind::AUTHZ_CHECKED) {
             if !self
                 .authorized(pt::Action::Publish, &p.topic, p.qos, p.retain)
                 .await
@@ -1433,8 +1353,7 @@ impl Reader {
         let mut end = None;
         // Without an authorize plugin or a rule on the authorization event,
         // every publish is allowed: nothing to ask per message.
-        let ask = host.has_hook(HookSet::AUTHORIZE)
-            || self.broker.rules.wants(EventKind::ClientCheckAuthzComplete);
+        let ask = host.has_hook(HookSet::AUTHORIZE) || self.broker.wants(Kind::AUTHZ_CHECKED);
         for p in batch.drain(..) {
             let p = match self.publish_checks(p) {
                 Ok(p) => p,
@@ -1706,23 +1625,10 @@ impl Reader {
             );
             self.ticket = self.ticket.max(t);
             codes.push(granted as u8);
-            if self.broker.rules.wants(EventKind::SessionSubscribed) {
-                let mut f = events::client_fields(
-                    &self.origin.client_id,
-                    self.origin.username.as_deref(),
-                    self.origin.peer,
-                );
-                f.topic = Some(filter.to_string());
-                f.qos = Some(granted as u8);
-                f.set("sub_props", serde_json::json!({}));
-                self.broker.rules.on_event(EventKind::SessionSubscribed, &f);
-            }
-            self.broker.plugin_event(EventSet::SUBSCRIBED, || {
-                pt::Event::Subscribed(pt::SubscribedEvent {
-                    client_id: self.origin.client_id.to_string(),
-                    filter: filter.to_string(),
-                    qos: plugins::qos_to(granted),
-                })
+            self.broker.emit(Event::Subscribed {
+                client: self.client(),
+                filter,
+                qos: granted,
             });
             let send_retained = group.is_none()
                 && (opts.retain_handling == 0 || (opts.retain_handling == 1 && !existed));
@@ -1766,23 +1672,9 @@ impl Reader {
             .filters
             .iter()
             .map(|f| {
-                if self.broker.rules.wants(EventKind::SessionUnsubscribed) {
-                    let mut ev = events::client_fields(
-                        &self.origin.client_id,
-                        self.origin.username.as_deref(),
-                        self.origin.peer,
-                    );
-                    ev.topic = Some(f.to_string());
-                    ev.set("unsub_props", serde_json::json!({}));
-                    self.broker
-                        .rules
-                        .on_event(EventKind::SessionUnsubscribed, &ev);
-                }
-                self.broker.plugin_event(EventSet::UNSUBSCRIBED, || {
-                    pt::Event::Unsubscribed(pt::UnsubscribedEvent {
-                        client_id: self.origin.client_id.to_string(),
-                        filter: f.to_string(),
-                    })
+                self.broker.emit(Event::Unsubscribed {
+                    client: self.client(),
+                    filter: f,
                 });
                 let (existed, t) = self.broker.unsubscribe(&self.session, f);
                 self.ticket = self.ticket.max(t);

@@ -11,12 +11,9 @@ use bytes::BytesMut;
 use midge_protocol::{encode, encoded_len, Ack, ByteStr, Packet, Publish, QoS, Version};
 
 use crate::broker::Broker;
-use crate::plugins;
-use crate::rules::events;
+use crate::events::{DropReason, Event};
 use crate::session::{Delivery, Inflight, Session, Stage};
 use crate::store::Op;
-use midge_plugin::types::{Event, EventSet};
-use midge_rules::EventKind;
 
 /// Most items taken from the session per write.
 const BATCH: usize = 512;
@@ -238,7 +235,7 @@ fn encode_items(
                         .stats
                         .messages_dropped_expired
                         .fetch_add(1, Ordering::Relaxed);
-                    delivery_dropped(broker, session, &d, "expired");
+                    delivery_dropped(broker, session, &d, DropReason::Expired);
                     if packet_id != 0 {
                         unsendable.push(packet_id);
                     }
@@ -285,7 +282,7 @@ fn encode_items(
                         .stats
                         .messages_dropped_too_large
                         .fetch_add(1, Ordering::Relaxed);
-                    delivery_dropped(broker, session, &d, "too_large");
+                    delivery_dropped(broker, session, &d, DropReason::TooLarge);
                     if packet_id != 0 {
                         unsendable.push(packet_id);
                     }
@@ -294,17 +291,11 @@ fn encode_items(
                 tracing::debug!(packet = ?packet, "sent");
                 encode(&packet, limits.version, buf);
                 sent[d.qos as usize] += 1;
-                if broker.rules.wants(EventKind::MessageDelivered) {
-                    let f = events::delivery_fields(&d.msg, &session.client_id);
-                    broker.rules.on_event(EventKind::MessageDelivered, &f);
-                }
-                broker.plugin_event(EventSet::DELIVERED, || {
-                    Event::Delivered(plugins::delivery_event(
-                        &session.client_id,
-                        &d.msg,
-                        d.qos,
-                        packet_id,
-                    ))
+                broker.emit(Event::Delivered {
+                    receiver: &session.client_id,
+                    msg: &d.msg,
+                    qos: d.qos,
+                    packet_id,
                 });
             }
         }
@@ -326,15 +317,12 @@ fn encode_items(
     }
 }
 
-fn delivery_dropped(broker: &Broker, session: &Session, d: &Delivery, reason: &str) {
-    if broker.rules.wants(EventKind::DeliveryDropped) {
-        let mut f = events::delivery_fields(&d.msg, &session.client_id);
-        f.set("reason", reason);
-        broker.rules.on_event(EventKind::DeliveryDropped, &f);
-    }
-    broker.plugin_event(EventSet::DROPPED, || {
-        // The rule engine's names use underscores; plugins get words.
-        plugins::dropped_event(&session.client_id, &d.msg, d.qos, &reason.replace('_', " "))
+fn delivery_dropped(broker: &Broker, session: &Session, d: &Delivery, reason: DropReason) {
+    broker.emit(Event::DeliveryDropped {
+        receiver: &session.client_id,
+        msg: &d.msg,
+        qos: d.qos,
+        reason,
     });
 }
 
