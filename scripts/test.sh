@@ -57,6 +57,9 @@ kafka_start
 nats_start
 
 cargo fmt --all -- --check
+# No import loop between the modules of a crate (ARCHITECTURE.md "Layers").
+# (broker/cluster/src still has one: membership/node/remote/retained.)
+python3 scripts/acyclic.py broker/src broker/protocol/src broker/plugin/src rule-engine/src sdk/src
 cargo clippy --workspace --all-targets -- -D warnings
 # The plugins workspace (wasm32-wasip2): SDK, shipped plugins, test plugins.
 (cd plugins && cargo fmt --all -- --check && cargo clippy --workspace --target wasm32-wasip2 -- -D warnings)

@@ -114,7 +114,7 @@ impl App {
             Some(l) => (Some(l.host), l.sql, l.kafka),
             None => (None, None, None),
         };
-        crate::auth::check_authenticator(&config.limits, plugins.as_ref())
+        crate::auth::check_authenticator(config.limits.allow_anonymous, plugins.as_ref())
             .map_err(StartError::NoAuthenticator)?;
         let broker = Arc::new(Broker::new(Parts {
             config: config.mqtt.clone(),

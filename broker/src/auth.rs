@@ -81,10 +81,10 @@ const HOW: &str = "add an authenticating plugin (e.g. `path = \"builtin:auth-pas
 /// The configuration-level check (`midge check`, `Config::validate`):
 /// `allow_anonymous = false` with no enabled plugin at all.
 pub fn config_problem(
-    limits: &crate::config::LimitsConfig,
+    allow_anonymous: bool,
     plugins: &midge_plugin::PluginsConfig,
 ) -> Option<String> {
-    if limits.allow_anonymous || plugins.plugins.iter().any(|p| p.enabled) {
+    if allow_anonymous || plugins.plugins.iter().any(|p| p.enabled) {
         return None;
     }
     Some(format!(
@@ -95,11 +95,8 @@ pub fn config_problem(
 /// After the plugins loaded: with `allow_anonymous = false`, at least one
 /// of them must implement `authenticate` (which plugins do is known only
 /// once their `init` declared it).
-pub fn check_authenticator(
-    limits: &crate::config::LimitsConfig,
-    host: Option<&PluginHost>,
-) -> Result<(), String> {
-    if limits.allow_anonymous || host.is_some_and(|h| h.has_hook(HookSet::AUTHENTICATE)) {
+pub fn check_authenticator(allow_anonymous: bool, host: Option<&PluginHost>) -> Result<(), String> {
+    if allow_anonymous || host.is_some_and(|h| h.has_hook(HookSet::AUTHENTICATE)) {
         return Ok(());
     }
     let loaded = host.map(|h| h.plugins()).unwrap_or_default();

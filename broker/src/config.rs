@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub use crate::logging::LogConfig;
+pub use crate::session::QueueFullPolicy;
+
 /// Errors loading or validating a configuration, naming the file and field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -296,27 +299,6 @@ pub struct MqttConfig {
     pub retry_interval: u32,
 }
 
-/// Queue-full policy for per-session queues.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum QueueFullPolicy {
-    DropNew,
-    DropOldest,
-}
-
-/// Logging.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// A `tracing` filter such as "info" or "midge=debug"; `RUST_LOG` wins when set.
-    pub level: String,
-    /// Log lines as JSON.
-    pub json: bool,
-    /// Client ids whose packets are logged (debug level, in and out) while
-    /// the rest of the broker logs at `level`.
-    pub trace_clients: Vec<String>,
-}
-
 impl Default for Listeners {
     fn default() -> Self {
         Listeners {
@@ -412,53 +394,6 @@ impl Overrides {
     /// Makes these the process's overrides, for [`Config::load_effective`].
     pub fn install(self) {
         let _ = OVERRIDES.set(self);
-    }
-}
-
-impl LogConfig {
-    /// The `tracing` filter: `level` (or `RUST_LOG` when `from_env`),
-    /// plus debug for the connection spans of `trace_clients`.
-    pub fn filter(&self) -> Result<tracing_subscriber::EnvFilter, String> {
-        self.filter_with(None)
-    }
-
-    /// As [`LogConfig::filter`], starting from `base` (e.g. `RUST_LOG`) instead of `level`.
-    pub fn filter_with(&self, base: Option<&str>) -> Result<tracing_subscriber::EnvFilter, String> {
-        let base = base.unwrap_or(&self.level);
-        let mut filter = tracing_subscriber::EnvFilter::try_new(base)
-            .map_err(|e| format!("field `log.level`: `{base}`: {e}"))?;
-        if !base.contains("rustls") {
-            // rustls warns about what clients do (an IP address as SNI, as
-            // mosquitto_pub sends) on every connection; failed handshakes
-            // are logged by the broker itself (crate::ratelog).
-            if let Ok(d) = "rustls=error".parse() {
-                filter = filter.add_directive(d);
-            }
-        }
-        for id in &self.trace_clients {
-            if id.is_empty() || id.contains(['{', '}', '[', ']', ',', '=', '"', ' ']) {
-                return Err(format!(
-                    "field `log.trace_clients`: `{id}`: client ids with spaces, quotes or any of {{}}[],= cannot be traced"
-                ));
-            }
-            let directive = format!("[conn{{client_id={id}}}]=debug");
-            filter = filter.add_directive(
-                directive
-                    .parse()
-                    .map_err(|e| format!("field `log.trace_clients`: `{id}`: {e}"))?,
-            );
-        }
-        Ok(filter)
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            json: false,
-            trace_clients: Vec::new(),
-        }
     }
 }
 
@@ -623,7 +558,7 @@ impl Config {
                 );
             }
         }
-        if let Some(e) = crate::auth::config_problem(&self.limits, &self.plugins) {
+        if let Some(e) = crate::auth::config_problem(self.limits.allow_anonymous, &self.plugins) {
             invalid("limits.allow_anonymous", &e);
         }
         if self.limits.connect_timeout == 0 {

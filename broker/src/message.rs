@@ -38,7 +38,27 @@ pub struct ClientInfo {
     pub username: Option<Arc<str>>,
     pub peer: SocketAddr,
     /// The connection's cross-node publishes awaiting JetStream (cluster on).
-    pub cluster: crate::cluster::Acks,
+    pub cluster: Acks,
+}
+
+/// Cross-node QoS 1/2 publishes of one connection that JetStream has not
+/// acknowledged yet. One per connection (in its [`ClientInfo`]); `None`
+/// when clustering is off. Counted and awaited by the cluster module.
+#[derive(Debug, Clone, Default)]
+pub struct Acks(pub(crate) Option<Arc<AckState>>);
+
+/// Connections compare equal whatever their pending acknowledgements.
+impl PartialEq for Acks {
+    fn eq(&self, _: &Acks) -> bool {
+        true
+    }
+}
+impl Eq for Acks {}
+
+#[derive(Debug, Default)]
+pub struct AckState {
+    pub(crate) outstanding: std::sync::atomic::AtomicUsize,
+    pub(crate) done: tokio::sync::Notify,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);

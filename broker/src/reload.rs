@@ -216,7 +216,9 @@ pub async fn reload_all(
     })?;
     // Plugins first: the rules may call functions a new version offers.
     let plugins = apply_plugins(broker, &config).await;
-    if let Err(e) = crate::auth::check_authenticator(&broker.limits, broker.plugins()) {
+    if let Err(e) =
+        crate::auth::check_authenticator(broker.limits.allow_anonymous, broker.plugins())
+    {
         error!(error = %e, "after this reload every client is refused");
     }
     let rules = match apply(broker, &config, path, running) {

@@ -6,8 +6,8 @@ use std::borrow::Cow;
 
 use crate::functions::CallContext;
 use crate::input::Input;
-use crate::plan::{ArithOp, Column, Expr, Seg};
-use crate::value::{compare, exact_eq, float_value, num_value, type_name, Map, Num, Value};
+use crate::plan::{Column, Expr, Seg};
+use crate::value::{arith, compare, exact_eq, float_value, nested_put, type_name, Map, Value};
 
 /// Variables visible to an expression, looked up in this order: `bindings`
 /// (the columns selected so far), the FOREACH element, `outer` (what the
@@ -148,29 +148,6 @@ fn lookup(root: &str, path: &[Seg], env: &Env<'_, '_>) -> Result<Value, String> 
     Ok(found(navigate(&v, path, env)?))
 }
 
-/// Writes `v` at `path` inside `target`, creating (or replacing non-map)
-/// intermediate maps.
-pub(crate) fn nested_put(target: &mut Value, path: &[String], v: Value) {
-    let Some((last, init)) = path.split_last() else {
-        *target = v;
-        return;
-    };
-    let mut cur = target;
-    for k in init {
-        if !matches!(cur, Value::Map(_)) {
-            *cur = Value::Map(Map::new());
-        }
-        let Value::Map(m) = cur else { return };
-        cur = m.entry(k.clone()).or_insert_with(|| Value::Map(Map::new()));
-    }
-    if !matches!(cur, Value::Map(_)) {
-        *cur = Value::Map(Map::new());
-    }
-    if let Value::Map(m) = cur {
-        m.insert(last.clone(), v);
-    }
-}
-
 pub(crate) fn put_row(row: &mut Map, key: &[String], v: Value) {
     match key.split_first() {
         None => {}
@@ -181,78 +158,6 @@ pub(crate) fn put_row(row: &mut Map, key: &[String], v: Value) {
             let slot = row.entry(first.clone()).or_insert(Value::Undefined);
             nested_put(slot, rest, v);
         }
-    }
-}
-
-fn op_symbol(op: ArithOp) -> &'static str {
-    match op {
-        ArithOp::Add => "+",
-        ArithOp::Sub => "-",
-        ArithOp::Mul => "*",
-        ArithOp::Div => "/",
-        ArithOp::IntDiv => "div",
-        ArithOp::Mod => "mod",
-    }
-}
-
-/// `+ - * / div mod` with EMQX semantics (`+` concatenates when one side is
-/// a string; `/` always gives a float; `div` / `mod` need integers).
-pub(crate) fn arith(op: ArithOp, l: Value, r: Value) -> Result<Value, String> {
-    if op == ArithOp::Add {
-        let textual = |v: &Value| matches!(v, Value::Str(_) | Value::Bytes(_));
-        let scalar = |v: &Value| matches!(v, Value::Int(_) | Value::Float(_) | Value::Bool(_));
-        if (textual(&l) && (textual(&r) || scalar(&r))) || (scalar(&l) && textual(&r)) {
-            let mut out = crate::value::to_bin(&l).to_vec();
-            out.extend_from_slice(&crate::value::to_bin(&r));
-            return Ok(Value::from_vec(out));
-        }
-    }
-    let sym = op_symbol(op);
-    let (Some(a), Some(b)) = (l.num(), r.num()) else {
-        return Err(format!(
-            "bad arguments for `{sym}`: {} and {}",
-            type_name(&l),
-            type_name(&r)
-        ));
-    };
-    let float = |f: fn(f64, f64) -> f64| num_value(Num::F(f(a.as_f64(), b.as_f64())));
-    match (op, a, b) {
-        (ArithOp::Add, Num::I(x), Num::I(y)) => x
-            .checked_add(y)
-            .map_or_else(|| float_value(x as f64 + y as f64), |v| Ok(Value::Int(v))),
-        (ArithOp::Sub, Num::I(x), Num::I(y)) => x
-            .checked_sub(y)
-            .map_or_else(|| float_value(x as f64 - y as f64), |v| Ok(Value::Int(v))),
-        (ArithOp::Mul, Num::I(x), Num::I(y)) => x
-            .checked_mul(y)
-            .map_or_else(|| float_value(x as f64 * y as f64), |v| Ok(Value::Int(v))),
-        (ArithOp::Add, ..) => float(|x, y| x + y),
-        (ArithOp::Sub, ..) => float(|x, y| x - y),
-        (ArithOp::Mul, ..) => float(|x, y| x * y),
-        (ArithOp::Div, ..) => {
-            if b.as_f64() == 0.0 {
-                Err("division by zero".into())
-            } else {
-                float(|x, y| x / y)
-            }
-        }
-        (ArithOp::IntDiv | ArithOp::Mod, Num::I(x), Num::I(y)) => {
-            if y == 0 {
-                return Err("division by zero".into());
-            }
-            let r = if op == ArithOp::IntDiv {
-                x.checked_div(y)
-            } else {
-                x.checked_rem(y)
-            };
-            r.map(Value::Int)
-                .ok_or_else(|| "integer overflow".to_owned())
-        }
-        (ArithOp::IntDiv | ArithOp::Mod, ..) => Err(format!(
-            "`{sym}` expects integers, got {} and {}",
-            type_name(&l),
-            type_name(&r)
-        )),
     }
 }
 

@@ -18,19 +18,8 @@ use sqlparser::tokenizer::Location;
 use crate::functions::{self, FuncDef, Prepared};
 use crate::input::Source;
 use crate::parse::{Body, ParseError, Statement};
-use crate::value::{num_value, parse_num, CmpOp, Num, Value};
+use crate::value::{num_value, parse_num, ArithOp, CmpOp, Num, Value};
 use crate::ExternalFunctions;
-
-/// Arithmetic operators.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ArithOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    IntDiv,
-    Mod,
-}
 
 /// One step of a path.
 #[derive(Debug)]

@@ -705,6 +705,112 @@ pub(crate) fn exact_eq(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// Arithmetic operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ArithOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    IntDiv,
+    Mod,
+}
+
+fn op_symbol(op: ArithOp) -> &'static str {
+    match op {
+        ArithOp::Add => "+",
+        ArithOp::Sub => "-",
+        ArithOp::Mul => "*",
+        ArithOp::Div => "/",
+        ArithOp::IntDiv => "div",
+        ArithOp::Mod => "mod",
+    }
+}
+
+/// `+ - * / div mod` with EMQX semantics (`+` concatenates when one side is
+/// a string; `/` always gives a float; `div` / `mod` need integers).
+pub(crate) fn arith(op: ArithOp, l: Value, r: Value) -> Result<Value, String> {
+    if op == ArithOp::Add {
+        let textual = |v: &Value| matches!(v, Value::Str(_) | Value::Bytes(_));
+        let scalar = |v: &Value| matches!(v, Value::Int(_) | Value::Float(_) | Value::Bool(_));
+        if (textual(&l) && (textual(&r) || scalar(&r))) || (scalar(&l) && textual(&r)) {
+            let mut out = to_bin(&l).to_vec();
+            out.extend_from_slice(&to_bin(&r));
+            return Ok(Value::from_vec(out));
+        }
+    }
+    let sym = op_symbol(op);
+    let (Some(a), Some(b)) = (l.num(), r.num()) else {
+        return Err(format!(
+            "bad arguments for `{sym}`: {} and {}",
+            type_name(&l),
+            type_name(&r)
+        ));
+    };
+    let float = |f: fn(f64, f64) -> f64| num_value(Num::F(f(a.as_f64(), b.as_f64())));
+    match (op, a, b) {
+        (ArithOp::Add, Num::I(x), Num::I(y)) => x
+            .checked_add(y)
+            .map_or_else(|| float_value(x as f64 + y as f64), |v| Ok(Value::Int(v))),
+        (ArithOp::Sub, Num::I(x), Num::I(y)) => x
+            .checked_sub(y)
+            .map_or_else(|| float_value(x as f64 - y as f64), |v| Ok(Value::Int(v))),
+        (ArithOp::Mul, Num::I(x), Num::I(y)) => x
+            .checked_mul(y)
+            .map_or_else(|| float_value(x as f64 * y as f64), |v| Ok(Value::Int(v))),
+        (ArithOp::Add, ..) => float(|x, y| x + y),
+        (ArithOp::Sub, ..) => float(|x, y| x - y),
+        (ArithOp::Mul, ..) => float(|x, y| x * y),
+        (ArithOp::Div, ..) => {
+            if b.as_f64() == 0.0 {
+                Err("division by zero".into())
+            } else {
+                float(|x, y| x / y)
+            }
+        }
+        (ArithOp::IntDiv | ArithOp::Mod, Num::I(x), Num::I(y)) => {
+            if y == 0 {
+                return Err("division by zero".into());
+            }
+            let r = if op == ArithOp::IntDiv {
+                x.checked_div(y)
+            } else {
+                x.checked_rem(y)
+            };
+            r.map(Value::Int)
+                .ok_or_else(|| "integer overflow".to_owned())
+        }
+        (ArithOp::IntDiv | ArithOp::Mod, ..) => Err(format!(
+            "`{sym}` expects integers, got {} and {}",
+            type_name(&l),
+            type_name(&r)
+        )),
+    }
+}
+
+/// Writes `v` at `path` inside `target`, creating (or replacing non-map)
+/// intermediate maps.
+pub(crate) fn nested_put(target: &mut Value, path: &[String], v: Value) {
+    let Some((last, init)) = path.split_last() else {
+        *target = v;
+        return;
+    };
+    let mut cur = target;
+    for k in init {
+        if !matches!(cur, Value::Map(_)) {
+            *cur = Value::Map(Map::new());
+        }
+        let Value::Map(m) = cur else { return };
+        cur = m.entry(k.clone()).or_insert_with(|| Value::Map(Map::new()));
+    }
+    if !matches!(cur, Value::Map(_)) {
+        *cur = Value::Map(Map::new());
+    }
+    if let Value::Map(m) = cur {
+        m.insert(last.clone(), v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,7 +50,7 @@ pub fn view(s: &Session) -> SessionView {
     let link = st.conn.as_ref();
     SessionView {
         clientid: s.client_id.to_string(),
-        node: crate::cluster::node_name(),
+        node: crate::node::name(),
         connected: link.is_some(),
         username: link.and_then(|l| l.info.username.as_deref().map(str::to_string)),
         proto_ver: link.map(|l| match l.version {
@@ -81,7 +81,7 @@ pub async fn status(State(s): State<Shared>) -> Json<Value> {
     let connected = views.iter().filter(|v| v.connected).count();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "node": crate::cluster::node_name(),
+        "node": crate::node::name(),
         "uptime_seconds": s.started.elapsed().as_secs(),
         "connections": connected,
         "sessions": views.len(),

@@ -11,11 +11,11 @@ pub async fn show(State(s): State<Shared>) -> ApiResult {
     let Some(node) = s.broker.cluster.get() else {
         return Ok(Json(json!({
             "enabled": false,
-            "node": crate::cluster::node_name(),
+            "node": crate::node::name(),
             "nodes": [],
         })));
     };
-    let c = &node.cluster;
+    let c = node.cluster();
     let nodes = c
         .nodes()
         .await

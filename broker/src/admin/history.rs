@@ -137,7 +137,7 @@ impl Counters {
             }
         }
         if let Some(node) = b.cluster.get() {
-            let t = node.cluster.metrics.traffic();
+            let t = node.cluster().metrics.traffic();
             c.cluster_forwarded = t.forwarded;
             c.cluster_received = t.received;
         }

@@ -302,7 +302,7 @@ pub fn render(b: &Broker, uptime_seconds: f64) -> String {
     kafka(&mut o, b);
     store(&mut o, b);
     if let Some(c) = b.cluster.get() {
-        c.cluster.render_metrics(&mut o.0);
+        c.cluster().render_metrics(&mut o.0);
     }
     o.0
 }

@@ -35,10 +35,26 @@ pub use stats::{ReasonCounters, Stats};
 
 use crate::auth::{AuthHook, NoAuth};
 use crate::config::MqttConfig;
+use crate::message::Message;
 use crate::router::{RetainedStore, Router};
 use crate::rules::RuleEngine;
 use crate::session::{QueueLimits, Session};
 use crate::store::Store;
+
+/// What the broker calls on its cluster link (the cluster module's `Node`, set
+/// once by `cluster::join` when `[cluster]` is on; when it is off each call
+/// site costs one `OnceLock` load). The cluster module sits above the
+/// broker: it reaches the broker, the broker reaches it only through this.
+pub trait ClusterLink: Send + Sync + std::fmt::Debug {
+    /// The NATS side: ownership, membership, metrics.
+    fn cluster(&self) -> &Arc<midge_cluster::Cluster>;
+    /// A message published on this node, after it was retained and before
+    /// local routing: for the subscribers on other nodes.
+    fn forward(&self, msg: &Arc<Message>);
+    /// The will of `client_id`'s connection here may have changed (it
+    /// attached or detached).
+    fn will_changed(&self, client_id: &Arc<str>);
+}
 
 /// Shared broker state, complete when constructed ([`Broker::new`]; the
 /// `app` module assembles its parts from the configuration).
@@ -70,7 +86,7 @@ pub struct Broker {
     /// The durable store, when persistence is on.
     pub store: Option<Store>,
     /// The cluster link, when `[cluster]` is on (set once at start-up).
-    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Node>>,
+    pub cluster: std::sync::OnceLock<Arc<dyn ClusterLink>>,
     /// Listeners to the event fan-out beyond rules, plugins and `$SYS`.
     sinks: events::Sinks,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,

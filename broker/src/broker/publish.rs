@@ -62,7 +62,9 @@ impl Broker {
         if msg.retain {
             ticket = self.retained.update(&msg, self.store.as_ref());
         }
-        crate::cluster::forward(self, &msg);
+        if let Some(c) = self.cluster.get() {
+            c.forward(&msg);
+        }
         ticket.max(self.route_local(msg))
     }
 

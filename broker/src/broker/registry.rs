@@ -187,7 +187,9 @@ impl Broker {
             return;
         }
         let detached = link.detached.clone();
-        crate::cluster::will_changed(self, &session.client_id);
+        if let Some(c) = self.cluster.get() {
+            c.will_changed(&session.client_id);
+        }
         st.conn = None;
         st.generation += 1;
         session.set_online(false);

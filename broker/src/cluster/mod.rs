@@ -1,11 +1,14 @@
 //! The broker's side of the cluster (`[cluster]`): joins the NATS cluster
 //! through `midge-cluster` and plugs into the broker at four narrow points,
-//! each one `OnceLock` load when clustering is off:
+//! each one `OnceLock` load when clustering is off (this module sits above
+//! the broker; `crate::message::Acks` and `crate::node` are the two things
+//! below it that it fills in):
 //!
-//! - `Broker::deliver` calls [`forward`] after retaining, before local
-//!   routing: the message goes onto this node's outbound queue, drained in
-//!   order by one task (QoS 0: core NATS; QoS 1/2: the stream, acknowledged
-//!   by JetStream).
+//! - `Broker::deliver` calls `ClusterLink::forward` (implemented by
+//!   [`Node`]; the broker sees the cluster only through that trait) after
+//!   retaining, before local routing: the message goes onto this node's
+//!   outbound queue, drained in order by one task (QoS 0: core NATS; QoS
+//!   1/2: the stream, acknowledged by JetStream).
 //! - the publisher's acknowledgements wait in `Reader::flush_control` for
 //!   [`settled`]: a client's PUBACK / PUBREC is sent only once JetStream
 //!   stored its cross-node QoS 1/2 messages (the wait back-pressures the
@@ -29,21 +32,15 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use midge_cluster::{Cluster, ClusterConfig, ClusterError, Envelope, Local};
 use midge_protocol::QoS;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
-use crate::message::{ClientInfo, Message};
+use crate::message::{AckState, Acks, ClientInfo, Message};
 
 pub mod takeover;
 
-/// This node's name: `[cluster] node` when clustered (the `$SYS/brokers/<node>`
-/// prefix, rule events' `node`, the admin API), else the single node's.
-pub fn node_name() -> &'static str {
-    NODE_NAME.get().map_or(crate::rules::NODE, String::as_str)
-}
-
-static NODE_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+pub use crate::node::name as node_name;
 
 /// The cluster link of a running broker.
 #[derive(Debug)]
@@ -65,31 +62,9 @@ struct Out {
     acks: Option<Arc<AckState>>,
 }
 
-/// Cross-node QoS 1/2 publishes of one connection that JetStream has not
-/// acknowledged yet. One per connection (in its [`ClientInfo`]); `None`
-/// when clustering is off.
-#[derive(Debug, Clone, Default)]
-pub struct Acks(Option<Arc<AckState>>);
-
-/// Connections compare equal whatever their pending acknowledgements.
-impl PartialEq for Acks {
-    fn eq(&self, _: &Acks) -> bool {
-        true
-    }
-}
-impl Eq for Acks {}
-
-#[derive(Debug, Default)]
-pub struct AckState {
-    outstanding: AtomicUsize,
-    done: Notify,
-}
-
-impl Acks {
-    /// The tracker for a new connection: one allocation when clustered.
-    pub fn for_client(broker: &Broker) -> Acks {
-        Acks(broker.cluster.get().map(|_| Arc::default()))
-    }
+/// The tracker for a new connection: one allocation when clustered.
+pub fn acks_for(broker: &Broker) -> Acks {
+    Acks(broker.cluster.get().map(|_| Arc::default()))
 }
 
 /// Waits until JetStream acknowledged every cross-node QoS 1/2 message the
@@ -119,10 +94,10 @@ pub fn attached(broker: &Arc<Broker>, client_id: &Arc<str>) {
     let Some(node) = broker.cluster.get() else {
         return;
     };
-    let _ = node.wills.send(client_id.clone());
+    node.will_changed(client_id);
     let (weak, c, id) = (
         Arc::downgrade(broker),
-        node.cluster.clone(),
+        node.cluster().clone(),
         client_id.clone(),
     );
     tokio::spawn(async move {
@@ -140,40 +115,40 @@ pub fn attached(broker: &Arc<Broker>, client_id: &Arc<str>) {
     });
 }
 
-/// The will of `client_id`'s connection here may have changed (it
-/// attached or detached): the will task makes the cluster's record match.
-pub fn will_changed(broker: &Broker, client_id: &Arc<str>) {
-    if let Some(node) = broker.cluster.get() {
-        let _ = node.wills.send(client_id.clone());
+impl crate::broker::ClusterLink for Node {
+    fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
     }
-}
 
-/// Hands a message published on this node to the cluster (no-op when
-/// clustering is off, and for `$SYS` topics, which never leave their node).
-pub fn forward(broker: &Broker, msg: &Arc<Message>) {
-    let Some(node) = broker.cluster.get() else {
-        return;
-    };
-    if msg.topic.starts_with("$SYS") || !node.cluster.wanted_elsewhere(&msg.topic) {
-        return;
+    /// The will task makes the cluster's record of `client_id`'s will match.
+    fn will_changed(&self, client_id: &Arc<str>) {
+        let _ = self.wills.send(client_id.clone());
     }
-    let acks = msg
-        .origin
-        .as_ref()
-        .and_then(|o| o.cluster.0.clone())
-        .filter(|_| msg.qos != QoS::AtMostOnce);
-    let max = node.cluster.config().max_pending;
-    if msg.qos == QoS::AtMostOnce && node.queued.load(Relaxed) >= max {
-        node.cluster.metrics.publish_failures.fetch_add(1, Relaxed);
-        return;
-    }
-    if let Some(a) = &acks {
-        a.outstanding.fetch_add(1, Relaxed);
-    }
-    node.queued.fetch_add(1, Relaxed);
-    let env = envelope(&node.cluster, msg);
-    if node.out.send(Out { env, acks }).is_err() {
-        node.queued.fetch_sub(1, Relaxed);
+
+    /// Queues a message published on this node for the cluster (not `$SYS`
+    /// topics, which never leave their node, nor topics no other node wants).
+    fn forward(&self, msg: &Arc<Message>) {
+        if msg.topic.starts_with("$SYS") || !self.cluster.wanted_elsewhere(&msg.topic) {
+            return;
+        }
+        let acks = msg
+            .origin
+            .as_ref()
+            .and_then(|o| o.cluster.0.clone())
+            .filter(|_| msg.qos != QoS::AtMostOnce);
+        let max = self.cluster.config().max_pending;
+        if msg.qos == QoS::AtMostOnce && self.queued.load(Relaxed) >= max {
+            self.cluster.metrics.publish_failures.fetch_add(1, Relaxed);
+            return;
+        }
+        if let Some(a) = &acks {
+            a.outstanding.fetch_add(1, Relaxed);
+        }
+        self.queued.fetch_add(1, Relaxed);
+        let env = envelope(&self.cluster, msg);
+        if self.out.send(Out { env, acks }).is_err() {
+            self.queued.fetch_sub(1, Relaxed);
+        }
     }
 }
 
@@ -284,7 +259,7 @@ pub async fn join(cfg: &ClusterConfig, broker: &Arc<Broker>) -> Result<(), Clust
     if !cfg.enabled {
         return Ok(());
     }
-    let _ = NODE_NAME.set(cfg.node_name());
+    crate::node::set_name(cfg.node_name());
     let local = Arc::new(LocalBroker(Arc::downgrade(broker)));
     let cluster = Cluster::start(cfg, local).await?;
     let (out, out_rx) = mpsc::unbounded_channel();

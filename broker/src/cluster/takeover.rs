@@ -61,7 +61,7 @@ pub async fn claim(
     let Some(node) = broker.cluster.get() else {
         return Ok(());
     };
-    let c = &node.cluster;
+    let c = node.cluster();
     let persistent = !clean_start || expiry > 0;
     let claim = match c.claim(client_id).await {
         Ok(claim) => claim,

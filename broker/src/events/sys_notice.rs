@@ -7,7 +7,7 @@ use super::Event;
 
 /// `$SYS/brokers/<node>`.
 pub fn prefix() -> String {
-    format!("$SYS/brokers/{}", crate::cluster::node_name())
+    format!("$SYS/brokers/{}", crate::node::name())
 }
 
 /// The notice's topic and body for `e`. `None` for other kinds, and for

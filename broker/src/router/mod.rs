@@ -16,14 +16,8 @@ use smallvec::SmallVec;
 
 pub use retained::{RetainedStore, RetainedWatch};
 
+pub use crate::records::SharedKey;
 use crate::session::Session;
-
-/// Identifies a shared subscription group: `$share/{group}/{filter}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SharedKey {
-    pub group: Arc<str>,
-    pub filter: Arc<str>,
-}
 
 /// One subscription of one session.
 #[derive(Debug, Clone)]

@@ -31,7 +31,7 @@ impl EventFields {
     pub(super) fn input(&self, kind: EventKind) -> Input<'_> {
         let mut i = Input::event(kind)
             .timestamp(now_ms())
-            .node(crate::cluster::node_name())
+            .node(crate::node::name())
             .extra(&self.extra);
         if let Some(v) = &self.clientid {
             i = i.clientid(v);

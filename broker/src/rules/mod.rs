@@ -50,8 +50,9 @@ use crate::message::Message;
 const TIME_EVERY: u64 = 16;
 /// Republished messages are not fed to rules again beyond this depth.
 const MAX_RULE_DEPTH: u8 = 8;
-/// Node name reported in the `node` field.
-pub const NODE: &str = "midge@127.0.0.1";
+/// The single node's name, reported in the `node` field (a clustered
+/// node reports `crate::node::name()`).
+pub const NODE: &str = crate::node::DEFAULT;
 
 /// One `[[rules]]` entry of the config (also the admin API's rule body).
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
@@ -416,7 +417,7 @@ impl RuleEngine {
             .flags(msg.retain, false)
             .timestamp(msg.timestamp_ms)
             .publish_received_at(msg.timestamp_ms)
-            .node(crate::cluster::node_name())
+            .node(crate::node::name())
             .lazy(&lazy);
         if let Some(o) = &msg.origin {
             input = input.clientid(&o.client_id).username(o.username.as_deref());

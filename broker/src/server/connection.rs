@@ -447,7 +447,7 @@ async fn run<R, W>(
         client_id: client_id.clone(),
         username: c.username.as_deref().map(Arc::from),
         peer,
-        cluster: crate::cluster::Acks::for_client(&broker),
+        cluster: crate::cluster::acks_for(&broker),
     });
 
     // Keep alive (5.0: the server may impose its own).

@@ -12,35 +12,20 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use midge_protocol::{Packet, QoS, SubOptions, Version};
+use midge_protocol::{Packet, QoS, Version};
 use parking_lot::Mutex;
-use smallvec::SmallVec;
 use tokio::sync::{oneshot, Notify};
 
-use crate::config::QueueFullPolicy;
 use crate::message::Message;
-use crate::router::SharedKey;
+pub use crate::records::{Delivery, Stage, SubscriptionRecord};
 use crate::store::{Op, SessionRecord, Store};
 
-/// A message on its way to one session.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub msg: Arc<Message>,
-    pub qos: QoS,
-    pub retain: bool,
-    pub sub_ids: SmallVec<[u32; 2]>,
-    pub shared: Option<SharedKey>,
-    /// Sequence number in the durable store (0: not stored).
-    pub seq: u64,
-}
-
-/// Where an outgoing QoS 1/2 message is in its handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// PUBLISH sent, PUBACK (QoS 1) or PUBREC (QoS 2) awaited.
-    Published,
-    /// PUBREL sent, PUBCOMP awaited.
-    Released,
+/// Queue-full policy for per-session queues.
+#[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFullPolicy {
+    DropNew,
+    DropOldest,
 }
 
 /// An outgoing QoS 1/2 message not yet acknowledged.
@@ -49,13 +34,6 @@ pub struct Inflight {
     pub packet_id: u16,
     pub delivery: Delivery,
     pub stage: Stage,
-}
-
-/// A subscription as the session records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubscriptionRecord {
-    pub opts: SubOptions,
-    pub id: Option<u32>,
 }
 
 /// A will waiting for its connection to end (or for its delay).

@@ -23,8 +23,7 @@ use midge_protocol::{ByteStr, Properties, QoS, SubOptions};
 use smallvec::SmallVec;
 
 use crate::message::{ClientInfo, Message};
-use crate::router::SharedKey;
-use crate::session::{Delivery, Stage, SubscriptionRecord};
+use crate::records::{Delivery, SharedKey, Stage, SubscriptionRecord};
 
 use super::SessionRecord;
 

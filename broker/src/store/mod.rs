@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::message::Message;
-use crate::session::{Delivery, Stage, SubscriptionRecord};
+use crate::records::{Delivery, Stage, SubscriptionRecord};
 
 pub use codec::Corrupt;
 pub use config::{BackendKind, PersistenceConfig, SyncPolicy};

@@ -8,7 +8,7 @@ use midge_protocol::{QoS, SubOptions};
 use smallvec::SmallVec;
 
 use super::*;
-use crate::session::Delivery;
+use crate::records::Delivery;
 
 fn delivery(payload: &'static [u8]) -> Delivery {
     Delivery {

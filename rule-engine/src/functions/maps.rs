@@ -4,8 +4,7 @@
 
 use super::args::{map, wrong_type};
 use super::{def, CallContext, CallResult, FuncDef};
-use crate::eval::nested_put;
-use crate::value::{to_str, Map, Value};
+use crate::value::{nested_put, to_str, Map, Value};
 
 pub(super) const FUNCTIONS: &[FuncDef] = &[
     def("map_new", 0, 0, |_, _| Ok(Value::Map(Map::new()))),

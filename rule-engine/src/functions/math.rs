@@ -4,9 +4,7 @@
 
 use super::args::number;
 use super::{def, CallResult, FuncDef};
-use crate::eval::arith;
-use crate::plan::ArithOp;
-use crate::value::{float_str, float_value, Num, Value};
+use crate::value::{arith, float_str, float_value, ArithOp, Num, Value};
 
 pub(super) const FUNCTIONS: &[FuncDef] = &[
     def("abs", 1, 1, abs),
