@@ -23,7 +23,11 @@
 //! consumer), it reads the stream from there with an ordered consumer
 //! filtered by the node's interest, so QoS 1/2 messages stored while it was
 //! cut off still reach its subscribers (copies it already had are dropped
-//! by id).
+//! by id). It does the same when JetStream announces a new leader for the
+//! stream: the old leader may have stored (and acknowledged) messages it
+//! never republished. A replay asked for just after live messages resumed
+//! from a pause starts from before the pause, not from the later messages
+//! that already raised the floor.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::IntoFuture as _;
@@ -379,6 +383,7 @@ impl Cluster {
             add_rx,
             replay_rx,
         ));
+        spawn_leader_watch(&cluster).await?;
         crate::membership::spawn_heartbeat(&cluster);
         crate::retained::spawn_watch(&cluster, local).await?;
         crate::remote::spawn_watch(&cluster).await?;
@@ -779,6 +784,47 @@ async fn connect(
     }
 }
 
+/// A new leader for the stream: reconcile. The stream republishes each
+/// stored message over core NATS from its leader; when the leader dies,
+/// messages it stored (with a quorum, so acknowledged to the publisher)
+/// but had not yet republished, or whose republish died in its buffers,
+/// never arrive live, and this node's own NATS connection may not have
+/// blinked at all. The advisory says when that can have happened.
+async fn spawn_leader_watch(cluster: &Arc<Cluster>) -> Result<(), ClusterError> {
+    let subject = format!(
+        "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{}",
+        cluster.stream
+    );
+    let mut sub = cluster
+        .client
+        .subscribe(subject.clone())
+        .await
+        .map_err(|e| ClusterError::Setup {
+            what: format!("subscription to {subject}"),
+            urls: cluster.urls.clone(),
+            message: e.to_string(),
+        })?;
+    let again = cluster.replay_again.clone();
+    tokio::spawn(async move {
+        while sub.next().await.is_some() {
+            info!("cluster: the stream has a new leader; reconciling from the stream");
+            if again.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Stored messages arriving live further apart than this mark a pause (a
+/// leader election, a lost connection, or just quiet).
+const PAUSE: Duration = Duration::from_millis(250);
+
+/// A replay asked for within this long after live messages resumed reads
+/// from where the pause began: the signal (an advisory, a reconnect) and
+/// the first messages after the pause race each other.
+const RACE: Duration = Duration::from_secs(3);
+
 /// How many message ids the inbound task remembers, to drop copies that
 /// came through overlapping filters or again through a replay.
 const SEEN: usize = 65_536;
@@ -820,9 +866,25 @@ struct Handler {
     local: Arc<dyn Local>,
     seen: Seen,
     floor: u64,
+    /// When the last stored message arrived live.
+    last_live: Option<Instant>,
+    /// The floor when live stored messages last resumed after a pause, and
+    /// when.
+    resumed: Option<(u64, Instant)>,
 }
 
 impl Handler {
+    /// Where a replay starts (exclusive): the floor, or, when live messages
+    /// resumed after a pause just now, the floor from before the pause, so
+    /// that messages lost in the pause are not skipped because later ones
+    /// already raised the floor (copies are dropped by id).
+    fn replay_from(&self) -> u64 {
+        match self.resumed {
+            Some((floor, at)) if at.elapsed() < RACE => floor.min(self.floor),
+            _ => self.floor,
+        }
+    }
+
     /// A message of a shared group's queue subscription: for one local
     /// member of that group, also when this node published it.
     fn handle_shared(&mut self, msg: &async_nats::Message, g: &Group) {
@@ -846,6 +908,7 @@ impl Handler {
         let Some(env) = decode_inbound(msg, prefix_tokens, &self.metrics) else {
             return;
         };
+        let live = seq.is_none();
         let seq = seq.or_else(|| {
             msg.headers
                 .as_ref()
@@ -853,6 +916,13 @@ impl Handler {
                 .and_then(|v| v.as_str().parse().ok())
         });
         if let Some(seq) = seq {
+            if live {
+                let now = Instant::now();
+                if self.last_live.is_none_or(|t| now - t >= PAUSE) {
+                    self.resumed = Some((self.floor, now));
+                }
+                self.last_live = Some(now);
+            }
             self.floor = self.floor.max(seq);
         }
         if *env.origin == *self.node {
@@ -896,6 +966,8 @@ async fn inbound(
         local,
         seen: Seen::new(),
         floor,
+        last_live: None,
+        resumed: None,
     };
     loop {
         tokio::select! {
@@ -947,7 +1019,8 @@ impl Cluster {
             stream.info().await.map(|i| i.state.last_sequence)
         })
         .await?;
-        if last <= h.floor {
+        let from = h.replay_from();
+        if last <= from {
             return Ok(());
         }
         let filters: Vec<String> = self
@@ -972,7 +1045,7 @@ impl Cluster {
         } else {
             Vec::new()
         };
-        let start = h.floor + 1;
+        let start = from + 1;
         let consumer = bounded(
             m,
             &m.kv_rtt,
@@ -989,7 +1062,8 @@ impl Cluster {
         .await?;
         let mut msgs = bounded(m, &m.kv_rtt, t, "replay messages", consumer.messages()).await?;
         let mut n = 0u64;
-        while h.floor < last {
+        let mut at = from;
+        while at < last {
             let next = match tokio::time::timeout(t, msgs.next()).await {
                 Ok(Some(Ok(msg))) => msg,
                 Ok(Some(Err(e))) => {
@@ -1004,6 +1078,7 @@ impl Cluster {
             };
             let Ok(info) = next.info() else { continue };
             let (seq, pending) = (info.stream_sequence, info.pending);
+            at = seq;
             let wanted = server_side || {
                 let topic = decode_inbound(&next.message, 2, m).map(|e| e.topic);
                 topic.is_some_and(|t| {

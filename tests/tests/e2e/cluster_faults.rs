@@ -261,10 +261,18 @@ async fn receive_all(sub: &mut V4, n: u64, within: Duration) {
     let mut left = n;
     let deadline = tokio::time::Instant::now() + within;
     while left > 0 {
-        let got = tokio::time::timeout_at(deadline, sub.next_publish()).await;
-        let Ok(m) = got else {
-            let first = seen.iter().position(|s| !s).unwrap_or(0);
-            panic!("{left} of {n} acknowledged messages never arrived (first: {first})");
+        // The raw event stream, not `next_publish` (which gives up after
+        // 5 s): the whole `within` is the bound, a pause while JetStream
+        // elects a new leader is not a loss.
+        let got = tokio::time::timeout_at(deadline, sub.events.recv()).await;
+        let m = match got {
+            Ok(Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(m))))) => m,
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => panic!("subscriber's connection failed: {e}"),
+            Ok(None) | Err(_) => {
+                let first = seen.iter().position(|s| !s).unwrap_or(0);
+                panic!("{left} of {n} acknowledged messages never arrived (first: {first})");
+            }
         };
         if let Ok(i) = text(&m.payload).parse::<u64>() {
             if i < n && !seen[i as usize] {
