@@ -103,7 +103,7 @@ impl App {
         let plugins = if config.plugins.plugins.is_empty() {
             None
         } else {
-            let loaded = load_plugins(&config.plugins, publish.clone()).await?;
+            let loaded = load_plugins(&config.plugins, &config.mqtt, publish.clone()).await?;
             info!(plugins = %crate::logging::list(&loaded.host.plugins()), "plugins loaded");
             rules.set_functions(Arc::new(crate::plugins::PluginFunctions(
                 loaded.host.clone(),
@@ -285,6 +285,7 @@ pub enum PluginLoadError {
 /// producer (both built here).
 pub async fn load_plugins(
     config: &PluginsConfig,
+    mqtt: &crate::config::MqttConfig,
     publish: PublishHandle,
 ) -> Result<Loaded, PluginLoadError> {
     let sql = if config.databases.is_empty() {
@@ -302,6 +303,8 @@ pub async fn load_plugins(
         broker: Some(Arc::new(publish)),
         sql: sql.clone().map(|s| s as Arc<dyn midge_plugin::SqlBackend>),
         kafka: kafka.clone().map(|k| k as Arc<dyn KafkaBackend>),
+        limits: crate::plugins::output_limits(mqtt),
+        log: None,
     };
     let host = PluginHost::load(config, services).await?;
     Ok(Loaded { host, sql, kafka })

@@ -159,7 +159,7 @@
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__export_midge_world",
@@ -523,12 +523,28 @@ pub trait Plugin: Sized + 'static {
     }
 }
 
+/// Sends panic messages (with their location) to the broker's log before
+/// the trap that follows: without it, a panic reaches the broker as a bare
+/// `unreachable` trap. [`export_plugin!`] installs it at `init`.
+#[doc(hidden)]
+pub fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            // "panicked at src/lib.rs:10:5:\nmessage": the host keeps a
+            // record starting so as the message of the trap that follows.
+            log::error(&info.to_string());
+        }));
+    });
+}
+
 #[doc(hidden)]
 pub mod __private {
     pub use crate::bindings::__export_midge_world;
     pub use crate::bindings::exports::midge::plugin::hooks::{
         BatchDecisions as BatchDecisionsRaw, Guest, MessageBatch,
     };
+    pub use crate::install_panic_hook;
     pub use crate::Plugin;
 }
 
@@ -563,6 +579,7 @@ macro_rules! export_plugin {
                 fn init(
                     config: ::std::string::String,
                 ) -> ::core::result::Result<$crate::Manifest, $crate::InitError> {
+                    $crate::__private::install_panic_hook();
                     let (plugin, manifest) = <$plugin as $crate::Plugin>::init(&config)?;
                     __MIDGE_PLUGIN
                         .with(|cell| *cell.borrow_mut() = ::core::option::Option::Some(plugin));

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use midge_protocol::ByteStr;
 
+use crate::validate::{self, OutputLimits, View};
+
 use crate::types::{
     BatchDecision, BatchDecisions, BatchMessage, Message, MessageBatch, MessageProperties,
     PublishVerdict, Qos, ReasonCode, Span,
@@ -130,6 +132,66 @@ pub(crate) enum Unpacked {
     Modify(Changed),
     Drop,
     Deny(ReasonCode),
+    /// The decision breaks the output rules (see [`crate::validate`]):
+    /// this message is answered by the failure policy.
+    Invalid(String),
+}
+
+/// Checks each decision of an unpacked answer against the output rules,
+/// as the message it leaves (`picked[k]` of `items`, as `changed` says the
+/// plugins before left it); a decision that breaks them becomes
+/// [`Unpacked::Invalid`]. Returns what was wrong, if anything.
+pub(crate) fn check<'a>(
+    decisions: &mut [Unpacked],
+    items: &'a [BatchItem<'_>],
+    picked: &[usize],
+    changed: impl Fn(usize) -> Option<&'a Changed>,
+    limits: &OutputLimits,
+    grants: &[String],
+) -> Option<String> {
+    let mut problems = Vec::new();
+    for (k, (d, &i)) in decisions.iter_mut().zip(picked).enumerate() {
+        let item = &items[i];
+        let before = changed(i);
+        let result = match d {
+            Unpacked::Deny(code) => validate::publish_deny(*code),
+            Unpacked::Invalid(problem) => Err(problem.clone()),
+            Unpacked::Modify(c) => {
+                let view = View {
+                    topic: c.topic.as_deref().unwrap_or(current_topic(item, before)),
+                    payload: c
+                        .payload
+                        .as_deref()
+                        .or_else(|| before.and_then(|b| b.payload.as_deref()))
+                        .unwrap_or(item.payload),
+                    qos: c
+                        .qos
+                        .or_else(|| before.and_then(|b| b.qos))
+                        .unwrap_or(item.qos),
+                    retain: c
+                        .retain
+                        .or_else(|| before.and_then(|b| b.retain))
+                        .unwrap_or(item.retain),
+                    properties: c
+                        .properties
+                        .as_deref()
+                        .or_else(|| before.and_then(|b| b.properties.as_deref()))
+                        .or(item.properties),
+                };
+                validate::message(&view, Some(current_topic(item, before)), limits, grants)
+            }
+            _ => Ok(()),
+        };
+        if let Err(problem) = result {
+            problems.push(format!("message {k}: {problem}"));
+            *d = Unpacked::Invalid(problem);
+        }
+    }
+    match problems.len() {
+        0 => None,
+        1..=3 => Some(problems.join("; ")),
+        n => Some(format!("{}; and {} more", problems[..3].join("; "), n - 3)),
+    }
 }
 
 /// The topic of `item` as changed so far.
@@ -243,11 +305,18 @@ pub(crate) fn unpack(d: BatchDecisions, n: usize) -> Result<Vec<Unpacked>, Strin
                     None => None,
                     Some(s) => {
                         let r = range(s, topics.len(), "topic", k)?;
-                        Some(ByteStr::from_bytes(topics.slice(r)).ok_or_else(|| {
-                            format!(
-                                "on-publish-batch decision {k}: topic span {}+{} is off a character boundary or holds U+0000",
+                        let Ok(text) = std::str::from_utf8(&topics[r.clone()]) else {
+                            return Err(format!(
+                                "on-publish-batch decision {k}: topic span {}+{} is off a character boundary",
                                 s.offset, s.len
-                            )
+                            ));
+                        };
+                        if let Err(problem) = validate::topic_name("topic", text) {
+                            out.push(Unpacked::Invalid(problem));
+                            continue;
+                        }
+                        Some(ByteStr::from_bytes(topics.slice(r)).ok_or_else(|| {
+                            format!("on-publish-batch decision {k}: topic is not an MQTT string")
                         })?)
                     }
                 };

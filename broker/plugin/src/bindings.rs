@@ -1,8 +1,10 @@
-//! Host bindings generated from ../../wit (the one copy shared with the SDK).
+//! Host bindings generated from ../../sdk/wit: the WIT package lives in the
+//! guest SDK crate (so the published crate carries it) and the host reads that
+//! one copy.
 #![allow(missing_debug_implementations, missing_docs, clippy::all)]
 
 wasmtime::component::bindgen!({
-    path: "../../wit",
+    path: "../../sdk/wit",
     world: "plugin",
     imports: {
         "midge:plugin/sql": async,

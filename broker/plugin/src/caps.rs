@@ -12,6 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::midge::plugin::{clock, kafka, kv, log, publish, sql, types};
 use crate::types::Message;
+use crate::validate::{self, OutputLimits, View};
 
 /// A boxed future, for the dyn-compatible backend traits.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -76,6 +77,15 @@ pub trait KafkaBackend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), KafkaError>>;
 }
 
+/// Where plugins' `log` records go instead of the broker's log (`midge
+/// plugin run` prints them with each call's answer).
+pub trait LogSink: Send + Sync + 'static {
+    /// One record of `plugin`.
+    fn log(&self, plugin: &str, level: LogLevel, message: &str);
+}
+
+pub use crate::bindings::midge::plugin::log::Level as LogLevel;
+
 /// The broker-side services the host hands to plugins. All optional.
 #[derive(Clone, Default)]
 pub struct Services {
@@ -85,6 +95,12 @@ pub struct Services {
     pub sql: Option<Arc<dyn SqlBackend>>,
     /// Backend of the `kafka` capability.
     pub kafka: Option<Arc<dyn KafkaBackend>>,
+    /// The broker's limits plugin output is checked against (default:
+    /// MQTT's own).
+    pub limits: OutputLimits,
+    /// Where plugin log records go (default: the broker's `tracing` log,
+    /// target `midge::plugin`).
+    pub log: Option<Arc<dyn LogSink>>,
 }
 
 impl std::fmt::Debug for Services {
@@ -93,6 +109,8 @@ impl std::fmt::Debug for Services {
             .field("broker", &self.broker.is_some())
             .field("sql", &self.sql.is_some())
             .field("kafka", &self.kafka.is_some())
+            .field("limits", &self.limits)
+            .field("log", &self.log.is_some())
             .finish()
     }
 }
@@ -150,7 +168,17 @@ pub(crate) struct StoreState {
     pub call_started: Instant,
     pub deadline: Duration,
     pub timed_out: bool,
+    /// Capability calls of the current hook call that broke the output
+    /// rules (see [`validate`]): refused to the plugin, and counted as a
+    /// failure of the call once it returns.
+    pub violations: Vec<String>,
+    /// The SDK's panic hook logs the panic message (`panicked at ...`) just
+    /// before the trap: kept here so the trap's error carries it.
+    pub panic: Option<String>,
 }
+
+/// Longest panic message kept for a trap's error.
+const PANIC_MAX: usize = 2000;
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -165,10 +193,25 @@ impl types::Host for StoreState {}
 
 impl log::Host for StoreState {
     fn log(&mut self, level: log::Level, message: String) {
+        if level == log::Level::Error && message.starts_with("panicked at ") {
+            let mut m = message.clone();
+            if m.len() > PANIC_MAX {
+                let mut cut = PANIC_MAX;
+                while !m.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                m.truncate(cut);
+            }
+            self.panic = Some(m);
+        }
         if !self.granted.log {
             return;
         }
         let plugin = &*self.granted.plugin;
+        if let Some(sink) = &self.granted.services.log {
+            sink.log(plugin, level, &message);
+            return;
+        }
         match level {
             log::Level::Trace => tracing::trace!(target: "midge::plugin", plugin, "{message}"),
             log::Level::Debug => tracing::debug!(target: "midge::plugin", plugin, "{message}"),
@@ -273,12 +316,17 @@ impl kv::Host for StoreState {
 }
 
 impl publish::Host for StoreState {
+    /// The message is checked as a client's PUBLISH would be (see
+    /// [`validate`]); one that breaks the rules is refused to the plugin
+    /// and counted as a failure of the hook call it was made in.
     fn publish(&mut self, message: Message) -> Result<(), publish::PublishError> {
-        let granted = &self.granted;
+        let granted = self.granted.clone();
         if granted.publish.is_empty() {
             return Err(publish::PublishError::NotGranted);
         }
-        if !midge_protocol::topic::valid_name(&message.topic) {
+        if let Err(problem) = validate::topic_name("topic", &message.topic) {
+            self.violations
+                .push(format!("publish capability: {problem}"));
             return Err(publish::PublishError::InvalidTopic);
         }
         if !granted
@@ -287,6 +335,21 @@ impl publish::Host for StoreState {
             .any(|f| midge_protocol::topic::matches(f, &message.topic))
         {
             return Err(publish::PublishError::TopicNotGranted(message.topic));
+        }
+        let view = View {
+            topic: &message.topic,
+            payload: &message.payload,
+            qos: message.qos,
+            retain: message.retain,
+            properties: Some(&message.properties),
+        };
+        if let Err(problem) =
+            validate::message(&view, None, &granted.services.limits, &granted.publish)
+        {
+            let e = publish::PublishError::Rejected(problem.clone());
+            self.violations
+                .push(format!("publish capability: {problem}"));
+            return Err(e);
         }
         let Some(broker) = &granted.services.broker else {
             return Err(publish::PublishError::Rejected(

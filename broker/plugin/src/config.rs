@@ -190,8 +190,8 @@ pub struct PluginConfig {
     /// Resource limits.
     #[serde(default)]
     pub limits: Limits,
-    /// What a failed call (trap, timeout, out of memory, busy, suspended)
-    /// answers, per hook.
+    /// What a failed call (trap, timeout, out of memory, invalid output,
+    /// busy, suspended) answers, per hook.
     #[serde(default)]
     pub failure: FailurePolicies,
 }
@@ -228,7 +228,11 @@ pub struct Grants {
     pub log: bool,
     /// kv namespace; plugins granted the same namespace share it.
     pub kv: Option<String>,
-    /// Topic filters the plugin may publish to.
+    /// Topic filters the plugin may publish to (the `publish` capability).
+    /// They also let an `on-publish` answer move a message onto a topic
+    /// starting with `$`, which is refused otherwise; a filter starting
+    /// with a wildcard never matches such topics, so that grant is explicit
+    /// (e.g. `"$SYS/brokers/+/app/#"`).
     pub publish: Vec<String>,
     /// Database name handed to the SQL backend.
     pub sql: Option<String>,
@@ -275,8 +279,11 @@ pub struct Limits {
     pub max_instances: usize,
     /// How long a call waits for a free instance before failing as busy.
     pub queue_timeout_ms: u64,
-    /// Consecutive failures (trap, timeout, out of memory) before the plugin
-    /// is suspended. 0: never suspend.
+    /// Failures in a row (trap, timeout, out of memory, invalid output)
+    /// before the plugin is suspended, counted per hook and added up over
+    /// the hooks: a hook's success ends its own run only, so a plugin
+    /// failing one hook every time is suspended however often its other
+    /// hooks answer. 0: never suspend.
     pub suspend_after: u32,
     /// How long a suspension lasts, in seconds; afterwards the next call is
     /// tried again (and one more failure suspends again). A reload lifts it.

@@ -22,6 +22,24 @@ pub enum Hook {
     CallFunction,
 }
 
+impl Hook {
+    /// Every hook, in [`Hook::index`] order.
+    pub const ALL: [Hook; 7] = [
+        Hook::Init,
+        Hook::Authenticate,
+        Hook::Authorize,
+        Hook::OnPublish,
+        Hook::OnEvent,
+        Hook::OnRuleOutput,
+        Hook::CallFunction,
+    ];
+
+    /// Position in [`Hook::ALL`] (per-hook counters).
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
 impl fmt::Display for Hook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -79,6 +97,20 @@ pub enum PluginError {
         /// The configured instance count.
         max_instances: usize,
     },
+    /// The plugin answered something a client could not have sent: a
+    /// topic or property breaking the MQTT rules, a `$`-topic without a
+    /// grant, a payload above the broker's maximum packet size, a reason
+    /// code the hook does not allow, an answer that does not fit the call.
+    /// The answer is discarded and the failure policy applies, as for a trap.
+    #[error("plugin {plugin}: {hook} answered invalid output: {problem}")]
+    Invalid {
+        /// Plugin name.
+        plugin: String,
+        /// The hook called.
+        hook: Hook,
+        /// What was wrong.
+        problem: String,
+    },
     /// The plugin is suspended after repeated failures; it was not called.
     #[error("plugin {plugin}: {hook}: suspended after repeated failures")]
     Suspended {
@@ -127,6 +159,7 @@ impl PluginError {
             | PluginError::OutOfMemory { plugin, .. }
             | PluginError::Busy { plugin, .. }
             | PluginError::Suspended { plugin, .. }
+            | PluginError::Invalid { plugin, .. }
             | PluginError::Reported { plugin, .. }
             | PluginError::Load { plugin, .. } => Some(plugin),
             PluginError::UnknownPlugin(p) => Some(p),
@@ -135,14 +168,30 @@ impl PluginError {
     }
 
     /// True for failures that count towards suspension (trap, timeout,
-    /// out of memory, failed instantiation).
+    /// out of memory, invalid output, failed instantiation).
     pub fn is_fault(&self) -> bool {
         matches!(
             self,
             PluginError::Trap { .. }
                 | PluginError::Timeout { .. }
                 | PluginError::OutOfMemory { .. }
+                | PluginError::Invalid { .. }
                 | PluginError::Load { .. }
         )
+    }
+
+    /// The hook concerned, if any.
+    pub fn hook(&self) -> Option<Hook> {
+        match self {
+            PluginError::Trap { hook, .. }
+            | PluginError::Timeout { hook, .. }
+            | PluginError::OutOfMemory { hook, .. }
+            | PluginError::Busy { hook, .. }
+            | PluginError::Suspended { hook, .. }
+            | PluginError::Invalid { hook, .. }
+            | PluginError::Reported { hook, .. } => Some(*hook),
+            PluginError::Load { .. } => Some(Hook::Init),
+            _ => None,
+        }
     }
 }

@@ -10,17 +10,18 @@ use arc_swap::ArcSwap;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
-use crate::batch::{current_topic, pack, unpack, BatchItem, BatchVerdict, Unpacked};
+use crate::batch::{check, current_topic, pack, unpack, BatchItem, BatchVerdict, Unpacked};
 use crate::bindings::Plugin;
 use crate::caps::{Granted, Services, StoreState};
 use crate::config::{FailurePolicy, PluginConfig, PluginsConfig};
 use crate::error::{Hook, PluginError};
-use crate::slot::{event_bits, hook_bits, Call, Reply, Runtime, Slot, PUBLISH_ALL};
+use crate::slot::{event_bits, hook_bits, Call, Loaded, Reply, Runtime, Slot, PUBLISH_ALL};
 use crate::types::{
     AuthDecision, AuthRequest, AuthzDecision, AuthzRequest, ClientInfo, Event, EventSet,
     FunctionError, HookError, HookSet, Manifest, Message, Outcome, PublishDecision, PublishVerdict,
     RuleFunction,
 };
+use crate::validate::{self, View};
 
 /// Reason code answered by a fail-closed `authenticate` (0x88 server unavailable).
 pub const FAIL_CLOSED_AUTH_REASON: u8 = 0x88;
@@ -70,6 +71,9 @@ struct Inner {
     ticker_stop: Arc<AtomicBool>,
     /// The sled store behind kv grants, opened when a plugin first has one.
     kv_db: tokio::sync::OnceCell<sled::Db>,
+    /// kv grants use a temporary store, not `kv_path`
+    /// ([`PluginHost::load_sandboxed`], [`PluginHost::check`]).
+    kv_sandboxed: bool,
     /// The configuration the host started with: its host-wide settings
     /// (kv store, epoch tick, databases, Kafka) stay for the host's life.
     settings: PluginsConfig,
@@ -102,6 +106,9 @@ pub struct PluginMetrics {
     pub out_of_memory: u64,
     /// Calls that found every instance busy.
     pub busy: u64,
+    /// Calls whose answer (or a capability call in them) broke the output
+    /// rules: invalid topic, property, size, reason code, batch answer.
+    pub invalid_outputs: u64,
     /// Calls answered without calling because the plugin was suspended.
     pub suspended_calls: u64,
     /// Times the plugin was suspended.
@@ -143,43 +150,30 @@ impl PluginHost {
         config: &PluginsConfig,
         services: Services,
     ) -> Result<PluginHost, PluginError> {
+        Self::load_with(config, services, false).await
+    }
+
+    /// [`PluginHost::load`] with side effects kept inside the sandbox: every
+    /// kv grant gets a temporary store (dropped with the host) instead of
+    /// `kv_path`, which a running broker may hold. `midge rule test
+    /// --config` and `midge plugin run` use it.
+    pub async fn load_sandboxed(
+        config: &PluginsConfig,
+        services: Services,
+    ) -> Result<PluginHost, PluginError> {
+        Self::load_with(config, services, true).await
+    }
+
+    async fn load_with(
+        config: &PluginsConfig,
+        services: Services,
+        sandboxed: bool,
+    ) -> Result<PluginHost, PluginError> {
         if let Some(e) = validate(config).into_iter().next() {
             return Err(e);
         }
-        let rt = runtime()?;
-
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        {
-            let engine = rt.engine.clone();
-            let stop = ticker_stop.clone();
-            let tick = Duration::from_millis(config.epoch_tick_ms.max(1));
-            std::thread::Builder::new()
-                .name("midge-plugin-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(tick);
-                        engine.increment_epoch();
-                    }
-                })
-                .map_err(|e| PluginError::Config(format!("epoch thread: {e}")))?;
-        }
-        // From here on, an early return drops `inner`-to-be: stop the ticker.
-        let stop_guard = StopOnDrop(ticker_stop.clone());
-
-        let mut settings = config.clone();
-        settings.plugins.clear();
-        let inner = Inner {
-            rt,
-            chain: ArcSwap::from_pointee(Vec::new()),
-            summary: AtomicU64::new(0),
-            refresh_lock: parking_lot::Mutex::new(()),
-            disabled: ArcSwap::from_pointee(disabled_names(config)),
-            ticker_stop,
-            kv_db: tokio::sync::OnceCell::new(),
-            settings,
-            services,
-            apply_lock: tokio::sync::Mutex::new(()),
-        };
+        // An early return drops `inner`, which stops its epoch ticker.
+        let inner = Inner::start(config, services, sandboxed)?;
         let mut slots = Vec::new();
         for p in config.plugins.iter().filter(|p| p.enabled) {
             let granted = inner.grant(p).await?;
@@ -190,8 +184,6 @@ impl PluginHost {
         }
         inner.chain.store(Arc::new(slots));
         inner.refresh();
-        // `inner` stops the ticker when dropped from here on.
-        std::mem::forget(stop_guard);
         Ok(PluginHost {
             inner: Arc::new(inner),
         })
@@ -306,22 +298,33 @@ impl PluginHost {
             .map_err(|e| PluginError::Config(format!("kv store flush: {e}")))
     }
 
-    /// Checks a `[plugins]` configuration without running any plugin:
-    /// names, grants and limits, and that each enabled plugin's file is a
-    /// component that links against the host's world (`midge check`). Every
-    /// problem is returned. `init` is not called and the kv store is not
-    /// opened (a running broker holds it).
+    /// Checks a `[plugins]` configuration as loading it would (`midge
+    /// check`): names, grants and limits, then each enabled plugin is
+    /// compiled, linked, instantiated and its `init` run with its config,
+    /// under its limits (memory, `init_deadline_ms`), and its manifest
+    /// checked. Every problem is returned, each naming its plugin. Side
+    /// effects stay in the sandbox: kv grants get a temporary store (a
+    /// running broker holds `kv_path`); `publish`, `sql` and `kafka` answer
+    /// that no broker, database or producer is attached.
     pub async fn check(config: &PluginsConfig) -> Vec<PluginError> {
         let mut errors = validate(config);
-        let rt = match runtime() {
-            Ok(rt) => rt,
+        let inner = match Inner::start(config, Services::default(), true) {
+            Ok(inner) => inner,
             Err(e) => {
                 errors.push(e);
                 return errors;
             }
         };
+        let mut seen = HashSet::new();
         for p in config.plugins.iter().filter(|p| p.enabled) {
-            if let Err(e) = Slot::check(&rt, p).await {
+            if !seen.insert(p.name.as_str()) {
+                continue;
+            }
+            let loaded = match inner.grant(p).await {
+                Ok(granted) => Slot::load(&inner.rt, p.clone(), granted).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = loaded {
                 errors.push(e);
             }
         }
@@ -442,10 +445,9 @@ impl PluginHost {
         let chain = self.chain();
         for slot in chain.iter().filter(|s| has(s, HookSet::AUTHENTICATE)) {
             let name = Some(slot.name.to_string());
-            match slot.call(&self.inner.rt, Call::Authenticate(request)).await {
-                Ok(Reply::Auth(AuthDecision::Ignore)) => {}
-                Ok(Reply::Auth(d)) => return (Outcome::new(d, failures), name),
-                Ok(_) => unreachable_reply(),
+            match self.authenticate_one(slot, request).await {
+                Ok(AuthDecision::Ignore) => {}
+                Ok(d) => return (Outcome::new(d, failures), name),
                 Err(e) => {
                     failures.push(e);
                     if slot.current.load().config.failure.authenticate == FailurePolicy::Closed {
@@ -483,11 +485,29 @@ impl PluginHost {
             tracing::warn!(error = %e, "enhanced authentication refused");
             return Outcome::new(deny, vec![e]);
         };
-        match slot.call(&self.inner.rt, Call::Authenticate(request)).await {
-            Ok(Reply::Auth(d)) => Outcome::new(d, Vec::new()),
-            Ok(_) => unreachable_reply(),
+        match self.authenticate_one(&slot, request).await {
+            Ok(d) => Outcome::new(d, Vec::new()),
             Err(e) => Outcome::new(deny, vec![e]),
         }
+    }
+
+    /// One plugin's `authenticate`, its answer checked (a deny needs a
+    /// CONNACK refusal code, data fits an MQTT field).
+    async fn authenticate_one(
+        &self,
+        slot: &Slot,
+        request: &AuthRequest,
+    ) -> Result<AuthDecision, PluginError> {
+        slot.call_checked(
+            &self.inner.rt,
+            Call::Authenticate(request),
+            |r, _| match r {
+                Reply::Auth(d) => validate::auth_decision(&d).map(|()| (d, None)),
+                _ => unreachable_reply(),
+            },
+        )
+        .await
+        .map(|(d, _)| d)
     }
 
     /// Ask the `authorize` chain: first answer other than `Ignore` decides.
@@ -549,31 +569,28 @@ impl PluginHost {
             if !slot.current.load().wants_topic(&current.topic) {
                 continue;
             }
-            let result = match slot
-                .call(&self.inner.rt, Call::OnPublish(current, publisher))
-                .await
-            {
-                Ok(Reply::Publish(PublishDecision::Modify(m)))
-                    if !midge_protocol::topic::valid_name(&m.topic) =>
-                {
-                    Err(PluginError::Reported {
-                        plugin: slot.name.to_string(),
-                        hook: Hook::OnPublish,
-                        message: format!("modified message has an invalid topic {:?}", m.topic),
-                    })
-                }
-                other => other,
-            };
-            match result {
-                Ok(Reply::Publish(PublishDecision::Pass)) => {}
-                Ok(Reply::Publish(PublishDecision::Modify(m))) => changed = Some(m),
-                Ok(Reply::Publish(PublishDecision::Drop)) => {
-                    return Outcome::new(PublishVerdict::Drop, failures)
-                }
-                Ok(Reply::Publish(PublishDecision::Deny(rc))) => {
+            let result = slot
+                .call_checked(
+                    &self.inner.rt,
+                    Call::OnPublish(current, publisher),
+                    |r, loaded| match r {
+                        Reply::Publish(d) => {
+                            check_publish(&d, &current.topic, loaded).map(|()| (d, None))
+                        }
+                        _ => unreachable_reply(),
+                    },
+                )
+                .await;
+            if let Ok((_, Some(e))) = &result {
+                failures.push(e.clone());
+            }
+            match result.map(|(d, _)| d) {
+                Ok(PublishDecision::Pass) => {}
+                Ok(PublishDecision::Modify(m)) => changed = Some(m),
+                Ok(PublishDecision::Drop) => return Outcome::new(PublishVerdict::Drop, failures),
+                Ok(PublishDecision::Deny(rc)) => {
                     return Outcome::new(PublishVerdict::Deny(rc), failures)
                 }
-                Ok(_) => unreachable_reply(),
                 Err(e) => {
                     failures.push(e);
                     if slot.current.load().config.failure.on_publish == FailurePolicy::Closed {
@@ -632,22 +649,33 @@ impl PluginHost {
                 BatchVerdict::Modified(c) => Some(c),
                 _ => None,
             });
-            let reply = slot
-                .call(&self.inner.rt, Call::OnPublishBatch(&batch, publisher))
-                .await;
-            let unpacked = match reply {
-                Ok(Reply::PublishBatch(d)) => {
-                    unpack(d, picked.len()).map_err(|message| PluginError::Reported {
-                        plugin: slot.name.to_string(),
-                        hook: Hook::OnPublish,
-                        message,
-                    })
-                }
-                Ok(_) => unreachable_reply(),
-                Err(e) => Err(e),
+            let changed_before = |i: usize| match &st[i].decision {
+                BatchVerdict::Modified(c) => Some(c),
+                _ => None,
             };
-            let decisions = match unpacked {
-                Ok(decisions) => decisions,
+            let reply = slot
+                .call_checked(
+                    &self.inner.rt,
+                    Call::OnPublishBatch(&batch, publisher),
+                    |r, loaded| {
+                        let Reply::PublishBatch(d) = r else {
+                            unreachable_reply()
+                        };
+                        let mut decisions = unpack(d, picked.len())?;
+                        let problem = check(
+                            &mut decisions,
+                            items,
+                            &picked,
+                            changed_before,
+                            loaded.limits(),
+                            loaded.publish_grants(),
+                        );
+                        Ok((decisions, problem))
+                    },
+                )
+                .await;
+            let decisions = match reply {
+                Ok((decisions, _)) => decisions,
                 Err(e) => {
                     for &i in &picked {
                         let s = &mut st[i];
@@ -663,29 +691,23 @@ impl PluginHost {
                 let s = &mut st[i];
                 match d {
                     Unpacked::Pass => {}
-                    Unpacked::Modify(c) => {
-                        if let Some(topic) = c.topic.as_deref() {
-                            if !midge_protocol::topic::valid_name(topic) {
-                                s.failures.push(PluginError::Reported {
-                                    plugin: slot.name.to_string(),
-                                    hook: Hook::OnPublish,
-                                    message: format!(
-                                        "modified message has an invalid topic {topic:?}"
-                                    ),
-                                });
-                                if closed {
-                                    s.decision = BatchVerdict::Deny(FAIL_CLOSED_PUBLISH_REASON);
-                                }
-                                continue;
-                            }
-                        }
-                        match &mut s.decision {
-                            BatchVerdict::Modified(earlier) => earlier.apply(c),
-                            other => *other = BatchVerdict::Modified(c),
-                        }
-                    }
+                    Unpacked::Modify(c) => match &mut s.decision {
+                        BatchVerdict::Modified(earlier) => earlier.apply(c),
+                        other => *other = BatchVerdict::Modified(c),
+                    },
                     Unpacked::Drop => s.decision = BatchVerdict::Drop,
                     Unpacked::Deny(rc) => s.decision = BatchVerdict::Deny(rc),
+                    Unpacked::Invalid(problem) => {
+                        // Logged and counted once for the call.
+                        s.failures.push(PluginError::Invalid {
+                            plugin: slot.name.to_string(),
+                            hook: Hook::OnPublish,
+                            problem,
+                        });
+                        if closed {
+                            s.decision = BatchVerdict::Deny(FAIL_CLOSED_PUBLISH_REASON);
+                        }
+                    }
                 }
             }
         }
@@ -774,6 +796,9 @@ impl PluginHost {
     }
 
     /// Evaluate rule function `name`; arguments and result are JSON text.
+    /// The result must be one JSON value of at most
+    /// [`OutputLimits::max_function_result`] bytes: anything else is an
+    /// invalid answer ([`PluginError::Invalid`]).
     pub async fn call_function(
         &self,
         name: &str,
@@ -792,12 +817,22 @@ impl PluginHost {
                     .any(|f| f.name == name)
             })
             .ok_or_else(|| PluginError::UnknownFunction(name.to_string()))?;
-        match slot
-            .call(&self.inner.rt, Call::CallFunction(name, args_json))
-            .await?
-        {
-            Reply::Function(Ok(v)) => Ok(v),
-            Reply::Function(Err(e)) => Err(PluginError::Reported {
+        let (reply, _) = slot
+            .call_checked(
+                &self.inner.rt,
+                Call::CallFunction(name, args_json),
+                |r, loaded| match r {
+                    Reply::Function(Ok(text)) => {
+                        validate::function_result(&text, loaded.limits()).map(|()| (Ok(text), None))
+                    }
+                    Reply::Function(Err(e)) => Ok((Err(e), None)),
+                    _ => unreachable_reply(),
+                },
+            )
+            .await?;
+        match reply {
+            Ok(v) => Ok(v),
+            Err(e) => Err(PluginError::Reported {
                 plugin: slot.name.to_string(),
                 hook: Hook::CallFunction,
                 message: match e {
@@ -806,7 +841,6 @@ impl PluginHost {
                     FunctionError::Failed(s) => s,
                 },
             }),
-            _ => unreachable_reply(),
         }
     }
 
@@ -851,6 +885,7 @@ impl PluginHost {
                     timeouts: l(&m.timeouts),
                     out_of_memory: l(&m.out_of_memory),
                     busy: l(&m.busy),
+                    invalid_outputs: l(&m.invalid_outputs),
                     suspended_calls: l(&m.suspended_calls),
                     suspensions: l(&m.suspensions),
                     suspended: s.is_suspended(),
@@ -890,6 +925,26 @@ pub struct ApplyReport {
     pub restart_needed: Vec<&'static str>,
 }
 
+/// An `on-publish` answer against the output rules: a changed message as
+/// a client's PUBLISH (`topic`: the one the plugin was given), a deny code
+/// a PUBACK can carry.
+fn check_publish(d: &PublishDecision, topic: &str, loaded: &Loaded) -> Result<(), String> {
+    match d {
+        PublishDecision::Modify(m) => {
+            let view = View {
+                topic: &m.topic,
+                payload: &m.payload,
+                qos: m.qos,
+                retain: m.retain,
+                properties: Some(&m.properties),
+            };
+            validate::message(&view, Some(topic), loaded.limits(), loaded.publish_grants())
+        }
+        PublishDecision::Deny(code) => validate::publish_deny(*code),
+        PublishDecision::Pass | PublishDecision::Drop => Ok(()),
+    }
+}
+
 /// Is the plugin enabled (runtime switch) and does its current manifest
 /// name `hook`?
 fn has(slot: &Slot, hook: HookSet) -> bool {
@@ -921,20 +976,64 @@ fn join_errors(errors: Vec<PluginError>) -> Option<PluginError> {
 }
 
 impl Inner {
+    /// The engine, its epoch ticker (deadlines) and an empty chain.
+    fn start(
+        config: &PluginsConfig,
+        services: Services,
+        kv_sandboxed: bool,
+    ) -> Result<Inner, PluginError> {
+        let rt = runtime()?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let engine = rt.engine.clone();
+        let stop = ticker_stop.clone();
+        let tick = Duration::from_millis(config.epoch_tick_ms.max(1));
+        std::thread::Builder::new()
+            .name("midge-plugin-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| PluginError::Config(format!("epoch thread: {e}")))?;
+        let mut settings = config.clone();
+        settings.plugins.clear();
+        Ok(Inner {
+            rt,
+            chain: ArcSwap::from_pointee(Vec::new()),
+            summary: AtomicU64::new(0),
+            refresh_lock: parking_lot::Mutex::new(()),
+            disabled: ArcSwap::from_pointee(disabled_names(config)),
+            ticker_stop,
+            kv_db: tokio::sync::OnceCell::new(),
+            kv_sandboxed,
+            settings,
+            services,
+            apply_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
     /// Resolves what `p` is granted (opening the kv store and its namespace
     /// when it has a kv grant).
     async fn grant(&self, p: &PluginConfig) -> Result<Arc<Granted>, PluginError> {
         let kv = match &p.grants.kv {
             Some(ns) => {
                 let path = self.settings.kv_path.clone();
+                let sandboxed = self.kv_sandboxed;
                 let db = self
                     .kv_db
                     .get_or_try_init(|| async {
                         let shown = path.display().to_string();
-                        tokio::task::spawn_blocking(move || sled::open(path))
-                            .await
-                            .map_err(|e| PluginError::Config(format!("kv store: {e}")))?
-                            .map_err(|e| PluginError::Config(format!("kv store {shown}: {e}")))
+                        tokio::task::spawn_blocking(move || {
+                            if sandboxed {
+                                sled::Config::new().temporary(true).open()
+                            } else {
+                                sled::open(path)
+                            }
+                        })
+                        .await
+                        .map_err(|e| PluginError::Config(format!("kv store: {e}")))?
+                        .map_err(|e| PluginError::Config(format!("kv store {shown}: {e}")))
                     })
                     .await
                     .map_err(|e| PluginError::Config(format!("plugin {}: {e}", p.name)))?;
@@ -975,14 +1074,6 @@ impl Inner {
             )));
         }
         errors
-    }
-}
-
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 }
 

@@ -50,11 +50,12 @@ mod slot;
 #[doc(hidden)]
 pub mod testing;
 pub mod types;
+mod validate;
 
 pub use batch::{BatchItem, BatchVerdict, Changed};
 pub use caps::{
-    now_millis, BoxFuture, BrokerHandle, KafkaBackend, KafkaError, Services, SqlBackend, SqlError,
-    SqlRejection, SqlRows, SqlValue,
+    now_millis, BoxFuture, BrokerHandle, KafkaBackend, KafkaError, LogLevel, LogSink, Services,
+    SqlBackend, SqlError, SqlRejection, SqlRows, SqlValue,
 };
 pub use config::{
     DatabaseConfig, DirGrant, FailurePolicies, FailurePolicy, Grants, KafkaConfig, Limits,
@@ -65,3 +66,4 @@ pub use host::{
     ApplyReport, PluginHost, PluginMetrics, FAIL_CLOSED_AUTH_REASON, FAIL_CLOSED_PUBLISH_REASON,
 };
 pub use types::{Outcome, PublishVerdict};
+pub use validate::OutputLimits;

@@ -20,7 +20,8 @@ use crate::config::{Limits, PluginConfig};
 use crate::error::{Hook, PluginError};
 use crate::types::{
     AuthDecision, AuthRequest, AuthzDecision, AuthzRequest, BatchDecisions, ClientInfo, Event,
-    EventSet, FunctionError, HookError, HookSet, Manifest, Message, MessageBatch, PublishDecision,
+    EventSet, FunctionError, HookError, HookSet, InitError, Manifest, Message, MessageBatch,
+    PublishDecision,
 };
 
 /// A hook call with its arguments.
@@ -85,6 +86,17 @@ pub(crate) struct Loaded {
 }
 
 impl Loaded {
+    /// The limits plugin output is checked against.
+    pub fn limits(&self) -> &crate::validate::OutputLimits {
+        &self.granted.services.limits
+    }
+
+    /// The topic filters of the plugin's `publish` grant (also what lets it
+    /// rewrite a message onto a `$`-topic).
+    pub fn publish_grants(&self) -> &[String] {
+        &self.granted.publish
+    }
+
     /// Does `topic` match one of the manifest's on-publish filters?
     pub fn wants_topic(&self, topic: &str) -> bool {
         (self.match_all && !topic.starts_with('$'))
@@ -164,6 +176,7 @@ pub(crate) struct Metrics {
     pub out_of_memory: AtomicU64,
     pub busy: AtomicU64,
     pub suspended_calls: AtomicU64,
+    pub invalid_outputs: AtomicU64,
     pub suspensions: AtomicU64,
     pub instances_created: AtomicU64,
     pub call_nanos: AtomicU64,
@@ -171,10 +184,51 @@ pub(crate) struct Metrics {
     pub reload_failures: AtomicU64,
 }
 
+/// Failures in a row, per hook: a hook's success ends its own run only,
+/// so a plugin failing one hook every time is suspended however often its
+/// other hooks answer. The plugin is suspended when the runs add up to
+/// `suspend_after`.
 #[derive(Default)]
 struct Health {
-    consecutive_faults: u32,
+    runs: [u32; Hook::ALL.len()],
     suspended_until: Option<Instant>,
+}
+
+/// At most [`WARN_BURST`] failure warnings at once per plugin, then one per
+/// [`WARN_EVERY`]: a plugin failing every message must not flood the log.
+/// The next warning logged says how many were left out.
+const WARN_BURST: f64 = 10.0;
+const WARN_EVERY: Duration = Duration::from_secs(1);
+
+struct WarnBudget {
+    tokens: f64,
+    at: Instant,
+    suppressed: u64,
+}
+
+impl WarnBudget {
+    fn new() -> Self {
+        WarnBudget {
+            tokens: WARN_BURST,
+            at: Instant::now(),
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(left out since the last one)` when a warning may be logged now.
+    fn take(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() / WARN_EVERY.as_secs_f64();
+        self.tokens = (self.tokens + refill).min(WARN_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
 }
 
 /// A configured plugin: what survives its reloads (name, metrics, the
@@ -188,8 +242,14 @@ pub(crate) struct Slot {
     /// Runtime switch (admin API): a disabled plugin is skipped by every hook.
     pub enabled: std::sync::atomic::AtomicBool,
     health: Mutex<Health>,
+    warn_budget: Mutex<WarnBudget>,
     reload_lock: tokio::sync::Mutex<()>,
 }
+
+/// How a hook's answer held up against the output rules: what to hand on,
+/// and `Some(problem)` when part of it was refused (a batch's messages are
+/// judged one by one). `Err(problem)`: the whole answer is refused.
+pub(crate) type Checked<T> = Result<(T, Option<String>), String>;
 
 /// Engine-wide things a slot needs to (re)load and instantiate.
 pub(crate) struct Runtime {
@@ -239,15 +299,9 @@ impl Slot {
             metrics,
             enabled: std::sync::atomic::AtomicBool::new(true),
             health: Mutex::new(Health::default()),
+            warn_budget: Mutex::new(WarnBudget::new()),
             reload_lock: tokio::sync::Mutex::new(()),
         }))
-    }
-
-    /// Reads and compiles the plugin's file and links it, without
-    /// instantiating it (`PluginHost::check`).
-    pub async fn check(rt: &Runtime, config: &PluginConfig) -> Result<(), PluginError> {
-        let bytes = read(&config.name, &config.path).await?;
-        compile(rt, &config.name, bytes).await.map(|_| ())
     }
 
     /// Compile `bytes`, start one instance, run `init`, check the manifest.
@@ -394,14 +448,17 @@ impl Slot {
         }
     }
 
-    fn record_success(&self) {
+    fn record_success(&self, hook: Hook) {
         let mut h = self.health.lock();
-        if h.consecutive_faults != 0 {
-            h.consecutive_faults = 0;
+        let run = &mut h.runs[hook.index()];
+        if *run != 0 {
+            *run = 0;
         }
     }
 
-    fn record_failure(&self, e: &PluginError, limits: &Limits) {
+    /// Counts a failure of its kind, logs it (WARN, rate-limited per
+    /// plugin) and counts a fault toward suspension.
+    pub(crate) fn record_failure(&self, e: &PluginError, limits: &Limits) {
         let m = &self.metrics;
         m.failures.fetch_add(1, Ordering::Relaxed);
         match e {
@@ -410,10 +467,24 @@ impl Slot {
             PluginError::OutOfMemory { .. } => m.out_of_memory.fetch_add(1, Ordering::Relaxed),
             PluginError::Busy { .. } => m.busy.fetch_add(1, Ordering::Relaxed),
             PluginError::Suspended { .. } => m.suspended_calls.fetch_add(1, Ordering::Relaxed),
+            PluginError::Invalid { .. } => m.invalid_outputs.fetch_add(1, Ordering::Relaxed),
             _ => 0,
         };
         if !matches!(e, PluginError::Suspended { .. } | PluginError::Busy { .. }) {
-            tracing::warn!(plugin = &*self.name, error = %e, "plugin call failed");
+            if let Some(left_out) = self.warn_budget.lock().take() {
+                let hook = e.hook().map(|h| h.to_string()).unwrap_or_default();
+                if left_out == 0 {
+                    tracing::warn!(plugin = &*self.name, %hook, error = %e, "plugin call failed");
+                } else {
+                    tracing::warn!(
+                        plugin = &*self.name,
+                        %hook,
+                        error = %e,
+                        not_logged = left_out,
+                        "plugin call failed (and {left_out} more not logged)"
+                    );
+                }
+            }
         }
         if !e.is_fault() {
             return;
@@ -422,10 +493,14 @@ impl Slot {
         if limit == 0 {
             return;
         }
+        let hook = e.hook().unwrap_or(Hook::Init);
         let mut h = self.health.lock();
-        h.consecutive_faults += 1;
-        if h.consecutive_faults >= limit {
-            h.consecutive_faults = limit - 1;
+        let run = &mut h.runs[hook.index()];
+        *run = run.saturating_add(1);
+        let total = h.runs.iter().fold(0u32, |t, r| t.saturating_add(*r));
+        if total >= limit {
+            // The runs stay: once the suspension is over, one more failure
+            // suspends again, until the failing hooks answer.
             h.suspended_until = Some(Instant::now() + Duration::from_secs(limits.suspend_secs));
             m.suspensions.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
@@ -437,9 +512,29 @@ impl Slot {
         }
     }
 
+    /// Call one hook whose answer needs no checking (authorize, on-event,
+    /// on-rule-output); see [`Slot::call_checked`].
+    pub async fn call(&self, rt: &Runtime, call: Call<'_>) -> Result<Reply, PluginError> {
+        self.call_checked(rt, call, |reply, _| Ok((reply, None)))
+            .await
+            .map(|(reply, _)| reply)
+    }
+
     /// Call one hook: take (or start) an instance, run under the deadline,
     /// return the instance to the pool on success, discard it on failure.
-    pub async fn call(&self, rt: &Runtime, call: Call<'_>) -> Result<Reply, PluginError> {
+    /// The answer is handed to `check` (with the version that gave it)
+    /// before the call counts as a success: an answer it refuses, wholly
+    /// (`Err`) or in part (`Ok((_, Some(problem)))`), is a failure of the
+    /// call ([`PluginError::Invalid`]: logged, counted, toward suspension),
+    /// and so is a capability call the plugin made against the output
+    /// rules. The second value returned is that failure, if the answer was
+    /// still (partly) usable.
+    pub async fn call_checked<T>(
+        &self,
+        rt: &Runtime,
+        call: Call<'_>,
+        check: impl FnOnce(Reply, &Loaded) -> Checked<T>,
+    ) -> Result<(T, Option<PluginError>), PluginError> {
         let hook = call.hook();
         let loaded = self.current.load_full();
         let limits = &loaded.config.limits;
@@ -505,9 +600,29 @@ impl Slot {
         self.metrics.call_nanos.fetch_add(nanos, Ordering::Relaxed);
         match result {
             Ok(Ok(reply)) => {
+                let broke = std::mem::take(&mut warm.store.data_mut().violations);
                 loaded.idle.lock().push(warm);
-                self.record_success();
-                Ok(reply)
+                let invalid = |problem: String| PluginError::Invalid {
+                    plugin: self.name.to_string(),
+                    hook,
+                    problem,
+                };
+                let (value, problem) = match check(reply, &loaded) {
+                    Ok(v) => v,
+                    Err(problem) => {
+                        let e = invalid(problem);
+                        self.record_failure(&e, limits);
+                        return Err(e);
+                    }
+                };
+                let problems: Vec<String> = problem.into_iter().chain(broke).collect();
+                if problems.is_empty() {
+                    self.record_success(hook);
+                    return Ok((value, None));
+                }
+                let e = invalid(problems.join("; "));
+                self.record_failure(&e, limits);
+                Ok((value, Some(e)))
             }
             Ok(Err(err)) => {
                 let e = classify(&self.name, hook, &warm.store, &err, limits.memory_mib);
@@ -571,6 +686,8 @@ fn arm(store: &mut Store<StoreState>, deadline: Duration) {
     data.deadline = deadline;
     data.timed_out = false;
     data.limiter.hit = false;
+    data.violations.clear();
+    data.panic = None;
     store.set_epoch_deadline(1);
 }
 
@@ -598,8 +715,32 @@ fn classify(
         PluginError::Trap {
             plugin: plugin.to_string(),
             hook,
-            message: wasm_error(err),
+            message: trap_message(data.panic.as_deref(), err),
         }
+    }
+}
+
+/// What a trap is reported as: the panic message the SDK's panic hook
+/// logged just before it, if any (on one line); a stack overflow by name;
+/// otherwise the trap with its wasm backtrace.
+fn trap_message(panic: Option<&str>, err: &wasmtime::Error) -> String {
+    let trap = err.downcast_ref::<wasmtime::Trap>();
+    if let Some(p) = panic {
+        let p = p.replace('\n', " ");
+        return match trap {
+            Some(t) => format!("{p} ({t})"),
+            None => p,
+        };
+    }
+    match trap {
+        Some(wasmtime::Trap::StackOverflow) => {
+            "stack overflow: the plugin's call stack is exhausted (unbounded recursion?)".into()
+        }
+        Some(wasmtime::Trap::MemoryOutOfBounds) => format!(
+            "{} (a stack overflow of a Rust plugin's stack, which lives in linear memory, shows as this too)",
+            wasm_error(err)
+        ),
+        _ => wasm_error(err),
     }
 }
 
@@ -642,6 +783,8 @@ async fn new_instance(
         call_started: Instant::now(),
         deadline: Duration::from_millis(config.limits.init_deadline_ms),
         timed_out: false,
+        violations: Vec::new(),
+        panic: None,
     };
     let mut store = Store::new(&rt.engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -675,7 +818,7 @@ async fn new_instance(
         }
         Err(e) => {
             let e = classify(name, Hook::Init, &store, &e, config.limits.memory_mib);
-            return Err(load_err(e.to_string()));
+            return Err(load_err(unnamed(name, &e)));
         }
     };
     let started = async {
@@ -688,11 +831,24 @@ async fn new_instance(
     .await;
     match started {
         Ok((plugin, Ok(manifest))) => Ok((Warm { store, plugin }, manifest)),
-        Ok((_, Err(init))) => Err(load_err(format!("init refused: {init:?}"))),
+        Ok((_, Err(InitError::BadConfig(why)))) => {
+            Err(load_err(format!("init refused its config: {why}")))
+        }
+        Ok((_, Err(InitError::Failed(why)))) => Err(load_err(format!("init failed: {why}"))),
         Err(e) => {
             let e = classify(name, Hook::Init, &store, &e, config.limits.memory_mib);
-            Err(load_err(e.to_string()))
+            Err(load_err(unnamed(name, &e)))
         }
+    }
+}
+
+/// `e`'s text without the leading "plugin NAME: " (the load error wrapping
+/// it names the plugin already).
+fn unnamed(name: &str, e: &PluginError) -> String {
+    let text = e.to_string();
+    match text.strip_prefix(&format!("plugin {name}: ")) {
+        Some(rest) => rest.to_string(),
+        None => text,
     }
 }
 

@@ -176,7 +176,7 @@ async fn every_hook_is_called_and_answers() {
 
     // rule functions
     let fns = host.functions();
-    assert_eq!(fns.len(), 1);
+    assert_eq!(fns.len(), 3);
     assert_eq!((fns[0].0.as_str(), fns[0].1.name.as_str()), ("m", "double"));
     assert_eq!(
         host.call_function("double", &["21".into()]).await.unwrap(),
@@ -287,13 +287,13 @@ async fn a_batch_takes_one_call_per_plugin_and_keeps_per_message_decisions() {
     for o in &out {
         assert!(matches!(o.decision, BatchVerdict::Pass), "{:?}", o.decision);
         match &o.failures[..] {
-            [PluginError::Reported {
-                plugin, message, ..
+            [PluginError::Invalid {
+                plugin, problem, ..
             }] => {
                 assert_eq!(plugin, "open");
-                assert!(message.contains("2 decisions for 3 messages"), "{message}");
+                assert!(problem.contains("2 decisions for 3 messages"), "{problem}");
             }
-            other => panic!("expected one reported failure, got {other:?}"),
+            other => panic!("expected one invalid-output failure, got {other:?}"),
         }
     }
 }

@@ -397,6 +397,7 @@ fn plugin_json(h: &midge_plugin::PluginHost, m: &PluginMetrics) -> Value {
             "timeouts": m.timeouts,
             "out_of_memory": m.out_of_memory,
             "busy": m.busy,
+            "invalid_outputs": m.invalid_outputs,
             "suspended_calls": m.suspended_calls,
             "suspensions": m.suspensions,
             "instances_created": m.instances_created,

@@ -394,7 +394,7 @@ fn plugins(o: &mut Out, b: &Broker) {
     );
     let metrics = host.metrics();
     type Pick = fn(&midge_plugin::PluginMetrics) -> u64;
-    let counters: [(&str, &str, Pick); 9] = [
+    let counters: [(&str, &str, Pick); 10] = [
         (
             "midge_plugin_failures_total",
             "Failed calls of any kind.",
@@ -412,6 +412,11 @@ fn plugins(o: &mut Out, b: &Broker) {
             "midge_plugin_out_of_memory_total",
             "Calls that hit the memory cap.",
             |m| m.out_of_memory,
+        ),
+        (
+            "midge_plugin_invalid_outputs_total",
+            "Calls whose answer broke the output rules (a topic, property, size or reason code no client could send, a batch answer that does not fit).",
+            |m| m.invalid_outputs,
         ),
         (
             "midge_plugin_busy_total",
