@@ -3,7 +3,8 @@
 //! missing field; see [`crate::config_errors`]), then on what remains the
 //! values `Config::problems` refuses, the rules (the file's and the admin
 //! API's rules file), the TLS files, the Kafka settings and each plugin file
-//! (compiled and linked, not run).
+//! (loaded as `serve` would: instantiated and its `init` run with its
+//! config, sandboxed).
 
 use std::path::Path;
 

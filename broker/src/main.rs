@@ -127,6 +127,10 @@ enum RuleCommand {
         /// Extra input field as key=JSON (e.g. reason='"normal"'); repeatable.
         #[arg(long = "field", value_name = "KEY=JSON")]
         fields: Vec<String>,
+        /// Load this configuration's plugins (sandboxed) so the rule can
+        /// call their functions, as the running broker's rules do.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -142,6 +146,7 @@ fn rule_test(cmd: RuleCommand) -> ExitCode {
         peerhost,
         event,
         fields,
+        config,
     } = cmd;
     let mut extra = serde_json::Map::new();
     for f in &fields {
@@ -164,7 +169,7 @@ fn rule_test(cmd: RuleCommand) -> ExitCode {
         event,
         fields: extra,
     };
-    match midge::rules::sample::run(&sql, &sample) {
+    match midge::cli::rule_test(&sql, &sample, config.as_deref()) {
         Ok(rows) if rows.is_empty() => {
             println!("no match");
             ExitCode::SUCCESS
@@ -187,6 +192,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Rule { command } => rule_test(command),
+        Command::Plugin { command } => midge::cli::plugin::main(command),
         Command::Store {
             action,
             config,

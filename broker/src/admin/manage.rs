@@ -351,9 +351,15 @@ pub struct TestReq {
     actions: Vec<ActionConfig>,
 }
 
-pub async fn test_rule(body: Result<Json<TestReq>, JsonRejection>) -> ApiResult {
+/// Runs the SQL on the sample with the running plugins' functions (a call
+/// runs the plugin, as a running rule's would).
+pub async fn test_rule(
+    State(s): State<Shared>,
+    body: Result<Json<TestReq>, JsonRejection>,
+) -> ApiResult {
     let Json(t) = body?;
-    match sample::run(&t.sql, &t.sample) {
+    let functions = s.broker.rules.functions();
+    match sample::run(&t.sql, &t.sample, functions.as_ref()) {
         Ok(rows) => {
             let outputs: Vec<Vec<Value>> = rows
                 .iter()

@@ -335,6 +335,11 @@ impl RuleEngine {
         *self.functions.write() = Some(functions);
     }
 
+    /// The functions beyond the catalogue rules may call (the plugins').
+    pub fn functions(&self) -> Option<Arc<dyn ExternalFunctions>> {
+        self.functions.read().clone()
+    }
+
     /// Compiles one rule as [`RuleEngine::load`] would, without loading it.
     pub fn compile(&self, id: &str, sql: &str) -> Result<Rule, midge_rules::RuleError> {
         Rule::compile_with(id, sql, self.functions.read().as_ref())

@@ -1,7 +1,9 @@
 //! Runs one rule's SQL against one sample message or event, outside the
 //! running rule set: `midge rule test` and `POST /api/v1/rules/test`.
 
-use midge_rules::{EventKind, Input, Map, Row, Rule, Value};
+use std::sync::Arc;
+
+use midge_rules::{EventKind, ExternalFunctions, Input, Map, Row, Rule, Value};
 use serde::Deserialize;
 
 /// A sample input. Defaults match `midge rule test`'s.
@@ -106,9 +108,14 @@ fn event_defaults(kind: EventKind, sample: &Sample, now: i64) -> Map {
     m
 }
 
-/// The rows `sql` outputs for `sample` (empty: no match).
-pub fn run(sql: &str, sample: &Sample) -> Result<Vec<Row>, SampleError> {
-    let rule = Rule::compile("test", sql).map_err(SampleError::Compile)?;
+/// The rows `sql` outputs for `sample` (empty: no match). `functions`:
+/// what rules may call beyond the catalogue (the plugins' functions).
+pub fn run(
+    sql: &str,
+    sample: &Sample,
+    functions: Option<&Arc<dyn ExternalFunctions>>,
+) -> Result<Vec<Row>, SampleError> {
+    let rule = Rule::compile_with("test", sql, functions).map_err(SampleError::Compile)?;
     if sample.qos > 2 {
         return Err(SampleError::Qos(sample.qos));
     }
@@ -164,24 +171,30 @@ mod tests {
             payload: r#"{"t":5}"#.into(),
             ..Sample::default()
         };
-        let rows = run(r#"SELECT payload.t AS t FROM "s/#" WHERE t > 3"#, &s).unwrap();
+        let rows = run(r#"SELECT payload.t AS t FROM "s/#" WHERE t > 3"#, &s, None).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0]["t"], 5);
-        let none = run(r#"SELECT * FROM "other/#""#, &s).unwrap();
+        let none = run(r#"SELECT * FROM "other/#""#, &s, None).unwrap();
         assert!(none.is_empty());
         let ev = Sample {
             event: Some("client_connected".into()),
             ..Sample::default()
         };
-        let rows = run(r#"SELECT clientid FROM "$events/client_connected""#, &ev).unwrap();
+        let rows = run(
+            r#"SELECT clientid FROM "$events/client_connected""#,
+            &ev,
+            None,
+        )
+        .unwrap();
         assert_eq!(rows[0]["clientid"], "c_test");
         assert!(matches!(
-            run("SELEC x", &s),
+            run("SELEC x", &s, None),
             Err(SampleError::Compile(e)) if e.line == 1
         ));
         let rows = run(
             r#"SELECT peername, proto_ver, keepalive FROM "$events/client_connected""#,
             &ev,
+            None,
         )
         .unwrap();
         assert_eq!(rows[0]["peername"], "127.0.0.1:52340");
@@ -191,7 +204,7 @@ mod tests {
             event: Some("client_conected".into()),
             ..Sample::default()
         };
-        let e = run(r#"SELECT * FROM "$events/client_connected""#, &typo).unwrap_err();
+        let e = run(r#"SELECT * FROM "$events/client_connected""#, &typo, None).unwrap_err();
         let text = e.to_string();
         assert!(
             text.contains("client_conected")
