@@ -11,6 +11,7 @@ pub mod auth;
 pub mod broker;
 pub mod builtin;
 pub mod check;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod config_errors;

@@ -80,7 +80,15 @@ enum Command {
     /// Write or update a password file for the auth-password plugin, as
     /// Mosquitto's mosquitto_passwd does (-c create, -b batch, -D delete).
     Passwd(midge::passwd::Args),
-    /// Validate a configuration file and exit (non-zero with the errors).
+    /// Plugin authors' tools, no broker needed: `new` writes a project,
+    /// `run` hands a plugin one input, `test` runs a file of cases.
+    Plugin {
+        #[command(subcommand)]
+        command: midge::cli::plugin::Command,
+    },
+    /// Validate a configuration file and exit (non-zero with the errors):
+    /// its settings, rules, TLS files, and each plugin loaded with its
+    /// `init` run on its config (sandboxed).
     Check {
         /// TOML configuration file.
         #[arg(short, long, value_name = "FILE")]
