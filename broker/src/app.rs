@@ -303,11 +303,22 @@ pub async fn load_plugins(
         broker: Some(Arc::new(publish)),
         sql: sql.clone().map(|s| s as Arc<dyn midge_plugin::SqlBackend>),
         kafka: kafka.clone().map(|k| k as Arc<dyn KafkaBackend>),
-        limits: crate::plugins::output_limits(mqtt),
+        limits: output_limits(mqtt),
         log: None,
     };
     let host = PluginHost::load(config, services).await?;
     Ok(Loaded { host, sql, kafka })
+}
+
+/// The limits plugin output is checked against: what the broker accepts
+/// from a client.
+pub fn output_limits(mqtt: &crate::config::MqttConfig) -> midge_plugin::OutputLimits {
+    midge_plugin::OutputLimits {
+        max_packet_size: mqtt.max_packet_size,
+        max_qos: mqtt.max_qos,
+        retain_available: mqtt.retain_available,
+        max_function_result: mqtt.max_packet_size as usize,
+    }
 }
 
 /// Opens the store when persistence is on, and reads every record.

@@ -15,17 +15,6 @@ use midge_protocol::{ByteStr, Properties, PropertyValues, QoS, Version};
 
 use crate::message::{ClientInfo, Message};
 
-/// The limits plugin output is checked against: what the broker accepts
-/// from a client.
-pub fn output_limits(mqtt: &crate::config::MqttConfig) -> midge_plugin::OutputLimits {
-    midge_plugin::OutputLimits {
-        max_packet_size: mqtt.max_packet_size,
-        max_qos: mqtt.max_qos,
-        retain_available: mqtt.retain_available,
-        max_function_result: mqtt.max_packet_size as usize,
-    }
-}
-
 /// The plugins' rule functions, for the rule engine. Arity comes from the
 /// loaded manifests; a call runs the plugin on the calling thread's runtime
 /// (the publish path waits for it, as for `on-publish`, bounded by the

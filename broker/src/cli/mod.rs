@@ -34,7 +34,7 @@ pub fn rule_test(
     let shown = path.display().to_string();
     rt.block_on(async move {
         let services = midge_plugin::Services {
-            limits: crate::plugins::output_limits(&cfg.mqtt),
+            limits: crate::app::output_limits(&cfg.mqtt),
             ..midge_plugin::Services::default()
         };
         let host = midge_plugin::PluginHost::load_sandboxed(&cfg.plugins, services)
