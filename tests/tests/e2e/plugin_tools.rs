@@ -174,9 +174,11 @@ async fn rule_test_with_a_config_calls_its_plugins_functions() {
 }
 
 /// `midge plugin new` writes a project into a directory outside this
-/// repository that builds as written (against this repository's SDK by
-/// path; offline, from the local crate cache) and passes `midge plugin
-/// test`; `midge plugin run` feeds it a message and a function call.
+/// repository that builds as written against the SDK as it would be
+/// released (the crate `cargo package` makes of sdk/, unpacked: its own
+/// manifest, the WIT inside; offline, from the local crate cache) and
+/// passes `midge plugin test`; `midge plugin run` feeds it a message and a
+/// function call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_project_builds_outside_the_repository_and_passes_its_tests() {
     // The wasm target and the plugins' target dir (shared for speed: the
@@ -191,10 +193,40 @@ async fn a_new_project_builds_outside_the_repository_and_passes_its_tests() {
         .unwrap();
     let dir = TempDir::new("midge-new-plugin");
     assert!(!dir.0.starts_with(&repo), "outside the repository");
+    // The SDK as crates.io would hold it: packaged from the plugins
+    // workspace, which `cargo package` turns into a standalone manifest.
+    let mut package = Command::new(env!("CARGO"));
+    package
+        .args(["package", "-p", "midge-sdk", "--offline", "--no-verify"])
+        .args(["--allow-dirty", "--target", "wasm32-wasip2", "--target-dir"])
+        .arg(dir.0.join("package-target"))
+        .current_dir(repo.join("plugins"))
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET");
+    let out = run(package).await;
+    assert!(out.status.success(), "cargo package: {}", text(&out.stderr));
+    let crate_file = std::fs::read_dir(dir.0.join("package-target/package"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "crate"))
+        .expect("the packaged midge-sdk crate");
+    // Unpacked as cargo unpacks a downloaded crate: a directory
+    // midge-sdk-VERSION holding the package's files.
+    let unpacked = dir.0.join("registry");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    let mut tar = Command::new("tar");
+    tar.arg("-xzf").arg(&crate_file).arg("-C").arg(&unpacked);
+    let out = run(tar).await;
+    assert!(out.status.success(), "tar: {}", text(&out.stderr));
+    let released = unpacked.join(crate_file.file_stem().unwrap());
+    let manifest = std::fs::read_to_string(released.join("Cargo.toml")).unwrap();
+    assert!(!manifest.contains("workspace"), "{manifest}");
+    assert!(released.join("wit/midge-plugin.wit").is_file());
+
     let project = dir.0.join("e2e-shout");
     let out = run({
         let mut c = midge(&["plugin", "new", "e2e-shout", "--sdk-path"]);
-        c.arg(repo.join("sdk")).arg("--dir").arg(&project);
+        c.arg(&released).arg("--dir").arg(&project);
         c
     })
     .await;
