@@ -1,10 +1,10 @@
 //! `midge check --config FILE`: every problem of a configuration file, not
 //! only the first: each TOML-level error (syntax, unknown key, wrong type,
 //! missing field; see [`crate::config_errors`]), then on what remains the
-//! values `Config::problems` refuses, the rules (the file's and the admin
-//! API's rules file), the TLS files, the Kafka settings and each plugin file
-//! (loaded as `serve` would: instantiated and its `init` run with its
-//! config, sandboxed).
+//! values `Config::problems` refuses, the rules (the file's, placed at their
+//! line in it, and the admin API's rules file), the TLS files, the Kafka
+//! settings and each plugin file (loaded as `serve` would: instantiated and
+//! its `init` run with its config, sandboxed).
 
 use std::path::Path;
 
@@ -21,7 +21,11 @@ pub fn problems(path: &Path) -> Vec<String> {
         return errors;
     };
     errors.extend(cfg.resolve_builtins(&shown).iter().map(|e| e.to_string()));
-    errors.extend(cfg.problems(&shown).iter().map(|e| e.to_string()));
+    errors.extend(
+        crate::config::place_rule_errors(cfg.problems(&shown), &text)
+            .iter()
+            .map(|e| e.to_string()),
+    );
     // The admin API's rules file (as `serve` would read it, without flags):
     // its rules checked on their own, so the config's errors are not repeated.
     let api_rules = cfg.api_rules_path();

@@ -28,6 +28,15 @@ pub enum ConfigError {
         field: &'static str,
         message: String,
     },
+    /// A rule error placed in the file (see [`crate::rules::in_file`]):
+    /// `file:line:column: rule ...`, as `midge check` shows TOML errors.
+    #[error("{path}:{line}:{column}: {message}")]
+    At {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{path}: plugin `{plugin}`: path: {message}")]
     Plugin {
         path: String,
@@ -397,6 +406,29 @@ impl Overrides {
     }
 }
 
+/// `errs` with each rule error placed in `text`, the TOML file the rules
+/// came from: `file:line:column: rule r2: line 4, column 9 of its SQL: ...`
+/// (see [`crate::rules::in_file`]). Other errors are left as they are.
+pub fn place_rule_errors(errs: Vec<ConfigError>, text: &str) -> Vec<ConfigError> {
+    let mut file = crate::rules::in_file::RulesInFile::read(text);
+    errs.into_iter()
+        .map(|e| match e {
+            ConfigError::Rules { path, errors } if errors.len() == 1 => {
+                match file.place(&errors[0]) {
+                    Some(p) => ConfigError::At {
+                        path,
+                        line: p.line,
+                        column: p.column,
+                        message: p.message,
+                    },
+                    None => ConfigError::Rules { path, errors },
+                }
+            }
+            e => e,
+        })
+        .collect()
+}
+
 impl Config {
     /// The admin API's rules file (`[admin] api_rules_file`, else
     /// `api-rules.json` in `persistence.data_dir`).
@@ -424,7 +456,7 @@ impl Config {
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let mut config = Config::parse_unvalidated(text, origin)?;
         let mut errs = config.resolve_builtins(origin);
-        errs.extend(config.problems(origin));
+        errs.extend(place_rule_errors(config.problems(origin), text));
         match errs.len() {
             0 => Ok(config),
             1 => Err(errs.remove(0)),

@@ -19,6 +19,7 @@
 
 mod action;
 pub mod events;
+pub mod in_file;
 mod index;
 pub mod overlay;
 pub mod preview;

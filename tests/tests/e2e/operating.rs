@@ -348,6 +348,8 @@ async fn midge_check_lists_every_error_and_exits_non_zero() {
         "limits.max_listener_connections",
         "unknown listener `tcp`",
         "rule r1: line 1, column 8",
+        // ... placed in the file: line 7 (`sql = "SELECT FROM"`), column 15.
+        "bad.toml:7:15: rule r1: line 1, column 8 of its SQL",
         "plugin gone",
         "/nonexistent/gone.wasm",
         "4 error(s)",
