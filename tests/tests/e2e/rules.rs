@@ -342,6 +342,11 @@ fn bad_rules_are_refused_at_load_with_rule_id_and_position() {
     assert!(e.contains("rule r7"), "{e}");
     assert!(e.contains("line 1, column 8"), "{e}");
     assert!(e.contains("nosuch"), "{e}");
+    // Placed in the file: line 3, column 15 is the `n` of `nosuch`.
+    assert!(
+        e.starts_with("conf.toml:3:15: rule r7: line 1, column 8 of its SQL: "),
+        "{e}"
+    );
     let e = midge::Config::parse(
         "[[rules]]\nid = \"r8\"\nsql = 'SELECT * FROM \"a\"'\nactions = [{ type = \"republish\", topic = \"a/+\" }]\n",
         "conf.toml",
@@ -349,6 +354,7 @@ fn bad_rules_are_refused_at_load_with_rule_id_and_position() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("rule `r8`: actions[0]: `topic`"), "{e}");
+    assert!(e.starts_with("conf.toml:4:12: "), "the action's place: {e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
