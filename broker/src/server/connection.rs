@@ -27,6 +27,7 @@ use crate::limits::{Exceeded, PublishLimiter};
 use crate::message::{ClientInfo, Message};
 use crate::plugins;
 use crate::router::split_filter;
+use crate::session::proto::{self, PubRec, Qos2Arrival, TopicAliasesIn, Violation};
 use crate::session::{Delivery, PendingWill, Session, Stage, SubscriptionRecord};
 use crate::store::Op;
 use midge_plugin::types::{self as pt, HookSet};
@@ -450,27 +451,17 @@ async fn run<R, W>(
         cluster: crate::cluster::acks_for(&broker),
     });
 
-    // Keep alive (5.0: the server may impose its own).
-    let mut keep_alive = c.keep_alive;
-    let mut server_keep_alive = None;
-    if v == Version::V5
-        && cfg.max_keep_alive > 0
-        && (keep_alive == 0 || keep_alive > cfg.max_keep_alive)
-    {
-        keep_alive = cfg.max_keep_alive;
-        server_keep_alive = Some(keep_alive);
-    }
-    let requested_expiry = match v {
-        Version::V5 => c.properties.session_expiry_interval.unwrap_or(0),
-        Version::V311 => {
-            if c.clean_start {
-                0
-            } else {
-                u32::MAX
-            }
-        }
-    };
-    let expiry = requested_expiry.min(cfg.max_session_expiry);
+    // Keep alive (5.0: the server may impose its own) and session expiry.
+    let proto::KeepAlive {
+        seconds: keep_alive,
+        server: server_keep_alive,
+    } = proto::negotiate_keep_alive(v, c.keep_alive, cfg.max_keep_alive);
+    let (requested_expiry, expiry) = proto::negotiate_expiry(
+        v,
+        c.clean_start,
+        c.properties.session_expiry_interval,
+        cfg.max_session_expiry,
+    );
     let client_receive_max = usize::from(c.properties.receive_maximum.unwrap_or(u16::MAX));
     let window = client_receive_max.min(usize::from(cfg.max_inflight));
     let limits = ClientLimits {
@@ -617,8 +608,7 @@ async fn run<R, W>(
         plugin_client: broker
             .plugins()
             .map(|_| Box::new(plugins::client_info(&origin, v, superuser, &attributes))),
-        aliases: Vec::new(),
-        alias_max: usize::from(cfg.topic_alias_maximum),
+        aliases: TopicAliasesIn::new(cfg.topic_alias_maximum),
         control: Vec::new(),
         ticket: 0,
         retained: Vec::new(),
@@ -628,7 +618,7 @@ async fn run<R, W>(
         reauth_by: None,
         rules_lane: None,
     };
-    let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    let keep_alive = proto::keep_alive_deadline(keep_alive);
     let max_in = cfg.max_packet_size as usize;
 
     // The CONNECT's buffer goes once it is consumed: an idle connection
@@ -903,9 +893,14 @@ fn generate_client_id() -> String {
 
 /// Ends the connection with 0x82.
 fn protocol_violation(why: &'static str) -> End {
+    broken(Violation::protocol(why))
+}
+
+/// Ends the connection for a rule the client broke.
+fn broken(v: Violation) -> End {
     End::Server {
-        reason: reason::PROTOCOL_ERROR,
-        why,
+        reason: v.reason,
+        why: v.why,
     }
 }
 
@@ -917,9 +912,8 @@ struct Reader {
     origin: Arc<ClientInfo>,
     /// The client as plugins see it (only when plugins are loaded).
     plugin_client: Option<Box<pt::ClientInfo>>,
-    /// Inbound topic aliases (index = alias - 1), grown on first use.
-    aliases: Vec<Option<midge_protocol::ByteStr>>,
-    alias_max: usize,
+    /// Inbound topic aliases.
+    aliases: TopicAliasesIn,
     /// Acks produced while handling a batch of packets, handed to the writer at once.
     control: Vec<Packet>,
     /// Highest store ticket the acks in `control` wait for (0: none).
@@ -1008,53 +1002,42 @@ impl Reader {
             Packet::Publish(p) => self.publish(p).await,
             Packet::PubAck(a) => {
                 let mut st = self.session.state.lock();
-                if let Some(i) = st.find_inflight(a.packet_id) {
-                    if st.inflight[i].delivery.qos == QoS::AtLeastOnce {
-                        let done = st.inflight.remove(i);
-                        if let Some(d) = &done {
-                            // A lost delete only means a duplicate QoS 1 resend: no wait.
-                            self.session.forget(d.delivery.seq);
-                        }
-                        drop(st);
-                        self.session.notify.notify_one();
-                        if let Some(done) = done {
-                            self.acked(&done.delivery.msg, done.delivery.qos, a.packet_id);
-                        }
-                    }
+                if let Some(done) = proto::puback(&mut st.inflight, a.packet_id) {
+                    // A lost delete only means a duplicate QoS 1 resend: no wait.
+                    self.session.forget(done.delivery.seq);
+                    drop(st);
+                    self.session.notify.notify_one();
+                    self.acked(&done.delivery.msg, done.delivery.qos, a.packet_id);
                 }
                 None
             }
             Packet::PubRec(a) => {
                 let mut st = self.session.state.lock();
-                match st.find_inflight(a.packet_id) {
-                    Some(i) if st.inflight[i].delivery.qos == QoS::ExactlyOnce => {
-                        let seq = st.inflight[i].delivery.seq;
-                        let c = self.session.client_id.clone();
-                        if a.reason >= 0x80 {
-                            st.inflight.remove(i);
-                            self.session.forget(seq);
-                            drop(st);
-                            self.session.notify.notify_one();
-                        } else {
-                            st.inflight[i].stage = Stage::Released;
-                            // PUBREL only once "released" is durable: after a
-                            // restart we resend PUBREL, never the PUBLISH again.
-                            let t = if seq != 0 {
-                                self.session.store_op(Op::Inflight(
-                                    c,
-                                    seq,
-                                    a.packet_id,
-                                    Stage::Released,
-                                ))
-                            } else {
-                                0
-                            };
-                            drop(st);
-                            self.wait_for(t);
-                            self.control.push(Packet::PubRel(Ack::new(a.packet_id, 0)));
-                        }
+                match proto::pubrec(&mut st.inflight, a.packet_id, a.reason) {
+                    PubRec::Refused { seq } => {
+                        self.session.forget(seq);
+                        drop(st);
+                        self.session.notify.notify_one();
                     }
-                    _ => {
+                    PubRec::Release { seq } => {
+                        // PUBREL only once "released" is durable: after a
+                        // restart we resend PUBREL, never the PUBLISH again.
+                        let t = if seq != 0 {
+                            let c = self.session.client_id.clone();
+                            self.session.store_op(Op::Inflight(
+                                c,
+                                seq,
+                                a.packet_id,
+                                Stage::Released,
+                            ))
+                        } else {
+                            0
+                        };
+                        drop(st);
+                        self.wait_for(t);
+                        self.control.push(Packet::PubRel(Ack::new(a.packet_id, 0)));
+                    }
+                    PubRec::Unknown => {
                         drop(st);
                         self.control.push(Packet::PubRel(Ack::new(
                             a.packet_id,
@@ -1066,18 +1049,11 @@ impl Reader {
             }
             Packet::PubComp(a) => {
                 let mut st = self.session.state.lock();
-                if let Some(i) = st.find_inflight(a.packet_id) {
-                    if st.inflight[i].stage == Stage::Released {
-                        let done = st.inflight.remove(i);
-                        if let Some(d) = &done {
-                            self.session.forget(d.delivery.seq);
-                        }
-                        drop(st);
-                        self.session.notify.notify_one();
-                        if let Some(done) = done {
-                            self.acked(&done.delivery.msg, done.delivery.qos, a.packet_id);
-                        }
-                    }
+                if let Some(done) = proto::pubcomp(&mut st.inflight, a.packet_id) {
+                    self.session.forget(done.delivery.seq);
+                    drop(st);
+                    self.session.notify.notify_one();
+                    self.acked(&done.delivery.msg, done.delivery.qos, a.packet_id);
                 }
                 None
             }
@@ -1095,11 +1071,7 @@ impl Reader {
                     }
                     known
                 };
-                let code = if known || self.version == Version::V311 {
-                    reason::SUCCESS
-                } else {
-                    reason::PACKET_IDENTIFIER_NOT_FOUND
-                };
+                let code = proto::pubcomp_code(known, self.version);
                 self.control
                     .push(Packet::PubComp(Ack::new(a.packet_id, code)));
                 None
@@ -1458,28 +1430,9 @@ impl Reader {
                 why: "retain is not available",
             });
         }
-        if let Some(alias) = p.properties.topic_alias {
-            let slot = usize::from(alias);
-            if slot == 0 || slot > self.alias_max {
-                return Err(End::Server {
-                    reason: reason::TOPIC_ALIAS_INVALID,
-                    why: "topic alias out of range",
-                });
-            }
-            if self.aliases.len() < slot {
-                self.aliases.resize(slot, None);
-            }
-            if p.topic.is_empty() {
-                match &self.aliases[slot - 1] {
-                    Some(t) => p.topic = t.clone(),
-                    None => return Err(protocol_violation("unknown topic alias")),
-                }
-            } else {
-                self.aliases[slot - 1] = Some(p.topic.clone());
-            }
-        } else if p.topic.is_empty() {
-            return Err(protocol_violation("empty topic without a topic alias"));
-        }
+        self.aliases
+            .resolve(&mut p.topic, p.properties.topic_alias)
+            .map_err(broken)?;
         Ok(p)
     }
 
@@ -1494,11 +1447,7 @@ impl Reader {
     ) -> Option<End> {
         let cfg = &self.broker.config;
         let packet_id = p.packet_id;
-        let ack_code = if self.version == Version::V311 {
-            reason::SUCCESS
-        } else {
-            code
-        };
+        let ack_code = proto::publish_ack_code(code, self.version);
         let route = |broker: &Broker,
                      p: Publish,
                      origin: &Arc<ClientInfo>,
@@ -1526,25 +1475,20 @@ impl Reader {
                     .push(Packet::PubAck(Ack::new(packet_id, ack_code)));
             }
             QoS::ExactlyOnce => {
-                let fresh = {
+                let arrival = {
                     let mut st = self.session.state.lock();
-                    if st.incoming_qos2.contains(&packet_id) {
-                        Some(false)
-                    } else if st.incoming_qos2.len() >= usize::from(cfg.receive_maximum) {
-                        None
-                    } else {
-                        st.incoming_qos2.insert(packet_id);
-                        if st.persist && code == reason::SUCCESS {
-                            let t = self
-                                .session
-                                .store_op(Op::PutQos2(self.session.client_id.clone(), packet_id));
-                            self.ticket = self.ticket.max(t);
-                        }
-                        Some(true)
+                    let arrival =
+                        proto::qos2_arrived(&mut st.incoming_qos2, packet_id, cfg.receive_maximum);
+                    if arrival == Qos2Arrival::Fresh && st.persist && code == reason::SUCCESS {
+                        let t = self
+                            .session
+                            .store_op(Op::PutQos2(self.session.client_id.clone(), packet_id));
+                        self.ticket = self.ticket.max(t);
                     }
+                    arrival
                 };
-                match fresh {
-                    None => {
+                match arrival {
+                    Qos2Arrival::OverReceiveMaximum => {
                         self.broker
                             .stats
                             .limit_receive_maximum
@@ -1554,16 +1498,16 @@ impl Reader {
                             why: "receive maximum exceeded",
                         });
                     }
-                    Some(true) if code != reason::SUCCESS => {
+                    Qos2Arrival::Fresh if code != reason::SUCCESS => {
                         // Refused: forget the id again, nothing awaits a PUBREL.
                         self.session.state.lock().incoming_qos2.remove(&packet_id);
                     }
-                    Some(true) => {
+                    Qos2Arrival::Fresh => {
                         let (t, lane) = route(&self.broker, p, &self.origin, routed);
                         self.rules_lane = self.rules_lane.or(lane);
                         self.wait_for(t);
                     }
-                    Some(false) => {} // a resend before PUBREL: already routed once
+                    Qos2Arrival::Duplicate => {} // a resend before PUBREL: already routed once
                 }
                 self.control
                     .push(Packet::PubRec(Ack::new(packet_id, ack_code)));

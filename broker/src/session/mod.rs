@@ -7,6 +7,8 @@
 //! through `notify`; its output (server/writer.rs) moves them into the
 //! inflight window.
 
+pub mod proto;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

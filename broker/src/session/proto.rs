@@ -1,0 +1,547 @@
+//! The session core (sans-IO, in the spirit of quinn-proto): MQTT's rules
+//! for one connection and its session as plain types and functions, with
+//! no tokio, no sockets and no clock of their own (a time is an argument).
+//! The connection task (`server/connection.rs`) moves bytes, time and
+//! wake-ups in and out and does the I/O a decision calls for (store writes,
+//! events, the acks it sends); the decision itself is made here, and each
+//! rule has a unit test below.
+//!
+//! So far (issue 21 is moving the rules here one at a time): keep-alive and
+//! session-expiry negotiation, the keep-alive deadline, inbound topic
+//! aliases, inbound QoS 2 (packet-id reuse, receive maximum, PUBREL) and the
+//! outbound acknowledgements (PUBACK, PUBREC, PUBCOMP against the inflight
+//! window). Still in the connection: CONNECT checks, outbound topic aliases
+//! and the inflight window (server/writer.rs), SUBSCRIBE / UNSUBSCRIBE.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use midge_protocol::{reason, ByteStr, QoS, Version};
+
+use super::{Inflight, Stage};
+
+/// A rule broken by the client: the connection ends with `reason`
+/// (DISCONNECT for 5.0, a plain close for 3.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Violation {
+    pub reason: u8,
+    pub why: &'static str,
+}
+
+impl Violation {
+    /// A Protocol Error (0x82).
+    pub const fn protocol(why: &'static str) -> Violation {
+        Violation {
+            reason: reason::PROTOCOL_ERROR,
+            why,
+        }
+    }
+}
+
+/// The keep alive in force after CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAlive {
+    /// Seconds (0: no keep alive).
+    pub seconds: u16,
+    /// The Server Keep Alive to put in CONNACK (5.0, when the server
+    /// imposed its own).
+    pub server: Option<u16>,
+}
+
+/// The keep alive for a CONNECT that asked for `requested` seconds, with
+/// `mqtt.max_keep_alive = max` (0: no maximum). A 5.0 client asking for
+/// none or more than the maximum gets the maximum, told in CONNACK; a
+/// 3.1.1 client cannot be told, and its CONNECT is refused before this
+/// (`keep alive above the maximum`).
+pub fn negotiate_keep_alive(version: Version, requested: u16, max: u16) -> KeepAlive {
+    if version == Version::V5 && max > 0 && (requested == 0 || requested > max) {
+        return KeepAlive {
+            seconds: max,
+            server: Some(max),
+        };
+    }
+    KeepAlive {
+        seconds: requested,
+        server: None,
+    }
+}
+
+/// How long the connection may stay silent: one and a half times the keep
+/// alive (MQTT 3.1.2.10 / 5.0 3.1.2.10); `None` without a keep alive.
+pub fn keep_alive_deadline(keep_alive: u16) -> Option<Duration> {
+    (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500))
+}
+
+/// The session expiry a CONNECT asked for (5.0: its property, absent = 0;
+/// 3.1.1: none with clean session, "never" without) and the one granted,
+/// at most `max` (`mqtt.max_session_expiry`). When they differ, 5.0's
+/// CONNACK says the granted one.
+pub fn negotiate_expiry(
+    version: Version,
+    clean_start: bool,
+    property: Option<u32>,
+    max: u32,
+) -> (u32, u32) {
+    let requested = match version {
+        Version::V5 => property.unwrap_or(0),
+        Version::V311 if clean_start => 0,
+        Version::V311 => u32::MAX,
+    };
+    (requested, requested.min(max))
+}
+
+/// Inbound topic aliases (MQTT 5.0 3.3.2.3.4): the client's map from alias
+/// to topic, up to the Topic Alias Maximum the server gave in CONNACK.
+#[derive(Debug, Default)]
+pub struct TopicAliasesIn {
+    /// Index = alias - 1; grown on first use.
+    slots: Vec<Option<ByteStr>>,
+    max: usize,
+}
+
+impl TopicAliasesIn {
+    /// No alias set yet; aliases 1..=`max` are allowed (0: none).
+    pub fn new(max: u16) -> TopicAliasesIn {
+        TopicAliasesIn {
+            slots: Vec::new(),
+            max: usize::from(max),
+        }
+    }
+
+    /// Applies a PUBLISH's alias: with a topic, the alias now names it;
+    /// with an empty topic, the topic is the one the alias names. Errors:
+    /// alias 0 or over the maximum (0x94), an alias never set or an empty
+    /// topic without an alias (0x82).
+    pub fn resolve(&mut self, topic: &mut ByteStr, alias: Option<u16>) -> Result<(), Violation> {
+        let Some(alias) = alias else {
+            if topic.is_empty() {
+                return Err(Violation::protocol("empty topic without a topic alias"));
+            }
+            return Ok(());
+        };
+        let slot = usize::from(alias);
+        if slot == 0 || slot > self.max {
+            return Err(Violation {
+                reason: reason::TOPIC_ALIAS_INVALID,
+                why: "topic alias out of range",
+            });
+        }
+        if self.slots.len() < slot {
+            self.slots.resize(slot, None);
+        }
+        if topic.is_empty() {
+            match &self.slots[slot - 1] {
+                Some(t) => *topic = t.clone(),
+                None => return Err(Violation::protocol("unknown topic alias")),
+            }
+        } else {
+            self.slots[slot - 1] = Some(topic.clone());
+        }
+        Ok(())
+    }
+}
+
+/// What an inbound QoS 2 PUBLISH is, given the packet ids received and not
+/// yet released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos2Arrival {
+    /// A new packet id (now recorded): route the message, answer PUBREC.
+    Fresh,
+    /// The id awaits its PUBREL: a resend, already routed once; answer
+    /// PUBREC again and route nothing.
+    Duplicate,
+    /// As many QoS 2 messages as the server's Receive Maximum already await
+    /// their PUBREL: the connection ends with 0x93.
+    OverReceiveMaximum,
+}
+
+/// Classifies an inbound QoS 2 PUBLISH with `packet_id` against `pending`
+/// (the ids awaiting PUBREL; a fresh id is added) and the server's
+/// `receive_maximum`.
+pub fn qos2_arrived(
+    pending: &mut HashSet<u16>,
+    packet_id: u16,
+    receive_maximum: u16,
+) -> Qos2Arrival {
+    if pending.contains(&packet_id) {
+        Qos2Arrival::Duplicate
+    } else if pending.len() >= usize::from(receive_maximum) {
+        Qos2Arrival::OverReceiveMaximum
+    } else {
+        pending.insert(packet_id);
+        Qos2Arrival::Fresh
+    }
+}
+
+/// The PUBCOMP reason for a PUBREL: success when the id was awaiting it;
+/// otherwise 0x92 (5.0), success for 3.1.1, which has no reason codes.
+pub fn pubcomp_code(known: bool, version: Version) -> u8 {
+    if known || version == Version::V311 {
+        reason::SUCCESS
+    } else {
+        reason::PACKET_IDENTIFIER_NOT_FOUND
+    }
+}
+
+/// The PUBACK / PUBREC reason a 5.0 client gets for a publish decided with
+/// `code`; 3.1.1 acks carry none (success).
+pub fn publish_ack_code(code: u8, version: Version) -> u8 {
+    if version == Version::V311 {
+        reason::SUCCESS
+    } else {
+        code
+    }
+}
+
+/// A PUBACK from the client: the QoS 1 message it acknowledges leaves the
+/// inflight window. An id that is not a QoS 1 message in flight is ignored.
+pub fn puback(inflight: &mut VecDeque<Inflight>, packet_id: u16) -> Option<Inflight> {
+    let i = inflight.iter().position(|i| i.packet_id == packet_id)?;
+    if inflight[i].delivery.qos != QoS::AtLeastOnce {
+        return None;
+    }
+    inflight.remove(i)
+}
+
+/// What a PUBREC from the client does.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PubRec {
+    /// The QoS 2 message is now released: answer PUBREL (once the stage
+    /// `Released` of the stored message `seq` is durable, when stored).
+    Release { seq: u64 },
+    /// The client refused the message (reason >= 0x80): it left the window
+    /// (and the store's `seq`); no PUBREL.
+    Refused { seq: u64 },
+    /// No QoS 2 message in flight with that id: PUBREL 0x92.
+    Unknown,
+}
+
+/// A PUBREC from the client with `reason`.
+pub fn pubrec(inflight: &mut VecDeque<Inflight>, packet_id: u16, reason: u8) -> PubRec {
+    let Some(i) = inflight.iter().position(|i| i.packet_id == packet_id) else {
+        return PubRec::Unknown;
+    };
+    if inflight[i].delivery.qos != QoS::ExactlyOnce {
+        return PubRec::Unknown;
+    }
+    let seq = inflight[i].delivery.seq;
+    if reason >= 0x80 {
+        inflight.remove(i);
+        PubRec::Refused { seq }
+    } else {
+        inflight[i].stage = Stage::Released;
+        PubRec::Release { seq }
+    }
+}
+
+/// A PUBCOMP from the client: the released QoS 2 message leaves the window.
+/// An id with no released message is ignored.
+pub fn pubcomp(inflight: &mut VecDeque<Inflight>, packet_id: u16) -> Option<Inflight> {
+    let i = inflight.iter().position(|i| i.packet_id == packet_id)?;
+    if inflight[i].stage != Stage::Released {
+        return None;
+    }
+    inflight.remove(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use midge_protocol::Properties;
+
+    use super::*;
+    use crate::message::Message;
+    use crate::records::Delivery;
+
+    fn inflight(packet_id: u16, qos: QoS, stage: Stage, seq: u64) -> Inflight {
+        let msg = Message::new(
+            ByteStr::from("t"),
+            Bytes::new(),
+            qos,
+            false,
+            Properties::default(),
+        );
+        Inflight {
+            packet_id,
+            stage,
+            delivery: Delivery {
+                msg: Arc::new(msg),
+                qos,
+                retain: false,
+                sub_ids: Default::default(),
+                shared: None,
+                seq,
+            },
+        }
+    }
+
+    fn window(items: Vec<Inflight>) -> VecDeque<Inflight> {
+        items.into_iter().collect()
+    }
+
+    fn ids(w: &VecDeque<Inflight>) -> Vec<u16> {
+        w.iter().map(|i| i.packet_id).collect()
+    }
+
+    #[test]
+    fn keep_alive_v5_gets_the_maximum_when_it_asks_for_none_or_more() {
+        let ka = negotiate_keep_alive(Version::V5, 0, 60);
+        assert_eq!(
+            ka,
+            KeepAlive {
+                seconds: 60,
+                server: Some(60)
+            }
+        );
+        let ka = negotiate_keep_alive(Version::V5, 61, 60);
+        assert_eq!(
+            ka,
+            KeepAlive {
+                seconds: 60,
+                server: Some(60)
+            }
+        );
+        let ka = negotiate_keep_alive(Version::V5, 30, 60);
+        assert_eq!(
+            ka,
+            KeepAlive {
+                seconds: 30,
+                server: None
+            }
+        );
+        let ka = negotiate_keep_alive(Version::V5, 0, 0);
+        assert_eq!(
+            ka,
+            KeepAlive {
+                seconds: 0,
+                server: None
+            }
+        );
+    }
+
+    #[test]
+    fn keep_alive_v311_is_never_rewritten() {
+        let ka = negotiate_keep_alive(Version::V311, 0, 60);
+        assert_eq!(
+            ka,
+            KeepAlive {
+                seconds: 0,
+                server: None
+            }
+        );
+        let ka = negotiate_keep_alive(Version::V311, 10, 60);
+        assert_eq!(
+            ka,
+            KeepAlive {
+                seconds: 10,
+                server: None
+            }
+        );
+    }
+
+    #[test]
+    fn keep_alive_deadline_is_one_and_a_half_times() {
+        assert_eq!(keep_alive_deadline(0), None);
+        assert_eq!(keep_alive_deadline(1), Some(Duration::from_millis(1500)));
+        assert_eq!(keep_alive_deadline(60), Some(Duration::from_secs(90)));
+        // The largest keep alive does not overflow.
+        assert_eq!(
+            keep_alive_deadline(u16::MAX),
+            Some(Duration::from_millis(65_535 * 1500))
+        );
+    }
+
+    #[test]
+    fn expiry_v5_comes_from_the_property_capped_by_the_maximum() {
+        assert_eq!(negotiate_expiry(Version::V5, true, None, 100), (0, 0));
+        assert_eq!(
+            negotiate_expiry(Version::V5, false, Some(50), 100),
+            (50, 50)
+        );
+        assert_eq!(
+            negotiate_expiry(Version::V5, false, Some(500), 100),
+            (500, 100)
+        );
+        assert_eq!(
+            negotiate_expiry(Version::V5, false, Some(u32::MAX), u32::MAX),
+            (u32::MAX, u32::MAX)
+        );
+    }
+
+    #[test]
+    fn expiry_v311_follows_clean_session() {
+        // The property cannot be sent in 3.1.1; it is ignored if present.
+        assert_eq!(negotiate_expiry(Version::V311, true, Some(9), 100), (0, 0));
+        assert_eq!(
+            negotiate_expiry(Version::V311, false, None, 100),
+            (u32::MAX, 100)
+        );
+        assert_eq!(
+            negotiate_expiry(Version::V311, false, None, u32::MAX),
+            (u32::MAX, u32::MAX)
+        );
+    }
+
+    #[test]
+    fn alias_with_a_topic_sets_it_and_an_empty_topic_uses_it() {
+        let mut a = TopicAliasesIn::new(2);
+        let mut t = ByteStr::from("a/b");
+        assert_eq!(a.resolve(&mut t, Some(2)), Ok(()));
+        let mut empty = ByteStr::from("");
+        assert_eq!(a.resolve(&mut empty, Some(2)), Ok(()));
+        assert_eq!(&*empty, "a/b");
+        // Re-pointing an alias.
+        let mut t = ByteStr::from("c");
+        assert_eq!(a.resolve(&mut t, Some(2)), Ok(()));
+        let mut empty = ByteStr::from("");
+        a.resolve(&mut empty, Some(2)).unwrap();
+        assert_eq!(&*empty, "c");
+        // A topic without an alias is left alone.
+        let mut t = ByteStr::from("x");
+        assert_eq!(a.resolve(&mut t, None), Ok(()));
+        assert_eq!(&*t, "x");
+    }
+
+    #[test]
+    fn alias_out_of_range_is_0x94() {
+        let mut a = TopicAliasesIn::new(2);
+        for alias in [0, 3, u16::MAX] {
+            let mut t = ByteStr::from("a");
+            let e = a.resolve(&mut t, Some(alias)).unwrap_err();
+            assert_eq!(e.reason, reason::TOPIC_ALIAS_INVALID, "alias {alias}");
+        }
+        // A server that allows none refuses alias 1.
+        let mut none = TopicAliasesIn::new(0);
+        let mut t = ByteStr::from("a");
+        let e = none.resolve(&mut t, Some(1)).unwrap_err();
+        assert_eq!(e.reason, reason::TOPIC_ALIAS_INVALID);
+    }
+
+    #[test]
+    fn unknown_alias_and_empty_topic_without_alias_are_protocol_errors() {
+        let mut a = TopicAliasesIn::new(5);
+        let mut empty = ByteStr::from("");
+        let e = a.resolve(&mut empty, Some(4)).unwrap_err();
+        assert_eq!(e, Violation::protocol("unknown topic alias"));
+        let e = a.resolve(&mut empty, None).unwrap_err();
+        assert_eq!(e, Violation::protocol("empty topic without a topic alias"));
+    }
+
+    #[test]
+    fn qos2_fresh_then_duplicate_until_released_then_fresh_again() {
+        let mut pending = HashSet::new();
+        assert_eq!(qos2_arrived(&mut pending, 7, 10), Qos2Arrival::Fresh);
+        assert_eq!(qos2_arrived(&mut pending, 7, 10), Qos2Arrival::Duplicate);
+        // PUBREL frees the id; the same id is then a new message.
+        assert!(pending.remove(&7));
+        assert_eq!(qos2_arrived(&mut pending, 7, 10), Qos2Arrival::Fresh);
+    }
+
+    #[test]
+    fn qos2_over_receive_maximum_is_refused_but_a_resend_is_not() {
+        let mut pending = HashSet::new();
+        assert_eq!(qos2_arrived(&mut pending, 1, 2), Qos2Arrival::Fresh);
+        assert_eq!(qos2_arrived(&mut pending, 2, 2), Qos2Arrival::Fresh);
+        assert_eq!(
+            qos2_arrived(&mut pending, 3, 2),
+            Qos2Arrival::OverReceiveMaximum
+        );
+        assert!(!pending.contains(&3), "a refused id is not recorded");
+        // A resend of an id already pending is no new message: allowed.
+        assert_eq!(qos2_arrived(&mut pending, 2, 2), Qos2Arrival::Duplicate);
+    }
+
+    #[test]
+    fn pubrel_of_an_unknown_id_is_0x92_in_5_and_success_in_311() {
+        assert_eq!(pubcomp_code(true, Version::V5), reason::SUCCESS);
+        assert_eq!(
+            pubcomp_code(false, Version::V5),
+            reason::PACKET_IDENTIFIER_NOT_FOUND
+        );
+        assert_eq!(pubcomp_code(true, Version::V311), reason::SUCCESS);
+        assert_eq!(pubcomp_code(false, Version::V311), reason::SUCCESS);
+    }
+
+    #[test]
+    fn publish_acks_carry_the_decision_only_in_5() {
+        assert_eq!(
+            publish_ack_code(reason::NOT_AUTHORIZED, Version::V5),
+            reason::NOT_AUTHORIZED
+        );
+        assert_eq!(
+            publish_ack_code(reason::NOT_AUTHORIZED, Version::V311),
+            reason::SUCCESS
+        );
+        assert_eq!(
+            publish_ack_code(reason::SUCCESS, Version::V5),
+            reason::SUCCESS
+        );
+    }
+
+    #[test]
+    fn puback_removes_only_a_qos1_message_with_that_id() {
+        let mut w = window(vec![
+            inflight(1, QoS::AtLeastOnce, Stage::Published, 11),
+            inflight(2, QoS::ExactlyOnce, Stage::Published, 12),
+            inflight(3, QoS::AtLeastOnce, Stage::Published, 13),
+        ]);
+        assert_eq!(puback(&mut w, 3).map(|i| i.delivery.seq), Some(13));
+        assert_eq!(ids(&w), [1, 2]);
+        // QoS 2 is not acknowledged by PUBACK; unknown ids are ignored.
+        assert!(puback(&mut w, 2).is_none());
+        assert!(puback(&mut w, 9).is_none());
+        assert!(puback(&mut w, 3).is_none(), "a second PUBACK finds nothing");
+        assert_eq!(ids(&w), [1, 2]);
+    }
+
+    #[test]
+    fn pubrec_releases_then_pubcomp_completes() {
+        let mut w = window(vec![inflight(5, QoS::ExactlyOnce, Stage::Published, 42)]);
+        // PUBCOMP before PUBREC is ignored: the message is not released yet.
+        assert!(pubcomp(&mut w, 5).is_none());
+        assert_eq!(
+            pubrec(&mut w, 5, reason::SUCCESS),
+            PubRec::Release { seq: 42 }
+        );
+        assert_eq!(w[0].stage, Stage::Released);
+        // A repeated PUBREC releases again (PUBREL resent), nothing else.
+        assert_eq!(
+            pubrec(&mut w, 5, reason::SUCCESS),
+            PubRec::Release { seq: 42 }
+        );
+        assert_eq!(pubcomp(&mut w, 5).map(|i| i.packet_id), Some(5));
+        assert!(w.is_empty());
+        assert!(
+            pubcomp(&mut w, 5).is_none(),
+            "a second PUBCOMP finds nothing"
+        );
+    }
+
+    #[test]
+    fn pubrec_with_an_error_reason_drops_the_message() {
+        let mut w = window(vec![
+            inflight(5, QoS::ExactlyOnce, Stage::Published, 42),
+            inflight(6, QoS::ExactlyOnce, Stage::Published, 43),
+        ]);
+        assert_eq!(
+            pubrec(&mut w, 5, reason::NOT_AUTHORIZED),
+            PubRec::Refused { seq: 42 }
+        );
+        assert_eq!(ids(&w), [6]);
+        // 0x10 (no matching subscribers) is a success code: released.
+        assert_eq!(
+            pubrec(&mut w, 6, reason::NO_MATCHING_SUBSCRIBERS),
+            PubRec::Release { seq: 43 }
+        );
+    }
+
+    #[test]
+    fn pubrec_for_an_unknown_id_or_a_qos1_message_is_unknown() {
+        let mut w = window(vec![inflight(1, QoS::AtLeastOnce, Stage::Published, 0)]);
+        assert_eq!(pubrec(&mut w, 1, reason::SUCCESS), PubRec::Unknown);
+        assert_eq!(pubrec(&mut w, 2, reason::SUCCESS), PubRec::Unknown);
+        assert_eq!(w[0].stage, Stage::Published, "untouched");
+    }
+}
