@@ -222,6 +222,9 @@ async fn changed_limits_and_failure_policy_take_effect() {
     let dir = wasm_or_skip!();
     let mut p = misbehave(&dir, "hog", serde_json::json!({}));
     p.limits.memory_mib = 32;
+    // The memory cap is under test, not the deadline: under load, growing
+    // to 32 MiB took longer than the default 100 ms and timed out first.
+    p.limits.deadline_ms = 5000;
     p.failure.on_publish = FailurePolicy::Closed;
     let mut cfg = config(vec![p]);
     let host = load(&cfg).await;

@@ -469,6 +469,9 @@ async fn memory_cap_is_enforced() {
     let dir = wasm_or_skip!();
     let mut p = plugin(&dir, "hog", "test_misbehave");
     p.limits.memory_mib = 16;
+    // The cap is under test, not the deadline (100 ms by default, which
+    // growing to the cap can overrun on a loaded machine).
+    p.limits.deadline_ms = 5000;
     p.failure.on_publish = FailurePolicy::Closed;
     let host = host(vec![p]).await;
     let out = host.on_publish(&msg("oom", b""), None).await;
