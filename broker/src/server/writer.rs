@@ -3,15 +3,15 @@
 //! Applies the client's limits: Receive Maximum (inflight window), Maximum
 //! Packet Size, Topic Alias Maximum (outgoing aliases), message expiry.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use midge_protocol::{encode, encoded_len, Ack, ByteStr, Packet, Publish, QoS, Version};
+use midge_protocol::{encode, encoded_len, Ack, Packet, Publish, QoS, Version};
 
 use crate::broker::Broker;
 use crate::events::{DropReason, Event};
+use crate::session::proto::TopicAliasesOut;
 use crate::session::{Delivery, Inflight, Session, Stage};
 use crate::store::Op;
 
@@ -52,7 +52,7 @@ pub struct Output {
     /// idle connections keep it empty.
     buf: BytesMut,
     pos: usize,
-    aliases: HashMap<ByteStr, u16>,
+    aliases: TopicAliasesOut,
     /// Grows to the batch size under load, starts empty for idle connections.
     items: Vec<Out>,
 }
@@ -63,7 +63,7 @@ impl Output {
             limits,
             buf: BytesMut::new(),
             pos: 0,
-            aliases: HashMap::new(),
+            aliases: TopicAliasesOut::default(),
             items: Vec::new(),
         }
     }
@@ -204,7 +204,7 @@ fn encode_items(
     broker: &Broker,
     session: &Session,
     limits: &ClientLimits,
-    aliases: &mut HashMap<ByteStr, u16>,
+    aliases: &mut TopicAliasesOut,
     items: &mut Vec<Out>,
     buf: &mut BytesMut,
 ) {
@@ -261,22 +261,16 @@ fn encode_items(
                         publish.properties.subscription_identifiers = d.sub_ids.to_vec();
                     }
                 }
-                let mut new_alias = None;
-                if limits.version == Version::V5 && limits.topic_alias_max > 0 {
-                    if let Some(&a) = aliases.get(&publish.topic) {
-                        publish.properties.topic_alias = Some(a);
-                        publish.topic = ByteStr::default();
-                    } else if aliases.len() < usize::from(limits.topic_alias_max) {
-                        let a = aliases.len() as u16 + 1;
-                        aliases.insert(publish.topic.clone(), a);
-                        publish.properties.topic_alias = Some(a);
-                        new_alias = Some(d.msg.topic.clone());
-                    }
-                }
+                let new_alias = aliases.apply(
+                    limits.version,
+                    limits.topic_alias_max,
+                    &mut publish.topic,
+                    &mut publish.properties.topic_alias,
+                );
                 let packet = Packet::Publish(publish);
                 if encoded_len(&packet, limits.version) > limits.max_packet_size {
                     if let Some(t) = new_alias {
-                        aliases.remove(&t);
+                        aliases.forget(&t);
                     }
                     broker
                         .stats

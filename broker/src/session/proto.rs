@@ -10,10 +10,10 @@
 //! session-expiry negotiation, the keep-alive deadline, inbound topic
 //! aliases, inbound QoS 2 (packet-id reuse, receive maximum, PUBREL) and the
 //! outbound acknowledgements (PUBACK, PUBREC, PUBCOMP against the inflight
-//! window). Still in the connection: CONNECT checks, outbound topic aliases
-//! and the inflight window (server/writer.rs), SUBSCRIBE / UNSUBSCRIBE.
+//! window), outbound topic aliases. Still in the connection: CONNECT
+//! checks, the inflight window (server/writer.rs), SUBSCRIBE / UNSUBSCRIBE.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use midge_protocol::{reason, ByteStr, QoS, Version};
@@ -138,6 +138,51 @@ impl TopicAliasesIn {
             self.slots[slot - 1] = Some(topic.clone());
         }
         Ok(())
+    }
+}
+
+/// Outbound topic aliases: the server's map from topic to alias for one
+/// connection, up to the Topic Alias Maximum the 5.0 client gave in CONNECT
+/// (aliases are handed out 1, 2, ... and never reassigned).
+#[derive(Debug, Default)]
+pub struct TopicAliasesOut {
+    map: HashMap<ByteStr, u16>,
+}
+
+impl TopicAliasesOut {
+    /// Gives an outgoing PUBLISH its alias: a topic that has one is sent as
+    /// an empty topic with the alias; a new topic gets the next alias while
+    /// there is room (sent with both). Nothing for 3.1.1 or `max = 0`.
+    /// Returns the topic that got a new alias, for [`Self::forget`] when
+    /// the PUBLISH is not sent after all.
+    pub fn apply(
+        &mut self,
+        version: Version,
+        max: u16,
+        topic: &mut ByteStr,
+        alias: &mut Option<u16>,
+    ) -> Option<ByteStr> {
+        if version != Version::V5 || max == 0 {
+            return None;
+        }
+        if let Some(&a) = self.map.get(topic) {
+            *alias = Some(a);
+            *topic = ByteStr::default();
+            None
+        } else if self.map.len() < usize::from(max) {
+            let a = self.map.len() as u16 + 1;
+            self.map.insert(topic.clone(), a);
+            *alias = Some(a);
+            Some(topic.clone())
+        } else {
+            None
+        }
+    }
+
+    /// Takes back the alias [`Self::apply`] just gave `topic` (its PUBLISH
+    /// was not sent, so the client never learnt it).
+    pub fn forget(&mut self, topic: &ByteStr) {
+        self.map.remove(topic);
     }
 }
 
@@ -427,6 +472,44 @@ mod tests {
         assert_eq!(e, Violation::protocol("unknown topic alias"));
         let e = a.resolve(&mut empty, None).unwrap_err();
         assert_eq!(e, Violation::protocol("empty topic without a topic alias"));
+    }
+
+    #[test]
+    fn outbound_alias_first_with_topic_then_alone_up_to_the_maximum() {
+        let mut a = TopicAliasesOut::default();
+        let send = |a: &mut TopicAliasesOut, t: &str| {
+            let (mut topic, mut alias) = (ByteStr::from(t), None);
+            let new = a.apply(Version::V5, 2, &mut topic, &mut alias);
+            (topic.to_string(), alias, new.map(|t| t.to_string()))
+        };
+        assert_eq!(send(&mut a, "x"), ("x".into(), Some(1), Some("x".into())));
+        assert_eq!(send(&mut a, "x"), ("".into(), Some(1), None));
+        assert_eq!(send(&mut a, "y"), ("y".into(), Some(2), Some("y".into())));
+        // Full: a third topic goes without an alias.
+        assert_eq!(send(&mut a, "z"), ("z".into(), None, None));
+        assert_eq!(send(&mut a, "y"), ("".into(), Some(2), None));
+    }
+
+    #[test]
+    fn outbound_alias_forgotten_when_its_publish_is_not_sent() {
+        let mut a = TopicAliasesOut::default();
+        let (mut t, mut alias) = (ByteStr::from("big"), None);
+        let new = a.apply(Version::V5, 5, &mut t, &mut alias).unwrap();
+        a.forget(&new);
+        // The client never learnt it: the next PUBLISH carries the topic again.
+        let (mut t, mut alias) = (ByteStr::from("big"), None);
+        assert!(a.apply(Version::V5, 5, &mut t, &mut alias).is_some());
+        assert_eq!((&*t, alias), ("big", Some(1)));
+    }
+
+    #[test]
+    fn no_outbound_alias_for_311_or_a_client_that_allows_none() {
+        let mut a = TopicAliasesOut::default();
+        for (v, max) in [(Version::V311, 10), (Version::V5, 0)] {
+            let (mut t, mut alias) = (ByteStr::from("x"), None);
+            assert!(a.apply(v, max, &mut t, &mut alias).is_none());
+            assert_eq!((&*t, alias), ("x", None));
+        }
     }
 
     #[test]
