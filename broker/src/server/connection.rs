@@ -1430,6 +1430,7 @@ impl Reader {
                 why: "retain is not available",
             });
         }
+        proto::client_publish(&p.properties).map_err(broken)?;
         self.aliases
             .resolve(&mut p.topic, p.properties.topic_alias)
             .map_err(broken)?;

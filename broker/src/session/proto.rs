@@ -7,8 +7,8 @@
 //! rule has a unit test below.
 //!
 //! So far (issue 21 is moving the rules here one at a time): keep-alive and
-//! session-expiry negotiation, the keep-alive deadline, inbound topic
-//! aliases, inbound QoS 2 (packet-id reuse, receive maximum, PUBREL) and the
+//! session-expiry negotiation, the keep-alive deadline, what a client's
+//! PUBLISH must not carry, inbound topic aliases, inbound QoS 2 (packet-id reuse, receive maximum, PUBREL) and the
 //! outbound acknowledgements (PUBACK, PUBREC, PUBCOMP against the inflight
 //! window), outbound topic aliases. Still in the connection: CONNECT
 //! checks, the inflight window (server/writer.rs), SUBSCRIBE / UNSUBSCRIBE.
@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use midge_protocol::{reason, ByteStr, QoS, Version};
+use midge_protocol::{reason, ByteStr, Properties, QoS, Version};
 
 use super::{Inflight, Stage};
 
@@ -36,6 +36,18 @@ impl Violation {
             why,
         }
     }
+}
+
+/// The rules a PUBLISH from a client breaks by its properties alone:
+/// it MUST NOT carry a Subscription Identifier (MQTT-3.3.4-6), and a packet
+/// that breaks a MUST is a Protocol Error (MQTT-4.13.1-1).
+pub fn client_publish(props: &Properties) -> Result<(), Violation> {
+    if !props.subscription_identifiers.is_empty() {
+        return Err(Violation::protocol(
+            "a PUBLISH from a client carries a Subscription Identifier",
+        ));
+    }
+    Ok(())
 }
 
 /// The keep alive in force after CONNECT.
@@ -294,7 +306,6 @@ mod tests {
     use std::sync::Arc;
 
     use bytes::Bytes;
-    use midge_protocol::Properties;
 
     use super::*;
     use crate::message::Message;
@@ -626,5 +637,15 @@ mod tests {
         assert_eq!(pubrec(&mut w, 1, reason::SUCCESS), PubRec::Unknown);
         assert_eq!(pubrec(&mut w, 2, reason::SUCCESS), PubRec::Unknown);
         assert_eq!(w[0].stage, Stage::Published, "untouched");
+    }
+
+    #[test]
+    fn a_client_publish_with_a_subscription_identifier_is_a_protocol_error() {
+        assert_eq!(client_publish(&Properties::default()), Ok(()));
+        let mut p = Properties::default();
+        p.subscription_identifiers.push(7);
+        let v = client_publish(&p).unwrap_err();
+        assert_eq!(v.reason, reason::PROTOCOL_ERROR);
+        assert!(v.why.contains("Subscription Identifier"), "{}", v.why);
     }
 }

@@ -174,6 +174,19 @@ async fn v5_duplicate_property_gets_0x82() {
     .await;
 }
 
+/// MQTT-3.3.4-6: a PUBLISH from a client MUST NOT carry a Subscription
+/// Identifier; breaking a MUST is a Protocol Error (MQTT-4.13.1-1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_publish_with_a_subscription_identifier_gets_0x82() {
+    let props = [Prop::VarInt(prop::SUBSCRIPTION_IDENTIFIER, 1)];
+    violation(
+        true,
+        publish(true, "e2e/subid", 1, false, false, 1, &props, b"x"),
+        &[0x82],
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_subscribe_without_filters_is_rejected() {
     violation(true, frame(0x82, &[0x00, 0x01, 0x00]), &[0x81, 0x82]).await;
