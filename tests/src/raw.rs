@@ -525,6 +525,16 @@ pub struct DisconnectP {
 }
 
 impl RawPacket {
+    /// Its size on the wire: fixed header, remaining length and body.
+    pub fn wire_len(&self) -> usize {
+        let mut len_bytes = 1;
+        let mut n = self.body.len() >> 7;
+        while n > 0 {
+            len_bytes += 1;
+            n >>= 7;
+        }
+        1 + len_bytes + self.body.len()
+    }
     pub fn connack(&self, v5: bool) -> ConnAckP {
         assert_eq!(self.kind, CONNACK, "expected CONNACK, got {self:?}");
         let mut r = Reader(&self.body);

@@ -10,14 +10,17 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::FutureExt;
 use midge_protocol::{
-    decode, encode, reason, topic, Ack, ConnAck, Connect, DecodeError, Disconnect, Packet,
-    Properties, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
+    decode, encode, reason, topic, Ack, ConnAck, Connect, Disconnect, Packet, Properties, Publish,
+    QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::enhanced_auth::{self, ConnectAuth};
+use super::handshake::{
+    self, connect_timed_out, read_connect, reason_props, send_connack, NoConnect,
+};
 use super::limits::{Listener, Refusal, Slot};
 use super::writer::{ClientLimits, Output};
 use crate::auth::{AuthDecision, ConnectInfo};
@@ -35,8 +38,6 @@ use midge_plugin::{BatchItem, BatchVerdict, PublishVerdict};
 
 /// Largest read buffer reservation for a busy connection.
 const READ_CHUNK: usize = 64 * 1024;
-/// How long the last packets may take to be written when closing.
-const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// Acks and other control packets a connection may have waiting for its
 /// client before the broker stops reading from it: a client that publishes
 /// QoS 1 without reading its PUBACKs otherwise grows the queue without bound.
@@ -102,10 +103,12 @@ where
         debug!(%peer, listener = info.listener.name(), reason = r.text(), "connection refused");
         refused(&broker, &connect, peer, r.reason_code());
         Box::pin(send_connack(
+            &mut rd,
             &mut wr,
             v,
             r.reason_code(),
             reason_props(v, r.text()),
+            proto::client_max_packet(&connect.properties),
         ))
         .await;
         return;
@@ -130,148 +133,6 @@ where
             .instrument(span)
             .map(move |()| drop(slot)),
     );
-}
-
-/// Counts and logs a connection closed for not completing its handshake or
-/// CONNECT within `limits.connect_timeout`.
-pub fn connect_timed_out(broker: &Broker, peer: SocketAddr, listener: Listener) {
-    broker
-        .stats
-        .connections_refused_connect_timeout
-        .fetch_add(1, Ordering::Relaxed);
-    debug!(%peer, listener = listener.name(), "no CONNECT within the connect timeout");
-}
-
-/// Why no CONNECT was read.
-enum NoConnect {
-    /// The deadline passed.
-    TimedOut,
-    /// Closed, another packet first, or a bad CONNECT (answered already).
-    Failed,
-}
-
-/// Reads the first packet, which must be CONNECT, by `deadline`. Answers
-/// unsupported protocol levels and malformed CONNECTs itself.
-async fn read_connect<R, W>(
-    rd: &mut R,
-    wr: &mut W,
-    buf: &mut BytesMut,
-    max: usize,
-    deadline: Instant,
-    stats: &crate::broker::Stats,
-) -> Result<Box<Connect>, NoConnect>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    loop {
-        match decode(buf, None, max) {
-            Ok(Some(Packet::Connect(c))) => return Ok(c),
-            Ok(Some(other)) => {
-                debug!(packet = packet_name(&other), "first packet is not CONNECT");
-                return Err(NoConnect::Failed);
-            }
-            Ok(None) => {}
-            Err(DecodeError::UnsupportedProtocol { level }) => {
-                debug!(level, "unsupported protocol level");
-                let (v, code) = if level > 5 {
-                    (Version::V5, reason::UNSUPPORTED_PROTOCOL_VERSION)
-                } else {
-                    (Version::V311, reason::v311::UNACCEPTABLE_PROTOCOL_VERSION)
-                };
-                send_connack(wr, v, code, Properties::default()).await;
-                return Err(NoConnect::Failed);
-            }
-            Err(e) => {
-                debug!(error = %e, "bad CONNECT");
-                if peek_connect_level(buf) == Some(5) {
-                    send_connack(wr, Version::V5, e.reason_code(), Properties::default()).await;
-                }
-                return Err(NoConnect::Failed);
-            }
-        }
-        match tokio::time::timeout_at(deadline, rd.read_buf(buf)).await {
-            Ok(Ok(n)) if n > 0 => {
-                stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Ok(_) => return Err(NoConnect::Failed),
-            Err(_) => return Err(NoConnect::TimedOut),
-        }
-    }
-}
-
-fn packet_name(p: &Packet) -> &'static str {
-    match p {
-        Packet::Connect(_) => "CONNECT",
-        Packet::ConnAck(_) => "CONNACK",
-        Packet::Publish(_) => "PUBLISH",
-        Packet::PubAck(_) => "PUBACK",
-        Packet::PubRec(_) => "PUBREC",
-        Packet::PubRel(_) => "PUBREL",
-        Packet::PubComp(_) => "PUBCOMP",
-        Packet::Subscribe(_) => "SUBSCRIBE",
-        Packet::SubAck(_) => "SUBACK",
-        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
-        Packet::UnsubAck(_) => "UNSUBACK",
-        Packet::PingReq => "PINGREQ",
-        Packet::PingResp => "PINGRESP",
-        Packet::Disconnect(_) => "DISCONNECT",
-        Packet::Auth(_) => "AUTH",
-    }
-}
-
-/// Protocol level byte of a (possibly malformed) CONNECT at the front of `buf`.
-fn peek_connect_level(buf: &[u8]) -> Option<u8> {
-    if buf.first()? >> 4 != 1 {
-        return None;
-    }
-    let mut i = 1;
-    while buf.get(i)? & 0x80 != 0 {
-        i += 1;
-        if i > 4 {
-            return None;
-        }
-    }
-    // remaining length, then protocol name (2-byte length + "MQTT"), then level.
-    let name_len = usize::from(*buf.get(i + 1)?) << 8 | usize::from(*buf.get(i + 2)?);
-    buf.get(i + 3 + name_len).copied()
-}
-
-async fn send_connack<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    v: Version,
-    code: u8,
-    properties: Properties,
-) {
-    let code = if v == Version::V311 && code >= 0x80 {
-        reason::connack_v311(code)
-    } else {
-        code
-    };
-    let mut out = BytesMut::new();
-    encode(
-        &Packet::ConnAck(ConnAck {
-            session_present: false,
-            code,
-            properties,
-        }),
-        v,
-        &mut out,
-    );
-    let _ = tokio::time::timeout(CLOSE_FLUSH, async {
-        let _ = wr.write_all(&out).await;
-        let _ = wr.flush().await;
-        let _ = wr.shutdown().await;
-    })
-    .await;
-}
-
-fn reason_props(v: Version, text: &str) -> Properties {
-    let mut p = Properties::default();
-    if v == Version::V5 {
-        p.reason_string = Some(text.into());
-    }
-    p
 }
 
 /// How a connection ended.
@@ -431,7 +292,9 @@ async fn run<R, W>(
     if let Err((code, text)) = check {
         info!(code, reason = text, "connection refused");
         refused(&broker, &c, peer, code);
-        Box::pin(send_connack(&mut wr, v, code, reason_props(v, text))).await;
+        let max = proto::client_max_packet(&c.properties);
+        let refusal = send_connack(&mut rd, &mut wr, v, code, reason_props(v, text), max);
+        Box::pin(refusal).await;
         return;
     }
     let client_id: Arc<str> = if c.client_id.is_empty() {
@@ -466,11 +329,7 @@ async fn run<R, W>(
     let window = client_receive_max.min(usize::from(cfg.max_inflight));
     let limits = ClientLimits {
         version: v,
-        max_packet_size: c
-            .properties
-            .maximum_packet_size
-            .map(|m| m as usize)
-            .unwrap_or(usize::MAX),
+        max_packet_size: proto::client_max_packet(&c.properties),
         topic_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
         window,
         problem_info: c.properties.request_problem_information != Some(0),
@@ -505,7 +364,9 @@ async fn run<R, W>(
     if let Err((code, text)) = Box::pin(claim).await {
         info!(code, reason = text, "connection refused");
         refused(&broker, &c, peer, code);
-        Box::pin(send_connack(&mut wr, v, code, reason_props(v, text))).await;
+        let max = proto::client_max_packet(&c.properties);
+        let refusal = send_connack(&mut rd, &mut wr, v, code, reason_props(v, text), max);
+        Box::pin(refusal).await;
         return;
     }
     let attached = Box::pin(broker.attach(
@@ -551,16 +412,20 @@ async fn run<R, W>(
                 props.authentication_data = final_auth_data.map(Into::into);
             }
         }
-        let connack = Packet::ConnAck(ConnAck {
+        let mut connack = Packet::ConnAck(ConnAck {
             session_present: attached.session_present,
             code: reason::SUCCESS,
             properties: props,
         });
         let mut out = BytesMut::new();
-        encode(&connack, v, &mut out);
+        if proto::fit(&mut connack, v, limits.max_packet_size) {
+            encode(&connack, v, &mut out);
+        } else {
+            info!("closing: the CONNACK does not fit the client's Maximum Packet Size");
+        }
         out
     };
-    if wr.write_all(&out).await.is_err() {
+    if out.is_empty() || wr.write_all(&out).await.is_err() {
         broker.detach(&session, conn_id, will);
         return;
     }
@@ -811,6 +676,9 @@ async fn run<R, W>(
         End::Server { reason, why } => (Some(*reason), *why),
         End::Lost(why) => (None, *why),
     };
+    // The server ends it: a lingering close, so that a client still writing
+    // reads why (see handshake::linger).
+    let lingering = matches!(end, End::Server { .. });
     let (last, will) = match end {
         End::Client { reason } => {
             let with_will = reason == reason::DISCONNECT_WITH_WILL;
@@ -832,16 +700,11 @@ async fn run<R, W>(
             (None, will)
         }
     };
-    if !write_failed {
-        // What is still unwritten, the pending acks and the last packet.
+    // What is still unwritten, the pending acks and the last packet.
+    let shut = !write_failed && {
         output.finish(&broker, &session, last);
-        let flush = async {
-            wr.write_all(output.unwritten()).await?;
-            wr.flush().await?;
-            wr.shutdown().await
-        };
-        let _ = Box::pin(tokio::time::timeout(CLOSE_FLUSH, flush)).await;
-    }
+        Box::pin(handshake::shut(&mut wr, output.unwritten())).await
+    };
     broker.detach(&session, conn_id, will);
     broker.emit(Event::Disconnected {
         client: who(),
@@ -852,6 +715,9 @@ async fn run<R, W>(
         description,
         disconnected_at_ms: crate::message::now_ms(),
     });
+    if shut && lingering {
+        Box::pin(handshake::linger(&mut rd)).await;
+    }
 }
 
 /// Logs a received packet (per-client trace: `[log] trace_clients`). A plain

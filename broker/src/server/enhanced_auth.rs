@@ -128,12 +128,16 @@ where
                 "enhanced authentication needs an MQTT 5.0 Authentication Method",
             );
         };
+        let mut auth = auth_packet(reason::CONTINUE_AUTHENTICATION, method, Some(cont.data));
+        let max = crate::session::proto::client_max_packet(&c.properties);
+        if !crate::session::proto::fit(&mut auth, Version::V5, max) {
+            return ConnectAuth::Refuse(
+                reason::PACKET_TOO_LARGE,
+                "an AUTH packet larger than the client's Maximum Packet Size",
+            );
+        }
         let mut out = BytesMut::new();
-        encode(
-            &auth_packet(reason::CONTINUE_AUTHENTICATION, method, Some(cont.data)),
-            Version::V5,
-            &mut out,
-        );
+        encode(&auth, Version::V5, &mut out);
         match tokio::time::timeout_at(deadline, wr.write_all(&out)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return ConnectAuth::Closed,

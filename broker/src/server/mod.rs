@@ -9,6 +9,7 @@
 
 mod connection;
 mod enhanced_auth;
+mod handshake;
 mod limits;
 mod tls;
 mod writer;
@@ -244,7 +245,7 @@ where
             connection::serve(broker, rd, wr, info).await;
         }
         Ok(None) => {}
-        Err(_) => connection::connect_timed_out(&broker, info.peer, info.listener),
+        Err(_) => handshake::connect_timed_out(&broker, info.peer, info.listener),
     }
 }
 
@@ -267,7 +268,7 @@ async fn handshake(
             None
         }
         Err(_) => {
-            connection::connect_timed_out(broker, info.peer, info.listener);
+            handshake::connect_timed_out(broker, info.peer, info.listener);
             None
         }
     }

@@ -11,7 +11,7 @@ use midge_protocol::{encode, encoded_len, Ack, Packet, Publish, QoS, Version};
 
 use crate::broker::Broker;
 use crate::events::{DropReason, Event};
-use crate::session::proto::TopicAliasesOut;
+use crate::session::proto::{self, TopicAliasesOut};
 use crate::session::{Delivery, Inflight, Session, Stage};
 use crate::store::Op;
 
@@ -125,8 +125,10 @@ impl Output {
     pub fn finish(&mut self, broker: &Broker, session: &Session, last: Option<Packet>) {
         collect(session, self.limits.window, &mut self.items, true);
         self.encode(broker, session);
-        if let Some(p) = last {
-            encode(&p, self.limits.version, &mut self.buf);
+        if let Some(mut p) = last {
+            if proto::fit(&mut p, self.limits.version, self.limits.max_packet_size) {
+                encode(&p, self.limits.version, &mut self.buf);
+            }
         }
     }
 }
@@ -216,10 +218,11 @@ fn encode_items(
         match item {
             Out::Control(mut p) => {
                 if !limits.problem_info {
-                    strip_problem_info(&mut p);
+                    proto::without_problem_info(&mut p);
                 }
-                if encoded_len(&p, limits.version) > limits.max_packet_size {
-                    strip_problem_info(&mut p);
+                if !proto::fit(&mut p, limits.version, limits.max_packet_size) {
+                    tracing::debug!(packet = ?p, "not sent: larger than the client's Maximum Packet Size");
+                    continue;
                 }
                 tracing::debug!(packet = ?p, "sent");
                 encode(&p, limits.version, buf);
@@ -318,19 +321,4 @@ fn delivery_dropped(broker: &Broker, session: &Session, d: &Delivery, reason: Dr
         qos: d.qos,
         reason,
     });
-}
-
-fn strip_problem_info(p: &mut Packet) {
-    let props = match p {
-        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
-            &mut a.properties
-        }
-        Packet::SubAck(s) => &mut s.properties,
-        Packet::UnsubAck(u) => &mut u.properties,
-        _ => return,
-    };
-    if props.reason_string.is_some() || !props.user_properties.is_empty() {
-        props.reason_string = None;
-        props.user_properties.clear();
-    }
 }

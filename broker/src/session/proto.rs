@@ -10,13 +10,14 @@
 //! session-expiry negotiation, the keep-alive deadline, what a client's
 //! PUBLISH must not carry, inbound topic aliases, inbound QoS 2 (packet-id reuse, receive maximum, PUBREL) and the
 //! outbound acknowledgements (PUBACK, PUBREC, PUBCOMP against the inflight
-//! window), outbound topic aliases. Still in the connection: CONNECT
+//! window), outbound topic aliases, fitting server packets to the client's
+//! Maximum Packet Size. Still in the connection: CONNECT
 //! checks, the inflight window (server/writer.rs), SUBSCRIBE / UNSUBSCRIBE.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use midge_protocol::{reason, ByteStr, Properties, QoS, Version};
+use midge_protocol::{encoded_len, reason, ByteStr, Packet, Properties, QoS, Version};
 
 use super::{Inflight, Stage};
 
@@ -299,6 +300,83 @@ pub fn pubcomp(inflight: &mut VecDeque<Inflight>, packet_id: u16) -> Option<Infl
         return None;
     }
     inflight.remove(i)
+}
+
+/// The properties of a server packet that may carry a Reason String and
+/// User Properties (`None`: PUBLISH, pings, client-only packets).
+fn diagnostics(p: &mut Packet) -> Option<&mut Properties> {
+    match p {
+        Packet::ConnAck(c) => Some(&mut c.properties),
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            Some(&mut a.properties)
+        }
+        Packet::SubAck(s) => Some(&mut s.properties),
+        Packet::UnsubAck(u) => Some(&mut u.properties),
+        Packet::Disconnect(d) => Some(&mut d.properties),
+        Packet::Auth(a) => Some(&mut a.properties),
+        _ => None,
+    }
+}
+
+fn drop_diagnostics(props: &mut Properties) {
+    if props.reason_string.is_some() || !props.user_properties.is_empty() {
+        props.reason_string = None;
+        props.user_properties.clear();
+    }
+}
+
+/// A client's Maximum Packet Size from its CONNECT (`usize::MAX`: none).
+pub fn client_max_packet(props: &Properties) -> usize {
+    props.maximum_packet_size.map_or(usize::MAX, |m| m as usize)
+}
+
+/// Request Problem Information 0 in CONNECT: no Reason String or User
+/// Properties on any packet but PUBLISH, CONNACK and DISCONNECT (MQTT-3.1.2-29).
+pub fn without_problem_info(p: &mut Packet) {
+    if matches!(p, Packet::ConnAck(_) | Packet::Disconnect(_)) {
+        return;
+    }
+    if let Some(props) = diagnostics(p) {
+        drop_diagnostics(props);
+    }
+}
+
+/// Makes a packet the server is about to write fit the client's Maximum
+/// Packet Size (`max`, from CONNECT; `usize::MAX`: no limit). Every packet the
+/// server writes must fit, those written before the CONNECT is accepted
+/// included (MQTT-3.1.2-24). The Reason String and User Properties go first
+/// (MQTT-3.2.2-19/20 for CONNACK, 3.14.2-3/4 for DISCONNECT, the same for
+/// the acknowledgements and AUTH); then, in a CONNACK, the properties whose
+/// value is the one their absence means (Retain, Wildcard, Subscription
+/// Identifier and Shared Subscription Available = 1). Returns `false` when
+/// the packet still does not fit: it must not be sent.
+pub fn fit(p: &mut Packet, version: Version, max: usize) -> bool {
+    if max == usize::MAX {
+        return true;
+    }
+    if encoded_len(p, version) <= max {
+        return true;
+    }
+    if let Some(props) = diagnostics(p) {
+        drop_diagnostics(props);
+    }
+    if encoded_len(p, version) <= max {
+        return true;
+    }
+    if let Packet::ConnAck(c) = p {
+        let props: &mut midge_protocol::PropertyValues = &mut c.properties;
+        for available in [
+            &mut props.retain_available,
+            &mut props.wildcard_subscription_available,
+            &mut props.subscription_identifier_available,
+            &mut props.shared_subscription_available,
+        ] {
+            if *available == Some(1) {
+                *available = None;
+            }
+        }
+    }
+    encoded_len(p, version) <= max
 }
 
 #[cfg(test)]
@@ -647,5 +725,109 @@ mod tests {
         let v = client_publish(&p).unwrap_err();
         assert_eq!(v.reason, reason::PROTOCOL_ERROR);
         assert!(v.why.contains("Subscription Identifier"), "{}", v.why);
+    }
+
+    fn refusal(text: &str) -> Packet {
+        let mut properties = Properties::default();
+        properties.reason_string = Some(text.into());
+        properties
+            .user_properties
+            .push(("k".into(), "a value".into()));
+        Packet::ConnAck(midge_protocol::ConnAck {
+            session_present: false,
+            code: reason::NOT_AUTHORIZED,
+            properties,
+        })
+    }
+
+    #[test]
+    fn a_refusal_drops_its_reason_string_to_fit_the_clients_maximum_packet_size() {
+        let mut p = refusal("not authorized");
+        assert!(encoded_len(&p, Version::V5) > 20);
+        assert!(fit(&mut p, Version::V5, 20));
+        assert!(encoded_len(&p, Version::V5) <= 20);
+        let Packet::ConnAck(c) = &p else { panic!() };
+        assert_eq!(c.code, reason::NOT_AUTHORIZED);
+        assert!(c.properties.reason_string.is_none());
+        assert!(c.properties.user_properties.is_empty());
+    }
+
+    #[test]
+    fn a_packet_that_fits_keeps_its_reason_string() {
+        let mut p = refusal("not authorized");
+        let before = encoded_len(&p, Version::V5);
+        assert!(fit(&mut p, Version::V5, before));
+        assert!(fit(&mut p, Version::V5, usize::MAX));
+        let Packet::ConnAck(c) = &p else { panic!() };
+        assert_eq!(
+            c.properties.reason_string.as_deref(),
+            Some("not authorized")
+        );
+    }
+
+    #[test]
+    fn a_server_disconnect_drops_its_reason_string_to_fit() {
+        let mut properties = Properties::default();
+        properties.reason_string = Some("session taken over by another connection".into());
+        let mut p = Packet::Disconnect(midge_protocol::Disconnect {
+            reason: reason::SESSION_TAKEN_OVER,
+            properties,
+        });
+        assert!(fit(&mut p, Version::V5, 10));
+        assert!(encoded_len(&p, Version::V5) <= 10);
+        let Packet::Disconnect(d) = &p else { panic!() };
+        assert_eq!(d.reason, reason::SESSION_TAKEN_OVER);
+    }
+
+    #[test]
+    fn a_connack_drops_properties_that_say_what_their_absence_says() {
+        let mut properties = Properties::default();
+        properties.receive_maximum = Some(100);
+        properties.retain_available = Some(1);
+        properties.wildcard_subscription_available = Some(1);
+        properties.subscription_identifier_available = Some(0);
+        properties.shared_subscription_available = Some(1);
+        properties.maximum_packet_size = Some(1 << 20);
+        let mut p = Packet::ConnAck(midge_protocol::ConnAck {
+            session_present: false,
+            code: reason::SUCCESS,
+            properties,
+        });
+        let before = encoded_len(&p, Version::V5);
+        assert!(fit(&mut p, Version::V5, before - 4));
+        let Packet::ConnAck(c) = &p else { panic!() };
+        assert_eq!(c.properties.retain_available, None);
+        assert_eq!(c.properties.shared_subscription_available, None);
+        // 0 is not the default: it stays.
+        assert_eq!(c.properties.subscription_identifier_available, Some(0));
+        assert_eq!(c.properties.receive_maximum, Some(100));
+    }
+
+    #[test]
+    fn a_packet_that_cannot_fit_is_not_to_be_sent() {
+        let mut p = refusal("not authorized");
+        assert!(!fit(&mut p, Version::V5, 3));
+    }
+
+    #[test]
+    fn no_problem_information_strips_acks_but_not_connack_or_disconnect() {
+        let mut ack = Packet::PubAck(midge_protocol::Ack {
+            packet_id: 1,
+            reason: reason::NOT_AUTHORIZED,
+            properties: {
+                let mut p = Properties::default();
+                p.reason_string = Some("denied".into());
+                p
+            },
+        });
+        without_problem_info(&mut ack);
+        let Packet::PubAck(a) = &ack else { panic!() };
+        assert!(a.properties.reason_string.is_none());
+        let mut connack = refusal("not authorized");
+        without_problem_info(&mut connack);
+        let Packet::ConnAck(c) = &connack else {
+            panic!()
+        };
+        assert!(c.properties.reason_string.is_some());
     }
 }

@@ -179,3 +179,113 @@ async fn slow_subscriber_does_not_stall_publisher_or_broker() {
     assert_alive(&b).await;
     drop(slow);
 }
+
+/// MQTT-3.1.2-24: no packet larger than the client's Maximum Packet Size,
+/// refusals included; the Reason String and User Properties go first
+/// (MQTT-3.2.2-19/20). Without the limit the same refusal carries its Reason
+/// String, so the test sees the limit at work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_connack_fits_the_clients_maximum_packet_size() {
+    let b = start_broker(|_| {}).await;
+    let unsupported = || {
+        ConnectOpts::v5(&unique("cmps-refused"))
+            .prop(Prop::Str(prop::AUTHENTICATION_METHOD, "SCRAM-SHA-1".into()))
+    };
+    let mut free = RawClient::connect(b.addr).await;
+    free.send(&unsupported().encode()).await;
+    let p = free.recv().await;
+    let ack = p.connack(true);
+    assert_eq!(ack.code, 0x8C);
+    assert!(ack.props.has(prop::REASON_STRING), "{ack:?}");
+    assert!(
+        p.wire_len() > 20,
+        "the unlimited refusal is {} bytes",
+        p.wire_len()
+    );
+
+    let mut limited = RawClient::connect(b.addr).await;
+    limited
+        .send(&unsupported().prop(Prop::maximum_packet_size(20)).encode())
+        .await;
+    let p = limited.recv().await;
+    assert!(
+        p.wire_len() <= 20,
+        "CONNACK of {} bytes: {p:?}",
+        p.wire_len()
+    );
+    let ack = p.connack(true);
+    assert_eq!(ack.code, 0x8C);
+    assert!(!ack.props.has(prop::REASON_STRING), "{ack:?}");
+    limited.expect_closed().await;
+}
+
+/// A refusal after the CONNECT checks (client identifier too long, 0x85).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_refusal_fits_the_clients_maximum_packet_size() {
+    let b = start_broker(|c| c.mqtt.max_client_id_len = 23).await;
+    let long_id = format!("{}-{}", unique("cmps-id"), "x".repeat(40));
+    let mut c = RawClient::connect(b.addr).await;
+    c.send(
+        &ConnectOpts::v5(&long_id)
+            .prop(Prop::maximum_packet_size(12))
+            .encode(),
+    )
+    .await;
+    let p = c.recv().await;
+    assert!(
+        p.wire_len() <= 12,
+        "CONNACK of {} bytes: {p:?}",
+        p.wire_len()
+    );
+    assert_eq!(p.connack(true).code, 0x85);
+    c.expect_closed().await;
+}
+
+/// The accepting CONNACK carries the server's limits; for a client whose
+/// own limit is smaller, those that say what their absence says go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepting_connack_fits_a_small_maximum_packet_size() {
+    let b = start_broker(|_| {}).await;
+    let mut c = RawClient::connect(b.addr).await;
+    c.send(
+        &ConnectOpts::v5(&unique("cmps-ok"))
+            .prop(Prop::maximum_packet_size(20))
+            .encode(),
+    )
+    .await;
+    let p = c.recv().await;
+    assert!(
+        p.wire_len() <= 20,
+        "CONNACK of {} bytes: {p:?}",
+        p.wire_len()
+    );
+    let ack = p.connack(true);
+    assert_eq!(ack.code, 0);
+    assert!(ack.props.has(prop::RECEIVE_MAXIMUM), "{ack:?}");
+    // Still a working connection.
+    assert!(c.ping().await.is_empty());
+}
+
+/// Issue 26, item 3: a client still writing when the server disconnects it
+/// (Paho's interoperability flow-control case: one QoS 2 PUBLISH over the
+/// Receive Maximum, then a PUBREL for each PUBREC read) reads DISCONNECT
+/// 0x93, not a broken pipe: the server closes gracefully (lingering close).
+/// The client is tests/python/flow_control_linger.py (raw socket, Python).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_writing_while_disconnected_reads_the_reason_code() {
+    let b = start_broker(|c| c.mqtt.receive_maximum = 5).await;
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join("flow_control_linger.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(script).arg(b.port().to_string());
+    let out = run_command(cmd, Duration::from_secs(30)).await;
+    assert!(
+        out.status.success(),
+        "{:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_alive(&b).await;
+}
