@@ -116,6 +116,15 @@ impl App {
         };
         crate::auth::check_authenticator(config.limits.allow_anonymous, plugins.as_ref())
             .map_err(StartError::NoAuthenticator)?;
+        // Clustered: persistent sessions' records follow their events.
+        let session_sink = config
+            .cluster
+            .enabled
+            .then(crate::cluster::sessions::Sink::new);
+        let mut sinks: Vec<Arc<dyn crate::events::EventSink>> = Vec::new();
+        if let Some(s) = &session_sink {
+            sinks.push(s.clone());
+        }
         let broker = Arc::new(Broker::new(Parts {
             config: config.mqtt.clone(),
             limits: config.limits.clone(),
@@ -126,11 +135,11 @@ impl App {
             sql,
             kafka,
             store,
-            sinks: Vec::new(),
+            sinks,
         }));
         publish.bind(&broker);
         // Before the restore: its subscriptions become the node's interest.
-        crate::cluster::join(&config.cluster, &broker).await?;
+        crate::cluster::join(&config.cluster, &broker, session_sink.as_deref()).await?;
         if let Some(snap) = snapshot {
             restore(&broker, snap);
         }

@@ -29,6 +29,10 @@ pub struct Message {
     pub id: u64,
     /// How many rule republishes led to this message (loop guard).
     pub rule_depth: u8,
+    /// Clustered, for a QoS 1/2 message in the cluster's stream: a stream
+    /// sequence below its own (a session holding it unacknowledged
+    /// checkpoints no higher); `u64::MAX`: not in the stream.
+    pub stream_mark: AtomicU64,
 }
 
 /// Who a connection belongs to; one `Arc` per connection, shared by its messages.
@@ -114,6 +118,7 @@ impl Message {
             timestamp_ms: at.1,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             rule_depth: 0,
+            stream_mark: AtomicU64::new(u64::MAX),
         }
     }
 

@@ -18,6 +18,8 @@
 //! - [`remote`]: what filters the other nodes hold (a publish nobody else
 //!   wants stays on its node).
 //! - [`retained`]: the retained bucket, watched into every node.
+//! - [`state`]: persistent sessions' records (subscriptions, checkpoint in
+//!   the stream), so another node resumes a session whose node died.
 //! - [`wills`]: wills of connected clients, taken once when their node dies.
 //! - [`metrics`]: counters and round-trip histograms of every NATS wait.
 //! - [`config`]: the `[cluster]` section.
@@ -30,6 +32,7 @@ pub mod node;
 pub mod ownership;
 pub mod remote;
 pub mod retained;
+pub mod state;
 pub mod subject;
 pub mod wills;
 

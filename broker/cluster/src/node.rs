@@ -57,6 +57,12 @@ pub trait Local: Send + Sync + 'static {
     /// A message from another node for this node's subscribers: route it
     /// locally only (no rules, no plugins, no retained update, no forwarding).
     fn deliver(&self, env: Envelope);
+    /// [`Local::deliver`] for a message read from the stream, with its
+    /// sequence (a session's checkpoint counts in sequences).
+    fn deliver_stored(&self, env: Envelope, seq: u64) {
+        let _ = seq;
+        self.deliver(env);
+    }
     /// A retained message set (`Some`) or cleared (`None`) on any node.
     fn retained(&self, topic: String, env: Option<Envelope>);
     /// A message for one member of shared group `group` on `filter` here
@@ -158,6 +164,9 @@ pub struct Cluster {
     psub: String,
     /// Highest stream sequence the inbound task handled.
     floor: AtomicU64,
+    /// Every stored message up to this sequence that this node's
+    /// subscriptions match was handed to the broker (see [`Cluster::mark`]).
+    mark: Arc<AtomicU64>,
     client: async_nats::Client,
     /// A second connection, with echo, for shared groups' queue
     /// subscriptions: a node's own publishes must be able to reach its own
@@ -169,6 +178,12 @@ pub struct Cluster {
     pub(crate) retained: kv::Store,
     pub(crate) wills: kv::Store,
     pub(crate) interest_kv: kv::Store,
+    pub(crate) state: kv::Store,
+    /// Persistent sessions whose records this node writes (state.rs).
+    pub(crate) held: Mutex<HashMap<String, crate::state::Held>>,
+    /// A persistent session was claimed here: every QoS 1/2 publish goes
+    /// to the stream (a session's checkpoint counts in its sequences).
+    pub(crate) persistent: AtomicBool,
     pub(crate) remote: crate::remote::Remote,
     stream: String,
     /// Identifies this run of the node in message ids (start time, ms).
@@ -333,6 +348,7 @@ impl Cluster {
             bucket("retained", 1, Duration::ZERO, None),
             bucket("wills", 1, Duration::ZERO, None),
             bucket("interest", 1, Duration::ZERO, None),
+            bucket("state", 1, Duration::ZERO, None),
         ] {
             let name = kc.bucket.clone();
             match tokio::time::timeout(deadline, js.create_or_update_key_value(kc)).await {
@@ -341,6 +357,7 @@ impl Cluster {
                 Err(_) => return Err(setup(&format!("bucket {name}"), &"no answer")),
             }
         }
+        let state = stores.pop().ok_or_else(|| setup("buckets", &"missing"))?;
         let interest_kv = stores.pop().ok_or_else(|| setup("buckets", &"missing"))?;
         let wills = stores.pop().ok_or_else(|| setup("buckets", &"missing"))?;
         let retained = stores.pop().ok_or_else(|| setup("buckets", &"missing"))?;
@@ -353,6 +370,7 @@ impl Cluster {
             p0: format!("{c}.m.0."),
             p1: format!("{c}.s."),
             floor: AtomicU64::new(start_seq),
+            mark: Arc::new(AtomicU64::new(start_seq)),
             psub: format!("{c}.m.*."),
             client,
             qclient,
@@ -362,6 +380,9 @@ impl Cluster {
             retained,
             wills,
             interest_kv,
+            state,
+            held: Mutex::new(HashMap::new()),
+            persistent: AtomicBool::new(false),
             remote: Default::default(),
             stream: stream_name,
             run: now_ms() as u64,
@@ -377,6 +398,7 @@ impl Cluster {
         });
         tokio::spawn(inbound(
             Arc::downgrade(&cluster),
+            cluster.mark.clone(),
             cluster.node.clone(),
             cluster.metrics.clone(),
             local.clone(),
@@ -390,6 +412,27 @@ impl Cluster {
         cluster.publish_interest().await?;
         info!(node = %cluster.node, nats = %cluster.urls, "cluster: joined");
         Ok(cluster)
+    }
+
+    /// A stream sequence such that every stored message up to it that this
+    /// node's subscriptions match was handed to the broker already (a
+    /// message routed here before it was stored gets a sequence above it).
+    pub fn mark(&self) -> u64 {
+        self.mark.load(Relaxed)
+    }
+
+    /// `<c>.s.`: the stream's subjects start with it.
+    pub(crate) fn stored_prefix(&self) -> &str {
+        &self.p1
+    }
+
+    /// Whether the node's NATS subscription for plain filter `filter` is in
+    /// place (subscribed, not only asked for).
+    pub fn is_subscribed(&self, filter: &str) -> bool {
+        self.interest
+            .lock()
+            .get(filter)
+            .is_some_and(|i| !i.aborts.is_empty())
     }
 
     pub fn node(&self) -> &str {
@@ -942,7 +985,10 @@ impl Handler {
         self.metrics
             .received_bytes
             .fetch_add(env.payload.len() as u64, Relaxed);
-        self.local.deliver(env);
+        match seq {
+            Some(seq) => self.local.deliver_stored(env, seq),
+            None => self.local.deliver(env),
+        }
     }
 }
 
@@ -950,8 +996,10 @@ impl Handler {
 /// drops copies and hands each message to the local router, in the order
 /// NATS delivered them. On a replay signal it first reads what the stream
 /// stored since the last sequence it handled.
+#[allow(clippy::too_many_arguments)]
 async fn inbound(
     cluster: std::sync::Weak<Cluster>,
+    mark: Arc<AtomicU64>,
     node: Arc<str>,
     metrics: Arc<Metrics>,
     local: Arc<dyn Local>,
@@ -980,7 +1028,9 @@ async fn inbound(
                 while replay.try_recv().is_ok() {}
                 let Some(c) = cluster.upgrade() else { return };
                 c.floor.store(h.floor, Relaxed);
-                if let Err(e) = c.replay(&mut h).await {
+                let r = c.replay(&mut h).await;
+                mark.store(h.replay_from(), Relaxed);
+                if let Err(e) = r {
                     warn!(error = %e, "cluster: reconcile from the stream failed; retrying in 1 s");
                     let again = c.replay_again.clone();
                     tokio::spawn(async move {
@@ -993,6 +1043,7 @@ async fn inbound(
                 None => {
                     let many = subs.len() > 1;
                     h.handle(&m, 3, None, many);
+                    mark.store(h.replay_from(), Relaxed);
                 }
                 Some(g) => h.handle_shared(&m, &g),
             },
@@ -1112,7 +1163,7 @@ impl Cluster {
 /// `<c>.m.<q>.<topic>` (3 prefix tokens) or `<c>.s.<topic>` (2) -> the
 /// envelope; a message this node cannot read is counted and logged with its
 /// subject and origin.
-fn decode_inbound(
+pub(crate) fn decode_inbound(
     msg: &async_nats::Message,
     prefix_tokens: usize,
     metrics: &Metrics,

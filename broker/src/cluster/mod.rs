@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 use crate::broker::Broker;
 use crate::message::{AckState, Acks, ClientInfo, Message};
 
+pub mod sessions;
 pub mod takeover;
 
 pub use crate::node::name as node_name;
@@ -128,8 +129,14 @@ impl crate::broker::ClusterLink for Node {
     /// Queues a message published on this node for the cluster (not `$SYS`
     /// topics, which never leave their node, nor topics no other node wants).
     fn forward(&self, msg: &Arc<Message>) {
-        if msg.topic.starts_with("$SYS") || !self.cluster.wanted_elsewhere(&msg.topic) {
+        // A node holding persistent sessions stores every QoS 1/2 publish:
+        // a session resumed elsewhere after this node dies reads them there.
+        let stored = msg.qos != QoS::AtMostOnce && self.cluster.holds_persistent();
+        if msg.topic.starts_with("$SYS") || !(stored || self.cluster.wanted_elsewhere(&msg.topic)) {
             return;
+        }
+        if msg.qos != QoS::AtMostOnce {
+            msg.stream_mark.store(self.cluster.mark(), Relaxed);
         }
         let acks = msg
             .origin
@@ -167,7 +174,7 @@ fn envelope(c: &Cluster, msg: &Message) -> Envelope {
 
 /// A message from another node, as this node's router takes it: its
 /// expiry counts from when the origin received it.
-fn message(env: Envelope) -> Message {
+pub(crate) fn message(env: Envelope) -> Message {
     let now_ms = crate::message::now_ms();
     let ts = env.timestamp_ms.unwrap_or(now_ms);
     let age = Duration::from_millis(u64::try_from(now_ms - ts).unwrap_or(0));
@@ -191,6 +198,16 @@ impl Local for LocalBroker {
     fn deliver(&self, env: Envelope) {
         if let Some(b) = self.0.upgrade() {
             b.route_local(Arc::new(message(env)));
+        }
+    }
+
+    fn deliver_stored(&self, env: Envelope, seq: u64) {
+        if let Some(b) = self.0.upgrade() {
+            let msg = message(env);
+            if msg.qos != QoS::AtMostOnce {
+                msg.stream_mark.store(seq.saturating_sub(1), Relaxed);
+            }
+            b.route_local(Arc::new(msg));
         }
     }
 
@@ -255,7 +272,11 @@ impl crate::router::RetainedWatch for RetainedHook {
 /// names the URLs), installs the hooks, subscribes the node for the
 /// filters its router already holds. Call before the store is restored
 /// and before any listener accepts.
-pub async fn join(cfg: &ClusterConfig, broker: &Arc<Broker>) -> Result<(), ClusterError> {
+pub async fn join(
+    cfg: &ClusterConfig,
+    broker: &Arc<Broker>,
+    sink: Option<&sessions::Sink>,
+) -> Result<(), ClusterError> {
     if !cfg.enabled {
         return Ok(());
     }
@@ -301,6 +322,9 @@ pub async fn join(cfg: &ClusterConfig, broker: &Arc<Broker>) -> Result<(), Clust
     }
     let _ = broker.cluster.set(node);
     takeover::serve(broker, &cluster).await?;
+    if let Some(sink) = sink {
+        sessions::start(broker, &cluster, sink);
+    }
     // Nodes that died while nobody watched (all were down): their wills now.
     let weak = Arc::downgrade(broker);
     tokio::spawn(dead_node(weak, cluster, String::new()));
@@ -323,7 +347,10 @@ async fn dead_node(broker: Weak<Broker>, cluster: Arc<Cluster>, gone: String) {
         }
     };
     let me = cluster.node().to_string();
-    if !gone.is_empty() && !alive.contains(&gone) {
+    // A dead node's filters stay wanted while a session it held may still
+    // be resumed elsewhere: its messages must keep reaching the stream.
+    let records = cluster.any_state().await.unwrap_or(true);
+    if !gone.is_empty() && !alive.contains(&gone) && !records {
         if let Err(e) = cluster.forget_interest(&gone).await {
             debug!(node = %gone, error = %e, "cluster: summary of a dead node not dropped");
         }

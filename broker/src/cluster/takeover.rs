@@ -77,13 +77,37 @@ pub async fn claim(
             return Ok(());
         }
     };
-    let Some(prev) = claim.previous.filter(|p| p.node != c.node()) else {
-        return Ok(());
+    let imported = match claim.previous.filter(|p| p.node != c.node()) {
+        Some(prev) => take_from(broker, c, client_id, &prev, claim.epoch, clean_start).await,
+        None => false,
     };
+    super::sessions::after_claim(
+        broker,
+        c,
+        client_id,
+        claim.epoch,
+        clean_start,
+        persistent,
+        imported,
+    )
+    .await;
+    Ok(())
+}
+
+/// Asks `prev`'s node to let `client_id` go; true when it handed over a
+/// session that is now installed here.
+async fn take_from(
+    broker: &Arc<Broker>,
+    c: &Arc<Cluster>,
+    client_id: &Arc<str>,
+    prev: &midge_cluster::ownership::Owner,
+    epoch: u64,
+    clean_start: bool,
+) -> bool {
     let take = Take {
         client_id: client_id.to_string(),
         node: c.node().to_string(),
-        epoch: claim.epoch,
+        epoch,
         want_state: !clean_start,
     };
     let subject = control_subject(c, &prev.node);
@@ -93,7 +117,8 @@ pub async fn claim(
         Ok(Ok(reply)) if !reply.payload.is_empty() && !clean_start => {
             match import(broker, client_id, reply.payload) {
                 Ok(n) => {
-                    info!(%client_id, from = %prev.node, messages = n, "cluster: session taken over")
+                    info!(%client_id, from = %prev.node, messages = n, "cluster: session taken over");
+                    return true;
                 }
                 Err(e) => {
                     warn!(%client_id, from = %prev.node, error = %e, "cluster: session state from the old owner refused")
@@ -109,7 +134,7 @@ pub async fn claim(
             info!(%client_id, from = %prev.node, "cluster: old owner did not answer in time")
         }
     }
-    Ok(())
+    false
 }
 
 fn control_subject(c: &Cluster, node: &str) -> String {
@@ -180,6 +205,10 @@ async fn let_go(b: &Arc<Broker>, take: &Take) -> Bytes {
     } else {
         Bytes::new()
     };
+    // Its record is the new owner's to write now.
+    if let Some(node) = b.cluster.get() {
+        node.cluster().let_go(&take.client_id);
+    }
     hand_over(b, &session);
     info!(client_id = %take.client_id, to = %take.node, epoch = take.epoch, "cluster: session handed over");
     state
@@ -368,6 +397,14 @@ fn import(b: &Broker, client_id: &Arc<str>, mut s: Bytes) -> Result<usize, Strin
         }
         st.offline_since_ms = Some(crate::message::now_ms());
     }
+    install(b, &session)?;
+    Ok(messages)
+}
+
+/// Puts `session` (offline) into the registry, unless one of its client id
+/// is here already, and its subscriptions into the router.
+pub(super) fn install(b: &Broker, session: &Arc<Session>) -> Result<(), String> {
+    let client_id = &session.client_id;
     {
         let mut reg = b.registry().lock();
         if reg.contains_key(client_id) {
@@ -394,5 +431,5 @@ fn import(b: &Broker, client_id: &Arc<str>, mut s: Bytes) -> Result<usize, Strin
             },
         );
     }
-    Ok(messages)
+    Ok(())
 }

@@ -8,6 +8,7 @@ mod anonymous;
 mod api_rules;
 mod cluster;
 mod cluster_faults;
+mod cluster_sessions;
 mod connect;
 mod dashboard;
 mod enhanced_auth;

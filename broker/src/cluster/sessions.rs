@@ -1,0 +1,357 @@
+//! Persistent sessions that survive their node (`midge_cluster::state`):
+//! the node holding a persistent session keeps its record in the cluster's
+//! `<c>-state` bucket (subscriptions, expiry, incoming QoS 2 ids and a
+//! checkpoint into the message stream), and a node that takes the client
+//! id over when the old node is gone resumes the session from the record:
+//! subscriptions installed, the stream replayed from the checkpoint into
+//! its queue.
+//!
+//! - [`Sink`] (an `EventSink` in `broker::Parts::sinks`, put there by
+//!   `App::bind` when `[cluster]` is on) hears every event that can change
+//!   a record (connected, disconnected, subscribed, unsubscribed, acked,
+//!   session expired) and queues the client id; one task ([`writer`])
+//!   writes the records of the sessions this node holds, in batches, each a
+//!   compare-and-set fenced by the claim's epoch; a session gone from the
+//!   registry has its record deleted.
+//! - [`after_claim`] runs in `takeover::claim` once this node owns the
+//!   client id: it reads the record, holds it, and resumes the session from
+//!   it when no session came from the old owner and none is here.
+//!
+//! The checkpoint of a session is the lowest `Message::stream_mark` of the
+//! QoS 1/2 messages it holds unacknowledged, or, holding none, the node's
+//! [`Cluster::mark`] read before the session is looked at.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use midge_cluster::state::{SessionRecord, Written};
+use midge_cluster::{Cluster, ClusterError};
+use midge_protocol::QoS;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::broker::Broker;
+use crate::events::{Event, EventSink, Kind};
+use crate::records::{Delivery, SubscriptionRecord};
+use crate::router::split_filter;
+use crate::session::Session;
+use crate::store::codec;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// How long a resume waits for the node's NATS subscriptions of the
+/// session's filters before it reads the stream.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
+
+/// Hears the events that change a persistent session's record.
+#[derive(Debug)]
+pub struct Sink {
+    tx: mpsc::UnboundedSender<Arc<str>>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Arc<str>>>>,
+}
+
+impl Sink {
+    pub fn new() -> Arc<Sink> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Arc::new(Sink {
+            tx,
+            rx: Mutex::new(Some(rx)),
+        })
+    }
+}
+
+impl EventSink for Sink {
+    fn kinds(&self) -> Kind {
+        Kind::CONNECTED
+            .union(Kind::DISCONNECTED)
+            .union(Kind::SUBSCRIBED)
+            .union(Kind::UNSUBSCRIBED)
+            .union(Kind::ACKED)
+            .union(Kind::SESSION_EXPIRED)
+    }
+
+    fn on_event(&self, event: &Event<'_>) {
+        let id = match event {
+            Event::Connected { client, .. }
+            | Event::Disconnected { client, .. }
+            | Event::Subscribed { client, .. }
+            | Event::Unsubscribed { client, .. } => client.client_id,
+            Event::Acked { receiver, .. } => receiver.client_id,
+            Event::SessionExpired { client_id } => client_id,
+            _ => return,
+        };
+        let _ = self.tx.send(Arc::from(id));
+    }
+}
+
+/// Starts the record writer (once; the sink's queue is taken).
+pub fn start(broker: &Arc<Broker>, cluster: &Arc<Cluster>, sink: &Sink) {
+    if let Some(rx) = sink.rx.lock().take() {
+        tokio::spawn(writer(Arc::downgrade(broker), cluster.clone(), rx));
+    }
+}
+
+/// Writes the records of the sessions whose client ids come in, a batch
+/// at a time (a burst of acknowledgements costs one write per session).
+async fn writer(broker: Weak<Broker>, c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<str>>) {
+    let mut dirty: HashSet<Arc<str>> = HashSet::new();
+    loop {
+        if dirty.is_empty() {
+            match rx.recv().await {
+                Some(id) => {
+                    dirty.insert(id);
+                }
+                None => return,
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        while let Ok(id) = rx.try_recv() {
+            dirty.insert(id);
+        }
+        let Some(b) = broker.upgrade() else { return };
+        let batch: Vec<Arc<str>> = dirty.drain().filter(|id| c.held(id).is_some()).collect();
+        let mut failed = Vec::new();
+        for chunk in batch.chunks(64) {
+            let done =
+                futures_util::future::join_all(chunk.iter().map(|id| sync(&b, &c, id))).await;
+            for (id, r) in chunk.iter().zip(done) {
+                if let Err(e) = r {
+                    warn!(client_id = %id, error = %e, "cluster: session record not written; retrying");
+                    failed.push(id.clone());
+                }
+            }
+        }
+        drop(b);
+        if !failed.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            dirty.extend(failed);
+        }
+    }
+}
+
+/// Makes `client_id`'s record match its session here (deleted when the
+/// session is gone).
+async fn sync(b: &Arc<Broker>, c: &Cluster, client_id: &str) -> Result<(), ClusterError> {
+    let Some(held) = c.held(client_id) else {
+        return Ok(());
+    };
+    // The node's mark first: a message routed after it is read has a mark
+    // at least as high, or is in the queue when the session is read.
+    let mark = c.mark();
+    let session = b.session(client_id).filter(|s| !s.state.lock().ended);
+    let Some(session) = session else {
+        if c.delete_state(client_id, held.revision).await? {
+            debug!(%client_id, "cluster: session ended; its record deleted");
+        }
+        c.let_go(client_id);
+        return Ok(());
+    };
+    let rec = record_of(c, &session, held.epoch, mark);
+    if held.last.as_ref().is_some_and(|l| l.same(&rec)) {
+        return Ok(());
+    }
+    let mut revision = held.revision;
+    for _ in 0..4 {
+        match c.write_state(client_id, &rec, revision).await? {
+            Written::Ok(rev) => {
+                c.wrote(client_id, rec, rev);
+                return Ok(());
+            }
+            Written::Conflict(now, rev) => {
+                if let Some(now) = now.filter(|n| n.epoch > held.epoch) {
+                    info!(%client_id, node = %now.node, "cluster: a newer owner writes this session's record; this node lets it go");
+                    c.let_go(client_id);
+                    return Ok(());
+                }
+                revision = rev;
+            }
+        }
+    }
+    Err(ClusterError::Nats {
+        what: format!("session state of client {client_id:?}"),
+        message: "lost 4 compare-and-set rounds in a row".into(),
+    })
+}
+
+/// The record of `session` as it is now.
+fn record_of(c: &Cluster, session: &Session, epoch: u64, mark: u64) -> SessionRecord {
+    let st = session.state.lock();
+    let floor = st
+        .queue
+        .iter()
+        .chain(st.inflight.iter().map(|i| &i.delivery))
+        .filter(|d| d.qos != QoS::AtMostOnce)
+        .map(|d| d.msg.stream_mark.load(Relaxed))
+        .filter(|m| *m != u64::MAX)
+        .fold(mark, u64::min);
+    let mut subs: Vec<(String, String)> = st
+        .subscriptions
+        .iter()
+        .map(|(f, r)| (f.clone(), B64.encode(codec::encode_sub(r))))
+        .collect();
+    subs.sort();
+    let mut qos2_in: Vec<u16> = st.incoming_qos2.iter().copied().collect();
+    qos2_in.sort_unstable();
+    SessionRecord {
+        expiry: st.expiry_interval,
+        floor,
+        subs,
+        qos2_in,
+        ..c.new_state(epoch)
+    }
+}
+
+/// This node just claimed `client_id` (epoch `epoch`); `imported`: the old
+/// owner handed its session over. A persistent session's record is read
+/// and held (this node writes it from now on); when nothing came from the
+/// old owner and no session of the client id is here, the session resumes
+/// from the record. A clean session without expiry has its record deleted.
+pub async fn after_claim(
+    b: &Arc<Broker>,
+    c: &Arc<Cluster>,
+    client_id: &Arc<str>,
+    epoch: u64,
+    clean_start: bool,
+    persistent: bool,
+    imported: bool,
+) {
+    if !persistent {
+        // A discarded session's record goes, off the CONNECT's path.
+        c.let_go(client_id);
+        let (c, id) = (c.clone(), client_id.clone());
+        tokio::spawn(async move {
+            if let Ok((Some(_), revision)) = c.read_state(&id).await {
+                if let Err(e) = c.delete_state(&id, revision).await {
+                    debug!(client_id = %id, error = %e, "cluster: record of a discarded session not deleted");
+                }
+            }
+        });
+        return;
+    }
+    let (rec, revision) = match c.read_state(client_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(%client_id, error = %e, "cluster: session record not read; the session is not resumed from it");
+            c.hold(client_id, epoch, 0);
+            return;
+        }
+    };
+    c.hold(client_id, epoch, revision);
+    let Some(rec) = rec.filter(|_| !clean_start) else {
+        return;
+    };
+    if imported {
+        // Messages handed over are in the stream above the old owner's
+        // checkpoint: they keep it until acknowledged.
+        if let Some(s) = b.session(client_id) {
+            let st = s.state.lock();
+            for d in st
+                .queue
+                .iter()
+                .chain(st.inflight.iter().map(|i| &i.delivery))
+            {
+                let _ = d
+                    .msg
+                    .stream_mark
+                    .compare_exchange(u64::MAX, rec.floor, Relaxed, Relaxed);
+            }
+        }
+        return;
+    }
+    if b.session(client_id).is_some() {
+        return;
+    }
+    let started = Instant::now();
+    match resume(b, c, client_id, &rec).await {
+        Ok(n) => {
+            info!(%client_id, from = %rec.node, messages = n, ms = started.elapsed().as_millis() as u64, "cluster: session resumed from its record")
+        }
+        Err(e) => {
+            warn!(%client_id, from = %rec.node, error = %e, "cluster: session not resumed from its record")
+        }
+    }
+}
+
+/// Installs the session `rec` describes as an offline session here and
+/// queues the stored messages after its checkpoint that its subscriptions
+/// match; returns how many.
+async fn resume(
+    b: &Arc<Broker>,
+    c: &Arc<Cluster>,
+    client_id: &Arc<str>,
+    rec: &SessionRecord,
+) -> Result<usize, String> {
+    let session = Arc::new(Session::new(client_id.clone(), rec.expiry, b.store.clone()));
+    let mut subs: Vec<(String, SubscriptionRecord)> = Vec::with_capacity(rec.subs.len());
+    for (f, enc) in &rec.subs {
+        let bytes = B64
+            .decode(enc)
+            .map_err(|e| format!("subscription {f:?}: {e}"))?;
+        let r = codec::decode_sub(&bytes).map_err(|e| format!("subscription {f:?}: {}", e.0))?;
+        subs.push((f.clone(), r));
+    }
+    {
+        let mut st = session.state.lock();
+        for (f, r) in &subs {
+            st.subscriptions.insert(f.clone(), r.clone());
+        }
+        st.incoming_qos2.extend(rec.qos2_in.iter().copied());
+        st.offline_since_ms = Some(crate::message::now_ms());
+    }
+    super::takeover::install(b, &session)?;
+    // The node's subscriptions for these filters first: what is stored
+    // after the read below then arrives live.
+    // (`$SYS` never leaves its node; shared groups are not replayed.)
+    let plain: Vec<&(String, SubscriptionRecord)> = subs
+        .iter()
+        .filter(|(f, _)| split_filter(f).0.is_none() && !f.starts_with("$SYS"))
+        .collect();
+    let filters: Vec<String> = plain.iter().map(|(f, _)| f.clone()).collect();
+    let deadline = Instant::now() + SUBSCRIBE_WAIT;
+    while !filters.iter().all(|f| c.is_subscribed(f)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = c.flush().await;
+    let stored = c
+        .replay_for(&filters, rec.floor)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out: Vec<Delivery> = Vec::with_capacity(stored.len());
+    for (seq, env) in stored {
+        let mine = env.client_id.as_deref() == Some(&**client_id);
+        let mut qos = None;
+        let mut retain_as_published = false;
+        let mut sub_ids = smallvec::SmallVec::new();
+        for (f, r) in &plain {
+            if !midge_protocol::topic::matches(f, &env.topic) || (r.opts.no_local && mine) {
+                continue;
+            }
+            qos = qos.max(Some(r.opts.qos));
+            retain_as_published |= r.opts.retain_as_published;
+            sub_ids.extend(r.id);
+        }
+        let Some(qos) = qos else { continue };
+        let msg = super::message(env);
+        msg.stream_mark.store(seq.saturating_sub(1), Relaxed);
+        out.push(Delivery {
+            qos: qos.min(msg.qos),
+            retain: msg.retain && retain_as_published,
+            sub_ids,
+            shared: None,
+            seq: 0,
+            msg: Arc::new(msg),
+        });
+    }
+    let n = out.len();
+    let mut st = session.state.lock();
+    // Before anything that arrived live meanwhile (it is newer).
+    for d in out.into_iter().rev() {
+        st.queued_bytes += d.msg.payload.len();
+        st.queue.push_front(d);
+    }
+    Ok(n)
+}

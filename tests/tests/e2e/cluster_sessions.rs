@@ -1,0 +1,282 @@
+//! Persistent sessions that survive their node: the node holding a session
+//! is killed (`kill -9`) and the client resumes it on another node, with
+//! every message acknowledged to its publisher delivered (rumqttc, and
+//! mosquitto_sub as an independent client).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use midge_e2e::nats::{shared_urls, MidgeCluster};
+use midge_e2e::*;
+use rumqttc::QoS;
+
+fn opts(port: u16, id: &str, clean: bool) -> rumqttc::MqttOptions {
+    let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_clean_session(clean);
+    o
+}
+
+/// Publishes QoS 0 probes on `probe` at `port` until `sub` gets one: the
+/// node at `port` then knows the subscriber's node wants the filter.
+async fn settle(port: u16, sub: &mut V4, probe: &str) {
+    let mut p = V4::new_at(port).await;
+    for _ in 0..100 {
+        p.publish(probe, QoS::AtMostOnce, false, "probe").await;
+        if tokio::time::timeout(Duration::from_millis(100), sub.next_publish())
+            .await
+            .is_ok()
+        {
+            while tokio::time::timeout(Duration::from_millis(200), sub.next_publish())
+                .await
+                .is_ok()
+            {}
+            p.disconnect().await;
+            return;
+        }
+    }
+    panic!("interest never reached the node on port {port}");
+}
+
+/// Publishes 0, 1, 2, ... (QoS 1) on `topic` at `port`, one at a time,
+/// counting each PUBACK in `acked`, until `stop` is set.
+async fn qos1_load(port: u16, topic: &'static str, acked: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
+    let mut p = V4::new_at(port).await;
+    for i in 0u64.. {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        p.client
+            .publish(topic, QoS::AtLeastOnce, false, i.to_string())
+            .await
+            .unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), p.events.recv()).await {
+                Ok(Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))))) => break,
+                Ok(Some(Ok(_))) => {}
+                other => panic!("publisher's connection failed: {other:?}"),
+            }
+        }
+        acked.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Collects the numbers `sub` receives on `topic` until its connection fails.
+async fn collect(mut sub: V4, topic: &'static str, got: Arc<Mutex<HashSet<u64>>>) {
+    loop {
+        match sub.events.recv().await {
+            Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(m)))) if m.topic == topic => {
+                if let Ok(i) = text(&m.payload).parse::<u64>() {
+                    got.lock().unwrap().insert(i);
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_sessions_node_under_load_resumes_it_elsewhere_with_nothing_acked_lost() {
+    let Some(urls) = shared_urls() else { return };
+    let c = MidgeCluster::new(&urls, "");
+    let (n1, n2, n3) = (c.start("n1"), c.start("n2"), c.start("n3"));
+    let (p2, p3) = (n2.port(), n3.port());
+    let id = unique("survivor");
+    // A persistent session on n1, publishers on n3.
+    let (mut s, ack) = V4::connect(opts(n1.port(), &id, false)).await;
+    assert!(!ack.session_present);
+    s.subscribe("ks/#", QoS::AtLeastOnce).await;
+    settle(p3, &mut s, "ks/probe").await;
+    let got = Arc::new(Mutex::new(HashSet::new()));
+    let reader = tokio::spawn(collect(s, "ks/x", got.clone()));
+    let (acked, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let load = tokio::spawn(qos1_load(p3, "ks/x", acked.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    n1.kill9();
+    let _ = reader.await;
+    let before = got.lock().unwrap().len();
+    // Publishing goes on while the session's node is dead.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    let n = acked.load(Ordering::SeqCst);
+    assert!(
+        n > 20 && before > 0 && (before as u64) < n,
+        "load ran past the kill ({n} acked, {before} received on n1)"
+    );
+    // The client comes back on n2: its session is there.
+    let (mut s2, ack) = V4::connect(opts(p2, &id, false)).await;
+    assert!(ack.session_present, "session resumed on n2 from its record");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing: Vec<u64> = {
+            let g = got.lock().unwrap();
+            (0..n).filter(|i| !g.contains(i)).collect()
+        };
+        if missing.is_empty() {
+            break;
+        }
+        let m = match tokio::time::timeout_at(deadline, s2.events.recv()).await {
+            Ok(Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(m))))) => m,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!(
+                "{} of {n} acknowledged messages never arrived (first {:?}; {before} came before the kill): {other:?}",
+                missing.len(),
+                missing.first()
+            ),
+        };
+        if m.topic == "ks/x" {
+            if let Ok(i) = text(&m.payload).parse::<u64>() {
+                got.lock().unwrap().insert(i);
+            }
+        }
+    }
+    // Its subscription lives on n2 now: a new publish on n3 reaches it.
+    let mut p = V4::new_at(p3).await;
+    p.publish("ks/after", QoS::AtLeastOnce, false, "a").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = tokio::time::timeout_at(deadline, s2.next_publish())
+            .await
+            .expect("a publish after the resume");
+        if m.topic == "ks/after" {
+            break;
+        }
+    }
+}
+
+fn mosquitto_available() -> bool {
+    ["mosquitto_sub"]
+        .iter()
+        .all(|t| std::process::Command::new(t).arg("--help").output().is_ok())
+}
+
+fn mosquitto_sub(port: u16, id: &str, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("mosquitto_sub");
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv311"])
+        .args(["-i", id, "-c", "-q", "1", "-t", "km/#", "-v"])
+        .args(args);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_sub_resumes_its_offline_session_after_kill9_of_its_node() {
+    let Some(urls) = shared_urls() else { return };
+    if !mosquitto_available() {
+        missing_tool("mosquitto_sub (apt-get install mosquitto-clients)");
+        return;
+    }
+    let c = MidgeCluster::new(&urls, "");
+    let (n1, n2, n3) = (c.start("n1"), c.start("n2"), c.start("n3"));
+    let id = unique("msurv");
+    // mosquitto_sub makes a persistent session on n1 and leaves (-E: exit
+    // once subscribed).
+    let o = run_command(
+        mosquitto_sub(n1.port(), &id, &["-E"]),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // n3 learns that n1 wants km/# (a probe subscriber beside it).
+    let mut probe = V4::new_at(n1.port()).await;
+    probe.subscribe("km/#", QoS::AtMostOnce).await;
+    settle(n3.port(), &mut probe, "km/probe").await;
+    probe.disconnect().await;
+    // Published on n3 and acknowledged while the session is offline on n1.
+    let mut p = V4::new_at(n3.port()).await;
+    for i in 0..30 {
+        p.publish("km/x", QoS::AtLeastOnce, false, format!("m{i}"))
+            .await;
+    }
+    n1.kill9();
+    // mosquitto_sub comes back on n2 and gets all 30.
+    let o = run_command(
+        mosquitto_sub(n2.port(), &id, &["-C", "30", "-W", "30"]),
+        Duration::from_secs(40),
+    )
+    .await;
+    let out = String::from_utf8_lossy(&o.stdout);
+    let got: HashSet<&str> = out.lines().collect();
+    let missing: Vec<String> = (0..30)
+        .map(|i| format!("km/x m{i}"))
+        .filter(|l| !got.contains(l.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "missing {missing:?}\nstdout:\n{out}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_v5_session_taken_over_live_by_another_node_with_0x8e() {
+    let Some(urls) = shared_urls() else { return };
+    if std::process::Command::new("python3")
+        .args(["-c", "import paho.mqtt"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        missing_tool("python3 with paho-mqtt");
+        return;
+    }
+    let c = MidgeCluster::new(&urls, "");
+    let (n1, n2, n3) = (c.start("n1"), c.start("n2"), c.start("n3"));
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python");
+    let mut child = tokio::process::Command::new("python3")
+        .arg(dir.join("cluster_takeover.py"))
+        .arg(n1.port().to_string())
+        .arg(n2.port().to_string())
+        .arg(unique("ptk"))
+        .arg("10")
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the takeover within 30 s")
+        .unwrap();
+    if first.as_deref() != Some("taken over") {
+        let out = child.wait_with_output().await.unwrap();
+        panic!(
+            "paho takeover failed: {first:?}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // n3 learns that n2 wants pt/# now, then publishes there.
+    let mut probe = V4::new_at(n2.port()).await;
+    probe.subscribe("pt/#", QoS::AtMostOnce).await;
+    settle(n3.port(), &mut probe, "pt/probe").await;
+    let mut p = V4::new_at(n3.port()).await;
+    for i in 0..10 {
+        p.publish(&format!("pt/{i}"), QoS::AtLeastOnce, false, format!("m{i}"))
+            .await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        match tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
+            Ok(Ok(Some(l))) => got.push(l),
+            other => panic!("paho subscriber stopped after {got:?}: {other:?}"),
+        }
+    }
+    let want: Vec<String> = (0..10).map(|i| format!("pt/{i} m{i}")).collect();
+    assert_eq!(got, want);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("paho script ended")
+        .unwrap();
+    assert!(status.success());
+}
