@@ -140,6 +140,7 @@ impl App {
         publish.bind(&broker);
         // Before the restore: its subscriptions become the node's interest.
         crate::cluster::join(&config.cluster, &broker, session_sink.as_deref()).await?;
+        crate::admin::cluster::serve_peers(&broker).await?;
         if let Some(snap) = snapshot {
             restore(&broker, snap);
         }

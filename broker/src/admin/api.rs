@@ -19,11 +19,11 @@ use crate::session::Session;
 const KICK_WAIT: Duration = Duration::from_secs(5);
 
 /// One session as the API shows it (taken under its lock, then released).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionView {
     pub clientid: String,
-    /// The cluster node holding the session (this node).
-    pub node: &'static str,
+    /// The cluster node holding the session.
+    pub node: String,
     pub connected: bool,
     pub username: Option<String>,
     /// 4 (3.1.1) or 5; absent when offline.
@@ -50,7 +50,7 @@ pub fn view(s: &Session) -> SessionView {
     let link = st.conn.as_ref();
     SessionView {
         clientid: s.client_id.to_string(),
-        node: crate::node::name(),
+        node: crate::node::name().to_string(),
         connected: link.is_some(),
         username: link.and_then(|l| l.info.username.as_deref().map(str::to_string)),
         proto_ver: link.map(|l| match l.version {
@@ -116,6 +116,19 @@ pub struct ClientQuery {
     /// Substring of the client id.
     clientid_like: Option<String>,
     connected: Option<bool>,
+    /// `node` (default) or `cluster`: every node's clients.
+    scope: Option<String>,
+}
+
+/// Whether `scope` asks for the whole cluster.
+fn cluster_scope(scope: Option<&str>) -> Result<bool, ApiError> {
+    match scope {
+        None | Some("node") => Ok(false),
+        Some("cluster") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "scope must be `node` or `cluster` (got `{other}`)"
+        ))),
+    }
 }
 
 pub async fn list_clients(
@@ -124,6 +137,15 @@ pub async fn list_clients(
 ) -> ApiResult {
     let Query(q) = q?;
     let p = paging(q.page, q.limit)?;
+    if cluster_scope(q.scope.as_deref())? {
+        let ask = super::cluster::Ask {
+            username: q.username,
+            clientid_like: q.clientid_like,
+            connected: q.connected,
+            take: 0,
+        };
+        return super::cluster::gather(&s, p, ask).await;
+    }
     let views: Vec<SessionView> = s
         .broker
         .sessions()
@@ -186,17 +208,22 @@ pub async fn kick_client(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PageQuery {
-    pub(super) page: Option<u64>,
-    pub(super) limit: Option<u64>,
+pub struct SessionQuery {
+    page: Option<u64>,
+    limit: Option<u64>,
+    /// `node` (default) or `cluster`: every node's sessions.
+    scope: Option<String>,
 }
 
 pub async fn list_sessions(
     State(s): State<Shared>,
-    q: Result<Query<PageQuery>, QueryRejection>,
+    q: Result<Query<SessionQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
     let p = paging(q.page, q.limit)?;
+    if cluster_scope(q.scope.as_deref())? {
+        return super::cluster::gather(&s, p, super::cluster::Ask::default()).await;
+    }
     let views: Vec<SessionView> = s.broker.sessions().iter().map(|x| view(x)).collect();
     Ok(p.answer(views))
 }

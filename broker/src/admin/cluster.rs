@@ -1,11 +1,21 @@
 //! `GET /api/v1/cluster`: this node, its link to NATS and every node with a
-//! membership record (alive or, until its record ages out, dead).
+//! membership record (alive or, until its record ages out, dead); the
+//! cluster-wide client and session lists (`scope=cluster`), gathered from
+//! every alive node over NATS.
+
+use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tracing::{debug, warn};
 
-use super::{ApiError, ApiResult, Shared};
+use super::api::{view, SessionView};
+use super::{ApiError, ApiResult, Paging, Shared};
+use crate::broker::Broker;
 
 pub async fn show(State(s): State<Shared>) -> ApiResult {
     let Some(node) = s.broker.cluster.get() else {
@@ -33,4 +43,140 @@ pub async fn show(State(s): State<Shared>) -> ApiResult {
         "pending": c.pending(),
         "nodes": nodes,
     })))
+}
+
+/// What a node asks the others for a cluster-wide client or session list
+/// (`scope=cluster`), over NATS request / reply on `<c>.api.<node>`: their
+/// sessions matching the filters, the first `take` by client id.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Ask {
+    pub username: Option<String>,
+    pub clientid_like: Option<String>,
+    pub connected: Option<bool>,
+    pub take: usize,
+}
+
+/// A node's answer: how many of its sessions match, and the first ones.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Answer {
+    count: usize,
+    items: Vec<SessionView>,
+}
+
+/// Largest answer a node sends (NATS' default max_payload is 1 MiB): past
+/// it the list is cut (the asker's page then ends early; `count` stays true).
+const MAX_ANSWER: usize = 900 * 1024;
+
+/// This node's sessions matching `ask`, sorted by client id.
+fn local(broker: &Broker, ask: &Ask) -> Answer {
+    let mut count = 0;
+    let mut items = Vec::new();
+    let mut size = 0;
+    for x in broker.sessions() {
+        if !ask
+            .clientid_like
+            .as_deref()
+            .is_none_or(|like| x.client_id.contains(like))
+        {
+            continue;
+        }
+        let v = view(&x);
+        if ask.connected.is_some_and(|c| v.connected != c)
+            || ask
+                .username
+                .as_deref()
+                .is_some_and(|u| v.username.as_deref() != Some(u))
+        {
+            continue;
+        }
+        count += 1;
+        if items.len() < ask.take && size < MAX_ANSWER {
+            size += 256 + v.clientid.len();
+            items.push(v);
+        }
+    }
+    Answer { count, items }
+}
+
+fn subject(c: &midge_cluster::Cluster, node: &str) -> String {
+    format!("{}.api.{node}", c.config().name)
+}
+
+/// Answers the other nodes' `scope=cluster` questions (when clustered).
+pub async fn serve_peers(broker: &Arc<Broker>) -> Result<(), midge_cluster::ClusterError> {
+    let Some(node) = broker.cluster.get() else {
+        return Ok(());
+    };
+    let c = node.cluster().clone();
+    let mut sub = c
+        .client()
+        .subscribe(subject(&c, c.node()))
+        .await
+        .map_err(|e| midge_cluster::ClusterError::Nats {
+            what: "admin API subscription".into(),
+            message: e.to_string(),
+        })?;
+    let weak = Arc::downgrade(broker);
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let Some(b) = weak.upgrade() else { return };
+            let Some(reply) = msg.reply else { continue };
+            let answer = match serde_json::from_slice::<Ask>(&msg.payload) {
+                Ok(ask) => local(&b, &ask),
+                Err(e) => {
+                    warn!(error = %e, "cluster: bad admin API question from a peer ignored");
+                    continue;
+                }
+            };
+            let body = serde_json::to_vec(&answer).unwrap_or_default();
+            if let Err(e) = c.client().publish(reply, body.into()).await {
+                debug!(error = %e, "cluster: admin API answer not sent");
+            }
+        }
+    });
+    Ok(())
+}
+
+/// `scope=cluster`: every alive node's sessions matching `ask`, merged by
+/// client id; `meta.unreachable` names the nodes that did not answer.
+pub(crate) async fn gather(s: &Shared, p: Paging, mut ask: Ask) -> ApiResult {
+    ask.take = (p.page * p.limit) as usize;
+    let mine = local(&s.broker, &ask);
+    let Some(node) = s.broker.cluster.get() else {
+        return Ok(p.answer_counted(mine.items, mine.count, &[]));
+    };
+    let c = node.cluster();
+    let nodes = c
+        .nodes()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let body = bytes::Bytes::from(serde_json::to_vec(&ask).unwrap_or_default());
+    let t = c.config().request_timeout();
+    let asks = nodes
+        .iter()
+        .filter(|n| n.state == "alive" && n.node != c.node())
+        .map(|n| {
+            let (subject, body, client) = (subject(c, &n.node), body.clone(), c.client().clone());
+            async move {
+                let r = tokio::time::timeout(t, client.request(subject, body)).await;
+                let answer = match r {
+                    Ok(Ok(m)) => serde_json::from_slice::<Answer>(&m.payload).ok(),
+                    _ => None,
+                };
+                (n.node.clone(), answer)
+            }
+        });
+    let (mut count, mut items) = (mine.count, mine.items);
+    let mut unreachable = Vec::new();
+    for (node, answer) in futures_util::future::join_all(asks).await {
+        match answer {
+            Some(a) => {
+                count += a.count;
+                items.extend(a.items);
+            }
+            None => unreachable.push(node),
+        }
+    }
+    items.sort_by(|a, b| a.clientid.cmp(&b.clientid).then(a.node.cmp(&b.node)));
+    Ok(p.answer_counted(items, count, &unreachable))
 }

@@ -18,7 +18,7 @@
 //! only paths served without the token.
 
 mod api;
-mod cluster;
+pub mod cluster;
 pub mod dashboard;
 pub mod history;
 mod listeners;
@@ -414,6 +414,21 @@ pub(crate) struct Paging {
 }
 
 impl Paging {
+    /// A page of `items` (sorted, at least the first `page * limit` of
+    /// all) out of `count`, naming the nodes that did not answer.
+    pub fn answer_counted<T: serde::Serialize>(
+        self,
+        items: Vec<T>,
+        count: usize,
+        unreachable: &[String],
+    ) -> Json<Value> {
+        let Json(mut v) = self.answer(items);
+        v["meta"]["count"] = count.into();
+        v["meta"]["scope"] = "cluster".into();
+        v["meta"]["unreachable"] = unreachable.into();
+        Json(v)
+    }
+
     /// `{"data": [this page of items], "meta": {page, limit, count}}`, where
     /// count is the number of items on all pages.
     pub fn answer<T: serde::Serialize>(self, items: Vec<T>) -> Json<Value> {

@@ -280,3 +280,87 @@ async fn paho_v5_session_taken_over_live_by_another_node_with_0x8e() {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_wide_client_and_session_views_name_the_node_of_each() {
+    let Some(urls) = shared_urls() else { return };
+    let c = MidgeCluster::new(&urls, "");
+    let (n1, n2) = (c.start("n1"), c.start("n2"));
+    let tag = unique("cv");
+    let (a1, b1, b2) = (
+        format!("{tag}-a1"),
+        format!("{tag}-b1"),
+        format!("{tag}-b2"),
+    );
+    let (_ca1, _) = V4::connect(opts(n1.port(), &a1, false)).await;
+    let (_cb1, _) = V4::connect(opts(n2.port(), &b1, true)).await;
+    let (cb2, _) = V4::connect(opts(n2.port(), &b2, false)).await;
+    cb2.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (admin1, admin2) = (http::Admin::of_process(&n1), http::Admin::of_process(&n2));
+    let rows = |v: &serde_json::Value| -> Vec<(String, String, bool)> {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["clientid"].as_str().unwrap().to_string(),
+                    c["node"].as_str().unwrap().to_string(),
+                    c["connected"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // Cluster-wide from n1: every node's clients, sorted, each with its node.
+    let v = admin1
+        .get(&format!(
+            "/api/v1/clients?scope=cluster&clientid_like={tag}"
+        ))
+        .await;
+    assert_eq!(
+        rows(&v),
+        vec![
+            (a1.clone(), "n1".to_string(), true),
+            (b1.clone(), "n2".to_string(), true),
+            (b2.clone(), "n2".to_string(), false),
+        ],
+        "{v}"
+    );
+    assert_eq!(v["meta"]["count"], 3, "{v}");
+    assert_eq!(v["meta"]["unreachable"], serde_json::json!([]), "{v}");
+    // Filters and paging apply cluster-wide.
+    let v = admin1
+        .get(&format!(
+            "/api/v1/clients?scope=cluster&clientid_like={tag}&connected=false"
+        ))
+        .await;
+    assert_eq!(rows(&v), vec![(b2.clone(), "n2".to_string(), false)], "{v}");
+    let v = admin1
+        .get(&format!(
+            "/api/v1/clients?scope=cluster&clientid_like={tag}&limit=1&page=2"
+        ))
+        .await;
+    assert_eq!(rows(&v), vec![(b1.clone(), "n2".to_string(), true)], "{v}");
+    assert_eq!(v["meta"]["count"], 3, "{v}");
+    // Sessions from n2 the same way; this node's own view stays local.
+    let v = admin2.get("/api/v1/sessions?scope=cluster").await;
+    let ids: Vec<String> = rows(&v)
+        .into_iter()
+        .filter(|r| r.0.starts_with(&tag))
+        .map(|r| format!("{}@{}", r.0, r.1))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![format!("{a1}@n1"), format!("{b1}@n2"), format!("{b2}@n2")]
+    );
+    let v = admin1
+        .get(&format!("/api/v1/clients?clientid_like={tag}"))
+        .await;
+    assert_eq!(rows(&v), vec![(a1.clone(), "n1".to_string(), true)], "{v}");
+    let r = admin1
+        .call("GET", "/api/v1/clients?scope=everywhere", None)
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("scope"), "{}", r.text());
+}
