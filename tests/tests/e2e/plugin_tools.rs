@@ -174,9 +174,9 @@ async fn rule_test_with_a_config_calls_its_plugins_functions() {
 }
 
 /// `midge plugin new` writes a project into a directory outside this
-/// repository that builds as written against the SDK as it would be
-/// released (the crate `cargo package` makes of sdk/, unpacked: its own
-/// manifest, the WIT inside; offline, from the local crate cache) and
+/// repository, with the SDK built into the binary (the same files as the
+/// crate `cargo package` makes of sdk/, checked byte for byte), that builds
+/// as written (offline, from the local crate cache) and
 /// passes `midge plugin test`; `midge plugin run` feeds it a message and a
 /// function call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,14 +223,43 @@ async fn a_new_project_builds_outside_the_repository_and_passes_its_tests() {
     assert!(!manifest.contains("workspace"), "{manifest}");
     assert!(released.join("wit/midge-plugin.wit").is_file());
 
+    // By default the project gets the SDK built into the binary, in
+    // midge-sdk/: the released crate's files, the same bytes.
     let project = dir.0.join("e2e-shout");
     let out = run({
-        let mut c = midge(&["plugin", "new", "e2e-shout", "--sdk-path"]);
-        c.arg(&released).arg("--dir").arg(&project);
+        let mut c = midge(&["plugin", "new", "e2e-shout", "--dir"]);
+        c.arg(&project);
         c
     })
     .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
+    for file in [
+        "src/lib.rs",
+        "src/batch.rs",
+        "wit/midge-plugin.wit",
+        "README.md",
+    ] {
+        assert_eq!(
+            std::fs::read(project.join("midge-sdk").join(file)).unwrap(),
+            std::fs::read(released.join(file)).unwrap(),
+            "bundled midge-sdk/{file} differs from the packaged crate's"
+        );
+    }
+    // --sdk-path: a dependency on a local copy (here the packaged crate).
+    let by_path = dir.0.join("by-path");
+    let out = run({
+        let mut c = midge(&["plugin", "new", "by-path", "--sdk-path"]);
+        c.arg(&released).arg("--dir").arg(&by_path);
+        c
+    })
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let cargo = std::fs::read_to_string(by_path.join("Cargo.toml")).unwrap();
+    assert!(
+        cargo.contains(&format!("path = {:?}", released.display().to_string())),
+        "{cargo}"
+    );
+    assert!(!by_path.join("midge-sdk").exists());
 
     let mut build = Command::new(env!("CARGO"));
     build

@@ -36,12 +36,14 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
         /// Depend on the SDK at this path (e.g. a checkout's sdk/) instead
-        /// of the crates.io release.
+        /// of writing the SDK built into this binary into the project
+        /// (./NAME/midge-sdk, the default).
         #[arg(long, value_name = "DIR", conflicts_with = "sdk_version")]
         sdk_path: Option<PathBuf>,
-        /// The crates.io release of midge-sdk to depend on.
-        #[arg(long, value_name = "VERSION", default_value = template::SDK_VERSION)]
-        sdk_version: String,
+        /// Depend on this crates.io release of midge-sdk (e.g. 0.1) instead
+        /// of the bundled SDK.
+        #[arg(long, value_name = "VERSION")]
+        sdk_version: Option<String>,
     },
     /// Hand a plugin one input and print what it does: its answer, log
     /// records, messages it published, and the time taken.
@@ -208,9 +210,10 @@ pub fn main(cmd: Command) -> ExitCode {
             sdk_version,
         } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            let sdk = match sdk_path {
-                Some(p) => template::Sdk::Path(p),
-                None => template::Sdk::Version(sdk_version),
+            let sdk = match (sdk_path, sdk_version) {
+                (Some(p), _) => template::Sdk::Path(p),
+                (None, Some(v)) => template::Sdk::Version(v),
+                (None, None) => template::Sdk::Bundled,
             };
             match template::write(&name, &dir, &sdk) {
                 Ok(files) => {

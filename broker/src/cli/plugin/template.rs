@@ -1,16 +1,18 @@
 //! `midge plugin new NAME`: a plugin project that builds as written,
-//! anywhere, against the released SDK (`midge-sdk` from crates.io) or a
-//! local copy of it (`--sdk-path`), with test cases for `midge plugin test`.
+//! anywhere, with test cases for `midge plugin test`. By default it gets
+//! the SDK this binary was built with, written next to it (`midge-sdk/`,
+//! the same files `cargo package` puts in the crate): no checkout of this
+//! repository and no crates.io release needed. Or it depends on a
+//! crates.io release (`--sdk-version`) or a local copy (`--sdk-path`).
 
 use std::path::{Path, PathBuf};
-
-/// The SDK release a new project depends on: the version of `sdk/` (a
-/// test keeps them equal).
-pub const SDK_VERSION: &str = "0.1";
 
 /// Where the new project gets the SDK from.
 #[derive(Debug, Clone)]
 pub enum Sdk {
+    /// The SDK built into this binary, written into the project as
+    /// `midge-sdk/` (a path dependency).
+    Bundled,
     /// A crates.io release, e.g. "0.1".
     Version(String),
     /// A local copy (this repository's `sdk/`, or an unpacked crate).
@@ -51,6 +53,7 @@ pub fn write(name: &str, dir: &Path, sdk: &Sdk) -> Result<Vec<PathBuf>, NewError
         return Err(NewError::Exists(dir.display().to_string()));
     }
     let dependency = match sdk {
+        Sdk::Bundled => "midge-sdk = { path = \"midge-sdk\" }".to_string(),
         Sdk::Version(v) => format!("midge-sdk = \"{v}\""),
         Sdk::Path(p) => {
             let abs = std::fs::canonicalize(p).map_err(|e| NewError::SdkPath {
@@ -73,7 +76,7 @@ pub fn write(name: &str, dir: &Path, sdk: &Sdk) -> Result<Vec<PathBuf>, NewError
             .replace("{lib}", &lib)
             .replace("{sdk}", &dependency)
     };
-    let files = [
+    let mut files = vec![
         ("Cargo.toml", fill(CARGO_TOML)),
         (".cargo/config.toml", CARGO_CONFIG.to_string()),
         ("src/lib.rs", fill(LIB_RS)),
@@ -81,6 +84,12 @@ pub fn write(name: &str, dir: &Path, sdk: &Sdk) -> Result<Vec<PathBuf>, NewError
         ("README.md", fill(README)),
         (".gitignore", "/target\n".to_string()),
     ];
+    if let Sdk::Bundled = sdk {
+        files.push(("midge-sdk/Cargo.toml", standalone_manifest(SDK_MANIFEST)));
+        for (file, text) in SDK_FILES {
+            files.push((file, text.to_string()));
+        }
+    }
     let mut written = Vec::new();
     for (file, text) in files {
         let path = dir.join(file);
@@ -95,6 +104,49 @@ pub fn write(name: &str, dir: &Path, sdk: &Sdk) -> Result<Vec<PathBuf>, NewError
         written.push(path);
     }
     Ok(written)
+}
+
+/// sdk/Cargo.toml as built into this binary.
+const SDK_MANIFEST: &str = include_str!("../../../../sdk/Cargo.toml");
+
+/// The rest of the SDK crate (what its manifest's `include` names), as
+/// written into a new project. A test keeps the list complete.
+const SDK_FILES: [(&str, &str); 4] = [
+    (
+        "midge-sdk/README.md",
+        include_str!("../../../../sdk/README.md"),
+    ),
+    (
+        "midge-sdk/src/lib.rs",
+        include_str!("../../../../sdk/src/lib.rs"),
+    ),
+    (
+        "midge-sdk/src/batch.rs",
+        include_str!("../../../../sdk/src/batch.rs"),
+    ),
+    (
+        "midge-sdk/wit/midge-plugin.wit",
+        include_str!("../../../../sdk/wit/midge-plugin.wit"),
+    ),
+];
+
+/// The SDK's manifest without its `workspace` key (and the comment above
+/// it), as `cargo package` writes it: in this repository the SDK builds in
+/// the plugins workspace, in a project it is a crate of its own.
+fn standalone_manifest(manifest: &str) -> String {
+    let mut lines: Vec<&str> = Vec::new();
+    for line in manifest.lines() {
+        if line.trim_start().starts_with("workspace =") {
+            while lines.last().is_some_and(|l| l.starts_with('#')) {
+                lines.pop();
+            }
+            continue;
+        }
+        lines.push(line);
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
 }
 
 const CARGO_TOML: &str = r#"[package]
@@ -280,23 +332,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sdk_version_is_the_sdk_crates() {
-        let manifest = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/Cargo.toml"),
-        )
-        .unwrap();
-        let version = manifest
-            .lines()
-            .find_map(|l| l.strip_prefix("version = \""))
-            .and_then(|v| v.strip_suffix('"'))
-            .unwrap();
-        assert!(
-            version.starts_with(&format!("{SDK_VERSION}.")),
-            "sdk/Cargo.toml is {version}, new projects ask for {SDK_VERSION}"
-        );
-    }
-
-    #[test]
     fn names_are_crate_names_and_a_full_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         for bad in ["", "Upper", "1x", "a b", "a/b"] {
@@ -307,6 +342,7 @@ mod tests {
         }
         let at = dir.path().join("p");
         let files = write("my-plugin", &at, &Sdk::Version("0.1".into())).unwrap();
+        assert!(!at.join("midge-sdk").exists());
         assert_eq!(files.len(), 6);
         let cargo = std::fs::read_to_string(at.join("Cargo.toml")).unwrap();
         assert!(cargo.contains("name = \"my-plugin\""));
@@ -317,5 +353,50 @@ mod tests {
             write("my-plugin", &at, &Sdk::Version("0.1".into())),
             Err(NewError::Exists(_))
         ));
+    }
+
+    #[test]
+    fn the_bundled_sdk_is_the_whole_crate_with_a_standalone_manifest() {
+        let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
+        // Every source and interface file of the crate is bundled.
+        let mut on_disk = Vec::new();
+        for sub in ["src", "wit"] {
+            for e in std::fs::read_dir(sdk.join(sub)).unwrap() {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                on_disk.push(format!("midge-sdk/{sub}/{name}"));
+            }
+        }
+        on_disk.sort();
+        let mut bundled: Vec<String> = SDK_FILES
+            .iter()
+            .map(|(f, _)| f.to_string())
+            .filter(|f| !f.ends_with("README.md"))
+            .collect();
+        bundled.sort();
+        assert_eq!(bundled, on_disk, "add the new sdk/ file to SDK_FILES");
+
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().join("p");
+        let files = write("my-plugin", &at, &Sdk::Bundled).unwrap();
+        assert_eq!(files.len(), 6 + 1 + SDK_FILES.len());
+        let cargo = std::fs::read_to_string(at.join("Cargo.toml")).unwrap();
+        assert!(
+            cargo.contains(r#"midge-sdk = { path = "midge-sdk" }"#),
+            "{cargo}"
+        );
+        let manifest = std::fs::read_to_string(at.join("midge-sdk/Cargo.toml")).unwrap();
+        assert!(
+            !manifest
+                .lines()
+                .any(|l| l.trim_start().starts_with("workspace")),
+            "{manifest}"
+        );
+        assert!(manifest.contains("name = \"midge-sdk\""), "{manifest}");
+        assert!(manifest.contains("wit-bindgen"), "{manifest}");
+        let lib = std::fs::read_to_string(at.join("midge-sdk/src/lib.rs")).unwrap();
+        assert_eq!(
+            lib,
+            std::fs::read_to_string(sdk.join("src/lib.rs")).unwrap()
+        );
     }
 }
