@@ -203,6 +203,11 @@ impl Cluster {
         );
     }
 
+    /// Whether this node holds `client_id`'s persistent session.
+    pub fn is_held(&self, client_id: &str) -> bool {
+        self.persistent.load(Relaxed) && self.held.lock().contains_key(client_id)
+    }
+
     /// What this node holds of `client_id`'s session, if anything.
     pub fn held(&self, client_id: &str) -> Option<Held> {
         self.held.lock().get(client_id).cloned()

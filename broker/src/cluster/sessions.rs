@@ -23,7 +23,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -52,6 +52,9 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
 pub struct Sink {
     tx: mpsc::UnboundedSender<Arc<str>>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Arc<str>>>>,
+    /// Set once joined: events of sessions this node does not hold a
+    /// record of (clean sessions) are left out here, not queued.
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 impl Sink {
@@ -60,6 +63,7 @@ impl Sink {
         Arc::new(Sink {
             tx,
             rx: Mutex::new(Some(rx)),
+            cluster: OnceLock::new(),
         })
     }
 }
@@ -84,12 +88,20 @@ impl EventSink for Sink {
             Event::SessionExpired { client_id } => client_id,
             _ => return,
         };
+        // Only CONNECTED can come before the claim's hold is visible here
+        // (it follows it); every later event of a held session passes.
+        if !matches!(event, Event::Connected { .. })
+            && self.cluster.get().is_some_and(|c| !c.is_held(id))
+        {
+            return;
+        }
         let _ = self.tx.send(Arc::from(id));
     }
 }
 
 /// Starts the record writer (once; the sink's queue is taken).
 pub fn start(broker: &Arc<Broker>, cluster: &Arc<Cluster>, sink: &Sink) {
+    let _ = sink.cluster.set(cluster.clone());
     if let Some(rx) = sink.rx.lock().take() {
         tokio::spawn(writer(Arc::downgrade(broker), cluster.clone(), rx));
     }
@@ -113,7 +125,7 @@ async fn writer(broker: Weak<Broker>, c: Arc<Cluster>, mut rx: mpsc::UnboundedRe
             dirty.insert(id);
         }
         let Some(b) = broker.upgrade() else { return };
-        let batch: Vec<Arc<str>> = dirty.drain().filter(|id| c.held(id).is_some()).collect();
+        let batch: Vec<Arc<str>> = dirty.drain().filter(|id| c.is_held(id)).collect();
         let mut failed = Vec::new();
         for chunk in batch.chunks(64) {
             let done =
