@@ -63,6 +63,8 @@ python3 scripts/acyclic.py broker/src broker/protocol/src broker/plugin/src rule
 cargo clippy --workspace --all-targets -- -D warnings
 # The plugins workspace (wasm32-wasip2): SDK, shipped plugins, test plugins.
 (cd plugins && cargo fmt --all -- --check && cargo clippy --workspace --target wasm32-wasip2 -- -D warnings)
+# The SDK's own unit tests (pure helpers such as midge_sdk::binary) run on the host.
+(cd plugins && cargo test -p midge-sdk --lib --target "$(rustc -vV | sed -n 's/^host: //p')")
 cargo nextest run --workspace --no-fail-fast
 # The end-to-end suite again with persistence on (sled): durable sessions must
 # not change what any client sees.

@@ -172,6 +172,7 @@ use bindings::exports::midge::plugin::hooks as h;
 use bindings::midge::plugin as imp;
 
 mod batch;
+pub mod binary;
 pub use batch::{Batch, BatchDecisions, Change, MessageRef, NewPayload, NewProperties, NewTopic};
 
 pub use h::{

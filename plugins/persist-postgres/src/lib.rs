@@ -26,7 +26,7 @@
 //! |---------------|---------------|--------------------------------|---------------------------------|
 //! | `id`          | `bigserial`   |                                |                                 |
 //! | `topic`       | `text`        | topic                          | field `topic`                   |
-//! | `payload`     | `bytea`       | payload                        | field `payload` (a string as its UTF-8, anything else as JSON text) |
+//! | `payload`     | `bytea`       | payload                        | field `payload` (a string as its UTF-8, a binary `{"$binary": ...}` as its bytes, anything else as JSON text) |
 //! | `qos`         | `smallint`    | QoS                            | field `qos`                     |
 //! | `retain`      | `boolean`     | retain flag                    | field `retain`                  |
 //! | `client_id`   | `text`        | publisher's client id          | field `clientid` (or `client_id`) |
@@ -236,11 +236,12 @@ impl Plugin for PersistPostgres {
                     "rule {rule}: a row is not a JSON object"
                 )));
             };
-            let payload = match fields.get("payload") {
-                None | Some(Value::Null) => SqlValue::Null,
-                Some(Value::String(s)) => SqlValue::Bytes(s.as_bytes().to_vec()),
-                Some(other) => SqlValue::Bytes(other.to_string().into_bytes()),
-            };
+            // A binary payload (not UTF-8) arrives as {"$binary": ...}:
+            // stored as its bytes.
+            let payload = fields
+                .get("payload")
+                .and_then(midge_sdk::binary::bytes)
+                .map_or(SqlValue::Null, SqlValue::Bytes);
             let qos = fields
                 .get("qos")
                 .and_then(Value::as_i64)

@@ -277,6 +277,42 @@ actions = [{ type = "plugin", plugin = "pg" }]
     assert_eq!(r["properties"], Value::Null);
 }
 
+/// A binary payload (not UTF-8) selected by a rule crosses to the plugin
+/// as `{"$binary": ...}` and is stored as its bytes, not as that JSON
+/// (issue 27: no rule alters a payload's bytes unless it asks to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_payload_through_a_rule_is_stored_byte_for_byte() {
+    let Some(url) = pg_database("persist_pg_binary") else {
+        return;
+    };
+    let rule = r#"
+[[rules]]
+id = "frames"
+sql = 'SELECT topic, payload FROM "bin/#"'
+actions = [{ type = "plugin", plugin = "pg" }]
+"#;
+    let Some(b) = broker_with_archive(&url, "", "", rule).await else {
+        return;
+    };
+    let frame: Vec<u8> = vec![0xCB, 0x48, 0xCD, 0x00, 0xFF];
+    let c = V5::new(&b, "frames").await;
+    c.client
+        .publish("bin/frame", v5::QoS::AtLeastOnce, false, frame.clone())
+        .await
+        .unwrap();
+    wait_rows(&url, "mqtt_messages", 1).await;
+    let got = rows(
+        &url,
+        "SELECT topic, encode(payload, 'hex') AS hex, row FROM mqtt_messages",
+    )
+    .await;
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0]["topic"], "bin/frame");
+    assert_eq!(got[0]["hex"], "cb48cd00ff", "{got:#?}");
+    // The whole row keeps the tagged form (JSON has no bytes).
+    assert_eq!(got[0]["row"]["payload"]["$binary"], "y0jNAP8=", "{got:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_qos1_messages_is_archived_completely_in_batches() {
     let Some(url) = pg_database("persist_pg_burst") else {

@@ -111,7 +111,7 @@ const SDK_MANIFEST: &str = include_str!("../../../../sdk/Cargo.toml");
 
 /// The rest of the SDK crate (what its manifest's `include` names), as
 /// written into a new project. A test keeps the list complete.
-const SDK_FILES: [(&str, &str); 4] = [
+const SDK_FILES: [(&str, &str); 5] = [
     (
         "midge-sdk/README.md",
         include_str!("../../../../sdk/README.md"),
@@ -123,6 +123,10 @@ const SDK_FILES: [(&str, &str); 4] = [
     (
         "midge-sdk/src/batch.rs",
         include_str!("../../../../sdk/src/batch.rs"),
+    ),
+    (
+        "midge-sdk/src/binary.rs",
+        include_str!("../../../../sdk/src/binary.rs"),
     ),
     (
         "midge-sdk/wit/midge-plugin.wit",
