@@ -43,6 +43,13 @@ pub enum ConfigError {
         plugin: String,
         message: String,
     },
+    /// A problem of a key in a list (`bridges[0].remote`).
+    #[error("{path}: field `{field}`: {message}")]
+    Key {
+        path: String,
+        field: String,
+        message: String,
+    },
     /// Several of the above, one per line.
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Multiple(Vec<ConfigError>),
@@ -69,6 +76,8 @@ pub struct Config {
     pub sys: SysConfig,
     /// `[cluster]`: nodes acting as one broker on NATS JetStream (off by default).
     pub cluster: midge_cluster::ClusterConfig,
+    /// `[[bridges]]`: connections to other brokers (crate::bridge).
+    pub bridges: Vec<crate::bridge::config::BridgeConfig>,
 }
 
 /// Where the broker listens. `None` disables a listener.
@@ -630,6 +639,15 @@ impl Config {
         for (field, message) in self.cluster.problems() {
             invalid(field, &message);
         }
+        errs.borrow_mut().extend(
+            crate::bridge::config::problems(&self.bridges)
+                .into_iter()
+                .map(|(field, message)| ConfigError::Key {
+                    path: origin.to_string(),
+                    field,
+                    message,
+                }),
+        );
         errs.borrow_mut()
             .extend(self.rule_problems(&self.rules, origin));
         errs.into_inner()

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod builtin;
 pub mod check;

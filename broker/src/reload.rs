@@ -99,6 +99,7 @@ pub fn restart_needed(new: &Config, running: &Config) -> Vec<&'static str> {
     check(new.admin != running.admin, "admin");
     check(new.sys != running.sys, "sys");
     check(new.cluster != running.cluster, "cluster");
+    check(new.bridges != running.bridges, "bridges");
     // Host-wide [plugins] settings, by name (plugins.kafka, plugins.databases, ...).
     out.extend(new.plugins.restart_needed(&running.plugins));
     out

@@ -11,9 +11,9 @@ mod connection;
 mod enhanced_auth;
 mod handshake;
 mod limits;
-mod tls;
+pub(crate) mod tls;
 mod writer;
-mod ws;
+pub(crate) mod ws;
 
 pub use connection::ConnInfo;
 pub use limits::{Gate, Listener, Refusal};

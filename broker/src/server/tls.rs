@@ -52,41 +52,44 @@ fn error(field: &'static str, path: &Path, message: impl Into<String>) -> Server
     }
 }
 
-/// Reads a PEM file that must not be empty.
-fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, ServerError> {
-    let bytes = std::fs::read(path).map_err(|e| error(field, path, format!("cannot read: {e}")))?;
+/// Reads a PEM file that must not be empty; the error says what is wrong
+/// with the file (the caller names the field and the path).
+fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(error(field, path, "file is empty"));
+        return Err("file is empty".into());
     }
     Ok(bytes)
 }
 
-/// Every certificate in a PEM file (at least one).
-fn certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ServerError> {
-    let bytes = read(field, path)?;
+/// Every certificate in a PEM file (at least one). Also used by the
+/// bridges' TLS client configuration.
+pub(crate) fn pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = read_pem(path)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| error(field, path, format!("not valid PEM: {e}")))?;
+        .map_err(|e| format!("not valid PEM: {e}"))?;
     if certs.is_empty() {
-        return Err(error(
-            field,
-            path,
-            "no certificate found (expected PEM `BEGIN CERTIFICATE` sections)",
-        ));
+        return Err("no certificate found (expected PEM `BEGIN CERTIFICATE` sections)".into());
     }
     Ok(certs)
 }
 
-fn key(field: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, ServerError> {
-    let bytes = read(field, path)?;
+/// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub(crate) fn pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let bytes = read_pem(path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
-        pem::Error::NoItemsFound => error(
-            field,
-            path,
-            "no private key found (expected PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`)",
-        ),
-        e => error(field, path, format!("not valid PEM: {e}")),
+        pem::Error::NoItemsFound => "no private key found (expected PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`)".to_string(),
+        e => format!("not valid PEM: {e}"),
     })
+}
+
+fn certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ServerError> {
+    pem_certs(path).map_err(|m| error(field, path, m))
+}
+
+fn key(field: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, ServerError> {
+    pem_key(path).map_err(|m| error(field, path, m))
 }
 
 impl Tls {

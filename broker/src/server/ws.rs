@@ -61,6 +61,16 @@ where
             return None;
         }
     };
+    Some(byte_stream(ws))
+}
+
+/// Turns a WebSocket (server or client side) into a byte stream: binary
+/// frames in, bytes out as binary frames. Two small tasks move the data;
+/// both end when either side closes. Also the bridges' `ws` / `wss` transport.
+pub(crate) fn byte_stream<S>(ws: tokio_tungstenite::WebSocketStream<S>) -> DuplexStream
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let (mut sink, mut stream) = ws.split();
     let (mut rd, mut wr) = tokio::io::split(ours);
@@ -98,5 +108,5 @@ where
         }
         let _ = sink.close().await;
     });
-    Some(theirs)
+    theirs
 }

@@ -87,6 +87,48 @@ pub enum Op {
     DelQos2(Arc<str>, u16),
     PutRetained(Arc<Message>),
     DelRetained(String),
+    /// A bridge's outbound buffer (crate::bridge): a message queued for the
+    /// remote under the bridge's name and its sequence number.
+    BridgeQueue(Arc<str>, u64, Delivery),
+    /// The buffered message `seq` is in flight to the remote with this
+    /// packet id and stage.
+    BridgeInflight(Arc<str>, u64, u16, Stage),
+    /// The buffered message `seq` is done (the remote acknowledged it, or it
+    /// was dropped).
+    BridgeDequeue(Arc<str>, u64),
+    /// A QoS 2 packet id received from the remote, awaiting its PUBREL.
+    BridgePutQos2(Arc<str>, u16),
+    BridgeDelQos2(Arc<str>, u16),
+    /// Deletes every record of the bridge.
+    DropBridge(Arc<str>),
+}
+
+/// Which records the ops of a [`Store`] handle land in: a session's, or
+/// (the same kinds of change, made by a bridge's buffer, which is a
+/// session of its own) a bridge's, whose keys no client id can reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Space {
+    Sessions,
+    Bridges,
+}
+
+impl Op {
+    /// The op as it is stored for a bridge buffer: queue, inflight and
+    /// incoming QoS 2 changes go to the bridge's keys, a dropped session
+    /// drops the bridge's records; session records and subscriptions are
+    /// not kept for bridges (their configuration says them): `None`.
+    fn for_bridge(self) -> Option<Op> {
+        Some(match self {
+            Op::Queue(b, s, d) => Op::BridgeQueue(b, s, d),
+            Op::Inflight(b, s, id, st) => Op::BridgeInflight(b, s, id, st),
+            Op::Dequeue(b, s) => Op::BridgeDequeue(b, s),
+            Op::PutQos2(b, id) => Op::BridgePutQos2(b, id),
+            Op::DelQos2(b, id) => Op::BridgeDelQos2(b, id),
+            Op::DropSession(b) => Op::DropBridge(b),
+            Op::PutSession(..) | Op::PutSub(..) | Op::DelSub(..) => return None,
+            other => other,
+        })
+    }
 }
 
 /// Where a record lives. Backends map these to their own keys or tables.
@@ -98,6 +140,9 @@ pub enum Key {
     Inflight(Arc<str>, u64),
     Qos2(Arc<str>, u16),
     Retained(String),
+    BridgeQueue(Arc<str>, u64),
+    BridgeInflight(Arc<str>, u64),
+    BridgeQos2(Arc<str>, u16),
 }
 
 impl Key {
@@ -108,7 +153,14 @@ impl Key {
             | Key::Queue(c, _)
             | Key::Inflight(c, _)
             | Key::Qos2(c, _) => Some(c),
-            Key::Retained(_) => None,
+            _ => None,
+        }
+    }
+
+    fn bridge(&self) -> Option<&Arc<str>> {
+        match self {
+            Key::BridgeQueue(b, _) | Key::BridgeInflight(b, _) | Key::BridgeQos2(b, _) => Some(b),
+            _ => None,
         }
     }
 }
@@ -122,15 +174,22 @@ impl std::fmt::Display for Key {
             Key::Inflight(c, s) => write!(f, "inflight state of message {s} of {c:?}"),
             Key::Qos2(c, p) => write!(f, "incoming QoS 2 id {p} of {c:?}"),
             Key::Retained(t) => write!(f, "retained message {t:?}"),
+            Key::BridgeQueue(b, s) => write!(f, "buffered message {s} of bridge {b:?}"),
+            Key::BridgeInflight(b, s) => {
+                write!(f, "inflight state of buffered message {s} of bridge {b:?}")
+            }
+            Key::BridgeQos2(b, p) => write!(f, "incoming QoS 2 id {p} of bridge {b:?}"),
         }
     }
 }
 
-/// One atomic write: first every record of the `cleared` clients is
-/// deleted, then each key is set (`Some`) or deleted (`None`).
+/// One atomic write: first every record of the `cleared` clients and
+/// `cleared_bridges` is deleted, then each key is set (`Some`) or deleted
+/// (`None`).
 #[derive(Debug, Default)]
 pub struct Batch {
     pub cleared: Vec<Arc<str>>,
+    pub cleared_bridges: Vec<Arc<str>>,
     pub writes: Vec<(Key, Option<Vec<u8>>)>,
 }
 
@@ -199,6 +258,7 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    space: Space,
 }
 
 /// Everything a store held at start, decoded and grouped by session.
@@ -208,6 +268,17 @@ pub struct Snapshot {
     pub retained: Vec<Message>,
     /// Records of clients without a session record (dropped at restore).
     pub orphans: Vec<Arc<str>>,
+    /// The bridges' outbound buffers and incoming QoS 2 ids, by name.
+    pub bridges: Vec<RestoredBridge>,
+}
+
+/// What the store held for one bridge.
+#[derive(Debug)]
+pub struct RestoredBridge {
+    pub name: Arc<str>,
+    /// Buffered messages in sequence order, with their inflight state if sent.
+    pub queue: Vec<(Delivery, Option<(u16, Stage)>)>,
+    pub incoming_qos2: Vec<u16>,
 }
 
 #[derive(Debug)]
@@ -263,7 +334,13 @@ impl Store {
                 message: format!("cannot start the commit thread: {e}"),
             })?;
         *inner.thread.lock() = Some(handle);
-        Ok((Store { inner }, snapshot))
+        Ok((
+            Store {
+                inner,
+                space: Space::Sessions,
+            },
+            snapshot,
+        ))
     }
 
     pub fn name(&self) -> &str {
@@ -274,8 +351,25 @@ impl Store {
         &self.inner.stats
     }
 
+    /// This store, for a bridge's buffer: the ops submitted through the
+    /// handle land in the bridge keys ([`Space::Bridges`]).
+    pub fn for_bridges(&self) -> Store {
+        Store {
+            inner: self.inner.clone(),
+            space: Space::Bridges,
+        }
+    }
+
     /// Appends `op` to the log; returns its ticket for [`Store::durable`].
     pub fn submit(&self, op: Op) -> u64 {
+        let op = match self.space {
+            Space::Sessions => op,
+            Space::Bridges => match op.for_bridge() {
+                Some(op) => op,
+                // Nothing to write: the ticket of what is already pending.
+                None => return self.inner.pending.lock().last,
+            },
+        };
         let mut p = self.inner.pending.lock();
         p.ops.push(op);
         p.last += 1;
@@ -384,7 +478,9 @@ fn fold(ops: Vec<Op>) -> Batch {
         Retained(Arc<Message>),
     }
     let mut cleared: Vec<Arc<str>> = Vec::new();
-    let mut born: HashSet<(Arc<str>, u64)> = HashSet::new();
+    let mut cleared_bridges: Vec<Arc<str>> = Vec::new();
+    // (bridge?, owner, seq) of the deliveries queued in this run.
+    let mut born: HashSet<(bool, Arc<str>, u64)> = HashSet::new();
     let mut slots: Vec<Option<(Key, Option<V>)>> = Vec::with_capacity(ops.len());
     let mut index: HashMap<Key, usize> = HashMap::with_capacity(ops.len());
     let mut set =
@@ -411,7 +507,7 @@ fn fold(ops: Vec<Op>) -> Batch {
             Op::PutSub(c, f, r) => set(&mut slots, Key::Sub(c, f), Some(V::Sub(r))),
             Op::DelSub(c, f) => set(&mut slots, Key::Sub(c, f), None),
             Op::Queue(c, seq, d) => {
-                born.insert((c.clone(), seq));
+                born.insert((false, c.clone(), seq));
                 set(&mut slots, Key::Queue(c, seq), Some(V::Queue(d)))
             }
             Op::Inflight(c, seq, id, st) => {
@@ -429,13 +525,41 @@ fn fold(ops: Vec<Op>) -> Batch {
                 Some(V::Retained(m)),
             ),
             Op::DelRetained(t) => set(&mut slots, Key::Retained(t), None),
+            Op::BridgeQueue(b, seq, d) => {
+                born.insert((true, b.clone(), seq));
+                set(&mut slots, Key::BridgeQueue(b, seq), Some(V::Queue(d)))
+            }
+            Op::BridgeInflight(b, seq, id, st) => set(
+                &mut slots,
+                Key::BridgeInflight(b, seq),
+                Some(V::Inflight(id, st)),
+            ),
+            Op::BridgeDequeue(b, seq) => {
+                set(&mut slots, Key::BridgeQueue(b.clone(), seq), None);
+                set(&mut slots, Key::BridgeInflight(b, seq), None);
+            }
+            Op::BridgePutQos2(b, id) => set(&mut slots, Key::BridgeQos2(b, id), Some(V::Qos2)),
+            Op::BridgeDelQos2(b, id) => set(&mut slots, Key::BridgeQos2(b, id), None),
+            Op::DropBridge(b) => {
+                for s in slots.iter_mut() {
+                    if s.as_ref().and_then(|(k, _)| k.bridge()) == Some(&b) {
+                        *s = None;
+                    }
+                }
+                cleared_bridges.push(b);
+            }
         }
     }
     let mut writes = Vec::with_capacity(slots.len());
     for (k, v) in slots.into_iter().flatten() {
         // A delivery both queued and finished in this run never reaches the store.
         if let (Key::Queue(c, s) | Key::Inflight(c, s), None) = (&k, &v) {
-            if born.contains(&(c.clone(), *s)) {
+            if born.contains(&(false, c.clone(), *s)) {
+                continue;
+            }
+        }
+        if let (Key::BridgeQueue(b, s) | Key::BridgeInflight(b, s), None) = (&k, &v) {
+            if born.contains(&(true, b.clone(), *s)) {
                 continue;
             }
         }
@@ -450,7 +574,11 @@ fn fold(ops: Vec<Op>) -> Batch {
         };
         writes.push((k, enc));
     }
-    Batch { cleared, writes }
+    Batch {
+        cleared,
+        cleared_bridges,
+        writes,
+    }
 }
 
 /// Decodes and groups loaded records; a record that does not decode is an
@@ -467,6 +595,18 @@ fn assemble(store: &str, rows: Vec<(Key, Vec<u8>)>) -> Result<Snapshot, StoreErr
     let mut inflight: HashMap<(Arc<str>, u64), (u16, Stage)> = HashMap::new();
     let mut qos2: Vec<(Arc<str>, u16)> = Vec::new();
     let mut retained = Vec::new();
+    let mut bridges: HashMap<Arc<str>, RestoredBridge> = HashMap::new();
+    let mut bridge_inflight: HashMap<(Arc<str>, u64), (u16, Stage)> = HashMap::new();
+    fn bridge<'a>(
+        all: &'a mut HashMap<Arc<str>, RestoredBridge>,
+        b: &Arc<str>,
+    ) -> &'a mut RestoredBridge {
+        all.entry(b.clone()).or_insert_with(|| RestoredBridge {
+            name: b.clone(),
+            queue: Vec::new(),
+            incoming_qos2: Vec::new(),
+        })
+    }
     for (k, v) in rows {
         match &k {
             Key::Session(c) => {
@@ -507,7 +647,28 @@ fn assemble(store: &str, rows: Vec<(Key, Vec<u8>)>) -> Result<Snapshot, StoreErr
                 }
                 retained.push(m);
             }
+            Key::BridgeQueue(b, s) => {
+                let d = codec::decode_delivery(&v, *s).map_err(|e| corrupt(&k, e))?;
+                bridge(&mut bridges, b).queue.push((d, None));
+            }
+            Key::BridgeInflight(b, s) => {
+                let i = codec::decode_inflight(&v).map_err(|e| corrupt(&k, e))?;
+                bridge_inflight.insert((b.clone(), *s), i);
+            }
+            Key::BridgeQos2(b, id) => bridge(&mut bridges, b).incoming_qos2.push(*id),
         }
+    }
+    let mut bridges: Vec<RestoredBridge> = bridges.into_values().collect();
+    for b in &mut bridges {
+        b.queue.sort_by_key(|(d, _)| d.seq);
+        for (d, state) in &mut b.queue {
+            *state = bridge_inflight.remove(&(b.name.clone(), d.seq));
+        }
+        b.incoming_qos2.sort_unstable();
+    }
+    bridges.sort_by(|a, b| a.name.cmp(&b.name));
+    for ((b, s), _) in bridge_inflight {
+        warn!(store, bridge = %b, seq = s, "inflight state without its buffered message; ignored");
     }
     let mut orphans: Vec<Arc<str>> = Vec::new();
     let mut orphan = |c: &Arc<str>| {
@@ -548,6 +709,7 @@ fn assemble(store: &str, rows: Vec<(Key, Vec<u8>)>) -> Result<Snapshot, StoreErr
         sessions,
         retained,
         orphans,
+        bridges,
     })
 }
 

@@ -26,6 +26,21 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE midge_incoming_qos2 (client_id text NOT NULL, packet_id integer NOT NULL,
          PRIMARY KEY (client_id, packet_id));
      CREATE TABLE midge_retained (topic text PRIMARY KEY, data bytea NOT NULL);",
+    // 2: the bridges' outbound buffers and incoming QoS 2 ids (crate::bridge),
+    // keyed by bridge name: the same shapes as the sessions' tables.
+    "CREATE TABLE midge_bridge_queue (bridge text NOT NULL, seq bigint NOT NULL,
+         data bytea NOT NULL, PRIMARY KEY (bridge, seq));
+     CREATE TABLE midge_bridge_inflight (bridge text NOT NULL, seq bigint NOT NULL,
+         data bytea NOT NULL, PRIMARY KEY (bridge, seq));
+     CREATE TABLE midge_bridge_qos2 (bridge text NOT NULL, packet_id integer NOT NULL,
+         PRIMARY KEY (bridge, packet_id));",
+];
+
+/// The tables of a bridge, deleted together by `DropBridge`.
+const BRIDGE_TABLES: [&str; 3] = [
+    "midge_bridge_queue",
+    "midge_bridge_inflight",
+    "midge_bridge_qos2",
 ];
 
 pub struct PgBackend {
@@ -195,6 +210,23 @@ struct Rows {
     del_qos2: (Vec<String>, Vec<i32>),
     put_retained: (Vec<String>, Vec<Vec<u8>>),
     del_retained: Vec<String>,
+    put_bqueue: (Vec<String>, Vec<i64>, Vec<Vec<u8>>),
+    del_bqueue: (Vec<String>, Vec<i64>),
+    put_binflight: (Vec<String>, Vec<i64>, Vec<Vec<u8>>),
+    del_binflight: (Vec<String>, Vec<i64>),
+    put_bqos2: (Vec<String>, Vec<i32>),
+    del_bqos2: (Vec<String>, Vec<i32>),
+}
+
+fn put3(t: &mut (Vec<String>, Vec<i64>, Vec<Vec<u8>>), o: &str, s: u64, v: &[u8]) {
+    t.0.push(o.to_string());
+    t.1.push(s as i64);
+    t.2.push(v.to_vec());
+}
+
+fn push2<N>(t: &mut (Vec<String>, Vec<N>), o: &str, n: N) {
+    t.0.push(o.to_string());
+    t.1.push(n);
 }
 
 impl Rows {
@@ -247,6 +279,12 @@ impl Rows {
                     r.put_retained.1.push(v.clone());
                 }
                 (Key::Retained(t), None) => r.del_retained.push(t.clone()),
+                (Key::BridgeQueue(b, s), Some(v)) => put3(&mut r.put_bqueue, b, *s, v),
+                (Key::BridgeQueue(b, s), None) => push2(&mut r.del_bqueue, b, *s as i64),
+                (Key::BridgeInflight(b, s), Some(v)) => put3(&mut r.put_binflight, b, *s, v),
+                (Key::BridgeInflight(b, s), None) => push2(&mut r.del_binflight, b, *s as i64),
+                (Key::BridgeQos2(b, id), Some(_)) => push2(&mut r.put_bqos2, b, i32::from(*id)),
+                (Key::BridgeQos2(b, id), None) => push2(&mut r.del_bqos2, b, i32::from(*id)),
             }
         }
         r
@@ -272,6 +310,20 @@ async fn write(client: &mut Client, batch: &Batch) -> Result<(), tokio_postgres:
             .await?;
         }
     }
+    if !batch.cleared_bridges.is_empty() {
+        let names: Vec<String> = batch
+            .cleared_bridges
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        for table in BRIDGE_TABLES {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE bridge = ANY($1)"),
+                &[&names],
+            )
+            .await?;
+        }
+    }
     // Deletes before upserts: a key is in at most one of the two lists.
     if !r.del_sessions.is_empty() {
         tx.execute(
@@ -288,28 +340,37 @@ async fn write(client: &mut Client, batch: &Batch) -> Result<(), tokio_postgres:
         )
         .await?;
     }
-    for (table, del) in [
-        ("midge_queue", &r.del_queue),
-        ("midge_inflight", &r.del_inflight),
+    for (table, owner, del) in [
+        ("midge_queue", "client_id", &r.del_queue),
+        ("midge_inflight", "client_id", &r.del_inflight),
+        ("midge_bridge_queue", "bridge", &r.del_bqueue),
+        ("midge_bridge_inflight", "bridge", &r.del_binflight),
     ] {
         if !del.0.is_empty() {
             tx.execute(
                 &format!(
                     "DELETE FROM {table} t USING unnest($1::text[], $2::bigint[]) AS d(c, s)
-                     WHERE t.client_id = d.c AND t.seq = d.s"
+                     WHERE t.{owner} = d.c AND t.seq = d.s"
                 ),
                 &[&del.0, &del.1],
             )
             .await?;
         }
     }
-    if !r.del_qos2.0.is_empty() {
-        tx.execute(
-            "DELETE FROM midge_incoming_qos2 t USING unnest($1::text[], $2::int[]) AS d(c, p)
-             WHERE t.client_id = d.c AND t.packet_id = d.p",
-            &[&r.del_qos2.0, &r.del_qos2.1],
-        )
-        .await?;
+    for (table, owner, del) in [
+        ("midge_incoming_qos2", "client_id", &r.del_qos2),
+        ("midge_bridge_qos2", "bridge", &r.del_bqos2),
+    ] {
+        if !del.0.is_empty() {
+            tx.execute(
+                &format!(
+                    "DELETE FROM {table} t USING unnest($1::text[], $2::int[]) AS d(c, p)
+                     WHERE t.{owner} = d.c AND t.packet_id = d.p"
+                ),
+                &[&del.0, &del.1],
+            )
+            .await?;
+        }
     }
     if !r.del_retained.is_empty() {
         tx.execute(
@@ -335,28 +396,37 @@ async fn write(client: &mut Client, batch: &Batch) -> Result<(), tokio_postgres:
         )
         .await?;
     }
-    for (table, put) in [
-        ("midge_queue", &r.put_queue),
-        ("midge_inflight", &r.put_inflight),
+    for (table, owner, put) in [
+        ("midge_queue", "client_id", &r.put_queue),
+        ("midge_inflight", "client_id", &r.put_inflight),
+        ("midge_bridge_queue", "bridge", &r.put_bqueue),
+        ("midge_bridge_inflight", "bridge", &r.put_binflight),
     ] {
         if !put.0.is_empty() {
             tx.execute(
                 &format!(
                     "INSERT INTO {table} SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])
-                     ON CONFLICT (client_id, seq) DO UPDATE SET data = excluded.data"
+                     ON CONFLICT ({owner}, seq) DO UPDATE SET data = excluded.data"
                 ),
                 &[&put.0, &put.1, &put.2],
             )
             .await?;
         }
     }
-    if !r.put_qos2.0.is_empty() {
-        tx.execute(
-            "INSERT INTO midge_incoming_qos2 SELECT * FROM unnest($1::text[], $2::int[])
-             ON CONFLICT DO NOTHING",
-            &[&r.put_qos2.0, &r.put_qos2.1],
-        )
-        .await?;
+    for (table, put) in [
+        ("midge_incoming_qos2", &r.put_qos2),
+        ("midge_bridge_qos2", &r.put_bqos2),
+    ] {
+        if !put.0.is_empty() {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {table} SELECT * FROM unnest($1::text[], $2::int[])
+                     ON CONFLICT DO NOTHING"
+                ),
+                &[&put.0, &put.1],
+            )
+            .await?;
+        }
     }
     if !r.put_retained.0.is_empty() {
         tx.execute(
@@ -431,6 +501,35 @@ async fn load(client: &Client) -> Result<Vec<(Key, Vec<u8>)>, tokio_postgres::Er
         .await?
     {
         out.push((Key::Retained(row.get(0)), row.get(1)));
+    }
+    for (table, inflight) in [
+        ("midge_bridge_queue", false),
+        ("midge_bridge_inflight", true),
+    ] {
+        let q = format!("SELECT bridge, seq, data FROM {table}");
+        for row in client.query(&q, &[]).await? {
+            let b: Arc<str> = Arc::from(row.get::<_, &str>(0));
+            let s = row.get::<_, i64>(1) as u64;
+            let key = if inflight {
+                Key::BridgeInflight(b, s)
+            } else {
+                Key::BridgeQueue(b, s)
+            };
+            out.push((key, row.get(2)));
+        }
+    }
+    for row in client
+        .query("SELECT bridge, packet_id FROM midge_bridge_qos2", &[])
+        .await?
+    {
+        let id = row.get::<_, i32>(1);
+        out.push((
+            Key::BridgeQos2(
+                Arc::from(row.get::<_, &str>(0)),
+                u16::try_from(id).unwrap_or(0),
+            ),
+            Vec::new(),
+        ));
     }
     Ok(out)
 }

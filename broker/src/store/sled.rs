@@ -11,6 +11,10 @@
 //! `i<client>\0<seq:u64be>` inflight state, `r<client>\0<id:u16be>`
 //! incoming QoS 2 id, `t<topic>` retained message.
 //!
+//! A bridge's buffer has the same kinds under other letters, so no client
+//! id can reach it: `B` / `y` / `b` (chunk, done bits, single delivery),
+//! `j` inflight, `k` incoming QoS 2 id, each followed by the bridge's name.
+//!
 //! Why chunks: a sled insert costs about 10 µs of CPU however small the value
 //! (it rewrites the B-tree node it lands in), so one key per queued message
 //! made sled most of the broker's CPU under a QoS 1 load to an offline
@@ -30,12 +34,71 @@ use super::{Backend, Batch, Key, StoreError};
 pub struct SledBackend {
     path: PathBuf,
     db: sled::Db,
-    /// The live chunks of each client, by first sequence number. Chunks of
-    /// one client never overlap: each holds sequence numbers above every
-    /// earlier one's (a batch that would overlap is written as `q` keys).
-    chunks: HashMap<Arc<str>, BTreeMap<u64, Chunk>>,
-    /// Deliveries stored under their own `q` key, per client.
-    loose: HashMap<Arc<str>, BTreeSet<u64>>,
+    /// The live chunks of each client (and bridge), by first sequence
+    /// number. Chunks of one owner never overlap: each holds sequence
+    /// numbers above every earlier one's (a batch that would overlap is
+    /// written as `q` keys).
+    chunks: HashMap<Owner, BTreeMap<u64, Chunk>>,
+    /// Deliveries stored under their own `q` (`b`) key, per owner.
+    loose: HashMap<Owner, BTreeSet<u64>>,
+}
+
+/// Whose queue: a session's or a bridge's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Ns {
+    Session,
+    Bridge,
+}
+
+impl Ns {
+    /// Key kind of a chunk.
+    fn chunk(self) -> u8 {
+        match self {
+            Ns::Session => b'Q',
+            Ns::Bridge => b'B',
+        }
+    }
+    /// Key kind of a chunk's done bits.
+    fn done(self) -> u8 {
+        match self {
+            Ns::Session => b'x',
+            Ns::Bridge => b'y',
+        }
+    }
+    /// Key kind of a delivery stored alone.
+    fn loose(self) -> u8 {
+        match self {
+            Ns::Session => b'q',
+            Ns::Bridge => b'b',
+        }
+    }
+    /// The namespace of a chunk or done-bits key kind.
+    fn of_kind(kind: u8) -> Option<Ns> {
+        match kind {
+            b'Q' | b'x' => Some(Ns::Session),
+            b'B' | b'y' => Some(Ns::Bridge),
+            _ => None,
+        }
+    }
+    /// The queue row a loaded delivery becomes.
+    fn key(self, owner: Arc<str>, seq: u64) -> Key {
+        match self {
+            Ns::Session => Key::Queue(owner, seq),
+            Ns::Bridge => Key::BridgeQueue(owner, seq),
+        }
+    }
+}
+
+/// A queue's owner: namespace and client id (or bridge name).
+type Owner = (Ns, Arc<str>);
+
+/// The owner and sequence number of a queue row.
+fn queue_row(k: &Key) -> Option<(Owner, u64)> {
+    match k {
+        Key::Queue(c, s) => Some(((Ns::Session, c.clone()), *s)),
+        Key::BridgeQueue(b, s) => Some(((Ns::Bridge, b.clone()), *s)),
+        _ => None,
+    }
 }
 
 /// The index entry of one `Q` record.
@@ -49,8 +112,8 @@ struct Chunk {
     live: usize,
 }
 
-/// A chunk's client and first sequence number.
-type ChunkId = (Arc<str>, u64);
+/// A chunk's owner and first sequence number.
+type ChunkId = (Owner, u64);
 /// A delivery to write: its sequence number and encoded record.
 type Item<'a> = (u64, &'a [u8]);
 /// A loaded chunk's deliveries.
@@ -58,6 +121,8 @@ type Items = Vec<(u64, Vec<u8>)>;
 
 /// Per-client key kinds deleted with the client.
 const KINDS: [u8; 6] = [b'u', b'q', b'i', b'r', b'Q', b'x'];
+/// Per-bridge key kinds deleted with the bridge.
+const BRIDGE_KINDS: [u8; 5] = [b'b', b'j', b'k', b'B', b'y'];
 const CHUNK_V1: u8 = 1;
 /// A `Q` value whose body (what follows the version byte in version 1) is
 /// LZ4-compressed: version, then the LZ4 block with its uncompressed size
@@ -168,21 +233,21 @@ impl SledBackend {
         }
     }
 
-    /// The chunk holding `seq` of `client`: (its first seq, it, the index).
-    fn find(&self, client: &Arc<str>, seq: u64) -> Option<(u64, &Chunk, usize)> {
-        let (first, ch) = self.chunks.get(client)?.range(..=seq).next_back()?;
+    /// The chunk holding `seq` of `owner`: (its first seq, it, the index).
+    fn find(&self, owner: &Owner, seq: u64) -> Option<(u64, &Chunk, usize)> {
+        let (first, ch) = self.chunks.get(owner)?.range(..=seq).next_back()?;
         let i = ch.seqs.binary_search(&seq).ok()?;
         Some((*first, ch, i))
     }
 
-    /// The highest sequence number `client` has stored (chunks and `q` keys).
-    fn max_seq(&self, client: &Arc<str>) -> Option<u64> {
+    /// The highest sequence number `owner` has stored (chunks and `q` keys).
+    fn max_seq(&self, owner: &Owner) -> Option<u64> {
         let a = self
             .chunks
-            .get(client)
+            .get(owner)
             .and_then(|m| m.values().next_back())
             .and_then(|ch| ch.seqs.last().copied());
-        let b = self.loose.get(client).and_then(|l| l.last().copied());
+        let b = self.loose.get(owner).and_then(|l| l.last().copied());
         a.max(b)
     }
 
@@ -294,15 +359,19 @@ fn decode_chunk(b: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, String> {
     Ok(out)
 }
 
-/// Client and first seq of a `Q` / `x` key.
-fn decode_chunk_key(k: &[u8]) -> Result<(Arc<str>, u64), String> {
+/// Owner and first seq of a `Q` / `x` (`B` / `y`) key.
+fn decode_chunk_key(k: &[u8]) -> Result<ChunkId, String> {
+    let ns = k
+        .first()
+        .and_then(|&kind| Ns::of_kind(kind))
+        .ok_or("not a chunk key")?;
     let rest = &k[1..];
     let nul = rest.iter().position(|&b| b == 0).ok_or("no separator")?;
     let client = std::str::from_utf8(&rest[..nul]).map_err(|_| "client id is not UTF-8")?;
     let a: [u8; 8] = rest[nul + 1..]
         .try_into()
         .map_err(|_| "bad sequence number")?;
-    Ok((Arc::from(client), u64::from_be_bytes(a)))
+    Ok(((ns, Arc::from(client)), u64::from_be_bytes(a)))
 }
 
 /// A `Q` record: its chunk and deliveries, checked (load and repair agree).
@@ -347,6 +416,9 @@ pub(crate) fn encode_key(k: &Key) -> Vec<u8> {
             v.extend_from_slice(t.as_bytes());
             v
         }
+        Key::BridgeQueue(b, s) => client_key(b'b', b, &s.to_be_bytes()),
+        Key::BridgeInflight(b, s) => client_key(b'j', b, &s.to_be_bytes()),
+        Key::BridgeQos2(b, id) => client_key(b'k', b, &id.to_be_bytes()),
     }
 }
 
@@ -360,7 +432,7 @@ pub(crate) fn decode_key(k: &[u8]) -> Result<Key, String> {
     match kind {
         b's' => Ok(Key::Session(Arc::from(text(rest)?))),
         b't' => Ok(Key::Retained(text(rest)?)),
-        b'u' | b'q' | b'i' | b'r' => {
+        b'u' | b'q' | b'i' | b'r' | b'b' | b'j' | b'k' => {
             let nul = rest
                 .iter()
                 .position(|&b| b == 0)
@@ -373,16 +445,20 @@ pub(crate) fn decode_key(k: &[u8]) -> Result<Key, String> {
                     .map_err(|_| format!("key {k:?}: bad sequence number"))?;
                 Ok(u64::from_be_bytes(a))
             };
+            let packet_id = || -> Result<u16, String> {
+                let a: [u8; 2] = tail
+                    .try_into()
+                    .map_err(|_| format!("key {k:?}: bad packet id"))?;
+                Ok(u16::from_be_bytes(a))
+            };
             match kind {
                 b'u' => Ok(Key::Sub(client, text(tail)?)),
                 b'q' => Ok(Key::Queue(client, seq()?)),
                 b'i' => Ok(Key::Inflight(client, seq()?)),
-                _ => {
-                    let a: [u8; 2] = tail
-                        .try_into()
-                        .map_err(|_| format!("key {k:?}: bad packet id"))?;
-                    Ok(Key::Qos2(client, u16::from_be_bytes(a)))
-                }
+                b'r' => Ok(Key::Qos2(client, packet_id()?)),
+                b'b' => Ok(Key::BridgeQueue(client, seq()?)),
+                b'j' => Ok(Key::BridgeInflight(client, seq()?)),
+                _ => Ok(Key::BridgeQos2(client, packet_id()?)),
             }
         }
         _ => Err(format!("key {k:?} has an unknown kind")),
@@ -404,18 +480,18 @@ impl Backend for SledBackend {
         for item in self.db.iter() {
             let (k, v) = item.map_err(|e| self.io(e))?;
             match k.first() {
-                Some(b'Q') => {
+                Some(b'Q' | b'B') => {
                     let (id, items) = read_chunk(&k, &v).map_err(|m| self.corrupt(&k, m))?;
                     chunks.push((k.to_vec(), id, items));
                 }
-                Some(b'x') => {
+                Some(b'x' | b'y') => {
                     let (id, bits) = read_done(&k, &v).map_err(|m| self.corrupt(&k, m))?;
                     dones.insert(id, (k.to_vec(), bits));
                 }
                 _ => {
                     let key = decode_key(&k).map_err(|m| self.corrupt(&k, m))?;
-                    if let Key::Queue(c, s) = &key {
-                        self.loose.entry(c.clone()).or_default().insert(*s);
+                    if let Some((owner, s)) = queue_row(&key) {
+                        self.loose.entry(owner).or_default().insert(s);
                     }
                     out.push((key, v.to_vec()));
                 }
@@ -440,7 +516,7 @@ impl Backend for SledBackend {
                 seqs.push(s);
                 if done[i / 8] & (1 << (i % 8)) == 0 {
                     live += 1;
-                    out.push((Key::Queue(c.clone(), s), v));
+                    out.push((c.0.key(c.1.clone(), s), v));
                 }
             }
             if live == 0 {
@@ -464,10 +540,10 @@ impl Backend for SledBackend {
 
     fn drop_unreadable(&mut self) -> Result<Vec<String>, StoreError> {
         let mut gone = Vec::new();
-        for kind in [b'Q', b'x'] {
+        for kind in [b'Q', b'x', b'B', b'y'] {
             for item in self.db.scan_prefix([kind]) {
                 let (k, v) = item.map_err(|e| self.io(e))?;
-                let checked = if kind == b'Q' {
+                let checked = if kind == b'Q' || kind == b'B' {
                     read_chunk(&k, &v).map(drop)
                 } else {
                     read_done(&k, &v).map(drop)
@@ -489,10 +565,26 @@ impl Backend for SledBackend {
 
     fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
-        let cleared: HashSet<&Arc<str>> = batch.cleared.iter().collect();
+        let cleared: HashSet<Owner> = batch
+            .cleared
+            .iter()
+            .map(|c| (Ns::Session, c.clone()))
+            .chain(
+                batch
+                    .cleared_bridges
+                    .iter()
+                    .map(|c| (Ns::Bridge, c.clone())),
+            )
+            .collect();
         for c in &batch.cleared {
             b.remove(encode_key(&Key::Session(c.clone())));
-            for kind in KINDS {
+        }
+        for (ns, c) in &cleared {
+            let kinds: &[u8] = match ns {
+                Ns::Session => &KINDS,
+                Ns::Bridge => &BRIDGE_KINDS,
+            };
+            for &kind in kinds {
                 let prefix = client_key(kind, c, &[]);
                 for k in self.db.scan_prefix(&prefix).keys() {
                     b.remove(k.map_err(|e| self.io(e))?);
@@ -501,27 +593,27 @@ impl Backend for SledBackend {
         }
         // Changes to the index, made only once the write succeeded (a failed
         // commit is retried with the same batch).
-        let mut acked: HashMap<(Arc<str>, u64), (Vec<u8>, usize)> = HashMap::new();
-        let mut unloosed: Vec<(Arc<str>, u64)> = Vec::new();
-        let mut fresh: Vec<(Arc<str>, Vec<Item<'_>>)> = Vec::new();
-        let mut fresh_at: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut acked: HashMap<ChunkId, (Vec<u8>, usize)> = HashMap::new();
+        let mut unloosed: Vec<(Owner, u64)> = Vec::new();
+        let mut fresh: Vec<(Owner, Vec<Item<'_>>)> = Vec::new();
+        let mut fresh_at: HashMap<Owner, usize> = HashMap::new();
         for (k, v) in &batch.writes {
-            match (k, v) {
-                (Key::Queue(c, s), Some(v)) => {
+            match (queue_row(k), v) {
+                (Some((c, s)), Some(v)) => {
                     let i = *fresh_at.entry(c.clone()).or_insert_with(|| {
-                        fresh.push((c.clone(), Vec::new()));
+                        fresh.push((c, Vec::new()));
                         fresh.len() - 1
                     });
-                    fresh[i].1.push((*s, v.as_slice()));
+                    fresh[i].1.push((s, v.as_slice()));
                 }
-                // A cleared client's old records are gone already.
-                (Key::Queue(c, _), None) if cleared.contains(c) => {}
-                (Key::Queue(c, s), None) => {
-                    if self.loose.get(c).is_some_and(|l| l.contains(s)) {
-                        b.remove(client_key(b'q', c, &s.to_be_bytes()));
-                        unloosed.push((c.clone(), *s));
+                // A cleared owner's old records are gone already.
+                (Some((c, _)), None) if cleared.contains(&c) => {}
+                (Some((c, s)), None) => {
+                    if self.loose.get(&c).is_some_and(|l| l.contains(&s)) {
+                        b.remove(client_key(c.0.loose(), &c.1, &s.to_be_bytes()));
+                        unloosed.push((c.clone(), s));
                     }
-                    if let Some((first, ch, i)) = self.find(c, *s) {
+                    if let Some((first, ch, i)) = self.find(&c, s) {
                         let e = acked
                             .entry((c.clone(), first))
                             .or_insert_with(|| (ch.done.clone(), ch.live));
@@ -531,7 +623,7 @@ impl Backend for SledBackend {
                         }
                     }
                 }
-                (k, v) => {
+                (None, v) => {
                     let key = encode_key(k);
                     match v {
                         Some(v) => b.insert(key, v.as_slice()),
@@ -540,8 +632,8 @@ impl Backend for SledBackend {
                 }
             }
         }
-        let mut new_chunks: Vec<(Arc<str>, u64, Chunk)> = Vec::new();
-        let mut new_loose: Vec<(Arc<str>, u64)> = Vec::new();
+        let mut new_chunks: Vec<(Owner, u64, Chunk)> = Vec::new();
+        let mut new_loose: Vec<(Owner, u64)> = Vec::new();
         for (c, mut items) in fresh {
             items.sort_unstable_by_key(|(s, _)| *s);
             let above = if cleared.contains(&c) {
@@ -553,14 +645,14 @@ impl Backend for SledBackend {
                 // Not above everything stored: keep the index's chunks
                 // disjoint by writing these one key each.
                 for (s, v) in items {
-                    b.insert(client_key(b'q', &c, &s.to_be_bytes()), v);
+                    b.insert(client_key(c.0.loose(), &c.1, &s.to_be_bytes()), v);
                     new_loose.push((c.clone(), s));
                 }
                 continue;
             }
             let first = items[0].0;
             b.insert(
-                client_key(b'Q', &c, &first.to_be_bytes()),
+                client_key(c.0.chunk(), &c.1, &first.to_be_bytes()),
                 encode_chunk(&items),
             );
             let n = items.len();
@@ -577,15 +669,15 @@ impl Backend for SledBackend {
         for ((c, first), (done, live)) in &acked {
             let rest = first.to_be_bytes();
             if *live == 0 {
-                b.remove(client_key(b'Q', c, &rest));
-                b.remove(client_key(b'x', c, &rest));
+                b.remove(client_key(c.0.chunk(), &c.1, &rest));
+                b.remove(client_key(c.0.done(), &c.1, &rest));
             } else {
-                b.insert(client_key(b'x', c, &rest), encode_done(done));
+                b.insert(client_key(c.0.done(), &c.1, &rest), encode_done(done));
             }
         }
         self.db.apply_batch(b).map_err(|e| self.io(e))?;
         self.db.flush().map_err(|e| self.io(e))?;
-        for c in &batch.cleared {
+        for c in &cleared {
             self.chunks.remove(c);
             self.loose.remove(c);
         }
@@ -658,8 +750,8 @@ mod tests {
 
     fn commit(b: &mut SledBackend, writes: Vec<(Key, Option<Vec<u8>>)>) {
         b.commit(&Batch {
-            cleared: Vec::new(),
             writes,
+            ..Batch::default()
         })
         .unwrap();
     }
@@ -799,6 +891,7 @@ mod tests {
         b.commit(&Batch {
             cleared: vec![c("a")],
             writes: queue("a", 1..=1),
+            ..Batch::default()
         })
         .unwrap();
         assert_eq!(kinds(&b), "QQ");
@@ -863,5 +956,57 @@ mod tests {
         );
         let rows = loaded(&mut b);
         assert_eq!(rows, [("dev-8".into(), 1, "m1".into())]);
+    }
+
+    #[test]
+    fn bridge_buffers_chunk_under_their_own_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        let mut w: Vec<(Key, Option<Vec<u8>>)> = (1..=3)
+            .map(|s| {
+                (
+                    Key::BridgeQueue(c("a"), s),
+                    Some(format!("b{s}").into_bytes()),
+                )
+            })
+            .collect();
+        w.extend(queue("a", 1..=2));
+        commit(&mut b, w);
+        assert_eq!(kinds(&b), "BQ");
+        commit(&mut b, vec![(Key::BridgeQueue(c("a"), 2), None)]);
+        assert_eq!(kinds(&b), "BQy");
+        drop(b);
+        let mut b = open(dir.path());
+        let mut rows: Vec<String> = b
+            .load()
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={}", String::from_utf8(v).unwrap()))
+            .collect();
+        rows.sort();
+        assert_eq!(
+            rows,
+            [
+                "buffered message 1 of bridge \"a\"=b1",
+                "buffered message 3 of bridge \"a\"=b3",
+                "queued message 1 of \"a\"=m1",
+                "queued message 2 of \"a\"=m2",
+            ]
+        );
+        // Clearing the bridge leaves the client's records.
+        b.commit(&Batch {
+            cleared_bridges: vec![c("a")],
+            ..Batch::default()
+        })
+        .unwrap();
+        assert_eq!(kinds(&b), "Q");
+        let keys = [
+            Key::BridgeInflight(c("a"), 7),
+            Key::BridgeQos2(c("a"), 9),
+            Key::BridgeQueue(c("a"), 8),
+        ];
+        for k in keys {
+            assert_eq!(decode_key(&encode_key(&k)).unwrap(), k);
+        }
     }
 }

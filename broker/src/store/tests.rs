@@ -207,3 +207,145 @@ fn an_unopenable_store_is_an_error_naming_it() {
     assert!(e.contains("cannot open"), "{e}");
     assert!(e.contains(&file.display().to_string()), "{e}");
 }
+
+#[test]
+fn a_bridge_handle_maps_session_ops_to_bridge_records() {
+    let rec = SessionRecord {
+        expiry: 60,
+        disconnected_at_ms: None,
+        will: None,
+    };
+    let mapped: Vec<Option<Op>> = vec![
+        Op::Queue(c("cloud"), 1, delivery(b"m")),
+        Op::Inflight(c("cloud"), 1, 5, Stage::Published),
+        Op::Dequeue(c("cloud"), 1),
+        Op::PutQos2(c("cloud"), 9),
+        Op::DelQos2(c("cloud"), 9),
+        Op::DropSession(c("cloud")),
+        Op::PutSession(c("cloud"), rec),
+        Op::DelSub(c("cloud"), "a/#".into()),
+    ]
+    .into_iter()
+    .map(Op::for_bridge)
+    .collect();
+    let names: Vec<String> = mapped
+        .iter()
+        .map(|o| match o {
+            Some(o) => format!("{o:?}").split('(').next().unwrap_or("").to_string(),
+            None => "-".into(),
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "BridgeQueue",
+            "BridgeInflight",
+            "BridgeDequeue",
+            "BridgePutQos2",
+            "BridgeDelQos2",
+            "DropBridge",
+            "-",
+            "-"
+        ]
+    );
+    // Folded like a session's: queued and acknowledged in one run is never
+    // written; DropBridge clears what came before it.
+    let b = fold(vec![
+        Op::BridgeQueue(c("cloud"), 1, delivery(b"one")),
+        Op::BridgeQueue(c("cloud"), 2, delivery(b"two")),
+        Op::BridgeInflight(c("cloud"), 1, 3, Stage::Published),
+        Op::BridgeDequeue(c("cloud"), 1),
+        Op::Queue(c("cloud"), 1, delivery(b"session")),
+        Op::BridgePutQos2(c("other"), 4),
+        Op::DropBridge(c("other")),
+    ]);
+    assert_eq!(b.cleared_bridges, vec![c("other")]);
+    assert!(b.cleared.is_empty());
+    let keys: Vec<String> = b.writes.iter().map(|(k, _)| k.to_string()).collect();
+    assert_eq!(
+        keys,
+        [
+            "buffered message 2 of bridge \"cloud\"",
+            "queued message 1 of \"cloud\""
+        ]
+    );
+}
+
+#[test]
+fn sled_keeps_bridge_buffers_apart_from_sessions_of_the_same_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PersistenceConfig {
+        enabled: true,
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    let (store, _) = Store::open(&cfg).unwrap();
+    let bridges = store.for_bridges();
+    let rec = SessionRecord {
+        expiry: 3600,
+        disconnected_at_ms: Some(5),
+        will: None,
+    };
+    // A client whose id is the bridge's name.
+    store.submit(Op::PutSession(c("cloud"), rec.clone()));
+    store.submit(Op::Queue(c("cloud"), 1, delivery(b"for the client")));
+    bridges.submit(Op::PutSession(c("cloud"), rec));
+    for seq in 1..=4 {
+        bridges.submit(Op::Queue(c("cloud"), seq, delivery(b"for the remote")));
+    }
+    bridges.submit(Op::Inflight(c("cloud"), 2, 17, Stage::Released));
+    bridges.submit(Op::Dequeue(c("cloud"), 1));
+    bridges.submit(Op::PutQos2(c("cloud"), 33));
+    bridges.submit(Op::Queue(c("gone"), 1, delivery(b"x")));
+    let t = bridges.submit(Op::DropSession(c("gone")));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), store.durable(t))
+            .await
+            .unwrap();
+    });
+    store.close();
+    drop((store, bridges));
+
+    let (store, snap) = Store::open(&cfg).unwrap();
+    assert_eq!(snap.sessions.len(), 1);
+    assert_eq!(snap.sessions[0].queue.len(), 1);
+    assert_eq!(
+        snap.sessions[0].queue[0].0.msg.payload,
+        Bytes::from_static(b"for the client")
+    );
+    assert!(snap.orphans.is_empty(), "{:?}", snap.orphans);
+    assert_eq!(snap.bridges.len(), 1, "{:?}", snap.bridges);
+    let b = &snap.bridges[0];
+    assert_eq!(&*b.name, "cloud");
+    let seqs: Vec<(u64, Option<(u16, Stage)>)> = b.queue.iter().map(|(d, i)| (d.seq, *i)).collect();
+    assert_eq!(
+        seqs,
+        vec![(2, Some((17, Stage::Released))), (3, None), (4, None)]
+    );
+    assert!(b
+        .queue
+        .iter()
+        .all(|(d, _)| d.msg.payload == Bytes::from_static(b"for the remote")));
+    assert_eq!(b.incoming_qos2, vec![33]);
+    // Every buffered message acknowledged: nothing of the bridge is left.
+    let bridges = store.for_bridges();
+    for seq in 2..=4 {
+        bridges.submit(Op::Dequeue(c("cloud"), seq));
+    }
+    let t = bridges.submit(Op::DelQos2(c("cloud"), 33));
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), store.durable(t))
+            .await
+            .unwrap();
+    });
+    store.close();
+    drop((store, bridges));
+    let (store, snap) = Store::open(&cfg).unwrap();
+    assert!(snap.bridges.is_empty(), "{:?}", snap.bridges);
+    assert_eq!(snap.sessions.len(), 1);
+    store.close();
+}

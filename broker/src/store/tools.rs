@@ -65,6 +65,19 @@ pub fn record_json(key: &Key, value: &[u8]) -> Result<Value, codec::Corrupt> {
             let m = codec::decode_retained(value)?;
             json!({"kind": "retained", "message": message_json(&m)})
         }
+        Key::BridgeQueue(b, s) => {
+            let d = codec::decode_delivery(value, *s)?;
+            json!({"kind": "bridge_buffered", "bridge": &**b, "seq": s, "qos": d.qos as u8,
+                   "retain": d.retain, "message": message_json(&d.msg)})
+        }
+        Key::BridgeInflight(b, s) => {
+            let (id, stage) = codec::decode_inflight(value)?;
+            json!({"kind": "bridge_inflight", "bridge": &**b, "seq": s, "packet_id": id,
+                   "stage": format!("{stage:?}").to_lowercase()})
+        }
+        Key::BridgeQos2(b, id) => {
+            json!({"kind": "bridge_incoming_qos2", "bridge": &**b, "packet_id": id})
+        }
     })
 }
 
@@ -111,8 +124,8 @@ pub fn run(
     }
     if action == Action::Repair && !bad.is_empty() {
         let batch = Batch {
-            cleared: Vec::new(),
             writes: bad.iter().map(|k| (k.clone(), None)).collect(),
+            ..Batch::default()
         };
         backend.commit(&batch)?;
         let _ = writeln!(err, "{name}: deleted {} corrupt records", bad.len());
