@@ -13,6 +13,7 @@
 
 pub mod http;
 pub mod nats;
+pub mod mosquitto;
 pub mod process;
 pub mod raw;
 

@@ -258,10 +258,12 @@ async fn run<R, W>(
                 "empty client id needs clean session",
             ));
         }
-        if c.client_id.len() > cfg.max_client_id_len {
+        if c.client_id.len() > cfg.max_client_id_len
+            || crate::bridge::reserved_client_id(&c.client_id)
+        {
             return Err(fail(
                 reason::CLIENT_IDENTIFIER_NOT_VALID,
-                "client id too long",
+                "client id too long, or reserved for bridges ($bridge/...)",
             ));
         }
         if let Some(w) = &c.will {

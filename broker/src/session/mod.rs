@@ -115,6 +115,9 @@ pub struct Session {
     /// Wakes the attached connection to write what is ready (its `Output`).
     pub notify: Notify,
     online: AtomicBool,
+    /// Queue limits of this session, instead of the ones `enqueue` is given
+    /// (a bridge's buffer has its own: crate::bridge).
+    pub limits: Option<QueueLimits>,
 }
 
 /// Why a delivery was not queued.
@@ -162,6 +165,7 @@ impl Session {
             }),
             notify: Notify::new(),
             online: AtomicBool::new(false),
+            limits: None,
         }
     }
 
@@ -178,6 +182,7 @@ impl Session {
     /// for offline sessions. Returns the outcome and the store ticket of the
     /// write (0 when nothing was stored).
     pub fn enqueue(&self, mut d: Delivery, limits: QueueLimits) -> (EnqueueOutcome, u64) {
+        let limits = self.limits.unwrap_or(limits);
         let mut st = self.state.lock();
         if st.ended || (st.conn.is_none() && d.qos == QoS::AtMostOnce) {
             return (EnqueueOutcome::Skipped, 0);

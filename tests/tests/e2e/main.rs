@@ -9,6 +9,7 @@ mod api_rules;
 mod cluster;
 mod cluster_faults;
 mod cluster_sessions;
+mod bridge;
 mod connect;
 mod dashboard;
 mod enhanced_auth;
