@@ -47,7 +47,7 @@ fn write_config(dir: &Path, backend: Backend, extra: &str) -> Option<PathBuf> {
     Some(path)
 }
 
-fn paho_ok() -> bool {
+pub(crate) fn paho_ok() -> bool {
     let ok = Command::new("python3")
         .args(["-c", "import paho.mqtt"])
         .output()
@@ -60,14 +60,14 @@ fn paho_ok() -> bool {
 }
 
 /// A running durable_sub.py; its stdout lines are collected.
-struct PahoSub {
+pub(crate) struct PahoSub {
     child: tokio::process::Child,
     lines: Arc<Mutex<Vec<String>>>,
     reader: tokio::task::JoinHandle<()>,
 }
 
 impl PahoSub {
-    fn spawn(port: u16, id: &str, filter: &str, qos: u8, mode: &str) -> PahoSub {
+    pub(crate) fn spawn(port: u16, id: &str, filter: &str, qos: u8, mode: &str) -> PahoSub {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/durable_sub.py");
         let mut child = tokio::process::Command::new("python3")
             .arg(script)
@@ -95,7 +95,7 @@ impl PahoSub {
     }
 
     /// Waits (bounded) until a line satisfies `f`.
-    async fn wait_line(&self, what: &str, f: impl Fn(&str) -> bool) {
+    pub(crate) async fn wait_line(&self, what: &str, f: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if self.lines.lock().unwrap().iter().any(|l| f(l)) {
@@ -111,7 +111,7 @@ impl PahoSub {
     }
 
     /// Waits (bounded) for the script to exit successfully; returns its lines.
-    async fn finish(mut self, what: &str) -> Vec<String> {
+    pub(crate) async fn finish(mut self, what: &str) -> Vec<String> {
         let status = tokio::time::timeout(Duration::from_secs(120), self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("{what}: subscriber did not finish"))
@@ -127,7 +127,7 @@ impl PahoSub {
 }
 
 /// Sequence numbers of the messages in `lines` ("m <seq>"), in arrival order.
-fn received(lines: &[String]) -> Vec<u64> {
+pub(crate) fn received(lines: &[String]) -> Vec<u64> {
     lines
         .iter()
         .filter_map(|l| l.strip_prefix("m "))
@@ -138,7 +138,7 @@ fn received(lines: &[String]) -> Vec<u64> {
 /// Publishes "0", "1", ... to `topic` until the broker goes away (or `max`),
 /// returning the sequence numbers the broker acknowledged (PUBACK for QoS 1,
 /// PUBCOMP for QoS 2).
-async fn publish_until_gone(port: u16, topic: String, qos: QoS, max: u64) -> Vec<u64> {
+pub(crate) async fn publish_until_gone(port: u16, topic: String, qos: QoS, max: u64) -> Vec<u64> {
     let mut opts = MqttOptions::new(unique("pub"), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_inflight(32);
@@ -183,7 +183,7 @@ async fn publish_until_gone(port: u16, topic: String, qos: QoS, max: u64) -> Vec
 }
 
 /// Publishes one message with rumqttc and waits for its acknowledgement.
-async fn publish_one(port: u16, topic: &str, qos: QoS, retain: bool, payload: &str) {
+pub(crate) async fn publish_one(port: u16, topic: &str, qos: QoS, retain: bool, payload: &str) {
     let mut opts = MqttOptions::new(unique("one"), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(10));
     let mut c = V4::start(opts);
@@ -194,7 +194,7 @@ async fn publish_one(port: u16, topic: &str, qos: QoS, retain: bool, payload: &s
 }
 
 /// Checks what one durable subscriber got against what was acknowledged.
-fn check_delivery(who: &str, got: &[u64], acked: &[u64], qos: QoS) {
+pub(crate) fn check_delivery(who: &str, got: &[u64], acked: &[u64], qos: QoS) {
     let set: HashSet<u64> = got.iter().copied().collect();
     let missing: Vec<u64> = acked.iter().filter(|s| !set.contains(s)).copied().collect();
     assert!(
@@ -315,7 +315,7 @@ async fn crash_during_load(backend: Backend, qos: QoS) {
     assert!(status.success(), "graceful exit: {status:?}");
 }
 
-fn tempfile_dir() -> tempfile::TempDir {
+pub(crate) fn tempfile_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("midge-persist-")
         .tempdir()

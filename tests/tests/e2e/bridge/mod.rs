@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod durability;
 mod forwarding;
 
 use std::time::Duration;
