@@ -12,8 +12,8 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod http;
-pub mod nats;
 pub mod mosquitto;
+pub mod nats;
 pub mod process;
 pub mod raw;
 
