@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine with Rust: installs what
-# the tests need (mosquitto clients, paho-mqtt, MQTT.js, Chromium and Selenium,
+# the tests need (mosquitto and its clients, paho-mqtt, MQTT.js, Chromium and Selenium,
 # cargo-nextest, PostgreSQL, tansu, nats-server), then builds
 # and runs every test. `.ci/run` calls exactly this script.
 #
@@ -18,6 +18,10 @@ apt_install() {
 # Independent MQTT clients the interop tests drive.
 command -v mosquitto_pub >/dev/null && command -v mosquitto_sub >/dev/null \
   || apt_install mosquitto-clients
+# A real Mosquitto broker: the remote of the bridge tests (each test starts
+# its own on a free loopback port and stops it by PID; the package's own
+# service is not used).
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || apt_install mosquitto
 # HAProxy in front of cluster nodes (tests/tests/e2e/cluster_faults.rs).
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || apt_install haproxy
 python3 -c 'import paho.mqtt' 2>/dev/null \

@@ -2,11 +2,12 @@
 //!
 //! [`App::bind`] goes config -> listeners (bound, not accepting) -> store
 //! (opened, its records read) -> plugins -> rules -> [`Broker`] (complete
-//! when constructed) -> restore of the stored sessions -> admission gate;
-//! [`App::run`] starts the background tasks (rule action lanes, the plugin
-//! event task, `$SYS`, the admin API), lets the listeners accept until
-//! shutdown, then takes everything down in order (clients kicked, plugins,
-//! databases and Kafka flushed, the store closed last).
+//! when constructed) -> restore of the stored sessions -> bridges (their
+//! buffers restored, subscribed) -> admission gate; [`App::run`] starts the
+//! background tasks (rule action lanes, the plugin event task, bridge links,
+//! `$SYS`, the admin API), lets the listeners accept until shutdown, then
+//! takes everything down in order (clients kicked, bridge links closed,
+//! plugins, databases and Kafka flushed, the store closed last).
 //!
 //! Nothing else builds a `Broker` for production use, and nothing mutates
 //! one after it is built: a capability that needs a part of the broker is
@@ -48,6 +49,9 @@ pub enum StartError {
     /// `[cluster]` is on and NATS cannot be reached or set up.
     #[error("{0}")]
     Cluster(#[from] midge_cluster::ClusterError),
+    /// A `[[bridges]]` entry that cannot be set up.
+    #[error("bridges: {0}")]
+    Bridge(String),
     /// `allow_anonymous = false` and no plugin authenticates clients.
     #[error("{0}")]
     NoAuthenticator(String),
@@ -72,6 +76,9 @@ pub struct App {
     broker: Arc<Broker>,
     server: Server,
     gate: Arc<Gate>,
+    /// The `[[bridges]]`, set up (sessions subscribed, buffers restored);
+    /// their links start in [`App::run`].
+    bridges: Arc<crate::bridge::Registry>,
     /// The admin HTTP API listener and the token it requires.
     admin: Option<(TcpListener, String)>,
     /// The admin token was generated at start-up (no config, no env).
@@ -141,9 +148,17 @@ impl App {
         // Before the restore: its subscriptions become the node's interest.
         crate::cluster::join(&config.cluster, &broker, session_sink.as_deref()).await?;
         crate::admin::cluster::serve_peers(&broker).await?;
+        let mut snapshot = snapshot;
+        let buffers = snapshot.as_mut().map(|s| std::mem::take(&mut s.bridges));
         if let Some(snap) = snapshot {
             restore(&broker, snap);
         }
+        // After the restore, before any listener accepts: no message routed
+        // from now on misses a bridge's buffer.
+        let bridges = Arc::new(crate::bridge::Registry::default());
+        bridges
+            .setup(&broker, &config.bridges, buffers.unwrap_or_default())
+            .map_err(StartError::Bridge)?;
         // The config's rules with the admin API's changes applied (after
         // the restore: the wills it publishes never reached rules).
         let api_rules = config.api_rules_path();
@@ -163,6 +178,7 @@ impl App {
             broker,
             server,
             gate,
+            bridges,
             admin,
             admin_token_generated,
             config_path: None,
@@ -212,6 +228,11 @@ impl App {
         self.server.wss_addr()
     }
 
+    /// The bridges (for embedding and tests).
+    pub fn bridges(&self) -> Arc<crate::bridge::Registry> {
+        self.bridges.clone()
+    }
+
     /// Admission state: per-listener connection counts.
     pub fn gate(&self) -> Arc<Gate> {
         self.gate.clone()
@@ -255,6 +276,7 @@ impl App {
             tasks.spawn(crate::admin::serve(l, Arc::new(state)));
         }
         self.server.spawn(&broker, &self.gate, &mut tasks);
+        self.bridges.start(&broker);
         if self.config.sys.interval > 0 {
             let every = Duration::from_secs(self.config.sys.interval.into());
             tasks.spawn(crate::sys::run(broker.clone(), every));
@@ -262,7 +284,7 @@ impl App {
         shutdown.await;
         info!("shutting down");
         tasks.abort_all();
-        stop(&broker).await;
+        stop(&broker, &self.bridges).await;
         Ok(())
     }
 }
@@ -362,13 +384,15 @@ fn restore(broker: &Arc<Broker>, snap: Snapshot) {
     );
 }
 
-/// The shutdown order: connections kicked and awaited (bounded), then what
-/// the plugins queued (kv, SQL, Kafka) flushed, then the store closed, so
-/// the sessions' last writes land.
-async fn stop(broker: &Broker) {
+/// The shutdown order: connections kicked and awaited (bounded), bridge
+/// links closed (what the remote did not acknowledge stays buffered), then
+/// what the plugins queued (kv, SQL, Kafka) flushed, then the store closed,
+/// so the sessions' and bridges' last writes land.
+async fn stop(broker: &Broker, bridges: &crate::bridge::Registry) {
     let waits = broker.kick_all(midge_protocol::reason::SERVER_SHUTTING_DOWN);
     let all = futures_util::future::join_all(waits);
     let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
+    bridges.stop().await;
     if let Some(plugins) = broker.plugins() {
         if let Err(e) = plugins.flush().await {
             tracing::error!("plugins: {e}");

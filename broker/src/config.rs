@@ -10,6 +10,8 @@ use serde::Deserialize;
 pub use crate::logging::LogConfig;
 pub use crate::session::QueueFullPolicy;
 
+pub mod bridges;
+
 /// Errors loading or validating a configuration, naming the file and field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -77,7 +79,7 @@ pub struct Config {
     /// `[cluster]`: nodes acting as one broker on NATS JetStream (off by default).
     pub cluster: midge_cluster::ClusterConfig,
     /// `[[bridges]]`: connections to other brokers (crate::bridge).
-    pub bridges: Vec<crate::bridge::config::BridgeConfig>,
+    pub bridges: Vec<bridges::BridgeConfig>,
 }
 
 /// Where the broker listens. `None` disables a listener.
@@ -639,15 +641,16 @@ impl Config {
         for (field, message) in self.cluster.problems() {
             invalid(field, &message);
         }
-        errs.borrow_mut().extend(
-            crate::bridge::config::problems(&self.bridges)
-                .into_iter()
-                .map(|(field, message)| ConfigError::Key {
-                    path: origin.to_string(),
-                    field,
-                    message,
-                }),
-        );
+        errs.borrow_mut()
+            .extend(
+                bridges::problems(&self.bridges)
+                    .into_iter()
+                    .map(|(field, message)| ConfigError::Key {
+                        path: origin.to_string(),
+                        field,
+                        message,
+                    }),
+            );
         errs.borrow_mut()
             .extend(self.rule_problems(&self.rules, origin));
         errs.into_inner()

@@ -22,6 +22,7 @@ pub mod logging;
 pub mod message;
 pub mod node;
 pub mod passwd;
+pub mod pem;
 pub mod plugins;
 pub mod ratelog;
 pub mod records;

@@ -44,6 +44,8 @@ pub struct TestBroker {
     pub config: midge::Config,
     /// The running broker's state (rule metrics, counters).
     pub broker: std::sync::Arc<midge::broker::Broker>,
+    /// The `[[bridges]]` (status, buffers).
+    pub bridges: std::sync::Arc<midge::bridge::Registry>,
     /// Listener admission state (per-listener connection counts).
     pub gate: std::sync::Arc<midge::server::Gate>,
     /// The admin HTTP API (127.0.0.1, port picked at start; `None` when a
@@ -182,6 +184,7 @@ async fn start(
     let (mqtts_addr, wss_addr) = (server.mqtts_addr(), server.wss_addr());
     let broker = server.broker();
     let gate = server.gate();
+    let bridges = server.bridges();
     let admin_addr = server.admin_addr();
     let admin_token = server.admin_token().map(str::to_string);
     let (tx, rx) = oneshot::channel::<()>();
@@ -200,6 +203,7 @@ async fn start(
         wss_addr,
         config,
         broker,
+        bridges,
         gate,
         admin_addr,
         admin_token,

@@ -12,13 +12,14 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use midge_protocol::{reason, topic, Ack, ByteStr, Packet, Publish, QoS};
+use midge_protocol::{topic, Ack, ByteStr, Packet, Publish, QoS, Version};
 use tracing::debug;
 
 use super::status::Dropped;
 use super::Bridge;
 use crate::broker::Broker;
 use crate::message::{ClientInfo, Message};
+use crate::session::proto;
 use crate::store::Op;
 
 /// What the link does after a packet: wait for `ticket`, then send `ack`.
@@ -102,11 +103,8 @@ impl Inbound {
         } else {
             0
         };
-        let code = if known || !v5 {
-            reason::SUCCESS
-        } else {
-            reason::PACKET_IDENTIFIER_NOT_FOUND
-        };
+        let version = if v5 { Version::V5 } else { Version::V311 };
+        let code = proto::pubcomp_code(known, version);
         Reply {
             ticket,
             ack: Some(Packet::PubComp(Ack::new(a.packet_id, code))),

@@ -174,6 +174,7 @@ async fn connect_and_serve(
                 client_id: bridge.session.client_id.clone(),
                 username: None,
                 peer,
+                cluster: crate::cluster::acks_for(broker),
             }),
             receive_maximum: usize::from(broker.config.receive_maximum),
         },
@@ -383,6 +384,11 @@ impl Link<'_> {
                         store.durable(self.ticket).await;
                     }
                     self.control.append(&mut self.waiting);
+                }
+                if !self.control.is_empty() {
+                    // Clustered: what came in and went to other nodes is
+                    // in JetStream before the remote gets its ack.
+                    crate::cluster::settled(&self.inbound.origin).await;
                 }
                 for p in self.control.drain(..) {
                     encode(&p, self.out.limits.version, &mut self.wbuf);

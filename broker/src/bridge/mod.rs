@@ -33,14 +33,15 @@
 //! - [`inbound`]: PUBLISH / PUBREL from the remote -> this broker.
 //! - [`status`]: counters and last error for the API, metrics and `$SYS`.
 
-pub mod config;
 mod inbound;
 mod link;
-pub mod mapping;
 mod outbound;
 pub mod status;
-pub mod tls;
 pub mod transport;
+
+/// The configuration, topic mapping and TLS client side live with the
+/// rest of the configuration (`midge check` builds them without a broker).
+pub use crate::config::bridges::{self as config, mapping, tls};
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -58,14 +59,7 @@ use crate::store::RestoredBridge;
 use config::{BridgeConfig, BridgeSpec};
 use status::Status;
 
-/// Client ids starting with this are the bridges' own sessions; no client
-/// may connect with one.
-pub const CLIENT_ID_PREFIX: &str = "$bridge/";
-
-/// Is `client_id` reserved for a bridge?
-pub fn reserved_client_id(client_id: &str) -> bool {
-    client_id.starts_with(CLIENT_ID_PREFIX)
-}
+pub use crate::session::{reserved_client_id, BRIDGE_CLIENT_ID_PREFIX as CLIENT_ID_PREFIX};
 
 /// One running bridge.
 #[derive(Debug)]

@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 
 use super::status::Dropped;
 use super::Bridge;
+use crate::session::proto::{self, PubRec};
 use crate::session::{Delivery, Inflight, Session, Stage};
 use crate::store::Op;
 
@@ -163,7 +164,7 @@ impl Outbound {
                 continue;
             };
             let Some(topic) = remote_topic(bridge, &d) else {
-                if bridge.status.dropped(Dropped::Unmappable) % 1000 == 0 {
+                if bridge.status.dropped(Dropped::Unmappable).is_multiple_of(1000) {
                     warn!(bridge = %bridge.name(), topic = %d.msg.topic, "no valid remote topic for this message (see the out mappings); dropped");
                 }
                 skip(Dropped::Unmappable);
@@ -209,16 +210,12 @@ impl Outbound {
     }
 
     /// PUBACK: the QoS 1 message is done (delivered, or refused: counted).
+    /// The window rules are the session core's (`session::proto`), the same
+    /// the server side applies to its subscribers' acks.
     pub fn puback(&self, bridge: &Bridge, a: &Ack) {
         let s = &bridge.session;
         let mut st = s.state.lock();
-        let Some(i) = st.find_inflight(a.packet_id) else {
-            return;
-        };
-        if st.inflight[i].delivery.qos != QoS::AtLeastOnce {
-            return;
-        }
-        if let Some(done) = st.inflight.remove(i) {
+        if let Some(done) = proto::puback(&mut st.inflight, a.packet_id) {
             // A lost delete only means a duplicate QoS 1 resend: no wait.
             s.forget(done.delivery.seq);
             drop(st);
@@ -229,27 +226,20 @@ impl Outbound {
 
     /// PUBREC: the remote has the QoS 2 message; returns the store ticket
     /// to wait for and the PUBREL to send after it (PUBREL with 0x92 for an
-    /// id we do not know, as a server would).
+    /// id we do not know, as a server would; a repeated PUBREC gets its
+    /// PUBREL again).
     pub fn pubrec(&self, bridge: &Bridge, a: &Ack) -> Option<(u64, Packet)> {
         let s = &bridge.session;
         let mut st = s.state.lock();
-        match st.find_inflight(a.packet_id) {
-            Some(i) if st.inflight[i].delivery.qos == QoS::ExactlyOnce => {
-                if a.reason >= 0x80 {
-                    if let Some(done) = st.inflight.remove(i) {
-                        s.forget(done.delivery.seq);
-                        drop(st);
-                        done_by_remote(bridge, &done.delivery, a.reason);
-                    }
-                    s.notify.notify_one();
-                    return None;
-                }
-                if st.inflight[i].stage == Stage::Released {
-                    // A repeated PUBREC: PUBREL again.
-                    return Some((0, Packet::PubRel(Ack::new(a.packet_id, 0))));
-                }
-                st.inflight[i].stage = Stage::Released;
-                let seq = st.inflight[i].delivery.seq;
+        let refused = |st: &crate::session::SessionState| {
+            st.inflight
+                .iter()
+                .find(|i| i.packet_id == a.packet_id)
+                .map(|i| i.delivery.clone())
+        };
+        let delivery = if a.reason >= 0x80 { refused(&st) } else { None };
+        match proto::pubrec(&mut st.inflight, a.packet_id, a.reason) {
+            PubRec::Release { seq } => {
                 let t = if seq != 0 {
                     s.store_op(Op::Inflight(
                         s.client_id.clone(),
@@ -262,7 +252,16 @@ impl Outbound {
                 };
                 Some((t, Packet::PubRel(Ack::new(a.packet_id, 0))))
             }
-            _ => Some((
+            PubRec::Refused { seq } => {
+                s.forget(seq);
+                drop(st);
+                if let Some(d) = delivery {
+                    done_by_remote(bridge, &d, a.reason);
+                }
+                s.notify.notify_one();
+                None
+            }
+            PubRec::Unknown => Some((
                 0,
                 Packet::PubRel(Ack::new(a.packet_id, reason::PACKET_IDENTIFIER_NOT_FOUND)),
             )),
@@ -274,13 +273,7 @@ impl Outbound {
     pub fn pubcomp(&self, bridge: &Bridge, a: &Ack) {
         let s = &bridge.session;
         let mut st = s.state.lock();
-        let Some(i) = st.find_inflight(a.packet_id) else {
-            return;
-        };
-        if st.inflight[i].stage != Stage::Released {
-            return;
-        }
-        if let Some(done) = st.inflight.remove(i) {
+        if let Some(done) = proto::pubcomp(&mut st.inflight, a.packet_id) {
             s.forget(done.delivery.seq);
             drop(st);
             bridge.status.acked.fetch_add(1, Ordering::Relaxed);

@@ -30,6 +30,7 @@ use parking_lot::Mutex;
 
 pub use handle::{PublishHandle, Unavailable};
 pub use registry::Attached;
+pub(crate) use restore::rebase_expiry;
 pub use restore::RestoreStats;
 pub use stats::{ReasonCounters, Stats};
 

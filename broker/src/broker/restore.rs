@@ -147,7 +147,7 @@ pub struct RestoreStats {
 
 /// Turns a restored message's expiry into what is left of it now; true when
 /// nothing is left (expired while the broker was down).
-fn rebase_expiry(m: &mut Message, now_ms: i64) -> bool {
+pub(crate) fn rebase_expiry(m: &mut Message, now_ms: i64) -> bool {
     let Some(total) = m.properties.message_expiry_interval else {
         return false;
     };

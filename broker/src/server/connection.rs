@@ -259,7 +259,7 @@ async fn run<R, W>(
             ));
         }
         if c.client_id.len() > cfg.max_client_id_len
-            || crate::bridge::reserved_client_id(&c.client_id)
+            || crate::session::reserved_client_id(&c.client_id)
         {
             return Err(fail(
                 reason::CLIENT_IDENTIFIER_NOT_VALID,

@@ -105,6 +105,15 @@ pub struct SessionState {
     pub next_seq: u64,
 }
 
+/// Client ids starting with this are the bridges' own sessions (never in
+/// the registry); no client may connect with one.
+pub const BRIDGE_CLIENT_ID_PREFIX: &str = "$bridge/";
+
+/// Is `client_id` reserved for a bridge's session?
+pub fn reserved_client_id(client_id: &str) -> bool {
+    client_id.starts_with(BRIDGE_CLIENT_ID_PREFIX)
+}
+
 /// One client's session.
 #[derive(Debug)]
 pub struct Session {

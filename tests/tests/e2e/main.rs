@@ -7,7 +7,6 @@ mod admin_dashboard;
 mod anonymous;
 mod api_rules;
 mod bridge;
-mod bridge;
 mod cluster;
 mod cluster_faults;
 mod cluster_sessions;

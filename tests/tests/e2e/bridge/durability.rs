@@ -195,7 +195,7 @@ async fn remote_killed_during_10000_qos1_messages_all_arrive_in_order() {
     let publisher = tokio::spawn(publish_round_robin(port, QoS::AtLeastOnce, 10_000, true));
     super::wait_until("3000 messages at the remote", 60, || far.len() >= 3000).await;
     remote.kill9();
-    let bridge = b.broker.bridges.get("cloud").unwrap().clone();
+    let bridge = b.bridges.get("cloud").unwrap().clone();
     super::wait_until("the bridge to see the remote gone", 20, || {
         !bridge.status.is_connected()
     })
@@ -325,7 +325,7 @@ async fn remote_midge_killed_during_10000_qos1_messages_all_arrive_in_order() {
     ));
     super::wait_until("3000 messages at the remote", 60, || far.len() >= 3000).await;
     r1.kill9();
-    let bridge = b.broker.bridges.get("cloud").unwrap().clone();
+    let bridge = b.bridges.get("cloud").unwrap().clone();
     super::wait_until("the bridge to see the remote gone", 20, || {
         !bridge.status.is_connected()
     })

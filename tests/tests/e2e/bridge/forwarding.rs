@@ -92,7 +92,7 @@ async fn out_and_in_with_mappings_and_every_qos_over_5_0() {
         assert_eq!(p.payload, Bytes::from(format!("c{n}")));
         assert_eq!(p.qos, qos);
     }
-    let st = &b.broker.bridges.get("cloud").unwrap().status;
+    let st = &b.bridges.get("cloud").unwrap().status;
     assert!(st.sent.load(std::sync::atomic::Ordering::Relaxed) >= 6);
     assert_eq!(st.received.load(std::sync::atomic::Ordering::Relaxed), 3);
     b.shutdown().await;

@@ -33,10 +33,10 @@ pub async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 /// Waits until bridge `name` of `b` is connected (and, with `in`
 /// directions, subscribed at the remote).
 pub async fn linked(b: &TestBroker, name: &str) {
-    let broker = b.broker.clone();
+    let bridges = b.bridges.clone();
     let name = name.to_string();
     wait_until("the bridge to connect", 20, move || {
-        let Some(x) = broker.bridges.get(&name) else {
+        let Some(x) = bridges.get(&name) else {
             return false;
         };
         let st = &x.status;

@@ -10,8 +10,11 @@ use std::sync::Arc;
 use midge_protocol::{topic, QoS, Version};
 use serde::Deserialize;
 
-use super::mapping::Mapping;
-use crate::config::QueueFullPolicy;
+pub mod mapping;
+pub mod tls;
+
+use super::QueueFullPolicy;
+use mapping::Mapping;
 
 /// One `[[bridges]]` entry.
 #[derive(Clone, Deserialize, PartialEq)]
@@ -171,7 +174,7 @@ impl Default for BufferConfig {
 pub struct DirectionConfig {
     /// Topic filter on the sending side (local for `out`, remote for `in`).
     pub filter: String,
-    /// Topic template on the receiving side (see [`super::mapping`]).
+    /// Topic template on the receiving side (see [`mapping`]).
     #[serde(default)]
     pub topic: Option<String>,
     #[serde(default)]
@@ -586,7 +589,7 @@ impl BridgeConfig {
             }
             return None;
         }
-        match super::tls::client_config(&cfg, server_name) {
+        match tls::client_config(&cfg, server_name) {
             Ok(c) => Some(c),
             Err((key, m)) => {
                 errs.push((at(key), m));

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 
-use super::config::BridgeTlsConfig;
-use crate::server::tls::{pem_certs, pem_key};
+use super::BridgeTlsConfig;
+use crate::pem::{pem_certs, pem_key};
 
 /// Where the system's CA bundle is, when `tls.ca` is not set.
 fn system_bundle() -> PathBuf {
