@@ -164,7 +164,11 @@ impl Outbound {
                 continue;
             };
             let Some(topic) = remote_topic(bridge, &d) else {
-                if bridge.status.dropped(Dropped::Unmappable).is_multiple_of(1000) {
+                if bridge
+                    .status
+                    .dropped(Dropped::Unmappable)
+                    .is_multiple_of(1000)
+                {
                     warn!(bridge = %bridge.name(), topic = %d.msg.topic, "no valid remote topic for this message (see the out mappings); dropped");
                 }
                 skip(Dropped::Unmappable);

@@ -242,6 +242,9 @@ async fn midge_killed_under_load(qos: QoS) {
     if !paho_ok() {
         return;
     }
+    // The broker binary, built now if needed (a blocking build, minutes
+    // under load): not while the remote subscriber's own timeout runs.
+    let _ = midge_e2e::process::midge_bin();
     let Some(remote) = Mosquitto::start("") else {
         return;
     };
