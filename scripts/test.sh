@@ -78,3 +78,7 @@ cargo nextest run --workspace --no-fail-fast
 # about NATS, not the store: once is enough.)
 MIDGE_E2E_PERSIST=sled cargo nextest run --workspace --no-fail-fast \
   -E 'package(midge-e2e) and not test(/^cluster_faults::(all_nats|kill9_of_a_nats|through_haproxy|racing)/)'
+# The Debian package: built (from the binary just tested), installed with
+# dpkg -i, its unit verified, started with its packaged config and a
+# password file made by `midge passwd`, tried with mosquitto_pub, purged.
+bash scripts/package.sh
