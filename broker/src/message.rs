@@ -9,6 +9,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use midge_protocol::{ByteStr, Properties, Publish, QoS};
 
+/// In `Message::stream_mark`: the mark is the message's stream sequence - 1.
+pub const MARK_EXACT: u64 = 1 << 63;
+
 /// A published message, immutable once routed.
 #[derive(Debug)]
 pub struct Message {
@@ -31,7 +34,9 @@ pub struct Message {
     pub rule_depth: u8,
     /// Clustered, for a QoS 1/2 message in the cluster's stream: a stream
     /// sequence below its own (a session holding it unacknowledged
-    /// checkpoints no higher); `u64::MAX`: not in the stream.
+    /// checkpoints no higher), with [`MARK_EXACT`] set when it is exactly
+    /// its sequence - 1 (known from the stream); `u64::MAX`: not in the
+    /// stream.
     pub stream_mark: AtomicU64,
 }
 

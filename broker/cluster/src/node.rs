@@ -122,9 +122,16 @@ pub struct Stored {
     payload: Bytes,
     ack: Option<async_nats::jetstream::context::PublishAckFuture>,
     start: Instant,
+    /// The stream sequence JetStream gave it, once confirmed.
+    seq: Option<u64>,
 }
 
 impl Stored {
+    /// The stream sequence of the message, once [`Stored::confirm`] said yes.
+    pub fn sequence(&self) -> Option<u64> {
+        self.seq
+    }
+
     /// Awaits JetStream's acknowledgement (bounded by `request_timeout`);
     /// false when it failed or did not come (send it again).
     pub async fn confirm(&mut self, c: &Cluster) -> bool {
@@ -133,8 +140,9 @@ impl Stored {
         };
         let t = c.cfg.request_timeout();
         match tokio::time::timeout(t, ack.into_future()).await {
-            Ok(Ok(_)) => {
+            Ok(Ok(ack)) => {
                 c.metrics.publish_rtt.observe(self.start.elapsed());
+                self.seq = Some(ack.sequence);
                 true
             }
             Ok(Err(e)) => {
@@ -545,6 +553,7 @@ impl Cluster {
             payload: env.payload.clone(),
             ack: None,
             start: Instant::now(),
+            seq: None,
         };
         self.send_stored_again(&s).await
     }
@@ -570,6 +579,7 @@ impl Cluster {
             payload: s.payload.clone(),
             ack,
             start: s.start,
+            seq: None,
         }
     }
 

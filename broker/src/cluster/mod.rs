@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
-use crate::message::{AckState, Acks, ClientInfo, Message};
+use crate::message::{AckState, Acks, ClientInfo, Message, MARK_EXACT};
 
 pub mod sessions;
 pub mod takeover;
@@ -61,6 +61,8 @@ pub struct Node {
 struct Out {
     env: Envelope,
     acks: Option<Arc<AckState>>,
+    /// QoS 1/2: the message, which learns its stream sequence.
+    msg: Option<Arc<Message>>,
 }
 
 /// The tracker for a new connection: one allocation when clustered.
@@ -153,7 +155,8 @@ impl crate::broker::ClusterLink for Node {
         }
         self.queued.fetch_add(1, Relaxed);
         let env = envelope(&self.cluster, msg);
-        if self.out.send(Out { env, acks }).is_err() {
+        let msg = (msg.qos != QoS::AtMostOnce).then(|| msg.clone());
+        if self.out.send(Out { env, acks, msg }).is_err() {
             self.queued.fetch_sub(1, Relaxed);
         }
     }
@@ -205,7 +208,8 @@ impl Local for LocalBroker {
         if let Some(b) = self.0.upgrade() {
             let msg = message(env);
             if msg.qos != QoS::AtMostOnce {
-                msg.stream_mark.store(seq.saturating_sub(1), Relaxed);
+                msg.stream_mark
+                    .store(seq.saturating_sub(1) | MARK_EXACT, Relaxed);
             }
             b.route_local(Arc::new(msg));
         }
@@ -446,7 +450,7 @@ async fn outbound(node: Weak<Node>, cluster: Arc<Cluster>, mut rx: mpsc::Unbound
     loop {
         tokio::select! {
             m = rx.recv(), if !closed.load(Relaxed) => {
-                let Some(Out { env, acks: who }) = m else {
+                let Some(Out { env, acks: who, msg }) = m else {
                     closed.store(true, Relaxed);
                     continue;
                 };
@@ -472,6 +476,10 @@ async fn outbound(node: Weak<Node>, cluster: Arc<Cluster>, mut rx: mpsc::Unbound
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(2));
                         attempt = c.send_stored_again(&attempt).await;
+                    }
+                    if let (Some(m), Some(seq)) = (msg, attempt.sequence()) {
+                        m.stream_mark
+                            .store(seq.saturating_sub(1) | MARK_EXACT, Relaxed);
                     }
                     if let Some(a) = who {
                         if a.outstanding.fetch_sub(1, Relaxed) == 1 {

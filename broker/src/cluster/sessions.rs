@@ -36,9 +36,10 @@ use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::events::{Event, EventSink, Kind};
+use crate::message::MARK_EXACT;
 use crate::records::{Delivery, SubscriptionRecord};
 use crate::router::split_filter;
-use crate::session::Session;
+use crate::session::{Session, SessionState};
 use crate::store::codec;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -189,17 +190,34 @@ async fn sync(b: &Arc<Broker>, c: &Cluster, client_id: &str) -> Result<(), Clust
     })
 }
 
-/// The record of `session` as it is now.
-fn record_of(c: &Cluster, session: &Session, epoch: u64, mark: u64) -> SessionRecord {
-    let st = session.state.lock();
-    let floor = st
-        .queue
+/// The session's checkpoint: the lowest mark of the QoS 1/2 messages it
+/// holds, else the node's `mark` (read before the session's lock).
+pub(super) fn floor_of(st: &SessionState, mark: u64) -> u64 {
+    st.queue
         .iter()
         .chain(st.inflight.iter().map(|i| &i.delivery))
         .filter(|d| d.qos != QoS::AtMostOnce)
         .map(|d| d.msg.stream_mark.load(Relaxed))
         .filter(|m| *m != u64::MAX)
-        .fold(mark, u64::min);
+        .map(|m| m & !MARK_EXACT)
+        .fold(mark, u64::min)
+}
+
+/// Stream sequences of the messages the session holds, where known exactly.
+fn exact_seqs(st: &SessionState) -> HashSet<u64> {
+    st.queue
+        .iter()
+        .chain(st.inflight.iter().map(|i| &i.delivery))
+        .map(|d| d.msg.stream_mark.load(Relaxed))
+        .filter(|m| *m != u64::MAX && m & MARK_EXACT != 0)
+        .map(|m| (m & !MARK_EXACT) + 1)
+        .collect()
+}
+
+/// The record of `session` as it is now.
+fn record_of(c: &Cluster, session: &Session, epoch: u64, mark: u64) -> SessionRecord {
+    let st = session.state.lock();
+    let floor = floor_of(&st, mark);
     let mut subs: Vec<(String, String)> = st
         .subscriptions
         .iter()
@@ -229,7 +247,7 @@ pub async fn after_claim(
     epoch: u64,
     clean_start: bool,
     persistent: bool,
-    imported: bool,
+    imported: Option<u64>,
 ) {
     if !persistent {
         // A discarded session's record goes, off the CONNECT's path.
@@ -253,27 +271,22 @@ pub async fn after_claim(
         }
     };
     c.hold(client_id, epoch, revision);
-    let Some(rec) = rec.filter(|_| !clean_start) else {
+    if clean_start {
         return;
-    };
-    if imported {
-        // Messages handed over are in the stream above the old owner's
-        // checkpoint: they keep it until acknowledged.
-        if let Some(s) = b.session(client_id) {
-            let st = s.state.lock();
-            for d in st
-                .queue
-                .iter()
-                .chain(st.inflight.iter().map(|i| &i.delivery))
-            {
-                let _ = d
-                    .msg
-                    .stream_mark
-                    .compare_exchange(u64::MAX, rec.floor, Relaxed, Relaxed);
+    }
+    if let Some(floor) = imported {
+        match catch_up(b, c, client_id, floor).await {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(%client_id, messages = n, "cluster: messages stored while the session moved queued")
+            }
+            Err(e) => {
+                warn!(%client_id, error = %e, "cluster: messages stored while the session moved not read")
             }
         }
         return;
     }
+    let Some(rec) = rec else { return };
     if b.session(client_id).is_some() {
         return;
     }
@@ -315,8 +328,46 @@ async fn resume(
         st.offline_since_ms = Some(crate::message::now_ms());
     }
     super::takeover::install(b, &session)?;
-    // The node's subscriptions for these filters first: what is stored
-    // after the read below then arrives live.
+    replay_into(c, &session, rec.floor, 0).await
+}
+
+/// After a session moved here from a live node (its queue handed over):
+/// the messages stored since the old node's checkpoint `floor` that its
+/// subscriptions match and it does not hold, queued after the handed-over
+/// ones. They are the messages published while neither node was
+/// subscribed for its filters.
+async fn catch_up(
+    b: &Arc<Broker>,
+    c: &Arc<Cluster>,
+    client_id: &Arc<str>,
+    floor: u64,
+) -> Result<usize, String> {
+    let Some(session) = b.session(client_id) else {
+        return Ok(0);
+    };
+    let handed = session.state.lock().queue.len();
+    replay_into(c, &session, floor, handed).await
+}
+
+/// Reads the stream after `floor` on `session`'s plain filters (once this
+/// node's NATS subscriptions for them are in place, so what is stored later
+/// arrives live) and queues what they match that the session does not
+/// hold already, at queue position `at` (before what arrived live since);
+/// returns how many.
+async fn replay_into(
+    c: &Arc<Cluster>,
+    session: &Arc<Session>,
+    floor: u64,
+    at: usize,
+) -> Result<usize, String> {
+    let client_id = &session.client_id;
+    let subs: Vec<(String, SubscriptionRecord)> = session
+        .state
+        .lock()
+        .subscriptions
+        .iter()
+        .map(|(f, r)| (f.clone(), r.clone()))
+        .collect();
     // (`$SYS` never leaves its node; shared groups are not replayed.)
     let plain: Vec<&(String, SubscriptionRecord)> = subs
         .iter()
@@ -329,11 +380,15 @@ async fn resume(
     }
     let _ = c.flush().await;
     let stored = c
-        .replay_for(&filters, rec.floor)
+        .replay_for(&filters, floor)
         .await
         .map_err(|e| e.to_string())?;
+    let held = exact_seqs(&session.state.lock());
     let mut out: Vec<Delivery> = Vec::with_capacity(stored.len());
     for (seq, env) in stored {
+        if held.contains(&seq) {
+            continue;
+        }
         let mine = env.client_id.as_deref() == Some(&**client_id);
         let mut qos = None;
         let mut retain_as_published = false;
@@ -348,7 +403,8 @@ async fn resume(
         }
         let Some(qos) = qos else { continue };
         let msg = super::message(env);
-        msg.stream_mark.store(seq.saturating_sub(1), Relaxed);
+        msg.stream_mark
+            .store(seq.saturating_sub(1) | MARK_EXACT, Relaxed);
         out.push(Delivery {
             qos: qos.min(msg.qos),
             retain: msg.retain && retain_as_published,
@@ -358,12 +414,67 @@ async fn resume(
             msg: Arc::new(msg),
         });
     }
-    let n = out.len();
     let mut st = session.state.lock();
-    // Before anything that arrived live meanwhile (it is newer).
-    for d in out.into_iter().rev() {
+    // Copies of what arrived live meanwhile are dropped; the rest goes
+    // before it (it is newer).
+    let live = exact_seqs(&st);
+    let mut i = at.min(st.queue.len());
+    let mut n = 0;
+    for d in out {
+        let seq = (d.msg.stream_mark.load(Relaxed) & !MARK_EXACT) + 1;
+        if live.contains(&seq) {
+            continue;
+        }
         st.queued_bytes += d.msg.payload.len();
-        st.queue.push_front(d);
+        st.queue.insert(i, d);
+        i += 1;
+        n += 1;
     }
+    drop(st);
+    session.notify.notify_one();
     Ok(n)
+}
+
+/// Before asking a live node for `client_id`'s session: this node
+/// subscribes for the filters its record names and tells the other nodes
+/// (its interest summary), so a message published meanwhile is stored and
+/// reaches this node ([`catch_up`] then finds what came before the session
+/// did). Returns the filters, to give up with [`release_later`].
+pub async fn pre_subscribe(c: &Arc<Cluster>, client_id: &str) -> Vec<String> {
+    let Ok((Some(rec), _)) = c.read_state(client_id).await else {
+        return Vec::new();
+    };
+    let filters: Vec<String> = rec
+        .subs
+        .into_iter()
+        .map(|(f, _)| f)
+        .filter(|f| split_filter(f).0.is_none() && !f.starts_with("$SYS"))
+        .collect();
+    for f in &filters {
+        c.interest_added(f).await;
+    }
+    if !filters.is_empty() {
+        if let Err(e) = c.publish_interest().await {
+            debug!(%client_id, error = %e, "cluster: interest summary before a takeover not written");
+        }
+    }
+    filters
+}
+
+/// Gives up [`pre_subscribe`]'s subscriptions once the session's own
+/// (through the router) are surely in place.
+pub fn release_later(c: &Arc<Cluster>, filters: Vec<String>) {
+    if filters.is_empty() {
+        return;
+    }
+    let c = c.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        for f in &filters {
+            c.interest_removed(f);
+        }
+        if let Err(e) = c.publish_interest().await {
+            debug!(error = %e, "cluster: interest summary after a takeover not written");
+        }
+    });
 }

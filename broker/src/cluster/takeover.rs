@@ -77,9 +77,15 @@ pub async fn claim(
             return Ok(());
         }
     };
+    let mut pre = Vec::new();
     let imported = match claim.previous.filter(|p| p.node != c.node()) {
-        Some(prev) => take_from(broker, c, client_id, &prev, claim.epoch, clean_start).await,
-        None => false,
+        Some(prev) => {
+            if !clean_start {
+                pre = super::sessions::pre_subscribe(c, client_id).await;
+            }
+            take_from(broker, c, client_id, &prev, claim.epoch, clean_start).await
+        }
+        None => None,
     };
     super::sessions::after_claim(
         broker,
@@ -91,11 +97,12 @@ pub async fn claim(
         imported,
     )
     .await;
+    super::sessions::release_later(c, pre);
     Ok(())
 }
 
-/// Asks `prev`'s node to let `client_id` go; true when it handed over a
-/// session that is now installed here.
+/// Asks `prev`'s node to let `client_id` go; when it handed over a session
+/// that is now installed here, the old node's checkpoint of it.
 async fn take_from(
     broker: &Arc<Broker>,
     c: &Arc<Cluster>,
@@ -103,7 +110,7 @@ async fn take_from(
     prev: &midge_cluster::ownership::Owner,
     epoch: u64,
     clean_start: bool,
-) -> bool {
+) -> Option<u64> {
     let take = Take {
         client_id: client_id.to_string(),
         node: c.node().to_string(),
@@ -116,9 +123,9 @@ async fn take_from(
     match tokio::time::timeout(t, c.client().request(subject, body)).await {
         Ok(Ok(reply)) if !reply.payload.is_empty() && !clean_start => {
             match import(broker, client_id, reply.payload) {
-                Ok(n) => {
+                Ok((n, floor)) => {
                     info!(%client_id, from = %prev.node, messages = n, "cluster: session taken over");
-                    return true;
+                    return Some(floor);
                 }
                 Err(e) => {
                     warn!(%client_id, from = %prev.node, error = %e, "cluster: session state from the old owner refused")
@@ -134,7 +141,7 @@ async fn take_from(
             info!(%client_id, from = %prev.node, "cluster: old owner did not answer in time")
         }
     }
-    false
+    None
 }
 
 fn control_subject(c: &Cluster, node: &str) -> String {
@@ -201,7 +208,8 @@ async fn let_go(b: &Arc<Broker>, take: &Take) -> Bytes {
         let _ = tokio::time::timeout(DETACH_WAIT, gone).await;
     }
     let state = if take.want_state {
-        export(&session)
+        let mark = b.cluster.get().map_or(0, |n| n.cluster().mark());
+        export(&session, mark)
     } else {
         Bytes::new()
     };
@@ -283,11 +291,13 @@ fn put_bytes(out: &mut BytesMut, b: &[u8]) {
 
 /// The state a session hands over: version, expiry, next packet id,
 /// subscriptions, incoming QoS 2 ids, inflight then queued QoS 1/2
-/// deliveries (the oldest first; past [`MAX_STATE`] the rest stays behind).
-fn export(session: &Session) -> Bytes {
+/// deliveries each with its stream mark (the oldest first; past
+/// [`MAX_STATE`] the rest stays behind), and its checkpoint in the stream
+/// (`mark`: this node's, read before the session was).
+fn export(session: &Session, mark: u64) -> Bytes {
     let st = session.state.lock();
     let mut out = BytesMut::with_capacity(256);
-    out.put_u8(1);
+    out.put_u8(2);
     out.put_u32(st.expiry_interval);
     out.put_u16(st.next_packet_id);
     out.put_u32(st.subscriptions.len() as u32);
@@ -308,6 +318,7 @@ fn export(session: &Session) -> Bytes {
     for i in inflight {
         put_bytes(&mut out, &codec::encode_inflight(i.packet_id, i.stage));
         put_bytes(&mut out, &codec::encode_delivery(&i.delivery));
+        out.put_u64(i.delivery.msg.stream_mark.load(Relaxed));
     }
     let mut queued = Vec::new();
     let mut size = out.len();
@@ -317,17 +328,19 @@ fn export(session: &Session) -> Bytes {
         .filter(|d| d.qos != midge_protocol::QoS::AtMostOnce)
     {
         let e = codec::encode_delivery(d);
-        size += e.len() + 4;
+        size += e.len() + 12;
         if size > MAX_STATE {
             warn!(client_id = %session.client_id, "cluster: session state too large to hand over whole; newest queued messages stay behind");
             break;
         }
-        queued.push(e);
+        queued.push((e, d.msg.stream_mark.load(Relaxed)));
     }
     out.put_u32(queued.len() as u32);
-    for e in queued {
+    for (e, m) in queued {
         put_bytes(&mut out, &e);
+        out.put_u64(m);
     }
+    out.put_u64(super::sessions::floor_of(&st, mark));
     out.freeze()
 }
 
@@ -351,10 +364,11 @@ fn need(b: &Bytes, n: usize) -> Result<(), String> {
 }
 
 /// Installs state handed over by another node as an offline session of
-/// `client_id` (unless one is already here); returns the messages it holds.
-fn import(b: &Broker, client_id: &Arc<str>, mut s: Bytes) -> Result<usize, String> {
+/// `client_id` (unless one is already here); returns the messages it holds
+/// and the old node's checkpoint of it.
+fn import(b: &Broker, client_id: &Arc<str>, mut s: Bytes) -> Result<(usize, u64), String> {
     need(&s, 11)?;
-    if s.get_u8() != 1 {
+    if s.get_u8() != 2 {
         return Err("unknown state version".into());
     }
     let expiry = s.get_u32();
@@ -381,6 +395,8 @@ fn import(b: &Broker, client_id: &Arc<str>, mut s: Bytes) -> Result<usize, Strin
             let (packet_id, stage) =
                 codec::decode_inflight(&get_bytes(&mut s)?).map_err(|e| e.0)?;
             let delivery = codec::decode_delivery(&get_bytes(&mut s)?, 0).map_err(|e| e.0)?;
+            need(&s, 8)?;
+            delivery.msg.stream_mark.store(s.get_u64(), Relaxed);
             st.inflight.push_back(Inflight {
                 packet_id,
                 delivery,
@@ -391,14 +407,18 @@ fn import(b: &Broker, client_id: &Arc<str>, mut s: Bytes) -> Result<usize, Strin
         need(&s, 4)?;
         for _ in 0..s.get_u32() {
             let d = codec::decode_delivery(&get_bytes(&mut s)?, 0).map_err(|e| e.0)?;
+            need(&s, 8)?;
+            d.msg.stream_mark.store(s.get_u64(), Relaxed);
             st.queued_bytes += d.msg.payload.len();
             st.queue.push_back(d);
             messages += 1;
         }
         st.offline_since_ms = Some(crate::message::now_ms());
     }
+    need(&s, 8)?;
+    let floor = s.get_u64();
     install(b, &session)?;
-    Ok(messages)
+    Ok((messages, floor))
 }
 
 /// Puts `session` (offline) into the registry, unless one of its client id

@@ -364,3 +364,54 @@ async fn cluster_wide_client_and_session_views_name_the_node_of_each() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("scope"), "{}", r.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_live_takeovers_under_load_lose_nothing_acked() {
+    let Some(urls) = shared_urls() else { return };
+    let c = MidgeCluster::new(&urls, "");
+    let (n1, n2, n3) = (c.start("n1"), c.start("n2"), c.start("n3"));
+    let ports = [n1.port(), n2.port()];
+    let id = unique("mover");
+    let (mut s, _) = V4::connect(opts(ports[0], &id, false)).await;
+    s.subscribe("mv/#", QoS::AtLeastOnce).await;
+    settle(n3.port(), &mut s, "mv/probe").await;
+    let got = Arc::new(Mutex::new(HashSet::new()));
+    let mut readers = vec![tokio::spawn(collect(s, "mv/x", got.clone()))];
+    let (acked, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let load = tokio::spawn(qos1_load(n3.port(), "mv/x", acked.clone(), stop.clone()));
+    // The client moves between n1 and n2 while n3 publishes.
+    for round in 1..=6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (s, ack) = V4::connect(opts(ports[round % 2], &id, false)).await;
+        assert!(ack.session_present, "round {round}: session moved");
+        readers.push(tokio::spawn(collect(s, "mv/x", got.clone())));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    let n = acked.load(Ordering::SeqCst);
+    assert!(n > 20, "load ran ({n} acked)");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let missing: Vec<u64> = {
+            let g = got.lock().unwrap();
+            (0..n).filter(|i| !g.contains(i)).collect()
+        };
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} acknowledged messages never arrived across the takeovers: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(20)]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for r in readers {
+        r.abort();
+    }
+}
