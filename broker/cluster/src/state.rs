@@ -36,6 +36,11 @@ pub struct SessionRecord {
     pub epoch: u64,
     /// Session Expiry Interval (seconds).
     pub expiry: u32,
+    /// When its connection ended (ms since the Unix epoch); absent while
+    /// connected. A node resuming the session after this plus `expiry`
+    /// finds it expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_since_ms: Option<i64>,
     /// Every stored message the session was due up to this stream
     /// sequence was acknowledged by its client.
     pub floor: u64,
@@ -57,6 +62,7 @@ impl SessionRecord {
         self.node == other.node
             && self.epoch == other.epoch
             && self.expiry == other.expiry
+            && self.offline_since_ms == other.offline_since_ms
             && self.floor == other.floor
             && self.subs == other.subs
             && self.qos2_in == other.qos2_in
@@ -345,6 +351,7 @@ mod tests {
             node: "n1".into(),
             epoch: 3,
             expiry: 60,
+            offline_since_ms: None,
             floor: 100,
             subs: vec![("a/#".into(), "AQI=".into())],
             qos2_in: vec![],

@@ -228,6 +228,11 @@ fn record_of(c: &Cluster, session: &Session, epoch: u64, mark: u64) -> SessionRe
     qos2_in.sort_unstable();
     SessionRecord {
         expiry: st.expiry_interval,
+        offline_since_ms: if st.conn.is_none() {
+            st.offline_since_ms
+        } else {
+            None
+        },
         floor,
         subs,
         qos2_in,
@@ -289,6 +294,14 @@ pub async fn after_claim(
     let Some(rec) = rec else { return };
     if b.session(client_id).is_some() {
         return;
+    }
+    // Offline on a node that died, past its expiry: gone, as it would
+    // have been there.
+    if let Some(since) = rec.offline_since_ms {
+        if since + i64::from(rec.expiry) * 1000 <= crate::message::now_ms() {
+            info!(%client_id, from = %rec.node, "cluster: the session's record is past its expiry; a new session starts");
+            return;
+        }
     }
     let started = Instant::now();
     match resume(b, c, client_id, &rec).await {

@@ -415,3 +415,44 @@ async fn repeated_live_takeovers_under_load_lose_nothing_acked() {
         r.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_offline_session_past_its_expiry_is_not_resumed() {
+    use midge_e2e::raw::{disconnect, ConnectOpts, Prop, RawClient};
+    let Some(urls) = shared_urls() else { return };
+    let c = MidgeCluster::new(&urls, "");
+    let (n1, n2) = (c.start("n1"), c.start("n2"));
+    let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+    // Two sessions offline on n1: one expiring after 1 s, one after 1 h.
+    let (short, long) = (unique("short"), unique("long"));
+    for (id, expiry) in [(&short, 1), (&long, 3600)] {
+        let (mut s, ack) = RawClient::handshake(
+            addr(n1.port()),
+            ConnectOpts::v5(id)
+                .clean(false)
+                .prop(Prop::session_expiry(expiry)),
+        )
+        .await;
+        assert!(!ack.session_present);
+        s.subscribe(1, &[], &[("ex/#", 1)]).await;
+        s.send(&disconnect(true, 0, &[])).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    n1.kill9();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let connect = |id: &String| {
+        RawClient::handshake(
+            addr(n2.port()),
+            ConnectOpts::v5(id)
+                .clean(false)
+                .prop(Prop::session_expiry(60)),
+        )
+    };
+    let (_s, ack) = connect(&long).await;
+    assert!(ack.session_present, "the 1 h session resumed on n2");
+    let (_s, ack) = connect(&short).await;
+    assert!(
+        !ack.session_present,
+        "the 1 s session expired with its node"
+    );
+}
