@@ -309,6 +309,15 @@ pub struct MqttConfig {
     /// Highest QoS the broker accepts and grants (0, 1 or 2).
     pub max_qos: u8,
     pub retain_available: bool,
+    /// Most retained topics clients may keep (the broker's `$SYS` topics
+    /// not counted). When full, a retained message on a new topic is not
+    /// kept (still delivered), counted in `midge_retained_refused_total`
+    /// and logged. 0 = no limit.
+    pub max_retained: usize,
+    /// Most bytes (topic + payload) of retained messages clients may keep;
+    /// past it, as for `max_retained` (a replacement that does not fit also
+    /// drops the message it would replace). 0 = no limit.
+    pub max_retained_bytes: usize,
     pub wildcard_subscriptions: bool,
     pub shared_subscriptions: bool,
     pub subscription_identifiers: bool,
@@ -346,6 +355,8 @@ impl Default for MqttConfig {
             max_session_expiry: u32::MAX,
             max_qos: 2,
             retain_available: true,
+            max_retained: 0,
+            max_retained_bytes: 0,
             wildcard_subscriptions: true,
             shared_subscriptions: true,
             subscription_identifiers: true,

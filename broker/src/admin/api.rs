@@ -89,6 +89,8 @@ pub async fn status(State(s): State<Shared>) -> Json<Value> {
         // Clients' retained messages; the broker's own $SYS topics apart.
         "retained": s.broker.retained.len_published(),
         "retained_sys": s.broker.retained.len_sys(),
+        "retained_bytes": s.broker.retained.bytes(),
+        "retained_refused": s.broker.retained.refused(),
         "persistence": s.broker.store.is_some(),
         "plugins": s.broker.plugins().map(|h| h.plugins().len()).unwrap_or(0),
         "rules": s.broker.rules.configs().len(),

@@ -195,6 +195,18 @@ pub fn render(b: &Broker, uptime_seconds: f64) -> String {
         b.retained.len_published(),
     );
     o.one(
+        "midge_retained_bytes",
+        "gauge",
+        "Bytes (topic + payload) of the retained messages clients keep ([mqtt] max_retained_bytes bounds them).",
+        b.retained.bytes(),
+    );
+    o.one(
+        "midge_retained_refused_total",
+        "counter",
+        "Retained messages not kept because the retained budget ([mqtt] max_retained, max_retained_bytes) was full; they were still delivered.",
+        b.retained.refused(),
+    );
+    o.one(
         "midge_sys_retained_topics",
         "gauge",
         "The broker's own retained $SYS topics.",

@@ -143,6 +143,10 @@ impl Broker {
             store,
             sinks,
         } = parts;
+        let budget = crate::router::RetainedBudget {
+            max_topics: config.max_retained,
+            max_bytes: config.max_retained_bytes,
+        };
         Broker {
             store,
             config,
@@ -155,7 +159,7 @@ impl Broker {
             sql,
             kafka,
             router: Router::default(),
-            retained: RetainedStore::default(),
+            retained: RetainedStore::new(budget),
             stats: Stats::default(),
             cluster: std::sync::OnceLock::new(),
             sinks: events::Sinks::new(sinks),

@@ -14,7 +14,7 @@ use midge_protocol::{QoS, SubOptions};
 use parking_lot::RwLock;
 use smallvec::SmallVec;
 
-pub use retained::{RetainedStore, RetainedWatch};
+pub use retained::{Refused, RetainedBudget, RetainedStore, RetainedWatch};
 
 pub use crate::records::SharedKey;
 use crate::session::Session;
@@ -143,6 +143,11 @@ impl Router {
                     *e = entry;
                     true
                 } else {
+                    // Most filters have one subscriber (a device's own
+                    // topic): room for one, not Vec's first four.
+                    if node.subs.capacity() == 0 {
+                        node.subs.reserve_exact(1);
+                    }
                     node.subs.push(entry);
                     if node.subs.len() == 1 {
                         self.tell(filter, None, true);

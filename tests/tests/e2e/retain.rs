@@ -5,6 +5,7 @@
 use midge_e2e::raw::*;
 use midge_e2e::*;
 use rumqttc::QoS;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_message_delivered_to_new_subscriber_v311() {
@@ -212,4 +213,152 @@ async fn retained_message_sent_with_subscription_identifier() {
     let m = s.recv_publish().await;
     assert!(m.retain);
     assert_eq!(m.props.subscription_ids(), vec![99]);
+}
+
+/// `/metrics` over HTTP: the value of one sample.
+async fn metric(b: &TestBroker, sample: &str) -> f64 {
+    let r = midge_e2e::http::Admin::of(b)
+        .call("GET", "/metrics", None)
+        .await;
+    assert_eq!(r.status, 200);
+    midge_e2e::http::samples(&r.text())
+        .into_iter()
+        .find(|(k, _)| k == sample)
+        .unwrap_or_else(|| panic!("no {sample} in /metrics:\n{}", r.text()))
+        .1
+}
+
+/// The retained messages under `base/#` as an independent client sees them:
+/// `mosquitto_sub --retained-only`, `topic payload` lines, sorted. `None`
+/// without mosquitto_sub (a failure under CI=true).
+async fn retained_by_mosquitto_sub(b: &TestBroker, base: &str) -> Option<Vec<String>> {
+    if std::process::Command::new("mosquitto_sub")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        missing_tool("mosquitto_sub");
+        return None;
+    }
+    let mut cmd = std::process::Command::new("mosquitto_sub");
+    cmd.args(["-h", "127.0.0.1", "-p", &b.port().to_string(), "-V", "311"])
+        .args([
+            "-t",
+            &format!("{base}/#"),
+            "-v",
+            "--retained-only",
+            "-W",
+            "2",
+        ]);
+    let out = run_command(cmd, Duration::from_secs(20)).await;
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    Some(lines)
+}
+
+/// `[mqtt] max_retained`: when the budget is full, a retained message on a
+/// new topic is delivered but not kept, and counted; replacing or deleting a
+/// kept topic still works, and a deletion makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_budget_refuses_new_topics_when_full() {
+    let b = start_broker(|c| c.mqtt.max_retained = 3).await;
+    let base = topic("budget");
+    let t = |s: &str| format!("{base}/{s}");
+    let mut live = V4::new(&b, "live").await;
+    live.subscribe(&format!("{base}/#"), QoS::AtLeastOnce).await;
+    let mut p = V4::new(&b, "pub").await;
+    for (s, v) in [("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")] {
+        // QoS 1: the PUBACK comes after the retained store decided.
+        p.publish(&t(s), QoS::AtLeastOnce, true, v).await;
+        // Delivered whether kept or not.
+        assert_eq!(text(&live.next_publish().await.payload), v);
+    }
+    assert_eq!(metric(&b, "midge_retained_refused_total").await, 1.0);
+    assert_eq!(metric(&b, "midge_retained_messages").await, 3.0);
+    // A kept topic can still be replaced when full.
+    p.publish(&t("a"), QoS::AtLeastOnce, true, "1b").await;
+    let mut s = V4::new(&b, "sub").await;
+    s.subscribe(&format!("{base}/#"), QoS::AtLeastOnce).await;
+    let mut got: Vec<(String, String)> = Vec::new();
+    for _ in 0..3 {
+        let m = s.next_publish().await;
+        assert!(m.retain, "{m:?}");
+        got.push((m.topic.clone(), text(&m.payload)));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (t("a"), "1b".to_string()),
+            (t("b"), "2".to_string()),
+            (t("c"), "3".to_string())
+        ]
+    );
+    s.expect_no_publish(QUIET).await;
+    if let Some(lines) = retained_by_mosquitto_sub(&b, &base).await {
+        assert_eq!(
+            lines,
+            vec![
+                format!("{} 1b", t("a")),
+                format!("{} 2", t("b")),
+                format!("{} 3", t("c"))
+            ]
+        );
+    }
+    // Deleting one makes room for a new topic.
+    p.publish(&t("b"), QoS::AtLeastOnce, true, "").await;
+    p.publish(&t("e"), QoS::AtLeastOnce, true, "5").await;
+    assert_eq!(metric(&b, "midge_retained_refused_total").await, 1.0);
+    assert_eq!(metric(&b, "midge_retained_messages").await, 3.0);
+    let mut s2 = V4::new(&b, "sub2").await;
+    s2.subscribe(&t("e"), QoS::AtLeastOnce).await;
+    assert_eq!(text(&s2.next_publish().await.payload), "5");
+    let s = midge_e2e::http::Admin::of(&b).get("/api/v1/status").await;
+    assert_eq!(s["retained_refused"], 1, "{s}");
+}
+
+/// `[mqtt] max_retained_bytes` counts topic + payload bytes: a message that
+/// would go over it is not kept, and a replacement that does not fit drops
+/// the old value too (no stale value served as the last one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_byte_budget_refuses_what_does_not_fit() {
+    let base = topic("bytes");
+    let t = |s: &str| format!("{base}/{s}");
+    let one = t("a").len() + 40;
+    // Room for two 40-byte messages, not three.
+    let budget = 2 * one + 10;
+    let b = start_broker(|c| c.mqtt.max_retained_bytes = budget).await;
+    let mut p = V4::new(&b, "pub").await;
+    let forty = "x".repeat(40);
+    p.publish(&t("a"), QoS::AtLeastOnce, true, forty.as_str())
+        .await;
+    p.publish(&t("b"), QoS::AtLeastOnce, true, forty.as_str())
+        .await;
+    assert_eq!(metric(&b, "midge_retained_bytes").await, (2 * one) as f64);
+    p.publish(&t("c"), QoS::AtLeastOnce, true, forty.as_str())
+        .await;
+    assert_eq!(metric(&b, "midge_retained_refused_total").await, 1.0);
+    // A smaller replacement fits; a larger one does not, and drops `b`.
+    p.publish(&t("a"), QoS::AtLeastOnce, true, "small").await;
+    p.publish(&t("b"), QoS::AtLeastOnce, true, "y".repeat(100).as_str())
+        .await;
+    assert_eq!(metric(&b, "midge_retained_refused_total").await, 2.0);
+    assert_eq!(
+        metric(&b, "midge_retained_bytes").await,
+        (t("a").len() + 5) as f64
+    );
+    let mut s = V4::new(&b, "sub").await;
+    s.subscribe(&format!("{base}/#"), QoS::AtLeastOnce).await;
+    let m = s.next_publish().await;
+    assert_eq!(
+        (m.topic.as_str(), text(&m.payload).as_str()),
+        (t("a").as_str(), "small")
+    );
+    s.expect_no_publish(QUIET).await;
+    if let Some(lines) = retained_by_mosquitto_sub(&b, &base).await {
+        assert_eq!(lines, vec![format!("{} small", t("a"))]);
+    }
 }
