@@ -579,6 +579,9 @@ if [[ -f $OUT ]]; then
     # is kept as it is, to be revised by hand after a run.
     sed -n '/^<!-- notes-targets:begin/,/^<!-- notes-targets:end -->/p' "$OUT" >"$TMP/notes-targets.md"
     sed -n '/^<!-- notes-plugin:begin/,/^<!-- notes-plugin:end -->/p' "$OUT" >"$TMP/notes-plugin.md"
+    # Memory per idle connection (bench/idle.sh) and its hand-written breakdown.
+    sed -n '/^<!-- idle:begin/,/^<!-- idle:end -->/p' "$OUT" >"$TMP/idle-section.md"
+    sed -n '/^<!-- notes-idle:begin/,/^<!-- notes-idle:end -->/p' "$OUT" >"$TMP/notes-idle.md"
     # RATE=0: the fixed-rate section and its raw results stay as they were.
     if [[ -z $RATE_RAN ]]; then
         sed -n '/^<!-- rate:begin/,/^<!-- rate:end -->/p' "$OUT" >"$TMP/rate-section.md"
@@ -871,6 +874,12 @@ CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
         cat "$TMP/notes-plugin.md"
         echo
     fi
+    for f in idle-section notes-idle; do
+        if [[ -s $TMP/$f.md ]]; then
+            cat "$TMP/$f.md"
+            echo
+        fi
+    done
     echo "## Raw results"
     echo
     echo "<details><summary>one JSON object per run (midge-bench output)</summary>"

@@ -3,7 +3,7 @@
 //! PUBACK, PINGREQ/PINGRESP, DISCONNECT). No reconnects and no session state
 //! of its own (persistent sessions live in the broker: [`connect_persistent`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -14,7 +14,7 @@ use midge_protocol::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
 /// Largest packet the client accepts from the broker.
@@ -59,6 +59,14 @@ impl Reader {
                 return Ok(p);
             }
             self.fill().await?;
+        }
+    }
+
+    /// Frees the decode buffer while nothing is buffered (many idle
+    /// connections in one generator).
+    pub fn shrink(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
         }
     }
 
@@ -177,6 +185,31 @@ pub async fn tcp_connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream>
             };
             anyhow::anyhow!("TCP connect to {addr} failed: {e}{hint}")
         })?;
+    stream.set_nodelay(true).context("setting TCP_NODELAY")?;
+    Ok(stream)
+}
+
+/// [`tcp_connect`] from a given local address (port chosen by the system):
+/// one source address has about 28,000 ephemeral ports towards one broker
+/// port, so many connections spread over 127.0.0.x.
+pub async fn tcp_connect_from(
+    addr: SocketAddr,
+    source: IpAddr,
+    limit: Duration,
+) -> Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .context("creating a TCP socket")?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .with_context(|| format!("binding a TCP socket to {source}"))?;
+    let stream = timeout(limit, socket.connect(addr))
+        .await
+        .map_err(|_| anyhow::anyhow!("TCP connect to {addr} from {source} timed out"))?
+        .with_context(|| format!("TCP connect to {addr} from {source}"))?;
     stream.set_nodelay(true).context("setting TCP_NODELAY")?;
     Ok(stream)
 }

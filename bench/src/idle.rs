@@ -1,18 +1,23 @@
-//! The `idle` scenario: many connections that only CONNECT, to measure
-//! connection setup rate and the broker's memory per connection.
+//! The `idle` scenario: many connections that only CONNECT (and, with
+//! `--idle-subscribe`, SUBSCRIBE to a topic of their own), to measure
+//! connection setup rate and the broker's memory per idle connection.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use midge_protocol::{Packet, Version};
+use bytes::BytesMut;
+use midge_protocol::{Packet, QoS, Version};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout_at, Instant};
 
 use crate::client::{self, Reader, Writer};
 use crate::{procfs, Args};
+
+/// Bound on each connection's TCP connect, CONNACK and SUBACK.
+const HANDSHAKE: Duration = Duration::from_secs(30);
 
 /// Result of one idle run.
 #[derive(Debug)]
@@ -37,14 +42,48 @@ pub async fn run(args: &Args, addr: SocketAddr, version: Version) -> Result<Idle
     let mut set = JoinSet::new();
     let start = Instant::now();
     let run_id = std::process::id();
+    let sources = args.source_addrs;
+    let keep_alive = args.keep_alive;
+    let clean_start = !args.persistent;
+    let subscribe = args.idle_subscribe;
+    let qos = if args.qos == 1 {
+        QoS::AtLeastOnce
+    } else {
+        QoS::AtMostOnce
+    };
+    let prefix = args.prefix.clone();
     for i in 0..n {
         let gate = gate.clone();
+        let prefix = prefix.clone();
         set.spawn(async move {
             let _permit = gate.acquire_owned().await.context("connect gate closed")?;
-            // Keep alive 0: the broker must not expect pings from these.
-            client::connect(addr, &format!("mb-{run_id}-idle{i}"), version, 0)
-                .await
-                .with_context(|| format!("idle connection {i}"))
+            let conn = async {
+                let stream = if sources > 1 {
+                    // 127.0.0.1, 127.0.0.2, ... in turn.
+                    let source = Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(sources)) as u8);
+                    client::tcp_connect_from(addr, source.into(), HANDSHAKE).await?
+                } else {
+                    client::tcp_connect(addr, HANDSHAKE).await?
+                };
+                let client_id = format!("{prefix}-{run_id}-idle{i}");
+                let opts = client::ConnectOpts {
+                    client_id: &client_id,
+                    version,
+                    // 0 by default: the broker must not expect pings from these.
+                    keep_alive,
+                    clean_start,
+                    handshake_timeout: HANDSHAKE,
+                };
+                let (mut r, mut w, _) = client::handshake(stream, &opts).await?;
+                if subscribe {
+                    let filter = format!("{prefix}/{run_id}/idle/{i}");
+                    client::subscribe(&mut r, &mut w, &filter, qos).await?;
+                }
+                r.shrink();
+                w.buf = BytesMut::new();
+                anyhow::Ok((r, w))
+            };
+            conn.await.with_context(|| format!("idle connection {i}"))
         });
     }
     let mut conns: Vec<(Reader, Writer)> = Vec::with_capacity(n);

@@ -17,7 +17,9 @@
 //! - `fan-in`: 8 publishers on `bench/<run>/in/<i>`, one subscriber on `bench/<run>/in/+`.
 //! - `fan-out`: 1 publisher, 100 subscribers on the same topic.
 //! - `pairs`: 50 publisher/subscriber pairs on distinct topics.
-//! - `idle`: `--connections` (10,000) connections that only CONNECT; reports
+//! - `idle`: `--connections` (10,000) connections that only CONNECT (with
+//!   `--idle-subscribe` also SUBSCRIBE to a topic each; `--keep-alive`,
+//!   `--persistent`, `--source-addrs` for more than ~28,000); reports
 //!   connects/s and, with `--broker-pid`, the broker's VmRSS growth per connection.
 //! - `offline-queue`: QoS 1 publishes (`--publishers`, 4) queued for an offline
 //!   persistent subscriber until `--messages` or `--duration`, then the drain
@@ -194,6 +196,24 @@ pub struct Args {
     /// Seconds to wait after the idle connections are up before reading RSS.
     #[arg(long, default_value_t = 1.0)]
     pub settle: f64,
+    /// `idle`: each connection also subscribes to a topic of its own
+    /// (`<prefix>/<run>/idle/<i>`, at `--qos`) before it goes idle.
+    #[arg(long)]
+    pub idle_subscribe: bool,
+    /// `idle`: the keep-alive each connection asks for (seconds; 0: none).
+    /// The run pings every connection once after the measurement, so keep
+    /// it above the time the run takes.
+    #[arg(long, default_value_t = 0)]
+    pub keep_alive: u16,
+    /// `idle`: persistent sessions (3.1.1 clean session 0; 5.0 clean start 0
+    /// and a session expiry that never ends) instead of clean ones.
+    #[arg(long)]
+    pub persistent: bool,
+    /// `idle`: spread the connections over this many source addresses
+    /// 127.0.0.1, 127.0.0.2, ... (one address has about 28,000 ephemeral
+    /// ports towards one broker port; 100,000 connections need 4).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
+    pub source_addrs: u8,
     /// MQTT protocol version: 3 (3.1.1) or 5.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(3..=5))]
     pub mqtt: u8,
@@ -354,9 +374,13 @@ fn real_main(args: &Args) -> Result<()> {
     if args.scenario == Scenario::Idle {
         let r = rt.block_on(idle::run(args, addr, version))?;
         println!(
-            "{{{common},\"connections\":{},\"connect_s\":{:.3},\"connects_per_s\":{:.0},\
+            "{{{common},\"connections\":{},\"subscribed\":{},\"keep_alive\":{},\"persistent\":{},\
+             \"connect_s\":{:.3},\"connects_per_s\":{:.0},\
              \"rss_before_kib\":{},\"rss_after_kib\":{},\"kib_per_conn\":{},\"alive\":{}}}",
             r.connections,
+            args.idle_subscribe,
+            args.keep_alive,
+            args.persistent,
             r.connect_secs,
             r.connects_per_s,
             json_opt(r.rss_before_kib),

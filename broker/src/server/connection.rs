@@ -15,13 +15,16 @@ use midge_protocol::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, warn};
 
 use super::enhanced_auth::{self, ConnectAuth};
 use super::handshake::{
-    self, connect_timed_out, read_connect, reason_props, send_connack, NoConnect,
+    self, connect_timed_out, generate_client_id, read_connect, reason_props, refused, send_connack,
+    NoConnect,
 };
+use super::idle;
 use super::limits::{Listener, Refusal, Slot};
+use super::span::{self, InConnSpan};
 use super::writer::{ClientLimits, Output};
 use crate::auth::{AuthDecision, ConnectInfo};
 use crate::broker::Broker;
@@ -119,20 +122,18 @@ where
     }
     // The client id is a span field from the start when the client gave one
     // (span filters such as `[log] trace_clients` match from the first
-    // packet); an assigned one is recorded once chosen.
-    let span = info_span!("conn", client_id = tracing::field::Empty, %peer, listener = info.listener.name());
-    if !connect.client_id.is_empty() {
-        span.record("client_id", &*connect.client_id);
-    }
+    // packet); an assigned one is recorded once chosen. The span is held
+    // only while the connection is active (super::span).
+    let id = (!connect.client_id.is_empty()).then(|| Arc::from(connect.client_id.as_str()));
     // The session runs in a task of its own: this one ends here, and with
     // it everything the handshake needed (what an idle connection keeps is
     // only `run`'s state).
     let slot = info.slot.take();
-    tokio::spawn(
-        run(broker, connect, peer, rd, wr, buf, info.deadline)
-            .instrument(span)
-            .map(move |()| drop(slot)),
-    );
+    let task = run(broker, connect, peer, rd, wr, buf, info.deadline);
+    let task = InConnSpan::new(task, id, peer, info.listener.name()).map(move |()| drop(slot));
+    // What every connection's task holds, idle or not (docs/BENCHMARKS.md).
+    debug!(%peer, future_bytes = std::mem::size_of_val(&task), "connection task");
+    tokio::spawn(task);
 }
 
 /// How a connection ended.
@@ -306,9 +307,7 @@ async fn run<R, W>(
     } else {
         c.client_id.as_str().into()
     };
-    if assigned.is_some() {
-        tracing::Span::current().record("client_id", &*client_id);
-    }
+    span::client_id(&client_id);
     let origin = Arc::new(ClientInfo {
         client_id: client_id.clone(),
         username: c.username.as_deref().map(Arc::from),
@@ -485,16 +484,21 @@ async fn run<R, W>(
         reauth_by: None,
         rules_lane: None,
     };
+    // Not needed from here on: dropped, so the connection's future does
+    // not keep room for them across its awaits.
+    drop((plugin_auth, attributes));
     let keep_alive = proto::keep_alive_deadline(keep_alive);
     let max_in = cfg.max_packet_size as usize;
 
-    // The CONNECT's buffer goes once it is consumed: an idle connection
-    // then holds a 64-byte one, and a busy one doubles it (up to
-    // READ_CHUNK) each time a read fills it.
+    // The CONNECT's buffer goes once it is consumed (see super::idle).
     if buf.is_empty() {
         buf = BytesMut::new();
     }
-    let mut chunk = 64;
+    let mut chunk = idle::READ_MIN;
+    // The last wake-up was the idle deadline: release what is held, and
+    // count the keep-alive from the last real activity.
+    let mut quiet = false;
+    let mut active = Instant::now();
     // PUBLISHes read together, for the on-publish plugins (see publish_batch).
     let batch_publishes = broker
         .plugins()
@@ -596,20 +600,40 @@ async fn run<R, W>(
             }
             output.encode(&broker, &session);
         }
-        // Idle connections keep a small buffer; busy ones grow it (up to
-        // READ_CHUNK) each time a read fills it.
+        // Buffers an idle connection does not need go (super::idle).
+        let q = std::mem::take(&mut quiet);
+        if q {
+            span::release();
+        } else {
+            active = Instant::now();
+        }
+        let held = !output.pending()
+            && (output.release(&session, q)
+                | idle::vec(&mut reader.control, q)
+                | idle::vec(&mut reader.retained, q)
+                | idle::vec(&mut publishes, q)
+                | idle::read_buf(&mut buf, &mut chunk, q));
+        // Busy connections grow the read buffer (up to READ_CHUNK) each
+        // time a read fills it.
         if buf.capacity() - buf.len() < chunk / 2 {
             buf.reserve(chunk);
         }
         let spare = buf.capacity() - buf.len();
-        // The read waits at most until the keep-alive or a pending
-        // re-authentication runs out, whichever is first.
+        // The read waits at most until the keep-alive, a pending
+        // re-authentication or (holding buffers, or after activity: the
+        // span goes too) the idle deadline.
         let reauth_by = reader.reauth_by;
+        let ka_by = keep_alive.map(|ka| active + ka);
+        let release = held || !q;
+        let until = [
+            ka_by,
+            reauth_by,
+            release.then(|| Instant::now() + idle::RELEASE_AFTER),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let read = async {
-            let until = match (keep_alive.map(|ka| Instant::now() + ka), reauth_by) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
             match until {
                 Some(t) => tokio::time::timeout_at(t, rd.read_buf(&mut buf)).await.ok(),
                 None => Some(rd.read_buf(&mut buf).await),
@@ -621,6 +645,7 @@ async fn run<R, W>(
                     info!("re-authentication not completed within connect_timeout");
                     break End::Server { reason: reason::NOT_AUTHORIZED, why: "re-authentication not completed in time" };
                 }
+                None if ka_by.is_none_or(|t| Instant::now() < t) => quiet = true,
                 None => break End::Server { reason: reason::KEEP_ALIVE_TIMEOUT, why: "keep alive timeout" },
                 Some(Ok(0)) => break End::Lost("closed by peer"),
                 Some(Ok(n)) => {
@@ -728,35 +753,6 @@ async fn run<R, W>(
 fn received(p: Packet) -> Packet {
     debug!(packet = ?p, "received");
     p
-}
-
-/// Counts a refused CONNECT by reason code and raises its event.
-fn refused(broker: &Broker, c: &Connect, peer: SocketAddr, code: u8) {
-    broker.stats.connacks_refused.add(code);
-    broker.emit(Event::ConnackRefused {
-        client: events::Client {
-            client_id: &c.client_id,
-            username: c.username.as_deref(),
-            peer,
-        },
-        connect: ConnectFlags {
-            version: c.version,
-            keep_alive: c.keep_alive,
-            clean_start: c.clean_start,
-        },
-        code,
-    });
-}
-
-fn generate_client_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("midge-{:x}-{n}", t & 0xffff_ffff_ffff)
 }
 
 /// Ends the connection with 0x82.

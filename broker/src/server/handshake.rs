@@ -15,6 +15,7 @@ use tracing::debug;
 
 use super::limits::Listener;
 use crate::broker::Broker;
+use crate::events::{self, ConnectFlags, Event};
 use crate::session::proto;
 
 /// How long the last packets may take to be written when closing.
@@ -212,4 +213,34 @@ pub fn reason_props(v: Version, text: &str) -> Properties {
         p.reason_string = Some(text.into());
     }
     p
+}
+
+/// Counts a refused CONNECT by reason code and raises its event.
+pub fn refused(broker: &Broker, c: &Connect, peer: SocketAddr, code: u8) {
+    broker.stats.connacks_refused.add(code);
+    broker.emit(Event::ConnackRefused {
+        client: events::Client {
+            client_id: &c.client_id,
+            username: c.username.as_deref(),
+            peer,
+        },
+        connect: ConnectFlags {
+            version: c.version,
+            keep_alive: c.keep_alive,
+            clean_start: c.clean_start,
+        },
+        code,
+    });
+}
+
+/// A client id for a client that gave none.
+pub fn generate_client_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("midge-{:x}-{n}", t & 0xffff_ffff_ffff)
 }

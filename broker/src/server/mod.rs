@@ -10,7 +10,9 @@
 mod connection;
 mod enhanced_auth;
 mod handshake;
+mod idle;
 mod limits;
+mod span;
 pub(crate) mod tls;
 mod writer;
 pub(crate) mod ws;

@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use midge_protocol::{encode, encoded_len, Ack, Packet, Publish, QoS, Version};
 
+use super::idle;
 use crate::broker::Broker;
 use crate::events::{DropReason, Event};
 use crate::session::proto::{self, TopicAliasesOut};
@@ -120,6 +121,20 @@ impl Output {
         );
     }
 
+    /// Gives back what an idle connection does not need (see
+    /// [`super::idle`]): the encoded-output buffer and the batch, when
+    /// nothing waits in them; when `quiet`, also the capacity of the
+    /// session's emptied queues. Returns whether it still holds capacity.
+    pub fn release(&mut self, session: &Session, quiet: bool) -> bool {
+        if quiet {
+            let mut st = session.state.lock();
+            idle::deque(&mut st.control, true);
+            idle::deque(&mut st.queue, true);
+            idle::deque(&mut st.inflight, true);
+        }
+        idle::bytes(&mut self.buf, quiet) | idle::vec(&mut self.items, quiet)
+    }
+
     /// On close: appends the session's pending control packets (acks) and
     /// `last` (a DISCONNECT) to what is still unwritten.
     pub fn finish(&mut self, broker: &Broker, session: &Session, last: Option<Packet>) {
@@ -144,6 +159,8 @@ fn collect(session: &Session, window: usize, items: &mut Vec<Out>, control_only:
             None => break,
         }
     }
+    // Emptied: a small deque goes at once (see super::idle).
+    idle::deque(&mut st.control, false);
     if control_only {
         return 0;
     }
