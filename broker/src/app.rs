@@ -272,14 +272,15 @@ impl App {
                 self.config.clone(),
                 self.config_path.clone(),
             )
-            .with_listeners(listeners);
+            .with_listeners(listeners)
+            .with_bridges(self.bridges.clone());
             tasks.spawn(crate::admin::serve(l, Arc::new(state)));
         }
         self.server.spawn(&broker, &self.gate, &mut tasks);
         self.bridges.start(&broker);
         if self.config.sys.interval > 0 {
             let every = Duration::from_secs(self.config.sys.interval.into());
-            tasks.spawn(crate::sys::run(broker.clone(), every));
+            tasks.spawn(crate::sys::run(broker.clone(), self.bridges.clone(), every));
         }
         shutdown.await;
         info!("shutting down");

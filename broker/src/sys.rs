@@ -11,6 +11,7 @@
 //! and `load/{messages,bytes}/{received,sent}/{1min,5min,15min}` plus
 //! `load/connections/{1min,5min,15min}`: per-minute rates as exponentially
 //! damped averages over 1, 5 and 15 minutes (Mosquitto's load figures).
+//! Per bridge: `bridges/<name>/{connected,buffered,sent,received,dropped}`.
 //! Notices: `clients/<clientid>/connected` and `.../disconnected` (JSON, not
 //! retained) are raised by the event fan-out (`events::sys_notice`).
 
@@ -72,7 +73,7 @@ fn load_counters(b: &Broker) -> [u64; 5] {
 }
 
 /// Publishes the `$SYS` tree every `interval` until the task is aborted.
-pub async fn run(broker: Arc<Broker>, interval: Duration) {
+pub async fn run(broker: Arc<Broker>, bridges: Arc<crate::bridge::Registry>, interval: Duration) {
     let started = Instant::now();
     let prefix = crate::events::sys_notice::prefix();
     let names = [
@@ -137,6 +138,7 @@ pub async fn run(broker: Arc<Broker>, interval: Duration) {
             s.bytes_sent.load(Ordering::Relaxed).to_string(),
         );
         put("subscriptions/count", subscriptions.to_string());
+        crate::bridge::status::sys(&bridges, &mut put);
         if secs > 0.0 {
             for (load, value) in loads.iter_mut().zip(load_counters(&broker)) {
                 load.update(value, secs);

@@ -17,9 +17,30 @@ use std::time::{Duration, Instant};
 
 use crate::TempDir;
 
+/// The `mosquitto` binary: on the PATH, or Debian's /usr/sbin/mosquitto
+/// (not on a non-root PATH).
+pub fn binary() -> &'static str {
+    static BIN: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let runs = |b: &str| {
+            Command::new(b)
+                .arg("-h")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok()
+        };
+        if runs("mosquitto") {
+            "mosquitto"
+        } else {
+            "/usr/sbin/mosquitto"
+        }
+    })
+}
+
 /// Is the `mosquitto` broker installed? (Skips the caller's test outside CI.)
 pub fn available() -> bool {
-    Command::new("mosquitto")
+    Command::new(binary())
         .arg("-h")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -56,6 +77,12 @@ impl Mosquitto {
     /// sessions and subscriptions survive a `kill -9` once saved.
     pub fn start_persistent(extra: &str) -> Option<Mosquitto> {
         Mosquitto::start_with(free_port(), true, extra)
+    }
+
+    /// Like [`Mosquitto::start`], on `port` (a remote that was unreachable
+    /// appears).
+    pub fn start_on(port: u16, extra: &str) -> Option<Mosquitto> {
+        Mosquitto::start_with(port, false, extra)
     }
 
     fn start_with(port: u16, persist: bool, extra: &str) -> Option<Mosquitto> {
@@ -107,7 +134,7 @@ impl Mosquitto {
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new("mosquitto")
+        let mut child = Command::new(binary())
             .arg("-c")
             .arg(&self.conf)
             .stdin(Stdio::null())

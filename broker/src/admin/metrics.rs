@@ -78,6 +78,7 @@ const QOS: [&str; 3] = ["0", "1", "2"];
 
 pub async fn scrape(State(s): State<Shared>) -> impl IntoResponse {
     let text = render(&s.broker, s.started.elapsed().as_secs_f64());
+    let text = text + &render_bridges(&s.bridges);
     (
         [(
             header::CONTENT_TYPE,
@@ -317,6 +318,105 @@ pub fn render(b: &Broker, uptime_seconds: f64) -> String {
         c.cluster().render_metrics(&mut o.0);
     }
     o.0
+}
+
+/// The bridges' families (label `bridge`): link state, buffer, traffic,
+/// drops. Nothing without bridges.
+pub fn render_bridges(bridges: &crate::bridge::Registry) -> String {
+    let mut o = Out(String::new());
+    bridges_into(&mut o, bridges);
+    o.0
+}
+
+fn bridges_into(o: &mut Out, bridges: &crate::bridge::Registry) {
+    use crate::bridge::status::Dropped;
+    let list = bridges.list();
+    if list.is_empty() {
+        return;
+    }
+    type Gauge = fn(&crate::bridge::Bridge) -> u64;
+    let gauges: [(&str, &str, &str, Gauge); 9] = [
+        (
+            "midge_bridge_connected",
+            "gauge",
+            "1 while the bridge's link to its remote is up.",
+            |x| u64::from(x.status.is_connected()),
+        ),
+        (
+            "midge_bridge_buffered_messages",
+            "gauge",
+            "Messages held for the remote (queued and in flight).",
+            |x| x.buffered().0 as u64,
+        ),
+        (
+            "midge_bridge_buffered_bytes",
+            "gauge",
+            "Payload bytes held for the remote.",
+            |x| x.buffered().1 as u64,
+        ),
+        (
+            "midge_bridge_messages_sent_total",
+            "counter",
+            "PUBLISH packets written to the remote (resends included).",
+            |x| get(&x.status.sent),
+        ),
+        (
+            "midge_bridge_messages_acked_total",
+            "counter",
+            "QoS 1/2 messages the remote acknowledged.",
+            |x| get(&x.status.acked),
+        ),
+        (
+            "midge_bridge_messages_received_total",
+            "counter",
+            "PUBLISH packets received from the remote.",
+            |x| get(&x.status.received),
+        ),
+        (
+            "midge_bridge_connects_total",
+            "counter",
+            "Links the remote accepted.",
+            |x| get(&x.status.connects),
+        ),
+        (
+            "midge_bridge_connect_failures_total",
+            "counter",
+            "Connection attempts that failed.",
+            |x| get(&x.status.connect_failures),
+        ),
+        (
+            "midge_bridge_disconnects_total",
+            "counter",
+            "Links that ended after being up.",
+            |x| get(&x.status.disconnects),
+        ),
+    ];
+    for (name, kind, help, f) in gauges {
+        o.family(name, kind, help);
+        for x in list {
+            o.sample(name, &[("bridge", x.name())], f(x));
+        }
+    }
+    let name = "midge_bridge_messages_dropped_total";
+    o.family(
+        name,
+        "counter",
+        "Messages for the remote that were not sent, by reason.",
+    );
+    for x in list {
+        o.sample(
+            name,
+            &[("bridge", x.name()), ("reason", "buffer_full")],
+            x.dropped_full(),
+        );
+        for d in Dropped::ALL {
+            o.sample(
+                name,
+                &[("bridge", x.name()), ("reason", d.name())],
+                x.status.dropped(d),
+            );
+        }
+    }
 }
 
 fn rules(o: &mut Out, b: &Broker) {

@@ -9,7 +9,7 @@
 //! the OpenAPI test compares with `openapi.json`) -> [`auth`] (bearer token,
 //! constant-time compare) -> a handler in `api.rs` (clients, sessions,
 //! subscriptions), `messages.rs` (retained, publish), `manage.rs` (rules,
-//! plugins, config reload), `cluster.rs` (nodes), `listeners.rs`,
+//! plugins, config reload), `cluster.rs` (nodes), `bridges.rs`, `listeners.rs`,
 //! `history.rs` (the overview series: a sampler task, 15 minutes in memory,
 //! a live stream) or `metrics.rs`. Every failure, including axum's own
 //! rejections (bad JSON, bad query, unknown route, wrong method), is
@@ -18,6 +18,7 @@
 //! only paths served without the token.
 
 mod api;
+mod bridges;
 pub mod cluster;
 pub mod dashboard;
 pub mod history;
@@ -63,6 +64,8 @@ pub struct AdminState {
     listeners: Listeners,
     /// The overview series (`history.rs`).
     history: history::History,
+    /// The `[[bridges]]` (`bridges.rs`, `/metrics`).
+    bridges: Arc<crate::bridge::Registry>,
 }
 
 type Shared = Arc<AdminState>;
@@ -84,12 +87,19 @@ impl AdminState {
             started: Instant::now(),
             listeners: Listeners::default(),
             history: history::History::default(),
+            bridges: Arc::default(),
         }
     }
 
     /// The bound MQTT listeners (`GET /api/v1/listeners`, per-listener counts).
     pub fn with_listeners(mut self, listeners: Listeners) -> AdminState {
         self.listeners = listeners;
+        self
+    }
+
+    /// The bridges whose status `GET /api/v1/bridges` and `/metrics` show.
+    pub fn with_bridges(mut self, bridges: Arc<crate::bridge::Registry>) -> AdminState {
+        self.bridges = bridges;
         self
     }
 }
@@ -250,6 +260,8 @@ pub fn routes() -> Vec<Route> {
         ),
         r(M::POST, "/api/v1/config/reload", manage::reload_config),
         r(M::GET, "/api/v1/cluster", cluster::show),
+        r(M::GET, "/api/v1/bridges", bridges::list),
+        r(M::GET, "/api/v1/bridges/{name}", bridges::get),
     ]
 }
 

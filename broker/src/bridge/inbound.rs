@@ -119,6 +119,10 @@ impl Inbound {
             .iter()
             .find(|d| topic::matches(&d.filter, &p.topic))
             .and_then(|d| d.mapping.apply(&p.topic));
+        if super::outbound::went_through(&p.properties, &bridge.spec.client_id) {
+            bridge.status.drop(Dropped::Looped);
+            return 0;
+        }
         let Some(local) = mapped else {
             debug!(bridge = %bridge.name(), topic = %p.topic, "message from the remote matches no `in` mapping; dropped");
             bridge.status.drop(Dropped::Unmappable);

@@ -61,9 +61,9 @@ pub(super) async fn run(broker: Arc<Broker>, bridge: Arc<Bridge>, mut stop: watc
                 // Every failure while it stays down is not news: the first
                 // is a warning, the rest debug (the API shows the last).
                 if failures == 1 {
-                    warn!(remote = %bridge.spec.remote, error = %why, "bridge cannot connect; retrying with backoff");
+                    warn!(bridge = %bridge.name(), remote = %bridge.spec.remote, error = %why, "bridge cannot connect; retrying with backoff");
                 } else {
-                    debug!(remote = %bridge.spec.remote, error = %why, attempt = failures, "bridge cannot connect");
+                    debug!(bridge = %bridge.name(), remote = %bridge.spec.remote, error = %why, attempt = failures, "bridge cannot connect");
                 }
                 s.set_error(why);
             }
@@ -71,7 +71,7 @@ pub(super) async fn run(broker: Arc<Broker>, bridge: Arc<Bridge>, mut stop: watc
                 failures = 1;
                 s.disconnects
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                warn!(remote = %bridge.spec.remote, error = %why, "bridge link lost; reconnecting");
+                warn!(bridge = %bridge.name(), remote = %bridge.spec.remote, error = %why, "bridge link lost; reconnecting");
                 s.set_error(why);
             }
         }
@@ -164,7 +164,7 @@ async fn connect_and_serve(
         max_packet_size: p.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
     };
     let keep_alive = p.server_keep_alive.unwrap_or(spec.keep_alive);
-    info!(remote = %spec.remote, %peer, session_present = ack.session_present, "bridge connected");
+    info!(bridge = %bridge.name(), remote = %spec.remote, %peer, session_present = ack.session_present, "bridge connected");
     let mut link = Link {
         broker,
         bridge,
@@ -379,10 +379,12 @@ impl Link<'_> {
             if self.wpos >= self.wbuf.len() {
                 self.wbuf.clear();
                 self.wpos = 0;
-                if self.ticket > 0 && !self.waiting.is_empty() {
+                if !self.waiting.is_empty() {
                     if let Some(store) = &self.broker.store {
                         store.durable(self.ticket).await;
                     }
+                    // Clustered: what went to other nodes is stored there too.
+                    crate::cluster::settled(&self.inbound.origin).await;
                     self.control.append(&mut self.waiting);
                 }
                 if !self.control.is_empty() {
@@ -471,7 +473,7 @@ impl Link<'_> {
             let _ = wr.shutdown().await;
         })
         .await;
-        info!(remote = %self.bridge.spec.remote, "bridge disconnected (stopping)");
+        info!(bridge = %self.bridge.name(), remote = %self.bridge.spec.remote, "bridge disconnected (stopping)");
     }
 
     /// Handles every whole packet read so far; `Some` ends the link.
@@ -531,7 +533,8 @@ impl Link<'_> {
             };
             if let Some(r) = reply {
                 if let Some(ack) = r.ack {
-                    if r.ticket > 0 || !self.waiting.is_empty() {
+                    let clustered = self.broker.cluster.get().is_some();
+                    if r.ticket > 0 || clustered || !self.waiting.is_empty() {
                         // Keeps the acks in order behind one that waits.
                         self.ticket = self.ticket.max(r.ticket);
                         self.waiting.push(ack);
@@ -558,7 +561,7 @@ impl Link<'_> {
                     "the remote refused the subscription to `{}` with reason code {code:#04x}",
                     d.filter
                 );
-                warn!(remote = %b.spec.remote, "{why}");
+                warn!(bridge = %b.name(), remote = %b.spec.remote, "{why}");
                 b.status.set_error(why);
             }
         }

@@ -25,6 +25,21 @@ use crate::store::Op;
 /// remote one (the rule action `bridge`). No subscription has id 0.
 pub(super) const PREMAPPED: [u32; 1] = [0];
 
+/// The 5.0 user property a bridge adds to what it forwards, with its
+/// client id at the remote as value: a bridge never forwards (out or in) a
+/// message that already carries its own, so two bridges forwarding the same
+/// topics in opposite directions send a message back at most once, instead
+/// of around forever.
+pub(super) const VIA: &str = "midge-bridge-via";
+
+/// Did `msg` already go through the bridge whose client id is `id`?
+pub(super) fn went_through(msg_props: &midge_protocol::Properties, id: &str) -> bool {
+    msg_props
+        .user_properties
+        .iter()
+        .any(|(k, v)| k.as_str() == VIA && v.as_str() == id)
+}
+
 /// Most items taken from the session per write.
 const BATCH: usize = 512;
 
@@ -163,6 +178,10 @@ impl Outbound {
                 skip(Dropped::Expired);
                 continue;
             };
+            if l.version == Version::V5 && went_through(&d.msg.properties, &bridge.spec.client_id) {
+                skip(Dropped::Looped);
+                continue;
+            }
             let Some(topic) = remote_topic(bridge, &d) else {
                 if bridge
                     .status
@@ -188,6 +207,9 @@ impl Outbound {
                 if p.properties.message_expiry_interval != remaining {
                     p.properties.message_expiry_interval = remaining;
                 }
+                p.properties
+                    .user_properties
+                    .push((VIA.into(), bridge.spec.client_id.as_str().into()));
             }
             let packet = Packet::Publish(p);
             if encoded_len(&packet, l.version) > l.max_packet_size {

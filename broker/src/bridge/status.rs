@@ -18,14 +18,17 @@ pub enum Dropped {
     Expired,
     /// The remote answered PUBACK / PUBREC with an error code.
     Refused,
+    /// It already went through this bridge (its loop marker says so).
+    Looped,
 }
 
 impl Dropped {
-    pub const ALL: [Dropped; 4] = [
+    pub const ALL: [Dropped; 5] = [
         Dropped::Unmappable,
         Dropped::TooLarge,
         Dropped::Expired,
         Dropped::Refused,
+        Dropped::Looped,
     ];
 
     pub fn name(self) -> &'static str {
@@ -34,6 +37,7 @@ impl Dropped {
             Dropped::TooLarge => "too_large",
             Dropped::Expired => "expired",
             Dropped::Refused => "refused",
+            Dropped::Looped => "looped",
         }
     }
 }
@@ -58,7 +62,7 @@ pub struct Status {
     pub acked: AtomicU64,
     /// PUBLISH packets received from the remote and published here.
     pub received: AtomicU64,
-    dropped: [AtomicU64; 4],
+    dropped: [AtomicU64; 5],
     last_error: Mutex<Option<(i64, String)>>,
     rates: Mutex<Rates>,
 }
@@ -129,6 +133,32 @@ impl Status {
     pub fn rates(&self) -> (f64, f64) {
         let r = self.rates.lock();
         (r.sent, r.received)
+    }
+}
+
+/// The `$SYS/brokers/<node>/bridges/<name>/...` values (crate::sys).
+pub fn sys(bridges: &super::Registry, put: &mut impl FnMut(&str, String)) {
+    for b in bridges.list() {
+        let st = &b.status;
+        let name = b.name();
+        let dropped = b.dropped_full() + Dropped::ALL.iter().map(|d| st.dropped(*d)).sum::<u64>();
+        put(
+            &format!("bridges/{name}/connected"),
+            u8::from(st.is_connected()).to_string(),
+        );
+        put(
+            &format!("bridges/{name}/buffered"),
+            b.buffered().0.to_string(),
+        );
+        put(
+            &format!("bridges/{name}/sent"),
+            st.sent.load(Ordering::Relaxed).to_string(),
+        );
+        put(
+            &format!("bridges/{name}/received"),
+            st.received.load(Ordering::Relaxed).to_string(),
+        );
+        put(&format!("bridges/{name}/dropped"), dropped.to_string());
     }
 }
 

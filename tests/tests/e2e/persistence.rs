@@ -94,6 +94,11 @@ impl PahoSub {
         }
     }
 
+    /// The lines so far.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
     /// Waits (bounded) until a line satisfies `f`.
     pub(crate) async fn wait_line(&self, what: &str, f: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);

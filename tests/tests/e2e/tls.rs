@@ -34,12 +34,12 @@ use tokio::net::TcpStream;
 // ---------------------------------------------------------------------------
 
 /// A test CA that signs server and client certificates.
-struct Ca {
+pub(crate) struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut p = CertificateParams::default();
         p.distinguished_name = DistinguishedName::new();
         p.distinguished_name.push(DnType::CommonName, name);
@@ -53,12 +53,12 @@ impl Ca {
         Ca { issuer }
     }
 
-    fn pem(&self) -> String {
+    pub(crate) fn pem(&self) -> String {
         self.issuer.pem()
     }
 
     /// (certificate PEM, key PEM) for 127.0.0.1 / localhost.
-    fn server(&self) -> (String, String) {
+    pub(crate) fn server(&self) -> (String, String) {
         let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         p.subject_alt_names
             .push(SanType::IpAddress([127, 0, 0, 1].into()));
@@ -70,7 +70,7 @@ impl Ca {
     }
 
     /// (certificate PEM, key PEM) of a client whose subject CN is `cn`.
-    fn client(&self, cn: &str) -> (String, String) {
+    pub(crate) fn client(&self, cn: &str) -> (String, String) {
         let mut p = CertificateParams::default();
         p.distinguished_name = DistinguishedName::new();
         p.distinguished_name

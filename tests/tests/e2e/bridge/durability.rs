@@ -236,9 +236,10 @@ async fn within_secs<T>(secs: u64, what: &str, fut: impl std::future::Future<Out
     }
 }
 
-/// `kill -9` of a persistent Midge under load, restart on the same store:
-/// everything Midge acknowledged reaches the remote, QoS 2 exactly once.
-async fn midge_killed_under_load(qos: QoS) {
+/// `kill -9` of a persistent Midge (sled, or PostgreSQL with `postgres`)
+/// under load, restart on the same store: everything Midge acknowledged
+/// reaches the remote, QoS 2 exactly once.
+async fn midge_killed_under_load(qos: QoS, postgres: bool) {
     if !paho_ok() {
         return;
     }
@@ -249,14 +250,24 @@ async fn midge_killed_under_load(qos: QoS) {
         return;
     };
     let q = qos as u8;
-    let far = remote_subscriber(&remote, q).await;
     let dir = tempfile_dir();
+    let store = if postgres {
+        let Some(url) = midge_e2e::process::pg_database("midge_bridge") else {
+            return;
+        };
+        format!("backend = \"postgres\"\npostgres_url = {url:?}\n")
+    } else {
+        format!(
+            "data_dir = {:?}\n",
+            dir.path().join("data").display().to_string()
+        )
+    };
+    let far = remote_subscriber(&remote, q).await;
     let file = dir.path().join("midge.toml");
     std::fs::write(
         &file,
         format!(
-            "[log]\nlevel = \"warn\"\n[persistence]\nenabled = true\ndata_dir = {:?}\n{}",
-            dir.path().join("data").display().to_string(),
+            "[log]\nlevel = \"warn\"\n[persistence]\nenabled = true\n{store}{}",
             bridge_toml(remote.port, &unique("edge"), q)
         ),
     )
@@ -264,12 +275,20 @@ async fn midge_killed_under_load(qos: QoS) {
     let m1 = BrokerProcess::start(&file, 0);
     let port = m1.port();
     let publisher = tokio::spawn(publish_until_gone(port, "load/0".to_string(), qos, 10_000));
-    far.wait_line("2000 messages at the remote", |l| {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !far.lines().iter().any(|l| {
         l.strip_prefix("m ")
             .and_then(|s| s.parse::<u64>().ok())
             .is_some_and(|s| s >= 2000)
-    })
-    .await;
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for 2000 messages at the remote ({} lines); Midge's log:\n{}",
+            far.lines().len(),
+            m1.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     m1.kill9();
     let acked = within("the publisher to notice the crash", publisher)
         .await
@@ -281,7 +300,7 @@ async fn midge_killed_under_load(qos: QoS) {
     let lines = far.finish("remote subscriber").await;
     let got = received(&lines);
     eprintln!(
-        "Midge kill -9 ({qos:?}): {} acknowledged before the crash, {} deliveries at the remote",
+        "Midge kill -9 ({qos:?}, postgres: {postgres}): {} acknowledged before the crash, {} deliveries at the remote",
         acked.len(),
         got.len()
     );
@@ -292,12 +311,17 @@ async fn midge_killed_under_load(qos: QoS) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn midge_killed_during_qos1_load_loses_nothing_acknowledged() {
-    midge_killed_under_load(QoS::AtLeastOnce).await;
+    midge_killed_under_load(QoS::AtLeastOnce, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn midge_on_postgres_killed_during_qos1_load_loses_nothing_acknowledged() {
+    midge_killed_under_load(QoS::AtLeastOnce, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn midge_killed_during_qos2_load_delivers_exactly_once() {
-    midge_killed_under_load(QoS::ExactlyOnce).await;
+    midge_killed_under_load(QoS::ExactlyOnce, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,6 +338,7 @@ async fn remote_midge_killed_during_10000_qos1_messages_all_arrive_in_order() {
         ),
     )
     .unwrap();
+    midge_e2e::process::midge_bin();
     let r1 = BrokerProcess::start(&file, 0);
     let rport = r1.port();
     let far = Collector::start(rport).await;

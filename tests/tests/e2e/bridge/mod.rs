@@ -5,6 +5,8 @@
 
 mod durability;
 mod forwarding;
+mod links;
+mod loops;
 
 use std::time::Duration;
 
