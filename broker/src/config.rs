@@ -78,7 +78,7 @@ pub struct Config {
     pub sys: SysConfig,
     /// `[cluster]`: nodes acting as one broker on NATS JetStream (off by default).
     pub cluster: midge_cluster::ClusterConfig,
-    /// `[[bridges]]`: connections to other brokers (crate::bridge).
+    /// `[[bridges]]`: connections to other brokers (the bridge/ module).
     pub bridges: Vec<bridges::BridgeConfig>,
 }
 

@@ -136,7 +136,7 @@ impl Status {
     }
 }
 
-/// The `$SYS/brokers/<node>/bridges/<name>/...` values (crate::sys).
+/// The `$SYS/brokers/<node>/bridges/<name>/...` values (the sys module).
 pub fn sys(bridges: &super::Registry, put: &mut impl FnMut(&str, String)) {
     for b in bridges.list() {
         let st = &b.status;

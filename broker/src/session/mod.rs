@@ -125,7 +125,7 @@ pub struct Session {
     pub notify: Notify,
     online: AtomicBool,
     /// Queue limits of this session, instead of the ones `enqueue` is given
-    /// (a bridge's buffer has its own: crate::bridge).
+    /// (a bridge's buffer has its own: the bridge/ module).
     pub limits: Option<QueueLimits>,
 }
 

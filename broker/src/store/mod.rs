@@ -87,7 +87,7 @@ pub enum Op {
     DelQos2(Arc<str>, u16),
     PutRetained(Arc<Message>),
     DelRetained(String),
-    /// A bridge's outbound buffer (crate::bridge): a message queued for the
+    /// A bridge's outbound buffer (the bridge/ module): a message queued for the
     /// remote under the bridge's name and its sequence number.
     BridgeQueue(Arc<str>, u64, Delivery),
     /// The buffered message `seq` is in flight to the remote with this

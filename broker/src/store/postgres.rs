@@ -26,7 +26,7 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE midge_incoming_qos2 (client_id text NOT NULL, packet_id integer NOT NULL,
          PRIMARY KEY (client_id, packet_id));
      CREATE TABLE midge_retained (topic text PRIMARY KEY, data bytea NOT NULL);",
-    // 2: the bridges' outbound buffers and incoming QoS 2 ids (crate::bridge),
+    // 2: the bridges' outbound buffers and incoming QoS 2 ids (the bridge/ module),
     // keyed by bridge name: the same shapes as the sessions' tables.
     "CREATE TABLE midge_bridge_queue (bridge text NOT NULL, seq bigint NOT NULL,
          data bytea NOT NULL, PRIMARY KEY (bridge, seq));
