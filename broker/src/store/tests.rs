@@ -27,6 +27,19 @@ fn delivery(payload: &'static [u8]) -> Delivery {
     }
 }
 
+/// Opens the store again after `close`: sled's own flusher thread may hold
+/// the directory's lock for a moment after the last handle is dropped, so a
+/// reopen in the same process retries `Locked` for up to 5 s.
+fn reopen(cfg: &PersistenceConfig) -> (Store, Snapshot) {
+    for _ in 0..100 {
+        match Store::open(cfg) {
+            Err(StoreError::Locked { .. }) => std::thread::sleep(Duration::from_millis(50)),
+            other => return other.unwrap(),
+        }
+    }
+    Store::open(cfg).unwrap()
+}
+
 fn c(s: &str) -> Arc<str> {
     Arc::from(s)
 }
@@ -100,7 +113,7 @@ fn sled_store_round_trips_and_survives_reopen() {
         data_dir: dir.path().join("data"),
         ..Default::default()
     };
-    let (store, snap) = Store::open(&cfg).unwrap();
+    let (store, snap) = reopen(&cfg);
     assert!(snap.sessions.is_empty());
     let rec = SessionRecord {
         expiry: 3600,
@@ -146,7 +159,7 @@ fn sled_store_round_trips_and_survives_reopen() {
     store.close();
     drop(store);
 
-    let (store, snap) = Store::open(&cfg).unwrap();
+    let (store, snap) = reopen(&cfg);
     assert_eq!(snap.sessions.len(), 1);
     let s = &snap.sessions[0];
     assert_eq!(&*s.client_id, "dev-1");
@@ -310,7 +323,7 @@ fn sled_keeps_bridge_buffers_apart_from_sessions_of_the_same_name() {
     store.close();
     drop((store, bridges));
 
-    let (store, snap) = Store::open(&cfg).unwrap();
+    let (store, snap) = reopen(&cfg);
     assert_eq!(snap.sessions.len(), 1);
     assert_eq!(snap.sessions[0].queue.len(), 1);
     assert_eq!(
@@ -344,7 +357,7 @@ fn sled_keeps_bridge_buffers_apart_from_sessions_of_the_same_name() {
     });
     store.close();
     drop((store, bridges));
-    let (store, snap) = Store::open(&cfg).unwrap();
+    let (store, snap) = reopen(&cfg);
     assert!(snap.bridges.is_empty(), "{:?}", snap.bridges);
     assert_eq!(snap.sessions.len(), 1);
     store.close();
