@@ -582,6 +582,19 @@ if [[ -f $OUT ]]; then
     # Memory per idle connection (bench/idle.sh) and its hand-written breakdown.
     sed -n '/^<!-- idle:begin/,/^<!-- idle:end -->/p' "$OUT" >"$TMP/idle-section.md"
     sed -n '/^<!-- notes-idle:begin/,/^<!-- notes-idle:end -->/p' "$OUT" >"$TMP/notes-idle.md"
+    # Sections written by other scripts (bench/cluster.sh, bench/compare.sh,
+    # bench/bridge.sh, ...) that this script does not know by name: kept as
+    # they are, in their order, after the known ones.
+    : >"$TMP/other-sections.md"
+    for name in $(sed -n 's/^<!-- \([a-z0-9-]*\):begin.*/\1/p' "$OUT"); do
+        case $name in
+        rate | notes-targets | persistence | archive | kafka | plugin | notes-plugin | idle | notes-idle) ;;
+        *)
+            sed -n "/^<!-- $name:begin/,/^<!-- $name:end -->/p" "$OUT" >>"$TMP/other-sections.md"
+            echo >>"$TMP/other-sections.md"
+            ;;
+        esac
+    done
     # RATE=0: the fixed-rate section and its raw results stay as they were.
     if [[ -z $RATE_RAN ]]; then
         sed -n '/^<!-- rate:begin/,/^<!-- rate:end -->/p' "$OUT" >"$TMP/rate-section.md"
@@ -880,6 +893,7 @@ CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
             echo
         fi
     done
+    [[ -s $TMP/other-sections.md ]] && cat "$TMP/other-sections.md"
     echo "## Raw results"
     echo
     echo "<details><summary>one JSON object per run (midge-bench output)</summary>"

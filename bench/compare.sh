@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# Two Midge builds side by side with Mosquitto, in one run: the "before and
+# after" a change that could cost speed (issue 21 asks it of the broker-core
+# restructuring). Every throughput cell of bench/run.sh (closed loop) and the
+# idle cell, for the build before (BASE_MIDGE), the build after
+# (target/release/midge) and Mosquitto, REPEAT rounds with the broker order
+# reversed every other round so neither build always runs first. Writes the
+# "compare" section of docs/BENCHMARKS.md (bench/run.sh keeps it).
+#
+#   git worktree add --detach /tmp/base REV && (cd /tmp/base && cargo build --release --bin midge)
+#   BASE_MIDGE=/tmp/base/target/release/midge BASE_REV=REV bench/compare.sh
+#
+# Environment (optional): REPEAT=2 DURATION=5 WARMUP=1 DRAIN=5 WINDOW=64
+#   SCENARIOS="fan-in fan-out pairs" QOS_LEVELS="0 1" PAYLOADS="64 1024"
+#   IDLE_CONNECTIONS=10000  BROKER_CPU=0 BENCH_CPU=1 NICE=-10  SKIP_BUILD=1
+#   OUT=docs/BENCHMARKS.md  MOSQUITTO=/usr/sbin/mosquitto
+# Every broker this script starts is stopped by its PID.
+
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+. bench/lib.sh
+
+log() { echo "[compare.sh] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+BASE_MIDGE=${BASE_MIDGE:-}
+[[ -x $BASE_MIDGE ]] || die "BASE_MIDGE must name the build before the change (an executable midge)"
+BASE_REV=${BASE_REV:-unknown}
+REPEAT=${REPEAT:-2}
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-1}
+DRAIN=${DRAIN:-5}
+WINDOW=${WINDOW:-64}
+SCENARIOS=${SCENARIOS:-fan-in fan-out pairs}
+QOS_LEVELS=${QOS_LEVELS:-0 1}
+PAYLOADS=${PAYLOADS:-64 1024}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+BROKER_CPU=${BROKER_CPU:-0}
+BENCH_CPU=${BENCH_CPU:-1}
+NICE=${NICE:--10}
+OUT=${OUT:-docs/BENCHMARKS.md}
+MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
+MIDGE=$ROOT/target/release/midge
+BENCH=$ROOT/target/release/midge-bench
+command -v jq >/dev/null || die "jq is required"
+
+if [[ -z ${SKIP_BUILD:-} ]]; then
+    log "cargo build --release --bin midge --bin midge-bench"
+    cargo build --release --workspace --bin midge --bin midge-bench || die "the build failed"
+fi
+[[ -x $MIDGE && -x $BENCH ]] || die "$MIDGE or $BENCH missing (unset SKIP_BUILD)"
+TIP_REV=$(git rev-parse --short HEAD)
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null
+PIN_BROKER=(taskset -c "$BROKER_CPU")
+PIN_BENCH=(taskset -c "$BENCH_CPU")
+if [[ $NICE != 0 && $(id -u) == 0 ]]; then
+    PIN_BROKER=(nice -n "$NICE" "${PIN_BROKER[@]}")
+    PIN_BENCH=(nice -n "$NICE" "${PIN_BENCH[@]}")
+fi
+
+TMP=$(mktemp -d /tmp/midge-compare.XXXXXX)
+RESULTS=$TMP/results.jsonl
+: >"$RESULTS"
+PID=""
+trap 'stop_pid "$PID"' EXIT
+trap 'exit 130' INT TERM
+
+# start NAME PORT: sets PID, or fails with the reason on stderr.
+start() {
+    local name=$1 port=$2 logf=$TMP/$1.log
+    case $name in
+    midge-base | midge)
+        local bin=$MIDGE
+        [[ $name == midge-base ]] && bin=$BASE_MIDGE
+        "${PIN_BROKER[@]}" "$bin" serve --listen "127.0.0.1:$port" \
+            --ws-listen "127.0.0.1:$(free_port)" --no-admin >>"$logf" 2>&1 &
+        ;;
+    mosquitto)
+        cat >"$TMP/mosquitto.conf" <<EOF
+listener $port 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+max_queued_messages 100000
+max_inflight_messages 0
+max_connections -1
+persistence false
+log_dest stderr
+log_type error
+EOF
+        "${PIN_BROKER[@]}" "$MOSQUITTO" -c "$TMP/mosquitto.conf" >>"$logf" 2>&1 &
+        ;;
+    esac
+    PID=$!
+    for _ in $(seq 100); do
+        kill -0 "$PID" 2>/dev/null || { log "$name exited at start: $(tail -n2 "$logf")"; return 1; }
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    log "$name not listening on $port"
+    return 1
+}
+
+cell() {
+    local broker=$1 port=$2 round=$3 line
+    shift 3
+    line=$(timeout $((DURATION + WARMUP + DRAIN + 120)) "${PIN_BENCH[@]}" "$BENCH" \
+        --host 127.0.0.1 --port "$port" --broker-pid "$PID" --label "$broker" \
+        --duration "$DURATION" --warmup "$WARMUP" --drain "$DRAIN" --window "$WINDOW" \
+        "$@" 2>>"$TMP/human.log" | grep '^{' | tail -n1)
+    [[ -z $line ]] && line=$(jq -cn --arg b "$broker" --arg a "$*" '{broker:$b, args:$a, error:"no result"}')
+    jq -c --argjson r "$round" '. + {round: $r}' <<<"$line" >>"$RESULTS"
+    tail -n1 "$TMP/human.log" >&2
+}
+
+START_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+ORDER=(midge-base midge mosquitto)
+for ((round = 1; round <= REPEAT; round++)); do
+    brokers=("${ORDER[@]}")
+    if ((round % 2 == 0)); then brokers=(mosquitto midge midge-base); fi
+    for broker in "${brokers[@]}"; do
+        port=$(free_port)
+        log "round $round: $broker on 127.0.0.1:$port"
+        start "$broker" "$port" || { stop_pid "$PID"; PID=""; continue; }
+        [[ $IDLE_CONNECTIONS -gt 0 ]] && cell "$broker" "$port" "$round" --scenario idle --connections "$IDLE_CONNECTIONS"
+        for s in $SCENARIOS; do
+            for q in $QOS_LEVELS; do
+                for p in $PAYLOADS; do
+                    kill -0 "$PID" 2>/dev/null || break 3
+                    cell "$broker" "$port" "$round" --scenario "$s" --qos "$q" --payload "$p"
+                done
+            done
+        done
+        stop_pid "$PID"
+        PID=""
+    done
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# Per cell and broker: the mean over the rounds (every round, so a bad round shows).
+SECTION=$TMP/section.md
+{
+    echo "<!-- compare:begin (generated by bench/compare.sh) -->"
+    echo "## Before and after: two Midge builds side by side"
+    echo
+    echo '```'
+    echo "BASE_MIDGE=<build of $BASE_REV> BASE_REV=$BASE_REV REPEAT=$REPEAT bench/compare.sh"
+    echo '```'
+    echo
+    echo "- Date: $START_DATE; before = git $BASE_REV, after = git $TIP_REV, Mosquitto $("$MOSQUITTO" -h 2>/dev/null | head -n1 | awk '{print $3}')"
+    echo "- $REPEAT rounds, broker order reversed every other round; each figure is the mean over the rounds"
+    echo "  (min-max in brackets); per cell ${WARMUP} s warm-up + ${DURATION} s, window ${WINDOW}, MQTT 3.1.1,"
+    echo "  broker pinned to core $BROKER_CPU, generator to core $BENCH_CPU, as in bench/run.sh."
+    echo "- Load average before $LOAD_BEFORE, after $LOAD_AFTER."
+    echo
+    echo "| scenario | QoS | payload | before msgs/s | after msgs/s | after/before | before p99 µs | after p99 µs | mosquitto msgs/s |"
+    echo "|---|---|---|---:|---:|---:|---:|---:|---:|"
+    jq -rn '
+        [inputs | select(.scenario != "idle" and .scenario != null and (.error | not))] as $all
+        | def stat(b; s; q; p): [$all[] | select(.broker == b and .scenario == s and .qos == q and .payload == p)];
+          def mean(f): if length == 0 then null else (map(f) | add / length) end;
+          def rng(f): if length < 2 then "" else " (\(map(f) | min | round)-\(map(f) | max | round))" end;
+          ($all | map({scenario, qos, payload}) | unique | sort_by(.scenario, .qos, .payload))[]
+        | . as $c
+        | stat("midge-base"; $c.scenario; $c.qos; $c.payload) as $b
+        | stat("midge"; $c.scenario; $c.qos; $c.payload) as $t
+        | stat("mosquitto"; $c.scenario; $c.qos; $c.payload) as $m
+        | ($b | mean(.msgs_per_s)) as $bm | ($t | mean(.msgs_per_s)) as $tm
+        | "| \($c.scenario) | \($c.qos) | \($c.payload) B | \($bm // 0 | round)\($b | rng(.msgs_per_s)) | \($tm // 0 | round)\($t | rng(.msgs_per_s)) | "
+          + (if $bm and $tm and $bm > 0 then "\(($tm / $bm * 1000 | round) / 10) %" else "-" end)
+          + " | \($b | mean(.p99_us) // 0 | round) | \($t | mean(.p99_us) // 0 | round) | \($m | mean(.msgs_per_s) // 0 | round) |"
+    ' "$RESULTS"
+    echo
+    echo "Idle connections ($IDLE_CONNECTIONS, CONNECT only, keep-alive 0; VmRSS growth per connection):"
+    echo
+    echo "| broker | KiB per connection | connects/s |"
+    echo "|---|---:|---:|"
+    jq -rn '
+        [inputs | select(.scenario == "idle" and (.error | not))] as $all
+        | ["midge-base", "midge", "mosquitto"][] as $b
+        | [$all[] | select(.broker == $b)] as $r
+        | select($r | length > 0)
+        | "| \(if $b == "midge-base" then "midge before" elif $b == "midge" then "midge after" else $b end) | "
+          + "\(($r | map(.kib_per_conn) | add / length) * 100 | round / 100) | \($r | map(.connects_per_s) | add / length | round) |"
+    ' "$RESULTS"
+    echo
+    echo "<details><summary>raw results (one JSON object per cell and round)</summary>"
+    echo
+    echo '```json'
+    cat "$RESULTS"
+    echo '```'
+    echo
+    echo "</details>"
+    echo
+    echo "<!-- compare:end -->"
+} >"$SECTION"
+write_section compare "$SECTION" "$OUT"
+log "wrote the compare section of $OUT (raw files in $TMP)"
