@@ -15,6 +15,16 @@ pub enum Version {
     V5,
 }
 
+/// As the specification names the version: `3.1.1` or `5.0`.
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Version::V311 => "3.1.1",
+            Version::V5 => "5.0",
+        })
+    }
+}
+
 /// Quality of service level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum QoS {

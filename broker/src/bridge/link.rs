@@ -244,7 +244,7 @@ async fn handshake(
                 return Err(format!(
                     "{}: the remote sent {} instead of CONNACK",
                     spec.remote,
-                    packet_name(&p)
+                    p.name()
                 ))
             }
             Ok(None) => {}
@@ -527,7 +527,7 @@ impl Link<'_> {
                 other => {
                     return Some(Ended::Lost(format!(
                         "protocol error: the remote sent {}",
-                        packet_name(&other)
+                        other.name()
                     )))
                 }
             };
@@ -565,26 +565,6 @@ impl Link<'_> {
                 b.status.set_error(why);
             }
         }
-    }
-}
-
-fn packet_name(p: &Packet) -> &'static str {
-    match p {
-        Packet::Connect(_) => "CONNECT",
-        Packet::ConnAck(_) => "CONNACK",
-        Packet::Publish(_) => "PUBLISH",
-        Packet::PubAck(_) => "PUBACK",
-        Packet::PubRec(_) => "PUBREC",
-        Packet::PubRel(_) => "PUBREL",
-        Packet::PubComp(_) => "PUBCOMP",
-        Packet::Subscribe(_) => "SUBSCRIBE",
-        Packet::SubAck(_) => "SUBACK",
-        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
-        Packet::UnsubAck(_) => "UNSUBACK",
-        Packet::PingReq => "PINGREQ",
-        Packet::PingResp => "PINGRESP",
-        Packet::Disconnect(_) => "DISCONNECT",
-        Packet::Auth(_) => "AUTH",
     }
 }
 

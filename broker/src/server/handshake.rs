@@ -60,7 +60,7 @@ where
         match decode(buf, None, max) {
             Ok(Some(Packet::Connect(c))) => return Ok(c),
             Ok(Some(other)) => {
-                debug!(packet = packet_name(&other), "first packet is not CONNECT");
+                debug!(packet = other.name(), "first packet is not CONNECT");
                 return Err(NoConnect::Failed);
             }
             Ok(None) => {}
@@ -97,26 +97,6 @@ where
             Ok(_) => return Err(NoConnect::Failed),
             Err(_) => return Err(NoConnect::TimedOut),
         }
-    }
-}
-
-fn packet_name(p: &Packet) -> &'static str {
-    match p {
-        Packet::Connect(_) => "CONNECT",
-        Packet::ConnAck(_) => "CONNACK",
-        Packet::Publish(_) => "PUBLISH",
-        Packet::PubAck(_) => "PUBACK",
-        Packet::PubRec(_) => "PUBREC",
-        Packet::PubRel(_) => "PUBREL",
-        Packet::PubComp(_) => "PUBCOMP",
-        Packet::Subscribe(_) => "SUBSCRIBE",
-        Packet::SubAck(_) => "SUBACK",
-        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
-        Packet::UnsubAck(_) => "UNSUBACK",
-        Packet::PingReq => "PINGREQ",
-        Packet::PingResp => "PINGRESP",
-        Packet::Disconnect(_) => "DISCONNECT",
-        Packet::Auth(_) => "AUTH",
     }
 }
 
