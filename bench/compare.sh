@@ -10,6 +10,14 @@
 #   git worktree add --detach /tmp/base REV && (cd /tmp/base && cargo build --release --bin midge)
 #   BASE_MIDGE=/tmp/base/target/release/midge BASE_REV=REV bench/compare.sh
 #
+# Rules cells (RULES=1, the default): fan-in with JSON payloads (64 B) against
+# Midge with no rules, with 10 republishing rules that read the payload (the
+# rules cell of bench/run.sh) and, on the build after only, with 10 rules that
+# do the same through jq(); the build before them is RULES_BASE_MIDGE
+# (default BASE_MIDGE): issue 27 measures its value model against the build
+# before it. RULES_CRITERION=1 adds the per-message cost of a jq rule and of
+# the same rule in SQL (`cargo bench -p midge-rules --bench rules`, pinned).
+#
 # Environment (optional): REPEAT=2 DURATION=5 WARMUP=1 DRAIN=5 WINDOW=64
 #   SCENARIOS="fan-in fan-out pairs" QOS_LEVELS="0 1" PAYLOADS="64 1024"
 #   IDLE_CONNECTIONS=10000  BROKER_CPU=0 BENCH_CPU=1 NICE=-10  SKIP_BUILD=1
@@ -27,6 +35,11 @@ die() { log "error: $*"; exit 1; }
 BASE_MIDGE=${BASE_MIDGE:-}
 [[ -x $BASE_MIDGE ]] || die "BASE_MIDGE must name the build before the change (an executable midge)"
 BASE_REV=${BASE_REV:-unknown}
+RULES=${RULES:-1}
+RULES_BASE_MIDGE=${RULES_BASE_MIDGE:-$BASE_MIDGE}
+RULES_BASE_REV=${RULES_BASE_REV:-$BASE_REV}
+RULES_QOS=${RULES_QOS:-0 1}
+RULES_CRITERION=${RULES_CRITERION:-1}
 REPEAT=${REPEAT:-2}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
@@ -71,10 +84,12 @@ trap 'exit 130' INT TERM
 start() {
     local name=$1 port=$2 logf=$TMP/$1.log
     case $name in
-    midge-base | midge)
-        local bin=$MIDGE
+    midge-base | midge | rules-*)
+        local bin=$MIDGE cfg=()
         [[ $name == midge-base ]] && bin=$BASE_MIDGE
-        "${PIN_BROKER[@]}" "$bin" serve --listen "127.0.0.1:$port" \
+        [[ $name == rules-before-* ]] && bin=$RULES_BASE_MIDGE
+        [[ $name == rules-* ]] && cfg=(--config "$TMP/${name##*-}.toml")
+        "${PIN_BROKER[@]}" "$bin" serve "${cfg[@]}" --listen "127.0.0.1:$port" \
             --ws-listen "127.0.0.1:$(free_port)" --no-admin >>"$logf" 2>&1 &
         ;;
     mosquitto)
@@ -137,6 +152,60 @@ for ((round = 1; round <= REPEAT; round++)); do
         PID=""
     done
 done
+
+# Rules cells: build x config, alternating order per round.
+if [[ $RULES != 0 ]]; then
+    [[ -x $RULES_BASE_MIDGE ]] || die "RULES_BASE_MIDGE is not an executable"
+    echo "# compare.sh: no rules" >"$TMP/none.toml"
+    : >"$TMP/sql.toml"
+    : >"$TMP/jq.toml"
+    for n in $(seq 10); do
+        cat >>"$TMP/sql.toml" <<EOF
+[[rules]]
+id = "bench-$n"
+sql = 'SELECT payload.seq AS s, clientid FROM "bench/+/in/+" WHERE s >= 0'
+actions = [{ type = "republish", topic = "rules-out/$n", payload = "\${s}" }]
+
+EOF
+        cat >>"$TMP/jq.toml" <<EOF
+[[rules]]
+id = "bench-$n"
+sql = "SELECT jq('.seq', payload) AS s, clientid FROM \\"bench/+/in/+\\""
+actions = [{ type = "republish", topic = "rules-out/$n", payload = "\${s}" }]
+
+EOF
+    done
+    for f in sql jq; do
+        "$MIDGE" check --config "$TMP/$f.toml" >"$TMP/check-$f.log" 2>&1 || die "$f rules refused: $(head -c 300 "$TMP/check-$f.log")"
+    done
+    for ((round = 1; round <= REPEAT; round++)); do
+        builds=(before after)
+        ((round % 2 == 0)) && builds=(after before)
+        for q in $RULES_QOS; do
+            for b in "${builds[@]}"; do
+                variants=(none sql)
+                [[ $b == after ]] && variants+=(jq)
+                for v in "${variants[@]}"; do
+                    port=$(free_port)
+                    label=rules-$b-$v
+                    log "round $round: $label qos $q on 127.0.0.1:$port"
+                    start "$label" "$port" || { stop_pid "$PID"; PID=""; continue; }
+                    cell "$label" "$port" "$round" --scenario fan-in --qos "$q" --payload 64 --json
+                    stop_pid "$PID"
+                    PID=""
+                done
+            done
+        done
+    done
+fi
+CRIT=$TMP/criterion.txt
+: >"$CRIT"
+if [[ $RULES_CRITERION != 0 ]]; then
+    log "cargo bench -p midge-rules --bench rules -- --quick evaluate/"
+    cargo bench -p midge-rules --bench rules --no-run >"$CRIT.build" 2>&1 || die "the rules bench does not build"
+    "${PIN_BROKER[@]}" cargo bench -p midge-rules --bench rules -- --quick 'evaluate/' >"$CRIT" 2>"$CRIT.err" ||
+        log "cargo bench failed (see $CRIT.err)"
+fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # Per cell and broker: the mean over the rounds (every round, so a bad round shows).
@@ -185,6 +254,38 @@ SECTION=$TMP/section.md
         | "| \(if $b == "midge-base" then "midge before" elif $b == "midge" then "midge after" else $b end) | "
           + "\(($r | map(.kib_per_conn) | add / length) * 100 | round / 100) | \($r | map(.connects_per_s) | add / length | round) |"
     ' "$RESULTS"
+    if [[ $RULES != 0 ]]; then
+        echo
+        echo "Rules (fan-in, 8 publishers, JSON payloads of 64 B, 10 rules on the fan-in filter that read"
+        echo "\`payload.seq\` and republish it to a topic nobody subscribes to; before = git $RULES_BASE_REV):"
+        echo
+        echo "| QoS | rules | before msgs/s | after msgs/s | after/before | after p99 µs |"
+        echo "|---|---|---:|---:|---:|---:|"
+        jq -rn '
+            [inputs | select(.broker != null and (.broker | startswith("rules-")) and (.error | not))] as $all
+            | def mean(f): if length == 0 then null else (map(f) | add / length) end;
+              ($all | map(.qos) | unique)[] as $q
+            | ["none", "sql", "jq"][] as $v
+            | [$all[] | select(.qos == $q and .broker == "rules-before-\($v)")] as $b
+            | [$all[] | select(.qos == $q and .broker == "rules-after-\($v)")] as $t
+            | select(($t | length) > 0)
+            | ($b | mean(.msgs_per_s)) as $bm | ($t | mean(.msgs_per_s)) as $tm
+            | "| \($q) | \(if $v == "none" then "none" elif $v == "sql" then "10 SQL" else "10 jq(\u0027.seq\u0027, payload)" end) | "
+              + "\($bm // "-" | if type == "number" then round else . end) | \($tm | round) | "
+              + (if $bm then "\(($tm / $bm * 1000 | round) / 10) %" else "-" end)
+              + " | \($t | mean(.p99_us) | round) |"
+        ' "$RESULTS"
+    fi
+    if [[ -s $CRIT ]]; then
+        echo
+        echo "Cost of one rule per message (criterion, \`cargo bench -p midge-rules --bench rules -- --quick evaluate/\`,"
+        echo "pinned to core $BROKER_CPU; the jq rule is \`jq('{t_f: (.temp * 1.8 + 32), loc}', payload)\`,"
+        echo "the SQL rule computes the same):"
+        echo
+        echo '```'
+        grep -A1 '^evaluate/' "$CRIT" | grep -v '^--' | sed 's/  */ /g'
+        echo '```'
+    fi
     echo
     echo "<details><summary>raw results (one JSON object per cell and round)</summary>"
     echo
