@@ -92,6 +92,7 @@ impl App {
     /// (port 0 picks a free port). The stored sessions are restored before
     /// this returns, so nothing is accepted against a half-restored state.
     pub async fn bind(config: Config) -> Result<App, StartError> {
+        crate::server::descriptors::raise(config.limits.max_connections);
         let server = Server::bind(&config.listeners).await?;
         let admin_listen = config.admin.listen.filter(|_| config.admin.enabled);
         let (admin, admin_token_generated) = match admin_listen {

@@ -68,12 +68,33 @@ impl BrokerProcess {
     /// [`BrokerProcess::start_env`], with the WebSocket listener on
     /// 127.0.0.1:0 when `ws` (its address in [`BrokerProcess::ws_addr`]).
     pub fn start_full(config: &Path, port: u16, ws: bool, env: &[(&str, &str)]) -> BrokerProcess {
+        BrokerProcess::start_wrapped(config, port, ws, env, &[])
+    }
+
+    /// [`BrokerProcess::start_full`], run through `wrapper` (a command and
+    /// its arguments that exec the broker's command line after them, e.g.
+    /// `["prlimit", "--nofile=64:4096"]`); empty: the broker itself.
+    pub fn start_wrapped(
+        config: &Path,
+        port: u16,
+        ws: bool,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> BrokerProcess {
         let ws_args: &[&str] = if ws {
             &["--ws-listen", "127.0.0.1:0"]
         } else {
             &["--no-ws"]
         };
-        let mut child = Command::new(midge_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(midge_bin());
+                c
+            }
+            None => Command::new(midge_bin()),
+        };
+        let mut child = cmd
             .arg("serve")
             .args(ws_args)
             .arg("--config")

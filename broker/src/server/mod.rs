@@ -8,6 +8,7 @@
 //! timeout, and then `connection::serve` takes the byte stream.
 
 mod connection;
+pub(crate) mod descriptors;
 mod enhanced_auth;
 mod handshake;
 mod idle;

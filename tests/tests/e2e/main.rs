@@ -12,6 +12,7 @@ mod cluster_faults;
 mod cluster_sessions;
 mod connect;
 mod dashboard;
+mod descriptors;
 mod enhanced_auth;
 mod flow_control;
 mod interop_mosquitto;
