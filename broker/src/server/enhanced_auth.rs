@@ -1,7 +1,8 @@
-//! MQTT 5.0 enhanced authentication (section 4.12) driven by the
-//! authenticate plugins: the CONNECT-time exchange of AUTH packets before
-//! CONNACK, and the pieces shared with re-authentication (the reader's AUTH
-//! handling in connection.rs).
+//! Authentication of a connection: at CONNECT (`authenticate`: the
+//! authenticate plugins, then the broker's auth hook) and after it
+//! (`reauthenticate`: MQTT 5.0 re-authentication), with the MQTT 5.0
+//! enhanced authentication exchange (section 4.12) the plugins drive: AUTH
+//! packets before CONNACK, or after it while the session keeps working.
 //!
 //! The chain is asked once per exchange; a plugin answering `continue-auth`
 //! gets every later step alone ([`PluginHost::authenticate_continue`]), with
@@ -9,6 +10,8 @@
 //! by the connection's CONNECT deadline (`[limits] connect_timeout`).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use midge_plugin::types as pt;
@@ -18,9 +21,15 @@ use midge_protocol::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use midge_plugin::types::HookSet;
+
+use crate::auth::{AuthDecision, ConnectInfo};
+use crate::broker::Broker;
+use crate::message::ClientInfo;
 use crate::plugins;
+use crate::session::proto::{Refused, Violation};
 
 /// How the plugins' part of a CONNECT ended.
 pub enum ConnectAuth {
@@ -216,6 +225,261 @@ async fn next_packet<R: AsyncRead + Unpin>(
             }
             Ok(_) => return Next::Closed,
             Err(_) => return Next::TimedOut,
+        }
+    }
+}
+
+/// A client the connect-time authentication let in: what the plugins said
+/// of it.
+#[derive(Debug, Default)]
+pub struct Authenticated {
+    pub superuser: bool,
+    pub attributes: Vec<(String, String)>,
+    /// Final Authentication Data for CONNACK (enhanced authentication).
+    pub auth_data: Option<Vec<u8>>,
+}
+
+/// Connect-time authentication. The authenticate plugins decide first (in
+/// chain order), running any enhanced authentication exchange with the
+/// client on `rd` / `wr` by `deadline`; when they all ignore the client (or
+/// none is loaded), the broker's own hook (`crate::auth`) decides, and with
+/// anonymous access off nobody is let in unauthenticated. `None`: the
+/// client went away or ran out of time meanwhile (logged and counted).
+#[allow(clippy::too_many_arguments)]
+pub async fn authenticate<R, W>(
+    broker: &Broker,
+    c: &Connect,
+    peer: SocketAddr,
+    rd: &mut R,
+    wr: &mut W,
+    buf: &mut BytesMut,
+    deadline: Instant,
+) -> Option<Result<Authenticated, Refused>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let plugins = match broker.plugins() {
+        Some(host) if host.has_hook(HookSet::AUTHENTICATE) => {
+            let max_in = broker.config.max_packet_size as usize;
+            let exchange =
+                connect_exchange(host, c, peer, rd, wr, buf, max_in, deadline, &broker.stats);
+            match Box::pin(exchange).await {
+                ConnectAuth::Decided(d) => Some(d),
+                ConnectAuth::Refuse(code, why) => return Some(Err(Refused::new(code, why))),
+                ConnectAuth::Closed => {
+                    debug!("closed during authentication");
+                    return None;
+                }
+                ConnectAuth::TimedOut => {
+                    broker
+                        .stats
+                        .connections_refused_connect_timeout
+                        .fetch_add(1, Ordering::Relaxed);
+                    info!("authentication not finished within the connect timeout");
+                    return None;
+                }
+            }
+        }
+        _ => None,
+    };
+    Some(match plugins {
+        Some(pt::AuthDecision::Allow(a)) => Ok(Authenticated {
+            superuser: a.superuser,
+            attributes: a.attributes,
+            auth_data: a.auth_data,
+        }),
+        Some(pt::AuthDecision::Deny(code)) => {
+            Err(Refused::new(code, "refused by an authentication plugin"))
+        }
+        // `connect_exchange` runs every continue-auth to its end.
+        Some(pt::AuthDecision::ContinueAuth(_)) => Err(Refused::new(
+            reason::BAD_AUTHENTICATION_METHOD,
+            "enhanced authentication did not finish",
+        )),
+        Some(pt::AuthDecision::Ignore) | None => hook_decides(broker, c, peer),
+    })
+}
+
+/// Nobody authenticated the client: with anonymous access off it is
+/// refused whether or not it sent a username (see `crate::auth`);
+/// otherwise the broker's auth hook decides.
+fn hook_decides(broker: &Broker, c: &Connect, peer: SocketAddr) -> Result<Authenticated, Refused> {
+    if !broker.limits.allow_anonymous {
+        broker
+            .stats
+            .connections_refused_anonymous
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(Refused::new(
+            reason::NOT_AUTHORIZED,
+            crate::auth::not_authenticated(c.username.is_some()),
+        ));
+    }
+    let info = ConnectInfo {
+        client_id: &c.client_id,
+        username: c.username.as_deref(),
+        password: c.password.as_ref(),
+        peer,
+        version: c.version,
+        auth_method: c.properties.authentication_method.as_deref(),
+        auth_data: c.properties.authentication_data.as_ref(),
+    };
+    match broker.auth.authenticate(&info) {
+        AuthDecision::Allow { .. } => Ok(Authenticated::default()),
+        AuthDecision::Deny { reason } => Err(Refused::new(reason, "not authorized")),
+        // Multi-step AUTH exchanges arrive with the plugin system.
+        AuthDecision::Continue { .. } => Err(Refused::new(
+            reason::BAD_AUTHENTICATION_METHOD,
+            "authentication method not supported",
+        )),
+    }
+}
+
+/// A connection's re-authentication (MQTT 5.0 section 4.12.1) state.
+#[derive(Debug, Default)]
+pub struct Reauth {
+    /// The Authentication Method of CONNECT (5.0 enhanced authentication);
+    /// re-authentication uses the same one.
+    method: Option<ByteStr>,
+    /// A re-authentication in progress: the plugin that answered
+    /// continue-auth and the state it asked to keep.
+    step: Option<Box<(String, Vec<u8>)>>,
+    /// When the client must have answered the pending re-authentication
+    /// challenge (`[limits] connect_timeout` after it was sent); past it the
+    /// connection is closed with 0x87.
+    pub by: Option<Instant>,
+}
+
+impl Reauth {
+    pub fn new(method: Option<ByteStr>) -> Reauth {
+        Reauth {
+            method,
+            step: None,
+            by: None,
+        }
+    }
+}
+
+/// The connected client, as re-authentication needs it.
+pub struct ReauthClient<'a> {
+    pub origin: &'a ClientInfo,
+    pub version: Version,
+    /// The client as plugins see it: an `Allow` updates its superuser flag
+    /// and attributes.
+    pub plugin_client: &'a mut Option<Box<pt::ClientInfo>>,
+}
+
+/// AUTH after CONNACK: re-authentication. 0x19 starts an exchange with the
+/// whole authenticate chain, 0x18 continues it with the plugin that asked;
+/// the session keeps working meanwhile. `Ok`: the AUTH packet to answer
+/// (0x00 on success, 0x18 with a plugin's challenge); `Err`: the connection
+/// ends with DISCONNECT and this reason (a refusal: the plugin's code).
+pub async fn reauthenticate(
+    broker: &Broker,
+    state: &mut Reauth,
+    client: ReauthClient<'_>,
+    a: Auth,
+) -> Result<Packet, Violation> {
+    let Some(method) = state.method.clone() else {
+        return Err(Violation::protocol(
+            "AUTH from a client that did not use enhanced authentication",
+        ));
+    };
+    if a.properties.authentication_method.as_ref() != Some(&method) {
+        return Err(Violation {
+            reason: reason::BAD_AUTHENTICATION_METHOD,
+            why: "AUTH with another authentication method",
+        });
+    }
+    state.by = None;
+    let step = match (a.reason, state.step.take().map(|b| *b)) {
+        (reason::RE_AUTHENTICATE, None) => None,
+        (reason::CONTINUE_AUTHENTICATION, Some(step)) => Some(step),
+        _ => return Err(Violation::protocol("AUTH out of sequence")),
+    };
+    let origin = client.origin;
+    let req = pt::AuthRequest {
+        client_id: origin.client_id.to_string(),
+        username: origin.username.as_deref().map(str::to_string),
+        password: None,
+        peer_address: origin.peer.to_string(),
+        protocol_version: plugins::version_to(client.version),
+        auth_method: Some(method.to_string()),
+        auth_data: a
+            .properties
+            .authentication_data
+            .as_ref()
+            .map(|d| d.to_vec()),
+        auth_state: step.as_ref().map(|(_, state)| state.clone()),
+    };
+    let host = broker.plugins();
+    let (decision, by) = match (host, step) {
+        (Some(host), Some((plugin, _))) => {
+            let d = Box::pin(host.authenticate_continue(&plugin, &req))
+                .await
+                .decision;
+            let d = match d {
+                pt::AuthDecision::Ignore => pt::AuthDecision::Deny(reason::NOT_AUTHORIZED),
+                d => d,
+            };
+            (d, Some(plugin))
+        }
+        (Some(host), None) if host.has_hook(HookSet::AUTHENTICATE) => {
+            let (out, by) = Box::pin(host.authenticate_named(&req)).await;
+            (out.decision, by)
+        }
+        _ => (pt::AuthDecision::Ignore, None),
+    };
+    let refused = |reason| Violation {
+        reason,
+        why: "re-authentication refused",
+    };
+    match decision {
+        pt::AuthDecision::Allow(allow) => {
+            if let Some(c) = client.plugin_client {
+                c.superuser = allow.superuser;
+                c.attributes = allow.attributes;
+            }
+            info!(plugin = by.as_deref(), "re-authenticated");
+            Ok(auth_packet(reason::SUCCESS, &method, allow.auth_data))
+        }
+        pt::AuthDecision::Deny(code) => {
+            let code = refusal_code(by.as_deref(), code);
+            info!(plugin = by.as_deref(), code, "re-authentication refused");
+            Err(refused(code))
+        }
+        pt::AuthDecision::ContinueAuth(cont) => match by {
+            Some(plugin) => {
+                let challenge =
+                    auth_packet(reason::CONTINUE_AUTHENTICATION, &method, Some(cont.data));
+                state.step = Some(Box::new((plugin, cont.state)));
+                let within = u64::from(broker.limits.connect_timeout.max(1));
+                state.by = Some(Instant::now() + Duration::from_secs(within));
+                Ok(challenge)
+            }
+            None => Err(Violation {
+                reason: reason::BAD_AUTHENTICATION_METHOD,
+                why: "re-authentication continued by no plugin",
+            }),
+        },
+        pt::AuthDecision::Ignore => {
+            let info = ConnectInfo {
+                client_id: &origin.client_id,
+                username: origin.username.as_deref(),
+                password: None,
+                peer: origin.peer,
+                version: client.version,
+                auth_method: Some(&method),
+                auth_data: a.properties.authentication_data.as_ref(),
+            };
+            match broker.auth.authenticate(&info) {
+                AuthDecision::Allow { .. } => Ok(auth_packet(reason::SUCCESS, &method, None)),
+                AuthDecision::Deny { reason } => Err(refused(reason)),
+                AuthDecision::Continue { .. } => Err(Violation {
+                    reason: reason::BAD_AUTHENTICATION_METHOD,
+                    why: "authentication method not supported",
+                }),
+            }
         }
     }
 }

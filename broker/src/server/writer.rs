@@ -12,22 +12,12 @@ use midge_protocol::{encode, encoded_len, Ack, Packet, Publish, QoS, Version};
 use super::idle;
 use crate::broker::Broker;
 use crate::events::{DropReason, Event};
-use crate::session::proto::{self, TopicAliasesOut};
+use crate::session::proto::{self, ClientLimits, TopicAliasesOut};
 use crate::session::{Delivery, Inflight, Session, Stage};
 use crate::store::Op;
 
 /// Most items taken from the session per write.
 const BATCH: usize = 512;
-
-/// What the client told us it can take.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientLimits {
-    pub version: Version,
-    pub max_packet_size: usize,
-    pub topic_alias_max: u16,
-    pub window: usize,
-    pub problem_info: bool,
-}
 
 // Short-lived batch items; boxing the packet would cost an allocation each.
 #[allow(clippy::large_enum_variant)]

@@ -21,6 +21,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::message::Message;
 pub use crate::records::{Delivery, Stage, SubscriptionRecord};
 use crate::store::{Op, SessionRecord, Store};
+use proto::{PubRec, Qos2Arrival};
 
 /// Queue-full policy for per-session queues.
 #[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq, Eq)]
@@ -251,6 +252,138 @@ impl Session {
         self.state.lock().control.push_back(p);
         self.notify.notify_one();
     }
+
+    // The client's acknowledgements and QoS 2 arrivals: the session core's
+    // rules (proto.rs) applied to this session's state, with the store ops
+    // they call for. Each takes the lock once and returns what the
+    // connection does next (the ack to send, the store ticket it waits for).
+
+    /// PUBACK from the client: the QoS 1 delivery it acknowledges leaves the
+    /// window (and the store: a lost delete only means a duplicate resend,
+    /// so no ticket to wait for), and the writer is woken for the freed
+    /// slot. `None`: no QoS 1 message in flight with that id (ignored).
+    pub fn puback(&self, packet_id: u16) -> Option<Delivery> {
+        let mut st = self.state.lock();
+        let done = proto::puback(&mut st.inflight, packet_id)?;
+        self.forget(done.delivery.seq);
+        drop(st);
+        self.notify.notify_one();
+        Some(done.delivery)
+    }
+
+    /// PUBREC from the client with `reason`: the PUBREL to answer (its
+    /// reason code; 0x92 for an unknown id) and the store ticket it must
+    /// wait for (the stage `Released`, durable before PUBREL: after a
+    /// restart PUBREL is resent, never the PUBLISH). `None`: the client
+    /// refused the message, which left the window; no PUBREL.
+    pub fn pubrec(&self, packet_id: u16, reason: u8) -> Option<(u8, u64)> {
+        let mut st = self.state.lock();
+        match proto::pubrec(&mut st.inflight, packet_id, reason) {
+            PubRec::Refused { seq } => {
+                self.forget(seq);
+                drop(st);
+                self.notify.notify_one();
+                None
+            }
+            PubRec::Release { seq } => {
+                let ticket = if seq != 0 {
+                    let op = Op::Inflight(self.client_id.clone(), seq, packet_id, Stage::Released);
+                    self.store_op(op)
+                } else {
+                    0
+                };
+                Some((midge_protocol::reason::SUCCESS, ticket))
+            }
+            PubRec::Unknown => Some((midge_protocol::reason::PACKET_IDENTIFIER_NOT_FOUND, 0)),
+        }
+    }
+
+    /// PUBCOMP from the client: the released QoS 2 delivery leaves the
+    /// window (as for PUBACK). `None`: no released message with that id.
+    pub fn pubcomp(&self, packet_id: u16) -> Option<Delivery> {
+        let mut st = self.state.lock();
+        let done = proto::pubcomp(&mut st.inflight, packet_id)?;
+        self.forget(done.delivery.seq);
+        drop(st);
+        self.notify.notify_one();
+        Some(done.delivery)
+    }
+
+    /// PUBREL from the client: was the QoS 2 id awaiting it, and the store
+    /// ticket PUBCOMP waits for (PUBCOMP frees the id for reuse, so the
+    /// release must be durable first).
+    pub fn pubrel(&self, packet_id: u16) -> (bool, u64) {
+        let mut st = self.state.lock();
+        let known = st.incoming_qos2.remove(&packet_id);
+        let ticket = if known && st.persist {
+            self.store_op(Op::DelQos2(self.client_id.clone(), packet_id))
+        } else {
+            0
+        };
+        (known, ticket)
+    }
+
+    /// A QoS 2 PUBLISH from the client with `packet_id`, decided
+    /// (`accepted`: not refused by authorization or a plugin). A fresh id is
+    /// recorded (stored, for a persistent session) until its PUBREL; a
+    /// refused one is not kept, nothing will await its PUBREL. Returns the
+    /// arrival and the store ticket PUBREC waits for.
+    pub fn qos2_arrived(
+        &self,
+        packet_id: u16,
+        receive_maximum: u16,
+        accepted: bool,
+    ) -> (Qos2Arrival, u64) {
+        let mut st = self.state.lock();
+        let arrival = proto::qos2_arrived(&mut st.incoming_qos2, packet_id, receive_maximum);
+        let mut ticket = 0;
+        if arrival == Qos2Arrival::Fresh {
+            if !accepted {
+                st.incoming_qos2.remove(&packet_id);
+            } else if st.persist {
+                ticket = self.store_op(Op::PutQos2(self.client_id.clone(), packet_id));
+            }
+        }
+        (arrival, ticket)
+    }
+
+    /// Hands the connection's acks to the writer's control queue (no
+    /// notify: the caller is the connection that writes them). Returns how
+    /// many control packets the session holds now.
+    pub fn push_control(&self, acks: &mut Vec<Packet>) -> usize {
+        let mut st = self.state.lock();
+        st.control.extend(acks.drain(..));
+        st.control.len()
+    }
+
+    /// How many control packets wait for the writer.
+    pub fn control_len(&self) -> usize {
+        self.state.lock().control.len()
+    }
+
+    /// Would subscribing to `filter` (not a replacement of an existing
+    /// subscription) go over `max` subscriptions (0: no maximum)?
+    pub fn over_subscription_limit(&self, filter: &str, max: usize) -> bool {
+        if max == 0 {
+            return false;
+        }
+        let st = self.state.lock();
+        st.subscriptions.len() >= max && !st.subscriptions.contains_key(filter)
+    }
+
+    /// A DISCONNECT's Session Expiry Interval, at most `max`: a session that
+    /// CONNECT gave none (0) cannot be given one now (a Protocol Error,
+    /// MQTT-3.14.2-2).
+    pub fn expiry_at_disconnect(&self, new: u32, max: u32) -> Result<(), proto::Violation> {
+        let mut st = self.state.lock();
+        if st.expiry_interval == 0 && new != 0 {
+            return Err(proto::Violation::protocol(
+                "session expiry set in DISCONNECT after 0 in CONNECT",
+            ));
+        }
+        st.expiry_interval = new.min(max);
+        Ok(())
+    }
 }
 
 impl SessionState {
@@ -319,5 +452,155 @@ impl SessionState {
             }
         });
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use midge_protocol::{reason, ByteStr, Properties};
+
+    use super::*;
+
+    fn delivery(qos: QoS, seq: u64) -> Delivery {
+        let msg = Message::new(
+            ByteStr::from("t"),
+            Bytes::new(),
+            qos,
+            false,
+            Properties::default(),
+        );
+        Delivery {
+            msg: Arc::new(msg),
+            qos,
+            retain: false,
+            sub_ids: Default::default(),
+            shared: None,
+            seq,
+        }
+    }
+
+    /// A session with QoS 1 id 1 and QoS 2 id 2 in flight.
+    fn session() -> Session {
+        let s = Session::new("c".into(), 0, None);
+        {
+            let mut st = s.state.lock();
+            for (packet_id, qos) in [(1, QoS::AtLeastOnce), (2, QoS::ExactlyOnce)] {
+                st.inflight.push_back(Inflight {
+                    packet_id,
+                    delivery: delivery(qos, 0),
+                    stage: Stage::Published,
+                });
+            }
+        }
+        s
+    }
+
+    fn inflight_ids(s: &Session) -> Vec<u16> {
+        s.state
+            .lock()
+            .inflight
+            .iter()
+            .map(|i| i.packet_id)
+            .collect()
+    }
+
+    #[test]
+    fn puback_takes_the_qos1_delivery_out_of_the_window() {
+        let s = session();
+        assert!(s.puback(2).is_none(), "a QoS 2 id is not PUBACKed");
+        assert!(s.puback(9).is_none());
+        assert_eq!(s.puback(1).map(|d| d.qos), Some(QoS::AtLeastOnce));
+        assert_eq!(inflight_ids(&s), [2]);
+        assert!(s.puback(1).is_none(), "a second PUBACK is ignored");
+    }
+
+    #[test]
+    fn pubrec_releases_then_pubcomp_completes() {
+        let s = session();
+        assert!(s.pubcomp(2).is_none(), "PUBCOMP before PUBREC is ignored");
+        assert_eq!(s.pubrec(2, reason::SUCCESS), Some((reason::SUCCESS, 0)));
+        assert_eq!(s.state.lock().inflight[1].stage, Stage::Released);
+        assert_eq!(s.pubcomp(2).map(|d| d.qos), Some(QoS::ExactlyOnce));
+        assert_eq!(inflight_ids(&s), [1]);
+    }
+
+    #[test]
+    fn pubrec_unknown_is_answered_0x92_and_a_refusal_drops_the_message() {
+        let s = session();
+        assert_eq!(
+            s.pubrec(9, 0),
+            Some((reason::PACKET_IDENTIFIER_NOT_FOUND, 0))
+        );
+        assert_eq!(
+            s.pubrec(1, 0),
+            Some((reason::PACKET_IDENTIFIER_NOT_FOUND, 0))
+        );
+        assert_eq!(s.pubrec(2, reason::UNSPECIFIED_ERROR), None);
+        assert_eq!(inflight_ids(&s), [1]);
+    }
+
+    #[test]
+    fn qos2_arrival_then_pubrel_frees_the_id_for_reuse() {
+        let s = session();
+        assert_eq!(s.qos2_arrived(7, 2, true).0, Qos2Arrival::Fresh);
+        assert_eq!(s.qos2_arrived(7, 2, true).0, Qos2Arrival::Duplicate);
+        assert_eq!(s.pubrel(7), (true, 0));
+        assert_eq!(s.pubrel(7), (false, 0), "a second PUBREL: unknown id");
+        assert_eq!(s.qos2_arrived(7, 2, true).0, Qos2Arrival::Fresh, "reused");
+    }
+
+    #[test]
+    fn qos2_over_receive_maximum_and_a_refused_arrival_is_not_kept() {
+        let s = session();
+        assert_eq!(s.qos2_arrived(1, 1, true).0, Qos2Arrival::Fresh);
+        assert_eq!(
+            s.qos2_arrived(2, 1, true).0,
+            Qos2Arrival::OverReceiveMaximum
+        );
+        assert_eq!(s.pubrel(1), (true, 0));
+        assert_eq!(s.qos2_arrived(3, 1, false).0, Qos2Arrival::Fresh);
+        assert!(
+            s.state.lock().incoming_qos2.is_empty(),
+            "refused: nothing awaits PUBREL"
+        );
+    }
+
+    #[test]
+    fn control_packets_are_handed_over_and_counted() {
+        let s = session();
+        let mut acks = vec![Packet::PingResp, Packet::PingResp];
+        assert_eq!(s.push_control(&mut acks), 2);
+        assert!(acks.is_empty());
+        assert_eq!(s.control_len(), 2);
+    }
+
+    #[test]
+    fn subscription_limit_counts_new_filters_only() {
+        let s = session();
+        assert!(!s.over_subscription_limit("a", 0), "0: no limit");
+        s.state.lock().subscriptions.insert(
+            "a".into(),
+            SubscriptionRecord {
+                opts: midge_protocol::SubOptions::qos(QoS::AtMostOnce),
+                id: None,
+            },
+        );
+        assert!(s.over_subscription_limit("b", 1));
+        assert!(!s.over_subscription_limit("a", 1), "a replacement");
+        assert!(!s.over_subscription_limit("b", 2));
+    }
+
+    #[test]
+    fn expiry_at_disconnect_is_capped_and_cannot_start_from_zero() {
+        let s = session(); // CONNECT gave 0
+        assert!(s.expiry_at_disconnect(0, 100).is_ok());
+        assert_eq!(
+            s.expiry_at_disconnect(10, 100).unwrap_err().reason,
+            reason::PROTOCOL_ERROR
+        );
+        s.state.lock().expiry_interval = 50;
+        assert!(s.expiry_at_disconnect(500, 100).is_ok());
+        assert_eq!(s.state.lock().expiry_interval, 100);
     }
 }

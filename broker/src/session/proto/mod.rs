@@ -6,13 +6,13 @@
 //! events, the acks it sends); the decision itself is made here, and each
 //! rule has a unit test below.
 //!
-//! So far (issue 21 is moving the rules here one at a time): keep-alive and
+//! So far (issue 21 is moving the rules here one at a time): CONNECT
+//! negotiation (connect.rs: `accept`), keep-alive and
 //! session-expiry negotiation, the keep-alive deadline, what a client's
 //! PUBLISH must not carry, inbound topic aliases, inbound QoS 2 (packet-id reuse, receive maximum, PUBREL) and the
 //! outbound acknowledgements (PUBACK, PUBREC, PUBCOMP against the inflight
 //! window), outbound topic aliases, fitting server packets to the client's
-//! Maximum Packet Size. Still in the connection: CONNECT
-//! checks, the inflight window (server/writer.rs), SUBSCRIBE / UNSUBSCRIBE.
+//! Maximum Packet Size. Still in the connection: the inflight window (server/writer.rs), SUBSCRIBE / UNSUBSCRIBE.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -20,6 +20,9 @@ use std::time::Duration;
 use midge_protocol::{encoded_len, reason, ByteStr, Packet, Properties, QoS, Version};
 
 use super::{Inflight, Stage};
+
+mod connect;
+pub use connect::{accept, Accepted, ClientLimits, Offer, Refused};
 
 /// A rule broken by the client: the connection ends with `reason`
 /// (DISCONNECT for 5.0, a plain close for 3.1.1).
