@@ -39,10 +39,14 @@ pub(super) struct Established {
     pub(super) meta: ConnectFlags,
     /// The session expiry granted.
     pub(super) expiry: u32,
+    pub(super) inbound: Inbound,
+}
+
+/// The accepted connection's terms, for its loop to set itself up with.
+pub(super) struct Terms {
     /// Keep alive in force (seconds; 0: none).
     pub(super) keep_alive: u16,
     pub(super) limits: ClientLimits,
-    pub(super) inbound: Inbound,
 }
 
 /// What the server offers every client, from `[mqtt]`.
@@ -72,7 +76,7 @@ pub(super) async fn establish<R, W>(
     peer: SocketAddr,
     io: &mut Io<R, W>,
     deadline: Instant,
-) -> Option<Established>
+) -> Option<(Established, Terms)>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -135,7 +139,7 @@ where
         attributes: &authenticated.attributes,
         connected_at_ms: crate::message::now_ms(),
     });
-    Some(Established {
+    let established = Established {
         broker,
         session,
         conn_id: attached.conn_id,
@@ -143,10 +147,13 @@ where
         will,
         meta,
         expiry: accepted.expiry,
+        inbound,
+    };
+    let terms = Terms {
         keep_alive: accepted.keep_alive,
         limits: accepted.limits,
-        inbound,
-    })
+    };
+    Some((established, terms))
 }
 
 /// Refuses the CONNECT: counted, its event raised, CONNACK with the reason.

@@ -16,9 +16,10 @@ use tracing::{debug, info, warn};
 
 use super::super::writer::Output;
 use super::super::{handshake, idle, span};
-use super::establish::Established;
+use super::establish::{Established, Terms};
 use super::{received, End, Io};
 use crate::events::Event;
+use crate::session::PendingWill;
 
 /// Largest read buffer reservation for a busy connection.
 const READ_CHUNK: usize = 64 * 1024;
@@ -33,9 +34,26 @@ const STALLED_MAX: Duration = Duration::from_secs(60);
 /// Most PUBLISHes handed to the on-publish plugins in one batch.
 const PUBLISH_BATCH_MAX: usize = 64;
 
+/// What woke a waiting connection.
+enum Woke {
+    /// The read finished (`None`: its deadline passed first).
+    Read(Option<std::io::Result<usize>>),
+    Wrote(std::io::Result<usize>),
+    /// The session has something for the client.
+    Notified,
+    /// The rules lane this client was held back for has room again.
+    LaneSpace,
+    /// Held back, and the client read nothing for too long.
+    Stalled,
+    /// Taken over or kicked, with this DISCONNECT reason.
+    Kicked(u8),
+}
+
 /// A connection between its CONNACK and its end.
-pub(super) struct Live<R, W> {
-    io: Io<R, W>,
+pub(super) struct Live<'a, R, W> {
+    /// The stream, owned by the connection's task (not moved here: the
+    /// task's future would keep room for it twice).
+    io: &'a mut Io<R, W>,
     conn: Established,
     output: Output,
     /// Collect from the session (deliveries, acks, a freed inflight slot).
@@ -59,12 +77,12 @@ pub(super) struct Live<R, W> {
     publishes: Vec<Publish>,
 }
 
-impl<R, W> Live<R, W>
+impl<'a, R, W> Live<'a, R, W>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    pub(super) fn new(conn: Established, mut io: Io<R, W>) -> Self {
+    pub(super) fn new(conn: Established, terms: Terms, io: &'a mut Io<R, W>) -> Self {
         let broker = &conn.broker;
         let batch_publishes = broker
             .plugins()
@@ -76,13 +94,13 @@ where
         }
         Live {
             io,
-            output: Output::new(conn.limits),
+            output: Output::new(terms.limits),
             // Collect from the session on the first pass (resends after a reconnect).
             collect: true,
             write_failed: false,
             backlog: 0,
             rules_hold: None,
-            keep_alive: crate::session::proto::keep_alive_deadline(conn.keep_alive),
+            keep_alive: crate::session::proto::keep_alive_deadline(terms.keep_alive),
             max_in,
             chunk: idle::READ_MIN,
             quiet: false,
@@ -215,96 +233,133 @@ where
     }
 
     /// Waits for the next thing to do: bytes read, bytes written, a wake-up
-    /// from the session, room in a rules lane, a deadline, a kick.
-    /// `Some(End)`: the connection ends.
+    /// from the session, room in a rules lane, a deadline, a kick; then
+    /// does it (`woke`). `Some(End)`: the connection ends.
     async fn wait(&mut self) -> Option<End> {
         let reading = self.backlog < CONTROL_BACKLOG_MAX && self.rules_hold.is_none();
         let (held, q) = self.release_idle();
-        let Live {
-            io: Io { rd, wr, buf },
-            conn,
-            output,
-            collect,
-            write_failed,
-            backlog,
-            rules_hold,
-            keep_alive,
-            chunk,
-            quiet,
-            active,
-            ..
-        } = self;
+        let ka_by = self.keep_alive_by();
+        let buf = &mut self.io.buf;
         // Busy connections grow the read buffer (up to READ_CHUNK) each
         // time a read fills it.
-        if buf.capacity() - buf.len() < *chunk / 2 {
-            buf.reserve(*chunk);
+        if buf.capacity() - buf.len() < self.chunk / 2 {
+            buf.reserve(self.chunk);
         }
         let spare = buf.capacity() - buf.len();
         // The read waits at most until the keep-alive, a pending
         // re-authentication or (holding buffers, or after activity: the
         // span goes too) the idle deadline.
-        let reauth_by = conn.inbound.reauth.by;
-        let ka_by = keep_alive.map(|ka| *active + ka);
         let release = held || !q;
         let until = [
             ka_by,
-            reauth_by,
+            self.conn.inbound.reauth.by,
             release.then(|| Instant::now() + idle::RELEASE_AFTER),
         ]
         .into_iter()
         .flatten()
         .min();
+        // Only what the futures below borrow lives across the wait; what
+        // woke the connection is handled by `woke`, with all of it.
+        let rd = &mut self.io.rd;
         let read = async {
             match until {
                 Some(t) => tokio::time::timeout_at(t, rd.read_buf(buf)).await.ok(),
                 None => Some(rd.read_buf(buf).await),
             }
         };
-        let broker = &conn.broker;
-        let session = &conn.session;
-        let stall = keep_alive.unwrap_or(STALLED_MAX);
-        tokio::select! {
-            r = read, if reading => match r {
-                None if reauth_by.is_some_and(|t| Instant::now() >= t) => {
-                    info!("re-authentication not completed within connect_timeout");
-                    return Some(End::Server { reason: reason::NOT_AUTHORIZED, why: "re-authentication not completed in time" });
-                }
-                None if ka_by.is_none_or(|t| Instant::now() < t) => *quiet = true,
-                None => return Some(End::Server { reason: reason::KEEP_ALIVE_TIMEOUT, why: "keep alive timeout" }),
-                Some(Ok(0)) => return Some(End::Lost("closed by peer")),
-                Some(Ok(n)) => {
-                    broker.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-                    if n == spare {
-                        *chunk = (*chunk * 2).min(READ_CHUNK);
-                    }
-                }
-                Some(Err(_)) => return Some(End::Lost("read error")),
-            },
-            w = wr.write(output.unwritten()), if output.pending() => match w {
-                Ok(n) if n > 0 => output.advance(broker, n),
-                _ => {
-                    *write_failed = true;
-                    return Some(End::Lost("write failed"));
-                }
-            },
+        let output = &self.output;
+        let conn = &mut self.conn;
+        let rules_hold = self.rules_hold;
+        let stall = self.keep_alive.unwrap_or(STALLED_MAX);
+        let woke = tokio::select! {
+            r = read, if reading => Woke::Read(r),
+            w = self.io.wr.write(output.unwritten()), if output.pending() => Woke::Wrote(w),
             // Deliveries, acks or a freed inflight slot for this client.
-            _ = session.notify.notified(), if !output.pending() => *collect = true,
+            _ = conn.session.notify.notified(), if !output.pending() => Woke::Notified,
             // Not reading while the client leaves its acks unread; every
             // write that makes progress starts this wait again.
             // Boxed: its timer and notification would otherwise enlarge
             // every connection's future, held or not.
             _ = async {
-                if let Some((lane, by)) = *rules_hold {
-                    Box::pin(broker.rules.lanes.space(lane, by)).await;
+                if let Some((lane, by)) = rules_hold {
+                    Box::pin(conn.broker.rules.lanes.space(lane, by)).await;
                 }
-            }, if rules_hold.is_some() => *rules_hold = None,
-            _ = tokio::time::sleep(stall), if !reading && rules_hold.is_none() => {
-                warn!(backlog = *backlog, "client does not read its acknowledgements; closing");
-                return Some(End::Server { reason: reason::KEEP_ALIVE_TIMEOUT, why: "client stopped reading its acknowledgements" });
+            }, if rules_hold.is_some() => Woke::LaneSpace,
+            _ = tokio::time::sleep(stall), if !reading && rules_hold.is_none() => Woke::Stalled,
+            k = &mut conn.kicked => Woke::Kicked(k.unwrap_or(reason::SESSION_TAKEN_OVER)),
+        };
+        self.woke(woke, spare)
+    }
+
+    /// When the client must have sent something (its keep alive counted
+    /// from the last activity).
+    fn keep_alive_by(&self) -> Option<Instant> {
+        self.keep_alive.map(|ka| self.active + ka)
+    }
+
+    /// Does what woke the connection (`spare`: the read buffer's room
+    /// before the read). `Some(End)`: the connection ends.
+    fn woke(&mut self, woke: Woke, spare: usize) -> Option<End> {
+        match woke {
+            Woke::Read(r) => match r {
+                None if self
+                    .conn
+                    .inbound
+                    .reauth
+                    .by
+                    .is_some_and(|t| Instant::now() >= t) =>
+                {
+                    info!("re-authentication not completed within connect_timeout");
+                    return Some(End::Server {
+                        reason: reason::NOT_AUTHORIZED,
+                        why: "re-authentication not completed in time",
+                    });
+                }
+                None if self.keep_alive_by().is_none_or(|t| Instant::now() < t) => {
+                    self.quiet = true
+                }
+                None => {
+                    return Some(End::Server {
+                        reason: reason::KEEP_ALIVE_TIMEOUT,
+                        why: "keep alive timeout",
+                    })
+                }
+                Some(Ok(0)) => return Some(End::Lost("closed by peer")),
+                Some(Ok(n)) => {
+                    let stats = &self.conn.broker.stats;
+                    stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                    if n == spare {
+                        self.chunk = (self.chunk * 2).min(READ_CHUNK);
+                    }
+                }
+                Some(Err(_)) => return Some(End::Lost("read error")),
+            },
+            Woke::Wrote(w) => match w {
+                Ok(n) if n > 0 => self.output.advance(&self.conn.broker, n),
+                _ => {
+                    self.write_failed = true;
+                    return Some(End::Lost("write failed"));
+                }
+            },
+            Woke::Notified => self.collect = true,
+            Woke::LaneSpace => self.rules_hold = None,
+            Woke::Stalled => {
+                warn!(
+                    backlog = self.backlog,
+                    "client does not read its acknowledgements; closing"
+                );
+                return Some(End::Server {
+                    reason: reason::KEEP_ALIVE_TIMEOUT,
+                    why: "client stopped reading its acknowledgements",
+                });
             }
-            k = &mut conn.kicked => {
-                let reason = k.unwrap_or(reason::SESSION_TAKEN_OVER);
-                return Some(End::Server { reason, why: if reason == reason::SESSION_TAKEN_OVER { "session taken over" } else { "closed by the server" } });
+            Woke::Kicked(reason) => {
+                let why = if reason == reason::SESSION_TAKEN_OVER {
+                    "session taken over"
+                } else {
+                    "closed by the server"
+                };
+                return Some(End::Server { reason, why });
             }
         }
         None
@@ -334,33 +389,45 @@ where
     /// (a 5.0 DISCONNECT when the server ends it) written, the session
     /// detached (the will kept or dropped), the `Disconnected` event, and a
     /// lingering close when the server ended it (see handshake::linger).
-    pub(super) async fn close(mut self, end: End) {
+    pub(super) async fn close(&mut self, end: End) {
+        Box::pin(self.conn.inbound.flush_control()).await;
+        // The server ends it: a lingering close, so that a client still writing
+        // reads why (see handshake::linger).
+        let lingering = matches!(end, End::Server { .. });
+        let will = self.last_words(&end);
+        // What is still unwritten, the pending acks and the last packet.
+        let shut = !self.write_failed
+            && Box::pin(handshake::shut(&mut self.io.wr, self.output.unwritten())).await;
         let conn = &mut self.conn;
-        Box::pin(conn.inbound.flush_control()).await;
-        let disconnect_reason = match &end {
-            End::Client { .. } => "normal",
-            End::Server { reason: r, .. } if *r == reason::SESSION_TAKEN_OVER => "takenover",
-            End::Server { reason: r, .. } if *r == reason::KEEP_ALIVE_TIMEOUT => {
-                "keepalive_timeout"
-            }
-            End::Server { reason: r, .. }
-                if *r == reason::SERVER_SHUTTING_DOWN || *r == reason::ADMINISTRATIVE_ACTION =>
-            {
-                "kicked"
-            }
-            End::Server { .. } => "protocol_error",
-            End::Lost(_) => "sock_closed",
-        };
-        let (plugin_reason, description) = match &end {
+        conn.broker.detach(&conn.session, conn.conn_id, will);
+        let (code, description) = match &end {
             End::Client { reason } => (Some(*reason), "disconnected by the client"),
             End::Server { reason, why } => (Some(*reason), *why),
             End::Lost(why) => (None, *why),
         };
-        // The server ends it: a lingering close, so that a client still writing
-        // reads why (see handshake::linger).
-        let lingering = matches!(end, End::Server { .. });
+        conn.broker.emit(Event::Disconnected {
+            client: conn.inbound.client(),
+            connect: conn.meta,
+            expiry: conn.expiry,
+            reason: disconnect_reason(&end),
+            code,
+            description,
+            disconnected_at_ms: crate::message::now_ms(),
+        });
+        if shut && lingering {
+            Box::pin(handshake::linger(&mut self.io.rd)).await;
+        }
+    }
+
+    /// Logs how the connection ended, puts the last packets into the
+    /// output (a 5.0 DISCONNECT when the server ends it; nothing after a
+    /// failed write) and returns the will to keep (none after a normal
+    /// DISCONNECT). Not async: the last packet never lives in the
+    /// connection's future.
+    fn last_words(&mut self, end: &End) -> Option<PendingWill> {
+        let conn = &mut self.conn;
         let will = conn.will.take();
-        let (last, will) = match end {
+        let (last, will) = match *end {
             End::Client { reason } => {
                 let with_will = reason == reason::DISCONNECT_WITH_WILL;
                 info!(with_will, "disconnected");
@@ -381,23 +448,25 @@ where
                 (None, will)
             }
         };
-        // What is still unwritten, the pending acks and the last packet.
-        let shut = !self.write_failed && {
+        if !self.write_failed {
             self.output.finish(&conn.broker, &conn.session, last);
-            Box::pin(handshake::shut(&mut self.io.wr, self.output.unwritten())).await
-        };
-        conn.broker.detach(&conn.session, conn.conn_id, will);
-        conn.broker.emit(Event::Disconnected {
-            client: conn.inbound.client(),
-            connect: conn.meta,
-            expiry: conn.expiry,
-            reason: disconnect_reason,
-            code: plugin_reason,
-            description,
-            disconnected_at_ms: crate::message::now_ms(),
-        });
-        if shut && lingering {
-            Box::pin(handshake::linger(&mut self.io.rd)).await;
         }
+        will
+    }
+}
+
+/// How the connection ended, as the `Disconnected` event's reason says it.
+fn disconnect_reason(end: &End) -> &'static str {
+    match end {
+        End::Client { .. } => "normal",
+        End::Server { reason: r, .. } if *r == reason::SESSION_TAKEN_OVER => "takenover",
+        End::Server { reason: r, .. } if *r == reason::KEEP_ALIVE_TIMEOUT => "keepalive_timeout",
+        End::Server { reason: r, .. }
+            if *r == reason::SERVER_SHUTTING_DOWN || *r == reason::ADMINISTRATIVE_ACTION =>
+        {
+            "kicked"
+        }
+        End::Server { .. } => "protocol_error",
+        End::Lost(_) => "sock_closed",
     }
 }

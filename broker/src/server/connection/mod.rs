@@ -105,7 +105,7 @@ where
     // it everything the handshake needed (what an idle connection keeps is
     // only `run`'s state).
     let slot = info.slot.take();
-    let task = run(broker, connect, peer, rd, wr, buf, info.deadline);
+    let task = run(broker, connect, peer, Io { rd, wr, buf }, info.deadline);
     let task = InConnSpan::new(task, id, peer, info.listener.name()).map(move |()| drop(slot));
     // What every connection's task holds, idle or not (docs/BENCHMARKS.md).
     debug!(%peer, future_bytes = std::mem::size_of_val(&task), "connection task");
@@ -133,19 +133,17 @@ async fn run<R, W>(
     broker: Arc<Broker>,
     c: Box<Connect>,
     peer: SocketAddr,
-    rd: R,
-    wr: W,
-    buf: BytesMut,
+    mut io: Io<R, W>,
     deadline: Instant,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut io = Io { rd, wr, buf };
-    let Some(established) = establish::establish(broker, c, peer, &mut io, deadline).await else {
+    let Some((established, terms)) = establish::establish(broker, c, peer, &mut io, deadline).await
+    else {
         return;
     };
-    let mut conn = live::Live::new(established, io);
+    let mut conn = live::Live::new(established, terms, &mut io);
     let end = conn.serve().await;
     conn.close(end).await;
 }
