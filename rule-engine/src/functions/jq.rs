@@ -17,9 +17,25 @@
 //! `TimeoutMs` argument, [`DEFAULT_TIMEOUT`] by default, at most
 //! [`MAX_TIMEOUT`]) and how deep the evaluation has gone into the stack
 //! ([`MAX_STACK`]), and fails the program when one runs out. Every loop in
-//! jq is a recursive definition or a `range`, so every loop ticks.
-//! What it does not bound: the memory of a single value built in few steps
-//! (a string doubled thirty times is a gigabyte); see FUNCTIONS.md.
+//! jq is a recursive definition or a `range`, so every loop ticks; so does
+//! every output of an iteration that is not a definition: `.[]` (and every
+//! other path with an iteration), `..`, each element a `reduce` / `foreach`
+//! takes and each element an array construction `[f]` collects.
+//!
+//! **Memory.** A value can grow far faster than the steps that build it: a
+//! string doubled forty times is a terabyte, `"x" * 1e11` one allocation of
+//! 100 GB, and `[., .]` forty times a shared structure that `tojson`
+//! expands to 2^40 elements. An allocation that fails aborts the process, so
+//! sizes are checked *before* they can explode: every value the program
+//! builds (array and object constructions, string interpolation, arithmetic,
+//! the result of every native function) passes `_sized`, which counts its
+//! units (1 per scalar or container, plus 1 per 8 bytes of text) and fails
+//! the program past [`MAX_VALUE_UNITS`] for one value or [`MAX_CALL_UNITS`]
+//! counted in the call; `l * r` goes through `_mul`, which refuses a string
+//! repetition too large before allocating it, and `l += r` / `l *= r` are
+//! rewritten as jq defines them (`r as $x | l |= . + $x`) so that they are
+//! checked too. As every input of an operation was checked, one operation's
+//! result is at most about twice the limit before it is checked itself.
 //!
 //! Left out, for the sandbox: `env` / `$ENV` (the broker's environment;
 //! rules read `getenv`), `input` / `inputs`, `halt`, `halt_error` (they would
@@ -31,8 +47,9 @@ use std::time::{Duration, Instant};
 use jaq_core::box_iter::box_once;
 use jaq_core::compile::Lut;
 use jaq_core::load::lex::StrPart;
-use jaq_core::load::parse::{Def, Pattern, Term};
+use jaq_core::load::parse::{BinaryOp, Def, Pattern, Term};
 use jaq_core::load::{Arena, File, Loader};
+use jaq_core::ops::Math;
 use jaq_core::path::Part;
 use jaq_core::{Bind, Compiler, Ctx, Cv, Error, Exn, Native, RcIter, ValXs};
 use jaq_json::Val;
@@ -56,6 +73,12 @@ pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const MAX_STACK: usize = 512 * 1024;
 /// Outputs one call may produce.
 const MAX_OUTPUTS: usize = 100_000;
+/// Units one value may have: 1 per scalar or container, plus 1 per 8 bytes
+/// of text (so 8 MiB of text, or about a million elements).
+pub(crate) const MAX_VALUE_UNITS: u64 = 1 << 20;
+/// Units one call may count over all the values it checks (the input
+/// included); counting also bounds the time spent checking.
+pub(crate) const MAX_CALL_UNITS: u64 = 16 << 20;
 
 /// A compiled jq program (`Send + Sync`: no values inside).
 pub(crate) struct Program {
@@ -71,6 +94,7 @@ impl std::fmt::Debug for Program {
 /// The budget of the call running on this thread.
 struct Budget {
     steps: Cell<u64>,
+    units: Cell<u64>,
     deadline: Cell<Option<Instant>>,
     stack_base: Cell<usize>,
     exhausted: Cell<Option<&'static str>>,
@@ -80,6 +104,7 @@ thread_local! {
     static BUDGET: Budget = const {
         Budget {
             steps: Cell::new(0),
+            units: Cell::new(0),
             deadline: Cell::new(None),
             stack_base: Cell::new(0),
             exhausted: Cell::new(None),
@@ -125,6 +150,97 @@ fn tick<'a>(_: &'a Lut<Native<Val>>, cv: Cv<'a, Val>) -> ValXs<'a, Val> {
     }
 }
 
+/// Counts `v`'s units against the budget: `Err` past one of the limits.
+/// Walks with a stack of its own (no recursion: values can nest deeply) and
+/// stops as soon as a limit is passed, so a huge shared structure costs no
+/// more than the limit to look at.
+fn charge(v: &Val) -> Result<(), &'static str> {
+    let mut n: u64 = 0;
+    let mut stack: Vec<&Val> = vec![v];
+    while let Some(v) = stack.pop() {
+        n += 1;
+        match v {
+            Val::Str(s) | Val::Num(s) => n += s.len() as u64 / 8,
+            Val::Arr(a) => stack.extend(a.iter()),
+            Val::Obj(o) => {
+                for (k, x) in o.iter() {
+                    n += 1 + k.len() as u64 / 8;
+                    stack.push(x);
+                }
+            }
+            Val::Null | Val::Bool(_) | Val::Int(_) | Val::Float(_) => {}
+        }
+        if n > MAX_VALUE_UNITS {
+            break;
+        }
+    }
+    BUDGET.with(|b| {
+        let total = b.units.get().saturating_add(n);
+        b.units.set(total);
+        let why = if n > MAX_VALUE_UNITS {
+            Some("budget exhausted (a value larger than 8 MiB of text or a million elements)")
+        } else if total > MAX_CALL_UNITS {
+            Some("budget exhausted (more than 128 MiB of values built in one call)")
+        } else {
+            None
+        };
+        match why {
+            Some(w) => {
+                b.exhausted.set(Some(w));
+                Err(w)
+            }
+            None => Ok(()),
+        }
+    })
+}
+
+fn exhausted<'a>(why: &str) -> ValXs<'a, Val> {
+    box_once(Err(Exn::from(Error::str(format!("jq: {why}")))))
+}
+
+/// The native `_sized` filter: passes its input on once its size is
+/// counted, or fails (see the module doc).
+fn sized<'a>(_: &'a Lut<Native<Val>>, cv: Cv<'a, Val>) -> ValXs<'a, Val> {
+    match charge(&cv.1) {
+        Ok(()) => box_once(Ok(cv.1)),
+        Err(why) => exhausted(why),
+    }
+}
+
+/// A repetition count, when `v` is a number jq would repeat a string by.
+fn count(v: &Val) -> Option<u64> {
+    match v {
+        Val::Int(i) => u64::try_from(*i).ok(),
+        Val::Num(n) => n.parse::<u64>().ok(),
+        _ => None,
+    }
+}
+
+/// The native `_mul($a; $b)`: `$a * $b`, refusing a string repetition
+/// whose result would be over the limit before it is made.
+fn mul<'a>(_: &'a Lut<Native<Val>>, mut cv: Cv<'a, Val>) -> ValXs<'a, Val> {
+    let b = cv.0.pop_var();
+    let a = cv.0.pop_var();
+    let repeated = match (&a, &b) {
+        (Val::Str(s), n) | (n, Val::Str(s)) => count(n).map(|k| (s.len() as u64, k)),
+        _ => None,
+    };
+    if let Some((len, k)) = repeated {
+        if len.saturating_mul(k) / 8 > MAX_VALUE_UNITS {
+            let why = "budget exhausted (a value larger than 8 MiB of text or a million elements)";
+            BUDGET.with(|b| b.exhausted.set(Some(why)));
+            return exhausted(why);
+        }
+    }
+    match a * b {
+        Ok(v) => match charge(&v) {
+            Ok(()) => box_once(Ok(v)),
+            Err(why) => exhausted(why),
+        },
+        Err(e) => box_once(Err(Exn::from(e))),
+    }
+}
+
 /// What a denied native does instead (see the module doc).
 fn denied<'a>(_: &'a Lut<Native<Val>>, _: Cv<'a, Val>) -> ValXs<'a, Val> {
     box_once(Err(Exn::from(Error::str(
@@ -141,107 +257,171 @@ fn ticked(body: Term<&str>) -> Term<&str> {
     )
 }
 
-/// Makes every definition inside `t` tick.
-fn instrument(t: &mut Term<&str>) {
-    let each = |ts: &mut Vec<Term<&str>>| ts.iter_mut().for_each(instrument);
+/// `l | r`.
+fn pipe<'s>(l: Term<&'s str>, r: Term<&'s str>) -> Term<&'s str> {
+    Term::Pipe(Box::new(l), None, Box::new(r))
+}
+
+/// `t | name` in place of `t`.
+fn then(t: &mut Term<&str>, name: &'static str) {
+    let inner = std::mem::take(t);
+    *t = pipe(inner, Term::Call(name, Vec::new()));
+}
+
+/// The variable of the `l op= r` rewrite (not a name a program can write:
+/// jq variables are identifiers).
+const UPDATE_VAR: &str = "$__midge update";
+
+/// Makes every definition, iteration and constructed value inside `t` tick
+/// or be counted (see the module doc). `natives` are the names of the
+/// native functions, whose results are counted.
+fn instrument<'s>(t: &mut Term<&'s str>, natives: &Natives) {
+    let each = |ts: &mut Vec<Term<&'s str>>| ts.iter_mut().for_each(|x| instrument(x, natives));
     match t {
-        Term::Id | Term::Recurse | Term::Num(_) | Term::Var(_) | Term::Break(_) => {}
-        Term::Str(_, parts) => {
+        Term::Id | Term::Num(_) | Term::Var(_) | Term::Break(_) => {}
+        Term::Recurse => then(t, "_tick"),
+        Term::Str(fmt, parts) => {
+            let mut built = fmt.is_some();
             for p in parts {
                 if let StrPart::Term(x) = p {
-                    instrument(x);
+                    instrument(x, natives);
+                    built = true;
                 }
+            }
+            if built {
+                then(t, "_sized");
             }
         }
         Term::Arr(x) => {
             if let Some(x) = x {
-                instrument(x);
+                instrument(x, natives);
+                then(x, "_tick");
             }
+            then(t, "_sized");
         }
         Term::Obj(kvs) => {
             for (k, v) in kvs {
-                instrument(k);
+                instrument(k, natives);
                 if let Some(v) = v {
-                    instrument(v);
+                    instrument(v, natives);
                 }
             }
+            then(t, "_sized");
         }
-        Term::Neg(x) | Term::Label(_, x) => instrument(x),
+        Term::Neg(x) | Term::Label(_, x) => instrument(x, natives),
         Term::Pipe(l, pat, r) => {
-            instrument(l);
+            instrument(l, natives);
             if let Some(p) = pat {
-                instrument_pattern(p);
+                instrument_pattern(p, natives);
             }
-            instrument(r);
+            instrument(r, natives);
         }
-        Term::BinOp(l, _, r) => {
-            instrument(l);
-            instrument(r);
+        Term::BinOp(l, op, r) => {
+            instrument(l, natives);
+            instrument(r, natives);
+            match *op {
+                BinaryOp::Math(Math::Mul) => {
+                    let (l, r) = (std::mem::take(&mut **l), std::mem::take(&mut **r));
+                    *t = Term::Call("_times", vec![l, r]);
+                }
+                BinaryOp::Math(_) => then(t, "_sized"),
+                BinaryOp::UpdateMath(m) => {
+                    // `l op= r` is `r as $x | l |= . op $x` (jq's manual).
+                    let mut by = Term::BinOp(
+                        Box::new(Term::Id),
+                        BinaryOp::Math(m),
+                        Box::new(Term::Var(UPDATE_VAR)),
+                    );
+                    instrument(&mut by, natives);
+                    let (l, r) = (std::mem::take(&mut **l), std::mem::take(&mut **r));
+                    let update = Term::BinOp(Box::new(l), BinaryOp::Update, Box::new(by));
+                    *t = Term::Pipe(
+                        Box::new(r),
+                        Some(Pattern::Var(UPDATE_VAR)),
+                        Box::new(update),
+                    );
+                }
+                _ => {}
+            }
         }
         Term::Fold(_, x, pat, args) => {
-            instrument(x);
-            instrument_pattern(pat);
+            instrument(x, natives);
+            then(x, "_tick");
+            instrument_pattern(pat, natives);
             each(args);
         }
         Term::TryCatch(x, c) => {
-            instrument(x);
+            instrument(x, natives);
             if let Some(c) = c {
-                instrument(c);
+                instrument(c, natives);
             }
         }
         Term::IfThenElse(branches, els) => {
             for (c, b) in branches {
-                instrument(c);
-                instrument(b);
+                instrument(c, natives);
+                instrument(b, natives);
             }
             if let Some(e) = els {
-                instrument(e);
+                instrument(e, natives);
             }
         }
         Term::Def(defs, body) => {
             for d in defs.iter_mut() {
-                instrument_def(d);
+                instrument_def(d, natives);
             }
-            instrument(body);
+            instrument(body, natives);
         }
-        Term::Call(_, args) => each(args),
+        Term::Call(name, args) => {
+            each(args);
+            if natives.contains(*name) {
+                then(t, "_sized");
+            }
+        }
         Term::Path(x, path) => {
-            instrument(x);
+            instrument(x, natives);
+            let mut iterates = false;
             for (part, _) in path.0.iter_mut() {
                 match part {
-                    Part::Index(i) => instrument(i),
+                    Part::Index(i) => instrument(i, natives),
                     Part::Range(a, b) => {
+                        iterates |= a.is_none() && b.is_none();
                         if let Some(a) = a {
-                            instrument(a);
+                            instrument(a, natives);
                         }
                         if let Some(b) = b {
-                            instrument(b);
+                            instrument(b, natives);
                         }
                     }
                 }
             }
-        }
-    }
-}
-
-fn instrument_pattern(p: &mut Pattern<&str>) {
-    match p {
-        Pattern::Var(_) => {}
-        Pattern::Arr(ps) => ps.iter_mut().for_each(instrument_pattern),
-        Pattern::Obj(kvs) => {
-            for (k, v) in kvs {
-                instrument(k);
-                instrument_pattern(v);
+            if iterates {
+                then(t, "_tick");
             }
         }
     }
 }
 
-fn instrument_def(d: &mut Def<&str>) {
-    instrument(&mut d.body);
+fn instrument_pattern(p: &mut Pattern<&str>, natives: &Natives) {
+    match p {
+        Pattern::Var(_) => {}
+        Pattern::Arr(ps) => ps.iter_mut().for_each(|p| instrument_pattern(p, natives)),
+        Pattern::Obj(kvs) => {
+            for (k, v) in kvs {
+                instrument(k, natives);
+                instrument_pattern(v, natives);
+            }
+        }
+    }
+}
+
+fn instrument_def(d: &mut Def<&str>, natives: &Natives) {
+    instrument(&mut d.body, natives);
     let body = std::mem::take(&mut d.body);
     d.body = ticked(body);
 }
+
+/// Names of the native functions (from jaq-std and jaq-json).
+type Natives = std::collections::HashSet<&'static str>;
 
 /// Natives a rule may not call (see the module doc).
 const DENIED: &[&str] = &[
@@ -254,8 +434,10 @@ const DENIED: &[&str] = &[
     "stderr",
 ];
 
-/// `range/3` on top of the renamed native: every element ticks.
-const RANGE3: &str = "def range($from; $upto; $by): _range3($from; $upto; $by) | _tick;";
+/// `range/3` on top of the renamed native: every element ticks; and
+/// `l * r` as `_times(l; r)`, with jaq's order of the pairs (`l` outer).
+const PRELUDE: &str = "def range($from; $upto; $by): _range3($from; $upto; $by) | _tick; \
+                       def _times(f; g): f as $a | g as $b | _mul($a; $b);";
 
 /// Compiles `code` with the instrumented standard library.
 pub(crate) fn compile(code: &str) -> Result<Program, String> {
@@ -273,19 +455,23 @@ pub(crate) fn compile(code: &str) -> Result<Program, String> {
 
     let user = jaq_core::load::parse(code, |p| p.term())
         .ok_or_else(|| "jq: cannot parse the program".to_owned())?;
-    let range3 = jaq_core::load::parse(RANGE3, |p| p.defs()).unwrap_or_default();
-    let mut prelude: Vec<Def<&str>> = range3
+    let ours = jaq_core::load::parse(PRELUDE, |p| p.defs()).unwrap_or_default();
+    let natives: Natives = jaq_std::funs::<Val>()
+        .chain(jaq_json::funs())
+        .map(|(name, _, _)| name)
+        .filter(|name| *name != "range")
+        .collect();
+    let own = ours.len();
+    let mut prelude: Vec<Def<&str>> = ours
         .into_iter()
         .chain(jaq_std::defs())
         .chain(jaq_json::defs())
         .collect();
-    for d in &mut prelude {
-        if d.name != "range" || d.args.len() != 3 {
-            instrument_def(d);
-        }
+    for d in &mut prelude[own..] {
+        instrument_def(d, &natives);
     }
     let mut main = user;
-    instrument(&mut main);
+    instrument(&mut main, &natives);
     prelude.push(Def {
         name: "_main",
         args: Vec::new(),
@@ -312,11 +498,27 @@ pub(crate) fn compile(code: &str) -> Result<Program, String> {
                 (name, args, f)
             }
         })
-        .chain(std::iter::once((
-            "_tick",
-            Box::new([]) as Box<[Bind]>,
-            Native::new(tick),
-        )));
+        .chain([
+            (
+                "_tick",
+                Box::new([]) as Box<[Bind]>,
+                // In a path (`.[] |= f` once `.[]` ticks): the step, then
+                // the update of the value itself.
+                Native::new(tick).with_update(|_, cv, f| match step() {
+                    Ok(()) => f(cv.1),
+                    Err(why) => exhausted(why),
+                }),
+            ),
+            (
+                "_sized",
+                Box::new([]),
+                Native::new(sized).with_update(|_, cv, f| match charge(&cv.1) {
+                    Ok(()) => f(cv.1),
+                    Err(why) => exhausted(why),
+                }),
+            ),
+            ("_mul", jaq_std::v(2), Native::new(mul)),
+        ]);
     let filter = Compiler::default()
         .with_funs(natives)
         .compile(modules)
@@ -403,10 +605,14 @@ pub(crate) fn run(program: &Program, input: &Value, timeout: Duration) -> CallRe
     };
     BUDGET.with(|b| {
         b.steps.set(0);
+        b.units.set(0);
         b.deadline.set(Some(Instant::now() + timeout));
         b.stack_base.set(stack_position());
         b.exhausted.set(None);
     });
+    if let Err(why) = charge(&input) {
+        return Err(format!("jq: the input is too large: {why}"));
+    }
     let inputs = RcIter::new(core::iter::empty());
     let mut out = Vec::new();
     let mut failure = None;
@@ -495,6 +701,73 @@ mod tests {
         ] {
             let e = jq(code, "0").unwrap_err();
             assert!(e.contains("jq: budget exhausted"), "{code}: {e}");
+        }
+    }
+
+    /// Programs that build a value far faster than they take steps, or
+    /// iterate without calling a definition: each fails the rule with the
+    /// budget named, instead of aborting the broker on a failed allocation
+    /// or holding its thread past the timeout.
+    #[test]
+    fn values_that_explode_are_stopped_before_they_are_made() {
+        for (code, what) in [
+            (r#""x" * 100000000000"#, "larger than 8 MiB"),
+            (r#"100000000000 * "xy""#, "larger than 8 MiB"),
+            (r#"reduce range(40) as $i ("a"; . + .) | length"#, "larger than 8 MiB"),
+            (r#"reduce range(40) as $i ("a"; . += .) | length"#, "larger than 8 MiB"),
+            (r#"reduce range(40) as $i ("a"; "\(.)\(.)") | length"#, "larger than 8 MiB"),
+            (r#"reduce range(40) as $i ("a"; tojson) | length"#, "larger than 8 MiB"),
+            ("reduce range(40) as $i (0; [., .]) | tojson | length", "larger than 8 MiB"),
+            ("reduce range(40) as $i (0; {a: ., b: .}) | tojson | length", "larger than 8 MiB"),
+            ("reduce range(40) as $i ([0]; [.[], .[]]) | length", "budget exhausted"),
+            ("reduce range(40) as $i ([0]; . + .) | length", "budget exhausted"),
+            ("reduce range(30) as $i ([0]; [.[], .[]]) | [.[] | .] | length", "budget exhausted"),
+            ("[range(1000)] | [.[] as $a | .[] as $b | .[] | $a] | length", "budget exhausted"),
+            ("[range(1000)] as $r | ($r[] | $r[] | $r[] | empty), 1", "budget exhausted"),
+            ("[range(1000)] | reduce .[] as $a (0; reduce $a as $b (.; . + 1)) | [.., .., ..] | length", "ok"),
+            (
+                r#"[limit(100000; repeat("x" * 1000000))] | length"#,
+                "budget exhausted",
+            ),
+        ] {
+            let r = jq(code, "0");
+            if what == "ok" {
+                assert!(r.is_ok(), "{code}: {r:?}");
+                continue;
+            }
+            let e = r.unwrap_err();
+            assert!(e.contains("jq: budget exhausted") && e.contains(what), "{code}: {e}");
+        }
+    }
+
+    /// The rewrites keep jq's meaning: updates through iterations, `op=`,
+    /// multiplication of every kind, interpolation.
+    #[test]
+    fn the_rewrites_keep_the_meaning() {
+        for (code, input, out) in [
+            (".[] |= . + 1", "[1,2]", "[[2,3]]"),
+            (
+                ".a += 2 | .b *= 3",
+                r#"{"a":1,"b":2}"#,
+                r#"[{"a":3,"b":6}]"#,
+            ),
+            (".[] += 1", "[1,2]", "[[2,3]]"),
+            (
+                r#"("ab" * 3), (2 * 3), (1.5 * 2), ({"a":{"b":1}} * {"a":{"c":2}})"#,
+                "null",
+                r#"["ababab",6,3,{"a":{"b":1,"c":2}}]"#,
+            ),
+            (r#""ab" * 0"#, "null", "[null]"),
+            ("[(1,2) * (10,20)]", "null", "[[10,20,20,40]]"),
+            (r#""v=\(.a)""#, r#"{"a":1}"#, r#"["v=1"]"#),
+            ("[..] | length", r#"{"a":[1,2]}"#, "[4]"),
+            ("[paths]", r#"{"a":[1]}"#, r#"[[["a"],["a",0]]]"#),
+            ("reduce .[] as $x (0; . + $x)", "[1,2,3]", "[6]"),
+            ("[foreach .[] as $x (0; . + $x)]", "[1,2,3]", "[[1,3,6]]"),
+            ("to_entries | map(.value) | add", r#"{"a":1,"b":2}"#, "[3]"),
+        ] {
+            let v = jq(code, input).unwrap_or_else(|e| panic!("{code}: {e}"));
+            assert_eq!(v.to_json(), out, "{code}");
         }
     }
 
