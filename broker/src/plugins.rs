@@ -1,7 +1,7 @@
 //! Between the broker and the Wasm plugin host (`midge-plugin`): type
 //! conversions both ways, and the plugins' rule functions for the rule
-//! engine. The hooks are called from server/connection.rs (authorize,
-//! on-publish), server/enhanced_auth.rs and the reader (authenticate,
+//! engine. The hooks are called from server/connection/ (authorize,
+//! on-publish), server/enhanced_auth.rs (authenticate,
 //! including AUTH exchanges), rules/action.rs (on-rule-output) and the
 //! event task (`events::plugin_event`, on-event). The host is loaded by
 //! `app`; the `publish` capability is `broker::PublishHandle`.

@@ -2,22 +2,10 @@
 
 /// Whether `topic` matches the MQTT topic `filter` (`+` one level, `#` the
 /// rest including the parent level; wildcards in the first level do not
-/// match topics starting with `$`).
+/// match topics starting with `$`): midge-protocol's matcher, the one the
+/// broker routes with (a `$share/...` filter is taken as it is).
 pub fn topic_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(fl), Some(tl)) if fl == tl => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
+    midge_protocol::topic::matches_plain(filter, topic)
 }
 
 /// Validates a topic filter: non-empty, `#` only as the last whole level,

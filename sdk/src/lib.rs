@@ -441,7 +441,8 @@ pub use serde_json;
 
 /// MQTT topic matching: does topic name `name` match filter `filter`?
 /// (`+` one level, `#` the rest; `$`-topics are not matched by a leading
-/// wildcard.)
+/// wildcard.) The same rules as the broker's matcher (midge-protocol's
+/// `topic::matches_plain`): both are tested against topic_cases.txt.
 pub fn topic_matches(filter: &str, name: &str) -> bool {
     if name.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
@@ -627,4 +628,25 @@ macro_rules! export_plugin {
     $crate::__private::__export_midge_world!(__MidgeExport with_types_in $crate::bindings);
         };
     };
+}
+
+#[cfg(test)]
+mod topic_tests {
+    use super::topic_matches;
+
+    /// The case table midge-protocol's matcher is tested against too.
+    #[test]
+    fn topic_matches_agrees_with_the_shared_case_table() {
+        let mut n = 0;
+        for line in include_str!("topic_cases.txt").lines() {
+            if line.trim().is_empty() || line.starts_with("# ") {
+                continue;
+            }
+            let f: Vec<&str> = line.split('\t').collect();
+            assert_eq!(f.len(), 3, "topic_cases.txt: {line:?}");
+            assert_eq!(topic_matches(f[0], f[1]), f[2] == "true", "{line:?}");
+            n += 1;
+        }
+        assert!(n >= 20, "the table has its cases");
+    }
 }

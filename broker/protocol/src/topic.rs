@@ -63,6 +63,20 @@ pub fn matches(filter: &str, name: &str) -> bool {
         Some((_, inner)) => inner,
         None => filter,
     };
+    matches_plain(filter, name)
+}
+
+/// Does `filter`, taken as it is (`$share/...` is no shared group here),
+/// match topic `name`? `+` is one level, `#` the rest including the parent
+/// level; a filter whose first level is a wildcard does not match a topic
+/// starting with `$`.
+///
+/// The one MQTT topic matcher: the broker (through [`matches`]) and the
+/// rule engine (`FROM`, `=~`) call it; the plugin SDK, which builds on its
+/// own in plugin projects, keeps a copy that its tests check against the
+/// same case table (sdk/src/topic_cases.txt, bundled with the SDK).
+#[inline]
+pub fn matches_plain(filter: &str, name: &str) -> bool {
     if name.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
     }
@@ -94,6 +108,33 @@ pub fn split_shared(filter: &str) -> Option<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The case table shared with the plugin SDK's copy of the matcher
+    /// (sdk/src/topic_cases.txt): `filter<TAB>topic<TAB>true|false`.
+    pub(crate) fn cases() -> impl Iterator<Item = (&'static str, &'static str, bool)> {
+        include_str!("../../../sdk/src/topic_cases.txt")
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("# "))
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                assert_eq!(
+                    f.len(),
+                    3,
+                    "topic_cases.txt: {l:?}: filter, topic, expected"
+                );
+                (f[0], f[1], f[2] == "true")
+            })
+    }
+
+    #[test]
+    fn the_shared_case_table() {
+        let mut n = 0;
+        for (filter, topic, want) in cases() {
+            assert_eq!(matches_plain(filter, topic), want, "{filter} vs {topic}");
+            n += 1;
+        }
+        assert!(n >= 20, "the table has its cases");
+    }
 
     #[test]
     fn names() {

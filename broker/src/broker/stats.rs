@@ -44,7 +44,7 @@ pub struct Stats {
     /// Connections closed because no CONNECT (or no TLS / WebSocket
     /// handshake) completed within `limits.connect_timeout`.
     pub connections_refused_connect_timeout: AtomicU64,
-    /// PUBLISH packets read from clients, by QoS (server/connection.rs).
+    /// PUBLISH packets read from clients, by QoS (server/connection/publish.rs).
     pub publish_received: [AtomicU64; 3],
     /// PUBLISH packets written to clients, by QoS (server/writer.rs).
     pub publish_sent: [AtomicU64; 3],

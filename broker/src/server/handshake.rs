@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::limits::Listener;
+use super::admission::Listener;
 use crate::broker::Broker;
 use crate::events::{self, ConnectFlags, Event};
 use crate::session::proto;

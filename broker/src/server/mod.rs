@@ -7,19 +7,19 @@
 //! task; TLS and WebSocket handshakes run in that task, within the connect
 //! timeout, and then `connection::serve` takes the byte stream.
 
+mod admission;
 mod connection;
 pub(crate) mod descriptors;
 mod enhanced_auth;
 mod handshake;
 mod idle;
-mod limits;
 mod span;
 pub(crate) mod tls;
 mod writer;
 pub(crate) mod ws;
 
-pub use connection::ConnInfo;
-pub use limits::{Gate, Listener, Refusal};
+pub use admission::{Gate, Listener, Refusal};
+pub use connection::Incoming;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -202,7 +202,7 @@ impl Server {
 /// holds the admitted slot until it ends.
 async fn accept_loop<F, Fut>(listener: TcpListener, kind: Listener, gate: Arc<Gate>, handle: F)
 where
-    F: Fn(TcpStream, ConnInfo) -> Fut,
+    F: Fn(TcpStream, Incoming) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -210,7 +210,7 @@ where
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let admitted = gate.admit(kind);
-                let info = ConnInfo {
+                let info = Incoming {
                     peer,
                     listener: kind,
                     deadline: Instant::now() + gate.connect_timeout,
@@ -231,13 +231,13 @@ where
 }
 
 /// `mqtt`: the socket as it is.
-async fn plain(broker: Arc<Broker>, stream: TcpStream, info: ConnInfo) {
+async fn plain(broker: Arc<Broker>, stream: TcpStream, info: Incoming) {
     let (rd, wr) = stream.into_split();
     connection::serve(broker, rd, wr, info).await;
 }
 
 /// `ws` (and `wss` after TLS): the WebSocket upgrade, then the bridged byte stream.
-async fn websocket<S>(broker: Arc<Broker>, stream: S, path: Arc<[String]>, info: ConnInfo)
+async fn websocket<S>(broker: Arc<Broker>, stream: S, path: Arc<[String]>, info: Incoming)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -257,7 +257,7 @@ async fn handshake(
     broker: &Broker,
     tls: &tls::Tls,
     stream: TcpStream,
-    info: &mut ConnInfo,
+    info: &mut Incoming,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     match tokio::time::timeout_at(info.deadline, tls.accept(stream)).await {
         Ok(Ok(a)) => {
@@ -278,7 +278,7 @@ async fn handshake(
 }
 
 /// `mqtts`: TLS, then MQTT.
-async fn mqtts(broker: Arc<Broker>, tls: tls::Tls, stream: TcpStream, mut info: ConnInfo) {
+async fn mqtts(broker: Arc<Broker>, tls: tls::Tls, stream: TcpStream, mut info: Incoming) {
     if let Some(s) = Box::pin(handshake(&broker, &tls, stream, &mut info)).await {
         drop(tls);
         let (rd, wr) = tokio::io::split(s);
@@ -292,7 +292,7 @@ async fn wss(
     tls: tls::Tls,
     stream: TcpStream,
     path: Arc<[String]>,
-    mut info: ConnInfo,
+    mut info: Incoming,
 ) {
     let Some(s) = Box::pin(handshake(&broker, &tls, stream, &mut info)).await else {
         return;

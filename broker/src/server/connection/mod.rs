@@ -20,17 +20,17 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::admission::{Admitted, Listener, Refusal};
 use super::handshake::{
     connect_timed_out, read_connect, reason_props, refused, send_connack, NoConnect,
 };
-use super::limits::{Listener, Refusal, Slot};
 use super::span::InConnSpan;
 use crate::broker::Broker;
 use crate::session::proto::{self, Violation};
 
 /// What the listener knows about a connection before its CONNECT.
 #[derive(Debug)]
-pub struct ConnInfo {
+pub struct Incoming {
     pub peer: SocketAddr,
     pub listener: Listener,
     /// When the CONNECT must have arrived (accept + `limits.connect_timeout`;
@@ -41,7 +41,7 @@ pub struct ConnInfo {
     pub refusal: Option<Refusal>,
     /// The admitted connection's place (`None` when refused), held until
     /// the connection ends.
-    pub slot: Option<Slot>,
+    pub slot: Option<Admitted>,
     /// `cn_as_username` on a TLS listener: the username is the subject CN of
     /// the verified client certificate (`None`: no certificate, or no CN),
     /// whatever CONNECT says.
@@ -49,7 +49,7 @@ pub struct ConnInfo {
 }
 
 /// Serves one client, given the two halves of its stream, until it goes away.
-pub async fn serve<R, W>(broker: Arc<Broker>, mut rd: R, mut wr: W, mut info: ConnInfo)
+pub async fn serve<R, W>(broker: Arc<Broker>, mut rd: R, mut wr: W, mut info: Incoming)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,

@@ -1,7 +1,7 @@
 //! The session core (sans-IO, in the spirit of quinn-proto): MQTT's rules
 //! for one connection and its session as plain types and functions, with
 //! no tokio, no sockets and no clock of their own (a time is an argument).
-//! The connection task (`server/connection.rs`) moves bytes, time and
+//! The connection task (`server/connection/`) moves bytes, time and
 //! wake-ups in and out and does the I/O a decision calls for (store writes,
 //! events, the acks it sends); the decision itself is made here, and each
 //! rule has a unit test below.

@@ -3,7 +3,7 @@
 //! (a token bucket), and how long one has to send CONNECT.
 //!
 //! The accept loops call [`Gate::admit`] for every accepted socket. An
-//! admitted connection holds a [`Slot`] until its task ends (the drop gives
+//! admitted connection holds an [`Admitted`] until its task ends (the drop gives
 //! the place back, whatever path the task leaves by). A refused one is not
 //! closed at once: its task reads the CONNECT (within the connect timeout)
 //! and answers CONNACK with the [`Refusal`]'s reason code, so the client
@@ -95,12 +95,12 @@ pub struct Gate {
 
 /// An admitted connection's place; dropping it gives the place back.
 #[derive(Debug)]
-pub struct Slot {
+pub struct Admitted {
     gate: Arc<Gate>,
     listener: Listener,
 }
 
-impl Drop for Slot {
+impl Drop for Admitted {
     fn drop(&mut self) {
         self.gate.current[self.listener.index()].fetch_sub(1, Ordering::Relaxed);
         self.gate
@@ -144,7 +144,7 @@ impl Gate {
 
     /// Decides on a socket just accepted by `listener`; a refusal is counted
     /// in the broker's stats.
-    pub fn admit(self: &Arc<Self>, listener: Listener) -> Result<Slot, Refusal> {
+    pub fn admit(self: &Arc<Self>, listener: Listener) -> Result<Admitted, Refusal> {
         let stats = &self.broker.stats;
         let refused = |r: Refusal| {
             let counter = match r {
@@ -168,7 +168,7 @@ impl Gate {
             stats.connections_current.fetch_sub(1, Ordering::Relaxed);
             return refused(Refusal::ListenerLimit);
         }
-        Ok(Slot {
+        Ok(Admitted {
             gate: self.clone(),
             listener,
         })
