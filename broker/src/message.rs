@@ -68,6 +68,68 @@ impl Eq for Acks {}
 pub struct AckState {
     pub(crate) outstanding: std::sync::atomic::AtomicUsize,
     pub(crate) done: tokio::sync::Notify,
+    /// The node's interest barrier: a SUBACK waits until the node's new
+    /// filters are known to every other node (cluster on).
+    pub(crate) interest: Option<Arc<InterestSync>>,
+}
+
+/// Interest changes of a clustered node and how far the other nodes have
+/// seen them, so that a SUBACK goes out only once a publish on any other
+/// node after it is sent this node's way. Changes are numbered as the
+/// router reports them (`requested`); the cluster module's interest task
+/// raises `visible` once every other node confirmed a batch. A subscribing
+/// client waits (bounded) for the number current when it subscribed.
+#[derive(Debug, Default)]
+pub struct InterestSync {
+    pub(crate) requested: AtomicU64,
+    visible: AtomicU64,
+    notify: tokio::sync::Notify,
+    /// Client id -> the change number its SUBACK waits for.
+    waits: parking_lot::Mutex<std::collections::HashMap<Arc<str>, u64>>,
+    pending: std::sync::atomic::AtomicUsize,
+}
+
+impl InterestSync {
+    /// `client_id` subscribed (after the router reported any change): its
+    /// SUBACK waits for every change reported so far.
+    pub fn subscribed(&self, client_id: &str) {
+        let r = self.requested.load(Ordering::SeqCst);
+        if self.visible.load(Ordering::SeqCst) >= r {
+            return;
+        }
+        if self.waits.lock().insert(client_id.into(), r).is_none() {
+            self.pending.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Changes up to `upto` are visible to every node (or given up on).
+    pub fn visible(&self, upto: u64) {
+        self.visible.fetch_max(upto, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Waits, at most `max`, until what `client_id` subscribed to is visible
+    /// to every node; at once when it has nothing pending. True when it had
+    /// to give up.
+    pub async fn wait(&self, client_id: &str, max: std::time::Duration) -> bool {
+        if self.pending.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        let Some(r) = self.waits.lock().remove(client_id) else {
+            return false;
+        };
+        self.pending.fetch_sub(1, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let notified = self.notify.notified();
+            if self.visible.load(Ordering::SeqCst) >= r {
+                return false;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return true;
+            }
+        }
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);

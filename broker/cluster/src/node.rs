@@ -416,6 +416,7 @@ impl Cluster {
         spawn_leader_watch(&cluster).await?;
         crate::membership::spawn_heartbeat(&cluster);
         crate::retained::spawn_watch(&cluster, local).await?;
+        crate::remote::spawn_sync(&cluster).await?;
         crate::remote::spawn_watch(&cluster).await?;
         cluster.publish_interest().await?;
         info!(node = %cluster.node, nats = %cluster.urls, "cluster: joined");
@@ -738,6 +739,19 @@ impl Cluster {
     /// Distinct local filters the node is subscribed for.
     pub fn interest_count(&self) -> usize {
         self.interest.lock().len()
+    }
+
+    /// Flushes the shared groups' connection: its queue subscriptions are
+    /// in place at the server once this returns.
+    pub async fn flush_groups(&self) -> Result<(), ClusterError> {
+        bounded(
+            &self.metrics,
+            &self.metrics.kv_rtt,
+            self.cfg.request_timeout(),
+            "flush",
+            self.qclient.flush(),
+        )
+        .await
     }
 
     /// Flushes what the client buffered (tests, shutdown).

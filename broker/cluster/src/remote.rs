@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use async_nats::RequestErrorKind;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::RwLock;
@@ -100,18 +101,67 @@ impl Cluster {
         }
     }
 
-    /// Writes this node's summary (after interest changes).
+    /// Writes this node's summary (after interest changes), then hands it
+    /// to every other node it knows of and waits until each has applied it
+    /// (a node that does not answer within `request_timeout_ms` is logged
+    /// and counted; a dead one has no responder and is skipped): a publish
+    /// on any node after this returns is sent this node's way.
     pub async fn publish_interest(&self) -> Result<(), ClusterError> {
-        let v = Bytes::from(serde_json::to_vec(&self.summary()).unwrap_or_default());
-        bounded(
+        let summary = self.summary();
+        let v = Bytes::from(serde_json::to_vec(&summary).unwrap_or_default());
+        let revision = bounded(
             &self.metrics,
             &self.metrics.kv_rtt,
             self.config().request_timeout(),
             "interest summary",
             self.interest_kv.put(self.node(), v),
         )
-        .await
-        .map(|_| ())
+        .await?;
+        self.confirm_interest(revision, summary).await;
+        Ok(())
+    }
+
+    /// Hands summary `revision` to every other node (`<c>.isync.<node>`)
+    /// and waits for their answers (bounded).
+    async fn confirm_interest(&self, revision: u64, summary: Summary) {
+        let peers: Vec<String> = self.remote.nodes.read().keys().cloned().collect();
+        if peers.is_empty() {
+            return;
+        }
+        let body = Bytes::from(
+            serde_json::to_vec(&SyncNote {
+                node: self.node().to_string(),
+                revision,
+                summary,
+            })
+            .unwrap_or_default(),
+        );
+        let t = self.config().request_timeout();
+        let start = std::time::Instant::now();
+        let asks = peers.iter().map(|p| {
+            let subject = format!("{}.isync.{p}", self.config().name);
+            let body = body.clone();
+            async move {
+                let r = tokio::time::timeout(t, self.client().request(subject, body)).await;
+                (p, r)
+            }
+        });
+        for (p, r) in futures_util::future::join_all(asks).await {
+            match r {
+                Ok(Ok(_)) => {}
+                // Nobody listens there: a dead node, which forwards nothing.
+                Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => {}
+                Ok(Err(e)) if e.kind() != RequestErrorKind::TimedOut => {
+                    self.metrics.errors.fetch_add(1, Relaxed);
+                    warn!(node = %p, error = %e, "cluster: a node was not told this node's new interest; a publish there may miss this node until its watch catches up");
+                }
+                _ => {
+                    self.metrics.timeouts.fetch_add(1, Relaxed);
+                    warn!(node = %p, ms = t.as_millis() as u64, "cluster: a node did not confirm this node's new interest in time; a publish there may miss this node until its watch catches up");
+                }
+            }
+        }
+        self.metrics.kv_rtt.observe(start.elapsed());
     }
 
     /// Drops the summary of a node that is gone.
@@ -126,6 +176,49 @@ impl Cluster {
         )
         .await
     }
+}
+
+/// A node's new summary, handed to the others directly (the bucket's
+/// watch may lag; this one is confirmed before SUBACK).
+#[derive(Debug, Serialize, Deserialize)]
+struct SyncNote {
+    node: String,
+    revision: u64,
+    summary: Summary,
+}
+
+/// Answers other nodes' [`SyncNote`]s on `<c>.isync.<this node>`: applied
+/// (by revision, as the watch does), then confirmed.
+pub(crate) async fn spawn_sync(c: &Arc<Cluster>) -> Result<(), ClusterError> {
+    let subject = format!("{}.isync.{}", c.config().name, c.node());
+    let mut sub = c
+        .client()
+        .subscribe(subject.clone())
+        .await
+        .map_err(|e| ClusterError::Nats {
+            what: format!("subscription to {subject}"),
+            message: e.to_string(),
+        })?;
+    let weak = Arc::downgrade(c);
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let Some(c) = weak.upgrade() else { return };
+            match serde_json::from_slice::<SyncNote>(&m.payload) {
+                Ok(n) if n.node != c.node() => c.remote.apply(&n.node, n.revision, Some(n.summary)),
+                Ok(_) => {}
+                Err(e) => {
+                    c.metrics.rejected.fetch_add(1, Relaxed);
+                    warn!(%subject, error = %e, "cluster: interest note from a peer does not decode; ignored (its watch applies the summary)");
+                }
+            }
+            if let Some(reply) = m.reply {
+                if let Err(e) = c.client().publish(reply, Bytes::new()).await {
+                    debug!(error = %e, "cluster: interest note not confirmed");
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Loads the other nodes' summaries, then follows their changes.

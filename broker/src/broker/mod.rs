@@ -55,6 +55,10 @@ pub trait ClusterLink: Send + Sync + std::fmt::Debug {
     /// The will of `client_id`'s connection here may have changed (it
     /// attached or detached).
     fn will_changed(&self, client_id: &Arc<str>);
+    /// The interest barrier new connections' SUBACKs wait on.
+    fn interest_sync(&self) -> Option<Arc<crate::message::InterestSync>> {
+        None
+    }
 }
 
 /// Shared broker state, complete when constructed ([`Broker::new`]; the

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
-use crate::message::{AckState, Acks, ClientInfo, Message, MARK_EXACT};
+use crate::message::{AckState, Acks, ClientInfo, InterestSync, Message, MARK_EXACT};
 
 pub mod sessions;
 pub mod takeover;
@@ -51,7 +51,10 @@ pub struct Node {
     /// Messages on `out` now; past `max_pending`, QoS 0 forwards are
     /// dropped (counted) and QoS 1/2 publishers wait.
     queued: AtomicUsize,
-    interest: mpsc::UnboundedSender<(String, Option<String>, bool)>,
+    interest: mpsc::UnboundedSender<Change>,
+    /// How far the other nodes have seen this node's interest changes
+    /// (SUBACKs wait on it).
+    sync: Arc<InterestSync>,
     /// Client ids whose will record may need writing or deleting.
     wills: mpsc::UnboundedSender<Arc<str>>,
 }
@@ -65,17 +68,33 @@ struct Out {
     msg: Option<Arc<Message>>,
 }
 
+/// An interest change as the router reported it: its number (see
+/// [`InterestSync`]), the filter, the shared group, present or gone.
+type Change = (u64, String, Option<String>, bool);
+
 /// The tracker for a new connection: one allocation when clustered.
 pub fn acks_for(broker: &Broker) -> Acks {
-    Acks(broker.cluster.get().map(|_| Arc::default()))
+    Acks(broker.cluster.get().map(|n| {
+        Arc::new(AckState {
+            interest: n.interest_sync(),
+            ..Default::default()
+        })
+    }))
 }
+
+/// Longest a SUBACK waits for the other nodes to see a new filter (the
+/// interest task's own waits are bounded by `request_timeout_ms`; this only
+/// guards against a stuck task).
+const SUBACK_WAIT_MAX: Duration = Duration::from_secs(15);
 
 /// Waits until JetStream acknowledged every cross-node QoS 1/2 message the
 /// connection published so far (returns at once when none is pending or
 /// clustering is off). A publish that cannot be stored is retried by the
 /// outbound task until NATS takes it, so this holds the client (no
 /// acknowledgement, nothing more read) rather than acknowledge a message
-/// the cluster does not have.
+/// the cluster does not have. Then, when the connection subscribed and the
+/// node's interest changed, until every other node has seen the change, so
+/// that a message published anywhere after the SUBACK is sent here.
 pub async fn settled(origin: &ClientInfo) {
     let Some(a) = &origin.cluster.0 else {
         return;
@@ -83,9 +102,14 @@ pub async fn settled(origin: &ClientInfo) {
     loop {
         let notified = a.done.notified();
         if a.outstanding.load(Relaxed) == 0 {
-            return;
+            break;
         }
         notified.await;
+    }
+    if let Some(s) = &a.interest {
+        if s.wait(&origin.client_id, SUBACK_WAIT_MAX).await {
+            warn!(client_id = %origin.client_id, "cluster: SUBACK sent before the other nodes confirmed the new interest");
+        }
     }
 }
 
@@ -126,6 +150,10 @@ impl crate::broker::ClusterLink for Node {
     /// The will task makes the cluster's record of `client_id`'s will match.
     fn will_changed(&self, client_id: &Arc<str>) {
         let _ = self.wills.send(client_id.clone());
+    }
+
+    fn interest_sync(&self) -> Option<Arc<InterestSync>> {
+        Some(self.sync.clone())
     }
 
     /// Queues a message published on this node for the cluster (not `$SYS`
@@ -248,13 +276,16 @@ impl Local for LocalBroker {
 }
 
 #[derive(Debug)]
-struct InterestHook(mpsc::UnboundedSender<(String, Option<String>, bool)>);
+struct InterestHook(mpsc::UnboundedSender<Change>, Arc<InterestSync>);
 
 impl crate::router::InterestWatch for InterestHook {
     fn changed(&self, filter: &str, group: Option<&str>, present: bool) {
+        // Numbered under the router's lock, before the SUBSCRIBED event
+        // that reads the number.
+        let n = self.1.requested.fetch_add(1, Relaxed) + 1;
         let _ = self
             .0
-            .send((filter.to_string(), group.map(str::to_string), present));
+            .send((n, filter.to_string(), group.map(str::to_string), present));
     }
 }
 
@@ -290,11 +321,13 @@ pub async fn join(
     let (out, out_rx) = mpsc::unbounded_channel();
     let (itx, irx) = mpsc::unbounded_channel();
     let (wtx, wrx) = mpsc::unbounded_channel();
+    let sync = sink.map_or_else(Default::default, |s| s.interest_sync());
     let node = Arc::new(Node {
         cluster: cluster.clone(),
         out,
         queued: AtomicUsize::new(0),
         interest: itx.clone(),
+        sync: sync.clone(),
         wills: wtx,
     });
     // Will records of this node's previous run: their connections died with it.
@@ -313,16 +346,20 @@ pub async fn join(
         })
         .await?;
     tokio::spawn(outbound(Arc::downgrade(&node), cluster.clone(), out_rx));
-    tokio::spawn(interest(cluster.clone(), irx));
+    tokio::spawn(interest(cluster.clone(), irx, sync.clone()));
     let (rtx, rrx) = mpsc::unbounded_channel();
     tokio::spawn(retained_out(cluster.clone(), rrx));
-    let _ = broker.router.watch.set(Arc::new(InterestHook(itx)));
+    let _ = broker
+        .router
+        .watch
+        .set(Arc::new(InterestHook(itx, sync.clone())));
     let _ = broker
         .retained
         .watch
         .set(Arc::new(RetainedHook(rtx, cluster.clone())));
     for (f, g) in broker.router.interests() {
-        let _ = node.interest.send((f, g, true));
+        let n = sync.requested.fetch_add(1, Relaxed) + 1;
+        let _ = node.interest.send((n, f, g, true));
     }
     let _ = broker.cluster.set(node);
     takeover::serve(broker, &cluster).await?;
@@ -494,26 +531,45 @@ async fn outbound(node: Weak<Node>, cluster: Arc<Cluster>, mut rx: mpsc::Unbound
     }
 }
 
-/// Applies interest changes in order.
+/// Applies interest changes in order; after each batch, writes the node's
+/// summary and has every other node confirm it (`publish_interest`), then
+/// lets the batch's SUBACKs go.
 async fn interest(
     cluster: Arc<Cluster>,
-    mut rx: mpsc::UnboundedReceiver<(String, Option<String>, bool)>,
+    mut rx: mpsc::UnboundedReceiver<Change>,
+    sync: Arc<InterestSync>,
 ) {
     while let Some(first) = rx.recv().await {
         // A batch of changes, then one summary for the other nodes.
         let mut next = Some(first);
-        while let Some((filter, group, present)) = next.take() {
+        let (mut upto, mut groups) = (0, false);
+        while let Some((n, filter, group, present)) = next.take() {
+            upto = upto.max(n);
             match (group, present) {
                 (None, true) => cluster.interest_added(&filter).await,
                 (None, false) => cluster.interest_removed(&filter),
-                (Some(g), true) => cluster.group_added(&filter, &g).await,
+                (Some(g), true) => {
+                    groups = true;
+                    cluster.group_added(&filter, &g).await
+                }
                 (Some(g), false) => cluster.group_removed(&filter, &g),
             }
             next = rx.try_recv().ok();
         }
+        // Cut off from NATS no other node can be told: SUBACKs go at once
+        // (the node serves its local clients; it reconciles on return).
+        if !cluster.is_connected() {
+            sync.visible(upto);
+        }
+        if groups {
+            // Queue subscriptions use a second connection: in place at
+            // the server before the other nodes are told.
+            let _ = cluster.flush_groups().await;
+        }
         if let Err(e) = cluster.publish_interest().await {
             warn!(error = %e, "cluster: interest summary not written; other nodes may miss this node's new filters");
         }
+        sync.visible(upto);
     }
 }
 

@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::events::{Event, EventSink, Kind};
-use crate::message::MARK_EXACT;
+use crate::message::{InterestSync, MARK_EXACT};
 use crate::records::{Delivery, SubscriptionRecord};
 use crate::router::split_filter;
 use crate::session::{Session, SessionState};
@@ -56,6 +56,8 @@ pub struct Sink {
     /// Set once joined: events of sessions this node does not hold a
     /// record of (clean sessions) are left out here, not queued.
     cluster: OnceLock<Arc<Cluster>>,
+    /// Every SUBSCRIBED event registers its client's SUBACK here.
+    sync: Arc<InterestSync>,
 }
 
 impl Sink {
@@ -65,7 +67,13 @@ impl Sink {
             tx,
             rx: Mutex::new(Some(rx)),
             cluster: OnceLock::new(),
+            sync: Arc::default(),
         })
+    }
+
+    /// The node's interest barrier (SUBACKs wait on it).
+    pub fn interest_sync(&self) -> Arc<InterestSync> {
+        self.sync.clone()
     }
 }
 
@@ -89,6 +97,9 @@ impl EventSink for Sink {
             Event::SessionExpired { client_id } => client_id,
             _ => return,
         };
+        if matches!(event, Event::Subscribed { .. }) {
+            self.sync.subscribed(id);
+        }
         // Only CONNECTED can come before the claim's hold is visible here
         // (it follows it); every later event of a held session passes.
         if !matches!(event, Event::Connected { .. })

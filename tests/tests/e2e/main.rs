@@ -10,6 +10,7 @@ mod bridge;
 mod cluster;
 mod cluster_faults;
 mod cluster_sessions;
+mod cluster_suback;
 mod connect;
 mod dashboard;
 mod descriptors;
