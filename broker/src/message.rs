@@ -71,6 +71,20 @@ pub struct AckState {
     /// The node's interest barrier: a SUBACK waits until the node's new
     /// filters are known to every other node (cluster on).
     pub(crate) interest: Option<Arc<InterestSync>>,
+    /// What else the connection's acks wait for (cluster on: a PUBREL
+    /// waits until the session's record says the message is released).
+    pub(crate) gate: Option<Arc<dyn AckGate>>,
+}
+
+/// A wait before a clustered connection hands over its acks (implemented
+/// by the cluster module).
+pub trait AckGate: Send + Sync + std::fmt::Debug {
+    /// `None` (at once) when nothing must happen before `client_id`'s acks
+    /// go out; else the wait.
+    fn before_acks(
+        &self,
+        client_id: &str,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>;
 }
 
 /// Interest changes of a clustered node and how far the other nodes have

@@ -6,9 +6,12 @@
 //! included) in the `<c>-interest` bucket under its name: the filters, or
 //! "everything" past [`MAX_FILTERS`] (a node with per-device filters then
 //! gets every publish, as without summaries). It rewrites the record after
-//! each batch of interest changes, before the new subscriptions' SUBACKs can
-//! matter to another node only by a few milliseconds (the same window NATS'
-//! own interest propagation has). Every node watches the bucket.
+//! each batch of interest changes and hands the new summary to every other
+//! node it knows (`<c>.isync.<node>`, request / reply), which applies it and
+//! answers; the batch's SUBACKs wait for the answers (the broker's
+//! `InterestSync`), so a publish on any node after a SUBACK goes to the
+//! subscriber's node. Every node also watches the bucket (nodes that start
+//! later, and what a lost note missed).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;

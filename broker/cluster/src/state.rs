@@ -51,6 +51,12 @@ pub struct SessionRecord {
     /// Incoming QoS 2 packet ids awaiting PUBREL.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub qos2_in: Vec<u16>,
+    /// Outgoing QoS 2 deliveries whose PUBREC came (PUBREL due): stream
+    /// sequence and packet id. Written before the PUBREL goes out, so a
+    /// node resuming the session sends PUBREL for them, never the PUBLISH
+    /// again (which a client that completed it would take as new).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<(u64, u16)>,
     /// When it was written (ms since the Unix epoch).
     #[serde(default)]
     pub written_ms: i64,
@@ -66,6 +72,7 @@ impl SessionRecord {
             && self.floor == other.floor
             && self.subs == other.subs
             && self.qos2_in == other.qos2_in
+            && self.released == other.released
     }
 }
 
@@ -229,6 +236,16 @@ impl Cluster {
         }
     }
 
+    /// Whether the last record written of `client_id` lists every one of
+    /// `released` (sorted) as released.
+    pub fn written_released(&self, client_id: &str, released: &[(u64, u16)]) -> bool {
+        self.held.lock().get(client_id).is_some_and(|h| {
+            h.last
+                .as_ref()
+                .is_some_and(|l| released.iter().all(|r| l.released.binary_search(r).is_ok()))
+        })
+    }
+
     /// This node no longer writes `client_id`'s record (handed over, taken
     /// by a newer claim, ended).
     pub fn let_go(&self, client_id: &str) {
@@ -355,6 +372,7 @@ mod tests {
             floor: 100,
             subs: vec![("a/#".into(), "AQI=".into())],
             qos2_in: vec![],
+            released: vec![],
             written_ms: 1,
         };
         let json = serde_json::to_string(&rec).unwrap_or_default();
@@ -374,5 +392,15 @@ mod tests {
             ..rec.clone()
         };
         assert!(!moved.same(&rec));
+        let released = SessionRecord {
+            released: vec![(120, 7)],
+            ..rec.clone()
+        };
+        assert!(!released.same(&rec));
+        let json = serde_json::to_string(&released).unwrap_or_default();
+        assert_eq!(
+            serde_json::from_str::<SessionRecord>(&json).ok(),
+            Some(released)
+        );
     }
 }

@@ -59,6 +59,10 @@ pub trait ClusterLink: Send + Sync + std::fmt::Debug {
     fn interest_sync(&self) -> Option<Arc<crate::message::InterestSync>> {
         None
     }
+    /// What new connections' acks wait for besides JetStream.
+    fn ack_gate(&self) -> Option<Arc<dyn crate::message::AckGate>> {
+        None
+    }
 }
 
 /// Shared broker state, complete when constructed ([`Broker::new`]; the

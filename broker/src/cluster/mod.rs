@@ -55,6 +55,8 @@ pub struct Node {
     /// How far the other nodes have seen this node's interest changes
     /// (SUBACKs wait on it).
     sync: Arc<InterestSync>,
+    /// PUBRELs of persistent sessions wait for their records.
+    gate: Arc<sessions::ReleaseGate>,
     /// Client ids whose will record may need writing or deleting.
     wills: mpsc::UnboundedSender<Arc<str>>,
 }
@@ -77,6 +79,7 @@ pub fn acks_for(broker: &Broker) -> Acks {
     Acks(broker.cluster.get().map(|n| {
         Arc::new(AckState {
             interest: n.interest_sync(),
+            gate: n.ack_gate(),
             ..Default::default()
         })
     }))
@@ -110,6 +113,13 @@ pub async fn settled(origin: &ClientInfo) {
         if s.wait(&origin.client_id, SUBACK_WAIT_MAX).await {
             warn!(client_id = %origin.client_id, "cluster: SUBACK sent before the other nodes confirmed the new interest");
         }
+    }
+    if let Some(wait) = a
+        .gate
+        .as_ref()
+        .and_then(|g| g.before_acks(&origin.client_id))
+    {
+        wait.await;
     }
 }
 
@@ -154,6 +164,10 @@ impl crate::broker::ClusterLink for Node {
 
     fn interest_sync(&self) -> Option<Arc<InterestSync>> {
         Some(self.sync.clone())
+    }
+
+    fn ack_gate(&self) -> Option<Arc<dyn crate::message::AckGate>> {
+        Some(self.gate.clone())
     }
 
     /// Queues a message published on this node for the cluster (not `$SYS`
@@ -328,6 +342,7 @@ pub async fn join(
         queued: AtomicUsize::new(0),
         interest: itx.clone(),
         sync: sync.clone(),
+        gate: Arc::new(sessions::ReleaseGate::new(broker, &cluster)),
         wills: wtx,
     });
     // Will records of this node's previous run: their connections died with it.

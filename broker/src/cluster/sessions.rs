@@ -37,9 +37,9 @@ use tracing::{debug, info, warn};
 use crate::broker::Broker;
 use crate::events::{Event, EventSink, Kind};
 use crate::message::{InterestSync, MARK_EXACT};
-use crate::records::{Delivery, SubscriptionRecord};
+use crate::records::{Delivery, Stage, SubscriptionRecord};
 use crate::router::split_filter;
-use crate::session::{Session, SessionState};
+use crate::session::{Inflight, Session, SessionState};
 use crate::store::codec;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -214,6 +214,77 @@ pub(super) fn floor_of(st: &SessionState, mark: u64) -> u64 {
         .fold(mark, u64::min)
 }
 
+/// Outgoing QoS 2 deliveries in stage Released whose stream sequence is
+/// known: (sequence, packet id), sorted; and whether any such delivery in
+/// the stream does not know its sequence yet (published here, JetStream's
+/// acknowledgement on its way).
+fn released_of(st: &SessionState) -> (Vec<(u64, u16)>, bool) {
+    let mut out = Vec::new();
+    let mut inexact = false;
+    for i in &st.inflight {
+        if i.stage != Stage::Released || i.delivery.qos != QoS::ExactlyOnce {
+            continue;
+        }
+        match i.delivery.msg.stream_mark.load(Relaxed) {
+            u64::MAX => {}
+            m if m & MARK_EXACT != 0 => out.push(((m & !MARK_EXACT) + 1, i.packet_id)),
+            _ => inexact = true,
+        }
+    }
+    out.sort_unstable();
+    (out, inexact)
+}
+
+/// Holds a persistent session's PUBREL until its record (in the cluster)
+/// lists the message as released: a node that resumes the session after
+/// this one dies then sends PUBREL for it, not the PUBLISH again, so QoS 2
+/// stays exactly once across a node's death. One record write per batch of
+/// PUBRECs; nothing for clean sessions or when nothing was released.
+#[derive(Debug)]
+pub struct ReleaseGate {
+    broker: Weak<Broker>,
+    cluster: Arc<Cluster>,
+}
+
+impl ReleaseGate {
+    pub fn new(broker: &Arc<Broker>, cluster: &Arc<Cluster>) -> ReleaseGate {
+        ReleaseGate {
+            broker: Arc::downgrade(broker),
+            cluster: cluster.clone(),
+        }
+    }
+}
+
+impl crate::message::AckGate for ReleaseGate {
+    fn before_acks(
+        &self,
+        client_id: &str,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        if !self.cluster.is_held(client_id) {
+            return None;
+        }
+        let b = self.broker.upgrade()?;
+        let session = b.session(client_id)?;
+        let (released, inexact) = released_of(&session.state.lock());
+        if !inexact && (released.is_empty() || self.cluster.written_released(client_id, &released))
+        {
+            return None;
+        }
+        let (c, id) = (self.cluster.clone(), client_id.to_string());
+        Some(Box::pin(async move {
+            // A message published here learns its sequence when JetStream
+            // acknowledges it (its publisher waits for the same).
+            let deadline = Instant::now() + c.config().request_timeout();
+            while released_of(&session.state.lock()).1 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            if let Err(e) = sync(&b, &c, &id).await {
+                warn!(client_id = %id, error = %e, "cluster: session record not written before PUBREL; a node resuming it may send a completed QoS 2 message again");
+            }
+        }))
+    }
+}
+
 /// Stream sequences of the messages the session holds, where known exactly.
 fn exact_seqs(st: &SessionState) -> HashSet<u64> {
     st.queue
@@ -237,6 +308,7 @@ fn record_of(c: &Cluster, session: &Session, epoch: u64, mark: u64) -> SessionRe
     subs.sort();
     let mut qos2_in: Vec<u16> = st.incoming_qos2.iter().copied().collect();
     qos2_in.sort_unstable();
+    let (released, _) = released_of(&st);
     SessionRecord {
         expiry: st.expiry_interval,
         offline_since_ms: if st.conn.is_none() {
@@ -247,6 +319,7 @@ fn record_of(c: &Cluster, session: &Session, epoch: u64, mark: u64) -> SessionRe
         floor,
         subs,
         qos2_in,
+        released,
         ..c.new_state(epoch)
     }
 }
@@ -352,7 +425,7 @@ async fn resume(
         st.offline_since_ms = Some(crate::message::now_ms());
     }
     super::takeover::install(b, &session)?;
-    replay_into(c, &session, rec.floor, 0).await
+    replay_into(c, &session, rec.floor, 0, &rec.released).await
 }
 
 /// After a session moved here from a live node (its queue handed over):
@@ -370,19 +443,22 @@ async fn catch_up(
         return Ok(0);
     };
     let handed = session.state.lock().queue.len();
-    replay_into(c, &session, floor, handed).await
+    replay_into(c, &session, floor, handed, &[]).await
 }
 
 /// Reads the stream after `floor` on `session`'s plain filters (once this
 /// node's NATS subscriptions for them are in place, so what is stored later
 /// arrives live) and queues what they match that the session does not
 /// hold already, at queue position `at` (before what arrived live since);
-/// returns how many.
+/// returns how many. A message listed in `released` (sequence, packet id)
+/// goes inflight in stage Released under its packet id instead: the
+/// client gets its PUBREL, not the message again.
 async fn replay_into(
     c: &Arc<Cluster>,
     session: &Arc<Session>,
     floor: u64,
     at: usize,
+    released: &[(u64, u16)],
 ) -> Result<usize, String> {
     let client_id = &session.client_id;
     let subs: Vec<(String, SubscriptionRecord)> = session
@@ -409,8 +485,27 @@ async fn replay_into(
         .map_err(|e| e.to_string())?;
     let held = exact_seqs(&session.state.lock());
     let mut out: Vec<Delivery> = Vec::with_capacity(stored.len());
+    let mut rel: Vec<Inflight> = Vec::new();
     for (seq, env) in stored {
         if held.contains(&seq) {
+            continue;
+        }
+        if let Ok(i) = released.binary_search_by_key(&seq, |r| r.0) {
+            let msg = super::message(env);
+            msg.stream_mark
+                .store(seq.saturating_sub(1) | MARK_EXACT, Relaxed);
+            rel.push(Inflight {
+                packet_id: released[i].1,
+                delivery: Delivery {
+                    qos: QoS::ExactlyOnce,
+                    retain: false,
+                    sub_ids: Default::default(),
+                    shared: None,
+                    seq: 0,
+                    msg: Arc::new(msg),
+                },
+                stage: Stage::Released,
+            });
             continue;
         }
         let mine = env.client_id.as_deref() == Some(&**client_id);
@@ -439,6 +534,11 @@ async fn replay_into(
         });
     }
     let mut st = session.state.lock();
+    if !rel.is_empty() {
+        info!(%client_id, released = rel.len(), "cluster: QoS 2 deliveries the client had received resume at PUBREL");
+        st.inflight.extend(rel);
+        st.resend = true;
+    }
     // Copies of what arrived live meanwhile are dropped; the rest goes
     // before it (it is newer).
     let live = exact_seqs(&st);
