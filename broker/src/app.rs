@@ -251,8 +251,14 @@ impl App {
         let listeners = crate::admin::Listeners::of(&self.server, self.gate.clone());
         let broker = self.broker;
         let mut tasks = JoinSet::new();
+        // Rule actions run against the broker and its bridges (the
+        // `bridge` action).
+        let actions = Arc::new(crate::bridge::RuleActions::new(
+            broker.clone(),
+            self.bridges.clone(),
+        ));
         for lane in broker.rules.start_lanes() {
-            tasks.spawn(crate::rules::run_actions(broker.clone(), lane));
+            tasks.spawn(crate::rules::run_actions(actions.clone(), lane));
         }
         if let Some(host) = broker.plugins() {
             if let Some(mut rx) = broker.plugin_events.take_receiver() {

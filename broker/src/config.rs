@@ -696,6 +696,17 @@ impl Config {
                         });
                     }
                 }
+                if let Some((bridge, _)) = a.as_bridge() {
+                    if !self.bridges.iter().any(|b| b.enabled && b.name == bridge) {
+                        errs.push(ConfigError::Rules {
+                            path: origin.to_string(),
+                            errors: vec![format!(
+                                "rule `{}`: actions[{i}]: bridge `{bridge}` is not an enabled bridge in [[bridges]]",
+                                r.id
+                            )],
+                        });
+                    }
+                }
             }
         }
         // Plugins offer rule functions only once loaded (their init says

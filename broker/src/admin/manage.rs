@@ -149,6 +149,14 @@ fn check_rule(s: &Shared, c: &RuleConfig) -> Result<(), ApiError> {
         })));
     }
     for (i, a) in c.actions.iter().enumerate() {
+        if let Some((bridge, _)) = a.as_bridge() {
+            if s.bridges.get(bridge).is_none() {
+                return Err(ApiError::bad_request(format!(
+                    "rule `{}`: actions[{i}]: bridge `{bridge}` is not a running bridge",
+                    c.id
+                )));
+            }
+        }
         if let ActionConfig::Plugin { plugin } = a {
             let loaded = s
                 .broker

@@ -32,7 +32,10 @@
 //! - [`outbound`]: buffer -> inflight window -> PUBLISH, and the acks.
 //! - [`inbound`]: PUBLISH / PUBREL from the remote -> this broker.
 //! - [`status`]: counters and last error for the API, metrics and `$SYS`.
+//! - [`actions`]: the rule action `bridge` ([`RuleActions`], the context
+//!   the rule action lanes run against).
 
+mod actions;
 mod inbound;
 mod link;
 mod outbound;
@@ -58,6 +61,8 @@ use crate::session::{Delivery, Inflight, QueueLimits, Session, SubscriptionRecor
 use crate::store::RestoredBridge;
 use config::{BridgeConfig, BridgeSpec};
 use status::Status;
+
+pub use actions::RuleActions;
 
 pub use crate::session::{reserved_client_id, BRIDGE_CLIENT_ID_PREFIX as CLIENT_ID_PREFIX};
 

@@ -1,6 +1,8 @@
 //! Rule actions: `republish` (templated topic, payload and 5.0 properties),
-//! `log`, and `plugin` (hand rows to a Wasm plugin — not available until the
-//! plugin system lands: validated, warned about at load, counted as failed).
+//! `log`, `plugin` (hand rows to a Wasm plugin) and `bridge` (the message a
+//! `republish` would make, put into a named bridge's outbound buffer
+//! instead of published here: the bridges implement
+//! [`ActionContext::bridge`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -23,6 +25,13 @@ pub trait ActionContext: Send + Sync + 'static {
     fn plugins(&self) -> Option<&midge_plugin::PluginHost>;
     /// Publishes a rule's output message through the whole pipeline.
     fn republish(&self, msg: Arc<Message>);
+    /// Puts a rule's output message into bridge `name`'s outbound buffer
+    /// (its topic is the topic at the remote). Without bridges (the
+    /// broker alone): an error, counted as a failed action.
+    fn bridge(&self, name: &str, msg: Arc<Message>) -> Result<(), String> {
+        drop(msg);
+        Err(format!("bridge `{name}`: no bridges are running"))
+    }
 }
 
 /// An action as written in the config (`actions = [{ type = "republish", ... }]`).
@@ -59,6 +68,69 @@ pub enum ActionConfig {
     /// that is not UTF-8 crosses as `{"$binary": "<base64>"}` (see
     /// `midge_rules::Value`), so the plugin gets the exact bytes.
     Plugin { plugin: String },
+    /// Send the output to the remote of the named `[[bridges]]` entry: the
+    /// other fields are `republish`'s, `topic` is the topic at the remote
+    /// (the bridge's `out` mappings do not apply). Buffered like the
+    /// bridge's other messages (in the store with persistence on).
+    Bridge {
+        bridge: String,
+        topic: String,
+        #[serde(default)]
+        qos: u8,
+        #[serde(default)]
+        retain: bool,
+        #[serde(default)]
+        payload: Option<String>,
+        #[serde(default)]
+        user_properties: BTreeMap<String, String>,
+        #[serde(default)]
+        content_type: Option<String>,
+        #[serde(default)]
+        response_topic: Option<String>,
+        #[serde(default)]
+        correlation_data: Option<String>,
+        #[serde(default)]
+        message_expiry_interval: Option<u32>,
+        #[serde(default)]
+        payload_format_indicator: Option<u8>,
+    },
+}
+
+impl ActionConfig {
+    /// A `bridge` action as its bridge's name and the `republish` that
+    /// makes the same message; `None` for other actions.
+    pub fn as_bridge(&self) -> Option<(&str, ActionConfig)> {
+        match self {
+            ActionConfig::Bridge {
+                bridge,
+                topic,
+                qos,
+                retain,
+                payload,
+                user_properties,
+                content_type,
+                response_topic,
+                correlation_data,
+                message_expiry_interval,
+                payload_format_indicator,
+            } => Some((
+                bridge,
+                ActionConfig::Republish {
+                    topic: topic.clone(),
+                    qos: *qos,
+                    retain: *retain,
+                    payload: payload.clone(),
+                    user_properties: user_properties.clone(),
+                    content_type: content_type.clone(),
+                    response_topic: response_topic.clone(),
+                    correlation_data: correlation_data.clone(),
+                    message_expiry_interval: *message_expiry_interval,
+                    payload_format_indicator: *payload_format_indicator,
+                },
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// A compiled action.
@@ -66,7 +138,14 @@ pub enum ActionConfig {
 pub enum Action {
     Republish(Box<Republish>),
     Log,
-    Plugin { plugin: String },
+    Plugin {
+        plugin: String,
+    },
+    /// The message a republish would make, for bridge `bridge`.
+    Bridge {
+        bridge: String,
+        message: Box<Republish>,
+    },
 }
 
 /// A compiled republish action.
@@ -137,6 +216,18 @@ impl Action {
                     payload_format_indicator: *payload_format_indicator,
                 })))
             }
+            ActionConfig::Bridge { bridge, .. } => {
+                if bridge.trim().is_empty() {
+                    return Err("`bridge` must name a bridge".into());
+                }
+                match c.as_bridge().map(|(_, r)| Action::build(&r)).transpose()? {
+                    Some(Action::Republish(message)) => Ok(Action::Bridge {
+                        bridge: bridge.clone(),
+                        message,
+                    }),
+                    _ => Err("the message part did not build as a republish".into()),
+                }
+            }
             ActionConfig::Log {} => Ok(Action::Log),
             ActionConfig::Plugin { plugin } => {
                 if plugin.trim().is_empty() {
@@ -192,11 +283,15 @@ pub(super) fn now() -> Stamp {
     (std::time::Instant::now(), crate::message::now_ms())
 }
 
-/// A `republish` or `log` action; republished messages are stamped `at`.
+/// A `republish`, `bridge` or `log` action; the messages made are stamped `at`.
 fn run_one<C: ActionContext>(ctx: &C, a: &Action, job: &Job, at: Stamp) -> Result<(), String> {
     let r = &job.set.rules[job.rule];
     match a {
-        Action::Republish(rp) => republish(ctx, rp, job, at),
+        Action::Republish(rp) => {
+            ctx.republish(Arc::new(message(rp, job, at)?));
+            Ok(())
+        }
+        Action::Bridge { bridge, message: m } => ctx.bridge(bridge, Arc::new(message(m, job, at)?)),
         Action::Log => {
             let output = serde_json::to_string(&job.row).unwrap_or_default();
             info!(target: "midge::rules", rule = r.rule.id(), %output, "rule output");
@@ -239,12 +334,8 @@ impl<'a> ActionTimer<'a> {
     }
 }
 
-fn republish<C: ActionContext>(
-    ctx: &C,
-    rp: &Republish,
-    job: &Job,
-    at: Stamp,
-) -> Result<(), String> {
+/// The message a `republish` (or `bridge`) action makes of an output row.
+fn message(rp: &Republish, job: &Job, at: Stamp) -> Result<Message, String> {
     let row = &job.row;
     let topic = match &rp.topic_literal {
         Some(t) => t.clone(),
@@ -297,6 +388,5 @@ fn republish<C: ActionContext>(
     }
     let mut msg = Message::new_at(topic, payload, rp.qos, rp.retain, props, at);
     msg.rule_depth = job.depth + 1;
-    ctx.republish(Arc::new(msg));
-    Ok(())
+    Ok(msg)
 }

@@ -2,8 +2,9 @@
 //! the admin API's dry run (`POST /api/v1/rules/test` with `actions`).
 //! Rendered as [`super::action`] renders them when the rule runs (same
 //! templates: a topic and string properties as text, the payload as bytes;
-//! a `republish` without `payload` sends the row as JSON); a `plugin`
-//! action shows the rows it would hand the plugin, which is not called.
+//! a `republish` without `payload` sends the row as JSON; a `bridge` action
+//! shows the same message and its bridge); a `plugin` action shows the rows
+//! it would hand the plugin, which is not called.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -52,8 +53,15 @@ fn one(c: &ActionConfig, row: &Row) -> Value {
         ActionConfig::Republish { .. } => "republish",
         ActionConfig::Log {} => "log",
         ActionConfig::Plugin { .. } => "plugin",
+        ActionConfig::Bridge { .. } => "bridge",
     };
-    let out = Action::build(c).and_then(|_| match c {
+    // A `bridge` action makes the message its `republish` would.
+    let bridged = c.as_bridge();
+    let (shown_as, bridge) = match &bridged {
+        Some((name, republish)) => (republish, Some(*name)),
+        None => (c, None),
+    };
+    let out = Action::build(c).and_then(|_| match shown_as {
         ActionConfig::Republish {
             topic: t,
             qos,
@@ -115,6 +123,7 @@ fn one(c: &ActionConfig, row: &Row) -> Value {
             "plugin": plugin,
             "rows": serde_json::to_string(&[row]).map_err(|e| e.to_string())?,
         })),
+        ActionConfig::Bridge { .. } => Err("a bridge action as such".to_string()),
     });
     let mut v = match out {
         Ok(v) => v,
@@ -122,6 +131,9 @@ fn one(c: &ActionConfig, row: &Row) -> Value {
     };
     if let Some(o) = v.as_object_mut() {
         o.insert("type".into(), kind.into());
+        if let Some(name) = bridge {
+            o.insert("bridge".into(), name.into());
+        }
     }
     v
 }
@@ -151,6 +163,8 @@ mod tests {
             {"type": "plugin", "plugin": "archive"},
             {"type": "republish", "topic": "bin", "payload": "${raw}"},
             {"type": "republish", "topic": "bin/${raw}"},
+            {"type": "bridge", "bridge": "cloud", "topic": "site1/${clientid}", "qos": 2},
+            {"type": "bridge", "bridge": " ", "topic": "x"},
         ]))
         .unwrap();
         let out = actions(&acts, &row);
@@ -175,5 +189,14 @@ mod tests {
             "{}",
             out[6]
         );
+        // A bridge action: the same message, and the bridge it goes to.
+        assert_eq!(out[7]["type"], "bridge");
+        assert_eq!(out[7]["bridge"], "cloud");
+        assert_eq!(out[7]["topic"], "site1/c1");
+        assert_eq!(out[7]["qos"], 2);
+        assert!(out[8]["error"]
+            .as_str()
+            .unwrap()
+            .contains("must name a bridge"));
     }
 }

@@ -2,7 +2,8 @@
 //! 10,000 QoS 1 messages cross the bridge, and `kill -9` of Midge itself
 //! (a `midge serve` process with persistence on) under load, QoS 1 and 2.
 //!
-//! When Midge is killed, the remote's subscriber is paho-mqtt
+//! When Midge is killed (the remote being Mosquitto, or for QoS 2 also
+//! another Midge process), the remote's subscriber is paho-mqtt
 //! (durable_sub.py: clean session 0, reconnecting, QoS 2 receive state
 //! kept), so what arrives is seen by an implementation that is not ours.
 //!
@@ -95,17 +96,18 @@ async fn publish_round_robin(port: u16, qos: QoS, n: u64, paced: bool) -> Vec<u6
     acked
 }
 
-/// A durable paho subscriber at the remote, set up (subscribed) and running.
-async fn remote_subscriber(remote: &Mosquitto, qos: u8) -> PahoSub {
+/// A durable paho subscriber at the remote on 127.0.0.1:`port`, set up
+/// (subscribed) and running.
+async fn remote_subscriber(port: u16, qos: u8) -> PahoSub {
     let id = unique("far");
-    let lines = PahoSub::spawn(remote.port, &id, "site1/#", qos, "setup")
+    let lines = PahoSub::spawn(port, &id, "site1/#", qos, "setup")
         .finish("remote subscriber setup")
         .await;
     assert!(
         lines.iter().any(|l| l == &format!("s [{qos}]")),
         "{lines:?}"
     );
-    let sub = PahoSub::spawn(remote.port, &id, "site1/#", qos, "run");
+    let sub = PahoSub::spawn(port, &id, "site1/#", qos, "run");
     sub.wait_line("remote subscriber CONNACK", |l| l.starts_with("c 1"))
         .await;
     sub
@@ -236,21 +238,44 @@ async fn within_secs<T>(secs: u64, what: &str, fut: impl std::future::Future<Out
     }
 }
 
+/// The remote of [`midge_killed_under_load`]: Mosquitto, or another Midge.
+enum Remote {
+    Mosquitto(Mosquitto),
+    Midge(BrokerProcess),
+}
+
+impl Remote {
+    fn port(&self) -> u16 {
+        match self {
+            Remote::Mosquitto(m) => m.port,
+            Remote::Midge(p) => p.port(),
+        }
+    }
+}
+
 /// `kill -9` of a persistent Midge (sled, or PostgreSQL with `postgres`)
 /// under load, restart on the same store: everything Midge acknowledged
-/// reaches the remote, QoS 2 exactly once.
-async fn midge_killed_under_load(qos: QoS, postgres: bool) {
+/// reaches the remote (Mosquitto, or a Midge process with `midge_remote`),
+/// QoS 2 exactly once.
+async fn midge_killed_under_load(qos: QoS, postgres: bool, midge_remote: bool) {
     if !paho_ok() {
         return;
     }
     // The broker binary, built now if needed (a blocking build, minutes
     // under load): not while the remote subscriber's own timeout runs.
     let _ = midge_e2e::process::midge_bin();
-    let Some(remote) = Mosquitto::start("") else {
-        return;
+    let dir = tempfile_dir();
+    let remote = if midge_remote {
+        let file = dir.path().join("remote.toml");
+        std::fs::write(&file, "[log]\nlevel = \"warn\"\n").unwrap();
+        Remote::Midge(BrokerProcess::start(&file, 0))
+    } else {
+        let Some(m) = Mosquitto::start("") else {
+            return;
+        };
+        Remote::Mosquitto(m)
     };
     let q = qos as u8;
-    let dir = tempfile_dir();
     let store = if postgres {
         let Some(url) = midge_e2e::process::pg_database("midge_bridge") else {
             return;
@@ -262,13 +287,13 @@ async fn midge_killed_under_load(qos: QoS, postgres: bool) {
             dir.path().join("data").display().to_string()
         )
     };
-    let far = remote_subscriber(&remote, q).await;
+    let far = remote_subscriber(remote.port(), q).await;
     let file = dir.path().join("midge.toml");
     std::fs::write(
         &file,
         format!(
             "[log]\nlevel = \"warn\"\n[persistence]\nenabled = true\n{store}{}",
-            bridge_toml(remote.port, &unique("edge"), q)
+            bridge_toml(remote.port(), &unique("edge"), q)
         ),
     )
     .unwrap();
@@ -300,28 +325,36 @@ async fn midge_killed_under_load(qos: QoS, postgres: bool) {
     let lines = far.finish("remote subscriber").await;
     let got = received(&lines);
     eprintln!(
-        "Midge kill -9 ({qos:?}, postgres: {postgres}): {} acknowledged before the crash, {} deliveries at the remote",
+        "Midge kill -9 ({qos:?}, postgres: {postgres}, remote Midge: {midge_remote}): {} acknowledged before the crash, {} deliveries at the remote",
         acked.len(),
         got.len()
     );
     check_delivery("remote subscriber", &got, &acked, qos);
     let status = m2.terminate();
     assert!(status.success(), "graceful exit: {status:?}");
+    drop(remote);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn midge_killed_during_qos1_load_loses_nothing_acknowledged() {
-    midge_killed_under_load(QoS::AtLeastOnce, false).await;
+    midge_killed_under_load(QoS::AtLeastOnce, false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn midge_on_postgres_killed_during_qos1_load_loses_nothing_acknowledged() {
-    midge_killed_under_load(QoS::AtLeastOnce, true).await;
+    midge_killed_under_load(QoS::AtLeastOnce, true, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn midge_killed_during_qos2_load_delivers_exactly_once() {
-    midge_killed_under_load(QoS::ExactlyOnce, false).await;
+    midge_killed_under_load(QoS::ExactlyOnce, false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn midge_killed_during_qos2_load_to_a_midge_remote_delivers_exactly_once() {
+    // Midge to Midge: the remote keeps the bridge's session (and its QoS 2
+    // receive state) while the edge is killed and restarted.
+    midge_killed_under_load(QoS::ExactlyOnce, false, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

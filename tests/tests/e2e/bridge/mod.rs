@@ -7,6 +7,7 @@ mod durability;
 mod forwarding;
 mod links;
 mod loops;
+mod operate;
 
 use std::time::Duration;
 
