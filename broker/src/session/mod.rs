@@ -7,6 +7,8 @@
 //! through `notify`; its output (server/writer.rs) moves them into the
 //! inflight window.
 
+#[cfg(test)]
+mod harness;
 pub mod proto;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -14,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use midge_protocol::{Packet, QoS, Version};
+use midge_protocol::{Ack, Packet, QoS, Version};
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
 
@@ -383,6 +385,55 @@ impl Session {
         }
         st.expiry_interval = new.min(max);
         Ok(())
+    }
+}
+
+/// What the session makes of an acknowledgement from its client.
+#[derive(Debug, Default)]
+pub struct AckAnswer {
+    /// The packet to answer with (PUBREL for PUBREC, PUBCOMP for PUBREL),
+    /// once `ticket` is durable.
+    pub reply: Option<Packet>,
+    /// The store ticket the reply waits for (0: none).
+    pub ticket: u64,
+    /// The delivery the client acknowledged (PUBACK, PUBCOMP), for the
+    /// `Acked` event.
+    pub acked: Option<Delivery>,
+}
+
+impl Session {
+    /// The client's PUBACK, PUBREC, PUBCOMP or PUBREL, against this
+    /// session (`None` for any other packet): the one place the connection
+    /// turns an ack into the session's transition and its answer.
+    pub fn on_ack(&self, p: &Packet, version: Version) -> Option<AckAnswer> {
+        Some(match p {
+            Packet::PubAck(a) => AckAnswer {
+                acked: self.puback(a.packet_id),
+                ..AckAnswer::default()
+            },
+            Packet::PubRec(a) => match self.pubrec(a.packet_id, a.reason) {
+                Some((code, ticket)) => AckAnswer {
+                    reply: Some(Packet::PubRel(Ack::new(a.packet_id, code))),
+                    ticket,
+                    acked: None,
+                },
+                None => AckAnswer::default(),
+            },
+            Packet::PubComp(a) => AckAnswer {
+                acked: self.pubcomp(a.packet_id),
+                ..AckAnswer::default()
+            },
+            Packet::PubRel(a) => {
+                let (known, ticket) = self.pubrel(a.packet_id);
+                let code = proto::pubcomp_code(known, version);
+                AckAnswer {
+                    reply: Some(Packet::PubComp(Ack::new(a.packet_id, code))),
+                    ticket,
+                    acked: None,
+                }
+            }
+            _ => return None,
+        })
     }
 }
 

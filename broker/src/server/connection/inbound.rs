@@ -114,32 +114,16 @@ impl Inbound {
     pub(super) async fn handle(&mut self, p: Packet) -> Option<End> {
         match p {
             Packet::Publish(p) => self.publish(p).await,
-            Packet::PubAck(a) => {
-                if let Some(d) = self.session.puback(a.packet_id) {
-                    self.acked(&d.msg, d.qos, a.packet_id);
+            Packet::PubAck(Ack { packet_id, .. })
+            | Packet::PubRec(Ack { packet_id, .. })
+            | Packet::PubComp(Ack { packet_id, .. })
+            | Packet::PubRel(Ack { packet_id, .. }) => {
+                let answer = self.session.on_ack(&p, self.version)?;
+                if let Some(d) = answer.acked {
+                    self.acked(&d.msg, d.qos, packet_id);
                 }
-                None
-            }
-            Packet::PubRec(a) => {
-                if let Some((code, ticket)) = self.session.pubrec(a.packet_id, a.reason) {
-                    self.wait_for(ticket);
-                    self.control
-                        .push(Packet::PubRel(Ack::new(a.packet_id, code)));
-                }
-                None
-            }
-            Packet::PubComp(a) => {
-                if let Some(d) = self.session.pubcomp(a.packet_id) {
-                    self.acked(&d.msg, d.qos, a.packet_id);
-                }
-                None
-            }
-            Packet::PubRel(a) => {
-                let (known, ticket) = self.session.pubrel(a.packet_id);
-                self.wait_for(ticket);
-                let code = crate::session::proto::pubcomp_code(known, self.version);
-                self.control
-                    .push(Packet::PubComp(Ack::new(a.packet_id, code)));
+                self.wait_for(answer.ticket);
+                self.control.extend(answer.reply);
                 None
             }
             Packet::Subscribe(s) => self.subscribe(s).await,
