@@ -41,7 +41,10 @@ pub struct ClusterConfig {
     /// KV operation), in milliseconds. A wait past it fails the operation
     /// (counted in `midge_cluster_nats_timeouts_total`).
     pub request_timeout_ms: u64,
-    /// Longest wait for the first connection at start, in milliseconds.
+    /// Longest wait at start, in milliseconds: for the first connection,
+    /// and for JetStream to answer the setup of the node's stream and
+    /// buckets (a JetStream without a quorum, or electing its leader, times
+    /// out; those requests are tried again until then).
     pub connect_timeout_ms: u64,
     /// How often a node refreshes its membership record, in milliseconds.
     pub heartbeat_ms: u64,

@@ -35,6 +35,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::context::{CreateKeyValueErrorKind, CreateStreamErrorKind};
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use futures_util::stream::{AbortHandle, Abortable, SelectAll};
@@ -321,18 +323,31 @@ impl Cluster {
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
         };
+        // A JetStream that was just started (or is electing a meta leader)
+        // times out its first requests: the setup below retries those for
+        // up to `connect_timeout_ms`, like the first connection, and fails
+        // at once on any other error.
+        let patience = tokio::time::Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
         // Messages stored before this node joined are not its concern.
-        let start_seq =
-            match tokio::time::timeout(deadline, js.create_or_update_stream(stream_cfg)).await {
-                Ok(Ok(info)) => info.state.last_sequence,
-                Ok(Err(e)) => return Err(setup(&format!("stream {stream_name}"), &e)),
-                Err(_) => {
-                    return Err(setup(
-                        &format!("stream {stream_name}"),
-                        &"no answer (is JetStream enabled with enough servers for the replicas?)",
-                    ))
-                }
+        let start_seq = loop {
+            let what = format!("stream {stream_name}");
+            let failed: Box<dyn std::fmt::Display + Send> = match tokio::time::timeout(
+                deadline,
+                js.create_or_update_stream(stream_cfg.clone()),
+            )
+            .await
+            {
+                Ok(Ok(info)) => break info.state.last_sequence,
+                Ok(Err(e)) if not_ready(&e.kind()) => Box::new(e),
+                Ok(Err(e)) => return Err(setup(&what, &e)),
+                Err(_) => Box::new(
+                    "no answer (is JetStream enabled with enough servers for the replicas?)",
+                ),
             };
+            if !again(patience, &what, &*failed).await {
+                return Err(setup(&what, &*failed));
+            }
+        };
         let bucket =
             |suffix: &str, history: i64, max_age: Duration, markers: Option<Duration>| kv::Config {
                 bucket: format!("{c}-{suffix}"),
@@ -358,11 +373,30 @@ impl Cluster {
             bucket("interest", 1, Duration::ZERO, None),
             bucket("state", 1, Duration::ZERO, None),
         ] {
-            let name = kc.bucket.clone();
-            match tokio::time::timeout(deadline, js.create_or_update_key_value(kc)).await {
-                Ok(Ok(s)) => stores.push(s),
-                Ok(Err(e)) => return Err(setup(&format!("bucket {name}"), &e)),
-                Err(_) => return Err(setup(&format!("bucket {name}"), &"no answer")),
+            let what = format!("bucket {}", kc.bucket);
+            loop {
+                let failed: Box<dyn std::fmt::Display + Send> =
+                    match tokio::time::timeout(deadline, js.create_or_update_key_value(kc.clone()))
+                        .await
+                    {
+                        Ok(Ok(s)) => {
+                            stores.push(s);
+                            break;
+                        }
+                        // The bucket's stream error comes as text here.
+                        Ok(Err(e))
+                            if e.kind() == CreateKeyValueErrorKind::TimedOut
+                                || e.to_string().contains("error code 10008")
+                                || e.to_string().contains("error code 10005") =>
+                        {
+                            Box::new(e)
+                        }
+                        Ok(Err(e)) => return Err(setup(&what, &e)),
+                        Err(_) => Box::new("no answer"),
+                    };
+                if !again(patience, &what, &*failed).await {
+                    return Err(setup(&what, &*failed));
+                }
             }
         }
         let state = stores.pop().ok_or_else(|| setup("buckets", &"missing"))?;
@@ -1236,4 +1270,31 @@ pub(crate) fn decode_inbound(
             None
         }
     }
+}
+
+/// A JetStream that cannot answer yet: a timeout, no JetStream, "JetStream
+/// system temporarily unavailable" (10008: no meta leader, e.g. without a
+/// quorum) or "no suitable peers for placement" (10005: the servers for the
+/// replicas are not all up yet; when they never come, the same error ends
+/// the start once the wait is over).
+fn not_ready(kind: &CreateStreamErrorKind) -> bool {
+    match kind {
+        CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => true,
+        CreateStreamErrorKind::JetStream(e) => {
+            e.error_code() == ErrorCode::CLUSTER_NOT_AVAILABLE
+                || e.error_code() == ErrorCode::CLUSTER_NO_PEERS
+        }
+        _ => false,
+    }
+}
+
+/// Whether a setup request that timed out may be tried again (before
+/// `patience`): says so in the log and pauses a moment first.
+async fn again(patience: tokio::time::Instant, what: &str, why: &dyn std::fmt::Display) -> bool {
+    if tokio::time::Instant::now() >= patience {
+        return false;
+    }
+    warn!(%what, error = %why, "JetStream not answering yet at start; trying again");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    true
 }

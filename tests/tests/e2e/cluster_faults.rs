@@ -459,3 +459,50 @@ async fn through_haproxy_the_publishers_node_dies_and_nothing_acked_is_lost() {
     receive_all(&mut sub, total, Duration::from_secs(30)).await;
     drop(survivor);
 }
+
+/// A node started while JetStream has no quorum (one server of three up)
+/// waits for it instead of exiting: its setup requests time out, are tried
+/// again (said in its log), and succeed once a second server is back; then
+/// it serves. (A fresh NATS cluster still electing its leader is the same
+/// case, and once made a node exit at start.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_before_jetstream_has_a_quorum_waits_for_it() {
+    let Some(mut nats) = tokio::task::spawn_blocking(NatsCluster::start)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    // The broker binary is built (when it is stale) before the clock starts.
+    tokio::task::spawn_blocking(midge_e2e::process::midge_bin)
+        .await
+        .unwrap();
+    nats.stop(1);
+    nats.stop(2);
+    let c = MidgeCluster::new(&nats.urls(), "connect_timeout_ms = 60000");
+    let config = c.config("n1");
+    let starting =
+        tokio::task::spawn_blocking(move || midge_e2e::process::BrokerProcess::start(&config, 0));
+    // Longer than the request timeout (3 s): the setup has timed out at
+    // least once before the quorum comes back.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        !starting.is_finished(),
+        "the node started without a JetStream quorum"
+    );
+    nats.restart(1);
+    let n1 = starting.await.unwrap();
+    assert!(
+        n1.log()
+            .contains("JetStream not answering yet at start; trying again"),
+        "no retry in the log:\n{}",
+        n1.log()
+    );
+    let mut sub = V4::new_at(n1.port()).await;
+    sub.subscribe("quorum/#", QoS::AtLeastOnce).await;
+    let mut publisher = V4::new_at(n1.port()).await;
+    publisher
+        .publish("quorum/1", QoS::AtLeastOnce, false, "after the wait")
+        .await;
+    assert_eq!(text(&sub.next_publish().await.payload), "after the wait");
+}
