@@ -324,6 +324,10 @@ fn serve(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
             Some(p) if e.is_config_error() => anyhow::anyhow!("{}: {e}", p.display()),
             _ => e.into(),
         })?;
+        // Both signal handlers are installed before the "listening" lines:
+        // a script that signals as soon as it reads them reaches the
+        // handlers, not the default action (which ends the process).
+        let shutdown = shutdown_signal();
         if let Some(path) = path {
             server = server.with_config_path(path.clone());
             tokio::spawn(midge::reload::watch(server.broker(), path, cfg));
@@ -356,29 +360,32 @@ fn serve(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         if let Some(a) = server.admin_addr() {
             println!("midge: admin listening on {a}");
         }
-        server.run(shutdown_signal()).await?;
+        server.run(shutdown).await?;
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C. The SIGTERM handler is installed by this
+/// call (see `serve`), not when the future first runs.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        match term {
+            Some(mut term) => {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
                 }
             }
-            Err(_) => {
+            None => {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

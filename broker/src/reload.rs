@@ -274,12 +274,33 @@ fn plugin_mtimes(broker: &Broker) -> Vec<(PathBuf, Option<SystemTime>)> {
 
 /// Watches `path` (SIGHUP or a changed file) and the running plugins'
 /// `.wasm` files until the task is dropped.
-pub async fn watch(broker: Arc<Broker>, path: PathBuf, running: Config) {
+///
+/// The SIGHUP handler is installed by this call, not when the returned
+/// future first runs: a caller that announces it is ready after calling it
+/// (the "listening" lines) cannot be killed by an early SIGHUP, whose
+/// default action ends the process. Call it within the tokio runtime.
+pub fn watch(
+    broker: Arc<Broker>,
+    path: PathBuf,
+    running: Config,
+) -> impl std::future::Future<Output = ()> + Send {
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    let hup: Option<()> = None;
+    watch_with(broker, path, running, hup)
+}
+
+async fn watch_with(
+    broker: Arc<Broker>,
+    path: PathBuf,
+    running: Config,
+    #[cfg(unix)] mut hup: Option<tokio::signal::unix::Signal>,
+    #[cfg(not(unix))] _hup: Option<()>,
+) {
     let mut last = mtime(&path);
     let mut last_wasm = plugin_mtimes(&broker);
     let mut tick = tokio::time::interval(POLL);
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
         #[cfg(unix)]
         let why = tokio::select! {

@@ -11,6 +11,19 @@ use midge_e2e::process::BrokerProcess;
 use midge_e2e::raw::*;
 use midge_e2e::*;
 
+/// The broker's log once it has a line containing `text` (its log is read
+/// by a thread of its own, so a line can arrive after the listening lines).
+async fn log_with(b: &BrokerProcess, text: &str) -> String {
+    for _ in 0..100 {
+        let log = b.log();
+        if log.contains(text) {
+            return log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    b.log()
+}
+
 fn config(dir: &TempDir, max_connections: usize) -> std::path::PathBuf {
     let file = dir.0.join("midge.toml");
     std::fs::write(
@@ -36,7 +49,7 @@ async fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
         assert_eq!(ack.code, 0, "connection {i} refused");
         clients.push(c);
     }
-    let log = b.log();
+    let log = log_with(&b, "descriptor limit raised to the hard limit").await;
     assert!(
         log.contains("descriptor limit raised to the hard limit")
             && log.contains("from=64")
@@ -56,7 +69,7 @@ async fn a_descriptor_limit_below_max_connections_is_reported_at_start() {
     let dir = TempDir::new("midge-descriptors-low");
     let cfg = config(&dir, 1000);
     let b = BrokerProcess::start_wrapped(&cfg, 0, false, &[], &["prlimit", "--nofile=128:128"]);
-    let log = b.log();
+    let log = log_with(&b, "descriptor limit 128").await;
     assert!(
         log.contains("descriptor limit 128 leaves room for about 64 connections, below limits.max_connections = 1000"),
         "no warning naming limits.max_connections:\n{log}"

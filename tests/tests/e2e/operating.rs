@@ -636,3 +636,23 @@ async fn sys_traffic_is_counted_apart() {
     );
     assert_eq!(metric(&b, "midge_messages_received_total").await, 1.0);
 }
+
+/// A script that signals the broker as soon as it reads the "listening"
+/// lines reaches its handlers: SIGHUP reloads (it does not end the process,
+/// as the default action would) and SIGTERM then shuts down cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_sent_as_soon_as_the_broker_listens_are_handled() {
+    let dir = TempDir::new("midge-early-signals");
+    let config = dir.0.join("midge.toml");
+    std::fs::write(&config, "[log]\nlevel = \"info\"\n").unwrap();
+    for round in 0..5 {
+        let broker = midge_e2e::process::BrokerProcess::start(&config, 0);
+        broker.signal("HUP");
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", broker.port()).parse().unwrap();
+        let (mut c, ack) = RawClient::handshake(addr, ConnectOpts::v5(&unique("early"))).await;
+        assert_eq!(ack.code, 0, "round {round}");
+        c.ping().await;
+        let status = broker.terminate();
+        assert!(status.success(), "round {round}: exit {status:?}");
+    }
+}
