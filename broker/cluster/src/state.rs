@@ -57,6 +57,12 @@ pub struct SessionRecord {
     /// again (which a client that completed it would take as new).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub released: Vec<(u64, u16)>,
+    /// Stream sequences above `floor` the client acknowledged (PUBACK,
+    /// PUBCOMP), as inclusive ranges: `floor` trails them (it stays below
+    /// any message that may still arrive), and a resume must not send
+    /// these again (for QoS 2 that would be a second delivery).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub done: Vec<(u64, u64)>,
     /// When it was written (ms since the Unix epoch).
     #[serde(default)]
     pub written_ms: i64,
@@ -73,6 +79,13 @@ impl SessionRecord {
             && self.subs == other.subs
             && self.qos2_in == other.qos2_in
             && self.released == other.released
+            && self.done == other.done
+    }
+
+    /// Whether the client acknowledged stream sequence `seq` (above the floor).
+    pub fn is_done(&self, seq: u64) -> bool {
+        let i = self.done.partition_point(|r| r.1 < seq);
+        self.done.get(i).is_some_and(|r| r.0 <= seq)
     }
 }
 
@@ -93,7 +106,14 @@ pub struct Held {
     pub epoch: u64,
     pub revision: u64,
     pub last: Option<SessionRecord>,
+    /// Stream sequences the client acknowledged that the floor may not
+    /// cover yet (pruned below the floor at each write).
+    pub done: std::collections::BTreeSet<u64>,
 }
+
+/// Most ranges of acknowledged sequences a record keeps (the oldest go
+/// first; a resume may then send those messages again).
+pub const MAX_DONE_RANGES: usize = 1024;
 
 /// Most messages one resume reads from the stream.
 pub const MAX_REPLAY: usize = 100_000;
@@ -212,6 +232,7 @@ impl Cluster {
                 epoch,
                 revision,
                 last: None,
+                done: Default::default(),
             },
         );
     }
@@ -244,6 +265,35 @@ impl Cluster {
                 .as_ref()
                 .is_some_and(|l| released.iter().all(|r| l.released.binary_search(r).is_ok()))
         })
+    }
+
+    /// The client of a held session acknowledged the message at stream
+    /// sequence `seq`.
+    pub fn acknowledged(&self, client_id: &str, seq: u64) {
+        if let Some(h) = self.held.lock().get_mut(client_id) {
+            h.done.insert(seq);
+        }
+    }
+
+    /// The acknowledged sequences above `floor`, as ranges (forgetting
+    /// those at or below it).
+    pub fn done_above(&self, client_id: &str, floor: u64) -> Vec<(u64, u64)> {
+        let mut held = self.held.lock();
+        let Some(h) = held.get_mut(client_id) else {
+            return Vec::new();
+        };
+        h.done = h.done.split_off(&(floor + 1));
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for &s in &h.done {
+            match out.last_mut() {
+                Some(r) if r.1 + 1 == s => r.1 = s,
+                _ => out.push((s, s)),
+            }
+        }
+        if out.len() > MAX_DONE_RANGES {
+            out.drain(..out.len() - MAX_DONE_RANGES);
+        }
+        out
     }
 
     /// This node no longer writes `client_id`'s record (handed over, taken
@@ -373,6 +423,7 @@ mod tests {
             subs: vec![("a/#".into(), "AQI=".into())],
             qos2_in: vec![],
             released: vec![],
+            done: vec![(103, 105), (110, 110)],
             written_ms: 1,
         };
         let json = serde_json::to_string(&rec).unwrap_or_default();
@@ -392,6 +443,8 @@ mod tests {
             ..rec.clone()
         };
         assert!(!moved.same(&rec));
+        assert!(rec.is_done(103) && rec.is_done(105) && rec.is_done(110));
+        assert!(!rec.is_done(102) && !rec.is_done(106) && !rec.is_done(111));
         let released = SessionRecord {
             released: vec![(120, 7)],
             ..rec.clone()

@@ -107,6 +107,12 @@ impl EventSink for Sink {
         {
             return;
         }
+        if let (Event::Acked { msg, .. }, Some(c)) = (event, self.cluster.get()) {
+            let m = msg.stream_mark.load(Relaxed);
+            if m != u64::MAX && m & MARK_EXACT != 0 {
+                c.acknowledged(id, (m & !MARK_EXACT) + 1);
+            }
+        }
         let _ = self.tx.send(Arc::from(id));
     }
 }
@@ -309,6 +315,7 @@ fn record_of(c: &Cluster, session: &Session, epoch: u64, mark: u64) -> SessionRe
     let mut qos2_in: Vec<u16> = st.incoming_qos2.iter().copied().collect();
     qos2_in.sort_unstable();
     let (released, _) = released_of(&st);
+    let done = c.done_above(&session.client_id, floor);
     SessionRecord {
         expiry: st.expiry_interval,
         offline_since_ms: if st.conn.is_none() {
@@ -320,6 +327,7 @@ fn record_of(c: &Cluster, session: &Session, epoch: u64, mark: u64) -> SessionRe
         subs,
         qos2_in,
         released,
+        done,
         ..c.new_state(epoch)
     }
 }
@@ -425,7 +433,7 @@ async fn resume(
         st.offline_since_ms = Some(crate::message::now_ms());
     }
     super::takeover::install(b, &session)?;
-    replay_into(c, &session, rec.floor, 0, &rec.released).await
+    replay_into(c, &session, rec.floor, 0, Some(rec)).await
 }
 
 /// After a session moved here from a live node (its queue handed over):
@@ -443,23 +451,25 @@ async fn catch_up(
         return Ok(0);
     };
     let handed = session.state.lock().queue.len();
-    replay_into(c, &session, floor, handed, &[]).await
+    replay_into(c, &session, floor, handed, None).await
 }
 
 /// Reads the stream after `floor` on `session`'s plain filters (once this
 /// node's NATS subscriptions for them are in place, so what is stored later
 /// arrives live) and queues what they match that the session does not
 /// hold already, at queue position `at` (before what arrived live since);
-/// returns how many. A message listed in `released` (sequence, packet id)
-/// goes inflight in stage Released under its packet id instead: the
-/// client gets its PUBREL, not the message again.
+/// returns how many. From a record (`rec`, a resume): a message the client
+/// acknowledged (`done`) is left out, and one listed as released goes
+/// inflight in stage Released under its packet id: the client gets its
+/// PUBREL, not the message again.
 async fn replay_into(
     c: &Arc<Cluster>,
     session: &Arc<Session>,
     floor: u64,
     at: usize,
-    released: &[(u64, u16)],
+    rec: Option<&SessionRecord>,
 ) -> Result<usize, String> {
+    let released: &[(u64, u16)] = rec.map_or(&[], |r| &r.released);
     let client_id = &session.client_id;
     let subs: Vec<(String, SubscriptionRecord)> = session
         .state
@@ -487,7 +497,7 @@ async fn replay_into(
     let mut out: Vec<Delivery> = Vec::with_capacity(stored.len());
     let mut rel: Vec<Inflight> = Vec::new();
     for (seq, env) in stored {
-        if held.contains(&seq) {
+        if held.contains(&seq) || rec.is_some_and(|r| r.is_done(seq)) {
             continue;
         }
         if let Ok(i) = released.binary_search_by_key(&seq, |r| r.0) {

@@ -456,3 +456,120 @@ async fn a_dead_nodes_offline_session_past_its_expiry_is_not_resumed() {
         "the 1 s session expired with its node"
     );
 }
+
+/// Publishes 0, 1, 2, ... (QoS 2) on `topic` at `port`, one at a time,
+/// counting each PUBCOMP in `done`, until `stop` is set.
+async fn qos2_load(port: u16, topic: &'static str, done: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
+    let mut p = V4::new_at(port).await;
+    for i in 0u64.. {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        p.client
+            .publish(topic, QoS::ExactlyOnce, false, i.to_string())
+            .await
+            .unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), p.events.recv()).await {
+                Ok(Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubComp(_))))) => break,
+                Ok(Some(Ok(_))) => {}
+                other => panic!("publisher's connection failed: {other:?}"),
+            }
+        }
+        done.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// QoS 2 exactly once across `kill -9` of the subscriber's node: a
+/// persistent 5.0 paho subscriber (which delivers a QoS 2 message on its
+/// PUBREL and keeps its receive state across reconnects) on n1, a QoS 2
+/// publisher on n2; n1 dies mid-stream and the subscriber moves to n2.
+/// Every completed publish arrives once: none lost, none delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_exactly_once_for_a_paho_v5_subscriber_across_kill9_of_its_node() {
+    let Some(urls) = shared_urls() else { return };
+    if std::process::Command::new("python3")
+        .args(["-c", "import paho.mqtt"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        missing_tool("python3 with paho-mqtt");
+        return;
+    }
+    let c = MidgeCluster::new(&urls, "");
+    let (n1, n2, _n3) = (c.start("n1"), c.start("n2"), c.start("n3"));
+    let p2 = n2.port();
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python");
+    let mut child = tokio::process::Command::new("python3")
+        .arg(dir.join("cluster_qos2_failover.py"))
+        .arg(n1.port().to_string())
+        .arg(p2.to_string())
+        .arg(unique("eo"))
+        .arg("eo/#")
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
+            Ok(Ok(Some(l))) if l == "ready" => break,
+            Ok(Ok(Some(l))) => got.lock().unwrap().push(l),
+            other => panic!("paho subscriber not ready: {other:?}"),
+        }
+    }
+    let reader = {
+        let got = got.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                got.lock().unwrap().push(l);
+            }
+        })
+    };
+    let (done, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let load = tokio::spawn(qos2_load(p2, "eo/x", done.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    n1.kill9();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    let n = done.load(Ordering::SeqCst);
+    let mut p = V4::new_at(p2).await;
+    p.publish("eo/x", QoS::ExactlyOnce, false, "end").await;
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("paho subscriber ends")
+        .unwrap();
+    let _ = reader.await;
+    let got = got.lock().unwrap().clone();
+    let mut count = std::collections::HashMap::<u64, usize>::new();
+    for l in &got {
+        if let Some(i) = l.strip_prefix("m ").and_then(|v| v.parse::<u64>().ok()) {
+            *count.entry(i).or_default() += 1;
+        }
+    }
+    let missing: Vec<u64> = (0..n).filter(|i| !count.contains_key(i)).collect();
+    let twice: Vec<(u64, usize)> = count
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(i, c)| (*i, *c))
+        .collect();
+    let moved = got.iter().any(|l| l.starts_with("c 1"));
+    assert!(
+        status.success() && moved,
+        "subscriber resumed on n2 with its session: {got:?}"
+    );
+    assert!(n > 20, "the load ran ({n} completed)");
+    assert!(
+        missing.is_empty() && twice.is_empty(),
+        "of {n} completed QoS 2 publishes: missing {missing:?}, delivered more than once {twice:?}"
+    );
+}
