@@ -11,7 +11,7 @@ import { rulesPage, rulePage } from './rules.js';
 import plugins from './plugins.js';
 import live from './live.js';
 import clusterPage from './cluster.js';
-import { bridgesPage } from './later.js';
+import bridgesPage from './bridges.js';
 
 const routes = [
   [/^\/(overview)?$/, overview],

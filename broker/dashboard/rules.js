@@ -64,7 +64,7 @@ export const rulesPage = {
 
 function actionEditor(a, remove) {
   const kind = h('select', { class: 'action-type', 'aria-label': 'Action type' },
-    ['republish', 'log', 'plugin'].map((t) => h('option', { value: t }, t)));
+    ['republish', 'bridge', 'log', 'plugin'].map((t) => h('option', { value: t }, t)));
   kind.value = a.type || 'republish';
   const topic = h('input', { class: 'action-topic', value: a.topic || '', placeholder: 'e.g. alerts/${clientid}', spellcheck: 'false' });
   const payload = h('textarea', { class: 'action-payload', rows: '2', placeholder: 'empty: the output row as JSON; ${field} placeholders', spellcheck: 'false' });
@@ -73,16 +73,19 @@ function actionEditor(a, remove) {
   qos.value = String(a.qos ?? 0);
   const retain = h('input', { type: 'checkbox', class: 'action-retain', checked: !!a.retain });
   const plugin = h('input', { class: 'action-plugin', value: a.plugin || '', spellcheck: 'false' });
+  const bridge = h('input', { class: 'action-bridge', value: a.bridge || '', spellcheck: 'false' });
   const rep = h('div', { class: 'action-fields' }, field('Topic', topic), field('Payload template', payload), field('QoS', qos),
     h('label', { class: 'check' }, retain, ' retain'));
   const plug = h('div', { class: 'action-fields' }, field('Plugin', plugin));
+  const brg = h('div', { class: 'action-fields' }, field('Bridge', bridge, 'the name of a [[bridges]] entry; the topic is the topic at its remote'));
   const sync = () => {
-    rep.hidden = kind.value !== 'republish';
+    rep.hidden = kind.value !== 'republish' && kind.value !== 'bridge';
     plug.hidden = kind.value !== 'plugin';
+    brg.hidden = kind.value !== 'bridge';
   };
   kind.addEventListener('change', sync);
   sync();
-  const el = h('fieldset', { class: 'action' }, h('legend', {}, 'Action'), field('Type', kind), rep, plug,
+  const el = h('fieldset', { class: 'action' }, h('legend', {}, 'Action'), field('Type', kind), brg, rep, plug,
     h('button', { type: 'button', class: 'small', onclick: remove }, 'Remove action'));
   return {
     el,
@@ -90,7 +93,8 @@ function actionEditor(a, remove) {
       if (kind.value === 'log') return { type: 'log' };
       if (kind.value === 'plugin') return { type: 'plugin', plugin: plugin.value.trim() };
       // Keep the fields this form does not edit (5.0 properties).
-      const out = { ...(a.type === 'republish' ? a : {}), type: 'republish', topic: topic.value.trim(), qos: Number(qos.value), retain: retain.checked };
+      const out = { ...(a.type === kind.value ? a : {}), type: kind.value, topic: topic.value.trim(), qos: Number(qos.value), retain: retain.checked };
+      if (kind.value === 'bridge') out.bridge = bridge.value.trim();
       if (payload.value === '') delete out.payload;
       else out.payload = payload.value;
       return out;
@@ -226,9 +230,9 @@ export const rulePage = {
           outs.forEach((o, j) => {
             let body;
             if (o.error) body = h('p', { class: 'msg error' }, o.error);
-            else if (o.type === 'republish') {
+            else if (o.type === 'republish' || o.type === 'bridge') {
               const binary = o.payload === null;
-              body = [h('p', {}, 'publishes to ', h('code', { class: 'out-topic' }, o.topic), ` (QoS ${o.qos}${o.retain ? ', retained' : ''}${binary ? ', binary, shown in hex' : ''}):`),
+              body = [h('p', {}, o.type === 'bridge' ? ['sends through bridge ', h('code', {}, o.bridge), ' to '] : 'publishes to ', h('code', { class: 'out-topic' }, o.topic), ` (QoS ${o.qos}${o.retain ? ', retained' : ''}${binary ? ', binary, shown in hex' : ''}):`),
                 h('pre', { class: 'payload out-payload' }, binary ? hexdump(fromBase64(o.payload_base64)) : o.payload)];
             }
             else if (o.type === 'log') body = h('pre', { class: 'payload' }, JSON.stringify(o.output));

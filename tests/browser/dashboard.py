@@ -13,6 +13,8 @@ Environment:
   MIDGE_TEST_NATS  NATS URLs (scripts/test.sh starts them) for two clustered
                    nodes on the next ports (mqtt +3, admin +4; mqtt +5); the
                    cluster step is required under CI=true
+The bridges step starts an edge broker on mqtt +6, admin +7, bridging to
+this broker and to +8 (where nothing may listen).
 
 Fails on any error in the browser console that the step did not expect
 (the 401 of a wrong token; refused connections while the broker is down).
@@ -143,8 +145,12 @@ kv_path = "{work}/kv"
 
 
 def api(method, path, body=None):
+    return api_at(ADMIN, method, path, body)
+
+
+def api_at(port, method, path, body=None):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"http://127.0.0.1:{ADMIN}{path}", data=data, method=method,
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
                                  headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
@@ -554,9 +560,109 @@ def step_later_pages(p):
         raise Failure(f"unexpected cluster page of a single node: {off!r}")
     p.shot("cluster-single-node")
     p.go("bridges")
-    wait_until("the bridges placeholder", lambda: "Not available yet" in p.text("#not-yet"))
-    p.shot("bridges")
-    p.console("later pages")
+    none = wait_until("the no-bridges message", lambda: p.text("#bridges-none"))
+    if "no bridges" not in none:
+        raise Failure(f"unexpected bridges page of a broker without bridges: {none!r}")
+    p.shot("bridges-none")
+    p.console("cluster and bridges pages")
+
+
+def step_bridges(p):
+    """An edge broker bridging to this test's broker ("main": up) and to a
+    port nothing listens on ("down"): its Bridges page shows "main"
+    connected with the messages it sent (mosquitto_pub at the edge ->
+    mosquitto_sub here), and "down" disconnected with its last error and
+    the same messages buffered."""
+    e_mqtt, e_admin, nowhere = BASE_PORT + 6, BASE_PORT + 7, BASE_PORT + 8
+    work = tempfile.mkdtemp(prefix="midge-dash-bridges-")
+    edge = Node(work, "edge", f"""
+[listeners]
+mqtt = "127.0.0.1:{e_mqtt}"
+ws = "127.0.0.1:0"
+
+[admin]
+listen = "127.0.0.1:{e_admin}"
+token = "{TOKEN}"
+api_rules_file = "{work}/api-rules.json"
+
+[sys]
+interval = 0
+
+[[bridges]]
+name = "main"
+remote = "mqtt://127.0.0.1:{MQTT}"
+client_id = "dash-edge-main"
+[bridges.reconnect]
+initial_ms = 200
+max_ms = 1000
+[[bridges.out]]
+filter = "dash/bridge/#"
+add_prefix = "edge/"
+qos = 1
+
+[[bridges]]
+name = "down"
+remote = "mqtt://127.0.0.1:{nowhere}"
+client_id = "dash-edge-down"
+[bridges.reconnect]
+initial_ms = 200
+max_ms = 1000
+[[bridges.out]]
+filter = "dash/bridge/#"
+qos = 1
+""")
+    try:
+        edge.start()
+        p.d.get(f"http://127.0.0.1:{e_admin}/#/bridges")
+        wait_until("the login form of the edge", lambda: p.css("#token").is_displayed())
+        p.fill("#token", TOKEN)
+        p.click("#login-form button[type=submit]")
+        p.wait_h1("Bridges")
+        wait_until("bridge main connected", lambda: p.text('[data-state="main"]') == "connected", timeout=30)
+        wait_until("bridge down disconnected", lambda: p.text('[data-state="down"]') == "disconnected")
+        sub = mosquitto("mosquitto_sub", "-t", "edge/dash/bridge/#", "-q", "1", "-C", "5", "-W", "30", "-v",
+                        "-i", "dash-bridge-sub", wait=False)
+        time.sleep(0.5)
+        for i in range(5):
+            r = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(e_mqtt), "-t", f"dash/bridge/{i}",
+                                "-m", f"b{i}", "-q", "1", "-i", "dash-bridge-pub"], capture_output=True, text=True,
+                               timeout=30)
+            if r.returncode != 0:
+                raise Failure(f"mosquitto_pub at the edge failed: {r.stderr}")
+        out = finish(sub, timeout=40)
+        if sub.returncode != 0 or out.count("\n") < 5 or "edge/dash/bridge/4 b4" not in out:
+            raise Failure(f"mosquitto_sub here did not get the 5 bridged messages: {out!r}")
+        wait_until("main's sent count on the page", lambda: p.text('[data-sent="main"]') == "5")
+        wait_until("down's 5 buffered messages on the page", lambda: p.text('[data-buffered="down"]') == "5")
+        err = wait_until("down's last error on the page", lambda: p.text('[data-error="down"]'))
+        if "refused" not in err.lower():
+            raise Failure(f"the last error of bridge down does not say the connection was refused: {err!r}")
+        if p.text('[data-buffered="main"]') != "0":
+            raise Failure(f"bridge main shows {p.text('[data-buffered=main]')!r} buffered after sending everything")
+        # The page shows what the API says.
+        st, body = api_at(e_admin, "GET", "/api/v1/bridges/down")
+        if st != 200 or body["buffered"]["messages"] != 5 or body["connected"]:
+            raise Failure(f"the API disagrees with the page: {st} {body}")
+        # Rates are over the last 5 s: keep messages flowing until the page shows one.
+        deadline = time.monotonic() + 30
+        i = 5
+        while p.text('[data-sent-rate="main"]') in ("", "0", "–"):
+            if time.monotonic() > deadline:
+                raise Failure("the page never showed a send rate for bridge main")
+            subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(e_mqtt), "-t", f"dash/bridge/{i}",
+                            "-m", f"b{i}", "-q", "1", "-i", "dash-bridge-pub"], capture_output=True, timeout=30)
+            i += 1
+            time.sleep(0.3)
+        p.shot("bridges")
+        log(f"bridges: main connected, 5 sent (rate {p.text('[data-sent-rate=main]')}/s); "
+            f"down disconnected with 5 buffered, last error {err!r}")
+        p.console("bridges")
+        # Back to this broker's origin: its tab storage still has the token.
+        p.d.get(URL + "#/overview")
+        p.wait_h1("Overview")
+    finally:
+        edge.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class Node(Broker):
@@ -750,6 +856,7 @@ def main():
                            ("subscriptions and topics", step_topics), ("rule", step_rule),
                            ("retained", step_retained), ("live topics", step_live), ("plugins", step_plugins),
                            ("cluster and bridges pages", step_later_pages), ("cluster of two nodes", step_cluster),
+                           ("bridges", step_bridges),
                            ("keyboard", step_keyboard),
                            ("narrow screen", step_narrow)]:
             log(f"step: {name}")

@@ -49,8 +49,8 @@ pub const ASSETS: &[Asset] = assets! {
     "rules.js" => JS,
     "plugins.js" => JS,
     "live.js" => JS,
-    "later.js" => JS,
     "cluster.js" => JS,
+    "bridges.js" => JS,
 };
 
 /// Total bytes embedded.

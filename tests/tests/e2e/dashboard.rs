@@ -6,7 +6,8 @@
 //! and fires a rule, browses and deletes retained messages, publishes and
 //! receives on the live topic page (MQTT 5.0 and 3.1.1), switches a plugin,
 //! shows a cluster of two nodes (with the NATS of `MIDGE_TEST_NATS`: both
-//! alive, the messages one forwards and the other receives), checks a wrong
+//! alive, the messages one forwards and the other receives), the bridges
+//! page (an edge broker with a connected and an unreachable bridge), checks a wrong
 //! token's message, a narrow screen, the keyboard, and a broker restart; any unexpected browser console error fails it. Screenshots
 //! of every page go to `target/dashboard/<run>/` (not committed).
 
@@ -57,7 +58,7 @@ fn dashboard_in_chromium() {
     let bin = midge_e2e::process::midge_bin();
     let wasm = midge_plugin::testing::wasm_dir();
     let persist = std::env::var("MIDGE_E2E_PERSIST").unwrap_or_default();
-    // Fixed ports from this test's range (24000-24999), one set per run: mqtt, ws, admin and, for the cluster step, two more nodes on the next three.
+    // Fixed ports from this test's range (24000-24999), one set per run: mqtt, ws, admin and, for the cluster step, two more nodes on the next three; for the bridges step an edge broker on the next two and one port nothing listens on.
     let (run, ports) = if persist == "sled" {
         ("sled", 24111)
     } else {
