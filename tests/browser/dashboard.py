@@ -620,6 +620,12 @@ qos = 1
         p.wait_h1("Bridges")
         wait_until("bridge main connected", lambda: p.text('[data-state="main"]') == "connected", timeout=30)
         wait_until("bridge down disconnected", lambda: p.text('[data-state="down"]') == "disconnected")
+        # main has no `in` direction: connected is the whole state, no "(subscribing)" after it.
+        st, body = api_at(e_admin, "GET", "/api/v1/bridges/main")
+        if st != 200 or not body["subscribed"]:
+            raise Failure(f"bridge main (no `in` directions) is not reported subscribed: {st} {body}")
+        if "subscribing" in p.css('[data-state="main"]').find_element(By.XPATH, "..").text:
+            raise Failure("the page shows bridge main (no `in` directions) as still subscribing")
         sub = mosquitto("mosquitto_sub", "-t", "edge/dash/bridge/#", "-q", "1", "-C", "5", "-W", "30", "-v",
                         "-i", "dash-bridge-sub", wait=False)
         time.sleep(0.5)

@@ -341,6 +341,11 @@ impl Link<'_> {
                 properties: Properties::default(),
                 filters,
             }));
+        } else {
+            // No `in` directions: nothing to wait for at the remote.
+            b.status
+                .subscribed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         b.session.notify.notify_one();
         detached
