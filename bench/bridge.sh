@@ -28,9 +28,7 @@
 #               acknowledged by the remote; Midge's /metrics) and until the
 #               remote's subscriber (mosquitto_sub -C MESSAGES) had them all.
 #   bytes       midge-sled: the growth of the store directory while MESSAGES
-#               were buffered, per message (PAYLOAD bytes each); with
-#               persistence.backend = postgres too when POSTGRES=1
-#               (pg_total_relation_size of midge_bridge_queue per row).
+#               were buffered, per message (PAYLOAD bytes each).
 #
 # Environment (all optional):
 #   EDGES="midge midge-sled mosquitto"  DURATION=10  WARMUP=1  DRAIN=5  WINDOW=64
@@ -40,6 +38,8 @@
 #   BROKER_CPU=0 BENCH_CPU=1  cores for taskset: the edge on BROKER_CPU, the
 #                     remote Mosquitto and the generator on BENCH_CPU
 #   TIMEOUT=600  bound on each phase   OUT=docs/BENCHMARKS.md
+#   PORT_BASE=N  take the loopback ports from N upward (3 per cell: edge,
+#                remote, admin) instead of free ones the kernel picks
 #   SKIP_BUILD=1 (reuse the binaries)  MIDGE=... BENCH=... MOSQUITTO=/usr/sbin/mosquitto
 #
 # Every process this script starts is stopped by its PID.
@@ -220,11 +220,23 @@ buffered() {
 
 now_ns() { date +%s%N; }
 
+# cell_ports: sets port, rport, aport (the edge's MQTT, the remote's and the
+# edge's admin port) for the next cell: from PORT_BASE upward when set.
+PORT_NEXT=${PORT_BASE:-}
+cell_ports() {
+    if [[ -n $PORT_NEXT ]]; then
+        port=$PORT_NEXT rport=$((PORT_NEXT + 1)) aport=$((PORT_NEXT + 2))
+        PORT_NEXT=$((PORT_NEXT + 3))
+    else
+        port=$(free_port) rport=$(free_port) aport=$(free_port)
+    fi
+}
+
 # ---------------------------------------------------------------- throughput
 throughput() {
     local edge=$1 dir port rport aport line
     dir=$(mktemp -d "$TMP/$edge-tp.XXXX")
-    port=$(free_port); rport=$(free_port); aport=$(free_port)
+    cell_ports
     remote_conf "$dir" "$rport" false
     start_remote "$dir"
     wait_port "$rport" || { echo "{\"cell\":\"throughput\",\"edge\":\"$edge\",\"error\":\"remote did not start\"}" >>"$RESULTS"; cleanup; return; }
@@ -248,7 +260,7 @@ throughput() {
 drain() {
     local edge=$1 dir port rport aport line t0 t_empty="" t_all="" before="" after="" sub_pid n
     dir=$(mktemp -d "$TMP/$edge-drain.XXXX")
-    port=$(free_port); rport=$(free_port); aport=$(free_port)
+    cell_ports
     # The remote's subscriber session, saved in its database: it is there
     # when the remote comes back.
     remote_conf "$dir" "$rport" true
@@ -273,6 +285,8 @@ drain() {
     log "drain: $edge: the remote returns"
     t0=$(now_ns)
     start_remote "$dir"
+    # The subscriber connects once the remote listens (its start counts).
+    wait_port "$rport" || { echo "{\"cell\":\"drain\",\"edge\":\"$edge\",\"error\":\"remote did not restart\"}" >>"$RESULTS"; cleanup; return; }
     mosquitto_sub -h 127.0.0.1 -p "$rport" -c -i bench-drain -q 1 -t 'bench/#' -C "$MESSAGES" -W "$TIMEOUT" >/dev/null 2>"$dir/sub.err" &
     sub_pid=$!
     PIDS+=("$sub_pid")

@@ -430,6 +430,7 @@ fn real_main(args: &Args) -> Result<()> {
                 "{who} publish {}B: {} acked in {:.2} s = {:.0} msg/s (ack p50 {:.0} us, p99 {:.0} us)",
                 args.payload, r.acked, r.publish_s, r.pub_msgs_per_s, r.ack_p50_us, r.ack_p99_us
             );
+            return Ok(());
         }
         Scenario::KafkaArchive => {
             let r = rt.block_on(archive::kafka_archive(args, addr, version))?;
