@@ -94,15 +94,9 @@ impl Inbound {
     }
 
     /// PUBREL: the QoS 2 id is free again once that is durable; PUBCOMP.
+    /// The session core's rule (`Session::pubrel`), as for a client.
     pub fn pubrel(&self, bridge: &Bridge, a: &Ack, v5: bool) -> Reply {
-        let s = &bridge.session;
-        let mut st = s.state.lock();
-        let known = st.incoming_qos2.remove(&a.packet_id);
-        let ticket = if known && st.persist {
-            s.store_op(Op::DelQos2(s.client_id.clone(), a.packet_id))
-        } else {
-            0
-        };
+        let (known, ticket) = bridge.session.pubrel(a.packet_id);
         let version = if v5 { Version::V5 } else { Version::V311 };
         let code = proto::pubcomp_code(known, version);
         Reply {

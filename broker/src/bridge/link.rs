@@ -1,5 +1,6 @@
 //! One bridge's connection to its remote, in the client role: connect
-//! (transport, CONNECT, CONNACK within `connect_timeout`), attach to the
+//! (transport, CONNECT, CONNACK within `connect_timeout`; what CONNECT says
+//! and what CONNACK allows are the session core's `session::client`), attach to the
 //! bridge session, subscribe to the `in` filters, then one loop that reads
 //! and writes until the link ends; then wait (exponential backoff with
 //! jitter) and connect again, until the broker stops.
@@ -16,19 +17,19 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use midge_protocol::{
-    decode, encode, reason, Connect, Disconnect, Packet, Properties, QoS, SubOptions, Subscribe,
-    Version,
+    decode, encode, reason, Disconnect, Packet, Properties, QoS, SubOptions, Subscribe, Version,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
 use super::inbound::{Inbound, Reply};
-use super::outbound::{Outbound, RemoteLimits};
+use super::outbound::Outbound;
 use super::transport::{self, Io};
 use super::Bridge;
 use crate::broker::Broker;
 use crate::message::ClientInfo;
+use crate::session::client::{self, ClientConnect, KeepAliveStep};
 use crate::session::{ConnInfo, ConnLink};
 
 /// How a connection ended.
@@ -129,8 +130,20 @@ async fn connect_and_serve(
 ) -> Ended {
     let spec = &bridge.spec;
     let max_in = broker.config.max_packet_size as usize;
+    let cc = ClientConnect {
+        version: spec.version,
+        client_id: &spec.client_id,
+        username: spec.username.as_deref(),
+        password: spec.password.as_deref(),
+        keep_alive: spec.keep_alive,
+        clean_start: spec.clean_start,
+        session_expiry: spec.session_expiry,
+        max_inflight: spec.max_inflight,
+        receive_maximum: broker.config.receive_maximum,
+        max_packet_size: broker.config.max_packet_size,
+    };
     let hs = tokio::select! {
-        hs = tokio::time::timeout(spec.connect_timeout, handshake(broker, bridge, max_in)) => hs,
+        hs = tokio::time::timeout(spec.connect_timeout, handshake(bridge, &cc, max_in)) => hs,
         _ = stop.changed() => return Ended::Stopped,
     };
     let (io, peer, ack, rbuf) = match hs {
@@ -144,27 +157,13 @@ async fn connect_and_serve(
         Ok(Err(e)) => return Ended::Failed(e),
         Ok(Ok(x)) => x,
     };
-    if ack.code != 0 {
-        return Ended::Failed(format!(
-            "{}: the remote refused the connection: {}",
-            spec.remote,
-            connack_text(spec.version, ack.code)
-        ));
-    }
-    let p = &ack.properties;
-    let limits = RemoteLimits {
-        version: spec.version,
-        window: usize::from(spec.max_inflight)
-            .min(usize::from(p.receive_maximum.unwrap_or(u16::MAX))),
-        max_qos: p
-            .maximum_qos
-            .and_then(QoS::from_u8)
-            .unwrap_or(QoS::ExactlyOnce),
-        retain_available: p.retain_available != Some(0),
-        max_packet_size: p.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
+    let limits = match client::check_connack(&cc, &ack) {
+        Ok(n) => n,
+        Err(e) => return Ended::Failed(format!("{}: {e}", spec.remote)),
     };
-    let keep_alive = p.server_keep_alive.unwrap_or(spec.keep_alive);
-    info!(bridge = %bridge.name(), remote = %spec.remote, %peer, session_present = ack.session_present, "bridge connected");
+    let keep_alive = limits.keep_alive;
+    let session_present = limits.session_present;
+    info!(bridge = %bridge.name(), remote = %spec.remote, %peer, session_present, window = limits.window, "bridge connected");
     let mut link = Link {
         broker,
         bridge,
@@ -188,7 +187,7 @@ async fn connect_and_serve(
         subscribe_id: None,
         max_in,
     };
-    let detached = link.attach(peer, ack.session_present);
+    let detached = link.attach(peer, session_present);
     let ended = link.serve(io, stop).await;
     link.detach(detached);
     ended
@@ -197,34 +196,19 @@ async fn connect_and_serve(
 /// Transport, CONNECT, CONNACK. Returns the stream, the peer, the CONNACK
 /// and whatever was read after it.
 async fn handshake(
-    broker: &Broker,
     bridge: &Bridge,
+    cc: &ClientConnect<'_>,
     max_in: usize,
 ) -> Result<(Box<dyn Io>, SocketAddr, midge_protocol::ConnAck, BytesMut), String> {
     let spec = &bridge.spec;
     let c = transport::connect(spec).await?;
     let mut io = c.io;
-    let mut props = Properties::default();
-    if spec.version == Version::V5 {
-        props.session_expiry_interval = Some(spec.session_expiry);
-        props.receive_maximum = Some(broker.config.receive_maximum);
-        props.maximum_packet_size = Some(broker.config.max_packet_size);
-    }
-    let connect = Connect {
-        version: spec.version,
-        clean_start: spec.clean_start,
-        keep_alive: spec.keep_alive,
-        properties: props,
-        client_id: spec.client_id.as_str().into(),
-        will: None,
-        username: spec.username.as_deref().map(Into::into),
-        password: spec
-            .password
-            .as_ref()
-            .map(|p| bytes::Bytes::copy_from_slice(p.as_bytes())),
-    };
     let mut out = BytesMut::new();
-    encode(&Packet::Connect(Box::new(connect)), spec.version, &mut out);
+    encode(
+        &Packet::Connect(Box::new(cc.packet())),
+        spec.version,
+        &mut out,
+    );
     io.write_all(&out)
         .await
         .map_err(|e| format!("{}: writing CONNECT: {e}", spec.remote))?;
@@ -232,7 +216,7 @@ async fn handshake(
     loop {
         // A 3.1.1-only remote answers a 5.0 CONNECT with the 3.1.1 refusal
         // "unacceptable protocol version", which does not parse as 5.0.
-        if spec.version == Version::V5 && buf.len() >= 4 && buf[..4] == [0x20, 0x02, 0x00, 0x01] {
+        if spec.version == Version::V5 && client::v311_refusal_of_v5(&buf) {
             return Err(format!(
                 "{}: the remote does not accept MQTT 5.0 (set protocol = \"3.1.1\")",
                 spec.remote
@@ -412,7 +396,12 @@ impl Link<'_> {
                 }
             }
             let pending = self.wpos < self.wbuf.len();
-            let deadline = self.deadline(last_write, ping_sent);
+            let deadline =
+                match client::keep_alive(self.keep_alive, Instant::now(), last_write, ping_sent) {
+                    Some(KeepAliveStep::Wait(at)) => Some(at),
+                    Some(_) => Some(Instant::now()),
+                    None => None,
+                };
             tokio::select! {
                 r = rd.read_buf(&mut self.rbuf) => match r {
                     Ok(0) => return Ended::Lost("the remote closed the connection".into()),
@@ -434,19 +423,21 @@ impl Link<'_> {
                     Err(e) => return Ended::Lost(format!("write: {e}")),
                 },
                 _ = session.notify.notified(), if !pending && !more => {}
-                _ = tokio::time::sleep_until(deadline.into()), if !self.keep_alive.is_zero() => {
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
                     let now = Instant::now();
-                    if let Some(at) = ping_sent {
-                        if now.duration_since(at) >= self.keep_alive {
+                    match client::keep_alive(self.keep_alive, now, last_write, ping_sent) {
+                        Some(KeepAliveStep::Lost) => {
                             return Ended::Lost(format!(
                                 "no answer from the remote within keep_alive ({} s)",
                                 self.keep_alive.as_secs()
                             ));
                         }
-                    } else if now.duration_since(last_write) >= self.keep_alive {
-                        self.control.push(Packet::PingReq);
-                        ping_sent = Some(now);
-                        more = true;
+                        Some(KeepAliveStep::Ping) => {
+                            self.control.push(Packet::PingReq);
+                            ping_sent = Some(now);
+                            more = true;
+                        }
+                        Some(KeepAliveStep::Wait(_)) | None => {}
                     }
                 }
                 _ = stop.changed() => {
@@ -454,14 +445,6 @@ impl Link<'_> {
                     return Ended::Stopped;
                 }
             }
-        }
-    }
-
-    /// When the keep-alive timer fires next.
-    fn deadline(&self, last_write: Instant, ping_sent: Option<Instant>) -> Instant {
-        match ping_sent {
-            Some(at) => at + self.keep_alive,
-            None => last_write + self.keep_alive,
         }
     }
 
@@ -496,18 +479,10 @@ impl Link<'_> {
             };
             let b = self.bridge;
             let reply = match p {
-                Packet::PubAck(a) => {
-                    self.out.puback(b, &a);
-                    None
-                }
-                Packet::PubRec(a) => self.out.pubrec(b, &a).map(|(ticket, p)| Reply {
-                    ticket,
-                    ack: Some(p),
-                }),
-                Packet::PubComp(a) => {
-                    self.out.pubcomp(b, &a);
-                    None
-                }
+                Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => self
+                    .out
+                    .ack(b, &p)
+                    .map(|(ticket, ack)| Reply { ticket, ack }),
                 Packet::Publish(p) => match self.inbound.publish(self.broker, b, p) {
                     Ok(r) => Some(r),
                     Err(e) => return Some(Ended::Lost(format!("protocol error: {e}"))),
@@ -573,36 +548,6 @@ impl Link<'_> {
     }
 }
 
-/// A CONNACK refusal in words (3.1.1 return codes and 5.0 reason codes).
-fn connack_text(v: Version, code: u8) -> String {
-    let text = match (v, code) {
-        (Version::V311, 1) => "unacceptable protocol version",
-        (Version::V311, 2) => "client id rejected",
-        (Version::V311, 3) => "server unavailable",
-        (Version::V311, 4) => "bad user name or password",
-        (Version::V311, 5) => "not authorized",
-        (Version::V5, reason::UNSUPPORTED_PROTOCOL_VERSION) => "unsupported protocol version",
-        (Version::V5, reason::CLIENT_IDENTIFIER_NOT_VALID) => "client id not valid",
-        (Version::V5, reason::BAD_USER_NAME_OR_PASSWORD) => "bad user name or password",
-        (Version::V5, reason::NOT_AUTHORIZED) => "not authorized",
-        (Version::V5, reason::SERVER_UNAVAILABLE) => "server unavailable",
-        (Version::V5, reason::SERVER_BUSY) => "server busy",
-        (Version::V5, reason::BANNED) => "banned",
-        (Version::V5, reason::BAD_AUTHENTICATION_METHOD) => "bad authentication method",
-        (Version::V5, reason::QUOTA_EXCEEDED) => "quota exceeded",
-        (Version::V5, reason::CONNECTION_RATE_EXCEEDED) => "connection rate exceeded",
-        (Version::V5, reason::USE_ANOTHER_SERVER) => "use another server",
-        (Version::V5, reason::SERVER_MOVED) => "server moved",
-        _ => "refused",
-    };
-    let kind = if v == Version::V311 {
-        "return code"
-    } else {
-        "reason code"
-    };
-    format!("CONNACK {kind} {code:#04x} ({text})")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -626,17 +571,5 @@ mod tests {
             let base = (100u64 << (n % 8).saturating_sub(1)).min(1000);
             assert!(w <= base && w * 2 >= base, "{w} for {base}");
         }
-    }
-
-    #[test]
-    fn refusals_are_put_in_words() {
-        assert_eq!(
-            connack_text(Version::V5, 0x86),
-            "CONNACK reason code 0x86 (bad user name or password)"
-        );
-        assert_eq!(
-            connack_text(Version::V311, 5),
-            "CONNACK return code 0x05 (not authorized)"
-        );
     }
 }

@@ -2,24 +2,29 @@
 //! PUBLISH packets with remote topics, and the remote's acknowledgements.
 //!
 //! The session is the one the router fills ([`super::Bridge::session`]);
-//! this is its writer in the client role. Packet ids, the inflight window
-//! and the QoS 2 stages live in the session's state, and every change to
-//! them is submitted to the store (bridge keys) under its lock, as the
-//! server's writer does for a client: a QoS 2 PUBLISH leaves only once its
-//! packet id is durable, PUBREL only once "released" is.
+//! this is its writer in the client role. The window and the acks are the
+//! session core's (`session::client`: `Session::take_outgoing`,
+//! `withdraw`, `remote_ack`, over the same transitions the server side
+//! applies to its clients' acks): packet ids, the inflight window and the
+//! QoS 2 stages live in the session's state, and every change to them is
+//! submitted to the store (bridge keys) under its lock, as for a client: a
+//! QoS 2 PUBLISH leaves only once its packet id is durable, PUBREL only
+//! once "released" is. What is left here is the bridge's own: mapping each
+//! topic through the `out` directions, the loop marker, topic aliases and
+//! the counters.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use midge_protocol::{encode, encoded_len, reason, topic, Ack, Packet, Publish, QoS, Version};
+use midge_protocol::{encode, encoded_len, topic, Ack, ByteStr, Packet, Publish, Version};
 use tracing::{debug, warn};
 
 use super::status::Dropped;
 use super::Bridge;
-use crate::session::proto::{self, PubRec};
-use crate::session::{Delivery, Inflight, Session, Stage};
-use crate::store::Op;
+use crate::session::client::{Negotiated, Outgoing};
+use crate::session::proto::TopicAliasesOut;
+use crate::session::{Delivery, Session};
 
 /// Subscription identifiers of a delivery whose topic is already the
 /// remote one (the rule action `bridge`). No subscription has id 0.
@@ -43,37 +48,22 @@ pub(super) fn went_through(msg_props: &midge_protocol::Properties, id: &str) -> 
 /// Most items taken from the session per write.
 const BATCH: usize = 512;
 
-/// What the remote's CONNACK allows.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct RemoteLimits {
-    pub version: Version,
-    /// Inflight window: `max_inflight`, lowered by the remote's Receive Maximum.
-    pub window: usize,
-    pub max_qos: QoS,
-    pub retain_available: bool,
-    pub max_packet_size: usize,
-}
-
-enum Item {
-    Publish {
-        packet_id: u16,
-        dup: bool,
-        delivery: Delivery,
-    },
-    Release(u16),
-}
-
 /// The outbound half of one link.
 pub(super) struct Outbound {
-    pub limits: RemoteLimits,
-    items: Vec<Item>,
+    /// What the remote's CONNACK allows.
+    pub limits: Negotiated,
+    items: Vec<Outgoing>,
+    /// Topic aliases given to the remote on this link (up to its Topic
+    /// Alias Maximum; a new link starts without any).
+    aliases: TopicAliasesOut,
 }
 
 impl Outbound {
-    pub fn new(limits: RemoteLimits) -> Outbound {
+    pub fn new(limits: Negotiated) -> Outbound {
         Outbound {
             limits,
             items: Vec::new(),
+            aliases: TopicAliasesOut::default(),
         }
     }
 
@@ -83,68 +73,8 @@ impl Outbound {
     /// bytes are written (0: none), and whether it stopped at the batch
     /// size (more may be ready: collect again once written).
     pub fn collect(&mut self, session: &Session) -> (u64, bool) {
-        let mut st = session.state.lock();
-        let mut ticket = 0;
-        if st.resend {
-            st.resend = false;
-            for i in &st.inflight {
-                self.items.push(match i.stage {
-                    Stage::Published => Item::Publish {
-                        packet_id: i.packet_id,
-                        dup: true,
-                        delivery: i.delivery.clone(),
-                    },
-                    Stage::Released => Item::Release(i.packet_id),
-                });
-            }
-        }
-        while self.items.len() < BATCH {
-            let Some(front) = st.queue.front() else { break };
-            if front.qos != QoS::AtMostOnce && st.inflight.len() >= self.limits.window {
-                break;
-            }
-            let Some(mut d) = st.queue.pop_front() else {
-                break;
-            };
-            st.queued_bytes -= d.msg.payload.len();
-            // The remote's Maximum QoS: sending more is a protocol error.
-            if d.qos > self.limits.max_qos {
-                d.qos = self.limits.max_qos;
-            }
-            if d.qos == QoS::AtMostOnce {
-                // Never acknowledged: done once written.
-                session.forget(d.seq);
-                d.seq = 0;
-                self.items.push(Item::Publish {
-                    packet_id: 0,
-                    dup: false,
-                    delivery: d,
-                });
-                continue;
-            }
-            let packet_id = st.alloc_packet_id();
-            if d.seq != 0 {
-                let t = session.store_op(Op::Inflight(
-                    session.client_id.clone(),
-                    d.seq,
-                    packet_id,
-                    Stage::Published,
-                ));
-                if d.qos == QoS::ExactlyOnce {
-                    ticket = t;
-                }
-            }
-            st.inflight.push_back(Inflight {
-                packet_id,
-                delivery: d.clone(),
-                stage: Stage::Published,
-            });
-            self.items.push(Item::Publish {
-                packet_id,
-                dup: false,
-                delivery: d,
-            });
-        }
+        let l = self.limits;
+        let ticket = session.take_outgoing(l.window, l.max_qos, BATCH, &mut self.items);
         (ticket, self.items.len() >= BATCH)
     }
 
@@ -158,11 +88,11 @@ impl Outbound {
         let mut sent = 0u64;
         for item in self.items.drain(..) {
             let (packet_id, dup, d) = match item {
-                Item::Release(id) => {
+                Outgoing::Release(id) => {
                     encode(&Packet::PubRel(Ack::new(id, 0)), l.version, buf);
                     continue;
                 }
-                Item::Publish {
+                Outgoing::Publish {
                     packet_id,
                     dup,
                     delivery,
@@ -193,11 +123,16 @@ impl Outbound {
                 skip(Dropped::Unmappable);
                 continue;
             };
+            let mut topic = ByteStr::from(topic);
+            let mut alias = None;
+            let new_alias =
+                self.aliases
+                    .apply(l.version, l.topic_alias_max, &mut topic, &mut alias);
             let mut p = Publish {
                 dup,
                 qos: d.qos,
                 retain: d.retain && l.retain_available,
-                topic: topic.into(),
+                topic,
                 packet_id,
                 properties: Default::default(),
                 payload: d.msg.payload.clone(),
@@ -207,12 +142,18 @@ impl Outbound {
                 if p.properties.message_expiry_interval != remaining {
                     p.properties.message_expiry_interval = remaining;
                 }
+                if p.properties.topic_alias != alias {
+                    p.properties.topic_alias = alias;
+                }
                 p.properties
                     .user_properties
                     .push((VIA.into(), bridge.spec.client_id.as_str().into()));
             }
             let packet = Packet::Publish(p);
             if encoded_len(&packet, l.version) > l.max_packet_size {
+                if let Some(t) = new_alias {
+                    self.aliases.forget(&t);
+                }
                 skip(Dropped::TooLarge);
                 continue;
             }
@@ -222,89 +163,19 @@ impl Outbound {
         if sent > 0 {
             bridge.status.sent.fetch_add(sent, Ordering::Relaxed);
         }
-        if !unsendable.is_empty() {
-            let s = &bridge.session;
-            let mut st = s.state.lock();
-            st.inflight.retain(|i| {
-                if !unsendable.contains(&i.packet_id) {
-                    return true;
-                }
-                s.forget(i.delivery.seq);
-                false
-            });
-        }
+        bridge.session.withdraw(&unsendable);
     }
 
-    /// PUBACK: the QoS 1 message is done (delivered, or refused: counted).
-    /// The window rules are the session core's (`session::proto`), the same
-    /// the server side applies to its subscribers' acks.
-    pub fn puback(&self, bridge: &Bridge, a: &Ack) {
-        let s = &bridge.session;
-        let mut st = s.state.lock();
-        if let Some(done) = proto::puback(&mut st.inflight, a.packet_id) {
-            // A lost delete only means a duplicate QoS 1 resend: no wait.
-            s.forget(done.delivery.seq);
-            drop(st);
-            done_by_remote(bridge, &done.delivery, a.reason);
+    /// The remote's PUBACK, PUBREC or PUBCOMP (`None` for another packet),
+    /// through the session core (`Session::remote_ack`): returns the store
+    /// ticket to wait for and the answer to send after it (PUBREL for
+    /// PUBREC); a message the remote is done with is counted.
+    pub fn ack(&self, bridge: &Bridge, p: &Packet) -> Option<(u64, Option<Packet>)> {
+        let a = bridge.session.remote_ack(p)?;
+        if let Some((d, code)) = &a.done {
+            done_by_remote(bridge, d, *code);
         }
-        s.notify.notify_one();
-    }
-
-    /// PUBREC: the remote has the QoS 2 message; returns the store ticket
-    /// to wait for and the PUBREL to send after it (PUBREL with 0x92 for an
-    /// id we do not know, as a server would; a repeated PUBREC gets its
-    /// PUBREL again).
-    pub fn pubrec(&self, bridge: &Bridge, a: &Ack) -> Option<(u64, Packet)> {
-        let s = &bridge.session;
-        let mut st = s.state.lock();
-        let refused = |st: &crate::session::SessionState| {
-            st.inflight
-                .iter()
-                .find(|i| i.packet_id == a.packet_id)
-                .map(|i| i.delivery.clone())
-        };
-        let delivery = if a.reason >= 0x80 { refused(&st) } else { None };
-        match proto::pubrec(&mut st.inflight, a.packet_id, a.reason) {
-            PubRec::Release { seq } => {
-                let t = if seq != 0 {
-                    s.store_op(Op::Inflight(
-                        s.client_id.clone(),
-                        seq,
-                        a.packet_id,
-                        Stage::Released,
-                    ))
-                } else {
-                    0
-                };
-                Some((t, Packet::PubRel(Ack::new(a.packet_id, 0))))
-            }
-            PubRec::Refused { seq } => {
-                s.forget(seq);
-                drop(st);
-                if let Some(d) = delivery {
-                    done_by_remote(bridge, &d, a.reason);
-                }
-                s.notify.notify_one();
-                None
-            }
-            PubRec::Unknown => Some((
-                0,
-                Packet::PubRel(Ack::new(a.packet_id, reason::PACKET_IDENTIFIER_NOT_FOUND)),
-            )),
-        }
-    }
-
-    /// PUBCOMP: the QoS 2 message is done. After a lost remote session it
-    /// may carry 0x92 (the remote no longer knows the id): done as well.
-    pub fn pubcomp(&self, bridge: &Bridge, a: &Ack) {
-        let s = &bridge.session;
-        let mut st = s.state.lock();
-        if let Some(done) = proto::pubcomp(&mut st.inflight, a.packet_id) {
-            s.forget(done.delivery.seq);
-            drop(st);
-            bridge.status.acked.fetch_add(1, Ordering::Relaxed);
-        }
-        s.notify.notify_one();
+        Some((a.ticket, a.reply))
     }
 }
 

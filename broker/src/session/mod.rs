@@ -7,6 +7,7 @@
 //! through `notify`; its output (server/writer.rs) moves them into the
 //! inflight window.
 
+pub mod client;
 #[cfg(test)]
 mod harness;
 pub mod proto;

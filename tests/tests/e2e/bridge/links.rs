@@ -1,7 +1,8 @@
 //! The other transports and what goes wrong with them: a TLS link to
 //! Mosquitto with a test CA and a client certificate, a wrong CA (a clear
 //! error in the log and in the admin API), WebSocket and secure WebSocket
-//! links to a Midge remote, and an unreachable remote.
+//! links to a Midge remote, a remote that refuses the CONNECT (its CONNACK
+//! code in words), and an unreachable remote.
 
 use std::time::Duration;
 
@@ -166,6 +167,77 @@ filter = "up/#"
     let r = admin.call("GET", "/api/v1/bridges/nope", None).await;
     assert_eq!(r.status, 404);
     assert!(r.text().contains("no bridge named"), "{}", r.text());
+}
+
+/// A remote that refuses the CONNECT: the error names the CONNACK's code
+/// in words, for 3.1.1 (return code) and 5.0 (reason code), in the status
+/// the API shows; the link keeps trying (counted) and never counts as up.
+#[tokio::test]
+async fn a_refused_connect_is_named_by_its_connack_code() {
+    // Mosquitto refuses every client without a user name.
+    let Some(remote) = Mosquitto::start("allow_anonymous false") else {
+        return;
+    };
+    let cfg = format!(
+        r#"
+[[bridges]]
+name = "old"
+remote = "mqtt://127.0.0.1:{port}"
+protocol = "3.1.1"
+[bridges.reconnect]
+initial_ms = 50
+max_ms = 100
+[[bridges.out]]
+filter = "up/#"
+[[bridges]]
+name = "new"
+remote = "mqtt://127.0.0.1:{port}"
+[bridges.reconnect]
+initial_ms = 50
+max_ms = 100
+[[bridges.out]]
+filter = "up/#"
+"#,
+        port = remote.port
+    );
+    let b = start_broker(|c| c.bridges = bridges(&cfg)).await;
+    let old = b.bridges.get("old").unwrap().clone();
+    let new = b.bridges.get("new").unwrap().clone();
+    wait_until("both refused twice", 10, || {
+        [&old, &new].iter().all(|x| {
+            x.status
+                .connect_failures
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 2
+        })
+    })
+    .await;
+    let error = |x: &midge::bridge::Bridge| x.status.last_error().unwrap().1;
+    let at = format!("mqtt://127.0.0.1:{}", remote.port);
+    assert_eq!(
+        error(&old),
+        format!(
+            "{at}: the remote refused the connection: CONNACK return code 0x05 (not authorized)"
+        )
+    );
+    assert_eq!(
+        error(&new),
+        format!(
+            "{at}: the remote refused the connection: CONNACK reason code 0x87 (not authorized)"
+        )
+    );
+    assert!(!old.status.is_connected() && !new.status.is_connected());
+    let admin = http::Admin::of(&b);
+    let v = admin.get("/api/v1/bridges/new").await;
+    assert_eq!(v["connected"], false, "{v}");
+    assert_eq!(v["counters"]["connects"], 0, "{v}");
+    assert!(
+        v["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("0x87 (not authorized)")),
+        "{v}"
+    );
+    b.shutdown().await;
 }
 
 #[tokio::test]
