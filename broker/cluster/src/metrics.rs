@@ -94,6 +94,9 @@ pub struct Metrics {
     pub retained_in: AtomicU64,
     /// Wills of dead nodes this node published (it won the claim).
     pub dead_wills: AtomicU64,
+    /// Sessions of dead nodes that expired here (this node's delete of the
+    /// record won).
+    pub dead_sessions_expired: AtomicU64,
     /// NATS connection state changes: disconnects and reconnects.
     pub disconnects: AtomicU64,
     pub reconnects: AtomicU64,
@@ -166,7 +169,7 @@ impl Metrics {
             "Messages received from other nodes.",
             &self.received,
         );
-        let counters: [(&str, &str, &AtomicU64); 19] = [
+        let counters: [(&str, &str, &AtomicU64); 20] = [
             (
                 "midge_cluster_replayed_total",
                 "Messages read back from the stream when reconciling after a lost connection.",
@@ -241,6 +244,11 @@ impl Metrics {
                 "midge_cluster_dead_node_wills_total",
                 "Wills of dead nodes published here.",
                 &self.dead_wills,
+            ),
+            (
+                "midge_cluster_dead_node_sessions_expired_total",
+                "Sessions of dead nodes expired here (their records deleted).",
+                &self.dead_sessions_expired,
             ),
             (
                 "midge_cluster_nats_disconnects_total",

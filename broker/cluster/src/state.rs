@@ -82,6 +82,15 @@ impl SessionRecord {
             && self.done == other.done
     }
 
+    /// When the session expires (ms since the Unix epoch), its node being
+    /// dead: `expiry` seconds after its connection ended, or, recorded as
+    /// connected, after `noticed_ms` (when the node's death was noticed);
+    /// `None` for a session that never expires.
+    pub fn expires_at(&self, noticed_ms: i64) -> Option<i64> {
+        let since = self.offline_since_ms.unwrap_or(noticed_ms);
+        (self.expiry != u32::MAX).then(|| since.saturating_add(i64::from(self.expiry) * 1000))
+    }
+
     /// Whether the client acknowledged stream sequence `seq` (above the floor).
     pub fn is_done(&self, seq: u64) -> bool {
         let i = self.done.partition_point(|r| r.1 < seq);
@@ -220,6 +229,50 @@ impl Cluster {
             tokio::time::timeout(t, keys.next()).await,
             Ok(Some(Ok(_)))
         ))
+    }
+
+    /// Every session record now: client id, record and the revision a
+    /// write must expect. A key that is not a client id's, or a value that
+    /// is not a record, is left out (logged and counted as rejected).
+    pub async fn state_records(&self) -> Result<Vec<(String, SessionRecord, u64)>, ClusterError> {
+        let t = self.config().request_timeout();
+        let m = &self.metrics;
+        let keys = bounded(m, &m.kv_rtt, t, "state keys", self.state.keys()).await?;
+        let keys: Vec<String> = match tokio::time::timeout(
+            t * 4,
+            keys.filter_map(|k| async { k.ok() }).collect::<Vec<String>>(),
+        )
+        .await
+        {
+            Ok(k) => k,
+            Err(_) => {
+                m.timeouts.fetch_add(1, Relaxed);
+                return Err(ClusterError::Timeout {
+                    what: "state keys".into(),
+                    ms: (t * 4).as_millis() as u64,
+                });
+            }
+        };
+        let mut ids = Vec::with_capacity(keys.len());
+        for k in keys {
+            match crate::subject::kv_key_decode(&k) {
+                Some(id) => ids.push(id),
+                None => {
+                    m.rejected.fetch_add(1, Relaxed);
+                    tracing::warn!(key = %k, "cluster: session state key is not a client id's; skipped");
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(64) {
+            let reads = chunk.iter().map(|id| async move { (id, self.read_state(id).await) });
+            for (id, r) in futures_util::future::join_all(reads).await {
+                if let (Some(rec), revision) = r? {
+                    out.push((id.clone(), rec, revision));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// This node now holds `client_id`'s persistent session under claim
@@ -444,6 +497,23 @@ mod tests {
         };
         assert!(!moved.same(&rec));
         assert!(rec.is_done(103) && rec.is_done(105) && rec.is_done(110));
+        // Connected (no offline time): `expiry` s after the death was
+        // noticed; offline: `expiry` s after it went offline; never: none.
+        let on = SessionRecord {
+            expiry: 30,
+            ..rec.clone()
+        };
+        assert_eq!(on.expires_at(5_000), Some(35_000));
+        let off = SessionRecord {
+            offline_since_ms: Some(1_000),
+            ..on.clone()
+        };
+        assert_eq!(off.expires_at(5_000), Some(31_000));
+        let never = SessionRecord {
+            expiry: u32::MAX,
+            ..off.clone()
+        };
+        assert_eq!(never.expires_at(5_000), None);
         assert!(!rec.is_done(102) && !rec.is_done(106) && !rec.is_done(111));
         let released = SessionRecord {
             released: vec![(120, 7)],

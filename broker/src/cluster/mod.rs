@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 use crate::broker::Broker;
 use crate::message::{AckState, Acks, ClientInfo, InterestSync, Message, MARK_EXACT};
 
+pub mod orphans;
 pub mod sessions;
 pub mod takeover;
 
@@ -352,12 +353,13 @@ pub async fn join(
         Err(e) => warn!(error = %e, "cluster: will records of the previous run not read"),
     }
     tokio::spawn(will_records(Arc::downgrade(broker), cluster.clone(), wrx));
+    let expiry = orphans::Expiry::start(Arc::downgrade(broker), cluster.clone());
     let weak = Arc::downgrade(broker);
-    let c2 = cluster.clone();
+    let (c2, e2) = (cluster.clone(), expiry.clone());
     cluster
         .watch_nodes(move |gone| {
-            let (weak, c2) = (weak.clone(), c2.clone());
-            tokio::spawn(async move { dead_node(weak, c2, gone).await });
+            let (weak, c2, e2) = (weak.clone(), c2.clone(), e2.clone());
+            tokio::spawn(async move { dead_node(weak, c2, e2, gone).await });
         })
         .await?;
     tokio::spawn(outbound(Arc::downgrade(&node), cluster.clone(), out_rx));
@@ -381,16 +383,45 @@ pub async fn join(
     if let Some(sink) = sink {
         sessions::start(broker, &cluster, sink);
     }
-    // Nodes that died while nobody watched (all were down): their wills now.
+    // Nodes that died while nobody watched (all were down): their wills
+    // now, their sessions' expiry scheduled.
     let weak = Arc::downgrade(broker);
-    tokio::spawn(dead_node(weak, cluster, String::new()));
+    tokio::spawn(dead_node(weak, cluster, expiry, String::new()));
     Ok(())
 }
 
 /// A node's membership record went (`gone`; empty: any node without one):
 /// take the will records of every node without a record and publish the
-/// ones this node won, each after its delay unless its client came back.
-async fn dead_node(broker: Weak<Broker>, cluster: Arc<Cluster>, gone: String) {
+/// ones this node won, each after its delay unless its client came back;
+/// then schedule the expiry of the sessions such nodes held
+/// ([`orphans::sweep`]).
+async fn dead_node(
+    broker: Weak<Broker>,
+    cluster: Arc<Cluster>,
+    expiry: orphans::Expiry,
+    gone: String,
+) {
+    dead_wills(&broker, &cluster, &gone).await;
+    // (Retried a few times: a failed sweep waits for the next node change.)
+    for attempt in 1..=5 {
+        match orphans::sweep(&cluster, &expiry).await {
+            Ok(0) => return,
+            Ok(n) => {
+                info!(node = %gone, sessions = n, "cluster: sessions of dead nodes scheduled to expire");
+                return;
+            }
+            Err(e) if attempt < 5 => {
+                debug!(node = %gone, error = %e, "cluster: session records not read; retrying in 2 s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => warn!(node = %gone, error = %e, "cluster: session records not read; the expiry of dead nodes' sessions waits for the next node change"),
+        }
+    }
+}
+
+/// The wills of every node without a membership record: taken, and the
+/// ones this node won published.
+async fn dead_wills(broker: &Weak<Broker>, cluster: &Arc<Cluster>, gone: &str) {
     let alive: std::collections::HashSet<String> = match cluster.nodes().await {
         Ok(n) => n
             .into_iter()
@@ -406,8 +437,8 @@ async fn dead_node(broker: Weak<Broker>, cluster: Arc<Cluster>, gone: String) {
     // A dead node's filters stay wanted while a session it held may still
     // be resumed elsewhere: its messages must keep reaching the stream.
     let records = cluster.any_state().await.unwrap_or(true);
-    if !gone.is_empty() && !alive.contains(&gone) && !records {
-        if let Err(e) = cluster.forget_interest(&gone).await {
+    if !gone.is_empty() && !alive.contains(gone) && !records {
+        if let Err(e) = cluster.forget_interest(gone).await {
             debug!(node = %gone, error = %e, "cluster: summary of a dead node not dropped");
         }
     }
@@ -419,7 +450,7 @@ async fn dead_node(broker: Weak<Broker>, cluster: Arc<Cluster>, gone: String) {
         }
     };
     if let Some(b) = broker.upgrade() {
-        publish_dead_wills(&b, &cluster, wills);
+        publish_dead_wills(&b, cluster, wills);
     }
 }
 

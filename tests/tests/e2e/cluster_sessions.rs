@@ -573,3 +573,132 @@ async fn qos2_exactly_once_for_a_paho_v5_subscriber_across_kill9_of_its_node() {
         "of {n} completed QoS 2 publishes: missing {missing:?}, delivered more than once {twice:?}"
     );
 }
+
+/// Sessions of dead nodes expired by `nodes`, summed over them.
+async fn dead_sessions_expired(nodes: &[&midge_e2e::process::BrokerProcess]) -> f64 {
+    let mut n = 0.0;
+    for p in nodes {
+        let t = http::Admin::of_process(p)
+            .call("GET", "/metrics", None)
+            .await
+            .text();
+        n += http::sample(&t, "midge_cluster_dead_node_sessions_expired_total");
+    }
+    n
+}
+
+/// A dead node's clients, cluster-wide: two mosquitto_sub clients (5.0,
+/// persistent, with wills) are connected to n1 when it is killed (`kill
+/// -9`), one with a session expiry of 4 s, one of 1 h. Each will reaches
+/// the rumqttc subscribers on n2 and n3 exactly once; the 4 s session
+/// expires about 4 s after the death was noticed, not before (its record
+/// deleted by exactly one node), and a client coming back with its id
+/// finds no session, while the 1 h session still resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_wills_fire_once_and_its_sessions_expire_on_schedule() {
+    use midge_e2e::raw::{ConnectOpts, Prop, RawClient};
+    let Some(urls) = shared_urls() else { return };
+    if !mosquitto_available() {
+        missing_tool("mosquitto_sub (apt-get install mosquitto-clients)");
+        return;
+    }
+    let c = MidgeCluster::new(&urls, "");
+    let (n1, n2, n3) = (c.start("n1"), c.start("n2"), c.start("n3"));
+    let mut wills2 = V4::new_at(n2.port()).await;
+    wills2.subscribe("dw/#", QoS::AtLeastOnce).await;
+    let mut wills3 = V4::new_at(n3.port()).await;
+    wills3.subscribe("dw/#", QoS::AtLeastOnce).await;
+    settle(n1.port(), &mut wills3, "dw/probe").await;
+    while tokio::time::timeout(Duration::from_millis(300), wills2.next_publish())
+        .await
+        .is_ok()
+    {}
+    let (short, long) = (unique("dwshort"), unique("dwlong"));
+    let admin1 = http::Admin::of_process(&n1);
+    let mut subs = Vec::new();
+    for (id, expiry) in [(&short, "4"), (&long, "3600")] {
+        let child = tokio::process::Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &n1.port().to_string()])
+            .args(["-V", "mqttv5", "-i", id.as_str(), "-c", "-x", expiry])
+            .args(["-q", "1", "-t", "dwx/#"])
+            .args(["--will-topic", &format!("dw/{id}"), "--will-payload", "gone"])
+            .args(["--will-qos", "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        subs.push(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = admin1
+                .call("GET", &format!("/api/v1/clients/{id}"), None)
+                .await;
+            if r.status == 200 && r.json()["connected"] == true {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mosquitto_sub {id} never connected to n1: {} {}",
+                r.status,
+                r.text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The session and will records reach the cluster.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    n1.kill9();
+    for s in &mut subs {
+        let _ = s.start_kill();
+    }
+    // Each will once on each subscriber (after the node timeout).
+    let want: HashSet<(String, String)> = [&short, &long]
+        .iter()
+        .map(|id| (format!("dw/{id}"), "gone".to_string()))
+        .collect();
+    for s in [&mut wills2, &mut wills3] {
+        let mut got = HashSet::new();
+        for _ in 0..2 {
+            let m = tokio::time::timeout(Duration::from_secs(15), s.next_publish())
+                .await
+                .expect("the wills of the dead node's clients");
+            assert!(
+                got.insert((m.topic.clone(), text(&m.payload))),
+                "a will came twice: {}",
+                m.topic
+            );
+        }
+        assert_eq!(got, want);
+    }
+    let alive = [&n2, &n3];
+    let expired = || dead_sessions_expired(&alive);
+    // The death was just noticed (the wills fired): nothing expired yet.
+    assert_eq!(expired().await, 0.0, "a session expired before its time");
+    wills2.expect_no_publish(Duration::from_secs(1)).await;
+    wills3.expect_no_publish(QUIET).await;
+    // The 4 s session expires, on one node.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while expired().await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the 4 s session of the dead node never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(expired().await, 1.0, "one session expired, by one node");
+    let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+    let connect = |id: &String| {
+        RawClient::handshake(
+            addr(n2.port()),
+            ConnectOpts::v5(id)
+                .clean(false)
+                .prop(Prop::session_expiry(60)),
+        )
+    };
+    let (_s, ack) = connect(&short).await;
+    assert!(!ack.session_present, "the 4 s session is gone");
+    let (_s, ack) = connect(&long).await;
+    assert!(ack.session_present, "the 1 h session resumed on n2");
+}
