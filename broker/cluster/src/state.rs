@@ -240,7 +240,8 @@ impl Cluster {
         let keys = bounded(m, &m.kv_rtt, t, "state keys", self.state.keys()).await?;
         let keys: Vec<String> = match tokio::time::timeout(
             t * 4,
-            keys.filter_map(|k| async { k.ok() }).collect::<Vec<String>>(),
+            keys.filter_map(|k| async { k.ok() })
+                .collect::<Vec<String>>(),
         )
         .await
         {
@@ -265,7 +266,9 @@ impl Cluster {
         }
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(64) {
-            let reads = chunk.iter().map(|id| async move { (id, self.read_state(id).await) });
+            let reads = chunk
+                .iter()
+                .map(|id| async move { (id, self.read_state(id).await) });
             for (id, r) in futures_util::future::join_all(reads).await {
                 if let (Some(rec), revision) = r? {
                     out.push((id.clone(), rec, revision));

@@ -16,7 +16,7 @@ use super::{paging, ApiError, ApiResult, Shared};
 use crate::session::Session;
 
 /// How long `DELETE /clients/{id}` waits for the connection to close.
-const KICK_WAIT: Duration = Duration::from_secs(5);
+pub(super) const KICK_WAIT: Duration = Duration::from_secs(5);
 
 /// One session as the API shows it (taken under its lock, then released).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,7 +144,7 @@ pub async fn list_clients(
             username: q.username,
             clientid_like: q.clientid_like,
             connected: q.connected,
-            take: 0,
+            ..Default::default()
         };
         return super::cluster::gather(&s, p, ask).await;
     }
@@ -174,28 +174,49 @@ fn find(s: &Shared, clientid: &str) -> Result<Arc<Session>, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no client `{clientid}`")))
 }
 
+/// One client: this node's, else (clustered) the node's that holds it.
 pub async fn get_client(
     State(s): State<Shared>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<SessionView>> {
     let Path(id) = id?;
-    let session = find(&s, &id)?;
-    Ok(Json(view(&session)))
+    if let Some(session) = s.broker.session(&id) {
+        return Ok(Json(view(&session)));
+    }
+    super::cluster::elsewhere(&s, &id, false)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no client `{id}`")))
 }
 
 /// Closes the client's connection (5.0: DISCONNECT 0x98 Administrative
 /// action), waits (bounded) for it to detach, then discards its session
-/// unless the client already reconnected.
+/// unless the client already reconnected. Clustered, a client of another
+/// node is kicked there.
 pub async fn kick_client(
     State(s): State<Shared>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Path(id) = id?;
-    let session = find(&s, &id)?;
-    if let Some(gone) = s
-        .broker
-        .kick(&session, midge_protocol::reason::ADMINISTRATIVE_ACTION)
-    {
+    match s.broker.session(&id) {
+        Some(session) => kick(&s.broker, &session).await?,
+        None => {
+            let Some(v) = super::cluster::elsewhere(&s, &id, true).await? else {
+                return Err(ApiError::not_found(format!("no client `{id}`")));
+            };
+            tracing::info!(client_id = %id, node = %v.node, "kicked through the admin API on its node");
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The kick of `session` on this node (the admin API's, or a peer's).
+pub(super) async fn kick(
+    broker: &Arc<crate::broker::Broker>,
+    session: &Arc<Session>,
+) -> Result<(), ApiError> {
+    let id = &session.client_id;
+    if let Some(gone) = broker.kick(session, midge_protocol::reason::ADMINISTRATIVE_ACTION) {
         if tokio::time::timeout(KICK_WAIT, gone).await.is_err() {
             return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -203,9 +224,11 @@ pub async fn kick_client(
             ));
         }
     }
-    s.broker.discard(&session);
+    if broker.discard(session) {
+        crate::cluster::sessions::discarded(broker, id).await;
+    }
     tracing::info!(client_id = %id, "kicked through the admin API");
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,7 +1,8 @@
 //! `GET /api/v1/cluster`: this node, its link to NATS and every node with a
 //! membership record (alive or, until its record ages out, dead); the
 //! cluster-wide client and session lists (`scope=cluster`), gathered from
-//! every alive node over NATS.
+//! every alive node over NATS; one client wherever it is
+//! (`GET` / `DELETE /api/v1/clients/{id}` for a client of another node).
 
 use std::sync::Arc;
 
@@ -54,6 +55,13 @@ pub struct Ask {
     pub clientid_like: Option<String>,
     pub connected: Option<bool>,
     pub take: usize,
+    /// Exactly this client id (one client's view, or its kick).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clientid: Option<String>,
+    /// Kick the client `clientid` names (its node closes the connection
+    /// with 0x98 and discards the session); the answer lists it as it was.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kick: bool,
 }
 
 /// A node's answer: how many of its sessions match, and the first ones.
@@ -61,6 +69,9 @@ pub struct Ask {
 struct Answer {
     count: usize,
     items: Vec<SessionView>,
+    /// Why a kick failed there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 /// Largest answer a node sends (NATS' default max_payload is 1 MiB): past
@@ -69,6 +80,14 @@ const MAX_ANSWER: usize = 900 * 1024;
 
 /// This node's sessions matching `ask`, sorted by client id.
 fn local(broker: &Broker, ask: &Ask) -> Answer {
+    if let Some(id) = &ask.clientid {
+        let items: Vec<SessionView> = broker.session(id).map(|s| view(&s)).into_iter().collect();
+        return Answer {
+            count: items.len(),
+            items,
+            error: None,
+        };
+    }
     let mut count = 0;
     let mut items = Vec::new();
     let mut size = 0;
@@ -95,7 +114,27 @@ fn local(broker: &Broker, ask: &Ask) -> Answer {
             items.push(v);
         }
     }
-    Answer { count, items }
+    Answer {
+        count,
+        items,
+        error: None,
+    }
+}
+
+/// A peer's question about one client: its view, and for a kick, the kick
+/// (bounded by `api::KICK_WAIT`).
+async fn one(broker: &Arc<Broker>, ask: &Ask) -> Answer {
+    let mut answer = local(broker, ask);
+    if !ask.kick {
+        return answer;
+    }
+    let Some(session) = ask.clientid.as_deref().and_then(|id| broker.session(id)) else {
+        return answer;
+    };
+    if let Err(e) = super::api::kick(broker, &session).await {
+        answer.error = Some(e.message);
+    }
+    answer
 }
 
 fn subject(c: &midge_cluster::Cluster, node: &str) -> String {
@@ -121,20 +160,103 @@ pub async fn serve_peers(broker: &Arc<Broker>) -> Result<(), midge_cluster::Clus
         while let Some(msg) = sub.next().await {
             let Some(b) = weak.upgrade() else { return };
             let Some(reply) = msg.reply else { continue };
-            let answer = match serde_json::from_slice::<Ask>(&msg.payload) {
-                Ok(ask) => local(&b, &ask),
+            let ask = match serde_json::from_slice::<Ask>(&msg.payload) {
+                Ok(ask) => ask,
                 Err(e) => {
                     warn!(error = %e, "cluster: bad admin API question from a peer ignored");
                     continue;
                 }
             };
-            let body = serde_json::to_vec(&answer).unwrap_or_default();
-            if let Err(e) = c.client().publish(reply, body.into()).await {
-                debug!(error = %e, "cluster: admin API answer not sent");
-            }
+            let c = c.clone();
+            // (A kick waits for the connection to close: not in this loop.)
+            tokio::spawn(async move {
+                let answer = if ask.clientid.is_some() {
+                    one(&b, &ask).await
+                } else {
+                    local(&b, &ask)
+                };
+                let body = serde_json::to_vec(&answer).unwrap_or_default();
+                if let Err(e) = c.client().publish(reply, body.into()).await {
+                    debug!(error = %e, "cluster: admin API answer not sent");
+                }
+            });
         }
     });
     Ok(())
+}
+
+/// Client `id`, not on this node, on whichever other alive node holds it
+/// (asked over NATS, as `scope=cluster`); with `kick`, that node kicks it.
+/// `Ok(None)`: no node has it (or not clustered); 503 when a node that
+/// did not answer may have it; 500 naming the node when its kick failed.
+pub(crate) async fn elsewhere(
+    s: &Shared,
+    id: &str,
+    kick: bool,
+) -> Result<Option<SessionView>, ApiError> {
+    let Some(node) = s.broker.cluster.get() else {
+        return Ok(None);
+    };
+    let c = node.cluster();
+    let nodes = c
+        .nodes()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let ask = Ask {
+        clientid: Some(id.to_string()),
+        kick,
+        take: 1,
+        ..Ask::default()
+    };
+    let body = bytes::Bytes::from(serde_json::to_vec(&ask).unwrap_or_default());
+    let t = c.config().request_timeout()
+        + if kick {
+            super::api::KICK_WAIT
+        } else {
+            Default::default()
+        };
+    let asks = nodes
+        .iter()
+        .filter(|n| n.state == "alive" && n.node != c.node())
+        .map(|n| {
+            let (subject, body, client) = (subject(c, &n.node), body.clone(), c.client().clone());
+            async move {
+                let r = tokio::time::timeout(t, client.request(subject, body)).await;
+                let answer = match r {
+                    Ok(Ok(m)) => serde_json::from_slice::<Answer>(&m.payload).ok(),
+                    _ => None,
+                };
+                (n.node.clone(), answer)
+            }
+        });
+    let mut unreachable = Vec::new();
+    for (node, answer) in futures_util::future::join_all(asks).await {
+        match answer {
+            Some(a) => {
+                if let Some(e) = a.error {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("node {node}: {e}"),
+                    ));
+                }
+                if let Some(v) = a.items.into_iter().find(|v| v.clientid == id) {
+                    return Ok(Some(v));
+                }
+            }
+            None => unreachable.push(node),
+        }
+    }
+    if unreachable.is_empty() {
+        Ok(None)
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "no client `{id}` on the nodes that answered; {} did not answer within {t:?}",
+                unreachable.join(", ")
+            ),
+        ))
+    }
 }
 
 /// `scope=cluster`: every alive node's sessions matching `ask`, merged by

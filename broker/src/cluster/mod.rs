@@ -414,7 +414,9 @@ async fn dead_node(
                 debug!(node = %gone, error = %e, "cluster: session records not read; retrying in 2 s");
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            Err(e) => warn!(node = %gone, error = %e, "cluster: session records not read; the expiry of dead nodes' sessions waits for the next node change"),
+            Err(e) => {
+                warn!(node = %gone, error = %e, "cluster: session records not read; the expiry of dead nodes' sessions waits for the next node change")
+            }
         }
     }
 }

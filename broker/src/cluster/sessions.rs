@@ -207,6 +207,22 @@ async fn sync(b: &Arc<Broker>, c: &Cluster, client_id: &str) -> Result<(), Clust
     })
 }
 
+/// `client_id`'s session was discarded here (a kick through the admin
+/// API): its record goes now, not at a later event (none may come), so no
+/// node resumes it from the record.
+pub async fn discarded(b: &Arc<Broker>, client_id: &str) {
+    let Some(node) = b.cluster.get() else {
+        return;
+    };
+    let c = node.cluster().clone();
+    if !c.is_held(client_id) {
+        return;
+    }
+    if let Err(e) = sync(b, &c, client_id).await {
+        warn!(%client_id, error = %e, "cluster: record of a discarded session not deleted; another node may resume it");
+    }
+}
+
 /// The session's checkpoint: the lowest mark of the QoS 1/2 messages it
 /// holds, else the node's `mark` (read before the session's lock).
 pub(super) fn floor_of(st: &SessionState, mark: u64) -> u64 {

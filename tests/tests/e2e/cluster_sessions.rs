@@ -621,7 +621,12 @@ async fn a_dead_nodes_wills_fire_once_and_its_sessions_expire_on_schedule() {
             .args(["-h", "127.0.0.1", "-p", &n1.port().to_string()])
             .args(["-V", "mqttv5", "-i", id.as_str(), "-c", "-x", expiry])
             .args(["-q", "1", "-t", "dwx/#"])
-            .args(["--will-topic", &format!("dw/{id}"), "--will-payload", "gone"])
+            .args([
+                "--will-topic",
+                &format!("dw/{id}"),
+                "--will-payload",
+                "gone",
+            ])
             .args(["--will-qos", "1"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -701,4 +706,74 @@ async fn a_dead_nodes_wills_fire_once_and_its_sessions_expire_on_schedule() {
     assert!(!ack.session_present, "the 4 s session is gone");
     let (_s, ack) = connect(&long).await;
     assert!(ack.session_present, "the 1 h session resumed on n2");
+}
+
+/// rumqttc 5.0 options: clean start off, session expiry 300 s.
+fn persistent_v5(id: &str, port: u16) -> rumqttc::v5::MqttOptions {
+    let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_clean_start(false);
+    o.set_connect_properties(rumqttc::v5::mqttbytes::v5::ConnectProperties {
+        session_expiry_interval: Some(300),
+        ..Default::default()
+    });
+    o
+}
+
+/// One client through any node's admin API: a 5.0 client connected to n2 is shown by n1 and n3 with n2's name; DELETE on n1
+/// kicks it on n2 (it gets DISCONNECT 0x98 Administrative action) and its
+/// session is gone from every node (and from the cluster's records: back
+/// on n3, rumqttc finds none); an unknown client id is 404 everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_shown_and_kicked_through_any_nodes_admin_api() {
+    let Some(urls) = shared_urls() else { return };
+    let c = MidgeCluster::new(&urls, "");
+    let (n1, n2, n3) = (c.start("n1"), c.start("n2"), c.start("n3"));
+    use midge_e2e::raw::{ConnectOpts, Prop, RawClient};
+    let id = unique("kickfar");
+    let (mut client, _) = RawClient::handshake(
+        std::net::SocketAddr::from(([127, 0, 0, 1], n2.port())),
+        ConnectOpts::v5(&id)
+            .clean(false)
+            .prop(Prop::session_expiry(300)),
+    )
+    .await;
+    let (a1, a2, a3) = (
+        http::Admin::of_process(&n1),
+        http::Admin::of_process(&n2),
+        http::Admin::of_process(&n3),
+    );
+    for a in [&a1, &a2, &a3] {
+        let v = a.get(&format!("/api/v1/clients/{id}")).await;
+        assert_eq!(v["clientid"], id.as_str(), "{v}");
+        assert_eq!(v["node"], "n2", "{v}");
+        assert_eq!(v["connected"], true, "{v}");
+        assert_eq!(v["proto_ver"], 5, "{v}");
+        assert_eq!(v["expiry_interval"], 300, "{v}");
+    }
+    let nobody = unique("nobody");
+    for a in [&a1, &a3] {
+        let r = a
+            .call("GET", &format!("/api/v1/clients/{nobody}"), None)
+            .await;
+        assert_eq!(r.status, 404, "{}", r.text());
+        assert!(r.text().contains(&nobody), "{}", r.text());
+        let r = a
+            .call("DELETE", &format!("/api/v1/clients/{nobody}"), None)
+            .await;
+        assert_eq!(r.status, 404, "{}", r.text());
+    }
+    // Kicked from n1: the client, on n2, gets 0x98.
+    let r = a1
+        .call("DELETE", &format!("/api/v1/clients/{id}"), None)
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    client.expect_disconnect(0x98).await;
+    for a in [&a1, &a2, &a3] {
+        let r = a.call("GET", &format!("/api/v1/clients/{id}"), None).await;
+        assert_eq!(r.status, 404, "{}", r.text());
+    }
+    // Discarded cluster-wide: coming back on n3, it finds no session.
+    let (_back, ack) = V5::connect(persistent_v5(&id, n3.port())).await;
+    assert!(!ack.session_present, "the kicked session was discarded");
 }
