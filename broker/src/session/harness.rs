@@ -3,9 +3,8 @@
 //! packets the core answers with come out. No sockets, no tokio, no clock:
 //! time is a number the test moves. What it drives is the core the
 //! connection drives (`proto::accept`, `Session::on_ack`,
-//! `Session::qos2_arrived`, `TopicAliasesIn` / `TopicAliasesOut`,
-//! `proto::fit`, the keep-alive deadline); the few lines of glue that turn
-//! a PUBLISH's decision into its ack mirror server/connection/publish.rs.
+//! `Session::on_publish`, `TopicAliasesIn` / `TopicAliasesOut`,
+//! `proto::fit`, the keep-alive deadline), through the same calls.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use midge_protocol::{
     reason, Ack, ByteStr, Connect, Disconnect, Packet, Properties, Publish, QoS, Version,
 };
 
-use super::proto::{self, Offer, Qos2Arrival, TopicAliasesIn, TopicAliasesOut};
+use super::proto::{self, Offer, TopicAliasesIn, TopicAliasesOut};
 use super::{Delivery, Inflight, Session, Stage};
 use crate::message::Message;
 
@@ -130,22 +129,16 @@ impl Core {
                 if let Err(v) = checked {
                     return self.close(v.reason);
                 }
-                match p.qos {
-                    QoS::AtMostOnce => Vec::new(),
-                    QoS::AtLeastOnce => vec![ack(Packet::PubAck, p.packet_id, 0)],
-                    QoS::ExactlyOnce => {
-                        let (arrival, _) =
-                            self.session
-                                .qos2_arrived(p.packet_id, self.receive_maximum, true);
-                        match arrival {
-                            Qos2Arrival::OverReceiveMaximum => {
-                                self.close(reason::RECEIVE_MAXIMUM_EXCEEDED)
-                            }
-                            Qos2Arrival::Fresh | Qos2Arrival::Duplicate => {
-                                vec![ack(Packet::PubRec, p.packet_id, 0)]
-                            }
-                        }
-                    }
+                let answer = self.session.on_publish(
+                    p.qos,
+                    p.packet_id,
+                    reason::SUCCESS,
+                    self.version,
+                    self.receive_maximum,
+                );
+                match answer {
+                    Ok(a) => a.ack.into_iter().collect(),
+                    Err(v) => self.close(v.reason),
                 }
             }
             Packet::PingReq => vec![Packet::PingResp],

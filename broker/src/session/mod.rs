@@ -438,6 +438,72 @@ impl Session {
     }
 }
 
+/// What the session makes of a PUBLISH from its client, once decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PublishAnswer {
+    /// Route the message: it was accepted, and it is not the resend of a
+    /// QoS 2 message still awaiting its PUBREL (routed once already).
+    pub route: bool,
+    /// The PUBACK / PUBREC to answer with (none for QoS 0), once what it
+    /// acknowledges is durable: the route's store ticket and `ticket`.
+    pub ack: Option<Packet>,
+    /// The store ticket of the QoS 2 id recorded (0: none).
+    pub ticket: u64,
+}
+
+impl Session {
+    /// A PUBLISH from the client, decided with `code` (success, or why it
+    /// was refused: authorization, a plugin): whether to route it and the
+    /// ack it gets (its reason code for 5.0, success for 3.1.1; a QoS 2
+    /// packet id recorded until PUBREL through `qos2_arrived`). `Err`: the
+    /// client went over the server's `receive_maximum` (0x93), the
+    /// connection ends. The one place both the connection
+    /// (server/connection/publish.rs) and the harness turn a PUBLISH into
+    /// its answer.
+    pub fn on_publish(
+        &self,
+        qos: QoS,
+        packet_id: u16,
+        code: u8,
+        version: Version,
+        receive_maximum: u16,
+    ) -> Result<PublishAnswer, proto::Violation> {
+        let accepted = code == midge_protocol::reason::SUCCESS;
+        let ack_code = proto::publish_ack_code(code, version);
+        Ok(match qos {
+            QoS::AtMostOnce => PublishAnswer {
+                route: accepted,
+                ..PublishAnswer::default()
+            },
+            QoS::AtLeastOnce => PublishAnswer {
+                route: accepted,
+                ack: Some(Packet::PubAck(Ack::new(packet_id, ack_code))),
+                ticket: 0,
+            },
+            QoS::ExactlyOnce => {
+                let (arrival, ticket) = self.qos2_arrived(packet_id, receive_maximum, accepted);
+                let route = match arrival {
+                    Qos2Arrival::OverReceiveMaximum => {
+                        return Err(proto::Violation {
+                            reason: midge_protocol::reason::RECEIVE_MAXIMUM_EXCEEDED,
+                            why: "receive maximum exceeded",
+                        })
+                    }
+                    // Refused: the session did not keep the id, nothing awaits a PUBREL.
+                    Qos2Arrival::Fresh => accepted,
+                    // A resend before PUBREL: already routed once.
+                    Qos2Arrival::Duplicate => false,
+                };
+                PublishAnswer {
+                    route,
+                    ack: Some(Packet::PubRec(Ack::new(packet_id, ack_code))),
+                    ticket,
+                }
+            }
+        })
+    }
+}
+
 impl SessionState {
     /// The session's own record for the store.
     pub fn record(&self) -> SessionRecord {
@@ -616,6 +682,50 @@ mod tests {
             s.state.lock().incoming_qos2.is_empty(),
             "refused: nothing awaits PUBREL"
         );
+    }
+
+    #[test]
+    fn on_publish_routes_and_acks_per_qos_and_decision() {
+        let s = session();
+        let (ok, v5) = (reason::SUCCESS, Version::V5);
+        let a = s.on_publish(QoS::AtMostOnce, 0, ok, v5, 2).unwrap();
+        let plain = PublishAnswer {
+            route: true,
+            ack: None,
+            ticket: 0,
+        };
+        assert_eq!(a, plain);
+        let a = s.on_publish(QoS::AtMostOnce, 0, reason::NOT_AUTHORIZED, v5, 2);
+        assert!(!a.unwrap().route, "refused: not routed");
+        // QoS 1: PUBACK with the decision's code (5.0), success (3.1.1).
+        let puback = |id, code| Some(Packet::PubAck(Ack::new(id, code)));
+        let a = s.on_publish(QoS::AtLeastOnce, 3, ok, v5, 2).unwrap();
+        assert_eq!((a.route, a.ack), (true, puback(3, ok)));
+        let a = s.on_publish(QoS::AtLeastOnce, 3, reason::NOT_AUTHORIZED, v5, 2);
+        let a = a.unwrap();
+        assert_eq!((a.route, a.ack), (false, puback(3, reason::NOT_AUTHORIZED)));
+        let a = s.on_publish(
+            QoS::AtLeastOnce,
+            3,
+            reason::NOT_AUTHORIZED,
+            Version::V311,
+            2,
+        );
+        assert_eq!(a.unwrap().ack, puback(3, ok));
+        // QoS 2: a fresh id is routed once, its resend is not; a refused
+        // one is not kept; one over the receive maximum ends it (0x93).
+        let pubrec = |id, code| Some(Packet::PubRec(Ack::new(id, code)));
+        let a = s.on_publish(QoS::ExactlyOnce, 5, ok, v5, 2).unwrap();
+        assert_eq!((a.route, a.ack), (true, pubrec(5, ok)));
+        let a = s.on_publish(QoS::ExactlyOnce, 5, ok, v5, 2).unwrap();
+        assert_eq!((a.route, a.ack), (false, pubrec(5, ok)), "a resend");
+        let a = s.on_publish(QoS::ExactlyOnce, 6, reason::QUOTA_EXCEEDED, v5, 2);
+        let a = a.unwrap();
+        assert_eq!((a.route, a.ack), (false, pubrec(6, reason::QUOTA_EXCEEDED)));
+        assert!(!s.state.lock().incoming_qos2.contains(&6));
+        assert!(s.on_publish(QoS::ExactlyOnce, 7, ok, v5, 2).unwrap().route);
+        let over = s.on_publish(QoS::ExactlyOnce, 8, ok, v5, 2).unwrap_err();
+        assert_eq!(over.reason, reason::RECEIVE_MAXIMUM_EXCEEDED);
     }
 
     #[test]

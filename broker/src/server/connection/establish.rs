@@ -122,7 +122,7 @@ where
     let will = pending_will(&c, &origin);
     let attached = attach(&broker, &c, &origin, &mut accepted, &will, io).await?;
     let session = attached.session;
-    info!(version = ?c.version, clean_start = c.clean_start, keep_alive = accepted.keep_alive, session_present = attached.session_present, "connected");
+    info!(version = %c.version, clean_start = c.clean_start, keep_alive = accepted.keep_alive, session_present = attached.session_present, "connected");
     let inbound = inbound(&broker, &session, &c, origin, &authenticated);
     // Keep only what the events need; the CONNECT itself is dropped here.
     let meta = ConnectFlags {

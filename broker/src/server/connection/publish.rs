@@ -1,24 +1,23 @@
 //! PUBLISH from the client: the checks (rate limits, maximum QoS, retain,
 //! topic alias), authorization and the on-publish plugins (one message, or
-//! a batch of them), then routing and the acknowledgement (QoS 2 arrivals
-//! through the session core: `Session::qos2_arrived`).
+//! a batch of them), then routing and the acknowledgement (decided by the session
+//! core: `Session::on_publish`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use midge_plugin::types::{self as pt, HookSet};
 use midge_plugin::{BatchItem, BatchVerdict, PublishVerdict};
-use midge_protocol::{reason, Ack, Packet, Publish, QoS};
+use midge_protocol::{reason, Publish, QoS};
 use tracing::warn;
 
 use super::inbound::Inbound;
 use super::{broken, End};
-use crate::broker::Broker;
 use crate::events::{AuthzAction, Event, Kind};
 use crate::limits::Exceeded;
-use crate::message::{ClientInfo, Message};
+use crate::message::Message;
 use crate::plugins;
-use crate::session::proto::{self, Qos2Arrival};
+use crate::session::proto;
 
 /// What the on-publish plugins made of a message.
 pub(super) enum Routed {
@@ -260,64 +259,43 @@ impl Inbound {
 
     /// Routes (unless refused) and acknowledges a checked PUBLISH. `code`:
     /// success or why it was refused; `routed`: what on-publish made of it
-    /// (see [`Routed`]).
+    /// (see [`Routed`]). The session core decides (`Session::on_publish`).
     fn publish_finish(&mut self, p: Publish, code: u8, routed: Routed) -> Option<End> {
-        let cfg = &self.broker.config;
-        let packet_id = p.packet_id;
-        let ack_code = proto::publish_ack_code(code, self.version);
-        let route = |broker: &Broker, p: Publish, origin: &Arc<ClientInfo>, routed: Routed| {
-            if code != reason::SUCCESS {
-                return (0, None);
-            }
-            match routed {
-                Routed::Changed(m) => broker.publish_from_client(Arc::new(m)),
-                Routed::Dropped => (0, None),
-                Routed::AsIs => broker
-                    .publish_from_client(Arc::new(Message::from_publish(p, Some(origin.clone())))),
-            }
-        };
-        match p.qos {
-            QoS::AtMostOnce => {
-                let (_, lane) = route(&self.broker, p, &self.origin, routed);
-                self.rules_lane = self.rules_lane.or(lane);
-            }
-            QoS::AtLeastOnce => {
-                let (t, lane) = route(&self.broker, p, &self.origin, routed);
-                self.rules_lane = self.rules_lane.or(lane);
-                self.wait_for(t);
-                self.control
-                    .push(Packet::PubAck(Ack::new(packet_id, ack_code)));
-            }
-            QoS::ExactlyOnce => {
-                let accepted = code == reason::SUCCESS;
-                let (arrival, t) =
-                    self.session
-                        .qos2_arrived(packet_id, cfg.receive_maximum, accepted);
-                self.ticket = self.ticket.max(t);
-                match arrival {
-                    Qos2Arrival::OverReceiveMaximum => {
-                        self.broker
-                            .stats
-                            .limit_receive_maximum
-                            .fetch_add(1, Ordering::Relaxed);
-                        return Some(End::Server {
-                            reason: reason::RECEIVE_MAXIMUM_EXCEEDED,
-                            why: "receive maximum exceeded",
-                        });
-                    }
-                    // Refused: the session did not keep the id, nothing awaits a PUBREL.
-                    Qos2Arrival::Fresh if !accepted => {}
-                    Qos2Arrival::Fresh => {
-                        let (t, lane) = route(&self.broker, p, &self.origin, routed);
-                        self.rules_lane = self.rules_lane.or(lane);
-                        self.wait_for(t);
-                    }
-                    Qos2Arrival::Duplicate => {} // a resend before PUBREL: already routed once
+        let receive_maximum = self.broker.config.receive_maximum;
+        let answer =
+            match self
+                .session
+                .on_publish(p.qos, p.packet_id, code, self.version, receive_maximum)
+            {
+                Ok(a) => a,
+                Err(v) => {
+                    self.broker
+                        .stats
+                        .limit_receive_maximum
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Some(broken(v));
                 }
-                self.control
-                    .push(Packet::PubRec(Ack::new(packet_id, ack_code)));
+            };
+        self.wait_for(answer.ticket);
+        if answer.route {
+            let (t, lane) = match routed {
+                Routed::Changed(m) => self.broker.publish_from_client(Arc::new(m)),
+                Routed::Dropped => (0, None),
+                Routed::AsIs => self
+                    .broker
+                    .publish_from_client(Arc::new(Message::from_publish(
+                        p,
+                        Some(self.origin.clone()),
+                    ))),
+            };
+            self.rules_lane = self.rules_lane.or(lane);
+            // The ack goes once the message is stored where it went (QoS 0
+            // has no ack to hold back).
+            if answer.ack.is_some() {
+                self.wait_for(t);
             }
         }
+        self.control.extend(answer.ack);
         None
     }
 }
