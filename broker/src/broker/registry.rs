@@ -17,7 +17,8 @@ use super::Broker;
 use crate::events::Event;
 use crate::message::Message;
 use crate::router::{split_filter, SubEntry};
-use crate::session::{ConnInfo, ConnLink, PendingWill, Session, SessionState};
+use crate::session::proto::{self, Existing, Takeover};
+use crate::session::{ConnInfo, ConnLink, PendingWill, Session};
 use crate::store::Op;
 
 /// The connection `attach` is attaching.
@@ -95,23 +96,30 @@ impl Broker {
     }
 
     /// One attempt: attaches, or kicks the live connection and returns a
-    /// future that completes when it has detached.
+    /// future that completes when it has detached. The session core decides
+    /// (`proto::takeover`, `proto::persistence`); this does what it says.
     fn try_attach(&self, client_id: &Arc<str>, new: &NewConn) -> Result<Attached, OwnedNotified> {
         let mut sessions = self.sessions.lock();
         let existing = sessions.get(client_id).cloned();
+        let mut decision = proto::takeover(None, new.clean_start);
         if let Some(s) = &existing {
             let mut st = s.state.lock();
-            if let Some(link) = st.conn.as_mut() {
+            let seen = Existing {
+                live: st.conn.is_some(),
+                ended: st.ended,
+            };
+            decision = proto::takeover(Some(seen), new.clean_start);
+            if let (Takeover::Kick { reason }, Some(link)) = (decision, st.conn.as_mut()) {
                 if let Some(kick) = link.kick.take() {
-                    let _ = kick.send(midge_protocol::reason::SESSION_TAKEN_OVER);
+                    let _ = kick.send(reason);
                 }
                 return Err(link.detached.clone().notified_owned());
             }
         }
         let mut ticket = 0;
-        let (session, present, old) = match existing {
-            Some(s) if !new.clean_start && !s.state.lock().ended => (s, true, None),
-            other => {
+        let (session, old) = match (decision, existing) {
+            (Takeover::Resume, Some(s)) => (s, None),
+            (_, other) => {
                 if let Some(old) = &other {
                     // The old session's records go before the new one's are written.
                     let mut ost = old.state.lock();
@@ -126,7 +134,7 @@ impl Broker {
                     self.store.clone(),
                 ));
                 sessions.insert(client_id.clone(), s.clone());
-                (s, false, other)
+                (s, other)
             }
         };
         let (kick_tx, kick_rx) = oneshot::channel();
@@ -147,16 +155,8 @@ impl Broker {
                 info: new.info.clone(),
             });
             st.conn_will = new.will.clone();
-            let persist = self.store.is_some() && new.expiry_interval > 0;
-            if persist && !st.persist {
-                st.persist = true;
-                ticket = persist_all(&session, &mut st);
-            } else if persist {
-                ticket = session.store_op(Op::PutSession(client_id.clone(), st.record()));
-            } else if st.persist {
-                st.persist = false;
-                ticket = session.store_op(Op::DropSession(client_id.clone()));
-            }
+            let persist = proto::persistence(self.store.is_some(), new.expiry_interval, st.persist);
+            ticket = session.persist(&mut st, persist).unwrap_or(ticket);
         }
         session.set_online(true);
         drop(sessions);
@@ -164,7 +164,7 @@ impl Broker {
             self.end_session(&old);
         }
         Ok(Attached {
-            session_present: present,
+            session_present: decision.session_present(),
             session,
             conn_id: new.conn_id,
             kicked: kick_rx,
@@ -470,40 +470,4 @@ impl Broker {
         }
         waits
     }
-}
-
-/// Writes a session that just became persistent, whole: its record,
-/// subscriptions and queued / inflight deliveries. Returns the last ticket.
-fn persist_all(session: &Session, st: &mut SessionState) -> u64 {
-    let c = &session.client_id;
-    let mut t = session.store_op(Op::PutSession(c.clone(), st.record()));
-    for (f, r) in &st.subscriptions {
-        t = session.store_op(Op::PutSub(c.clone(), f.clone(), r.clone()));
-    }
-    let mut next = st.next_seq;
-    for i in st.inflight.iter_mut() {
-        if i.delivery.qos != QoS::AtMostOnce {
-            i.delivery.seq = next;
-            next += 1;
-            session.store_op(Op::Queue(c.clone(), i.delivery.seq, i.delivery.clone()));
-            t = session.store_op(Op::Inflight(
-                c.clone(),
-                i.delivery.seq,
-                i.packet_id,
-                i.stage,
-            ));
-        }
-    }
-    for d in st.queue.iter_mut() {
-        if d.qos != QoS::AtMostOnce {
-            d.seq = next;
-            next += 1;
-            t = session.store_op(Op::Queue(c.clone(), d.seq, d.clone()));
-        }
-    }
-    for id in &st.incoming_qos2 {
-        t = session.store_op(Op::PutQos2(c.clone(), *id));
-    }
-    st.next_seq = next;
-    t
 }

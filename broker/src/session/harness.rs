@@ -4,17 +4,16 @@
 //! time is a number the test moves. What it drives is the core the
 //! connection drives (`proto::accept`, `Session::on_ack`,
 //! `Session::on_publish`, `TopicAliasesIn` / `TopicAliasesOut`,
-//! `proto::fit`, the keep-alive deadline), through the same calls.
+//! `proto::fit`, the keep-alive deadline, `proto::takeover`), through the
+//! same calls.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use midge_protocol::{
-    reason, Ack, ByteStr, Connect, Disconnect, Packet, Properties, Publish, QoS, Version,
-};
+use midge_protocol::{reason, Ack, ByteStr, Connect, Packet, Properties, Publish, QoS, Version};
 
-use super::proto::{self, Offer, TopicAliasesIn, TopicAliasesOut};
+use super::proto::{self, Existing, Offer, Takeover, TopicAliasesIn, TopicAliasesOut};
 use super::{Delivery, Inflight, Session, Stage};
 use crate::message::Message;
 
@@ -214,18 +213,37 @@ impl Core {
 
     fn close(&mut self, code: u8) -> Vec<Packet> {
         self.closed = Some(code);
-        if self.version != Version::V5 {
-            return Vec::new();
+        let mut last: Vec<Packet> = proto::server_disconnect(self.version, code)
+            .into_iter()
+            .collect();
+        last.retain_mut(|d| proto::fit(d, self.version, self.client_max_packet));
+        last
+    }
+
+    /// A CONNECT `c` for the client id of this core's session, as the
+    /// registry decides it (`proto::takeover`): a live connection is told
+    /// why it ends, then the new connection resumes the session or gets a
+    /// fresh one. Returns this core's last packets, the new core and its
+    /// CONNACK's Session Present flag.
+    fn taken_over_by(&mut self, c: Connect) -> (Vec<Packet>, Core, bool) {
+        let seen = |core: &Core| Existing {
+            live: core.closed.is_none(),
+            ended: false,
+        };
+        let mut last = Vec::new();
+        let mut decision = proto::takeover(Some(seen(self)), c.clean_start);
+        if let Takeover::Kick { reason } = decision {
+            last = self.close(reason);
+            decision = proto::takeover(Some(seen(self)), c.clean_start);
         }
-        let mut d = Packet::Disconnect(Disconnect {
-            reason: code,
-            properties: Properties::default(),
-        });
-        if proto::fit(&mut d, self.version, self.client_max_packet) {
-            vec![d]
-        } else {
-            Vec::new()
+        let mut new = Core::connect(c, &offer());
+        if decision == Takeover::Resume {
+            let expiry = new.session.state.lock().expiry_interval;
+            let fresh = Session::new("c".into(), 0, None);
+            new.session = std::mem::replace(&mut self.session, fresh);
+            new.session.state.lock().expiry_interval = expiry;
         }
+        (last, new, decision.session_present())
     }
 
     fn inflight(&self) -> Vec<u16> {
@@ -417,4 +435,45 @@ fn expiry_is_granted_and_changed_at_disconnect() {
         c.session.expiry_at_disconnect(60, 3600).unwrap_err().reason,
         reason::PROTOCOL_ERROR
     );
+}
+
+#[test]
+fn takeover_kicks_the_live_connection_then_resumes_or_starts_fresh() {
+    let mut old = v5();
+    let Some(Packet::Publish(p)) = old.deliver(QoS::AtLeastOnce, "out") else {
+        panic!("sent")
+    };
+    old.recv(publish(QoS::ExactlyOnce, 4, "a", None));
+    let mut again = connect(Version::V5);
+    again.clean_start = false;
+    let (last, mut new, present) = old.taken_over_by(again);
+    // The old connection reads why (5.0), the new one finds its session:
+    // the delivery in flight and the QoS 2 id awaiting PUBREL.
+    assert!(matches!(&last[..], [Packet::Disconnect(d)] if d.reason == reason::SESSION_TAKEN_OVER));
+    assert_eq!(old.closed, Some(reason::SESSION_TAKEN_OVER));
+    assert!(present);
+    assert_eq!(new.inflight(), [p.packet_id]);
+    assert_eq!(new.recv(ack(Packet::PubAck, p.packet_id, 0)), []);
+    assert_eq!(new.acked, [p.packet_id]);
+    assert_eq!(
+        new.recv(ack(Packet::PubRel, 4, 0)),
+        [ack(Packet::PubComp, 4, 0)],
+        "the QoS 2 id carried over"
+    );
+    // 3.1.1 with Clean Start: the old one is closed without a packet,
+    // the new session starts empty.
+    let mut old = Core::connect(connect(Version::V311), &offer());
+    old.deliver(QoS::AtLeastOnce, "out");
+    let (last, new, present) = old.taken_over_by(connect(Version::V311));
+    assert_eq!(last, []);
+    assert_eq!(old.closed, Some(reason::SESSION_TAKEN_OVER));
+    assert!(!present);
+    assert!(new.inflight().is_empty());
+    // An offline session (its connection gone) is resumed without a kick.
+    let mut old = v5();
+    old.tick(Duration::from_secs(15)); // keep alive ran out
+    let mut again = connect(Version::V5);
+    again.clean_start = false;
+    let (last, _, present) = old.taken_over_by(again);
+    assert_eq!((last, present), (Vec::new(), true));
 }

@@ -504,6 +504,27 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Writes the session to the durable store as an attach decided
+    /// (`proto::persistence`); call with the state lock held. Returns the
+    /// last store ticket (`None`: nothing written).
+    pub fn persist(&self, st: &mut SessionState, how: proto::Persist) -> Option<u64> {
+        let c = &self.client_id;
+        match how {
+            proto::Persist::All => {
+                st.persist = true;
+                Some(persist_all(self, st))
+            }
+            proto::Persist::Record => Some(self.store_op(Op::PutSession(c.clone(), st.record()))),
+            proto::Persist::Drop => {
+                st.persist = false;
+                Some(self.store_op(Op::DropSession(c.clone())))
+            }
+            proto::Persist::Nothing => None,
+        }
+    }
+}
+
 impl SessionState {
     /// The session's own record for the store.
     pub fn record(&self) -> SessionRecord {
@@ -571,6 +592,42 @@ impl SessionState {
         });
         out
     }
+}
+
+/// Writes a session that just became persistent, whole: its record,
+/// subscriptions and queued / inflight deliveries. Returns the last ticket.
+fn persist_all(session: &Session, st: &mut SessionState) -> u64 {
+    let c = &session.client_id;
+    let mut t = session.store_op(Op::PutSession(c.clone(), st.record()));
+    for (f, r) in &st.subscriptions {
+        t = session.store_op(Op::PutSub(c.clone(), f.clone(), r.clone()));
+    }
+    let mut next = st.next_seq;
+    for i in st.inflight.iter_mut() {
+        if i.delivery.qos != QoS::AtMostOnce {
+            i.delivery.seq = next;
+            next += 1;
+            session.store_op(Op::Queue(c.clone(), i.delivery.seq, i.delivery.clone()));
+            t = session.store_op(Op::Inflight(
+                c.clone(),
+                i.delivery.seq,
+                i.packet_id,
+                i.stage,
+            ));
+        }
+    }
+    for d in st.queue.iter_mut() {
+        if d.qos != QoS::AtMostOnce {
+            d.seq = next;
+            next += 1;
+            t = session.store_op(Op::Queue(c.clone(), d.seq, d.clone()));
+        }
+    }
+    for id in &st.incoming_qos2 {
+        t = session.store_op(Op::PutQos2(c.clone(), *id));
+    }
+    st.next_seq = next;
+    t
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use midge_plugin::types::HookSet;
-use midge_protocol::{decode, reason, Disconnect, Packet, Properties, Publish, Version};
+use midge_protocol::{decode, reason, Packet, Publish};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -19,7 +19,7 @@ use super::super::{handshake, idle, span};
 use super::establish::{Established, Terms};
 use super::{received, End, Io};
 use crate::events::Event;
-use crate::session::PendingWill;
+use crate::session::{proto, PendingWill};
 
 /// Largest read buffer reservation for a busy connection.
 const READ_CHUNK: usize = 64 * 1024;
@@ -100,7 +100,7 @@ where
             write_failed: false,
             backlog: 0,
             rules_hold: None,
-            keep_alive: crate::session::proto::keep_alive_deadline(terms.keep_alive),
+            keep_alive: proto::keep_alive_deadline(terms.keep_alive),
             max_in,
             chunk: idle::READ_MIN,
             quiet: false,
@@ -435,12 +435,7 @@ where
             }
             End::Server { reason, why } => {
                 info!(reason, why, "closing connection");
-                let last = (conn.inbound.version == Version::V5).then(|| {
-                    Packet::Disconnect(Disconnect {
-                        reason,
-                        properties: Properties::default(),
-                    })
-                });
+                let last = proto::server_disconnect(conn.inbound.version, reason);
                 (last, will)
             }
             End::Lost(why) => {

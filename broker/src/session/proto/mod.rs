@@ -22,7 +22,9 @@ use midge_protocol::{encoded_len, reason, ByteStr, Packet, Properties, QoS, Vers
 use super::{Inflight, Stage};
 
 mod connect;
+mod takeover;
 pub use connect::{accept, Accepted, ClientLimits, Offer, Refused};
+pub use takeover::{persistence, server_disconnect, takeover, Existing, Persist, Takeover};
 
 /// A rule broken by the client: the connection ends with `reason`
 /// (DISCONNECT for 5.0, a plain close for 3.1.1).
