@@ -341,6 +341,27 @@ impl Default for Listeners {
     }
 }
 
+impl MqttConfig {
+    /// What the server offers every client, for the session core's
+    /// decisions (CONNECT, SUBSCRIBE).
+    pub fn offer(&self) -> crate::session::proto::Offer {
+        crate::session::proto::Offer {
+            max_client_id_len: self.max_client_id_len,
+            max_qos: self.max_qos,
+            retain_available: self.retain_available,
+            max_keep_alive: self.max_keep_alive,
+            max_session_expiry: self.max_session_expiry,
+            max_inflight: self.max_inflight,
+            receive_maximum: self.receive_maximum,
+            max_packet_size: self.max_packet_size,
+            topic_alias_maximum: self.topic_alias_maximum,
+            wildcard_subscriptions: self.wildcard_subscriptions,
+            subscription_identifiers: self.subscription_identifiers,
+            shared_subscriptions: self.shared_subscriptions,
+        }
+    }
+}
+
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {

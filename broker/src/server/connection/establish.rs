@@ -19,7 +19,6 @@ use super::super::span;
 use super::inbound::Inbound;
 use super::Io;
 use crate::broker::{Attached, Broker};
-use crate::config::MqttConfig;
 use crate::events::{ConnectFlags, Event};
 use crate::limits::PublishLimiter;
 use crate::message::{ClientInfo, Message};
@@ -47,24 +46,6 @@ pub(super) struct Terms {
     /// Keep alive in force (seconds; 0: none).
     pub(super) keep_alive: u16,
     pub(super) limits: ClientLimits,
-}
-
-/// What the server offers every client, from `[mqtt]`.
-fn offer(cfg: &MqttConfig) -> proto::Offer {
-    proto::Offer {
-        max_client_id_len: cfg.max_client_id_len,
-        max_qos: cfg.max_qos,
-        retain_available: cfg.retain_available,
-        max_keep_alive: cfg.max_keep_alive,
-        max_session_expiry: cfg.max_session_expiry,
-        max_inflight: cfg.max_inflight,
-        receive_maximum: cfg.receive_maximum,
-        max_packet_size: cfg.max_packet_size,
-        topic_alias_maximum: cfg.topic_alias_maximum,
-        wildcard_subscriptions: cfg.wildcard_subscriptions,
-        subscription_identifiers: cfg.subscription_identifiers,
-        shared_subscriptions: cfg.shared_subscriptions,
-    }
 }
 
 /// Authenticates and decides the CONNECT, attaches its session and sends
@@ -98,7 +79,7 @@ where
         }
         Err(r) => (Authenticated::default(), Err(r)),
     };
-    let mut accepted = match proto::accept(&c, &offer(&broker.config), auth_data) {
+    let mut accepted = match proto::accept(&c, &broker.config.offer(), auth_data) {
         Ok(a) => a,
         Err(r) => {
             refuse(&broker, &c, peer, io, r).await;

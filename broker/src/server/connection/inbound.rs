@@ -5,12 +5,12 @@
 //! The acks it produces are collected in `control` and handed to the
 //! session once the store has what they acknowledge.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use midge_plugin::types as pt;
 use midge_protocol::{
-    reason, Ack, Disconnect, Packet, Properties, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
-    Version,
+    Ack, Disconnect, Packet, Properties, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
 };
 
 use super::super::enhanced_auth::{self, Reauth, ReauthClient};
@@ -19,8 +19,7 @@ use crate::broker::Broker;
 use crate::events::{self, Event};
 use crate::limits::PublishLimiter;
 use crate::message::{ClientInfo, Message};
-use crate::router::split_filter;
-use crate::session::proto::TopicAliasesIn;
+use crate::session::proto::{self, FilterAnswer, SharedFilter, TopicAliasesIn};
 use crate::session::{Delivery, Session, SubscriptionRecord};
 
 /// Per-connection inbound state.
@@ -155,73 +154,48 @@ impl Inbound {
         }
     }
 
+    /// SUBSCRIBE: the session core decides each filter
+    /// (`proto::subscribe_filter`) once authorization and the subscription
+    /// limit have answered; granted ones go to the router and the store.
     pub(super) async fn subscribe(&mut self, s: Subscribe) -> Option<End> {
-        let cfg = &self.broker.config;
-        let sub_id = s.properties.subscription_identifiers.first().copied();
-        if sub_id.is_some() && !cfg.subscription_identifiers {
-            return Some(End::Server {
-                reason: reason::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
-                why: "subscription identifiers are not supported",
-            });
-        }
+        let offer = self.broker.config.offer();
+        let sub_id = match proto::subscription_identifier(&s.properties, &offer) {
+            Ok(id) => id,
+            Err(v) => return Some(broken(v)),
+        };
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained: Vec<Delivery> = Vec::new();
         for (filter, opts) in &s.filters {
-            let (group, f) = split_filter(filter);
-            if group.is_some() && opts.no_local {
-                return self.protocol_error("no local on a shared subscription");
+            let f = SharedFilter::parse(filter);
+            if let Err(v) = proto::no_local_on_shared(f, *opts) {
+                return Some(broken(v));
             }
-            let refuse = if !self
+            let authorized = self
                 .authorized(pt::Action::Subscribe, filter, opts.qos, false)
-                .await
-            {
-                Some(reason::NOT_AUTHORIZED)
-            } else if self
-                .session
-                .over_subscription_limit(filter, self.broker.limits.max_subscriptions)
-            {
-                self.broker
-                    .stats
-                    .limit_subscriptions
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Some(reason::QUOTA_EXCEEDED)
-            } else if group.is_some() && !cfg.shared_subscriptions {
-                Some(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
-            } else if !cfg.wildcard_subscriptions && f.contains(['+', '#']) {
-                Some(reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED)
-            } else {
-                None
-            };
-            if let Some(code) = refuse {
-                codes.push(match self.version {
-                    Version::V5 => code,
-                    Version::V311 => reason::v311::SUBACK_FAILURE,
-                });
+                .await;
+            let max = self.broker.limits.max_subscriptions;
+            let over = authorized && self.session.over_subscription_limit(filter, max);
+            let answer = proto::subscribe_filter(f, *opts, authorized, over, &offer);
+            codes.push(answer.suback_code(self.version));
+            let FilterAnswer::Granted(opts) = answer else {
+                if over {
+                    let stats = &self.broker.stats;
+                    stats.limit_subscriptions.fetch_add(1, Ordering::Relaxed);
+                }
                 continue;
-            }
-            let granted = QoS::from_u8((*opts as midge_protocol::SubOptions).qos as u8)
-                .unwrap_or(QoS::AtMostOnce)
-                .min(QoS::from_u8(cfg.max_qos).unwrap_or(QoS::ExactlyOnce));
-            let mut opts = *opts;
-            opts.qos = granted;
-            let (existed, t) = self.broker.subscribe(
-                &self.session,
-                filter,
-                SubscriptionRecord { opts, id: sub_id },
-            );
+            };
+            let record = SubscriptionRecord { opts, id: sub_id };
+            let (existed, t) = self.broker.subscribe(&self.session, filter, record);
             self.ticket = self.ticket.max(t);
-            codes.push(granted as u8);
             self.broker.emit(Event::Subscribed {
                 client: self.client(),
                 filter,
-                qos: granted,
+                qos: opts.qos,
             });
-            let send_retained = group.is_none()
-                && (opts.retain_handling == 0 || (opts.retain_handling == 1 && !existed));
-            if send_retained && cfg.retain_available {
-                for m in self.broker.retained.matching(f) {
+            if proto::sends_retained(f, opts, existed, &offer) {
+                for m in self.broker.retained.matching(f.filter) {
                     retained.push(Delivery {
-                        qos: granted.min(m.qos),
+                        qos: opts.qos.min(m.qos),
                         msg: m,
                         retain: true,
                         sub_ids: sub_id.into_iter().collect(),
@@ -253,11 +227,7 @@ impl Inbound {
                 });
                 let (existed, t) = self.broker.unsubscribe(&self.session, f);
                 self.ticket = self.ticket.max(t);
-                if existed {
-                    reason::SUCCESS
-                } else {
-                    reason::NO_SUBSCRIPTION_EXISTED
-                }
+                proto::unsuback_code(existed)
             })
             .collect();
         self.control.push(Packet::UnsubAck(UnsubAck {

@@ -7,12 +7,19 @@
 //! rule has a unit test below.
 //!
 //! So far (issue 21 is moving the rules here one at a time): CONNECT
-//! negotiation (connect.rs: `accept`), keep-alive and
-//! session-expiry negotiation, the keep-alive deadline, what a client's
-//! PUBLISH must not carry, inbound topic aliases, inbound QoS 2 (packet-id reuse, receive maximum, PUBREL) and the
-//! outbound acknowledgements (PUBACK, PUBREC, PUBCOMP against the inflight
-//! window), outbound topic aliases, fitting server packets to the client's
-//! Maximum Packet Size. Still in the connection: the inflight window (server/writer.rs), SUBSCRIBE / UNSUBSCRIBE.
+//! negotiation (connect.rs: `accept`), takeover (takeover.rs: what a
+//! CONNECT does to the client id's live connection and stored session, how
+//! the session is persisted, the DISCONNECT a server-ended connection
+//! gets), SUBSCRIBE / UNSUBSCRIBE (subscribe.rs: shared filters, the
+//! Subscription Identifier and No Local rules, each filter granted or
+//! refused with its code, retain handling, SUBACK / UNSUBACK codes),
+//! keep-alive and session-expiry negotiation, the keep-alive deadline,
+//! what a client's PUBLISH must not carry, inbound topic aliases, inbound
+//! QoS 2 (packet-id reuse, receive maximum, PUBREL; `Session::on_publish`
+//! turns a decided PUBLISH into its ack) and the outbound acknowledgements
+//! (PUBACK, PUBREC, PUBCOMP against the inflight window), outbound topic
+//! aliases, fitting server packets to the client's Maximum Packet Size.
+//! Still in the connection: the inflight window (server/writer.rs).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -22,8 +29,13 @@ use midge_protocol::{encoded_len, reason, ByteStr, Packet, Properties, QoS, Vers
 use super::{Inflight, Stage};
 
 mod connect;
+mod subscribe;
 mod takeover;
 pub use connect::{accept, Accepted, ClientLimits, Offer, Refused};
+pub use subscribe::{
+    no_local_on_shared, sends_retained, subscribe_filter, subscription_identifier, unsuback_code,
+    FilterAnswer, SharedFilter,
+};
 pub use takeover::{persistence, server_disconnect, takeover, Existing, Persist, Takeover};
 
 /// A rule broken by the client: the connection ends with `reason`
