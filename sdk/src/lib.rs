@@ -173,6 +173,7 @@ use bindings::midge::plugin as imp;
 
 mod batch;
 pub mod binary;
+mod topic;
 pub use batch::{Batch, BatchDecisions, Change, MessageRef, NewPayload, NewProperties, NewTopic};
 
 pub use h::{
@@ -441,23 +442,11 @@ pub use serde_json;
 
 /// MQTT topic matching: does topic name `name` match filter `filter`?
 /// (`+` one level, `#` the rest; `$`-topics are not matched by a leading
-/// wildcard.) The same rules as the broker's matcher (midge-protocol's
-/// `topic::matches_plain`): both are tested against topic_cases.txt.
+/// wildcard.) The broker's own matcher: src/topic.rs is also
+/// midge-protocol's `topic::matches_plain`, and both are tested against
+/// topic_cases.txt.
 pub fn topic_matches(filter: &str, name: &str) -> bool {
-    if name.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut n = name.split('/');
-    loop {
-        match (f.next(), n.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
+    topic::matches_plain(filter, name)
 }
 
 /// A Midge plugin. Implement [`Plugin::init`] and the hooks named in the

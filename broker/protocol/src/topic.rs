@@ -66,32 +66,16 @@ pub fn matches(filter: &str, name: &str) -> bool {
     matches_plain(filter, name)
 }
 
-/// Does `filter`, taken as it is (`$share/...` is no shared group here),
-/// match topic `name`? `+` is one level, `#` the rest including the parent
-/// level; a filter whose first level is a wildcard does not match a topic
-/// starting with `$`.
-///
-/// The one MQTT topic matcher: the broker (through [`matches`]) and the
-/// rule engine (`FROM`, `=~`) call it; the plugin SDK, which builds on its
-/// own in plugin projects, keeps a copy that its tests check against the
-/// same case table (sdk/src/topic_cases.txt, bundled with the SDK).
-#[inline]
-pub fn matches_plain(filter: &str, name: &str) -> bool {
-    if name.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut n = name.split('/');
-    loop {
-        match (f.next(), n.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(fl), Some(nl)) if fl == nl => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
+// The one MQTT topic matcher, `matches_plain` (a filter taken as it is:
+// `$share/...` is no shared group there): the broker (through [`matches`])
+// and the rule engine (`FROM`, `=~`) call it from here; its source is the
+// plugin SDK's sdk/src/topic.rs, which the SDK (self-contained, built on
+// its own in plugin projects) compiles as its `topic_matches`. One file,
+// tested here and in the SDK against one case table
+// (sdk/src/topic_cases.txt, bundled with the SDK).
+#[path = "../../../sdk/src/topic.rs"]
+mod plain;
+pub use plain::matches_plain;
 
 /// Splits a shared subscription filter: `$share/g/a/b` -> `Some(("g", "a/b"))`,
 /// `$queue/a/b` -> `Some(("$queue", "a/b"))`; `None` for a plain filter.

@@ -111,7 +111,7 @@ const SDK_MANIFEST: &str = include_str!("../../../../sdk/Cargo.toml");
 
 /// The rest of the SDK crate (what its manifest's `include` names), as
 /// written into a new project. A test keeps the list complete.
-const SDK_FILES: [(&str, &str); 6] = [
+const SDK_FILES: [(&str, &str); 7] = [
     (
         "midge-sdk/README.md",
         include_str!("../../../../sdk/README.md"),
@@ -127,6 +127,10 @@ const SDK_FILES: [(&str, &str); 6] = [
     (
         "midge-sdk/src/binary.rs",
         include_str!("../../../../sdk/src/binary.rs"),
+    ),
+    (
+        "midge-sdk/src/topic.rs",
+        include_str!("../../../../sdk/src/topic.rs"),
     ),
     (
         "midge-sdk/src/topic_cases.txt",
