@@ -93,17 +93,7 @@ start() {
             --ws-listen "127.0.0.1:$(free_port)" --no-admin >>"$logf" 2>&1 &
         ;;
     mosquitto)
-        cat >"$TMP/mosquitto.conf" <<EOF
-listener $port 127.0.0.1
-allow_anonymous true
-set_tcp_nodelay true
-max_queued_messages 100000
-max_inflight_messages 0
-max_connections -1
-persistence false
-log_dest stderr
-log_type error
-EOF
+        mosquitto_conf "$port" >"$TMP/mosquitto.conf"
         "${PIN_BROKER[@]}" "$MOSQUITTO" -c "$TMP/mosquitto.conf" >>"$logf" 2>&1 &
         ;;
     esac

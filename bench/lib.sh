@@ -1,4 +1,4 @@
-# Sourced by the bench scripts (kafka.sh, plugin.sh): helpers they share.
+# Sourced by the bench scripts (run.sh, compare.sh, kafka.sh, plugin.sh, ...): helpers they share.
 
 # stop_pid PID: SIGTERM, wait up to 10 s, then SIGKILL; only that process.
 stop_pid() {
@@ -12,6 +12,24 @@ stop_pid() {
 
 # free_port: a free TCP port on 127.0.0.1.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# mosquitto_conf PORT: the Mosquitto config of the throughput benches
+# (run.sh, compare.sh), on stdout. Without nodelay, large queues and an
+# unlimited inflight window Mosquitto 2.0 silently drops QoS 1 under load.
+mosquitto_conf() {
+    cat <<EOF
+listener $1 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+max_queued_messages 100000
+max_inflight_messages 0
+max_connections -1
+persistence false
+log_dest stderr
+log_type error
+log_type warning
+EOF
+}
 
 # write_section NAME SECTION_FILE OUT: replaces the lines between
 # `<!-- NAME:begin` and `<!-- NAME:end -->` in OUT with SECTION_FILE (which

@@ -52,6 +52,9 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# Shared helpers (mosquitto_conf); this script keeps its own free_port and
+# stop_broker, defined below, which override the library's.
+. bench/lib.sh
 # The exact command, with the environment overrides that were given.
 COMMAND="bench/run.sh"
 for v in PERSIST_BROKERS PERSIST RATE_REPEAT RATE_SPIN_US RATE_PAYLOAD RATE_QOS RATE_SCENARIOS RATE RULES_CRITERION RULES_VERIFY RULES_PAYLOAD RULES_QOS RULES_COUNT RULES OUT QUIET_WAIT NICE BENCH_CPU BROKER_CPU IDLE_CONNECTIONS PAYLOADS QOS_LEVELS SCENARIOS BROKERS WINDOW DRAIN WARMUP DURATION; do
@@ -209,18 +212,7 @@ start_broker() {
         ;;
     mosquitto)
         [[ -x $MOSQUITTO ]] || { START_ERR="$MOSQUITTO not installed"; return 1; }
-        cat >"$TMP/mosquitto.conf" <<EOF
-listener $port 127.0.0.1
-allow_anonymous true
-set_tcp_nodelay true
-max_queued_messages 100000
-max_inflight_messages 0
-max_connections -1
-persistence false
-log_dest stderr
-log_type error
-log_type warning
-EOF
+        mosquitto_conf "$port" >"$TMP/mosquitto.conf"
         "${PIN_BROKER[@]}" "$MOSQUITTO" -c "$TMP/mosquitto.conf" >"$logf" 2>&1 &
         ;;
     rumqttd)
