@@ -11,7 +11,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::Shared;
-use crate::broker::Broker;
+use crate::broker::{Broker, Stats};
 
 /// The text of one scrape.
 #[derive(Debug, Default)]
@@ -91,7 +91,6 @@ pub async fn scrape(State(s): State<Shared>) -> impl IntoResponse {
 /// Renders every metric.
 pub fn render(b: &Broker, uptime_seconds: f64) -> String {
     let mut o = Out::default();
-    let st = &b.stats;
     o.family("midge_info", "gauge", "Broker version.");
     o.sample("midge_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
     o.one(
@@ -100,8 +99,23 @@ pub fn render(b: &Broker, uptime_seconds: f64) -> String {
         "Seconds since the admin listener started.",
         uptime_seconds,
     );
+    sessions(&mut o, b);
+    messages(&mut o, &b.stats);
+    rules(&mut o, b);
+    plugins(&mut o, b);
+    sql(&mut o, b);
+    kafka(&mut o, b);
+    store(&mut o, b);
+    if let Some(c) = b.cluster.get() {
+        c.cluster().render_metrics(&mut o.0);
+    }
+    o.0
+}
 
-    // Sessions and connections: one pass over the registry.
+/// Connections, limits, sessions, retained messages and queues: one pass
+/// over the session registry.
+fn sessions(o: &mut Out, b: &Broker) {
+    let st = &b.stats;
     let (mut connected, mut sessions, mut persistent, mut subs) = (0u64, 0u64, 0u64, 0u64);
     let (mut queued, mut queued_max, mut queued_bytes) = (0u64, 0u64, 0u64);
     let (mut inflight, mut inflight_max) = (0u64, 0u64);
@@ -144,33 +158,7 @@ pub fn render(b: &Broker, uptime_seconds: f64) -> String {
         "Connections admitted by the listeners and open now (before and after CONNECT).",
         get(&st.connections_current),
     );
-    o.family(
-        "midge_limit_triggered_total",
-        "counter",
-        "Times a [limits] limit triggered, by limit.",
-    );
-    for (limit, counter) in [
-        ("max_connections", &st.connections_refused_max_connections),
-        (
-            "max_listener_connections",
-            &st.connections_refused_listener_limit,
-        ),
-        ("max_connection_rate", &st.connections_refused_rate),
-        ("connect_timeout", &st.connections_refused_connect_timeout),
-        ("max_publish_rate", &st.limit_publish_rate),
-        ("max_publish_bytes_rate", &st.limit_publish_bytes_rate),
-        ("max_subscriptions", &st.limit_subscriptions),
-        ("allow_anonymous", &st.connections_refused_anonymous),
-        ("max_packet_size", &st.limit_packet_too_large),
-        ("receive_maximum", &st.limit_receive_maximum),
-        ("max_queued_messages", &st.messages_dropped_queue_full),
-    ] {
-        o.sample(
-            "midge_limit_triggered_total",
-            &[("limit", limit)],
-            get(counter),
-        );
-    }
+    limits(o, st);
     o.one(
         "midge_sessions",
         "gauge",
@@ -243,8 +231,41 @@ pub fn render(b: &Broker, uptime_seconds: f64) -> String {
         "Most unacknowledged messages of one session.",
         inflight_max,
     );
+}
 
-    // Messages and bytes.
+/// How often each `[limits]` limit triggered.
+fn limits(o: &mut Out, st: &Stats) {
+    o.family(
+        "midge_limit_triggered_total",
+        "counter",
+        "Times a [limits] limit triggered, by limit.",
+    );
+    for (limit, counter) in [
+        ("max_connections", &st.connections_refused_max_connections),
+        (
+            "max_listener_connections",
+            &st.connections_refused_listener_limit,
+        ),
+        ("max_connection_rate", &st.connections_refused_rate),
+        ("connect_timeout", &st.connections_refused_connect_timeout),
+        ("max_publish_rate", &st.limit_publish_rate),
+        ("max_publish_bytes_rate", &st.limit_publish_bytes_rate),
+        ("max_subscriptions", &st.limit_subscriptions),
+        ("allow_anonymous", &st.connections_refused_anonymous),
+        ("max_packet_size", &st.limit_packet_too_large),
+        ("receive_maximum", &st.limit_receive_maximum),
+        ("max_queued_messages", &st.messages_dropped_queue_full),
+    ] {
+        o.sample(
+            "midge_limit_triggered_total",
+            &[("limit", limit)],
+            get(counter),
+        );
+    }
+}
+
+/// Messages and bytes through the publish pipeline and the sockets.
+fn messages(o: &mut Out, st: &Stats) {
     o.one(
         "midge_messages_received_total",
         "counter",
@@ -308,16 +329,6 @@ pub fn render(b: &Broker, uptime_seconds: f64) -> String {
         "Bytes written to MQTT connections.",
         get(&st.bytes_sent),
     );
-
-    rules(&mut o, b);
-    plugins(&mut o, b);
-    sql(&mut o, b);
-    kafka(&mut o, b);
-    store(&mut o, b);
-    if let Some(c) = b.cluster.get() {
-        c.cluster().render_metrics(&mut o.0);
-    }
-    o.0
 }
 
 /// The bridges' families (label `bridge`): link state, buffer, traffic,
