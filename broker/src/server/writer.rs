@@ -271,12 +271,19 @@ fn encode_items(
                         publish.properties.subscription_identifiers = d.sub_ids.to_vec();
                     }
                 }
+                // The alias goes through a local: `&mut publish.properties.x`
+                // would allocate an empty property list for every message
+                // (DerefMut), 3.1.1 and alias-less ones included.
+                let mut alias = None;
                 let new_alias = aliases.apply(
                     limits.version,
                     limits.topic_alias_max,
                     &mut publish.topic,
-                    &mut publish.properties.topic_alias,
+                    &mut alias,
                 );
+                if alias.is_some() {
+                    publish.properties.topic_alias = alias;
+                }
                 let packet = Packet::Publish(publish);
                 if encoded_len(&packet, limits.version) > limits.max_packet_size {
                     if let Some(t) = new_alias {

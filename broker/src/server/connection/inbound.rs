@@ -96,6 +96,15 @@ impl Inbound {
         });
     }
 
+    /// PUBACK from the client: the QoS 1 delivery leaves the session's
+    /// window (`Session::puback`, as `Session::on_ack` does), with its
+    /// `Acked` event. Synchronous, for the read loop's fast path.
+    pub(super) fn puback(&mut self, packet_id: u16) {
+        if let Some(d) = self.session.puback(packet_id) {
+            self.acked(&d.msg, d.qos, packet_id);
+        }
+    }
+
     /// The client, as events name it.
     pub(super) fn client(&self) -> events::Client<'_> {
         events::Client {
@@ -113,8 +122,11 @@ impl Inbound {
     pub(super) async fn handle(&mut self, p: Packet) -> Option<End> {
         match p {
             Packet::Publish(p) => self.publish(p).await,
-            Packet::PubAck(Ack { packet_id, .. })
-            | Packet::PubRec(Ack { packet_id, .. })
+            Packet::PubAck(Ack { packet_id, .. }) => {
+                self.puback(packet_id);
+                None
+            }
+            Packet::PubRec(Ack { packet_id, .. })
             | Packet::PubComp(Ack { packet_id, .. })
             | Packet::PubRel(Ack { packet_id, .. }) => {
                 let answer = self.session.on_ack(&p, self.version)?;

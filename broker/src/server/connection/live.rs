@@ -166,6 +166,12 @@ where
                     return Some(end);
                 }
             }
+            // A PUBACK (one per QoS 1 delivery, the most frequent packet
+            // of a subscriber) needs no future: handled in place.
+            if let Packet::PubAck(a) = &p {
+                self.conn.inbound.puback(a.packet_id);
+                continue;
+            }
             // Without plugins nothing in `handle` awaits: poll it once in
             // place so its state never enlarges the connection's future
             // (idle connections stay small). With plugins, box it.

@@ -270,6 +270,7 @@ pub fn publish_ack_code(code: u8, version: Version) -> u8 {
 
 /// A PUBACK from the client: the QoS 1 message it acknowledges leaves the
 /// inflight window. An id that is not a QoS 1 message in flight is ignored.
+#[inline]
 pub fn puback(inflight: &mut VecDeque<Inflight>, packet_id: u16) -> Option<Inflight> {
     let i = inflight.iter().position(|i| i.packet_id == packet_id)?;
     if inflight[i].delivery.qos != QoS::AtLeastOnce {
