@@ -13,22 +13,11 @@ use super::idle;
 use crate::broker::Broker;
 use crate::events::{DropReason, Event};
 use crate::session::proto::{self, ClientLimits, TopicAliasesOut};
-use crate::session::{Delivery, Inflight, Session, Stage};
-use crate::store::Op;
+use crate::session::outbound::Outgoing;
+use crate::session::{Delivery, Session};
 
 /// Most items taken from the session per write.
 const BATCH: usize = 512;
-
-// Short-lived batch items; boxing the packet would cost an allocation each.
-#[allow(clippy::large_enum_variant)]
-enum Out {
-    Control(Packet),
-    Publish {
-        packet_id: u16,
-        dup: bool,
-        delivery: Delivery,
-    },
-}
 
 /// The outbound side of a connection, driven by the connection's own task
 /// (no second task: idle connections cost less memory). `collect` takes what
@@ -44,8 +33,11 @@ pub struct Output {
     buf: BytesMut,
     pos: usize,
     aliases: TopicAliasesOut,
-    /// Grows to the batch size under load, starts empty for idle connections.
-    items: Vec<Out>,
+    /// What `collect` took: control packets first, then the window's
+    /// publishes. Grow to the batch size under load, start empty for idle
+    /// connections.
+    control: Vec<Packet>,
+    items: Vec<Outgoing>,
 }
 
 impl Output {
@@ -55,6 +47,7 @@ impl Output {
             buf: BytesMut::new(),
             pos: 0,
             aliases: TopicAliasesOut::default(),
+            control: Vec::new(),
             items: Vec::new(),
         }
     }
@@ -95,8 +88,8 @@ impl Output {
     /// may hold more that can be sent, and no notify will come for them, so
     /// the caller collects again once this batch is written.
     pub fn collect(&mut self, session: &Session) -> (u64, bool) {
-        let ticket = collect(session, self.limits.window, &mut self.items, false);
-        (ticket, self.items.len() >= BATCH)
+        let ticket = collect(session, self.limits.window, &mut self.control, &mut self.items, false);
+        (ticket, self.control.len() + self.items.len() >= BATCH)
     }
 
     /// Encodes what `collect` took after the bytes still unwritten.
@@ -106,6 +99,7 @@ impl Output {
             session,
             &self.limits,
             &mut self.aliases,
+            &mut self.control,
             &mut self.items,
             &mut self.buf,
         );
@@ -122,13 +116,15 @@ impl Output {
             idle::deque(&mut st.queue, true);
             idle::deque(&mut st.inflight, true);
         }
-        idle::bytes(&mut self.buf, quiet) | idle::vec(&mut self.items, quiet)
+        idle::bytes(&mut self.buf, quiet)
+            | idle::vec(&mut self.control, quiet)
+            | idle::vec(&mut self.items, quiet)
     }
 
     /// On close: appends the session's pending control packets (acks) and
     /// `last` (a DISCONNECT) to what is still unwritten.
     pub fn finish(&mut self, broker: &Broker, session: &Session, last: Option<Packet>) {
-        collect(session, self.limits.window, &mut self.items, true);
+        collect(session, self.limits.window, &mut self.control, &mut self.items, true);
         self.encode(broker, session);
         if let Some(mut p) = last {
             if proto::fit(&mut p, self.limits.version, self.limits.max_packet_size) {
@@ -138,14 +134,21 @@ impl Output {
     }
 }
 
-/// Takes what can be sent now from the session, under its lock. Returns
-/// the store ticket the batch must wait for before it is written (0: none).
-fn collect(session: &Session, window: usize, items: &mut Vec<Out>, control_only: bool) -> u64 {
+/// Takes what can be sent now from the session, under its lock: its
+/// control packets, then the outbound window's publishes (session/outbound.rs).
+/// Returns the store ticket the batch must wait for before it is written
+/// (0: none).
+fn collect(
+    session: &Session,
+    window: usize,
+    control: &mut Vec<Packet>,
+    items: &mut Vec<Outgoing>,
+    control_only: bool,
+) -> u64 {
     let mut st = session.state.lock();
-    let mut ticket = 0;
-    while items.len() < BATCH {
+    while control.len() < BATCH {
         match st.control.pop_front() {
-            Some(p) => items.push(Out::Control(p)),
+            Some(p) => control.push(p),
             None => break,
         }
     }
@@ -154,58 +157,10 @@ fn collect(session: &Session, window: usize, items: &mut Vec<Out>, control_only:
     if control_only {
         return 0;
     }
-    if st.resend {
-        st.resend = false;
-        for i in &st.inflight {
-            items.push(match i.stage {
-                Stage::Published => Out::Publish {
-                    packet_id: i.packet_id,
-                    dup: true,
-                    delivery: i.delivery.clone(),
-                },
-                Stage::Released => Out::Control(Packet::PubRel(Ack::new(i.packet_id, 0))),
-            });
-        }
-    }
-    while items.len() < BATCH {
-        let Some(front) = st.queue.front() else { break };
-        if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
-            break;
-        }
-        let Some(d) = st.queue.pop_front() else { break };
-        st.queued_bytes -= d.msg.payload.len();
-        if d.qos == QoS::AtMostOnce {
-            items.push(Out::Publish {
-                packet_id: 0,
-                dup: false,
-                delivery: d,
-            });
-        } else {
-            let packet_id = st.alloc_packet_id();
-            if d.seq != 0 {
-                let t = session.store_op(Op::Inflight(
-                    session.client_id.clone(),
-                    d.seq,
-                    packet_id,
-                    Stage::Published,
-                ));
-                if d.qos == QoS::ExactlyOnce {
-                    ticket = t;
-                }
-            }
-            st.inflight.push_back(Inflight {
-                packet_id,
-                delivery: d.clone(),
-                stage: Stage::Published,
-            });
-            items.push(Out::Publish {
-                packet_id,
-                dup: false,
-                delivery: d,
-            });
-        }
-    }
-    ticket
+    // Deliveries were lowered to each subscription's QoS when routed: no
+    // Maximum QoS applies here.
+    let batch = BATCH.saturating_sub(control.len());
+    session.take_outgoing_locked(&mut st, window, QoS::ExactlyOnce, batch, items)
 }
 
 /// Encodes `items` into `buf`, dropping expired or oversized publishes.
@@ -214,27 +169,33 @@ fn encode_items(
     session: &Session,
     limits: &ClientLimits,
     aliases: &mut TopicAliasesOut,
-    items: &mut Vec<Out>,
+    control: &mut Vec<Packet>,
+    items: &mut Vec<Outgoing>,
     buf: &mut BytesMut,
 ) {
+    for mut p in control.drain(..) {
+        if !limits.problem_info {
+            proto::without_problem_info(&mut p);
+        }
+        if !proto::fit(&mut p, limits.version, limits.max_packet_size) {
+            tracing::debug!(packet = ?p, "not sent: larger than the client's Maximum Packet Size");
+            continue;
+        }
+        tracing::debug!(packet = ?p, "sent");
+        encode(&p, limits.version, buf);
+    }
     let now = Instant::now();
     let mut unsendable: Vec<u16> = Vec::new();
     // Counted per batch, added once: one atomic add per QoS per write.
     let mut sent = [0u64; 3];
     for item in items.drain(..) {
         match item {
-            Out::Control(mut p) => {
-                if !limits.problem_info {
-                    proto::without_problem_info(&mut p);
-                }
-                if !proto::fit(&mut p, limits.version, limits.max_packet_size) {
-                    tracing::debug!(packet = ?p, "not sent: larger than the client's Maximum Packet Size");
-                    continue;
-                }
+            Outgoing::Release(packet_id) => {
+                let p = Packet::PubRel(Ack::new(packet_id, 0));
                 tracing::debug!(packet = ?p, "sent");
                 encode(&p, limits.version, buf);
             }
-            Out::Publish {
+            Outgoing::Publish {
                 packet_id,
                 dup,
                 delivery,
@@ -316,16 +277,7 @@ fn encode_items(
             broker.stats.publish_sent[q].fetch_add(n, Ordering::Relaxed);
         }
     }
-    if !unsendable.is_empty() {
-        let mut st = session.state.lock();
-        st.inflight.retain(|i| {
-            if !unsendable.contains(&i.packet_id) {
-                return true;
-            }
-            session.forget(i.delivery.seq);
-            false
-        });
-    }
+    session.withdraw(&unsendable);
 }
 
 fn delivery_dropped(broker: &Broker, session: &Session, d: &Delivery, reason: DropReason) {

@@ -8,10 +8,9 @@
 //!   ([`check_connack`] -> [`Negotiated`]: window, Maximum QoS, retain,
 //!   Maximum Packet Size, Topic Alias Maximum, keep alive, session present),
 //!   or a refusal / protocol error in words ([`ConnackError`]);
-//! - the outbound window over the session's buffer ([`Session::take_outgoing`]:
-//!   resends after a reconnect, then queued deliveries while the window has
-//!   room, packet ids and store ops under the session's lock), taking back
-//!   what was not sent ([`Session::withdraw`]), and the remote's acks
+//! - the outbound window over the session's buffer (`Session::take_outgoing`
+//!   and `Session::withdraw` in session/outbound.rs, shared with the server
+//!   side, lowering QoS to the remote's Maximum QoS), and the remote's acks
 //!   ([`Session::remote_ack`], over the same `puback` / `pubrec` / `pubcomp`
 //!   transitions the server side applies to its clients' acks);
 //! - the keep-alive of the client ([`keep_alive`]: PINGREQ when nothing was
@@ -23,8 +22,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use midge_protocol::{reason, Ack, ConnAck, Connect, Packet, Properties, QoS, Version};
 
-use super::{Delivery, Inflight, Session, Stage};
-use crate::store::Op;
+pub use super::outbound::Outgoing;
+use super::{Delivery, Session};
 
 /// What the client's CONNECT says (a bridge's settings, and this broker's
 /// own limits for what the remote sends it).
@@ -232,20 +231,6 @@ pub fn check_connack(c: &ClientConnect<'_>, ack: &ConnAck) -> Result<Negotiated,
     })
 }
 
-/// What the outbound window hands to the encoder.
-#[derive(Debug, Clone)]
-pub enum Outgoing {
-    /// A PUBLISH: QoS 0 (packet id 0, already out of the session), or a
-    /// QoS 1/2 delivery now in the window (`dup`: a resend).
-    Publish {
-        packet_id: u16,
-        dup: bool,
-        delivery: Delivery,
-    },
-    /// PUBREL for a QoS 2 message the remote has (a resend after a reconnect).
-    Release(u16),
-}
-
 /// What the remote's acknowledgement did.
 #[derive(Debug, Default)]
 pub struct RemoteAck {
@@ -259,101 +244,6 @@ pub struct RemoteAck {
 }
 
 impl Session {
-    /// Takes what can go out now into `items` (up to `batch` in all):
-    /// after a (re)connect (`resend` set) every message in flight again
-    /// (PUBLISH with DUP, or PUBREL once released), then queued deliveries
-    /// while the window has room, each QoS 1/2 one given a free packet id
-    /// and put in the window (stage Published; stored ones recorded as in
-    /// flight in the store). A QoS above the remote's `max_qos` is lowered
-    /// to it; a delivery lowered to QoS 0 leaves the store (nothing will
-    /// acknowledge it). Returns the store ticket that must be durable
-    /// before the bytes leave (a QoS 2 packet id: after a restart the
-    /// message goes again under the same id, which the remote recognises).
-    pub fn take_outgoing(
-        &self,
-        window: usize,
-        max_qos: QoS,
-        batch: usize,
-        items: &mut Vec<Outgoing>,
-    ) -> u64 {
-        let mut st = self.state.lock();
-        let mut ticket = 0;
-        if st.resend {
-            st.resend = false;
-            for i in &st.inflight {
-                items.push(match i.stage {
-                    Stage::Published => Outgoing::Publish {
-                        packet_id: i.packet_id,
-                        dup: true,
-                        delivery: i.delivery.clone(),
-                    },
-                    Stage::Released => Outgoing::Release(i.packet_id),
-                });
-            }
-        }
-        while items.len() < batch {
-            let Some(front) = st.queue.front() else { break };
-            if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
-                break;
-            }
-            let Some(mut d) = st.queue.pop_front() else {
-                break;
-            };
-            st.queued_bytes -= d.msg.payload.len();
-            if d.qos > max_qos {
-                d.qos = max_qos;
-            }
-            if d.qos == QoS::AtMostOnce {
-                self.forget(d.seq);
-                d.seq = 0;
-                items.push(Outgoing::Publish {
-                    packet_id: 0,
-                    dup: false,
-                    delivery: d,
-                });
-                continue;
-            }
-            let packet_id = st.alloc_packet_id();
-            if d.seq != 0 {
-                let op = Op::Inflight(self.client_id.clone(), d.seq, packet_id, Stage::Published);
-                let t = self.store_op(op);
-                if d.qos == QoS::ExactlyOnce {
-                    ticket = t;
-                }
-            }
-            st.inflight.push_back(Inflight {
-                packet_id,
-                delivery: d.clone(),
-                stage: Stage::Published,
-            });
-            items.push(Outgoing::Publish {
-                packet_id,
-                dup: false,
-                delivery: d,
-            });
-        }
-        ticket
-    }
-
-    /// Takes the deliveries with `packet_ids` out of the window (and the
-    /// store) unsent: the link dropped them (no remote topic, expired, too
-    /// large for the remote), so no ack will come for them.
-    pub fn withdraw(&self, packet_ids: &[u16]) {
-        if packet_ids.is_empty() {
-            return;
-        }
-        let mut st = self.state.lock();
-        st.inflight.retain(|i| {
-            if !packet_ids.contains(&i.packet_id) {
-                return true;
-            }
-            self.forget(i.delivery.seq);
-            false
-        });
-        drop(st);
-        self.notify.notify_one();
-    }
-
     /// The remote's PUBACK, PUBREC or PUBCOMP (`None` for any other
     /// packet), through the same window transitions as a client's acks
     /// (`Session::puback` / `pubrec` / `pubcomp`): PUBACK and PUBCOMP end
@@ -443,6 +333,7 @@ mod tests {
     use midge_protocol::{ByteStr, Publish};
 
     use super::*;
+    use crate::session::Stage;
     use crate::message::Message;
 
     fn connect(version: Version) -> ClientConnect<'static> {

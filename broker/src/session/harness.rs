@@ -3,9 +3,9 @@
 //! packets the core answers with come out. No sockets, no tokio, no clock:
 //! time is a number the test moves. What it drives is the core the
 //! connection drives (`proto::accept`, `Session::on_ack`,
-//! `Session::on_publish`, `TopicAliasesIn` / `TopicAliasesOut`,
-//! `proto::fit`, the keep-alive deadline, `proto::takeover`), through the
-//! same calls.
+//! `Session::on_publish`, `Session::take_outgoing`, `TopicAliasesIn` /
+//! `TopicAliasesOut`, `proto::fit`, the keep-alive deadline,
+//! `proto::takeover`), through the same calls.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,8 @@ use bytes::Bytes;
 use midge_protocol::{reason, Ack, ByteStr, Connect, Packet, Properties, Publish, QoS, Version};
 
 use super::proto::{self, Existing, Offer, Takeover, TopicAliasesIn, TopicAliasesOut};
-use super::{Delivery, Inflight, Session, Stage};
+use super::outbound::Outgoing;
+use super::{Delivery, Session};
 use crate::message::Message;
 
 /// One connection's core, driven by the test.
@@ -157,8 +158,9 @@ impl Core {
         }
     }
 
-    /// A message for the client: into the inflight window with a fresh
-    /// packet id (as the output does), its PUBLISH fitted to the client.
+    /// A message for the client: queued, then taken through the outbound
+    /// window (`Session::take_outgoing`, as the output does: a fresh packet
+    /// id for QoS 1/2), its PUBLISH fitted to the client.
     fn deliver(&mut self, qos: QoS, topic: &str) -> Option<Packet> {
         let msg = Message::new(
             ByteStr::from(topic),
@@ -175,17 +177,16 @@ impl Core {
             shared: None,
             seq: 0,
         };
-        let packet_id = if qos == QoS::AtMostOnce {
-            0
-        } else {
+        {
             let mut st = self.session.state.lock();
-            let id = st.alloc_packet_id();
-            st.inflight.push_back(Inflight {
-                packet_id: id,
-                delivery,
-                stage: Stage::Published,
-            });
-            id
+            st.queued_bytes += delivery.msg.payload.len();
+            st.queue.push_back(delivery);
+        }
+        let mut items = Vec::new();
+        self.session
+            .take_outgoing(usize::MAX, QoS::ExactlyOnce, 1, &mut items);
+        let Some(Outgoing::Publish { packet_id, .. }) = items.pop() else {
+            panic!("the window hands out the queued delivery");
         };
         let mut p = Publish {
             dup: false,

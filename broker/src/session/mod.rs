@@ -10,6 +10,7 @@
 pub mod client;
 #[cfg(test)]
 mod harness;
+pub mod outbound;
 pub mod proto;
 
 use std::collections::{HashMap, HashSet, VecDeque};
