@@ -12,8 +12,8 @@ use midge_protocol::{encode, encoded_len, Ack, Packet, Publish, QoS, Version};
 use super::idle;
 use crate::broker::Broker;
 use crate::events::{DropReason, Event};
-use crate::session::proto::{self, ClientLimits, TopicAliasesOut};
 use crate::session::outbound::Outgoing;
+use crate::session::proto::{self, ClientLimits, TopicAliasesOut};
 use crate::session::{Delivery, Session};
 
 /// Most items taken from the session per write.
@@ -88,7 +88,13 @@ impl Output {
     /// may hold more that can be sent, and no notify will come for them, so
     /// the caller collects again once this batch is written.
     pub fn collect(&mut self, session: &Session) -> (u64, bool) {
-        let ticket = collect(session, self.limits.window, &mut self.control, &mut self.items, false);
+        let ticket = collect(
+            session,
+            self.limits.window,
+            &mut self.control,
+            &mut self.items,
+            false,
+        );
         (ticket, self.control.len() + self.items.len() >= BATCH)
     }
 
@@ -124,7 +130,13 @@ impl Output {
     /// On close: appends the session's pending control packets (acks) and
     /// `last` (a DISCONNECT) to what is still unwritten.
     pub fn finish(&mut self, broker: &Broker, session: &Session, last: Option<Packet>) {
-        collect(session, self.limits.window, &mut self.control, &mut self.items, true);
+        collect(
+            session,
+            self.limits.window,
+            &mut self.control,
+            &mut self.items,
+            true,
+        );
         self.encode(broker, session);
         if let Some(mut p) = last {
             if proto::fit(&mut p, self.limits.version, self.limits.max_packet_size) {

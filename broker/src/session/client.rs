@@ -333,8 +333,8 @@ mod tests {
     use midge_protocol::{ByteStr, Publish};
 
     use super::*;
-    use crate::session::Stage;
     use crate::message::Message;
+    use crate::session::Stage;
 
     fn connect(version: Version) -> ClientConnect<'static> {
         ClientConnect {

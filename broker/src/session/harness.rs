@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use midge_protocol::{reason, Ack, ByteStr, Connect, Packet, Properties, Publish, QoS, Version};
 
-use super::proto::{self, Existing, Offer, Takeover, TopicAliasesIn, TopicAliasesOut};
 use super::outbound::Outgoing;
+use super::proto::{self, Existing, Offer, Takeover, TopicAliasesIn, TopicAliasesOut};
 use super::{Delivery, Session};
 use crate::message::Message;
 
