@@ -12,8 +12,9 @@ pub mod client;
 mod harness;
 pub mod outbound;
 pub mod proto;
+mod subs;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use crate::message::Message;
 pub use crate::records::{Delivery, Stage, SubscriptionRecord};
 use crate::store::{Op, SessionRecord, Store};
 use proto::{PubRec, Qos2Arrival};
+pub use subs::SubscriptionMap;
 
 /// Queue-full policy for per-session queues.
 #[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq, Eq)]
@@ -80,8 +82,9 @@ pub struct ConnInfo {
 /// Mutable session state.
 #[derive(Debug)]
 pub struct SessionState {
-    /// Full filter (including `$share/g/`) -> options.
-    pub subscriptions: HashMap<String, SubscriptionRecord>,
+    /// Full filter (including `$share/g/`) -> options (a vector while
+    /// there are few: see subs.rs).
+    pub subscriptions: SubscriptionMap<SubscriptionRecord>,
     pub queue: VecDeque<Delivery>,
     pub queued_bytes: usize,
     pub inflight: VecDeque<Inflight>,
@@ -158,7 +161,7 @@ impl Session {
             client_id,
             store,
             state: Mutex::new(SessionState {
-                subscriptions: HashMap::new(),
+                subscriptions: SubscriptionMap::new(),
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 inflight: VecDeque::new(),
