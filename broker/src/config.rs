@@ -208,6 +208,10 @@ pub struct LimitsConfig {
     pub max_publish_bytes_rate: u64,
     /// Subscriptions one client may hold (5.0: SUBACK 0x97 for the excess).
     pub max_subscriptions: usize,
+    /// Seconds without traffic after which a connection is parked: its
+    /// loop's memory is freed until the client sends, a message is due to
+    /// it, it is kicked or its keep-alive passes (server/park.rs). 0 = never.
+    pub park_after: u32,
     /// true: clients no authenticator accepted are let in (a client an
     /// auth plugin refuses is still refused). false: only clients an
     /// authenticating plugin accepted get in (others: CONNACK 0x87 / 3.1.1
@@ -257,6 +261,7 @@ impl Default for LimitsConfig {
             max_publish_rate: 0,
             max_publish_bytes_rate: 0,
             max_subscriptions: 0,
+            park_after: 5,
             allow_anonymous: true,
         }
     }

@@ -158,6 +158,12 @@ fn sessions(o: &mut Out, b: &Broker) {
         "Connections admitted by the listeners and open now (before and after CONNECT).",
         get(&st.connections_current),
     );
+    o.one(
+        "midge_connections_parked",
+        "gauge",
+        "Idle connections parked now ([limits] park_after): their loop's memory freed until they wake.",
+        get(&st.connections_parked),
+    );
     limits(o, st);
     o.one(
         "midge_sessions",

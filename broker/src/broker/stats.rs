@@ -35,6 +35,9 @@ pub struct Stats {
     /// connection a listener admitted, until its task ends. Connections a
     /// limit refuses are not in it.
     pub connections_current: AtomicU64,
+    /// Connections parked now (a gauge): idle past `limits.park_after`,
+    /// their loop's memory freed (server/park.rs).
+    pub connections_parked: AtomicU64,
     /// Connections refused by `limits.max_connections` (CONNACK 0x97 / code 3).
     pub connections_refused_max_connections: AtomicU64,
     /// Connections refused by `limits.max_listener_connections` (CONNACK 0x97 / code 3).

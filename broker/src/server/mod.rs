@@ -13,6 +13,7 @@ pub(crate) mod descriptors;
 mod enhanced_auth;
 mod handshake;
 mod idle;
+mod park;
 mod span;
 pub(crate) mod tls;
 mod writer;

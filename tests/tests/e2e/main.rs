@@ -22,6 +22,7 @@ mod keepalive;
 mod limits_listener;
 mod logs;
 mod operating;
+mod park;
 mod passwd;
 mod persist_kafka;
 mod persist_postgres;

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::super::writer::Output;
-use super::super::{handshake, idle, span};
+use super::super::{handshake, idle, park, span};
 use super::establish::{Established, Terms};
 use super::{received, End, Io};
 use crate::events::Event;
@@ -75,6 +75,8 @@ pub(super) struct Live<'a, R, W> {
     /// PUBLISHes read together, for the on-publish plugins (see publish_batch).
     batch_publishes: bool,
     publishes: Vec<Publish>,
+    /// `[limits] park_after` (see super::super::park; `None`: never).
+    park_after: Option<Duration>,
 }
 
 impl<'a, R, W> Live<'a, R, W>
@@ -88,6 +90,7 @@ where
             .plugins()
             .is_some_and(|h| h.has_hook(HookSet::ON_PUBLISH));
         let max_in = broker.config.max_packet_size as usize;
+        let park_after = park::after(&broker.limits);
         // The CONNECT's buffer goes once it is consumed (see super::idle).
         if io.buf.is_empty() {
             io.buf = bytes::BytesMut::new();
@@ -107,19 +110,24 @@ where
             active: Instant::now(),
             batch_publishes,
             publishes: Vec::new(),
+            park_after,
             conn,
         }
     }
 
-    /// Runs the connection until it ends.
-    pub(super) async fn serve(&mut self) -> End {
+    /// Runs the connection until it ends (`Some`) or is parked (`None`:
+    /// then `parked`, then `serve` again).
+    pub(super) async fn serve(&mut self) -> Option<End> {
         loop {
             if let Some(end) = self.read_packets().await {
-                return end;
+                return Some(end);
             }
             self.hand_over().await;
+            if self.park_now() {
+                return None;
+            }
             if let Some(end) = self.wait().await {
-                return end;
+                return Some(end);
             }
         }
     }
@@ -260,6 +268,7 @@ where
             ka_by,
             self.conn.inbound.reauth.by,
             release.then(|| Instant::now() + idle::RELEASE_AFTER),
+            park::at(self.park_after, self.active, q),
         ]
         .into_iter()
         .flatten()
@@ -369,6 +378,56 @@ where
             }
         }
         None
+    }
+
+    /// Whether to park the connection now (super::super::park): idle for
+    /// `park_after` (this wake-up was quiet) with nothing under way. What it
+    /// holds goes as after any quiet wake-up, the read buffer altogether.
+    fn park_now(&mut self) -> bool {
+        let idle = self.quiet
+            && !self.collect
+            && !self.output.pending()
+            && self.rules_hold.is_none()
+            && self.backlog < CONTROL_BACKLOG_MAX
+            && self.conn.inbound.reauth.by.is_none()
+            && self.io.buf.is_empty();
+        if !idle || !park::due(self.park_after, self.active) {
+            return false;
+        }
+        if self.release_idle().0 {
+            // Something is still held: not parked, and the next wait is
+            // still a quiet one (the keep-alive counts from before).
+            self.quiet = true;
+            return false;
+        }
+        self.io.buf = bytes::BytesMut::new();
+        true
+    }
+
+    /// The parked connection's wait (super::super::park), handled as the
+    /// loop's: a byte read (now in the read buffer), a wake-up from the
+    /// session, a kick, the keep-alive deadline. `Some(End)`: the
+    /// connection ends; `None`: `serve` runs it again.
+    pub(super) async fn parked(&mut self) -> Option<End> {
+        let until = self.keep_alive_by();
+        let conn = &mut self.conn;
+        let wake = park::wait(
+            &conn.broker.stats.connections_parked,
+            &mut self.io.rd,
+            &mut self.io.buf,
+            &conn.session.notify,
+            &mut conn.kicked,
+            until,
+        )
+        .await;
+        let woke = match wake {
+            park::Wake::Read(r) => Woke::Read(Some(r)),
+            park::Wake::Deadline => Woke::Read(None),
+            park::Wake::Notified => Woke::Notified,
+            park::Wake::Kicked(code) => Woke::Kicked(code),
+        };
+        // The one-byte read never "fills" the buffer (see `woke`).
+        self.woke(woke, usize::MAX)
     }
 
     /// Buffers an idle connection does not need go (super::idle), and its

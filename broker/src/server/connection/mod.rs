@@ -2,8 +2,9 @@
 //! handshake (establish.rs: authentication, the session core's `accept`,
 //! attach with takeover, CONNACK), then one loop (live.rs) that decodes
 //! packets and hands them to `Inbound` (inbound.rs, publish.rs), and writes
-//! what the session has for the client (`writer::Output`), then the
-//! teardown (live.rs: last packets, detach, will, the lingering close).
+//! what the session has for the client (`writer::Output`), parked between
+//! runs of the loop when idle (`super::park`), then the teardown (live.rs:
+//! last packets, detach, will, the lingering close).
 
 mod establish;
 mod inbound;
@@ -139,12 +140,27 @@ async fn run<R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let Some((established, terms)) = establish::establish(broker, c, peer, &mut io, deadline).await
-    else {
+    // Boxed, as the loop below: the task's future holds neither once done.
+    let setup = establish::establish(broker, c, peer, &mut io, deadline);
+    let Some((established, terms)) = Box::pin(setup).await else {
         return;
     };
     let mut conn = live::Live::new(established, terms, &mut io);
-    let end = conn.serve().await;
+    let end = loop {
+        // Boxed: the loop's futures (the read and its timers, the write,
+        // the session's notification) are freed when it parks an idle
+        // connection (super::park); the task then holds `conn` and the
+        // parked wait only.
+        let serving = Box::pin(conn.serve());
+        // What parking frees (docs/BENCHMARKS.md).
+        debug!(loop_bytes = std::mem::size_of_val(&*serving), "connection loop");
+        if let Some(end) = serving.await {
+            break end;
+        }
+        if let Some(end) = conn.parked().await {
+            break end;
+        }
+    };
     conn.close(end).await;
 }
 
