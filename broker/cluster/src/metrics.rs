@@ -63,6 +63,8 @@ pub struct Metrics {
     /// Messages sent to other nodes, by QoS.
     pub forwarded: [AtomicU64; 3],
     pub forwarded_bytes: AtomicU64,
+    /// NATS messages that carried several QoS 0 messages (a batch).
+    pub batches: AtomicU64,
     /// Messages received from other nodes, by QoS.
     pub received: [AtomicU64; 3],
     pub received_bytes: AtomicU64,
@@ -169,7 +171,12 @@ impl Metrics {
             "Messages received from other nodes.",
             &self.received,
         );
-        let counters: [(&str, &str, &AtomicU64); 20] = [
+        let counters: [(&str, &str, &AtomicU64); 21] = [
+            (
+                "midge_cluster_batches_total",
+                "NATS messages sent that carried several QoS 0 messages of one topic.",
+                &self.batches,
+            ),
             (
                 "midge_cluster_replayed_total",
                 "Messages read back from the stream when reconciling after a lost connection.",

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::context::{CreateKeyValueErrorKind, CreateStreamErrorKind};
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::{self, kv, stream};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::{AbortHandle, Abortable, SelectAll};
 use futures_util::StreamExt;
 use midge_protocol::{ByteStr, QoS};
@@ -47,7 +47,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::config::ClusterConfig;
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, BATCH_MAX_BYTES, BATCH_MAX_ITEMS, H_BATCH};
 use crate::metrics::Metrics;
 use crate::subject;
 
@@ -569,6 +569,51 @@ impl Cluster {
         }
     }
 
+    /// Publishes QoS 0 messages of one topic, in order (see
+    /// [`crate::envelope`]): a lone message as [`Cluster::send_core`] does,
+    /// several as batches; a batch is cut before the message that would
+    /// take it past [`BATCH_MAX_BYTES`] (a message larger than that goes as
+    /// a batch of its own) or [`BATCH_MAX_ITEMS`].
+    pub async fn send_core_batch(&self, envs: &[Envelope]) {
+        let Some(first) = envs.first() else { return };
+        if envs.len() == 1 {
+            return self.send_core(first).await;
+        }
+        let subject = subject::topic_subject(&self.p0, &first.topic);
+        let mut buf = BytesMut::new();
+        let mut n = 0;
+        for e in envs {
+            self.metrics.forwarded[0].fetch_add(1, Relaxed);
+            self.metrics
+                .forwarded_bytes
+                .fetch_add(e.payload.len() as u64, Relaxed);
+            let before = buf.len();
+            e.encode_item(&mut buf);
+            if n > 0 && (buf.len() > BATCH_MAX_BYTES || n == BATCH_MAX_ITEMS) {
+                let done = buf.split_to(before).freeze();
+                self.publish_batch(&subject, n, done).await;
+                n = 0;
+            }
+            n += 1;
+        }
+        self.publish_batch(&subject, n, buf.freeze()).await;
+    }
+
+    /// One NATS message holding `n` QoS 0 messages (`payload`).
+    async fn publish_batch(&self, subject: &str, n: usize, payload: Bytes) {
+        let mut headers = Envelope::batch_headers(&self.node, n);
+        headers.insert(H_ID, self.next_id().as_str());
+        self.metrics.batches.fetch_add(1, Relaxed);
+        if let Err(e) = self
+            .client
+            .publish_with_headers(subject.to_string(), headers, payload)
+            .await
+        {
+            self.metrics.publish_failures.fetch_add(n as u64, Relaxed);
+            debug!(error = %e, messages = n, "cluster: QoS 0 batch not sent");
+        }
+    }
+
     /// Publishes a QoS 1/2 message to the stream (`<c>.s.<topic>`, with
     /// `Nats-Msg-Id`); the stream republishes it to `<c>.m.1.<topic>` as it
     /// stores it, where the nodes subscribed for it get it. [`Stored::confirm`] awaits JetStream's acknowledgement.
@@ -989,12 +1034,14 @@ impl Handler {
     /// A message of a shared group's queue subscription: for one local
     /// member of that group, also when this node published it.
     fn handle_shared(&mut self, msg: &async_nats::Message, g: &Group) {
-        let Some(env) = decode_inbound(msg, 3, &self.metrics) else {
+        let Some(d) = decode_inbound(msg, 3, &self.metrics) else {
             return;
         };
-        let q = env.qos as usize;
-        self.metrics.received[q.min(2)].fetch_add(1, Relaxed);
-        self.local.deliver_shared(env, &g.group, &g.filter);
+        for env in d {
+            let q = env.qos as usize;
+            self.metrics.received[q.min(2)].fetch_add(1, Relaxed);
+            self.local.deliver_shared(env, &g.group, &g.filter);
+        }
     }
 
     /// Decodes `msg` (its topic after `prefix_tokens` subject tokens) and
@@ -1006,7 +1053,7 @@ impl Handler {
         seq: Option<u64>,
         dedupe: bool,
     ) {
-        let Some(env) = decode_inbound(msg, prefix_tokens, &self.metrics) else {
+        let Some(d) = decode_inbound(msg, prefix_tokens, &self.metrics) else {
             return;
         };
         let live = seq.is_none();
@@ -1026,7 +1073,7 @@ impl Handler {
             }
             self.floor = self.floor.max(seq);
         }
-        if *env.origin == *self.node {
+        if d.origin() == &*self.node {
             return;
         }
         if dedupe || seq.is_some() {
@@ -1038,14 +1085,16 @@ impl Handler {
                 }
             }
         }
-        let q = env.qos as usize;
-        self.metrics.received[q.min(2)].fetch_add(1, Relaxed);
-        self.metrics
-            .received_bytes
-            .fetch_add(env.payload.len() as u64, Relaxed);
-        match seq {
-            Some(seq) => self.local.deliver_stored(env, seq),
-            None => self.local.deliver(env),
+        for env in d {
+            let q = env.qos as usize;
+            self.metrics.received[q.min(2)].fetch_add(1, Relaxed);
+            self.metrics
+                .received_bytes
+                .fetch_add(env.payload.len() as u64, Relaxed);
+            match seq {
+                Some(seq) => self.local.deliver_stored(env, seq),
+                None => self.local.deliver(env),
+            }
         }
     }
 }
@@ -1189,7 +1238,7 @@ impl Cluster {
             let (seq, pending) = (info.stream_sequence, info.pending);
             at = seq;
             let wanted = server_side || {
-                let topic = decode_inbound(&next.message, 2, m).map(|e| e.topic);
+                let topic = decode_inbound(&next.message, 2, m).and_then(|d| d.topic().cloned());
                 topic.is_some_and(|t| {
                     filters
                         .iter()
@@ -1218,14 +1267,51 @@ impl Cluster {
     }
 }
 
+/// The messages of one NATS message: one, or a batch's.
+#[derive(Debug)]
+pub(crate) enum Decoded {
+    One(Envelope),
+    Batch(Vec<Envelope>),
+}
+
+impl Decoded {
+    /// The node they entered the cluster on.
+    fn origin(&self) -> &str {
+        match self {
+            Decoded::One(e) => &e.origin,
+            Decoded::Batch(v) => v.first().map_or("", |e| &e.origin),
+        }
+    }
+
+    fn topic(&self) -> Option<&ByteStr> {
+        match self {
+            Decoded::One(e) => Some(&e.topic),
+            Decoded::Batch(v) => v.first().map(|e| &e.topic),
+        }
+    }
+}
+
+impl IntoIterator for Decoded {
+    type Item = Envelope;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<Envelope>, std::vec::IntoIter<Envelope>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let (one, batch) = match self {
+            Decoded::One(e) => (Some(e), Vec::new()),
+            Decoded::Batch(v) => (None, v),
+        };
+        one.into_iter().chain(batch)
+    }
+}
+
 /// `<c>.m.<q>.<topic>` (3 prefix tokens) or `<c>.s.<topic>` (2) -> the
-/// envelope; a message this node cannot read is counted and logged with its
-/// subject and origin.
+/// envelope, or a batch's envelopes; a message this node cannot read is
+/// counted and logged with its subject and origin.
 pub(crate) fn decode_inbound(
     msg: &async_nats::Message,
     prefix_tokens: usize,
     metrics: &Metrics,
-) -> Option<Envelope> {
+) -> Option<Decoded> {
     let subject = msg.subject.as_str();
     let mut dots = 0;
     let mut cut = None;
@@ -1263,8 +1349,13 @@ pub(crate) fn decode_inbound(
         reject("topic is not valid UTF-8".into());
         return None;
     };
-    match Envelope::decode(topic, msg.headers.as_ref(), msg.payload.clone()) {
-        Ok(e) => Some(e),
+    let batch = msg.headers.as_ref().filter(|h| h.get(H_BATCH).is_some());
+    let decoded = match batch {
+        Some(h) => Envelope::decode_batch(topic, h, msg.payload.clone()).map(Decoded::Batch),
+        None => Envelope::decode(topic, msg.headers.as_ref(), msg.payload.clone()).map(Decoded::One),
+    };
+    match decoded {
+        Ok(d) => Some(d),
         Err(e) => {
             reject(e.to_string());
             None

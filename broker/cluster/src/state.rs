@@ -452,8 +452,9 @@ impl Cluster {
             if seq > last {
                 break;
             }
-            if let Some(env) = crate::node::decode_inbound(&next.message, 2, m) {
-                out.push((seq, env));
+            // (Stored messages are never batches: one envelope each.)
+            if let Some(d) = crate::node::decode_inbound(&next.message, 2, m) {
+                out.extend(d.into_iter().map(|env| (seq, env)));
             }
             if pending == 0 || seq == last {
                 break;

@@ -526,55 +526,98 @@ async fn will_records(
     }
 }
 
-/// Sends queued messages in order; QoS 1/2 acknowledgements are awaited
-/// concurrently and retried (same message id: the stream drops a
-/// duplicate) until NATS takes them.
+/// How many queued messages the outbound task takes at once: QoS 0 ones
+/// on one topic among them go to NATS as one batch.
+const DRAIN_MAX: usize = 4096;
+
+/// Sends queued messages: what is queued when the task wakes (up to
+/// [`DRAIN_MAX`]) is taken at once; its QoS 0 messages go out grouped by
+/// topic, a batch per topic in the order they were queued
+/// ([`Cluster::send_core_batch`]: order per topic, and so per publisher and
+/// topic, is kept); QoS 1/2 ones go to the stream one by one in order, their
+/// acknowledgements awaited concurrently and retried (same message id: the
+/// stream drops a duplicate) until NATS takes them. Nothing waits for more
+/// to come: a lone message leaves at once.
 async fn outbound(node: Weak<Node>, cluster: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<Out>) {
     let mut acks = FuturesUnordered::new();
     let closed = AtomicBool::new(false);
+    let mut taken: Vec<Out> = Vec::new();
+    let mut groups: Vec<Vec<Envelope>> = Vec::new();
+    let mut by_topic: std::collections::HashMap<midge_protocol::ByteStr, usize> = Default::default();
     loop {
         tokio::select! {
             m = rx.recv(), if !closed.load(Relaxed) => {
-                let Some(Out { env, acks: who, msg }) = m else {
+                let Some(first) = m else {
                     closed.store(true, Relaxed);
                     continue;
                 };
+                taken.push(first);
+                while taken.len() < DRAIN_MAX {
+                    match rx.try_recv() {
+                        Ok(o) => taken.push(o),
+                        Err(_) => break,
+                    }
+                }
                 if let Some(n) = node.upgrade() {
-                    n.queued.fetch_sub(1, Relaxed);
+                    n.queued.fetch_sub(taken.len(), Relaxed);
                 }
-                if env.qos == QoS::AtMostOnce {
-                    cluster.send_core(&env).await;
-                    continue;
+                let mut stored = Vec::new();
+                for o in taken.drain(..) {
+                    if o.env.qos != QoS::AtMostOnce {
+                        stored.push(o);
+                        continue;
+                    }
+                    let i = *by_topic.entry(o.env.topic.clone()).or_insert_with(|| {
+                        groups.push(Vec::new());
+                        groups.len() - 1
+                    });
+                    groups[i].push(o.env);
                 }
-                let c = cluster.clone();
-                let first = cluster.send_stored(&env).await;
-                acks.push(async move {
-                    let mut attempt = first;
-                    let mut delay = Duration::from_millis(50);
-                    loop {
-                        if attempt.confirm(&c).await {
-                            break;
-                        }
-                        if delay >= Duration::from_secs(2) {
-                            warn!(topic = %env.topic, "cluster: stream publish still failing; retrying (publisher not acknowledged)");
-                        }
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(2));
-                        attempt = c.send_stored_again(&attempt).await;
-                    }
-                    if let (Some(m), Some(seq)) = (msg, attempt.sequence()) {
-                        m.stream_mark
-                            .store(seq.saturating_sub(1) | MARK_EXACT, Relaxed);
-                    }
-                    if let Some(a) = who {
-                        if a.outstanding.fetch_sub(1, Relaxed) == 1 {
-                            a.done.notify_waiters();
-                        }
-                    }
-                });
+                by_topic.clear();
+                for g in groups.drain(..) {
+                    cluster.send_core_batch(&g).await;
+                }
+                for Out { env, acks: who, msg } in stored {
+                    let first = cluster.send_stored(&env).await;
+                    acks.push(confirm(cluster.clone(), env, first, who, msg));
+                }
             }
             Some(()) = acks.next(), if !acks.is_empty() => {}
             else => return,
+        }
+    }
+}
+
+/// Awaits JetStream's acknowledgement of one stored message, sending it
+/// again until NATS takes it; then the message learns its sequence and its
+/// publisher's count of unacknowledged cross-node messages goes down.
+async fn confirm(
+    c: Arc<Cluster>,
+    env: Envelope,
+    first: midge_cluster::node::Stored,
+    who: Option<Arc<AckState>>,
+    msg: Option<Arc<Message>>,
+) {
+    let mut attempt = first;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        if attempt.confirm(&c).await {
+            break;
+        }
+        if delay >= Duration::from_secs(2) {
+            warn!(topic = %env.topic, "cluster: stream publish still failing; retrying (publisher not acknowledged)");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+        attempt = c.send_stored_again(&attempt).await;
+    }
+    if let (Some(m), Some(seq)) = (msg, attempt.sequence()) {
+        m.stream_mark
+            .store(seq.saturating_sub(1) | MARK_EXACT, Relaxed);
+    }
+    if let Some(a) = who {
+        if a.outstanding.fetch_sub(1, Relaxed) == 1 {
+            a.done.notify_waiters();
         }
     }
 }

@@ -213,6 +213,73 @@ async fn v5_properties_cross_nodes_with_expiry_counted() {
     );
 }
 
+/// QoS 0 bursts cross nodes in batches: 2,000 5.0 PUBLISHes on two topics
+/// written in one go to node a (raw client; every third with a content
+/// type and a user property, every sixth with an expiry too) all reach
+/// rumqttc on node b, in order per topic, each with exactly its own
+/// properties; node a counts batches (several messages in one NATS message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_bursts_cross_nodes_in_batches_in_order_per_topic() {
+    use midge_e2e::raw::{self, prop, ConnectOpts, Prop, RawClient};
+    let Some(urls) = shared_urls() else { return };
+    let c = MidgeCluster::new(&urls, "");
+    let n = nodes(&c, &["a", "b"]);
+    // (Kept subscribed: the NATS interest for bq/# stays settled.)
+    let mut sub = V4::new_at(n[1].port()).await;
+    sub.subscribe("bq/#", QoS::AtMostOnce).await;
+    settle(n[0].port(), &mut sub, "bq/probe").await;
+    let mut o = rumqttc::v5::MqttOptions::new(unique("bqsub"), "127.0.0.1", n[1].port());
+    o.set_keep_alive(Duration::from_secs(30));
+    let (mut s5, _) = V5::connect(o).await;
+    s5.subscribe("bq/#", v5::QoS::AtMostOnce).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], n[0].port()));
+    let (mut publ, ack) = RawClient::handshake(addr, ConnectOpts::v5(&unique("bqpub"))).await;
+    assert_eq!(ack.code, 0);
+    const TOTAL: usize = 2000;
+    let topic = |i: usize| if i % 2 == 0 { "bq/even" } else { "bq/odd" };
+    let mut burst = Vec::new();
+    for i in 0..TOTAL {
+        let mut props = Vec::new();
+        if i % 3 == 0 {
+            props.push(Prop::Str(prop::CONTENT_TYPE, "text/plain".into()));
+            props.push(Prop::user("i", &i.to_string()));
+        }
+        if i % 6 == 0 {
+            props.push(Prop::U32(prop::MESSAGE_EXPIRY_INTERVAL, 300));
+        }
+        let payload = i.to_string();
+        burst.extend(raw::publish(true, topic(i), 0, false, false, 0, &props, payload.as_bytes()));
+    }
+    publ.send(&burst).await;
+    let mut next = [0usize, 1];
+    for _ in 0..TOTAL {
+        let p = s5.next_publish().await;
+        let i: usize = String::from_utf8_lossy(&p.payload).parse().unwrap();
+        let slot = i % 2;
+        assert_eq!(&p.topic[..], topic(i).as_bytes(), "message {i} on its topic");
+        assert_eq!(i, next[slot], "order per topic");
+        next[slot] += 2;
+        let props = p.properties.clone().unwrap_or_default();
+        if i % 3 == 0 {
+            assert_eq!(props.content_type.as_deref(), Some("text/plain"), "message {i}");
+            assert_eq!(props.user_properties, vec![("i".to_string(), i.to_string())]);
+        } else {
+            assert!(props.content_type.is_none() && props.user_properties.is_empty(), "message {i}: {props:?}");
+        }
+        assert_eq!(props.message_expiry_interval.is_some(), i % 6 == 0, "message {i}");
+    }
+    s5.expect_no_publish(QUIET).await;
+    let text = http::Admin::of_process(&n[0])
+        .call("GET", "/metrics", None)
+        .await
+        .text();
+    assert!(http::sample(&text, "midge_cluster_forwarded_total{qos=\"0\"}") >= TOTAL as f64);
+    assert!(
+        http::sample(&text, "midge_cluster_batches_total") >= 1.0,
+        "a burst written in one go leaves in batches"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paho_subscriber_gets_rumqttc_publishes_from_another_node() {
     let Some(urls) = shared_urls() else { return };
