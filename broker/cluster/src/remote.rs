@@ -13,7 +13,7 @@
 //! subscriber's node. Every node also watches the bucket (nodes that start
 //! later, and what a lost note missed).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -37,11 +37,36 @@ pub struct Summary {
     pub filters: Vec<String>,
 }
 
-impl Summary {
+/// A summary as every publish asks it: filters without wildcards in a
+/// hash set (a node with per-device topics answers in one look-up, not a
+/// scan of up to [`MAX_FILTERS`]), the others matched one by one.
+#[derive(Debug)]
+struct Wants {
+    all: bool,
+    exact: HashSet<String>,
+    wild: Vec<String>,
+}
+
+impl From<Summary> for Wants {
+    fn from(s: Summary) -> Wants {
+        let (wild, exact): (Vec<String>, Vec<String>) = s
+            .filters
+            .into_iter()
+            .partition(|f| f.contains(['+', '#']));
+        Wants {
+            all: s.all,
+            exact: exact.into_iter().collect(),
+            wild,
+        }
+    }
+}
+
+impl Wants {
     fn wants(&self, topic: &str) -> bool {
         self.all
+            || self.exact.contains(topic)
             || self
-                .filters
+                .wild
                 .iter()
                 .any(|f| midge_protocol::topic::matches(f, topic))
     }
@@ -50,7 +75,7 @@ impl Summary {
 /// The other nodes' summaries: node -> (revision, summary).
 #[derive(Debug, Default)]
 pub struct Remote {
-    nodes: RwLock<HashMap<String, (u64, Summary)>>,
+    nodes: RwLock<HashMap<String, (u64, Wants)>>,
 }
 
 impl Remote {
@@ -60,7 +85,7 @@ impl Remote {
             return;
         }
         match s {
-            Some(s) => m.insert(node.to_string(), (revision, s)),
+            Some(s) => m.insert(node.to_string(), (revision, Wants::from(s))),
             None => m.remove(node),
         };
     }
