@@ -627,7 +627,7 @@ impl Cluster {
         self.metrics
             .forwarded_bytes
             .fetch_add(env.payload.len() as u64, Relaxed);
-        let s = Stored {
+        let mut s = Stored {
             subject: subject::topic_subject(&self.p1, &env.topic),
             headers,
             payload: env.payload.clone(),
@@ -635,13 +635,30 @@ impl Cluster {
             start: Instant::now(),
             seq: None,
         };
-        self.send_stored_again(&s).await
+        s.ack = self.publish_stored(&s).await;
+        s
     }
 
     /// Publishes `s` again (same message id: a copy the stream already has
     /// is dropped by its duplicate window).
     pub async fn send_stored_again(&self, s: &Stored) -> Stored {
-        let ack = match self
+        let ack = self.publish_stored(s).await;
+        Stored {
+            subject: s.subject.clone(),
+            headers: s.headers.clone(),
+            payload: s.payload.clone(),
+            ack,
+            start: s.start,
+            seq: None,
+        }
+    }
+
+    /// One JetStream publish of `s` (its copy kept for a retry).
+    async fn publish_stored(
+        &self,
+        s: &Stored,
+    ) -> Option<async_nats::jetstream::context::PublishAckFuture> {
+        match self
             .js
             .publish_with_headers(s.subject.clone(), s.headers.clone(), s.payload.clone())
             .await
@@ -652,14 +669,6 @@ impl Cluster {
                 debug!(error = %e, subject = %s.subject, "cluster: stream publish not sent");
                 None
             }
-        };
-        Stored {
-            subject: s.subject.clone(),
-            headers: s.headers.clone(),
-            payload: s.payload.clone(),
-            ack,
-            start: s.start,
-            seq: None,
         }
     }
 
