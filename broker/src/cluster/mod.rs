@@ -506,9 +506,18 @@ async fn will_records(
     let mut recorded: std::collections::HashSet<Arc<str>> = Default::default();
     while let Some(client_id) = rx.recv().await {
         let Some(b) = broker.upgrade() else { return };
+        // The delay recorded is capped at the session's expiry: a node that
+        // takes the will after this one died publishes it when the Will
+        // Delay Interval passes or the session ends, whichever is first
+        // (MQTT 5.0, 3.1.3.2.2); the session expires that long after the
+        // death is noticed (orphans.rs), as the will's delay counts.
         let will = b.session(&client_id).and_then(|s| {
             let st = s.state.lock();
-            st.conn.as_ref().and(st.conn_will.clone())
+            let cap = st.expiry_interval;
+            st.conn
+                .as_ref()
+                .and(st.conn_will.clone())
+                .map(|(m, delay)| (m, delay.min(cap)))
         });
         let r = match will {
             Some((msg, delay)) => {

@@ -587,13 +587,14 @@ async fn dead_sessions_expired(nodes: &[&midge_e2e::process::BrokerProcess]) -> 
     n
 }
 
-/// A dead node's clients, cluster-wide: two mosquitto_sub clients (5.0,
+/// A dead node's clients, cluster-wide: three mosquitto_sub clients (5.0,
 /// persistent, with wills) are connected to n1 when it is killed (`kill
-/// -9`), one with a session expiry of 4 s, one of 1 h. Each will reaches
-/// the rumqttc subscribers on n2 and n3 exactly once; the 4 s session
-/// expires about 4 s after the death was noticed, not before (its record
-/// deleted by exactly one node), and a client coming back with its id
-/// finds no session, while the 1 h session still resumes.
+/// -9`), with session expiries of 4 s, 1 h and 3 s (the last with a will
+/// delay of 1 h). Each will reaches the rumqttc subscribers on n2 and n3
+/// exactly once, the 1 h-delay one when its 3 s session ends; the 3 s and
+/// 4 s sessions expire that long after the death was noticed, not before
+/// (each record deleted by exactly one node), and a client coming back
+/// with such an id finds no session, while the 1 h session still resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_wills_fire_once_and_its_sessions_expire_on_schedule() {
     use midge_e2e::raw::{ConnectOpts, Prop, RawClient};
@@ -613,10 +614,12 @@ async fn a_dead_nodes_wills_fire_once_and_its_sessions_expire_on_schedule() {
         .await
         .is_ok()
     {}
-    let (short, long) = (unique("dwshort"), unique("dwlong"));
+    let (short, long, capped) = (unique("dwshort"), unique("dwlong"), unique("dwcap"));
     let admin1 = http::Admin::of_process(&n1);
     let mut subs = Vec::new();
-    for (id, expiry) in [(&short, "4"), (&long, "3600")] {
+    // `capped`: a 1 h will delay, a 3 s session: its will comes when the
+    // session ends (MQTT 5.0 3.1.3.2.2), 3 s after the death is noticed.
+    for (id, expiry, delay) in [(&short, "4", None), (&long, "3600", None), (&capped, "3", Some("3600"))] {
         let child = tokio::process::Command::new("mosquitto_sub")
             .args(["-h", "127.0.0.1", "-p", &n1.port().to_string()])
             .args(["-V", "mqttv5", "-i", id.as_str(), "-c", "-x", expiry])
@@ -628,6 +631,7 @@ async fn a_dead_nodes_wills_fire_once_and_its_sessions_expire_on_schedule() {
                 "gone",
             ])
             .args(["--will-qos", "1"])
+            .args(delay.map_or(vec![], |d| vec!["-D", "will", "will-delay-interval", d]))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -682,17 +686,26 @@ async fn a_dead_nodes_wills_fire_once_and_its_sessions_expire_on_schedule() {
     assert_eq!(expired().await, 0.0, "a session expired before its time");
     wills2.expect_no_publish(Duration::from_secs(1)).await;
     wills3.expect_no_publish(QUIET).await;
-    // The 4 s session expires, on one node.
+    // The capped will: when its 3 s session ends, not after its 1 h delay;
+    // once, on each subscriber.
+    for s in [&mut wills2, &mut wills3] {
+        let m = tokio::time::timeout(Duration::from_secs(15), s.next_publish())
+            .await
+            .expect("the will whose delay outlasts its session, when the session ends");
+        assert_eq!(m.topic, format!("dw/{capped}"));
+        s.expect_no_publish(QUIET).await;
+    }
+    // The 3 s and 4 s sessions expire, each on one node.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while expired().await < 1.0 {
+    while expired().await < 2.0 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the 4 s session of the dead node never expired"
+            "the 3 s and 4 s sessions of the dead node never expired"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(expired().await, 1.0, "one session expired, by one node");
+    assert_eq!(expired().await, 2.0, "two sessions expired, each by one node");
     let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
     let connect = |id: &String| {
         RawClient::handshake(
@@ -704,6 +717,8 @@ async fn a_dead_nodes_wills_fire_once_and_its_sessions_expire_on_schedule() {
     };
     let (_s, ack) = connect(&short).await;
     assert!(!ack.session_present, "the 4 s session is gone");
+    let (_s, ack) = connect(&capped).await;
+    assert!(!ack.session_present, "the 3 s session is gone");
     let (_s, ack) = connect(&long).await;
     assert!(ack.session_present, "the 1 h session resumed on n2");
 }
