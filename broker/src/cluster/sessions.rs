@@ -174,9 +174,7 @@ async fn sync(b: &Arc<Broker>, c: &Cluster, client_id: &str) -> Result<(), Clust
     let mark = c.mark();
     let session = b.session(client_id).filter(|s| !s.state.lock().ended);
     let Some(session) = session else {
-        if c.delete_state(client_id, held.revision).await? {
-            debug!(%client_id, "cluster: session ended; its record deleted");
-        }
+        delete_ours(c, client_id, &held).await?;
         c.let_go(client_id);
         return Ok(());
     };
@@ -192,6 +190,16 @@ async fn sync(b: &Arc<Broker>, c: &Cluster, client_id: &str) -> Result<(), Clust
                 return Ok(());
             }
             Written::Conflict(now, rev) => {
+                // Deleted while this write was in flight, and the session
+                // is gone here (an admin kick discarded it): not put back.
+                if now.is_none()
+                    && b.session(client_id)
+                        .filter(|s| !s.state.lock().ended)
+                        .is_none()
+                {
+                    debug!(%client_id, "cluster: session record deleted while written; left deleted");
+                    return Ok(());
+                }
                 if let Some(now) = now.filter(|n| n.epoch > held.epoch) {
                     info!(%client_id, node = %now.node, "cluster: a newer owner writes this session's record; this node lets it go");
                     c.let_go(client_id);
@@ -204,6 +212,33 @@ async fn sync(b: &Arc<Broker>, c: &Cluster, client_id: &str) -> Result<(), Clust
     Err(ClusterError::Nats {
         what: format!("session state of client {client_id:?}"),
         message: "lost 4 compare-and-set rounds in a row".into(),
+    })
+}
+
+/// Deletes `client_id`'s record while it is still this node's claim's: a
+/// write of this node that landed after `held` was read (the writer's, in
+/// flight when an admin kick discarded the session) moved the revision, so
+/// the delete is tried again at the new one; a newer owner's record stays.
+async fn delete_ours(
+    c: &Cluster,
+    client_id: &str,
+    held: &midge_cluster::state::Held,
+) -> Result<(), ClusterError> {
+    let mut revision = held.revision;
+    for _ in 0..4 {
+        if c.delete_state(client_id, revision).await? {
+            debug!(%client_id, "cluster: session ended; its record deleted");
+            return Ok(());
+        }
+        match c.read_state(client_id).await? {
+            (Some(rec), rev) if rec.epoch == held.epoch && rec.node == c.node() => revision = rev,
+            // Gone already, or a newer claim's.
+            _ => return Ok(()),
+        }
+    }
+    Err(ClusterError::Nats {
+        what: format!("session state of client {client_id:?}"),
+        message: "record not deleted: lost 4 compare-and-set rounds in a row".into(),
     })
 }
 
