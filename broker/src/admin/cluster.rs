@@ -194,43 +194,23 @@ pub(crate) async fn elsewhere(
     id: &str,
     kick: bool,
 ) -> Result<Option<SessionView>, ApiError> {
-    let Some(node) = s.broker.cluster.get() else {
+    let Some(link) = s.broker.cluster.get() else {
         return Ok(None);
     };
-    let c = node.cluster();
-    let nodes = c
-        .nodes()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let ask = Ask {
         clientid: Some(id.to_string()),
         kick,
         take: 1,
         ..Ask::default()
     };
-    let body = bytes::Bytes::from(serde_json::to_vec(&ask).unwrap_or_default());
-    let t = c.config().request_timeout()
+    let t = link.cluster().config().request_timeout()
         + if kick {
             super::api::KICK_WAIT
         } else {
             Default::default()
         };
-    let asks = nodes
-        .iter()
-        .filter(|n| n.state == "alive" && n.node != c.node())
-        .map(|n| {
-            let (subject, body, client) = (subject(c, &n.node), body.clone(), c.client().clone());
-            async move {
-                let r = tokio::time::timeout(t, client.request(subject, body)).await;
-                let answer = match r {
-                    Ok(Ok(m)) => serde_json::from_slice::<Answer>(&m.payload).ok(),
-                    _ => None,
-                };
-                (n.node.clone(), answer)
-            }
-        });
     let mut unreachable = Vec::new();
-    for (node, answer) in futures_util::future::join_all(asks).await {
+    for (node, answer) in ask_others(link.cluster(), &ask, t).await? {
         match answer {
             Some(a) => {
                 if let Some(e) = a.error {
@@ -264,33 +244,13 @@ pub(crate) async fn elsewhere(
 pub(crate) async fn gather(s: &Shared, p: Paging, mut ask: Ask) -> ApiResult {
     ask.take = (p.page * p.limit) as usize;
     let mine = local(&s.broker, &ask);
-    let Some(node) = s.broker.cluster.get() else {
+    let Some(link) = s.broker.cluster.get() else {
         return Ok(p.answer_counted(mine.items, mine.count, &[]));
     };
-    let c = node.cluster();
-    let nodes = c
-        .nodes()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let body = bytes::Bytes::from(serde_json::to_vec(&ask).unwrap_or_default());
-    let t = c.config().request_timeout();
-    let asks = nodes
-        .iter()
-        .filter(|n| n.state == "alive" && n.node != c.node())
-        .map(|n| {
-            let (subject, body, client) = (subject(c, &n.node), body.clone(), c.client().clone());
-            async move {
-                let r = tokio::time::timeout(t, client.request(subject, body)).await;
-                let answer = match r {
-                    Ok(Ok(m)) => serde_json::from_slice::<Answer>(&m.payload).ok(),
-                    _ => None,
-                };
-                (n.node.clone(), answer)
-            }
-        });
+    let t = link.cluster().config().request_timeout();
     let (mut count, mut items) = (mine.count, mine.items);
     let mut unreachable = Vec::new();
-    for (node, answer) in futures_util::future::join_all(asks).await {
+    for (node, answer) in ask_others(link.cluster(), &ask, t).await? {
         match answer {
             Some(a) => {
                 count += a.count;
@@ -301,4 +261,34 @@ pub(crate) async fn gather(s: &Shared, p: Paging, mut ask: Ask) -> ApiResult {
     }
     items.sort_by(|a, b| a.clientid.cmp(&b.clientid).then(a.node.cmp(&b.node)));
     Ok(p.answer_counted(items, count, &unreachable))
+}
+
+/// Asks every other alive node `ask` over `<c>.api.<node>` at once, each
+/// within `t`: (node, its answer; `None` when it did not answer in time or
+/// answered what does not decode). 503 when the membership is unreadable.
+async fn ask_others(
+    c: &midge_cluster::Cluster,
+    ask: &Ask,
+    t: std::time::Duration,
+) -> Result<Vec<(String, Option<Answer>)>, ApiError> {
+    let nodes = c
+        .nodes()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let body = bytes::Bytes::from(serde_json::to_vec(ask).unwrap_or_default());
+    let asks = nodes
+        .into_iter()
+        .filter(|n| n.state == "alive" && n.node != c.node())
+        .map(|n| {
+            let (subject, body, client) = (subject(c, &n.node), body.clone(), c.client().clone());
+            async move {
+                let r = tokio::time::timeout(t, client.request(subject, body)).await;
+                let answer = match r {
+                    Ok(Ok(m)) => serde_json::from_slice::<Answer>(&m.payload).ok(),
+                    _ => None,
+                };
+                (n.node, answer)
+            }
+        });
+    Ok(futures_util::future::join_all(asks).await)
 }
