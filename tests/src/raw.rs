@@ -406,14 +406,17 @@ pub struct RawPacket {
     pub body: Vec<u8>,
 }
 
+pub const CONNECT: u8 = 1;
 pub const CONNACK: u8 = 2;
 pub const PUBLISH: u8 = 3;
 pub const PUBACK: u8 = 4;
 pub const PUBREC: u8 = 5;
 pub const PUBREL: u8 = 6;
 pub const PUBCOMP: u8 = 7;
+pub const SUBSCRIBE: u8 = 8;
 pub const SUBACK: u8 = 9;
 pub const UNSUBACK: u8 = 11;
+pub const PINGREQ: u8 = 12;
 pub const PINGRESP: u8 = 13;
 pub const DISCONNECT: u8 = 14;
 pub const AUTH: u8 = 15;
@@ -624,6 +627,42 @@ impl RawPacket {
     }
 }
 
+/// Takes the first whole packet off the front of `buf` (`None`: not all of
+/// it read yet). Also for tests that watch bytes passing through.
+pub fn split_packet(buf: &mut BytesMut) -> Option<RawPacket> {
+    let b = &buf[..];
+    if b.len() < 2 {
+        return None;
+    }
+    let mut len = 0usize;
+    let mut mult = 1usize;
+    let mut i = 1;
+    loop {
+        if i >= b.len() {
+            return None;
+        }
+        let x = b[i];
+        len += (x & 0x7f) as usize * mult;
+        mult *= 128;
+        i += 1;
+        if x & 0x80 == 0 {
+            break;
+        }
+        assert!(i <= 4, "malformed remaining length from broker");
+    }
+    if b.len() < i + len {
+        return None;
+    }
+    let first = b[0];
+    let body = b[i..i + len].to_vec();
+    buf.advance(i + len);
+    Some(RawPacket {
+        kind: first >> 4,
+        flags: first & 0x0F,
+        body,
+    })
+}
+
 /// Result of a bounded read.
 #[derive(Debug)]
 pub enum Recv {
@@ -653,6 +692,17 @@ impl RawClient {
         }
     }
 
+    /// The other end of a connection the broker opened (a test standing in
+    /// for a bridge's remote): packets are read and written as by a client.
+    pub fn accepted(stream: TcpStream, v5: bool) -> RawClient {
+        stream.set_nodelay(true).ok();
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+            v5,
+        }
+    }
+
     /// Connects, sends CONNECT and returns the CONNACK (asserting success).
     pub async fn handshake(addr: SocketAddr, opts: ConnectOpts) -> (RawClient, ConnAckP) {
         let mut c = RawClient::connect(addr).await;
@@ -676,37 +726,7 @@ impl RawClient {
     }
 
     fn try_parse(&mut self) -> Option<RawPacket> {
-        let b = &self.buf[..];
-        if b.len() < 2 {
-            return None;
-        }
-        let mut len = 0usize;
-        let mut mult = 1usize;
-        let mut i = 1;
-        loop {
-            if i >= b.len() {
-                return None;
-            }
-            let x = b[i];
-            len += (x & 0x7f) as usize * mult;
-            mult *= 128;
-            i += 1;
-            if x & 0x80 == 0 {
-                break;
-            }
-            assert!(i <= 4, "malformed remaining length from broker");
-        }
-        if b.len() < i + len {
-            return None;
-        }
-        let first = b[0];
-        let body = b[i..i + len].to_vec();
-        self.buf.advance(i + len);
-        Some(RawPacket {
-            kind: first >> 4,
-            flags: first & 0x0F,
-            body,
-        })
+        split_packet(&mut self.buf)
     }
 
     /// Reads one packet, waiting at most `d`.

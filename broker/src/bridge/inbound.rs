@@ -3,24 +3,29 @@
 //! A message from the remote takes the topic of the first `in` direction
 //! whose filter matches it, then goes through [`Broker::publish`] (rules,
 //! retain, routing) with `$bridge/<name>` as its publisher: the bridge's own
-//! `out` subscriptions skip it (No Local), so it never goes back. Its PUBACK
-//! / PUBREC waits for the store ticket of what publishing it wrote, as a
-//! client's does. QoS 2 ids are kept in the bridge session (and the store)
-//! until PUBREL, so a resend after a reconnect or a restart is not published
-//! twice.
+//! `out` subscriptions skip it (No Local), so it never goes back. Whether to
+//! route it and how to acknowledge it is the session core's decision, as
+//! for a client's PUBLISH ([`Session::on_publish`]): QoS 2 packet ids are
+//! kept in the bridge session (and the store) until PUBREL, so a resend
+//! (DUP, or after a reconnect or a restart) gets its PUBREC again without
+//! being published twice, and more unreleased ids than our Receive Maximum
+//! end the link. PUBREL goes through [`Session::on_ack`]. The PUBACK /
+//! PUBREC waits for the store tickets of the id and of what publishing the
+//! message wrote, as a client's does.
+//!
+//! [`Session::on_publish`]: crate::session::Session::on_publish
+//! [`Session::on_ack`]: crate::session::Session::on_ack
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use midge_protocol::{topic, Ack, ByteStr, Packet, Publish, QoS, Version};
+use midge_protocol::{reason, topic, ByteStr, Packet, Publish, Version};
 use tracing::debug;
 
 use super::status::Dropped;
 use super::Bridge;
 use crate::broker::Broker;
 use crate::message::{ClientInfo, Message};
-use crate::session::proto;
-use crate::store::Op;
 
 /// What the link does after a packet: wait for `ticket`, then send `ack`.
 #[derive(Debug, Default)]
@@ -37,7 +42,9 @@ pub(super) struct Inbound {
     pub origin: Arc<ClientInfo>,
     /// Most QoS 2 messages the remote may have unreleased (our Receive
     /// Maximum in CONNECT).
-    pub receive_maximum: usize,
+    pub receive_maximum: u16,
+    /// The link's protocol version (the acks' reason codes).
+    pub version: Version,
 }
 
 impl Inbound {
@@ -46,62 +53,40 @@ impl Inbound {
         if p.properties.topic_alias.is_some() {
             return Err("the remote used a topic alias (we allow none)".into());
         }
-        bridge.status.received.fetch_add(1, Ordering::Relaxed);
-        let id = p.packet_id;
-        match p.qos {
-            QoS::AtMostOnce => {
-                self.route(broker, bridge, p);
-                Ok(Reply::default())
-            }
-            QoS::AtLeastOnce => Ok(Reply {
-                ticket: self.route(broker, bridge, p),
-                ack: Some(Packet::PubAck(Ack::new(id, 0))),
-            }),
-            QoS::ExactlyOnce => {
-                let s = &bridge.session;
-                {
-                    let st = s.state.lock();
-                    if st.incoming_qos2.contains(&id) {
-                        // A resend before PUBREL: published once already.
-                        return Ok(Reply {
-                            ticket: 0,
-                            ack: Some(Packet::PubRec(Ack::new(id, 0))),
-                        });
-                    }
-                    if st.incoming_qos2.len() >= self.receive_maximum {
-                        return Err(format!(
-                            "the remote exceeded our Receive Maximum ({})",
-                            self.receive_maximum
-                        ));
-                    }
-                }
-                // Published first, the id stored after: a crash between the
-                // two writes makes a duplicate, never a loss.
-                let routed = self.route(broker, bridge, p);
-                let mut st = s.state.lock();
-                st.incoming_qos2.insert(id);
-                let t = if st.persist {
-                    s.store_op(Op::PutQos2(s.client_id.clone(), id))
-                } else {
-                    0
-                };
-                Ok(Reply {
-                    ticket: routed.max(t),
-                    ack: Some(Packet::PubRec(Ack::new(id, 0))),
-                })
-            }
+        let answer = bridge
+            .session
+            .on_publish(
+                p.qos,
+                p.packet_id,
+                reason::SUCCESS,
+                self.version,
+                self.receive_maximum,
+            )
+            .map_err(|v| {
+                format!(
+                    "{} (reason code {:#04x}; our Receive Maximum is {})",
+                    v.why, v.reason, self.receive_maximum
+                )
+            })?;
+        let mut ticket = answer.ticket;
+        if answer.route {
+            bridge.status.received.fetch_add(1, Ordering::Relaxed);
+            ticket = ticket.max(self.route(broker, bridge, p));
         }
+        Ok(Reply {
+            ticket,
+            ack: answer.ack,
+        })
     }
 
-    /// PUBREL: the QoS 2 id is free again once that is durable; PUBCOMP.
-    /// The session core's rule (`Session::pubrel`), as for a client.
-    pub fn pubrel(&self, bridge: &Bridge, a: &Ack, v5: bool) -> Reply {
-        let (known, ticket) = bridge.session.pubrel(a.packet_id);
-        let version = if v5 { Version::V5 } else { Version::V311 };
-        let code = proto::pubcomp_code(known, version);
+    /// PUBREL: the QoS 2 id is free again once that is durable; PUBCOMP
+    /// (0x92 in 5.0 for an id not awaiting one). The session core's
+    /// transition, as for a client.
+    pub fn pubrel(&self, bridge: &Bridge, p: &Packet) -> Reply {
+        let a = bridge.session.on_ack(p, self.version).unwrap_or_default();
         Reply {
-            ticket,
-            ack: Some(Packet::PubComp(Ack::new(a.packet_id, code))),
+            ticket: a.ticket,
+            ack: a.reply,
         }
     }
 

@@ -175,7 +175,8 @@ async fn connect_and_serve(
                 peer,
                 cluster: crate::cluster::acks_for(broker),
             }),
-            receive_maximum: usize::from(broker.config.receive_maximum),
+            receive_maximum: broker.config.receive_maximum,
+            version: spec.version,
         },
         keep_alive: Duration::from_secs(u64::from(keep_alive)),
         rbuf,
@@ -487,7 +488,7 @@ impl Link<'_> {
                     Ok(r) => Some(r),
                     Err(e) => return Some(Ended::Lost(format!("protocol error: {e}"))),
                 },
-                Packet::PubRel(a) => Some(self.inbound.pubrel(b, &a, v == Version::V5)),
+                Packet::PubRel(_) => Some(self.inbound.pubrel(b, &p)),
                 Packet::SubAck(s) => {
                     self.suback(&s);
                     None

@@ -22,8 +22,10 @@
 //! publishes what arrives here through [`Broker::publish`] (rules, retain,
 //! routing) with `$bridge/<name>` as the publisher, which the bridge's own
 //! `out` subscriptions skip (No Local): a message that came in over a bridge
-//! never goes back out over it. Incoming QoS 2 ids are stored like a
-//! session's.
+//! never goes back out over it. Whether to publish what comes in and how to
+//! acknowledge it is the session core's decision, as for a client's PUBLISH
+//! (`Session::on_publish`: incoming QoS 2 ids kept, and stored, until
+//! PUBREL, so a resend is not published twice).
 //!
 //! - [`config`]: `[[bridges]]` -> checked [`config::BridgeSpec`].
 //! - [`mapping`]: the topic mapping syntax of a direction.

@@ -328,12 +328,10 @@ mod tests {
     // sockets. `Link` below is the few lines of glue bridge/outbound.rs
     // and bridge/link.rs put around these functions.
 
-    use std::sync::Arc;
-
     use midge_protocol::{ByteStr, Publish};
 
     use super::*;
-    use crate::message::Message;
+    use crate::session::harness;
     use crate::session::Stage;
 
     fn connect(version: Version) -> ClientConnect<'static> {
@@ -560,21 +558,7 @@ mod tests {
         }
 
         fn queue(&self, qos: QoS, topic: &str) {
-            let msg = Message::new(
-                ByteStr::from(topic),
-                Bytes::from_static(b"m"),
-                qos,
-                false,
-                Properties::default(),
-            );
-            let d = Delivery {
-                msg: Arc::new(msg),
-                qos,
-                retain: false,
-                sub_ids: Default::default(),
-                shared: None,
-                seq: 0,
-            };
+            let d = harness::delivery(qos, topic, 0);
             let mut st = self.session.state.lock();
             st.queued_bytes += d.msg.payload.len();
             st.queue.push_back(d);

@@ -636,27 +636,12 @@ fn persist_all(session: &Session, st: &mut SessionState) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-    use midge_protocol::{reason, ByteStr, Properties};
+    use midge_protocol::reason;
 
     use super::*;
 
     fn delivery(qos: QoS, seq: u64) -> Delivery {
-        let msg = Message::new(
-            ByteStr::from("t"),
-            Bytes::new(),
-            qos,
-            false,
-            Properties::default(),
-        );
-        Delivery {
-            msg: Arc::new(msg),
-            qos,
-            retain: false,
-            sub_ids: Default::default(),
-            shared: None,
-            seq,
-        }
+        harness::delivery(qos, "t", seq)
     }
 
     /// A session with QoS 1 id 1 and QoS 2 id 2 in flight.

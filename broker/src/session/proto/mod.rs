@@ -399,33 +399,14 @@ pub fn fit(p: &mut Packet, version: Version, max: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use bytes::Bytes;
-
     use super::*;
-    use crate::message::Message;
-    use crate::records::Delivery;
+    use crate::session::harness;
 
     fn inflight(packet_id: u16, qos: QoS, stage: Stage, seq: u64) -> Inflight {
-        let msg = Message::new(
-            ByteStr::from("t"),
-            Bytes::new(),
-            qos,
-            false,
-            Properties::default(),
-        );
         Inflight {
             packet_id,
             stage,
-            delivery: Delivery {
-                msg: Arc::new(msg),
-                qos,
-                retain: false,
-                sub_ids: Default::default(),
-                shared: None,
-                seq,
-            },
+            delivery: harness::delivery(qos, "t", seq),
         }
     }
 

@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod aliases;
 mod durability;
+mod exactly_once_in;
 mod forwarding;
 mod links;
 mod loops;
