@@ -98,12 +98,9 @@ start() {
         ;;
     esac
     PID=$!
-    for _ in $(seq 100); do
-        kill -0 "$PID" 2>/dev/null || { log "$name exited at start: $(tail -n2 "$logf")"; return 1; }
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    log "$name not listening on $port"
+    local why
+    why=$(wait_ready "$PID" "$port" "$logf") && return 0
+    log "$name: $why"
     return 1
 }
 

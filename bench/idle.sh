@@ -61,8 +61,8 @@ start_midge() {
     local port=$1
     "$MIDGE" serve --listen "127.0.0.1:$port" --no-ws --no-admin >"$TMP/midge.log" 2>&1 &
     PID=$!
-    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return; sleep 0.1; done
-    log "midge did not listen on $port"; exit 1
+    wait_port "$port" "$PID" && return
+    log "midge did not start: $WAIT_PORT_WHY"; exit 1
 }
 
 port=$(free_port)

@@ -80,18 +80,6 @@ fi
 KAFKA_VERSION=$("$MIDGE_TANSU_ROOT/bin/tansu" --version 2>/dev/null | awk '{print $2}')
 
 
-cpu_busy() { # % of all CPUs busy over 2 s
-    local a b
-    a=$(head -n1 /proc/stat)
-    sleep 2
-    b=$(head -n1 /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN {
-        n = split(a, x, " "); split(b, y, " "); t = 0
-        for (i = 2; i <= n; i++) t += y[i] - x[i]
-        idle = (y[5] - x[5]) + (y[6] - x[6])
-        printf "%.0f", (t > 0 ? 100 * (t - idle) / t : 0) }'
-}
-
 START_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 BUSY_BEFORE=$(cpu_busy)
 for format in $FORMATS; do
@@ -126,13 +114,7 @@ config = { topic = "$topic", filters = ["bench/#"], key = "clientid", format = "
 EOF
     "$MIDGE" serve --config "$dir/midge.toml" --listen "127.0.0.1:$port" --no-ws >"$dir/broker.log" 2>&1 &
     BROKER_PID=$!
-    ok=""
-    for ((i = 0; i < 300; i++)); do
-        kill -0 "$BROKER_PID" 2>/dev/null || break
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then ok=1; break; fi
-        sleep 0.1
-    done
-    if [[ -z $ok ]]; then
+    if ! wait_port "$port" "$BROKER_PID" 30; then
         jq -cn --arg f "$format" --arg e "broker did not start: $(tail -n3 "$dir/broker.log" | tr '\n' ' ')" \
             '{format:$f, error:$e}' >>"$RESULTS"
         stop_pid "$BROKER_PID"

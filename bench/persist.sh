@@ -48,6 +48,9 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# Shared helpers (free_port, wait_ready, cpu_busy); this script keeps its
+# own stop_pid (a longer wait, STOP_KILLED), defined below.
+. bench/lib.sh
 COMMAND="bench/persist.sh"
 for v in OUT NICE PG_CPU BENCH_CPU BROKER_CPU CONNECT_CONCURRENCY SAMPLE TIMEOUT STALL MOSQ_AUTOSAVE MAX_INFLIGHT QUEUE_LIMIT PAYLOAD WINDOW PUBLISHERS SESSIONS MESSAGES DURATION BROKERS; do
     if printenv "$v" >/dev/null; then
@@ -447,36 +450,6 @@ fi
 PG_VERSION=""
 pg_sql() { psql -X -q -t -A -d "$MIDGE_TEST_PG dbname=postgres" -c "$1"; }
 
-free_port() {
-    local p
-    for p in $(seq "$1" $(($1 + 100))); do
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-    echo "$1"
-}
-
-# wait_ready PID PORT LOG SECONDS -> 0 when PORT accepts, else prints the reason.
-wait_ready() {
-    local pid=$1 port=$2 logf=$3 secs=$4 i
-    for ((i = 0; i < secs * 10; i++)); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            local out
-            out=$(tail -n 3 "$logf" | tr '\n' ' ' | cut -c1-200)
-            echo "exited at startup: ${out:-(no output)}"
-            return 1
-        fi
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "not listening on $port after $secs s"
-    return 1
-}
-
 # prepare BROKER CELL PORT -> writes the broker's config for a fresh, empty
 # store into $CELL_DIR; sets PREP_ERR and fails when the broker cannot run.
 PREP_ERR=""
@@ -633,19 +606,6 @@ version_of() {
         ;;
     mosquitto) "$MOSQUITTO" -h 2>/dev/null | head -n1 ;;
     esac
-}
-
-# Percentage of all CPUs busy over 2 s.
-cpu_busy() {
-    local a b
-    a=$(head -n1 /proc/stat)
-    sleep 2
-    b=$(head -n1 /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN {
-        n = split(a, x, " "); split(b, y, " "); t = 0
-        for (i = 2; i <= n; i++) t += y[i] - x[i]
-        idle = (y[5] - x[5]) + (y[6] - x[6])
-        printf "%.0f", (t > 0 ? 100 * (t - idle) / t : 0) }'
 }
 
 # Average ms of a 4 KiB write + fsync in the store directories' file system

@@ -92,13 +92,7 @@ for idle in $IDLE_MODES; do
                 taskset -c "$BROKER_CPU" "$MIDGE" serve --config "$TMP/$variant.toml" --listen "127.0.0.1:$port" --no-ws --no-admin \
                     >"$TMP/broker-$variant.log" 2>&1 &
                 BROKER_PID=$!
-                ok=""
-                for ((i = 0; i < 300; i++)); do
-                    kill -0 "$BROKER_PID" 2>/dev/null || break
-                    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then ok=1; break; fi
-                    sleep 0.1
-                done
-                [[ -n $ok ]] || die "broker ($variant) did not start: $(tail -n3 "$TMP/broker-$variant.log")"
+                wait_port "$port" "$BROKER_PID" 30 || die "broker ($variant) did not start: $(tail -n3 "$TMP/broker-$variant.log")"
                 line=$(taskset -c "$BENCH_CPU" "$BENCH" --port "$port" --scenario "$scenario" --qos "$qos" --payload "$PAYLOAD" --json \
                     --duration "$DURATION" --label "midge-$variant" --broker-pid "$BROKER_PID" \
                     2>>"$TMP/human.log" | grep '^{' | tail -n1)

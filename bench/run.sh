@@ -52,8 +52,8 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-# Shared helpers (mosquitto_conf); this script keeps its own free_port and
-# stop_broker, defined below, which override the library's.
+# Shared helpers (mosquitto_conf, free_port, wait_ready, cpu_busy); this
+# script keeps its own stop_broker, defined below.
 . bench/lib.sh
 # The exact command, with the environment overrides that were given.
 COMMAND="bench/run.sh"
@@ -164,36 +164,6 @@ fi
 [[ -x $BENCH ]] || die "$BENCH missing (unset SKIP_BUILD)"
 
 # ---------------------------------------------------------------- brokers
-free_port() {
-    local p
-    for p in $(seq "$1" $(($1 + 100))); do
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-    echo "$1"
-}
-
-# wait_ready PID PORT LOG -> 0 when PORT accepts, else prints the reason.
-wait_ready() {
-    local pid=$1 port=$2 logf=$3
-    for _ in $(seq 100); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            local out
-            out=$(tail -n 3 "$logf" | tr '\n' ' ' | cut -c1-200)
-            echo "exited at startup: ${out:-(no output)}"
-            return 1
-        fi
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "not listening on $port after 10 s"
-    return 1
-}
-
 # start_broker NAME PORT -> sets BROKER_PID, or sets START_ERR and fails.
 # Must not run in a subshell: the broker has to be this shell's child.
 START_ERR=""
@@ -301,18 +271,6 @@ run_cell() {
     return $rc
 }
 
-# Percentage of all CPUs busy over 2 s (before the brokers start: background load).
-cpu_busy() {
-    local a b
-    a=$(head -n1 /proc/stat)
-    sleep 2
-    b=$(head -n1 /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN {
-        n = split(a, x, " "); split(b, y, " "); t = 0
-        for (i = 2; i <= n; i++) t += y[i] - x[i]
-        idle = (y[5] - x[5]) + (y[6] - x[6])
-        printf "%.0f", (t > 0 ? 100 * (t - idle) / t : 0) }'
-}
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 BUSY_BEFORE=$(cpu_busy)
 log "background CPU use before the run: ${BUSY_BEFORE}%"
