@@ -129,10 +129,10 @@ impl Envelope {
             .timestamp_ms
             .filter(|_| self.properties.message_expiry_interval.is_some());
         let props = !self.properties.is_empty();
-        let flags = u8::from(self.retain) * F_RETAIN
-            | u8::from(client.is_some()) * F_CLIENT
-            | u8::from(time.is_some()) * F_TIME
-            | u8::from(props) * F_PROPS;
+        let flags = (u8::from(self.retain) * F_RETAIN)
+            | (u8::from(client.is_some()) * F_CLIENT)
+            | (u8::from(time.is_some()) * F_TIME)
+            | (u8::from(props) * F_PROPS);
         out.reserve(self.payload.len() + 16);
         out.put_u8(flags);
         if let Some(c) = client {
@@ -228,7 +228,11 @@ impl Envelope {
             });
         }
         if !rest.is_empty() {
-            return Err(EnvelopeError::Batch(count, count, "bytes after the last message"));
+            return Err(EnvelopeError::Batch(
+                count,
+                count,
+                "bytes after the last message",
+            ));
         }
         Ok(out)
     }
@@ -408,7 +412,10 @@ mod tests {
         for n in ["0", "2", "4", "x", "1025"] {
             let mut h = h.clone();
             h.insert(H_BATCH, n);
-            assert!(Envelope::decode_batch("t".into(), &h, payload.clone()).is_err(), "{n}");
+            assert!(
+                Envelope::decode_batch("t".into(), &h, payload.clone()).is_err(),
+                "{n}"
+            );
         }
         let mut h1 = h.clone();
         h1.insert(H_QOS, "1");

@@ -1361,7 +1361,9 @@ pub(crate) fn decode_inbound(
     let batch = msg.headers.as_ref().filter(|h| h.get(H_BATCH).is_some());
     let decoded = match batch {
         Some(h) => Envelope::decode_batch(topic, h, msg.payload.clone()).map(Decoded::Batch),
-        None => Envelope::decode(topic, msg.headers.as_ref(), msg.payload.clone()).map(Decoded::One),
+        None => {
+            Envelope::decode(topic, msg.headers.as_ref(), msg.payload.clone()).map(Decoded::One)
+        }
     };
     match decoded {
         Ok(d) => Some(d),

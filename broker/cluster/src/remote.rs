@@ -49,10 +49,8 @@ struct Wants {
 
 impl From<Summary> for Wants {
     fn from(s: Summary) -> Wants {
-        let (wild, exact): (Vec<String>, Vec<String>) = s
-            .filters
-            .into_iter()
-            .partition(|f| f.contains(['+', '#']));
+        let (wild, exact): (Vec<String>, Vec<String>) =
+            s.filters.into_iter().partition(|f| f.contains(['+', '#']));
         Wants {
             all: s.all,
             exact: exact.into_iter().collect(),

@@ -552,7 +552,8 @@ async fn outbound(node: Weak<Node>, cluster: Arc<Cluster>, mut rx: mpsc::Unbound
     let closed = AtomicBool::new(false);
     let mut taken: Vec<Out> = Vec::new();
     let mut groups: Vec<Vec<Envelope>> = Vec::new();
-    let mut by_topic: std::collections::HashMap<midge_protocol::ByteStr, usize> = Default::default();
+    let mut by_topic: std::collections::HashMap<midge_protocol::ByteStr, usize> =
+        Default::default();
     loop {
         tokio::select! {
             m = rx.recv(), if !closed.load(Relaxed) => {

@@ -20,6 +20,9 @@ pub struct SubscriptionMap<V>(Repr<V>);
 #[derive(Debug, Clone)]
 enum Repr<V> {
     Few(Vec<(String, V)>),
+    // Boxed on purpose: the map inline (48 bytes) would double the size of
+    // every session's `Repr`, most of which hold a few subscriptions.
+    #[allow(clippy::box_collection)]
     Many(Box<HashMap<String, V>>),
 }
 

@@ -236,7 +236,13 @@ async fn qos0_bursts_cross_nodes_in_batches_in_order_per_topic() {
     let (mut publ, ack) = RawClient::handshake(addr, ConnectOpts::v5(&unique("bqpub"))).await;
     assert_eq!(ack.code, 0);
     const TOTAL: usize = 2000;
-    let topic = |i: usize| if i % 2 == 0 { "bq/even" } else { "bq/odd" };
+    let topic = |i: usize| {
+        if i.is_multiple_of(2) {
+            "bq/even"
+        } else {
+            "bq/odd"
+        }
+    };
     let mut burst = Vec::new();
     for i in 0..TOTAL {
         let mut props = Vec::new();
@@ -248,7 +254,16 @@ async fn qos0_bursts_cross_nodes_in_batches_in_order_per_topic() {
             props.push(Prop::U32(prop::MESSAGE_EXPIRY_INTERVAL, 300));
         }
         let payload = i.to_string();
-        burst.extend(raw::publish(true, topic(i), 0, false, false, 0, &props, payload.as_bytes()));
+        burst.extend(raw::publish(
+            true,
+            topic(i),
+            0,
+            false,
+            false,
+            0,
+            &props,
+            payload.as_bytes(),
+        ));
     }
     publ.send(&burst).await;
     let mut next = [0usize, 1];
@@ -256,17 +271,35 @@ async fn qos0_bursts_cross_nodes_in_batches_in_order_per_topic() {
         let p = s5.next_publish().await;
         let i: usize = String::from_utf8_lossy(&p.payload).parse().unwrap();
         let slot = i % 2;
-        assert_eq!(&p.topic[..], topic(i).as_bytes(), "message {i} on its topic");
+        assert_eq!(
+            &p.topic[..],
+            topic(i).as_bytes(),
+            "message {i} on its topic"
+        );
         assert_eq!(i, next[slot], "order per topic");
         next[slot] += 2;
         let props = p.properties.clone().unwrap_or_default();
-        if i % 3 == 0 {
-            assert_eq!(props.content_type.as_deref(), Some("text/plain"), "message {i}");
-            assert_eq!(props.user_properties, vec![("i".to_string(), i.to_string())]);
+        if i.is_multiple_of(3) {
+            assert_eq!(
+                props.content_type.as_deref(),
+                Some("text/plain"),
+                "message {i}"
+            );
+            assert_eq!(
+                props.user_properties,
+                vec![("i".to_string(), i.to_string())]
+            );
         } else {
-            assert!(props.content_type.is_none() && props.user_properties.is_empty(), "message {i}: {props:?}");
+            assert!(
+                props.content_type.is_none() && props.user_properties.is_empty(),
+                "message {i}: {props:?}"
+            );
         }
-        assert_eq!(props.message_expiry_interval.is_some(), i % 6 == 0, "message {i}");
+        assert_eq!(
+            props.message_expiry_interval.is_some(),
+            i.is_multiple_of(6),
+            "message {i}"
+        );
     }
     s5.expect_no_publish(QUIET).await;
     let text = http::Admin::of_process(&n[0])

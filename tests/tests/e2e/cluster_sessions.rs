@@ -619,7 +619,11 @@ async fn a_dead_nodes_wills_fire_once_and_its_sessions_expire_on_schedule() {
     let mut subs = Vec::new();
     // `capped`: a 1 h will delay, a 3 s session: its will comes when the
     // session ends (MQTT 5.0 3.1.3.2.2), 3 s after the death is noticed.
-    for (id, expiry, delay) in [(&short, "4", None), (&long, "3600", None), (&capped, "3", Some("3600"))] {
+    for (id, expiry, delay) in [
+        (&short, "4", None),
+        (&long, "3600", None),
+        (&capped, "3", Some("3600")),
+    ] {
         let child = tokio::process::Command::new("mosquitto_sub")
             .args(["-h", "127.0.0.1", "-p", &n1.port().to_string()])
             .args(["-V", "mqttv5", "-i", id.as_str(), "-c", "-x", expiry])
@@ -705,7 +709,11 @@ async fn a_dead_nodes_wills_fire_once_and_its_sessions_expire_on_schedule() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(expired().await, 2.0, "two sessions expired, each by one node");
+    assert_eq!(
+        expired().await,
+        2.0,
+        "two sessions expired, each by one node"
+    );
     let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
     let connect = |id: &String| {
         RawClient::handshake(

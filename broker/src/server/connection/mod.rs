@@ -153,7 +153,10 @@ async fn run<R, W>(
         // parked wait only.
         let serving = Box::pin(conn.serve());
         // What parking frees (docs/BENCHMARKS.md).
-        debug!(loop_bytes = std::mem::size_of_val(&*serving), "connection loop");
+        debug!(
+            loop_bytes = std::mem::size_of_val(&*serving),
+            "connection loop"
+        );
         if let Some(end) = serving.await {
             break end;
         }
